@@ -1,0 +1,1 @@
+//! Derives for `connect-runtime`; see that crate's documentation.

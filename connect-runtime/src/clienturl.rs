@@ -1,0 +1,93 @@
+//! The element that chooses where `connect` forwards a call.
+
+use std::sync::Arc;
+
+use tonic::Status;
+use url::Url;
+
+use crate::Context;
+use crate::element::{BoxFuture, ClientElement, Next, ServerElement};
+use crate::proto::connection::Connection;
+use crate::proto::networkservice::NetworkServiceRequest;
+
+/// Sets the client URL for everything after it (Go's `clienturl.NewServer`).
+///
+/// Put it in front of [`Connect`](crate::Connect) to forward every call to
+/// one remote. The URL is not checked here; `connect` rejects a URL it cannot
+/// dial with `InvalidArgument`.
+///
+/// ```
+/// use connect_runtime::{ClientUrl, Context, ServerChain};
+/// use connect_runtime::proto::{connection::Connection, networkservice::NetworkServiceRequest};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let url: url::Url = "unix:///run/nsm/remote.sock".parse().unwrap();
+/// let chain = ServerChain::builder().with(ClientUrl::new(url)).build();
+/// let conn = chain
+///     .request(Context::new(), NetworkServiceRequest::default())
+///     .await
+///     .unwrap();
+/// assert_eq!(conn, Connection::default());
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientUrl {
+    url: Arc<Url>,
+}
+
+impl ClientUrl {
+    /// An element that sets `url` as the client URL.
+    pub fn new(url: impl Into<Arc<Url>>) -> Self {
+        Self { url: url.into() }
+    }
+
+    /// The URL this element sets.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    fn apply(&self, ctx: Context) -> Context {
+        ctx.with_client_url(Arc::clone(&self.url))
+    }
+}
+
+impl ServerElement for ClientUrl {
+    fn request<'a>(
+        &'a self,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<Connection, Status>> {
+        Box::pin(next.request(self.apply(ctx), request))
+    }
+
+    fn close<'a>(
+        &'a self,
+        ctx: Context,
+        connection: Connection,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<(), Status>> {
+        Box::pin(next.close(self.apply(ctx), connection))
+    }
+}
+
+impl ClientElement for ClientUrl {
+    fn request<'a>(
+        &'a self,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<Connection, Status>> {
+        Box::pin(next.request(self.apply(ctx), request))
+    }
+
+    fn close<'a>(
+        &'a self,
+        ctx: Context,
+        connection: Connection,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<(), Status>> {
+        Box::pin(next.close(self.apply(ctx), connection))
+    }
+}

@@ -1,0 +1,271 @@
+//! The per-call [`Context`]: what Go's `context.Context` carries through an NSM
+//! chain, made explicit.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+use url::Url;
+
+/// Per-call state handed from element to element along a chain.
+///
+/// A context carries the *client URL* (where a `connect` element forwards the
+/// call), the call's *deadline* (sent to remotes as `grpc-timeout`), a
+/// *cancellation token* (cancelled when the caller goes away), and — inside a
+/// client chain created by `connect` — the [`ClientCancel`] handle that tears
+/// that client down. Arbitrary typed values ride along too.
+///
+/// Cloning is cheap (reference counts only), and every `with_*` method
+/// returns a new context, leaving the original untouched, so an element can
+/// change what the rest of the chain sees without affecting its caller.
+///
+/// ```
+/// use std::time::Duration;
+/// use connect_runtime::Context;
+///
+/// let url: url::Url = "tcp://127.0.0.1:5002".parse().unwrap();
+/// let ctx = Context::new()
+///     .with_client_url(url.clone())
+///     .with_timeout(Duration::from_secs(1))
+///     .with_value(42u32);
+///
+/// assert_eq!(ctx.client_url(), Some(&url));
+/// assert!(ctx.remaining().unwrap() <= Duration::from_secs(1));
+/// assert_eq!(ctx.value::<u32>(), Some(&42));
+/// assert!(ctx.client_cancel().is_none());
+/// ```
+#[derive(Clone, Default)]
+pub struct Context {
+    client_url: Option<Arc<Url>>,
+    deadline: Option<Instant>,
+    cancel: CancellationToken,
+    client_cancel: Option<ClientCancel>,
+    incoming_metadata: Option<Arc<MetadataMap>>,
+    values: Option<Arc<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>>,
+}
+
+impl Context {
+    /// A context with no client URL, no deadline and a fresh cancellation token.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The URL a `connect` element forwards this call to, if one was set.
+    pub fn client_url(&self) -> Option<&Url> {
+        self.client_url.as_deref()
+    }
+
+    /// The client URL as a shared pointer, to keep it without copying.
+    pub fn client_url_arc(&self) -> Option<&Arc<Url>> {
+        self.client_url.as_ref()
+    }
+
+    /// Sets the client URL seen by the rest of the chain.
+    pub fn with_client_url(mut self, url: impl Into<Arc<Url>>) -> Self {
+        self.client_url = Some(url.into());
+        self
+    }
+
+    /// Removes the client URL.
+    pub fn without_client_url(mut self) -> Self {
+        self.client_url = None;
+        self
+    }
+
+    /// When the call must be finished by, if it has a deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left before the deadline (zero once it has passed), if there is one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Sets a deadline. As with Go's `context.WithDeadline`, a context never
+    /// gets more time than it already had: the earlier deadline wins.
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(match self.deadline {
+            Some(current) if current < deadline => current,
+            _ => deadline,
+        });
+        self
+    }
+
+    /// Sets a deadline `timeout` from now (the earlier deadline wins).
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        self.with_deadline(Instant::now() + timeout)
+    }
+
+    /// Replaces the deadline outright, even with a later one (or none).
+    ///
+    /// For work that must outlive the call's own deadline, such as the
+    /// cleanup `connect` runs after a failure.
+    pub fn with_fresh_deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The token cancelled when the caller gives up on this call.
+    pub fn cancellation_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Replaces the cancellation token.
+    pub fn with_cancellation_token(mut self, token: CancellationToken) -> Self {
+        self.cancel = token;
+        self
+    }
+
+    /// The handle that cancels the `connect` client whose chain this call is
+    /// running in (Go's `cancelctx`). Present only inside such client chains.
+    pub fn client_cancel(&self) -> Option<&ClientCancel> {
+        self.client_cancel.as_ref()
+    }
+
+    /// Attaches a client cancel handle; `connect` does this for its clients.
+    pub fn with_client_cancel(mut self, handle: ClientCancel) -> Self {
+        self.client_cancel = Some(handle);
+        self
+    }
+
+    /// The gRPC metadata the call arrived with, when it came in over gRPC
+    /// (tokens, tracing headers). Outgoing calls do not forward it.
+    pub fn incoming_metadata(&self) -> Option<&MetadataMap> {
+        self.incoming_metadata.as_deref()
+    }
+
+    /// Attaches the metadata of an incoming call; [`ChainService`] does this.
+    ///
+    /// [`ChainService`]: crate::ChainService
+    pub fn with_incoming_metadata(mut self, metadata: MetadataMap) -> Self {
+        self.incoming_metadata = Some(Arc::new(metadata));
+        self
+    }
+
+    /// A typed value previously stored with [`Context::with_value`].
+    pub fn value<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.values
+            .as_ref()?
+            .get(&TypeId::of::<T>())?
+            .downcast_ref::<T>()
+    }
+
+    /// Stores a typed value, replacing any value of the same type. Contexts
+    /// cloned earlier keep seeing what they saw.
+    pub fn with_value<T: Any + Send + Sync>(mut self, value: T) -> Self {
+        let values = self.values.get_or_insert_with(Default::default);
+        Arc::make_mut(values).insert(TypeId::of::<T>(), Arc::new(value));
+        self
+    }
+
+    /// Runs `work` within this context's limits: if the deadline passes first
+    /// the result is `DeadlineExceeded`, if the token is cancelled first it is
+    /// `Cancelled`; either way `work` is dropped.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use connect_runtime::Context;
+    ///
+    /// let ctx = Context::new().with_timeout(Duration::from_millis(10));
+    /// let status = ctx
+    ///     .run(std::future::pending::<Result<(), tonic::Status>>())
+    ///     .await
+    ///     .unwrap_err();
+    /// assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    /// # }
+    /// ```
+    pub async fn run<T, F>(&self, work: F) -> Result<T, Status>
+    where
+        F: Future<Output = Result<T, Status>>,
+    {
+        let deadline = async {
+            match self.deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            result = work => result,
+            () = self.cancel.cancelled() => Err(Status::cancelled("the call was cancelled")),
+            () = deadline => Err(Status::deadline_exceeded("the call's deadline passed")),
+        }
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("client_url", &self.client_url.as_ref().map(|u| u.as_str()))
+            .field("remaining", &self.remaining())
+            .field("cancelled", &self.cancel.is_cancelled())
+            .field("client_cancel", &self.client_cancel)
+            .field("values", &self.values.as_ref().map_or(0, |v| v.len()))
+            .finish()
+    }
+}
+
+/// Cancels one `connect` client: its channel, its tasks and its streams are
+/// dropped and it is removed from `connect`'s client map at once.
+///
+/// `connect` puts this handle in the context its client chain runs with
+/// (see [`Context::client_cancel`]); a monitor or heal element calls
+/// [`ClientCancel::cancel`] when it sees that the remote is gone. Connections
+/// still bound to the cancelled client fail their next request, which drops
+/// their record, and the request after that dials afresh.
+///
+/// ```
+/// use connect_runtime::ClientCancel;
+///
+/// let handle = ClientCancel::new();
+/// let seen_by_monitor = handle.clone();
+/// seen_by_monitor.cancel();
+/// assert!(handle.is_cancelled());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ClientCancel {
+    token: CancellationToken,
+}
+
+impl ClientCancel {
+    /// A new, uncancelled handle.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A handle cancelled together with `token` (and by its own `cancel`).
+    pub fn from_token(token: CancellationToken) -> Self {
+        Self { token }
+    }
+
+    /// Cancels the client. Idempotent.
+    pub fn cancel(&self) {
+        self.token.cancel();
+    }
+
+    /// Whether the client has been cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Completes when the client is cancelled.
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// The underlying token, to derive child tokens for the client's tasks.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}

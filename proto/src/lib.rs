@@ -1,0 +1,35 @@
+//! Network Service Mesh's `networkservice` API, wire-compatible with NSM's api
+//! repository at tag v0.5.0: the same packages, messages, field names and
+//! numbers, so a Go or Python NSM peer reads what we write.
+//!
+//! The modules below are generated from `proto/api/*.proto` by
+//! `cargo xtask codegen` and checked in; building needs no `protoc`.
+//!
+//! ```
+//! use connect_proto::connection::Connection;
+//! use connect_proto::networkservice::NetworkServiceRequest;
+//!
+//! let request = NetworkServiceRequest {
+//!     connection: Some(Connection { id: "conn-1".into(), ..Default::default() }),
+//!     ..Default::default()
+//! };
+//! assert_eq!(request.connection.unwrap().id, "conn-1");
+//! ```
+
+/// `connectioncontext`: IP, DNS and Ethernet context of a connection.
+#[allow(clippy::all, missing_docs, unreachable_pub)]
+#[path = "generated/connectioncontext.rs"]
+pub mod connectioncontext;
+
+/// `connection`: connections, mechanisms, paths and the `MonitorConnection` service.
+#[allow(clippy::all, missing_docs, unreachable_pub)]
+#[path = "generated/connection.rs"]
+pub mod connection;
+
+/// `networkservice`: `NetworkServiceRequest` and the `NetworkService` service.
+#[allow(clippy::all, missing_docs, unreachable_pub)]
+#[path = "generated/networkservice.rs"]
+pub mod networkservice;
+
+/// The fully qualified gRPC service name of `NetworkService`.
+pub const NETWORK_SERVICE: &str = "networkservice.NetworkService";

@@ -1,0 +1,19 @@
+//! Support for connect's integration tests: chain elements that record,
+//! count, edit, fail and park calls, and helpers that start real servers.
+
+pub mod elements;
+pub mod remote;
+
+use connect_runtime::proto::connection::Connection;
+use connect_runtime::proto::networkservice::NetworkServiceRequest;
+
+/// A request for a connection with the given id and nothing else.
+pub fn request(id: &str) -> NetworkServiceRequest {
+    NetworkServiceRequest {
+        connection: Some(Connection {
+            id: id.to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,120 @@
+//! Real servers for tests: NSM endpoints on loopback TCP and unix sockets,
+//! and a black hole that accepts connections and never answers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use connect_runtime::{ServerChain, ServerHandle, serve};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+/// Serves `chain` on a free loopback TCP port.
+pub async fn start_tcp(chain: ServerChain) -> ServerHandle {
+    let url: Url = "tcp://127.0.0.1:0".parse().unwrap();
+    serve(&url, chain, CancellationToken::new())
+        .await
+        .expect("serving on loopback")
+}
+
+/// Serves `chain` on the TCP address `url` names (to restart a remote on the
+/// port it had).
+pub async fn start_at(url: &Url, chain: ServerChain) -> ServerHandle {
+    serve(url, chain, CancellationToken::new())
+        .await
+        .expect("serving on the given URL")
+}
+
+/// Serves `chain` on a unix socket named `name` inside `dir`.
+pub async fn start_unix(dir: &ScratchDir, name: &str, chain: ServerChain) -> ServerHandle {
+    let url = unix_url(&dir.path().join(name));
+    serve(&url, chain, CancellationToken::new())
+        .await
+        .expect("serving on a unix socket")
+}
+
+/// `unix://<path>`.
+pub fn unix_url(path: &Path) -> Url {
+    Url::parse(&format!("unix://{}", path.display())).unwrap()
+}
+
+/// A directory removed when dropped, for unix sockets.
+pub struct ScratchDir {
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    pub fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "connect-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Default for ScratchDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A TCP listener that accepts connections, holds them open and never sends
+/// a byte: what a hung process or a wrong port looks like.
+pub struct BlackHole {
+    url: Url,
+    accepted: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl BlackHole {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("tcp://{}", listener.local_addr().unwrap())).unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                held.push(socket);
+            }
+        });
+        Self {
+            url,
+            accepted,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

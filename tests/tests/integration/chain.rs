@@ -1,0 +1,202 @@
+//! Chain order, mutation, nesting and the server↔client adapters.
+
+use std::sync::{Arc, Mutex};
+
+use connect_runtime::adapters::{ClientToServer, ServerToClient};
+use connect_runtime::proto::connection::Mechanism;
+use connect_runtime::{ClientChain, ClientUrl, Context, Passthrough, ServerChain};
+use connect_tests::elements::{Capture, Edit, InjectError, Record};
+use connect_tests::request;
+use tonic::Code;
+
+fn log() -> Arc<Mutex<Vec<String>>> {
+    Arc::default()
+}
+
+fn entries(log: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+    log.lock().unwrap().clone()
+}
+
+#[tokio::test]
+async fn elements_run_in_order_and_unwind_in_reverse() {
+    let log = log();
+    let chain = ServerChain::builder()
+        .with(Record::new("a", &log))
+        .with(Record::new("b", &log))
+        .with(Record::new("c", &log))
+        .build();
+
+    chain.request(Context::new(), request("1")).await.unwrap();
+    chain
+        .close(Context::new(), request("1").connection.unwrap())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        entries(&log),
+        [
+            "a:request",
+            "b:request",
+            "c:request",
+            "c:reply",
+            "b:reply",
+            "a:reply",
+            "a:close",
+            "b:close",
+            "c:close",
+            "c:closed",
+            "b:closed",
+            "a:closed",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn edits_are_seen_downstream_and_returned_upstream() {
+    let capture = Capture::new();
+    let chain = ServerChain::builder()
+        .with(Edit {
+            key: "first",
+            value: "1",
+            mechanism: None,
+        })
+        .with(capture.clone())
+        .with(Edit {
+            key: "second",
+            value: "2",
+            mechanism: Some(Mechanism {
+                cls: "LOCAL".into(),
+                r#type: "KERNEL".into(),
+                ..Default::default()
+            }),
+        })
+        .build();
+
+    let reply = chain.request(Context::new(), request("1")).await.unwrap();
+
+    let seen = capture.request().unwrap().connection.unwrap();
+    let extra = &seen.context.unwrap().extra_context;
+    assert_eq!(extra.get("first").map(String::as_str), Some("1"));
+    assert!(
+        !extra.contains_key("second"),
+        "a later edit leaked upstream"
+    );
+
+    let extra = &reply.context.as_ref().unwrap().extra_context;
+    assert_eq!(extra.len(), 2);
+    assert_eq!(reply.mechanism.unwrap().r#type, "KERNEL");
+}
+
+#[tokio::test]
+async fn an_error_stops_the_chain_and_reaches_the_caller() {
+    let log = log();
+    let chain = ServerChain::builder()
+        .with(Record::new("a", &log))
+        .with(InjectError::always(Code::PermissionDenied))
+        .with(Record::new("never", &log))
+        .build();
+
+    let err = chain
+        .request(Context::new(), request("1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = chain
+        .close(Context::new(), request("1").connection.unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(
+        entries(&log),
+        ["a:request", "a:reply", "a:close", "a:closed"]
+    );
+}
+
+#[tokio::test]
+async fn a_nested_chain_continues_into_its_enclosing_chain() {
+    let log = log();
+    let inner = ServerChain::builder()
+        .with(Record::new("inner1", &log))
+        .with(Record::new("inner2", &log))
+        .build();
+    let outer = ServerChain::builder()
+        .with(Record::new("outer", &log))
+        .with(inner)
+        .with(Record::new("after", &log))
+        .build();
+
+    outer.request(Context::new(), request("1")).await.unwrap();
+
+    assert_eq!(
+        entries(&log),
+        [
+            "outer:request",
+            "inner1:request",
+            "inner2:request",
+            "after:request",
+            "after:reply",
+            "inner2:reply",
+            "inner1:reply",
+            "outer:reply",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn server_elements_run_in_client_chains_and_back() {
+    let log = log();
+    // server element → client chain → nested as a server element again.
+    let client = ClientChain::builder()
+        .with(ServerToClient(Record::new("s-in-c", &log)))
+        .with(Passthrough)
+        .build();
+    let server = ServerChain::builder()
+        .with(Record::new("server", &log))
+        .with(ClientToServer(client))
+        .with(Record::new("tail", &log))
+        .build();
+
+    let reply = server.request(Context::new(), request("x")).await.unwrap();
+    assert_eq!(reply.id, "x");
+    assert_eq!(
+        entries(&log),
+        [
+            "server:request",
+            "s-in-c:request",
+            "tail:request",
+            "tail:reply",
+            "s-in-c:reply",
+            "server:reply",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_end_of_a_chain_answers_with_the_request_connection() {
+    let empty = ServerChain::default();
+    assert!(empty.is_empty());
+    let reply = empty.request(Context::new(), request("7")).await.unwrap();
+    assert_eq!(reply.id, "7");
+    let reply = empty
+        .request(Context::new(), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(reply, Default::default());
+}
+
+#[tokio::test]
+async fn clienturl_sets_the_url_for_what_follows_only() {
+    let before = Capture::new();
+    let after = Capture::new();
+    let url: url::Url = "tcp://10.0.0.1:5001".parse().unwrap();
+    let chain = ServerChain::builder()
+        .with(before.clone())
+        .with(ClientUrl::new(url.clone()))
+        .with(after.clone())
+        .build();
+
+    chain.request(Context::new(), request("1")).await.unwrap();
+
+    assert_eq!(before.seen().client_url, None);
+    assert_eq!(after.seen().client_url.as_deref(), Some(url.as_str()));
+}

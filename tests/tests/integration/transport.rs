@@ -1,0 +1,373 @@
+//! Serving chains and dialing them over loopback TCP and unix sockets.
+
+use std::time::{Duration, Instant};
+
+use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
+use connect_runtime::{
+    ChainService, ClientChain, Context, DialError, DialOptions, GrpcClient, Passthrough,
+    ServeError, ServerChain, dial, serve,
+};
+use connect_tests::elements::{Capture, Edit, Park};
+use connect_tests::remote::{BlackHole, ScratchDir, start_tcp, start_unix, unix_url};
+use connect_tests::request;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use url::Url;
+
+fn edit() -> Edit {
+    Edit {
+        key: "remote",
+        value: "yes",
+        mechanism: None,
+    }
+}
+
+async fn round_trip(server: &connect_runtime::ServerHandle, capture: &Capture) {
+    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
+
+    let reply = client.request(Context::new(), request("rt")).await.unwrap();
+    assert_eq!(reply.id, "rt");
+    assert_eq!(reply.context.unwrap().extra_context["remote"], "yes");
+    assert_eq!(
+        capture.request().unwrap().connection.unwrap().id,
+        "rt",
+        "the remote saw the request"
+    );
+
+    client
+        .close(Context::new(), request("rt").connection.unwrap())
+        .await
+        .unwrap();
+    assert!(capture.request().is_none(), "the remote saw the close");
+    assert_eq!(server.connections().accepted, 1);
+}
+
+#[tokio::test]
+async fn request_and_close_round_trip_over_tcp() {
+    let capture = Capture::new();
+    let server = start_tcp(
+        ServerChain::builder()
+            .with(capture.clone())
+            .with(edit())
+            .build(),
+    )
+    .await;
+    assert_eq!(server.url().scheme(), "tcp");
+    assert_ne!(server.url().port(), Some(0));
+    round_trip(&server, &capture).await;
+}
+
+#[tokio::test]
+async fn request_and_close_round_trip_over_a_unix_socket() {
+    let dir = ScratchDir::new();
+    let capture = Capture::new();
+    let server = start_unix(
+        &dir,
+        "remote.sock",
+        ServerChain::builder()
+            .with(capture.clone())
+            .with(edit())
+            .build(),
+    )
+    .await;
+    round_trip(&server, &capture).await;
+    server.kill().await;
+    assert!(
+        !dir.path().join("remote.sock").exists(),
+        "the server removes its socket file"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_unix_socket_is_replaced_and_a_live_one_is_not() {
+    let dir = ScratchDir::new();
+    let path = dir.path().join("stale.sock");
+    // A socket file nobody listens on, as a crashed server leaves behind.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+
+    let live = serve(
+        &unix_url(&path),
+        ServerChain::default(),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("a stale socket is replaced");
+
+    let err = serve(
+        &unix_url(&path),
+        ServerChain::default(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ServeError::Bind { .. }));
+    assert!(
+        err.to_string().contains("another server is listening"),
+        "{err}"
+    );
+
+    // The first server is unharmed.
+    let conn = dial(live.url(), &DialOptions::new()).await.unwrap();
+    NetworkServiceClient::new(conn)
+        .request(request("still-here"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_callers_deadline_reaches_the_remote_and_ends_its_call() {
+    let capture = Capture::new();
+    let park = Park::new();
+    let server = start_tcp(
+        ServerChain::builder()
+            .with(capture.clone())
+            .with(park.clone())
+            .build(),
+    )
+    .await;
+    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
+
+    let ctx = Context::new().with_timeout(Duration::from_millis(300));
+    let err = client.request(ctx, request("slow")).await.unwrap_err();
+
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    let remaining = capture.seen().remaining.expect("the remote got a deadline");
+    assert!(remaining <= Duration::from_millis(300), "{remaining:?}");
+    // The remote's own handling was cancelled when the deadline passed.
+    park.abandoned().await;
+    assert_eq!(park.abandoned_calls(), 1);
+}
+
+#[tokio::test]
+async fn the_service_enforces_the_incoming_grpc_timeout() {
+    use connect_runtime::proto::networkservice::network_service_server::NetworkService;
+
+    // In-process, so that no client-side timer can be what answers.
+    let park = Park::new();
+    let service = ChainService::new(ServerChain::builder().with(park.clone()).build());
+    let mut grpc = tonic::Request::new(request("slow"));
+    grpc.metadata_mut()
+        .insert("grpc-timeout", "100m".parse().unwrap());
+
+    let err = service.request(grpc).await.unwrap_err();
+
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    park.abandoned().await;
+    assert_eq!(park.abandoned_calls(), 1);
+
+    let mut grpc = tonic::Request::new(request("bad"));
+    grpc.metadata_mut()
+        .insert("grpc-timeout", "soon".parse().unwrap());
+    let err = service.request(grpc).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("grpc-timeout"), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_listener_that_never_speaks_http2_fails_the_dial_within_its_timeout() {
+    let hole = BlackHole::start().await;
+    let caller = Context::new().with_timeout(Duration::from_secs(5));
+    let options = DialOptions::new().timeout(Duration::from_millis(100));
+
+    let started = Instant::now();
+    let err = caller
+        .run(async { Ok(dial(hole.url(), &options).await) })
+        .await
+        .expect("the dial ends before the caller's deadline")
+        .unwrap_err();
+    let elapsed = started.elapsed();
+
+    assert!(matches!(err, DialError::Timeout { .. }), "{err:?}");
+    assert!(err.to_string().contains(hole.url().as_str()), "{err}");
+    let status = tonic::Status::from(err);
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        elapsed < Duration::from_millis(2500),
+        "dial took {elapsed:?}"
+    );
+    assert_eq!(hole.accepted(), 1, "TCP connected; HTTP/2 never answered");
+}
+
+#[tokio::test]
+async fn a_server_that_is_not_http2_is_reported_as_such() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = Url::parse(&format!("tcp://{}", listener.local_addr().unwrap())).unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let (mut socket, _) = listener.accept().await.unwrap();
+        socket
+            .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            .await
+            .unwrap();
+        std::future::pending::<()>().await;
+    });
+
+    let err = dial(&url, &DialOptions::new().timeout(Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DialError::NotHttp2 { .. }), "{err:?}");
+    assert!(err.to_string().contains("does not speak HTTP/2"), "{err}");
+}
+
+#[tokio::test]
+async fn dialing_a_missing_unix_socket_names_the_path() {
+    let dir = ScratchDir::new();
+    let path = dir.path().join("nobody.sock");
+    let err = dial(&unix_url(&path), &DialOptions::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DialError::Connect { .. }), "{err:?}");
+    assert!(err.to_string().contains(path.to_str().unwrap()), "{err}");
+    assert_eq!(tonic::Status::from(err).code(), Code::Unavailable);
+}
+
+#[tokio::test]
+async fn bad_urls_give_clear_errors() {
+    for bad in [
+        "http://127.0.0.1:1",
+        "tcp://127.0.0.1",
+        "unix://host/x.sock",
+        "tcp://u:p@h:1",
+    ] {
+        let url = Url::parse(bad).unwrap();
+        let err = dial(&url, &DialOptions::new()).await.unwrap_err();
+        assert!(matches!(err, DialError::Url(_)), "{bad}: {err:?}");
+        assert!(err.to_string().contains(bad), "{bad}: {err}");
+        assert_eq!(tonic::Status::from(err).code(), Code::InvalidArgument);
+
+        let err = serve(&url, ServerChain::default(), CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ServeError::Url(_)), "{bad}: {err:?}");
+    }
+
+    let err = serve(
+        &Url::parse("unix:///definitely/not/here/x.sock").unwrap(),
+        ServerChain::default(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("directory /definitely/not/here does not exist"),
+        "{err}"
+    );
+
+    let taken = start_tcp(ServerChain::default()).await;
+    let err = serve(
+        taken.url(),
+        ServerChain::default(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+}
+
+#[tokio::test]
+async fn dial_metadata_goes_with_every_call() {
+    let capture = Capture::new();
+    let server = start_tcp(ServerChain::builder().with(capture.clone()).build()).await;
+    let options = DialOptions::new().bearer_token("s3cret").unwrap();
+    let conn = dial(server.url(), &options).await.unwrap();
+    let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
+
+    for id in ["one", "two"] {
+        client.request(Context::new(), request(id)).await.unwrap();
+        assert_eq!(
+            capture.seen().authorization.as_deref(),
+            Some("Bearer s3cret")
+        );
+    }
+}
+
+#[tokio::test]
+async fn health_is_served_and_turns_not_serving_on_shutdown() {
+    let shutdown = CancellationToken::new();
+    let server = serve(
+        &"tcp://127.0.0.1:0".parse().unwrap(),
+        ServerChain::builder().with(Passthrough).build(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    let mut health = HealthClient::new(conn);
+
+    for service in ["", "networkservice.NetworkService"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    shutdown.cancel();
+    let next = watch.message().await.unwrap().unwrap();
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    drop(watch);
+    drop(health);
+    server.stopped().await;
+}
+
+#[tokio::test]
+async fn the_server_counts_connections_and_sees_them_close() {
+    let server = start_tcp(ServerChain::default()).await;
+    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    NetworkServiceClient::new(conn.clone())
+        .request(request("a"))
+        .await
+        .unwrap();
+    let stats = server.connections();
+    assert_eq!((stats.accepted, stats.open), (1, 1));
+
+    drop(conn);
+    let stats = server.wait_connections(|s| s.open == 0).await;
+    assert_eq!(stats.accepted, 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn killing_a_server_cuts_calls_in_flight() {
+    let park = Park::new();
+    let server = start_tcp(ServerChain::builder().with(park.clone()).build()).await;
+    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    let call = tokio::spawn(async move {
+        NetworkServiceClient::new(conn)
+            .request(request("doomed"))
+            .await
+    });
+    park.arrived().await;
+
+    server.kill().await;
+
+    let err = call.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled
+        ),
+        "{err:?}"
+    );
+}
