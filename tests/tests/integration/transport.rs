@@ -371,3 +371,52 @@ async fn killing_a_server_cuts_calls_in_flight() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn dialing_with_tls_verifies_the_server_and_carries_calls() {
+    use connect_runtime::tls::{Certificate, ClientTlsConfig, Identity};
+    use tonic::transport::ServerTlsConfig;
+
+    let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_pem = issued.cert.pem();
+    let key_pem = issued.signing_key.serialize_pem();
+
+    // A TLS server: the chain mounted on tonic's own transport.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = Url::parse(&format!("tcp://{}", listener.local_addr().unwrap())).unwrap();
+    let capture = Capture::new();
+    let service = ChainService::new(ServerChain::builder().with(capture.clone()).build());
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(&cert_pem, &key_pem)))
+            .unwrap()
+            .add_service(service.into_server())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let trusted = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&cert_pem))
+        .domain_name("localhost");
+    let options = DialOptions::new()
+        .timeout(Duration::from_secs(5))
+        .tls(trusted);
+    let conn = dial(&url, &options).await.unwrap();
+    let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
+    let reply = client
+        .request(Context::new(), request("tls"))
+        .await
+        .unwrap();
+    assert_eq!(reply.id, "tls");
+    assert!(capture.request().is_some());
+
+    // A server whose certificate the client does not trust is refused.
+    let untrusted = DialOptions::new()
+        .timeout(Duration::from_secs(5))
+        .tls(ClientTlsConfig::new().domain_name("localhost"));
+    let err = dial(&url, &untrusted).await.unwrap_err();
+    assert!(
+        matches!(err, DialError::Connect { .. } | DialError::Config { .. }),
+        "{err:?}"
+    );
+    server.abort();
+}
