@@ -5,10 +5,10 @@ use std::sync::Arc;
 use tonic::Status;
 use url::Url;
 
-use crate::Context;
-use crate::element::{BoxFuture, ClientElement, Next, ServerElement};
+use crate::element::Next;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
+use crate::{Context, Element, hooks};
 
 /// Sets the client URL for everything after it (Go's `clienturl.NewServer`).
 ///
@@ -31,7 +31,8 @@ use crate::proto::networkservice::NetworkServiceRequest;
 /// assert_eq!(conn, Connection::default());
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Element)]
+#[element(server, client, name = "clienturl")]
 pub struct ClientUrl {
     url: Arc<Url>,
 }
@@ -46,48 +47,27 @@ impl ClientUrl {
     pub fn url(&self) -> &Url {
         &self.url
     }
-
-    fn apply(&self, ctx: Context) -> Context {
-        ctx.with_client_url(Arc::clone(&self.url))
-    }
 }
 
-impl ServerElement for ClientUrl {
-    fn request<'a>(
-        &'a self,
+#[hooks]
+impl ClientUrl {
+    async fn request(
+        &self,
         ctx: Context,
         request: NetworkServiceRequest,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<Connection, Status>> {
-        Box::pin(next.request(self.apply(ctx), request))
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        let ctx = ctx.with_client_url(Arc::clone(&self.url));
+        next.request(ctx, request).await
     }
 
-    fn close<'a>(
-        &'a self,
+    async fn close(
+        &self,
         ctx: Context,
         connection: Connection,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<(), Status>> {
-        Box::pin(next.close(self.apply(ctx), connection))
-    }
-}
-
-impl ClientElement for ClientUrl {
-    fn request<'a>(
-        &'a self,
-        ctx: Context,
-        request: NetworkServiceRequest,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<Connection, Status>> {
-        Box::pin(next.request(self.apply(ctx), request))
-    }
-
-    fn close<'a>(
-        &'a self,
-        ctx: Context,
-        connection: Connection,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<(), Status>> {
-        Box::pin(next.close(self.apply(ctx), connection))
+        next: Next<'_>,
+    ) -> Result<(), Status> {
+        let ctx = ctx.with_client_url(Arc::clone(&self.url));
+        next.close(ctx, connection).await
     }
 }

@@ -1,6 +1,6 @@
 //! The element that does nothing (Go's `null`).
 
-use crate::element::{ClientElement, ServerElement};
+use crate::{Element, hooks};
 
 /// Passes every call on unchanged; usable in server and client chains.
 ///
@@ -14,9 +14,9 @@ use crate::element::{ClientElement, ServerElement};
 /// let client = ClientChain::builder().with(Passthrough).build();
 /// assert_eq!(server.len() + client.len(), 2);
 /// ```
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Element)]
+#[element(server, client)]
 pub struct Passthrough;
 
-impl ServerElement for Passthrough {}
-
-impl ClientElement for Passthrough {}
+#[hooks]
+impl Passthrough {}

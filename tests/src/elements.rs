@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use connect_runtime::proto::connection::{Connection, Mechanism};
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
-use connect_runtime::{BoxFuture, Context, Next, ServerElement};
+use connect_runtime::{Context, Element, Next, hooks};
 use tokio::sync::Notify;
 use tonic::{Code, Status};
 
 /// Appends `<name>:request`, `<name>:reply`, `<name>:close` and
 /// `<name>:closed` to a shared log, to check the order elements run in.
-#[derive(Clone)]
+#[derive(Clone, Element)]
+#[element(server, client)]
 pub struct Record {
     pub name: &'static str,
     pub log: Arc<Mutex<Vec<String>>>,
@@ -35,52 +36,51 @@ impl Record {
     }
 }
 
-impl ServerElement for Record {
-    fn request<'a>(
-        &'a self,
+#[hooks]
+impl Record {
+    async fn request(
+        &self,
         ctx: Context,
         request: NetworkServiceRequest,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<Connection, Status>> {
-        Box::pin(async move {
-            self.push("request");
-            let reply = next.request(ctx, request).await;
-            self.push("reply");
-            reply
-        })
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        self.push("request");
+        let reply = next.request(ctx, request).await;
+        self.push("reply");
+        reply
     }
 
-    fn close<'a>(
-        &'a self,
+    async fn close(
+        &self,
         ctx: Context,
         connection: Connection,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<(), Status>> {
-        Box::pin(async move {
-            self.push("close");
-            let result = next.close(ctx, connection).await;
-            self.push("closed");
-            result
-        })
+        next: Next<'_>,
+    ) -> Result<(), Status> {
+        self.push("close");
+        let result = next.close(ctx, connection).await;
+        self.push("closed");
+        result
     }
 }
 
 /// Sets `extra_context[key] = value` and, if given, the mechanism on every
 /// request it passes on (Go's test `editServer`).
-#[derive(Clone)]
+#[derive(Clone, Element)]
+#[element(server, client)]
 pub struct Edit {
     pub key: &'static str,
     pub value: &'static str,
     pub mechanism: Option<Mechanism>,
 }
 
-impl ServerElement for Edit {
-    fn request<'a>(
-        &'a self,
+#[hooks]
+impl Edit {
+    async fn request(
+        &self,
         ctx: Context,
         mut request: NetworkServiceRequest,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<Connection, Status>> {
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
         let conn = request.connection.get_or_insert_with(Default::default);
         conn.context
             .get_or_insert_with(Default::default)
@@ -89,7 +89,7 @@ impl ServerElement for Edit {
         if let Some(mechanism) = &self.mechanism {
             conn.mechanism = Some(mechanism.clone());
         }
-        Box::pin(next.request(ctx, request))
+        next.request(ctx, request).await
     }
 }
 
@@ -104,7 +104,8 @@ pub struct Seen {
 
 /// Keeps a copy of the last request and what its context carried; a close
 /// forgets the request (Go's test `captureServer`).
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Element)]
+#[element(server, client)]
 pub struct Capture {
     seen: Arc<Mutex<Seen>>,
 }
@@ -123,13 +124,14 @@ impl Capture {
     }
 }
 
-impl ServerElement for Capture {
-    fn request<'a>(
-        &'a self,
+#[hooks]
+impl Capture {
+    async fn request(
+        &self,
         ctx: Context,
         request: NetworkServiceRequest,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<Connection, Status>> {
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
         *self.seen.lock().unwrap() = Seen {
             request: Some(request.clone()),
             remaining: ctx.remaining(),
@@ -140,22 +142,23 @@ impl ServerElement for Capture {
                 .map(str::to_owned),
             client_url: ctx.client_url().map(|u| u.to_string()),
         };
-        Box::pin(next.request(ctx, request))
+        next.request(ctx, request).await
     }
 
-    fn close<'a>(
-        &'a self,
+    async fn close(
+        &self,
         ctx: Context,
         connection: Connection,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<(), Status>> {
+        next: Next<'_>,
+    ) -> Result<(), Status> {
         self.seen.lock().unwrap().request = None;
-        Box::pin(next.close(ctx, connection))
+        next.close(ctx, connection).await
     }
 }
 
 /// Counts requests and closes that pass through it.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Element)]
+#[element(server, client)]
 pub struct Count {
     requests: Arc<AtomicUsize>,
     closes: Arc<AtomicUsize>,
@@ -175,30 +178,32 @@ impl Count {
     }
 }
 
-impl ServerElement for Count {
-    fn request<'a>(
-        &'a self,
+#[hooks]
+impl Count {
+    async fn request(
+        &self,
         ctx: Context,
         request: NetworkServiceRequest,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<Connection, Status>> {
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
         self.requests.fetch_add(1, Ordering::SeqCst);
-        Box::pin(next.request(ctx, request))
+        next.request(ctx, request).await
     }
 
-    fn close<'a>(
-        &'a self,
+    async fn close(
+        &self,
         ctx: Context,
         connection: Connection,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<(), Status>> {
+        next: Next<'_>,
+    ) -> Result<(), Status> {
         self.closes.fetch_add(1, Ordering::SeqCst);
-        Box::pin(next.close(ctx, connection))
+        next.close(ctx, connection).await
     }
 }
 
 /// Fails requests and/or closes with a given code, without calling `next`.
-#[derive(Clone)]
+#[derive(Clone, Element)]
+#[element(server, client)]
 pub struct InjectError {
     pub on_request: Option<Code>,
     pub on_close: Option<Code>,
@@ -214,34 +219,29 @@ impl InjectError {
     }
 }
 
-impl ServerElement for InjectError {
-    fn request<'a>(
-        &'a self,
+#[hooks]
+impl InjectError {
+    async fn request(
+        &self,
         ctx: Context,
         request: NetworkServiceRequest,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<Connection, Status>> {
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
         match self.on_request {
-            Some(code) => Box::pin(std::future::ready(Err(Status::new(
-                code,
-                "injected request error",
-            )))),
-            None => Box::pin(next.request(ctx, request)),
+            Some(code) => Err(Status::new(code, "injected request error")),
+            None => next.request(ctx, request).await,
         }
     }
 
-    fn close<'a>(
-        &'a self,
+    async fn close(
+        &self,
         ctx: Context,
         connection: Connection,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<(), Status>> {
+        next: Next<'_>,
+    ) -> Result<(), Status> {
         match self.on_close {
-            Some(code) => Box::pin(std::future::ready(Err(Status::new(
-                code,
-                "injected close error",
-            )))),
-            None => Box::pin(next.close(ctx, connection)),
+            Some(code) => Err(Status::new(code, "injected close error")),
+            None => next.close(ctx, connection).await,
         }
     }
 }
@@ -249,7 +249,8 @@ impl ServerElement for InjectError {
 /// Holds every request until released, reporting when one arrives and when
 /// a parked call is given up: its cancellation token fires or its future is
 /// dropped (a caller's deadline, a dropped caller).
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Element)]
+#[element(server, client)]
 pub struct Park {
     inner: Arc<ParkInner>,
 }
@@ -303,28 +304,27 @@ impl Park {
     }
 }
 
-impl ServerElement for Park {
-    fn request<'a>(
-        &'a self,
+#[hooks]
+impl Park {
+    async fn request(
+        &self,
         ctx: Context,
         request: NetworkServiceRequest,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<Connection, Status>> {
-        Box::pin(async move {
-            let mut parked = ParkedCall {
-                inner: &self.inner,
-                released: false,
-            };
-            self.inner.arrived.notify_one();
-            tokio::select! {
-                () = self.inner.release.notified() => {
-                    parked.released = true;
-                    next.request(ctx, request).await
-                }
-                () = ctx.cancellation_token().cancelled() => {
-                    Err(Status::cancelled("parked call cancelled"))
-                }
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        let mut parked = ParkedCall {
+            inner: &self.inner,
+            released: false,
+        };
+        self.inner.arrived.notify_one();
+        tokio::select! {
+            () = self.inner.release.notified() => {
+                parked.released = true;
+                next.request(ctx, request).await
             }
-        })
+            () = ctx.cancellation_token().cancelled() => {
+                Err(Status::cancelled("parked call cancelled"))
+            }
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! and a test fails when what is checked in differs from what would be written.
 
 mod files;
+mod fixtures;
 mod proto;
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ pub use files::{Mode, Report};
 pub fn codegen(mode: Mode) -> Result<Report, String> {
     let root = workspace_root();
     let mut generated = proto::generate(&root)?;
+    generated.extend(fixtures::generate(&root)?);
     generated.sort_by(|a, b| a.path.cmp(&b.path));
     files::apply(&root, &generated, mode)
 }

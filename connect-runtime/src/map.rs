@@ -1,0 +1,482 @@
+//! Storage for typed concurrent maps: [`SyncMap`], with the verbs of Go's
+//! `sync.Map`, and [`RefCountMap`], whose entries live exactly as long as
+//! they are referenced.
+//!
+//! Both are sharded maps behind short, synchronous critical sections: no lock
+//! is ever held across an `.await`, and no user code runs under a lock except
+//! the `make` closure of [`RefCountMap::acquire`]. Declare a named, typed map
+//! over one of them with [`ConcurrentMap`](crate::ConcurrentMap).
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// Shards when none are asked for: enough to keep 2–64 cores from queueing
+/// on one lock, small enough that `len` and `range` stay cheap.
+pub const DEFAULT_SHARDS: usize = 16;
+
+struct Shards<K, T> {
+    hasher: RandomState,
+    shards: Box<[Mutex<HashMap<K, T>>]>,
+}
+
+impl<K: Hash + Eq, T> Shards<K, T> {
+    fn new(shards: usize) -> Self {
+        assert!(
+            shards.is_power_of_two(),
+            "shard count must be a power of two, not {shards}"
+        );
+        Self {
+            hasher: RandomState::new(),
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> MutexGuard<'_, HashMap<K, T>> {
+        let index = self.hasher.hash_one(key) as usize & (self.shards.len() - 1);
+        lock(&self.shards[index])
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    /// Calls `f` on a copy of each shard's entries, taken under the shard's
+    /// lock and visited after releasing it.
+    fn range<R>(&self, mut copy: impl FnMut(&K, &T) -> R, mut f: impl FnMut(R) -> bool) {
+        for shard in self.shards.iter() {
+            let snapshot: Vec<R> = lock(shard).iter().map(|(k, t)| copy(k, t)).collect();
+            for item in snapshot {
+                if !f(item) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A panic while holding a shard lock cannot leave a map entry half-written
+/// (every critical section is a single `HashMap` call), so poisoning is
+/// ignored rather than spread to every later caller.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A concurrent map with the verbs of Go's `sync.Map`.
+///
+/// Values are returned by clone, so they are usually cheap handles (`Arc`s,
+/// small records).
+///
+/// ```
+/// use connect_runtime::map::SyncMap;
+///
+/// let map: SyncMap<String, u32> = SyncMap::new();
+/// map.store("a".into(), 1);
+/// assert_eq!(map.load("a"), Some(1));
+/// assert_eq!(map.load_or_store("a".into(), 2), (1, true));
+/// assert_eq!(map.load_and_delete("a"), Some(1));
+/// assert!(map.is_empty());
+/// ```
+pub struct SyncMap<K, V> {
+    inner: Shards<K, V>,
+}
+
+impl<K: Hash + Eq, V: Clone> SyncMap<K, V> {
+    /// An empty map with [`DEFAULT_SHARDS`] shards.
+    pub fn new() -> Self {
+        Self::with_shards(DEFAULT_SHARDS)
+    }
+
+    /// An empty map with `shards` shards.
+    ///
+    /// # Panics
+    /// If `shards` is not a power of two.
+    pub fn with_shards(shards: usize) -> Self {
+        Self {
+            inner: Shards::new(shards),
+        }
+    }
+
+    /// The value for `key`, if any.
+    pub fn load<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.shard(key).get(key).cloned()
+    }
+
+    /// Sets the value for `key`.
+    pub fn store(&self, key: K, value: V) {
+        self.inner.shard(&key).insert(key, value);
+    }
+
+    /// The existing value for `key` and `true`, or, if there was none,
+    /// stores `value` and returns it and `false`.
+    pub fn load_or_store(&self, key: K, value: V) -> (V, bool) {
+        let mut shard = self.inner.shard(&key);
+        match shard.get(&key) {
+            Some(existing) => (existing.clone(), true),
+            None => {
+                shard.insert(key, value.clone());
+                (value, false)
+            }
+        }
+    }
+
+    /// Removes `key`, returning its value if there was one.
+    pub fn load_and_delete<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.shard(key).remove(key)
+    }
+
+    /// Removes `key`.
+    pub fn delete<Q>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.shard(key).remove(key);
+    }
+
+    /// Calls `f` for each entry until it returns `false`.
+    ///
+    /// `f` runs with no lock held, so it may use the map (even remove the
+    /// entry it is looking at) without deadlocking. It sees each shard as it
+    /// was when the shard was reached: entries stored or removed while
+    /// `range` runs may or may not be seen, and there is no single instant
+    /// at which the whole map looked as `f` saw it (as with Go's
+    /// `sync.Map.Range`).
+    pub fn range(&self, f: impl FnMut(&K, &V) -> bool)
+    where
+        K: Clone,
+    {
+        let mut f = f;
+        self.inner
+            .range(|k, v| (k.clone(), v.clone()), |(k, v)| f(&k, &v));
+    }
+
+    /// Number of entries (summed shard by shard, so only a snapshot).
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Whether the map has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<K: Hash + Eq, V: Clone> Default for SyncMap<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Hash + Eq + Clone + fmt::Debug, V: Clone + fmt::Debug> fmt::Debug for SyncMap<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        self.range(|k, v| {
+            map.entry(k, v);
+            true
+        });
+        map.finish()
+    }
+}
+
+/// Identifies one value stored in a [`RefCountMap`]: a value created for a
+/// key, removed, and created again is a different instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Instance(u64);
+
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
+
+impl Instance {
+    fn next() -> Self {
+        Self(NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// What [`RefCountMap::acquire`] returns: the value, which instance it is,
+/// and whether this call created it.
+#[derive(Clone, Debug)]
+pub struct Acquired<V> {
+    /// The value now referenced once more.
+    pub value: V,
+    /// Which instance was acquired; hand it back to `release` or `evict`.
+    pub instance: Instance,
+    /// `true` if there was no value and `make` created this one.
+    pub created: bool,
+}
+
+/// What [`RefCountMap::release`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Released<V> {
+    /// That was the last reference: the entry was removed; here is its value.
+    Last(V),
+    /// Other references remain; this many.
+    Shared(usize),
+    /// The map no longer holds that instance (it was evicted, or replaced by
+    /// a newer one): nothing changed.
+    Gone,
+}
+
+struct Counted<V> {
+    value: V,
+    instance: Instance,
+    refs: usize,
+}
+
+/// A concurrent map whose entries are reference counted: `acquire` creates
+/// a key's value on first use and counts a reference, `release` drops one
+/// and removes the entry with the last. What `connect` keeps its per-URL
+/// clients in.
+///
+/// Every operation is atomic per key. Releases and evictions name the
+/// [`Instance`] they mean, so a late release can never remove a newer value
+/// stored under the same key.
+///
+/// ```
+/// use connect_runtime::map::{RefCountMap, Released};
+///
+/// let clients: RefCountMap<String, &str> = RefCountMap::new();
+/// let a = clients.acquire("tcp://a:1".into(), || "client-1");
+/// let b = clients.acquire("tcp://a:1".into(), || unreachable!("already there"));
+/// assert!(a.created && !b.created);
+/// assert_eq!(clients.refs("tcp://a:1"), Some(2));
+///
+/// assert_eq!(clients.release("tcp://a:1", a.instance), Released::Shared(1));
+/// assert_eq!(clients.release("tcp://a:1", b.instance), Released::Last("client-1"));
+/// assert!(clients.is_empty());
+/// ```
+pub struct RefCountMap<K, V> {
+    inner: Shards<K, Counted<V>>,
+}
+
+impl<K: Hash + Eq, V: Clone> RefCountMap<K, V> {
+    /// An empty map with [`DEFAULT_SHARDS`] shards.
+    pub fn new() -> Self {
+        Self::with_shards(DEFAULT_SHARDS)
+    }
+
+    /// An empty map with `shards` shards.
+    ///
+    /// # Panics
+    /// If `shards` is not a power of two.
+    pub fn with_shards(shards: usize) -> Self {
+        Self {
+            inner: Shards::new(shards),
+        }
+    }
+
+    /// Counts one more reference to `key`'s value, creating it with `make`
+    /// if there is none.
+    ///
+    /// `make` runs under the shard's lock, so that two callers never both
+    /// create a value for one key: keep it short, and do not touch this map
+    /// from it.
+    pub fn acquire(&self, key: K, make: impl FnOnce() -> V) -> Acquired<V> {
+        let mut shard = self.inner.shard(&key);
+        let entry = shard.entry(key);
+        let created = matches!(entry, std::collections::hash_map::Entry::Vacant(_));
+        let counted = entry.or_insert_with(|| Counted {
+            value: make(),
+            instance: Instance::next(),
+            refs: 0,
+        });
+        counted.refs += 1;
+        Acquired {
+            value: counted.value.clone(),
+            instance: counted.instance,
+            created,
+        }
+    }
+
+    /// Drops one reference to `instance`; removes the entry when it was the
+    /// last. A release of an instance the map no longer holds changes nothing.
+    pub fn release<Q>(&self, key: &Q, instance: Instance) -> Released<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut shard = self.inner.shard(key);
+        match shard.get_mut(key) {
+            Some(counted) if counted.instance == instance => {
+                counted.refs -= 1;
+                if counted.refs == 0 {
+                    let removed = shard.remove(key).expect("entry was just found");
+                    Released::Last(removed.value)
+                } else {
+                    Released::Shared(counted.refs)
+                }
+            }
+            _ => Released::Gone,
+        }
+    }
+
+    /// Removes `instance` whatever its count (a client found dead), returning
+    /// its value; `None` if the map no longer holds that instance.
+    pub fn evict<Q>(&self, key: &Q, instance: Instance) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut shard = self.inner.shard(key);
+        match shard.get(key) {
+            Some(counted) if counted.instance == instance => {
+                shard.remove(key).map(|counted| counted.value)
+            }
+            _ => None,
+        }
+    }
+
+    /// The value for `key` and its instance, without counting a reference.
+    pub fn load<Q>(&self, key: &Q) -> Option<(V, Instance)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner
+            .shard(key)
+            .get(key)
+            .map(|c| (c.value.clone(), c.instance))
+    }
+
+    /// How many references `key`'s value has, if it is present.
+    pub fn refs<Q>(&self, key: &Q) -> Option<usize>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.shard(key).get(key).map(|c| c.refs)
+    }
+
+    /// Calls `f` with each key, value and reference count until it returns
+    /// `false`; with no lock held, and seeing each shard as it was when
+    /// reached, as [`SyncMap::range`] does.
+    pub fn range(&self, f: impl FnMut(&K, &V, usize) -> bool)
+    where
+        K: Clone,
+    {
+        let mut f = f;
+        self.inner.range(
+            |k, c| (k.clone(), c.value.clone(), c.refs),
+            |(k, v, refs)| f(&k, &v, refs),
+        );
+    }
+
+    /// Number of keys with a value (summed shard by shard).
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Whether no key has a value.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<K: Hash + Eq, V: Clone> Default for RefCountMap<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Hash + Eq + Clone + fmt::Debug, V: Clone + fmt::Debug> fmt::Debug for RefCountMap<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        self.range(|k, v, refs| {
+            map.entry(k, &(v, refs));
+            true
+        });
+        map.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn range_may_touch_the_map_it_ranges_over() {
+        let map: SyncMap<u32, u32> = SyncMap::with_shards(4);
+        for i in 0..100 {
+            map.store(i, i);
+        }
+        let mut seen = 0;
+        map.range(|k, _| {
+            map.delete(k);
+            map.store(k + 1000, 0);
+            seen += 1;
+            seen < 200
+        });
+        assert!(seen >= 100);
+        assert!(map.load(&5).is_none());
+    }
+
+    #[test]
+    fn range_stops_when_told() {
+        let map: SyncMap<u32, u32> = SyncMap::new();
+        for i in 0..10 {
+            map.store(i, i);
+        }
+        let mut calls = 0;
+        map.range(|_, _| {
+            calls += 1;
+            calls < 3
+        });
+        assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn a_stale_release_cannot_remove_a_newer_instance() {
+        let map: RefCountMap<&str, u32> = RefCountMap::new();
+        let old = map.acquire("k", || 1);
+        assert_eq!(map.evict("k", old.instance), Some(1));
+        let new = map.acquire("k", || 2);
+        assert!(new.created);
+        assert_ne!(old.instance, new.instance);
+
+        assert_eq!(map.release("k", old.instance), Released::Gone);
+        assert_eq!(map.evict("k", old.instance), None);
+        assert_eq!(map.refs("k"), Some(1));
+        assert_eq!(map.release("k", new.instance), Released::Last(2));
+        assert!(map.is_empty());
+    }
+
+    #[test]
+    fn concurrent_acquire_creates_once_and_release_removes_once() {
+        let map: Arc<RefCountMap<u32, u64>> = Arc::new(RefCountMap::with_shards(2));
+        let made = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (map, made) = (Arc::clone(&map), Arc::clone(&made));
+                std::thread::spawn(move || {
+                    let mut last = 0;
+                    for round in 0..1000u32 {
+                        let key = round % 7;
+                        let got = map.acquire(key, || made.fetch_add(1, Ordering::SeqCst));
+                        if let Released::Last(_) = map.release(&key, got.instance) {
+                            last += 1;
+                        }
+                    }
+                    last
+                })
+            })
+            .collect();
+        let lasts: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert!(map.is_empty());
+        // Every creation is matched by exactly one last release.
+        assert_eq!(lasts, made.load(Ordering::SeqCst));
+    }
+}

@@ -1,0 +1,11 @@
+//! Misuse of the macros fails to compile with an error at the user's tokens
+//! (the `.stderr` files beside each case in `tests/ui/`).
+//!
+//! After an intended change to a message, regenerate the expectations with
+//! `TRYBUILD=overwrite cargo test -p connect-tests --test ui` and review them.
+
+#[test]
+fn misuse_of_the_macros_is_a_clear_compile_error() {
+    let cases = trybuild::TestCases::new();
+    cases.compile_fail("ui/*.rs");
+}

@@ -1,0 +1,7 @@
+use connect_runtime::Element;
+
+#[derive(Element)]
+#[element(server)]
+struct Hookless;
+
+fn main() {}
