@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Notify;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -46,6 +47,7 @@ pub struct DialOptions {
     tls: Option<ClientTlsConfig>,
     keepalive: Option<Keepalive>,
     metadata: MetadataMap,
+    close_on: Option<CancellationToken>,
 }
 
 /// HTTP/2 keepalive: a PING every `interval`; the connection is dropped if
@@ -78,6 +80,7 @@ impl Default for DialOptions {
             tls: None,
             keepalive: None,
             metadata: MetadataMap::new(),
+            close_on: None,
         }
     }
 }
@@ -120,6 +123,15 @@ impl DialOptions {
         })?;
         self.metadata.insert(key, value);
         Ok(self)
+    }
+
+    /// Closes the dialed connection when `token` is cancelled, whoever still
+    /// holds the channel: calls in flight fail, and the channel never
+    /// reconnects. `connect` dials its clients this way, so that cancelling a
+    /// client closes its TCP or unix connection at once.
+    pub fn close_on(mut self, token: CancellationToken) -> Self {
+        self.close_on = Some(token);
+        self
     }
 
     /// Sends `authorization: Bearer <token>` with every call.
@@ -280,6 +292,7 @@ pub async fn dial(url: &Url, options: &DialOptions) -> Result<ClientConn, DialEr
         let connector = Connector {
             target: Arc::new(target.clone()),
             answered: Arc::clone(&answered),
+            close_on: options.close_on.clone(),
         };
         let connect = async {
             let channel = endpoint
@@ -397,6 +410,7 @@ impl Answered {
 struct Connector {
     target: Arc<Target>,
     answered: Arc<Answered>,
+    close_on: Option<CancellationToken>,
 }
 
 impl tower_service::Service<http::Uri> for Connector {
@@ -411,6 +425,9 @@ impl tower_service::Service<http::Uri> for Connector {
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            if this.close_on.as_ref().is_some_and(|t| t.is_cancelled()) {
+                return Err(closed());
+            }
             let stream = match &*this.target {
                 Target::Tcp { host, port } => {
                     let stream = TcpStream::connect((host.as_str(), *port)).await?;
@@ -427,15 +444,31 @@ impl tower_service::Service<http::Uri> for Connector {
             Ok(TokioIo::new(Socket {
                 stream,
                 answered: Some(this.answered),
+                closed: this.close_on.map(|t| Box::pin(t.cancelled_owned())),
             }))
         })
     }
 }
 
-/// A dialed socket that reports the remote's first bytes to the dialer.
+/// A dialed socket that reports the remote's first bytes to the dialer,
+/// and fails every operation once its close token is cancelled.
 pub(crate) struct Socket {
     stream: Stream,
     answered: Option<Arc<Answered>>,
+    closed: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "the channel was closed")
+}
+
+impl Socket {
+    /// Registers for wake-up on the close token and reports whether it fired.
+    fn poll_closed(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        self.closed
+            .as_mut()
+            .is_some_and(|closed| closed.as_mut().poll(cx).is_ready())
+    }
 }
 
 impl AsyncRead for Socket {
@@ -444,6 +477,9 @@ impl AsyncRead for Socket {
         cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.poll_closed(cx) {
+            return Poll::Ready(Err(closed()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled
@@ -462,6 +498,9 @@ impl AsyncWrite for Socket {
         cx: &mut TaskContext<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.poll_closed(cx) {
+            return Poll::Ready(Err(closed()));
+        }
         Pin::new(&mut self.stream).poll_write(cx, data)
     }
 
@@ -470,6 +509,9 @@ impl AsyncWrite for Socket {
         cx: &mut TaskContext<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.poll_closed(cx) {
+            return Poll::Ready(Err(closed()));
+        }
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -478,6 +520,9 @@ impl AsyncWrite for Socket {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        if self.poll_closed(cx) {
+            return Poll::Ready(Err(closed()));
+        }
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 

@@ -48,12 +48,14 @@ extern crate self as connect_runtime;
 pub mod adapters;
 mod chain;
 mod clienturl;
+mod connect;
 mod context;
 mod dial;
 mod element;
 mod grpc_client;
 mod hooks;
 pub mod map;
+mod monitor;
 mod passthrough;
 mod serve;
 mod service;
@@ -65,11 +67,15 @@ pub use connect_proto as proto;
 
 pub use chain::{Chain, ChainBuilder, ClientChain, IntoElement, Role, ServerChain};
 pub use clienturl::ClientUrl;
+pub use connect::{
+    ClientFactory, ClientStats, Connect, ConnectBuilder, ConnectStats, DEFAULT_CLEANUP_TIMEOUT,
+};
 pub use context::{ClientCancel, Context};
 pub use dial::{ClientConn, DEFAULT_DIAL_TIMEOUT, DialError, DialOptions, Keepalive, dial};
 pub use element::{BoxFuture, ClientElement, Next, NextFuture, ServerElement};
 pub use grpc_client::GrpcClient;
 pub use hooks::Hooks;
+pub use monitor::Monitor;
 pub use passthrough::Passthrough;
 pub use serve::{ConnectionStats, DEFAULT_GRACE_PERIOD, Serve, ServeError, ServerHandle, serve};
 pub use service::ChainService;
@@ -184,7 +190,9 @@ pub use connect_macros::hooks;
 /// named, typed concurrent map with the verbs of the Go original.
 ///
 /// For `SyncMap<K, V>`: `new`, `load`, `store`, `load_or_store`,
-/// `load_and_delete`, `delete`, `range`, `len`, `is_empty`. For
+/// `load_and_delete`, `delete`, `range`, `len`, `is_empty`, and two verbs Go
+/// lacked: `load_or_store_with` (create only if absent) and `delete_if`
+/// (compare-and-delete). For
 /// `RefCountMap<K, V>`: `new`, `acquire`, `release`, `evict`, `load`,
 /// `refs`, `range`, `len`, `is_empty`. Both get `Default` and a `Debug`
 /// that shows the name and length. The methods take the struct's
@@ -210,7 +218,7 @@ pub use connect_macros::hooks;
 /// assert_eq!(format!("{routes:?}"), "Routes { len: 1 }");
 ///
 /// let remotes = Remotes::default();
-/// let first = remotes.acquire("tcp://10.0.0.1:5001".into(), || 7);
+/// let first = remotes.acquire("tcp://10.0.0.1:5001".into(), |_instance| 7);
 /// assert_eq!(remotes.release("tcp://10.0.0.1:5001", first.instance), Released::Last(7));
 /// assert!(remotes.is_empty());
 /// ```

@@ -62,7 +62,7 @@ impl<K: Hash + Eq, T> Shards<K, T> {
 /// A panic while holding a shard lock cannot leave a map entry half-written
 /// (every critical section is a single `HashMap` call), so poisoning is
 /// ignored rather than spread to every later caller.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -127,6 +127,34 @@ impl<K: Hash + Eq, V: Clone> SyncMap<K, V> {
                 shard.insert(key, value.clone());
                 (value, false)
             }
+        }
+    }
+
+    /// As [`SyncMap::load_or_store`], creating the value only if `key` has
+    /// none (`make` runs under the shard's lock: keep it short).
+    pub fn load_or_store_with(&self, key: K, make: impl FnOnce() -> V) -> (V, bool) {
+        let mut shard = self.inner.shard(&key);
+        match shard.entry(key) {
+            std::collections::hash_map::Entry::Occupied(entry) => (entry.get().clone(), true),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                (entry.insert(make()).clone(), false)
+            }
+        }
+    }
+
+    /// Removes `key` if its value satisfies `condition` (checked and removed
+    /// atomically); returns whether it was removed.
+    pub fn delete_if<Q>(&self, key: &Q, condition: impl FnOnce(&V) -> bool) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut shard = self.inner.shard(key);
+        if shard.get(key).is_some_and(condition) {
+            shard.remove(key);
+            true
+        } else {
+            false
         }
     }
 
@@ -249,8 +277,8 @@ struct Counted<V> {
 /// use connect_runtime::map::{RefCountMap, Released};
 ///
 /// let clients: RefCountMap<String, &str> = RefCountMap::new();
-/// let a = clients.acquire("tcp://a:1".into(), || "client-1");
-/// let b = clients.acquire("tcp://a:1".into(), || unreachable!("already there"));
+/// let a = clients.acquire("tcp://a:1".into(), |_| "client-1");
+/// let b = clients.acquire("tcp://a:1".into(), |_| unreachable!("already there"));
 /// assert!(a.created && !b.created);
 /// assert_eq!(clients.refs("tcp://a:1"), Some(2));
 ///
@@ -279,19 +307,22 @@ impl<K: Hash + Eq, V: Clone> RefCountMap<K, V> {
     }
 
     /// Counts one more reference to `key`'s value, creating it with `make`
-    /// if there is none.
+    /// if there is none. `make` is told the new value's [`Instance`].
     ///
     /// `make` runs under the shard's lock, so that two callers never both
     /// create a value for one key: keep it short, and do not touch this map
     /// from it.
-    pub fn acquire(&self, key: K, make: impl FnOnce() -> V) -> Acquired<V> {
+    pub fn acquire(&self, key: K, make: impl FnOnce(Instance) -> V) -> Acquired<V> {
         let mut shard = self.inner.shard(&key);
         let entry = shard.entry(key);
         let created = matches!(entry, std::collections::hash_map::Entry::Vacant(_));
-        let counted = entry.or_insert_with(|| Counted {
-            value: make(),
-            instance: Instance::next(),
-            refs: 0,
+        let counted = entry.or_insert_with(|| {
+            let instance = Instance::next();
+            Counted {
+                value: make(instance),
+                instance,
+                refs: 0,
+            }
         });
         counted.refs += 1;
         Acquired {
@@ -441,9 +472,9 @@ mod tests {
     #[test]
     fn a_stale_release_cannot_remove_a_newer_instance() {
         let map: RefCountMap<&str, u32> = RefCountMap::new();
-        let old = map.acquire("k", || 1);
+        let old = map.acquire("k", |_| 1);
         assert_eq!(map.evict("k", old.instance), Some(1));
-        let new = map.acquire("k", || 2);
+        let new = map.acquire("k", |_| 2);
         assert!(new.created);
         assert_ne!(old.instance, new.instance);
 
@@ -465,7 +496,7 @@ mod tests {
                     let mut last = 0;
                     for round in 0..1000u32 {
                         let key = round % 7;
-                        let got = map.acquire(key, || made.fetch_add(1, Ordering::SeqCst));
+                        let got = map.acquire(key, |_| made.fetch_add(1, Ordering::SeqCst));
                         if let Released::Last(_) = map.release(&key, got.instance) {
                             last += 1;
                         }

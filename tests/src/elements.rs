@@ -328,3 +328,222 @@ impl Park {
         }
     }
 }
+
+/// A remote's ledger of connections: which ids it holds open (requested and
+/// not closed), and whether two calls for one id ever overlapped.
+#[derive(Clone, Default, Element)]
+#[element(server)]
+pub struct Ledger {
+    inner: Arc<Mutex<LedgerState>>,
+}
+
+#[derive(Default)]
+struct LedgerState {
+    open: std::collections::BTreeSet<String>,
+    in_call: std::collections::HashMap<String, usize>,
+    overlaps: usize,
+}
+
+impl Ledger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ids requested and not closed since.
+    pub fn open(&self) -> Vec<String> {
+        self.inner.lock().unwrap().open.iter().cloned().collect()
+    }
+
+    /// Times a call arrived for an id while another call for it was running.
+    pub fn overlaps(&self) -> usize {
+        self.inner.lock().unwrap().overlaps
+    }
+
+    /// Marks a call for `id` running until the returned guard drops (even
+    /// if the call's future is dropped half-way).
+    fn enter(&self, id: &str) -> InCall<'_> {
+        let mut state = self.inner.lock().unwrap();
+        let calls = state.in_call.entry(id.to_owned()).or_default();
+        *calls += 1;
+        if *calls > 1 {
+            state.overlaps += 1;
+        }
+        InCall {
+            ledger: self,
+            id: id.to_owned(),
+        }
+    }
+
+    fn set_open(&self, id: &str, open: bool) {
+        let mut state = self.inner.lock().unwrap();
+        if open {
+            state.open.insert(id.to_owned());
+        } else {
+            state.open.remove(id);
+        }
+    }
+}
+
+struct InCall<'a> {
+    ledger: &'a Ledger,
+    id: String,
+}
+
+impl Drop for InCall<'_> {
+    fn drop(&mut self) {
+        let mut state = self.ledger.inner.lock().unwrap();
+        if let Some(calls) = state.in_call.get_mut(&self.id) {
+            *calls -= 1;
+            if *calls == 0 {
+                state.in_call.remove(&self.id);
+            }
+        }
+    }
+}
+
+#[hooks]
+impl Ledger {
+    async fn request(
+        &self,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        let id = request
+            .connection
+            .as_ref()
+            .map(|c| c.id.clone())
+            .unwrap_or_default();
+        let _call = self.enter(&id);
+        // Yield so that an overlapping call, if connect let one through,
+        // would be running at the same time.
+        tokio::task::yield_now().await;
+        let reply = next.request(ctx, request).await;
+        if reply.is_ok() {
+            self.set_open(&id, true);
+        }
+        reply
+    }
+
+    async fn close(
+        &self,
+        ctx: Context,
+        connection: Connection,
+        next: Next<'_>,
+    ) -> Result<(), Status> {
+        let id = connection.id.clone();
+        let _call = self.enter(&id);
+        tokio::task::yield_now().await;
+        self.set_open(&id, false);
+        next.close(ctx, connection).await
+    }
+}
+
+/// Which call a [`Gate`] holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Request,
+    Close,
+}
+
+/// Holds the next call of one kind once armed, until it is dropped or
+/// released: the await point a cancellation test cuts a call off at.
+#[derive(Clone, Default, Element)]
+#[element(server, client)]
+pub struct Gate {
+    inner: Arc<GateInner>,
+}
+
+#[derive(Default)]
+struct GateInner {
+    armed: Mutex<Option<Op>>,
+    held: Park,
+}
+
+impl Gate {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Holds the next call of kind `op`.
+    pub fn arm(&self, op: Op) {
+        *self.inner.armed.lock().unwrap() = Some(op);
+    }
+
+    /// Completes once a call is held.
+    pub async fn holding(&self) {
+        self.inner.held.arrived().await;
+    }
+
+    /// Lets the held call go on.
+    pub fn release(&self) {
+        self.inner.held.release_one();
+    }
+
+    fn take(&self, op: Op) -> bool {
+        let mut armed = self.inner.armed.lock().unwrap();
+        if *armed == Some(op) {
+            *armed = None;
+            true
+        } else {
+            false
+        }
+    }
+
+    async fn hold(&self, ctx: &Context) -> Result<(), Status> {
+        let chain = connect_runtime::ServerChain::builder()
+            .with(self.inner.held.clone())
+            .build();
+        chain
+            .request(ctx.clone(), NetworkServiceRequest::default())
+            .await
+            .map(drop)
+    }
+}
+
+#[hooks]
+impl Gate {
+    async fn request(
+        &self,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        if self.take(Op::Request) {
+            self.hold(&ctx).await?;
+        }
+        next.request(ctx, request).await
+    }
+
+    async fn close(
+        &self,
+        ctx: Context,
+        connection: Connection,
+        next: Next<'_>,
+    ) -> Result<(), Status> {
+        if self.take(Op::Close) {
+            self.hold(&ctx).await?;
+        }
+        next.close(ctx, connection).await
+    }
+}
+
+/// Fails each request only after the call's deadline has passed, as a slow
+/// downstream element would: what the cleanup after it then has to cope with.
+#[derive(Clone, Default, Element)]
+#[element(server)]
+pub struct FailAfterDeadline;
+
+#[hooks]
+impl FailAfterDeadline {
+    async fn request(
+        &self,
+        ctx: Context,
+        _request: NetworkServiceRequest,
+        _next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        let deadline = ctx.deadline().expect("the test gives the call a deadline");
+        tokio::time::sleep_until(deadline).await;
+        Err(Status::deadline_exceeded("too slow"))
+    }
+}

@@ -2,6 +2,7 @@
 //! count, edit, fail and park calls, and helpers that start real servers.
 
 pub mod elements;
+pub mod harness;
 pub mod remote;
 
 use connect_runtime::proto::connection::Connection;

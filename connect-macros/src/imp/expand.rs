@@ -190,6 +190,26 @@ fn sync_verbs(map: &Map<'_>) -> TokenStream {
             self.0.load_or_store(key, value)
         }
 
+        /// As `load_or_store`, creating the value only if `key` has none
+        /// (`make` runs under a lock: keep it short).
+        #vis fn load_or_store_with(
+            &self,
+            key: #key,
+            make: impl #p::FnOnce() -> #value,
+        ) -> (#value, bool) {
+            self.0.load_or_store_with(key, make)
+        }
+
+        /// Removes `key` if its value satisfies `condition`, atomically;
+        /// returns whether it did.
+        #vis fn delete_if<Q>(
+            &self,
+            key: &Q,
+            condition: impl #p::FnOnce(&#value) -> bool,
+        ) -> bool #borrowed {
+            self.0.delete_if(key, condition)
+        }
+
         /// Removes `key`, returning its value if it had one.
         #vis fn load_and_delete<Q>(&self, key: &Q) -> #p::Option<#value> #borrowed {
             self.0.load_and_delete(key)
@@ -225,7 +245,7 @@ fn refcount_verbs(map: &Map<'_>) -> TokenStream {
         #vis fn acquire(
             &self,
             key: #key,
-            make: impl #p::FnOnce() -> #value,
+            make: impl #p::FnOnce(::connect_runtime::map::Instance) -> #value,
         ) -> ::connect_runtime::map::Acquired<#value> {
             self.0.acquire(key, make)
         }

@@ -82,8 +82,8 @@ fn plain_map_has_the_go_verbs() {
 fn refcount_map_counts_and_evicts() {
     both!(refcount_map, |m| {
         let clients = m::ClientInfos::default();
-        let a = clients.acquire("u".into(), || "c1".into());
-        let b = clients.acquire("u".into(), || "never".into());
+        let a = clients.acquire("u".into(), |_| "c1".into());
+        let b = clients.acquire("u".into(), |_| "never".into());
         assert!(a.created && !b.created);
         assert_eq!(clients.refs("u"), Some(2));
         assert_eq!(clients.release("u", a.instance), Released::Shared(1));

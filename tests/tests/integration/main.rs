@@ -1,6 +1,8 @@
 //! Integration tests: real tonic servers on loopback TCP and unix sockets.
 
+mod cancellation;
 mod chain;
+mod connect;
 mod fixtures;
 mod transport;
 mod wire;

@@ -1,0 +1,134 @@
+//! One `connect` client: the lazily dialed channel to a remote URL and the
+//! client chain the factory built over it (Go's `connectClient`).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+
+use crate::map::lock;
+
+use tokio::sync::OnceCell;
+use tonic::Status;
+use url::Url;
+
+use super::ClientFactory;
+use crate::chain::ClientChain;
+use crate::context::{ClientCancel, Context};
+use crate::dial::{DialOptions, dial};
+use crate::proto::connection::Connection;
+use crate::proto::networkservice::NetworkServiceRequest;
+
+pub(super) struct ConnectClient {
+    url: Arc<Url>,
+    cancel: ClientCancel,
+    /// The context the factory sees: the client URL and the cancel handle.
+    ctx: Context,
+    factory: Arc<dyn ClientFactory>,
+    dial_options: DialOptions,
+    /// The outcome of the one dial this instance makes; a failure sticks.
+    dialed: OnceCell<Result<(), Status>>,
+    /// The chain, until the client is cancelled and lets go of it.
+    chain: Mutex<Option<ClientChain>>,
+}
+
+impl ConnectClient {
+    pub(super) fn new(
+        url: Arc<Url>,
+        cancel: ClientCancel,
+        factory: Arc<dyn ClientFactory>,
+        dial_options: &DialOptions,
+    ) -> Self {
+        let ctx = Context::new()
+            .with_client_url(Arc::clone(&url))
+            .with_client_cancel(cancel.clone())
+            .with_cancellation_token(cancel.token().clone());
+        Self {
+            // Cancelling the client closes its connection, even while clones
+            // of the channel live on in the chain.
+            dial_options: dial_options.clone().close_on(cancel.token().clone()),
+            url,
+            cancel,
+            ctx,
+            factory,
+            dialed: OnceCell::new(),
+            chain: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn url(&self) -> &Arc<Url> {
+        &self.url
+    }
+
+    pub(super) fn cancel_handle(&self) -> &ClientCancel {
+        &self.cancel
+    }
+
+    pub(super) fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Cancels the client and drops its chain (the chain's elements own the
+    /// channel clones, monitor tasks and streams).
+    pub(super) fn shut(&self) {
+        self.cancel.cancel();
+        let chain = lock(&self.chain).take();
+        drop(chain);
+    }
+
+    /// Whether the dial has completed successfully.
+    pub(super) fn is_dialed(&self) -> bool {
+        matches!(self.dialed.get(), Some(Ok(())))
+    }
+
+    pub(super) async fn request(
+        &self,
+        ctx: Context,
+        request: NetworkServiceRequest,
+    ) -> Result<Connection, Status> {
+        self.chain().await?.request(ctx, request).await
+    }
+
+    pub(super) async fn close(&self, ctx: Context, connection: Connection) -> Result<(), Status> {
+        self.chain().await?.close(ctx, connection).await
+    }
+
+    /// The client chain, dialing on first use.
+    async fn chain(&self) -> Result<ClientChain, Status> {
+        self.dialed.get_or_init(|| self.connect()).await.clone()?;
+        lock(&self.chain).clone().ok_or_else(|| self.cancelled())
+    }
+
+    async fn connect(&self) -> Result<(), Status> {
+        let conn = tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => return Err(self.cancelled()),
+            dialed = dial(&self.url, &self.dial_options) => dialed?,
+        };
+        let factory = AssertUnwindSafe(|| self.factory.client(&self.ctx, conn));
+        let chain = std::panic::catch_unwind(factory).map_err(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string payload".to_owned());
+            tracing::error!(url = %self.url, panic = %what, "the client factory panicked");
+            Status::internal(format!(
+                "the client factory panicked building the client for {}: {what}",
+                self.url
+            ))
+        })?;
+        let mut slot = lock(&self.chain);
+        if self.is_cancelled() {
+            // Cancelled while dialing: `shut` has run already.
+            return Err(self.cancelled());
+        }
+        *slot = Some(chain);
+        Ok(())
+    }
+
+    fn cancelled(&self) -> Status {
+        Status::unavailable(format!(
+            "the client for {} was closed; the next request dials afresh",
+            self.url
+        ))
+    }
+}

@@ -1,0 +1,632 @@
+//! The `connect` server element: forwards each incoming request, as a
+//! client, to the server its client URL names, keeping one client per URL
+//! for exactly as long as connections use it.
+
+mod client;
+mod lease;
+mod turns;
+
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
+use url::Url;
+
+use self::client::ConnectClient;
+use self::lease::Lease;
+use self::turns::{Turn, Turns};
+use crate::chain::ClientChain;
+use crate::context::{ClientCancel, Context};
+use crate::dial::{ClientConn, DialOptions};
+use crate::element::Next;
+use crate::map::{Instance, RefCountMap, Released, SyncMap};
+use crate::proto::connection::Connection;
+use crate::proto::networkservice::NetworkServiceRequest;
+use crate::target::Target;
+use crate::{ConcurrentMap, Element, hooks};
+
+/// How long the closes `connect` makes on its own behalf may take: after a
+/// failure, on a URL change, and for calls abandoned half-way.
+pub const DEFAULT_CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds the client chain for a newly dialed remote (Go's `ClientFactory`).
+///
+/// Called once per client, with the client's own [`Context`] — its client URL
+/// and its [`ClientCancel`] handle, for elements such as
+/// [`Monitor`](crate::Monitor) — and the dialed channel. Any
+/// `Fn(&Context, ClientConn) -> ClientChain` is a factory.
+pub trait ClientFactory: Send + Sync + 'static {
+    /// The chain requests to this client's remote go through.
+    fn client(&self, ctx: &Context, conn: ClientConn) -> ClientChain;
+}
+
+impl<F> ClientFactory for F
+where
+    F: Fn(&Context, ClientConn) -> ClientChain + Send + Sync + 'static,
+{
+    fn client(&self, ctx: &Context, conn: ClientConn) -> ClientChain {
+        self(ctx, conn)
+    }
+}
+
+/// The `connect` server element (Go's `connect.NewServer`).
+///
+/// For each `Request` it finds the client for the context's client URL —
+/// dialing lazily on first use, within the dial timeout — sends a copy of
+/// the request through that client's chain, and passes the remote's answer
+/// on to the rest of the server chain. `Close` closes the client side,
+/// releases the client, and always continues down the chain.
+///
+/// - One client per URL, shared by every connection forwarded there, and
+///   dropped (channel, tasks, TCP connection) when the last of those
+///   connections closes. Never a client for a URL with no connections.
+/// - A connection whose URL changes is closed at the old remote first.
+/// - If the remote or the rest of the chain fails a new connection, nothing
+///   is left behind; the caller sees the original error.
+/// - Calls for one connection id are applied one at a time, in arrival
+///   order; different ids do not wait for each other.
+/// - A caller that goes away mid-call (its future dropped) leaves nothing
+///   behind either: what it may have created on the remote is closed in the
+///   background, with its own deadline.
+/// - Cancelling a client through its [`ClientCancel`] handle (a
+///   [`Monitor`](crate::Monitor) does when the remote dies) closes it at
+///   once; connections bound to it fail their next request, and the request
+///   after that dials afresh.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use connect_runtime::proto::connection::Connection;
+/// use connect_runtime::proto::networkservice::NetworkServiceRequest;
+/// use connect_runtime::{
+///     ClientChain, ClientUrl, Connect, Context, GrpcClient, Monitor, Passthrough, ServerChain, serve,
+/// };
+/// use tokio_util::sync::CancellationToken;
+///
+/// // A remote endpoint.
+/// let endpoint = serve(
+///     &"tcp://127.0.0.1:0".parse()?,
+///     ServerChain::builder().with(Passthrough).build(),
+///     CancellationToken::new(),
+/// )
+/// .await?;
+///
+/// // A passthrough: clienturl → connect, with a health monitor in the client chain.
+/// let connect = Connect::new(|ctx: &Context, conn| {
+///     ClientChain::builder()
+///         .with(Monitor::new(ctx, conn.clone()))
+///         .with(GrpcClient::new(conn))
+///         .build()
+/// });
+/// let passthrough = ServerChain::builder()
+///     .with(ClientUrl::new(endpoint.url().clone()))
+///     .with(connect.clone())
+///     .build();
+///
+/// let request = NetworkServiceRequest {
+///     connection: Some(Connection { id: "c-1".into(), ..Default::default() }),
+///     ..Default::default()
+/// };
+/// let conn = passthrough.request(Context::new(), request).await?;
+/// assert_eq!(connect.stats().clients[0].refs, 1);
+///
+/// passthrough.close(Context::new(), conn).await?;
+/// assert!(connect.stats().is_idle());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Element)]
+#[element(server, name = "connect")]
+pub struct Connect {
+    shared: Arc<Shared>,
+}
+
+/// Options for [`Connect`].
+pub struct ConnectBuilder {
+    factory: Arc<dyn ClientFactory>,
+    dial: DialOptions,
+    cleanup_timeout: Duration,
+    shutdown: Option<CancellationToken>,
+}
+
+impl ConnectBuilder {
+    /// Bounds each dial (default [`DEFAULT_DIAL_TIMEOUT`](crate::DEFAULT_DIAL_TIMEOUT), 100 ms).
+    pub fn dial_timeout(mut self, timeout: Duration) -> Self {
+        self.dial = self.dial.timeout(timeout);
+        self
+    }
+
+    /// How clients dial: TLS, keepalive, per-call metadata, timeout.
+    pub fn dial_options(mut self, options: DialOptions) -> Self {
+        self.dial = options;
+        self
+    }
+
+    /// Bounds the closes `connect` makes on its own behalf (default
+    /// [`DEFAULT_CLEANUP_TIMEOUT`]).
+    pub fn cleanup_timeout(mut self, timeout: Duration) -> Self {
+        self.cleanup_timeout = timeout;
+        self
+    }
+
+    /// Closes every client when `token` is cancelled (dropping the last
+    /// clone of the element does too).
+    pub fn shutdown_on(mut self, token: CancellationToken) -> Self {
+        self.shutdown = Some(token);
+        self
+    }
+
+    /// The element.
+    pub fn build(self) -> Connect {
+        let root = match &self.shutdown {
+            Some(token) => token.child_token(),
+            None => CancellationToken::new(),
+        };
+        Connect {
+            shared: Arc::new(Shared {
+                factory: self.factory,
+                dial: self.dial,
+                cleanup_timeout: self.cleanup_timeout,
+                root,
+                records: ConnectionRecords::new(),
+                clients: Clients::new(),
+                clients_changed: Notify::new(),
+                turns: Turns::default(),
+            }),
+        }
+    }
+}
+
+/// What a [`Connect`] holds right now: for tests, logs and health endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnectStats {
+    /// Connections it has forwarded and not yet closed.
+    pub records: usize,
+    /// Connection ids with a call in progress or waiting for its turn.
+    pub in_flight: usize,
+    /// Calls queued behind another call for the same connection id.
+    pub waiting: usize,
+    /// Its clients, by URL.
+    pub clients: Vec<ClientStats>,
+}
+
+/// One client in [`ConnectStats`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientStats {
+    /// The remote's URL.
+    pub url: String,
+    /// Connections using it.
+    pub refs: usize,
+    /// Whether its dial has completed.
+    pub dialed: bool,
+}
+
+impl ConnectStats {
+    /// No connections, no clients, no calls in flight.
+    pub fn is_idle(&self) -> bool {
+        self.records == 0 && self.in_flight == 0 && self.clients.is_empty()
+    }
+}
+
+impl Connect {
+    /// An element that builds clients with `factory`, with default options.
+    pub fn new<F>(factory: F) -> Self
+    where
+        F: Fn(&Context, ClientConn) -> ClientChain + Send + Sync + 'static,
+    {
+        Self::builder(factory).build()
+    }
+
+    /// Starts building an element with options; the factory is a closure.
+    pub fn builder<F>(factory: F) -> ConnectBuilder
+    where
+        F: Fn(&Context, ClientConn) -> ClientChain + Send + Sync + 'static,
+    {
+        Self::builder_with_factory(factory)
+    }
+
+    /// Starts building an element with options, from any [`ClientFactory`].
+    pub fn builder_with_factory(factory: impl ClientFactory) -> ConnectBuilder {
+        ConnectBuilder {
+            factory: Arc::new(factory),
+            dial: DialOptions::new(),
+            cleanup_timeout: DEFAULT_CLEANUP_TIMEOUT,
+            shutdown: None,
+        }
+    }
+
+    /// Closes every client now. Connections bound to them fail their next
+    /// request (which forgets them) and can be closed as usual.
+    pub fn shutdown(&self) {
+        self.shared.root.cancel();
+    }
+
+    /// Waits until the element is idle (see [`ConnectStats::is_idle`]):
+    /// every connection closed, every client gone, no call or cleanup in
+    /// flight. For graceful shutdowns and tests.
+    pub async fn idle(&self) {
+        loop {
+            let changed = self.shared.turns.ended().notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let clients_changed = self.shared.clients_changed.notified();
+            tokio::pin!(clients_changed);
+            clients_changed.as_mut().enable();
+            if self.stats().is_idle() {
+                return;
+            }
+            tokio::select! {
+                () = changed => {}
+                () = clients_changed => {}
+            }
+        }
+    }
+
+    /// A snapshot of its connections and clients.
+    pub fn stats(&self) -> ConnectStats {
+        let mut clients = Vec::new();
+        self.shared.clients.range(|key, client, refs| {
+            clients.push(ClientStats {
+                url: key.to_string(),
+                refs,
+                dialed: client.is_dialed(),
+            });
+            true
+        });
+        clients.sort_by(|a, b| a.url.cmp(&b.url));
+        ConnectStats {
+            records: self.shared.records.len(),
+            in_flight: self.shared.turns.len(),
+            waiting: self.shared.turns.waiting(),
+            clients,
+        }
+    }
+}
+
+impl fmt::Debug for Connect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connect")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+#[hooks]
+impl Connect {
+    async fn request(
+        &self,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        Shared::request(&self.shared, ctx, request, next).await
+    }
+
+    async fn close(
+        &self,
+        ctx: Context,
+        connection: Connection,
+        next: Next<'_>,
+    ) -> Result<(), Status> {
+        Shared::close(&self.shared, ctx, connection, next).await
+    }
+}
+
+/// Connection id → where it was forwarded (Go's `connectionInfoMap`).
+#[derive(ConcurrentMap)]
+pub(crate) struct ConnectionRecords(SyncMap<String, Record>);
+
+/// Remote URL → its client, counted once per connection (Go's
+/// `clientInfoMap` with its `count`).
+#[derive(ConcurrentMap)]
+pub(crate) struct Clients(RefCountMap<Arc<str>, Arc<ConnectClient>>);
+
+/// Where one connection was forwarded: the client (and which instance of
+/// it) that holds one reference on the connection's behalf.
+#[derive(Clone)]
+pub(crate) struct Record {
+    key: Arc<str>,
+    instance: Instance,
+    client: Arc<ConnectClient>,
+}
+
+pub(crate) struct Shared {
+    factory: Arc<dyn ClientFactory>,
+    dial: DialOptions,
+    cleanup_timeout: Duration,
+    /// Parent of every client's cancel token.
+    root: CancellationToken,
+    records: ConnectionRecords,
+    clients: Clients,
+    /// Woken when a client leaves the map.
+    clients_changed: Notify,
+    turns: Turns,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.root.cancel();
+    }
+}
+
+/// Codes after which the remote may or may not have acted on a request.
+fn outcome_unknown(code: Code) -> bool {
+    matches!(code, Code::DeadlineExceeded | Code::Cancelled)
+}
+
+fn in_context(status: Status, what: &str, id: &str, url: &Url) -> Status {
+    Status::new(
+        status.code(),
+        format!(
+            "connect: {what} of connection {id} via {url}: {}",
+            status.message()
+        ),
+    )
+}
+
+impl Shared {
+    async fn request(
+        self: &Arc<Self>,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        let Some(connection) = request.connection.as_ref() else {
+            return Err(Status::invalid_argument(
+                "connect: the request has no connection",
+            ));
+        };
+        if connection.id.is_empty() {
+            return Err(Status::invalid_argument(
+                "connect: the request's connection has an empty id",
+            ));
+        }
+        let id = connection.id.clone();
+        let Some(url) = ctx.client_url_arc().cloned() else {
+            return Err(Status::invalid_argument(format!(
+                "connect: no client URL for connection {id}: put a clienturl element before connect"
+            )));
+        };
+        if let Err(err) = Target::from_url(&url) {
+            return Err(Status::invalid_argument(format!(
+                "connect: connection {id}: {err}"
+            )));
+        }
+
+        let turn = self.turns.take(&id).await;
+        let turn = match self.records.load(id.as_str()) {
+            Some(record) if **record.client.url() == *url => {
+                return self.refresh(ctx, request, next, record, turn).await;
+            }
+            Some(record) => {
+                // The URL changed: close at the old remote, then proceed as new.
+                let instance = record.instance;
+                self.records
+                    .delete_if(id.as_str(), |r| r.instance == instance);
+                let old_url = Arc::clone(record.client.url());
+                let lease = Lease::adopt(Arc::clone(self), record, turn);
+                let ctx = self.cleanup_context(lease.client());
+                let closing = request.connection.clone().unwrap_or_default();
+                let (closed, turn) = lease.close_and_release(ctx, closing).await;
+                if let Err(status) = closed {
+                    tracing::warn!(
+                        connection_id = %id,
+                        url = %old_url,
+                        error = %status.message(),
+                        "closing at the previous remote failed"
+                    );
+                }
+                turn
+            }
+            None => turn,
+        };
+        self.establish(ctx, request, next, url, id, turn).await
+    }
+
+    async fn refresh(
+        &self,
+        ctx: Context,
+        mut request: NetworkServiceRequest,
+        next: Next<'_>,
+        record: Record,
+        turn: Turn,
+    ) -> Result<Connection, Status> {
+        let _turn = turn;
+        let id = request
+            .connection
+            .as_ref()
+            .map(|c| c.id.clone())
+            .unwrap_or_default();
+        let client = &record.client;
+        if client.is_cancelled() {
+            // Its monitor (or a heal element) gave up on the remote: forget
+            // the connection; the next request for it dials afresh.
+            let instance = record.instance;
+            self.records
+                .delete_if(id.as_str(), |r| r.instance == instance);
+            self.release(&record.key, record.instance);
+            return Err(in_context(
+                Status::unavailable("its client was closed; request again to reconnect"),
+                "refresh",
+                &id,
+                client.url(),
+            ));
+        }
+        let client_ctx = ctx
+            .clone()
+            .with_client_cancel(client.cancel_handle().clone());
+        let reply = client
+            .request(client_ctx, request.clone())
+            .await
+            .map_err(|status| in_context(status, "refresh", &id, client.url()))?;
+        request.connection = Some(reply);
+        next.request(ctx, request).await
+    }
+
+    async fn establish(
+        self: &Arc<Self>,
+        ctx: Context,
+        mut request: NetworkServiceRequest,
+        next: Next<'_>,
+        url: Arc<Url>,
+        id: String,
+        turn: Turn,
+    ) -> Result<Connection, Status> {
+        let mut lease = self.acquire(&url, turn);
+        let client = Arc::clone(lease.client());
+        lease.may_exist_remotely(request.connection.clone().unwrap_or_default());
+        let client_ctx = ctx
+            .clone()
+            .with_client_cancel(client.cancel_handle().clone());
+        let reply = match client.request(client_ctx, request.clone()).await {
+            Ok(reply) => reply,
+            Err(status) => {
+                if outcome_unknown(status.code()) {
+                    // The remote may have it: dropping the armed lease closes
+                    // it there in the background, then releases.
+                    drop(lease);
+                } else {
+                    lease.release();
+                }
+                return Err(in_context(status, "request", &id, &url));
+            }
+        };
+        lease.may_exist_remotely(reply.clone());
+        lease.record(&id);
+        request.connection = Some(reply.clone());
+        match next.request(ctx, request).await {
+            Ok(connection) => {
+                drop(lease.keep());
+                Ok(connection)
+            }
+            Err(status) => {
+                // Undo, with a deadline of its own: the caller's may be gone.
+                let cleanup = self.cleanup_context(&client);
+                let (closed, _turn) = lease.close_and_release(cleanup, reply).await;
+                if let Err(close) = closed {
+                    tracing::warn!(
+                        connection_id = %id,
+                        url = %url,
+                        error = %close.message(),
+                        "closing after the rest of the chain failed also failed"
+                    );
+                }
+                Err(status)
+            }
+        }
+    }
+
+    async fn close(
+        self: &Arc<Self>,
+        ctx: Context,
+        connection: Connection,
+        next: Next<'_>,
+    ) -> Result<(), Status> {
+        let id = connection.id.clone();
+        let turn = self.turns.take(&id).await;
+        let (client_result, _turn) = match self.records.load_and_delete(id.as_str()) {
+            Some(record) => {
+                let client_ctx = ctx
+                    .clone()
+                    .with_client_cancel(record.client.cancel_handle().clone());
+                let url = Arc::clone(record.client.url());
+                let lease = Lease::adopt(Arc::clone(self), record, turn);
+                let (result, turn) = lease
+                    .close_and_release(client_ctx, connection.clone())
+                    .await;
+                (result.map_err(|s| in_context(s, "close", &id, &url)), turn)
+            }
+            None => (
+                Err(Status::not_found(format!(
+                    "connect: no client found for connection {id}"
+                ))),
+                turn,
+            ),
+        };
+        let next_result = next.close(ctx, connection).await;
+        match (client_result, next_result) {
+            (Ok(()), next_result) => next_result,
+            (Err(client), Ok(())) => Err(client),
+            (Err(client), Err(next)) => Err(Status::new(
+                next.code(),
+                format!("{} (and {})", next.message(), client.message()),
+            )),
+        }
+    }
+
+    /// One reference to the client for `url`, creating the client if there
+    /// is none. A client found cancelled but not yet evicted is evicted and
+    /// replaced.
+    fn acquire(self: &Arc<Self>, url: &Arc<Url>, turn: Turn) -> Lease {
+        let key: Arc<str> = Arc::from(url.as_str());
+        loop {
+            let acquired = self.clients.acquire(Arc::clone(&key), |instance| {
+                self.new_client(Arc::clone(&key), Arc::clone(url), instance)
+            });
+            if acquired.value.is_cancelled() {
+                self.release(&key, acquired.instance);
+                if self.clients.evict(&key, acquired.instance).is_some() {
+                    acquired.value.shut();
+                    self.clients_changed.notify_waiters();
+                }
+                continue;
+            }
+            return Lease::new(
+                Arc::clone(self),
+                key,
+                acquired.instance,
+                acquired.value,
+                turn,
+            );
+        }
+    }
+
+    /// A client for `url`, and the task that removes it from the map the
+    /// moment it is cancelled (by its monitor, by shutdown, or by the last
+    /// release). Runs under the map's shard lock: no awaiting here.
+    fn new_client(
+        self: &Arc<Self>,
+        key: Arc<str>,
+        url: Arc<Url>,
+        instance: Instance,
+    ) -> Arc<ConnectClient> {
+        let cancel = ClientCancel::from_token(self.root.child_token());
+        let client = Arc::new(ConnectClient::new(
+            url,
+            cancel,
+            Arc::clone(&self.factory),
+            &self.dial,
+        ));
+        let shared: Weak<Shared> = Arc::downgrade(self);
+        let watched = Arc::clone(&client);
+        tokio::spawn(async move {
+            watched.cancel_handle().cancelled().await;
+            watched.shut();
+            if let Some(shared) = shared.upgrade()
+                && shared.clients.evict(&key, instance).is_some()
+            {
+                shared.clients_changed.notify_waiters();
+            }
+        });
+        client
+    }
+
+    /// Drops one reference; the last one closes the client.
+    fn release(&self, key: &str, instance: Instance) {
+        if let Released::Last(client) = self.clients.release(key, instance) {
+            client.shut();
+            self.clients_changed.notify_waiters();
+        }
+    }
+
+    /// A context for closes `connect` makes on its own behalf: the client's
+    /// URL and cancel handle, and a fresh deadline.
+    fn cleanup_context(&self, client: &ConnectClient) -> Context {
+        Context::new()
+            .with_client_url(Arc::clone(client.url()))
+            .with_client_cancel(client.cancel_handle().clone())
+            .with_timeout(self.cleanup_timeout)
+    }
+}

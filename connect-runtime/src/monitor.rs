@@ -1,0 +1,112 @@
+//! Watching a remote's health and closing the client when it dies (the
+//! seed's "Monitoring": a client element using the gRPC health API and the
+//! client's cancel handle).
+
+use tokio_util::task::AbortOnDropHandle;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use url::Url;
+
+use crate::context::{ClientCancel, Context};
+use crate::dial::ClientConn;
+use crate::{Element, hooks};
+
+/// Watches the remote's overall gRPC health (`grpc.health.v1.Health/Watch`
+/// for service `""`) over the client's channel, and cancels the client
+/// through its [`ClientCancel`] handle when the watch ends, fails, or
+/// reports `NOT_SERVING`. Calls pass through it unchanged.
+///
+/// A remote without the health service (`UNIMPLEMENTED`) is not treated as
+/// dead: the monitor says so once in the log and stays passive. Outside a
+/// `connect` client chain (no cancel handle in the context) it also stays
+/// passive. The watch task stops when the client is cancelled or the
+/// monitor is dropped.
+///
+/// ```
+/// use connect_runtime::{ClientChain, Connect, Context, GrpcClient, Monitor};
+///
+/// let connect = Connect::new(|ctx: &Context, conn| {
+///     ClientChain::builder()
+///         .with(Monitor::new(ctx, conn.clone()))
+///         .with(GrpcClient::new(conn))
+///         .build()
+/// });
+/// # let _ = connect;
+/// ```
+#[derive(Element)]
+#[element(client, name = "monitor")]
+pub struct Monitor {
+    _watch: Option<AbortOnDropHandle<()>>,
+}
+
+impl Monitor {
+    /// Starts watching the remote behind `conn` on behalf of the client whose
+    /// context `ctx` is (the one a [`ClientFactory`](crate::ClientFactory)
+    /// is given). Must be called within a tokio runtime.
+    pub fn new(ctx: &Context, conn: ClientConn) -> Self {
+        let Some(cancel) = ctx.client_cancel().cloned() else {
+            tracing::warn!(
+                url = %conn.url(),
+                "monitor outside a connect client chain: no cancel handle, not monitoring"
+            );
+            return Self { _watch: None };
+        };
+        let task = tokio::spawn(watch(conn, cancel));
+        Self {
+            _watch: Some(AbortOnDropHandle::new(task)),
+        }
+    }
+}
+
+#[hooks]
+impl Monitor {}
+
+async fn watch(conn: ClientConn, cancel: ClientCancel) {
+    let url: Url = conn.url().clone();
+    let mut health = HealthClient::new(conn);
+    let request = HealthCheckRequest {
+        service: String::new(),
+    };
+    let started = tokio::select! {
+        () = cancel.cancelled() => return,
+        started = health.watch(request) => started,
+    };
+    let mut stream = match started {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == Code::Unimplemented => {
+            tracing::info!(%url, "the remote has no gRPC health service; not monitoring it");
+            return;
+        }
+        Err(status) => {
+            tracing::warn!(%url, error = %status.message(), "health watch failed; closing the client");
+            cancel.cancel();
+            return;
+        }
+    };
+    loop {
+        let message = tokio::select! {
+            () = cancel.cancelled() => return,
+            message = stream.message() => message,
+        };
+        match message {
+            Ok(Some(update)) if update.status == ServingStatus::Serving as i32 => {}
+            // UNKNOWN is what a server reports before it has decided.
+            Ok(Some(update)) if update.status == ServingStatus::Unknown as i32 => {}
+            Ok(Some(update)) => {
+                tracing::warn!(%url, status = update.status, "the remote is not serving; closing the client");
+                break;
+            }
+            Ok(None) => {
+                tracing::warn!(%url, "the remote ended the health watch; closing the client");
+                break;
+            }
+            Err(status) => {
+                tracing::warn!(%url, error = %status.message(), "health watch broke; closing the client");
+                break;
+            }
+        }
+    }
+    cancel.cancel();
+}

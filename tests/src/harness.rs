@@ -1,0 +1,51 @@
+//! Building `connect` the way the tests need it, and the leak checks every
+//! test ends with.
+
+use std::future::Future;
+use std::time::Duration;
+
+use connect_runtime::{
+    ClientChain, ClientElement, Connect, Context, GrpcClient, Monitor, ServerHandle,
+};
+
+/// How long to wait for an event before calling the test hung. Generous:
+/// the events come in milliseconds; this only turns a bug into a failure
+/// instead of a stalled suite.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Awaits `event`, failing the test if it does not happen within [`PATIENCE`].
+pub async fn settle<F: Future>(what: &str, event: F) -> F::Output {
+    tokio::time::timeout(PATIENCE, event)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// `connect` whose client chain is `element → Monitor → GrpcClient`, with a
+/// one-second dial timeout (loopback under a loaded CI machine).
+pub fn connect_via(element: impl ClientElement + Clone) -> Connect {
+    Connect::builder(move |ctx: &Context, conn| {
+        ClientChain::builder()
+            .with(element.clone())
+            .with(Monitor::new(ctx, conn.clone()))
+            .with(GrpcClient::new(conn))
+            .build()
+    })
+    .dial_timeout(Duration::from_secs(1))
+    .build()
+}
+
+/// The end of every test: `connect` holds no clients, records or calls, and
+/// every remote has seen its TCP connections close.
+pub async fn assert_no_leaks(connect: &Connect, remotes: &[&ServerHandle]) {
+    settle("connect to go idle", connect.idle()).await;
+    let stats = connect.stats();
+    assert!(stats.is_idle(), "connect still holds {stats:?}");
+    for remote in remotes {
+        let seen = settle(
+            "the remote to see its connections close",
+            remote.wait_connections(|c| c.open == 0),
+        )
+        .await;
+        assert_eq!(seen.open, 0, "{} still has connections", remote.url());
+    }
+}

@@ -1,0 +1,784 @@
+//! The `connect` element against real remotes: the Go v0.5.0 suite ported,
+//! the Go defects we fix, and the rest of the semantics in DESIGN.md.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use connect_runtime::proto::connection::Mechanism;
+use connect_runtime::proto::connectioncontext::ConnectionContext;
+use connect_runtime::proto::networkservice::NetworkServiceRequest;
+use connect_runtime::{
+    ChainService, ClientChain, Connect, Context, GrpcClient, Monitor, Passthrough, ServerChain,
+};
+use connect_tests::elements::{Capture, Count, Edit, FailAfterDeadline, Gate, InjectError, Op};
+use connect_tests::harness::{assert_no_leaks, connect_via, settle};
+use connect_tests::remote::{BlackHole, ScratchDir, start_at, start_tcp, start_unix};
+use connect_tests::request;
+use tonic::Code;
+use url::Url;
+
+fn mechanism(kind: &str) -> Mechanism {
+    Mechanism {
+        cls: "LOCAL".into(),
+        r#type: kind.into(),
+        ..Default::default()
+    }
+}
+
+fn edit(key: &'static str, value: &'static str, kind: &str) -> Edit {
+    Edit {
+        key,
+        value,
+        mechanism: Some(mechanism(kind)),
+    }
+}
+
+fn at(url: &Url) -> Context {
+    Context::new().with_client_url(url.clone())
+}
+
+/// Go's `TestConnectServer_Request`: A, then the same id to B, then close.
+#[tokio::test]
+async fn request_moves_a_connection_between_remotes_and_closes_it() {
+    let next = Capture::new();
+    let client_side = Capture::new();
+    let connect = connect_via(client_side.clone());
+    let chain = ServerChain::builder()
+        .with(connect.clone())
+        .with(next.clone())
+        .build();
+
+    let remote_a = Capture::new();
+    let a = start_tcp(
+        ServerChain::builder()
+            .with(remote_a.clone())
+            .with(edit("a", "A", "KERNEL"))
+            .build(),
+    )
+    .await;
+    let remote_b = Capture::new();
+    let b = start_tcp(
+        ServerChain::builder()
+            .with(remote_b.clone())
+            .with(edit("b", "B", "MEMIF"))
+            .build(),
+    )
+    .await;
+
+    let mut original = request("id");
+    {
+        let conn = original.connection.as_mut().unwrap();
+        conn.network_service = "network-service".into();
+        conn.mechanism = Some(mechanism("VFIO"));
+        let mut context = ConnectionContext::default();
+        context.extra_context.insert("not".into(), "empty".into());
+        conn.context = Some(context);
+    }
+
+    // A.
+    let conn = chain.request(at(a.url()), original.clone()).await.unwrap();
+    assert_eq!(client_side.request(), Some(original.clone()));
+    assert_eq!(remote_a.request(), Some(original.clone()));
+    let mut expected = original.clone();
+    {
+        let c = expected.connection.as_mut().unwrap();
+        c.mechanism = Some(mechanism("KERNEL"));
+        c.context
+            .as_mut()
+            .unwrap()
+            .extra_context
+            .insert("a".into(), "A".into());
+    }
+    assert_eq!(next.request(), Some(expected.clone()));
+    assert_eq!(Some(conn.clone()), expected.connection);
+    assert_eq!(connect.stats().clients.len(), 1);
+
+    // The same id to B.
+    let mut moved = original.clone();
+    moved.connection = Some(conn);
+    let conn = chain.request(at(b.url()), moved.clone()).await.unwrap();
+    assert_eq!(client_side.request(), Some(moved.clone()));
+    assert_eq!(remote_a.request(), None, "A got the close");
+    assert_eq!(remote_b.request(), Some(moved.clone()));
+    let mut expected = moved.clone();
+    {
+        let c = expected.connection.as_mut().unwrap();
+        c.mechanism = Some(mechanism("MEMIF"));
+        c.context
+            .as_mut()
+            .unwrap()
+            .extra_context
+            .insert("b".into(), "B".into());
+    }
+    assert_eq!(next.request(), Some(expected.clone()));
+    assert_eq!(Some(conn.clone()), expected.connection);
+    let stats = connect.stats();
+    assert_eq!(stats.records, 1);
+    assert_eq!(stats.clients.len(), 1, "A's client is gone: {stats:?}");
+    assert_eq!(stats.clients[0].url, b.url().as_str());
+
+    // Close.
+    chain.close(Context::new(), conn).await.unwrap();
+    assert_eq!(client_side.request(), None);
+    assert_eq!(remote_b.request(), None);
+    assert_eq!(next.request(), None);
+    assert_no_leaks(&connect, &[&a, &b]).await;
+}
+
+/// Go's `TestConnectServer_RequestParallel`: 1000 connections at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_parallel_shares_one_client_and_one_tcp_connection() {
+    const CONNECTIONS: usize = 1000;
+    let next = Count::new();
+    let client_side = Count::new();
+    let remote = Count::new();
+    let connect = connect_via(client_side.clone());
+    let chain = ServerChain::builder()
+        .with(connect.clone())
+        .with(next.clone())
+        .build();
+    let server = start_tcp(ServerChain::builder().with(remote.clone()).build()).await;
+
+    // Each phase ends at a barrier the test also waits on; the next phase
+    // starts at a second barrier the test passes only after checking.
+    let barrier = || Arc::new(tokio::sync::Barrier::new(CONNECTIONS + 1));
+    let (requested, refresh) = (barrier(), barrier());
+    let (refreshed, close) = (barrier(), barrier());
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|k| {
+            let (chain, url) = (chain.clone(), server.url().clone());
+            let phases = [&requested, &refresh, &refreshed, &close].map(Arc::clone);
+            tokio::spawn(async move {
+                let [requested, refresh, refreshed, close] = phases;
+                let mut req = request(&k.to_string());
+                let conn = chain.request(at(&url), req.clone()).await.unwrap();
+                requested.wait().await;
+                refresh.wait().await;
+                req.connection = Some(conn);
+                let conn = chain.request(at(&url), req).await.unwrap();
+                refreshed.wait().await;
+                close.wait().await;
+                chain.close(Context::new(), conn).await.unwrap();
+            })
+        })
+        .collect();
+
+    settle("every first request", requested.wait()).await;
+    for count in [&next, &client_side, &remote] {
+        assert_eq!(count.requests(), CONNECTIONS);
+    }
+    let stats = connect.stats();
+    assert_eq!(stats.records, CONNECTIONS);
+    assert_eq!(stats.clients.len(), 1);
+    assert_eq!(
+        stats.clients[0].refs, CONNECTIONS,
+        "one reference per connection"
+    );
+    refresh.wait().await;
+
+    settle("every refresh", refreshed.wait()).await;
+    for count in [&next, &client_side, &remote] {
+        assert_eq!(count.requests(), 2 * CONNECTIONS);
+    }
+    assert_eq!(
+        connect.stats().clients[0].refs,
+        CONNECTIONS,
+        "refreshes add none"
+    );
+    close.wait().await;
+
+    for task in tasks {
+        settle("a connection's close", task).await.unwrap();
+    }
+    for count in [&next, &client_side, &remote] {
+        assert_eq!(count.closes(), CONNECTIONS);
+    }
+    assert_eq!(
+        server.connections().accepted,
+        1,
+        "one TCP connection to the remote"
+    );
+    assert_no_leaks(&connect, &[&server]).await;
+}
+
+/// Go's `TestConnectServer_RequestFail`: the client chain fails.
+#[tokio::test]
+async fn a_failing_client_chain_leaves_nothing() {
+    let connect = Connect::builder(|_: &Context, _conn| {
+        ClientChain::builder()
+            .with(InjectError::always(Code::Internal))
+            .build()
+    })
+    .dial_timeout(Duration::from_secs(1))
+    .build();
+    let server = start_tcp(ServerChain::builder().with(Passthrough).build()).await;
+
+    let err = connect_chain(&connect)
+        .request(at(server.url()), request("id"))
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.code(), Code::Internal);
+    assert!(err.message().contains("connection id"), "{err:?}");
+    assert!(err.message().contains("injected request error"), "{err:?}");
+    assert_no_leaks(&connect, &[&server]).await;
+}
+
+fn connect_chain(connect: &Connect) -> ServerChain {
+    ServerChain::builder().with(connect.clone()).build()
+}
+
+/// Go's `TestConnectServer_RequestNextServerError`: the client side is closed.
+#[tokio::test]
+async fn when_next_fails_the_client_side_is_closed() {
+    let client_side = Capture::new();
+    let connect = connect_via(client_side.clone());
+    let chain = ServerChain::builder()
+        .with(connect.clone())
+        .with(InjectError::always(Code::FailedPrecondition))
+        .build();
+    let remote = Capture::new();
+    let server = start_tcp(
+        ServerChain::builder()
+            .with(remote.clone())
+            .with(edit("a", "A", "KERNEL"))
+            .build(),
+    )
+    .await;
+
+    let err = chain
+        .request(at(server.url()), request("id"))
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(
+        client_side.request(),
+        None,
+        "the close went through the client chain"
+    );
+    assert_eq!(remote.request(), None, "and reached the remote");
+    assert_no_leaks(&connect, &[&server]).await;
+}
+
+/// Go's `TestConnectServer_RemoteRestarted`.
+#[tokio::test]
+async fn a_restarted_remote_is_reconnected() {
+    let connect = connect_via(Passthrough);
+    let chain = connect_chain(&connect);
+    let remote = Count::new();
+    let server = start_tcp(ServerChain::builder().with(remote.clone()).build()).await;
+    let url = server.url().clone();
+
+    let conn = chain.request(at(&url), request("id")).await.unwrap();
+
+    // Stop the remote. Its health turns NOT_SERVING, the monitor cancels
+    // the client, the client's connection closes, and the shutdown ends.
+    settle("the remote to shut down", server.shutdown()).await;
+    settle("the client to be dropped", async {
+        while !connect.stats().clients.is_empty() {
+            connect.idle().await;
+        }
+    })
+    .await;
+
+    let mut refresh = request("id");
+    refresh.connection = Some(conn);
+    let err = chain.request(at(&url), refresh.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(
+        connect.stats().records,
+        0,
+        "the failed refresh forgot the connection"
+    );
+
+    // Restart on the same port: the next request dials afresh.
+    let restarted = start_at(&url, ServerChain::builder().with(remote.clone()).build()).await;
+    let started = Instant::now();
+    let conn = chain.request(at(&url), refresh).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(remote.requests(), 2);
+
+    chain.close(Context::new(), conn).await.unwrap();
+    assert_eq!(remote.closes(), 1);
+    assert_no_leaks(&connect, &[&restarted]).await;
+}
+
+/// Go's `TestConnectServer_DialTimeout`.
+#[tokio::test]
+async fn a_remote_that_never_answers_fails_within_the_dial_timeout() {
+    let connect = Connect::builder(|_: &Context, conn| {
+        ClientChain::builder().with(GrpcClient::new(conn)).build()
+    })
+    .dial_timeout(Duration::from_millis(100))
+    .build();
+    let hole = BlackHole::start().await;
+
+    let caller = at(hole.url()).with_timeout(Duration::from_secs(5));
+    let started = Instant::now();
+    let err = connect_chain(&connect)
+        .request(caller, request("id"))
+        .await
+        .unwrap_err();
+
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains(hole.url().as_str()), "{err:?}");
+    assert!(err.message().contains("no answer"), "{err:?}");
+    assert_no_leaks(&connect, &[]).await;
+}
+
+/// Go's `TestConnect_CancelDuringRequest`: one caller gives up mid-request.
+#[tokio::test]
+async fn a_caller_cancelling_mid_request_does_not_disturb_the_client() {
+    let factory_calls = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::clone(&factory_calls);
+    let connect = Connect::builder(move |ctx: &Context, conn| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        ClientChain::builder()
+            .with(Monitor::new(ctx, conn.clone()))
+            .with(GrpcClient::new(conn))
+            .build()
+    })
+    .dial_timeout(Duration::from_secs(1))
+    .build();
+    let chain = connect_chain(&connect);
+    let gate = Gate::new();
+    let remote = Count::new();
+    let server = start_tcp(
+        ServerChain::builder()
+            .with(remote.clone())
+            .with(gate.clone())
+            .build(),
+    )
+    .await;
+    let url = server.url().clone();
+
+    let first = chain.request(at(&url), request("first")).await.unwrap();
+    assert_eq!(factory_calls.load(Ordering::SeqCst), 1);
+
+    // The second caller cancels while the remote is handling its request.
+    gate.arm(Op::Request);
+    let caller = at(&url);
+    let token = caller.cancellation_token().clone();
+    let cancelled = tokio::spawn({
+        let chain = chain.clone();
+        async move { chain.request(caller, request("parked")).await }
+    });
+    settle("the request to reach the remote", gate.holding()).await;
+    token.cancel();
+    let err = settle("the cancelled request", cancelled)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Cancelled, "{err:?}");
+
+    // Everyone else carries on, on the same client.
+    let mut refresh = request("first");
+    refresh.connection = Some(first);
+    let first = chain.request(at(&url), refresh).await.unwrap();
+    let third = chain.request(at(&url), request("third")).await.unwrap();
+    assert_eq!(factory_calls.load(Ordering::SeqCst), 1, "no new client");
+
+    chain.close(Context::new(), first).await.unwrap();
+    chain.close(Context::new(), third).await.unwrap();
+    assert_no_leaks(&connect, &[&server]).await;
+    // The cancelled connection was closed at the remote as well.
+    assert_eq!(remote.closes(), 3);
+}
+
+/// Go defect (a): a URL change whose new request fails leaked the new
+/// client's reference and kept a stale record.
+#[tokio::test]
+async fn a_url_change_whose_request_fails_leaves_nothing() {
+    let connect = connect_via(Passthrough);
+    let chain = connect_chain(&connect);
+    let remote_a = Count::new();
+    let a = start_tcp(ServerChain::builder().with(remote_a.clone()).build()).await;
+    let b = start_tcp(
+        ServerChain::builder()
+            .with(InjectError {
+                on_request: Some(Code::ResourceExhausted),
+                on_close: None,
+            })
+            .build(),
+    )
+    .await;
+
+    let conn = chain.request(at(a.url()), request("id")).await.unwrap();
+    let mut moved = request("id");
+    moved.connection = Some(conn);
+    let err = chain.request(at(b.url()), moved).await.unwrap_err();
+
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert_eq!(remote_a.closes(), 1, "A got the close");
+    let stats = connect.stats();
+    assert_eq!(stats.records, 0, "no stale record: {stats:?}");
+    assert_no_leaks(&connect, &[&a, &b]).await;
+}
+
+/// Go defect (b): when `next` failed, the caller saw the close's error.
+#[tokio::test]
+async fn when_next_fails_its_error_wins_over_the_close_error() {
+    let connect = connect_via(Passthrough);
+    let chain = ServerChain::builder()
+        .with(connect.clone())
+        .with(InjectError::always(Code::PermissionDenied))
+        .build();
+    let server = start_tcp(
+        ServerChain::builder()
+            .with(InjectError {
+                on_request: None,
+                on_close: Some(Code::Aborted),
+            })
+            .build(),
+    )
+    .await;
+
+    let err = chain
+        .request(at(server.url()), request("id"))
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(err.message(), "injected request error");
+    assert_no_leaks(&connect, &[&server]).await;
+}
+
+/// Go defect (c): the close after a failure ran on the request's (expired)
+/// context, so it never reached the remote.
+#[tokio::test]
+async fn the_close_after_a_failure_has_a_deadline_of_its_own() {
+    let connect = connect_via(Passthrough);
+    let chain = ServerChain::builder()
+        .with(connect.clone())
+        .with(FailAfterDeadline)
+        .build();
+    let remote = Count::new();
+    let server = start_tcp(ServerChain::builder().with(remote.clone()).build()).await;
+
+    let caller = at(server.url()).with_timeout(Duration::from_millis(300));
+    let err = chain.request(caller, request("id")).await.unwrap_err();
+
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert_eq!(remote.requests(), 1);
+    assert_eq!(
+        remote.closes(),
+        1,
+        "the close reached the remote after the deadline"
+    );
+    assert_no_leaks(&connect, &[&server]).await;
+}
+
+#[tokio::test]
+async fn closing_an_unknown_id_still_calls_next_and_says_so() {
+    let connect = connect_via(Passthrough);
+    let next = Count::new();
+    let chain = ServerChain::builder()
+        .with(connect.clone())
+        .with(next.clone())
+        .build();
+
+    let err = chain
+        .close(Context::new(), request("ghost").connection.unwrap())
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(
+        err.message()
+            .contains("no client found for connection ghost"),
+        "{err:?}"
+    );
+    assert_eq!(next.closes(), 1);
+    assert_no_leaks(&connect, &[]).await;
+}
+
+#[tokio::test]
+async fn when_both_closes_fail_both_errors_are_reported() {
+    let connect = connect_via(Passthrough);
+    let next = Count::new();
+    let chain = ServerChain::builder()
+        .with(connect.clone())
+        .with(next.clone())
+        .with(InjectError {
+            on_request: None,
+            on_close: Some(Code::PermissionDenied),
+        })
+        .build();
+    let server = start_tcp(
+        ServerChain::builder()
+            .with(InjectError {
+                on_request: None,
+                on_close: Some(Code::Aborted),
+            })
+            .build(),
+    )
+    .await;
+
+    let conn = chain
+        .request(at(server.url()), request("id"))
+        .await
+        .unwrap();
+    let err = chain.close(Context::new(), conn).await.unwrap_err();
+
+    assert_eq!(err.code(), Code::PermissionDenied, "next's code: {err:?}");
+    assert!(err.message().contains("injected close error"), "{err:?}");
+    assert!(err.message().contains("close of connection id"), "{err:?}");
+    assert_eq!(next.closes(), 1);
+    assert_no_leaks(&connect, &[&server]).await;
+}
+
+#[tokio::test]
+async fn a_refresh_reuses_the_client_and_adds_no_reference() {
+    let connect = connect_via(Passthrough);
+    let chain = connect_chain(&connect);
+    let remote = Count::new();
+    let server = start_tcp(ServerChain::builder().with(remote.clone()).build()).await;
+
+    let mut req = request("id");
+    let conn = chain.request(at(server.url()), req.clone()).await.unwrap();
+    req.connection = Some(conn);
+    for _ in 0..3 {
+        let conn = chain.request(at(server.url()), req.clone()).await.unwrap();
+        req.connection = Some(conn);
+        assert_eq!(connect.stats().clients[0].refs, 1);
+    }
+    assert_eq!(remote.requests(), 4);
+    assert_eq!(server.connections().accepted, 1);
+
+    chain
+        .close(Context::new(), req.connection.unwrap())
+        .await
+        .unwrap();
+    assert_no_leaks(&connect, &[&server]).await;
+}
+
+#[tokio::test]
+async fn unix_socket_remotes_and_a_move_from_tcp_to_unix() {
+    let dir = ScratchDir::new();
+    let connect = connect_via(Passthrough);
+    let chain = connect_chain(&connect);
+    let tcp_remote = Count::new();
+    let tcp = start_tcp(ServerChain::builder().with(tcp_remote.clone()).build()).await;
+    let unix_remote = Count::new();
+    let unix = start_unix(
+        &dir,
+        "remote.sock",
+        ServerChain::builder().with(unix_remote.clone()).build(),
+    )
+    .await;
+
+    let on_unix = chain.request(at(unix.url()), request("u")).await.unwrap();
+    let conn = chain.request(at(tcp.url()), request("t")).await.unwrap();
+    let mut moved = request("t");
+    moved.connection = Some(conn);
+    let moved = chain.request(at(unix.url()), moved).await.unwrap();
+
+    assert_eq!(tcp_remote.closes(), 1, "left the TCP remote");
+    assert_eq!(unix_remote.requests(), 2);
+    let stats = connect.stats();
+    assert_eq!(stats.clients.len(), 1);
+    assert_eq!(stats.clients[0].refs, 2);
+
+    chain.close(Context::new(), on_unix).await.unwrap();
+    chain.close(Context::new(), moved).await.unwrap();
+    assert_eq!(unix_remote.closes(), 2);
+    assert_no_leaks(&connect, &[&tcp, &unix]).await;
+}
+
+#[tokio::test]
+async fn shutting_down_connect_closes_every_client() {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let connect = Connect::builder(|_: &Context, conn| {
+        ClientChain::builder().with(GrpcClient::new(conn)).build()
+    })
+    .shutdown_on(shutdown.clone())
+    .build();
+    let chain = connect_chain(&connect);
+    let a = start_tcp(ServerChain::default()).await;
+    let b = start_tcp(ServerChain::default()).await;
+    let on_a = chain.request(at(a.url()), request("1")).await.unwrap();
+    let on_b = chain.request(at(b.url()), request("2")).await.unwrap();
+    assert_eq!(a.connections().open + b.connections().open, 2);
+
+    shutdown.cancel();
+    for remote in [&a, &b] {
+        settle(
+            "the remote to see its connection close",
+            remote.wait_connections(|c| c.open == 0),
+        )
+        .await;
+    }
+    settle("the clients to go", async {
+        while !connect.stats().clients.is_empty() {
+            connect.idle().await;
+        }
+    })
+    .await;
+
+    // The connections are still known, and close as far as they can.
+    assert_eq!(connect.stats().records, 2);
+    for conn in [on_a, on_b] {
+        let err = chain.close(Context::new(), conn).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    }
+    assert_no_leaks(&connect, &[&a, &b]).await;
+}
+
+#[tokio::test]
+async fn dropping_connect_closes_every_client() {
+    let connect = connect_via(Passthrough);
+    let chain = connect_chain(&connect);
+    let server = start_tcp(ServerChain::default()).await;
+    chain.request(at(server.url()), request("1")).await.unwrap();
+    chain.request(at(server.url()), request("2")).await.unwrap();
+    assert_eq!(server.connections().open, 1);
+
+    drop(chain);
+    drop(connect);
+
+    settle(
+        "the remote to see the connection close",
+        server.wait_connections(|c| c.open == 0),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_monitor_cancels_the_client_when_the_remote_stops_serving() {
+    let connect = connect_via(Passthrough);
+    let chain = connect_chain(&connect);
+    let server = start_tcp(ServerChain::default()).await;
+    let conn = chain
+        .request(at(server.url()), request("id"))
+        .await
+        .unwrap();
+
+    server
+        .health()
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    settle(
+        "the client's connection to close",
+        server.wait_connections(|c| c.open == 0),
+    )
+    .await;
+    settle("the client to go", async {
+        while !connect.stats().clients.is_empty() {
+            connect.idle().await;
+        }
+    })
+    .await;
+
+    let mut refresh = request("id");
+    refresh.connection = Some(conn);
+    let err = chain.request(at(server.url()), refresh).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_no_leaks(&connect, &[&server]).await;
+}
+
+#[tokio::test]
+async fn the_monitor_stays_passive_when_the_remote_has_no_health_service() {
+    // A remote on tonic's own server, with the chain but no health service.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = Url::parse(&format!("tcp://{}", listener.local_addr().unwrap())).unwrap();
+    let remote = Count::new();
+    let service = ChainService::new(ServerChain::builder().with(remote.clone()).build());
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service.into_server())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let connect = connect_via(Passthrough);
+    let chain = connect_chain(&connect);
+    let mut req = request("id");
+    for _ in 0..5 {
+        let conn = chain.request(at(&url), req.clone()).await.unwrap();
+        req.connection = Some(conn);
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(remote.requests(), 5);
+    assert_eq!(
+        connect.stats().clients.len(),
+        1,
+        "the client was not cancelled"
+    );
+
+    chain
+        .close(Context::new(), req.connection.unwrap())
+        .await
+        .unwrap();
+    assert_no_leaks(&connect, &[]).await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_before_anything_is_dialed() {
+    let connect = connect_via(Passthrough);
+    let next = Count::new();
+    let chain = ServerChain::builder()
+        .with(connect.clone())
+        .with(next.clone())
+        .build();
+    let url: Url = "tcp://127.0.0.1:9".parse().unwrap();
+
+    let no_url = chain
+        .request(Context::new(), request("id"))
+        .await
+        .unwrap_err();
+    assert_eq!(no_url.code(), Code::InvalidArgument);
+    assert!(
+        no_url.message().contains("no client URL for connection id"),
+        "{no_url:?}"
+    );
+
+    let bad_scheme = chain
+        .request(at(&"http://127.0.0.1:9".parse().unwrap()), request("id"))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_scheme.code(), Code::InvalidArgument);
+    assert!(
+        bad_scheme.message().contains("unsupported scheme `http`"),
+        "{bad_scheme:?}"
+    );
+
+    let no_connection = chain
+        .request(at(&url), NetworkServiceRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(no_connection.code(), Code::InvalidArgument);
+
+    let empty_id = chain.request(at(&url), request("")).await.unwrap_err();
+    assert_eq!(empty_id.code(), Code::InvalidArgument);
+    assert!(empty_id.message().contains("empty id"), "{empty_id:?}");
+
+    assert_eq!(next.requests(), 0, "next is not called");
+    assert_no_leaks(&connect, &[]).await;
+}
+
+#[tokio::test]
+async fn a_panicking_factory_is_an_error_not_a_crash() {
+    let connect =
+        Connect::builder(|_: &Context, _conn| -> ClientChain { panic!("factory exploded") })
+            .dial_timeout(Duration::from_secs(1))
+            .build();
+    let chain = connect_chain(&connect);
+    let server = start_tcp(ServerChain::default()).await;
+
+    for id in ["1", "2"] {
+        let err = chain
+            .request(at(server.url()), request(id))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Internal);
+        assert!(err.message().contains("factory exploded"), "{err:?}");
+    }
+    assert_no_leaks(&connect, &[&server]).await;
+}
