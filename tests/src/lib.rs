@@ -3,6 +3,7 @@
 
 pub mod elements;
 pub mod harness;
+pub mod program;
 pub mod remote;
 
 use connect_runtime::proto::connection::Connection;

@@ -4,5 +4,6 @@ mod cancellation;
 mod chain;
 mod connect;
 mod fixtures;
+mod program;
 mod transport;
 mod wire;

@@ -1,0 +1,198 @@
+//! Command-line parsing: small enough to do by hand, strict enough that every
+//! mistake gets a one-line error naming it.
+
+use std::time::Duration;
+
+use url::Url;
+
+use connect_runtime::Target;
+
+pub(crate) const USAGE: &str = "\
+usage:
+  passthrough                                   run the demo on loopback and report
+  passthrough --connections N                   the demo with N connections (default 1000)
+  passthrough --listen URL --connect-to URL     forward every request to URL
+              [--dial-timeout DURATION] [--log-format text|json]
+  passthrough --endpoint --listen URL           a minimal NSM endpoint
+              [--log-format text|json]
+
+URLs are tcp://host:port (port 0 picks one) or unix:///path. Durations are
+like 100ms, 2s or 1.5s. RUST_LOG sets the log level (default info).";
+
+#[derive(Debug)]
+pub(crate) enum Mode {
+    Demo {
+        connections: usize,
+    },
+    Passthrough {
+        listen: Url,
+        connect_to: Url,
+        dial_timeout: Duration,
+        log: LogFormat,
+    },
+    Endpoint {
+        listen: Url,
+        log: LogFormat,
+    },
+    Help,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
+    let mut listen = None;
+    let mut connect_to = None;
+    let mut dial_timeout = None;
+    let mut log = None;
+    let mut endpoint = false;
+    let mut connections = None;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                (flag.to_owned(), Some(value.to_owned()))
+            }
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Mode::Help),
+            "--endpoint" => endpoint = true,
+            "--listen" => listen = Some(url(&value("--listen")?)?),
+            "--connect-to" => connect_to = Some(url(&value("--connect-to")?)?),
+            "--dial-timeout" => dial_timeout = Some(duration(&value("--dial-timeout")?)?),
+            "--log-format" => {
+                log = Some(match value("--log-format")?.as_str() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    other => return Err(format!("--log-format is text or json, not `{other}`")),
+                })
+            }
+            "--connections" => {
+                let text = value("--connections")?;
+                connections = Some(text.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(
+                    || format!("--connections takes a positive number, not `{text}`"),
+                )?)
+            }
+            other => return Err(format!("unknown argument `{other}` (see --help)")),
+        }
+    }
+    let log = log.unwrap_or(LogFormat::Text);
+    match (endpoint, listen, connect_to) {
+        (true, Some(listen), None) if dial_timeout.is_none() && connections.is_none() => {
+            Ok(Mode::Endpoint { listen, log })
+        }
+        (true, None, _) => Err("--endpoint needs --listen URL".into()),
+        (true, Some(_), _) => Err("--endpoint takes only --listen and --log-format".into()),
+        (false, Some(listen), Some(connect_to)) if connections.is_none() => Ok(Mode::Passthrough {
+            listen,
+            connect_to,
+            dial_timeout: dial_timeout.unwrap_or(connect_runtime::DEFAULT_DIAL_TIMEOUT),
+            log,
+        }),
+        (false, Some(_), None) => Err("--connect-to URL is required with --listen".into()),
+        (false, None, Some(_)) => Err("--listen URL is required with --connect-to".into()),
+        (false, None, None) if dial_timeout.is_none() => Ok(Mode::Demo {
+            connections: connections.unwrap_or(1000),
+        }),
+        _ => Err("--connections is for the demo; --dial-timeout for --listen".into()),
+    }
+}
+
+/// A URL the program can listen on or dial, checked up front.
+fn url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    Target::from_url(&url).map_err(|e| e.to_string())?;
+    Ok(url)
+}
+
+pub(crate) fn duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("`{text}` is not a duration like 100ms, 2s or 1.5s");
+    let (number, unit) = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|at| text.split_at(at))
+        .ok_or_else(bad)?;
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "s" => number,
+        "m" => number * 60.0,
+        _ => return Err(bad()),
+    };
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn modes() {
+        assert!(matches!(
+            parse(args("")),
+            Ok(Mode::Demo { connections: 1000 })
+        ));
+        assert!(matches!(
+            parse(args("--connections 7")),
+            Ok(Mode::Demo { connections: 7 })
+        ));
+        assert!(matches!(
+            parse(args("--endpoint --listen unix:///tmp/e.sock")),
+            Ok(Mode::Endpoint { .. })
+        ));
+        match parse(args(
+            "--listen=tcp://127.0.0.1:0 --connect-to tcp://10.0.0.1:5 --dial-timeout 250ms --log-format json",
+        )) {
+            Ok(Mode::Passthrough {
+                dial_timeout, log, ..
+            }) => {
+                assert_eq!(dial_timeout, Duration::from_millis(250));
+                assert_eq!(log, LogFormat::Json);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        for (line, expected) in [
+            ("--listen tcp://127.0.0.1:0", "--connect-to URL is required"),
+            (
+                "--listen http://x:1 --connect-to tcp://a:1",
+                "unsupported scheme `http`",
+            ),
+            (
+                "--listen nonsense --connect-to tcp://a:1",
+                "`nonsense` is not a URL",
+            ),
+            ("--endpoint", "--endpoint needs --listen"),
+            ("--frobnicate", "unknown argument `--frobnicate`"),
+            ("--listen", "--listen needs a value"),
+            ("--log-format xml", "text or json"),
+            (
+                "--listen tcp://a:1 --connect-to tcp://b:1 --dial-timeout soon",
+                "not a duration",
+            ),
+            ("--connections 0", "positive number"),
+        ] {
+            let err = parse(args(line)).unwrap_err();
+            assert!(err.contains(expected), "{line}: {err}");
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The passthrough program: connect's main job in one command, and a real
+//! NSM passthrough endpoint for operators.
+//!
+//! ```text
+//! cargo run --release --example passthrough              # the demo, on loopback
+//! cargo run --release --example passthrough -- --help    # the real server's options
+//! ```
+//!
+//! With no arguments it starts two NSM endpoints and a passthrough
+//! (clienturl → connect, with a health monitor in the client chain) in this
+//! process, drives 1000 concurrent connections through it, and reports.
+//! With `--listen URL --connect-to URL` it is that passthrough as a server;
+//! with `--endpoint --listen URL`, a minimal endpoint.
+
+mod args;
+mod demo;
+mod server;
+
+use std::process::ExitCode;
+
+use args::{LogFormat, Mode};
+
+fn main() -> ExitCode {
+    let mode = match args::parse(std::env::args().skip(1)) {
+        Ok(mode) => mode,
+        Err(err) => {
+            eprintln!("passthrough: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("passthrough: cannot start the tokio runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = match mode {
+        Mode::Help => {
+            println!("{}", args::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Mode::Demo { connections } => {
+            init_logging(LogFormat::Text, "warn");
+            runtime.block_on(demo::run(connections))
+        }
+        Mode::Passthrough {
+            listen,
+            connect_to,
+            dial_timeout,
+            log,
+        } => {
+            init_logging(log, "info");
+            runtime.block_on(server::passthrough(listen, connect_to, dial_timeout))
+        }
+        Mode::Endpoint { listen, log } => {
+            init_logging(log, "info");
+            runtime.block_on(server::endpoint(listen))
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("passthrough: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, at the level `RUST_LOG` asks for (or `default`).
+fn init_logging(format: LogFormat, default: &str) {
+    use tracing_subscriber::EnvFilter;
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

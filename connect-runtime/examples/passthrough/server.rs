@@ -1,0 +1,133 @@
+//! The program as a real process: a passthrough forwarding to one remote, or
+//! a minimal endpoint. Both stop gracefully on SIGINT or SIGTERM.
+
+use std::time::Duration;
+
+use connect_runtime::proto::connection::Connection;
+use connect_runtime::proto::networkservice::NetworkServiceRequest;
+use connect_runtime::{
+    ClientChain, ClientUrl, Connect, Context, Element, GrpcClient, Monitor, Next, Serve,
+    ServerChain, hooks,
+};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use url::Url;
+
+/// clienturl(`connect_to`) → connect, served on `listen`.
+pub(crate) async fn passthrough(
+    listen: Url,
+    connect_to: Url,
+    dial_timeout: Duration,
+) -> Result<(), String> {
+    let connect = Connect::builder(|ctx: &Context, conn| {
+        ClientChain::builder()
+            .with(Monitor::new(ctx, conn.clone()))
+            .with(GrpcClient::new(conn))
+            .build()
+    })
+    .dial_timeout(dial_timeout)
+    .build();
+    let chain = ServerChain::builder()
+        .with(Logged("passthrough"))
+        .with(ClientUrl::new(connect_to.clone()))
+        .with(connect.clone())
+        .build();
+    let stop = CancellationToken::new();
+    let server = Serve::new(chain)
+        .shutdown_on(stop.clone())
+        .bind(&listen)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "passthrough listening on {} forwarding to {connect_to}",
+        server.url()
+    );
+    until_signalled(stop).await?;
+    // In-flight calls finish; then every client is closed.
+    server.stopped().await;
+    let open = connect.stats();
+    connect.shutdown();
+    tracing::info!(
+        clients = open.clients.len(),
+        connections = open.records,
+        "stopped; closed every client"
+    );
+    Ok(())
+}
+
+/// A minimal NSM endpoint: answers Request with the request's connection and
+/// Close with empty.
+pub(crate) async fn endpoint(listen: Url) -> Result<(), String> {
+    let chain = ServerChain::builder().with(Logged("endpoint")).build();
+    let stop = CancellationToken::new();
+    let server = Serve::new(chain)
+        .shutdown_on(stop.clone())
+        .bind(&listen)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("endpoint listening on {}", server.url());
+    until_signalled(stop).await?;
+    server.stopped().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn until_signalled(stop: CancellationToken) -> Result<(), String> {
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch for SIGINT: {e}"))?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    stop.cancel();
+    Ok(())
+}
+
+/// Logs each call at info level.
+#[derive(Element)]
+#[element(server)]
+struct Logged(&'static str);
+
+#[hooks]
+impl Logged {
+    async fn request(
+        &self,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        let id = request
+            .connection
+            .as_ref()
+            .map(|c| c.id.clone())
+            .unwrap_or_default();
+        let reply = next.request(ctx, request).await;
+        match &reply {
+            Ok(_) => tracing::info!(role = self.0, connection_id = %id, "request"),
+            Err(status) => {
+                tracing::warn!(role = self.0, connection_id = %id, error = %status.message(), "request failed")
+            }
+        }
+        reply
+    }
+
+    async fn close(
+        &self,
+        ctx: Context,
+        connection: Connection,
+        next: Next<'_>,
+    ) -> Result<(), Status> {
+        let id = connection.id.clone();
+        let result = next.close(ctx, connection).await;
+        match &result {
+            Ok(()) => tracing::info!(role = self.0, connection_id = %id, "close"),
+            Err(status) => {
+                tracing::warn!(role = self.0, connection_id = %id, error = %status.message(), "close failed")
+            }
+        }
+        result
+    }
+}

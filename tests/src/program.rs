@@ -1,0 +1,106 @@
+//! Running the passthrough program (`connect-runtime`'s `passthrough`
+//! example) as a child process, the way an operator would.
+
+use std::path::PathBuf;
+use std::process::{ExitStatus, Output, Stdio};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use url::Url;
+
+use crate::harness::settle;
+
+/// The example binary `cargo test --workspace` builds beside the test
+/// binaries (`target/<profile>/examples/passthrough`).
+pub fn binary() -> PathBuf {
+    let test_binary = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = test_binary
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binaries live in target/<profile>/deps");
+    let path = profile_dir.join("examples").join("passthrough");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (which builds the examples) \
+         or build it with `cargo build -p connect-runtime --example passthrough`",
+        path.display()
+    );
+    path
+}
+
+/// A running program that has said where it listens.
+pub struct Program {
+    child: Child,
+    url: Url,
+}
+
+impl Program {
+    /// Starts the program with `args` and waits for its "listening on URL"
+    /// line.
+    pub async fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(binary())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the program starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = settle("the program to say where it listens", lines.next_line())
+            .await
+            .expect("reading the program's stdout")
+            .expect("the program printed a line");
+        let url = line
+            .split_once("listening on ")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|url| Url::parse(url).ok())
+            .unwrap_or_else(|| panic!("no URL in {line:?}"));
+        // Keep draining stdout so the program never blocks writing to it.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, url }
+    }
+
+    /// Where the program listens (with the port it bound).
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("the program is running");
+        signal_terminate(pid);
+    }
+
+    /// Waits for the program to exit.
+    pub async fn exited(mut self) -> ExitStatus {
+        settle("the program to exit", self.child.wait())
+            .await
+            .expect("waiting for the program")
+    }
+}
+
+#[allow(unsafe_code)]
+fn signal_terminate(pid: u32) {
+    let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+    // SAFETY: kill(2) with a valid signal number has no memory-safety
+    // preconditions; the pid is our own child's.
+    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(sent, 0, "kill(SIGTERM) failed");
+}
+
+/// Runs the program with `args` to the end and returns what it printed.
+pub async fn run(args: &[&str]) -> Output {
+    let child = Command::new(binary())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the program starts");
+    settle("the program to finish", child.wait_with_output())
+        .await
+        .expect("running the program")
+}

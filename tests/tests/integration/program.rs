@@ -1,0 +1,240 @@
+//! The passthrough program as a real process: endpoint and server modes over
+//! TCP and unix sockets, SIGTERM, bad input, and the demo.
+
+use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
+use connect_runtime::{ClientConn, DialOptions, ServerChain, dial};
+use connect_tests::elements::{Capture, Count, Gate, Op};
+use connect_tests::harness::settle;
+use connect_tests::program::{Program, run};
+use connect_tests::remote::{ScratchDir, start_tcp, unix_url};
+use connect_tests::request;
+use tonic::Code;
+use url::Url;
+
+async fn client(url: &Url) -> NetworkServiceClient<ClientConn> {
+    let options = DialOptions::new().timeout(std::time::Duration::from_secs(5));
+    NetworkServiceClient::new(dial(url, &options).await.unwrap())
+}
+
+#[tokio::test]
+async fn endpoint_mode_answers_request_and_close_and_stops_on_sigterm() {
+    let endpoint = Program::start(&["--endpoint", "--listen", "tcp://127.0.0.1:0"]).await;
+    assert_eq!(endpoint.url().scheme(), "tcp");
+    let mut nsm = client(endpoint.url()).await;
+
+    let reply = nsm.request(request("e-1")).await.unwrap().into_inner();
+    assert_eq!(reply.id, "e-1");
+    nsm.close(reply).await.unwrap();
+
+    endpoint.terminate();
+    assert!(endpoint.exited().await.success());
+}
+
+#[tokio::test]
+async fn server_mode_on_a_unix_socket_forwards_requests_and_closes() {
+    let dir = ScratchDir::new();
+    let seen = Capture::new();
+    let count = Count::new();
+    let remote = start_tcp(
+        ServerChain::builder()
+            .with(seen.clone())
+            .with(count.clone())
+            .build(),
+    )
+    .await;
+    let listen = unix_url(&dir.path().join("passthrough.sock"));
+    let passthrough = Program::start(&[
+        "--listen",
+        listen.as_str(),
+        "--connect-to",
+        remote.url().as_str(),
+        "--log-format",
+        "json",
+    ])
+    .await;
+    assert_eq!(passthrough.url(), &listen);
+    let mut nsm = client(&listen).await;
+
+    let first = nsm.request(request("p-1")).await.unwrap().into_inner();
+    let second = nsm.request(request("p-2")).await.unwrap().into_inner();
+    assert_eq!(seen.request().unwrap().connection.unwrap().id, "p-2");
+    assert_eq!(count.requests(), 2);
+    assert_eq!(
+        remote.connections().accepted,
+        1,
+        "one client for the remote"
+    );
+
+    nsm.close(first).await.unwrap();
+    nsm.close(second).await.unwrap();
+    assert_eq!(count.closes(), 2, "closes were propagated");
+    settle(
+        "the passthrough to close its client after the last connection",
+        remote.wait_connections(|c| c.open == 0),
+    )
+    .await;
+
+    passthrough.terminate();
+    assert!(passthrough.exited().await.success());
+}
+
+/// The three-process topology from the README: client → passthrough (TCP)
+/// → endpoint (unix socket).
+#[tokio::test]
+async fn a_passthrough_process_in_front_of_an_endpoint_process() {
+    let dir = ScratchDir::new();
+    let endpoint_url = unix_url(&dir.path().join("endpoint.sock"));
+    let endpoint = Program::start(&["--endpoint", "--listen", endpoint_url.as_str()]).await;
+    let passthrough = Program::start(&[
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--connect-to",
+        endpoint.url().as_str(),
+    ])
+    .await;
+    let mut nsm = client(passthrough.url()).await;
+
+    let reply = nsm.request(request("topology")).await.unwrap().into_inner();
+    assert_eq!(reply.id, "topology");
+    nsm.close(reply).await.unwrap();
+
+    passthrough.terminate();
+    endpoint.terminate();
+    assert!(passthrough.exited().await.success());
+    assert!(endpoint.exited().await.success());
+}
+
+#[tokio::test]
+async fn sigterm_lets_calls_in_flight_finish_then_closes_every_client() {
+    let gate = Gate::new();
+    let count = Count::new();
+    let remote = start_tcp(
+        ServerChain::builder()
+            .with(count.clone())
+            .with(gate.clone())
+            .build(),
+    )
+    .await;
+    let passthrough = Program::start(&[
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--connect-to",
+        remote.url().as_str(),
+    ])
+    .await;
+    let mut nsm = client(passthrough.url()).await;
+    nsm.request(request("open")).await.unwrap();
+
+    gate.arm(Op::Request);
+    let in_flight = tokio::spawn({
+        let mut nsm = nsm.clone();
+        async move { nsm.request(request("in-flight")).await }
+    });
+    settle("the call to reach the remote", gate.holding()).await;
+    passthrough.terminate();
+    gate.release();
+
+    let reply = settle("the call in flight", in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.into_inner().id, "in-flight");
+    assert!(passthrough.exited().await.success());
+    settle(
+        "the remote to see the passthrough's client close",
+        remote.wait_connections(|c| c.open == 0),
+    )
+    .await;
+    assert_eq!(count.requests(), 2);
+}
+
+#[tokio::test]
+async fn bad_input_gets_one_line_and_a_non_zero_exit() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let in_use = format!("tcp://{}", taken.local_addr().unwrap());
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["--listen", "not a url", "--connect-to", "tcp://127.0.0.1:1"],
+            "is not a URL",
+        ),
+        (
+            &[
+                "--listen",
+                "http://127.0.0.1:1",
+                "--connect-to",
+                "tcp://127.0.0.1:1",
+            ],
+            "unsupported scheme `http`",
+        ),
+        (
+            &["--listen", &in_use, "--connect-to", "tcp://127.0.0.1:1"],
+            "in use",
+        ),
+        (
+            &[
+                "--listen",
+                "unix:///no/such/directory/p.sock",
+                "--connect-to",
+                "tcp://127.0.0.1:1",
+            ],
+            "directory /no/such/directory does not exist",
+        ),
+        (
+            &["--listen", "tcp://127.0.0.1:0"],
+            "--connect-to URL is required",
+        ),
+        (
+            &["--endpoint", "--listen", "tcp://127.0.0.1"],
+            "missing port",
+        ),
+        (&["--verbose"], "unknown argument `--verbose`"),
+    ];
+    for (args, expected) in cases {
+        let output = run(args).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("passthrough: "), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn the_demo_drives_its_connections_and_passes_its_checks() {
+    let output = run(&["--connections", "200"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+    assert!(
+        stdout.contains("200 (refreshed 200, moved A → B 50, closed 200)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+#[tokio::test]
+async fn a_request_the_passthrough_cannot_forward_gets_a_clear_status() {
+    // Nothing listens at the target: the dial fails, quickly and clearly.
+    let dir = ScratchDir::new();
+    let nowhere = unix_url(&dir.path().join("nobody-home.sock"));
+    let passthrough = Program::start(&[
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--connect-to",
+        nowhere.as_str(),
+    ])
+    .await;
+    let mut nsm = client(passthrough.url()).await;
+
+    let err = nsm.request(request("lost")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("nobody-home.sock"), "{err:?}");
+
+    passthrough.terminate();
+    assert!(passthrough.exited().await.success());
+}
