@@ -1,0 +1,46 @@
+//! `connect-bench`: measures `connect` against a direct tonic call to the
+//! same NSM remotes. See BENCHMARKS.md for the commands and the numbers.
+//!
+//! ```text
+//! connect-bench serve -n N --addr-file FILE
+//! connect-bench run --remotes FILE --mode connect|direct --workload a,b,c,w
+//!                   [--n 1000] [--reps 5] [--iters 2000]
+//! ```
+
+mod measure;
+mod options;
+mod serve;
+mod workload;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let command = match options::parse(std::env::args().skip(1)) {
+        Ok(command) => command,
+        Err(err) => {
+            eprintln!("connect-bench: {err}\n\n{}", options::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("connect-bench: cannot start tokio: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = match command {
+        options::Command::Serve { n, addr_file } => runtime.block_on(serve::run(n, addr_file)),
+        options::Command::Run(run) => runtime.block_on(workload::run(run)),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("connect-bench: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! The workloads, in both modes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use connect_runtime::proto::connection::Connection;
+use connect_runtime::proto::networkservice::NetworkServiceRequest;
+use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
+use connect_runtime::{
+    ClientChain, ClientConn, Connect, Context, DialOptions, GrpcClient, ServerChain, dial,
+};
+use tokio::sync::Barrier;
+use tonic::Status;
+use url::Url;
+
+use crate::measure::{Latencies, Report, cpu_time};
+use crate::options::{Mode, Run, Workload};
+
+const WARM_UP_PAIRS: usize = 200;
+
+pub(crate) async fn run(run: Run) -> Result<(), String> {
+    let text = std::fs::read_to_string(&run.remotes)
+        .map_err(|e| format!("reading {}: {e}", run.remotes.display()))?;
+    let remotes = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            Url::parse(line)
+                .map(Arc::new)
+                .map_err(|e| format!("`{line}` in {}: {e}", run.remotes.display()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if remotes.is_empty() {
+        return Err(format!("{} lists no remotes", run.remotes.display()));
+    }
+    for workload in &run.workloads {
+        let report = match workload {
+            Workload::A => concurrent(&run, *workload, &remotes[..1]).await?,
+            Workload::B => concurrent(&run, *workload, &remotes).await?,
+            Workload::C => sequential(&run, *workload, &remotes[0], false).await?,
+            Workload::W => sequential(&run, *workload, &remotes[0], true).await?,
+        };
+        println!("{}", report.json());
+    }
+    Ok(())
+}
+
+/// Who makes the calls: the `connect` element, or tonic clients dialed
+/// beforehand.
+#[derive(Clone)]
+enum Caller {
+    Connect {
+        chain: ServerChain,
+        connect: Connect,
+        dials: Arc<AtomicUsize>,
+    },
+    Direct {
+        clients: Arc<Vec<NetworkServiceClient<ClientConn>>>,
+    },
+}
+
+impl Caller {
+    /// A fresh `connect` element whose client chain is just the gRPC call.
+    fn connect() -> Self {
+        let dials = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&dials);
+        let connect = Connect::builder(move |_: &Context, conn| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            ClientChain::builder().with(GrpcClient::new(conn)).build()
+        })
+        .dial_timeout(Duration::from_secs(2))
+        .build();
+        Self::Connect {
+            chain: ServerChain::builder().with(connect.clone()).build(),
+            connect,
+            dials,
+        }
+    }
+
+    async fn direct(remotes: &[Arc<Url>]) -> Result<Self, String> {
+        let options = DialOptions::new().timeout(Duration::from_secs(2));
+        let mut clients = Vec::with_capacity(remotes.len());
+        for url in remotes {
+            let conn = dial(url, &options).await.map_err(|e| e.to_string())?;
+            clients.push(NetworkServiceClient::new(conn));
+        }
+        Ok(Self::Direct {
+            clients: Arc::new(clients),
+        })
+    }
+
+    async fn caller(mode: Mode, remotes: &[Arc<Url>]) -> Result<Self, String> {
+        match mode {
+            Mode::Connect => Ok(Self::connect()),
+            Mode::Direct => Self::direct(remotes).await,
+        }
+    }
+
+    async fn request(
+        &self,
+        remote: usize,
+        url: &Arc<Url>,
+        id: String,
+    ) -> Result<Connection, Status> {
+        let request = NetworkServiceRequest {
+            connection: Some(Connection {
+                id,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        match self {
+            Caller::Connect { chain, .. } => {
+                let ctx = Context::new().with_client_url(Arc::clone(url));
+                chain.request(ctx, request).await
+            }
+            Caller::Direct { clients } => {
+                let mut client = clients[remote].clone();
+                Ok(client.request(request).await?.into_inner())
+            }
+        }
+    }
+
+    async fn close(&self, remote: usize, connection: Connection) -> Result<(), Status> {
+        match self {
+            Caller::Connect { chain, .. } => chain.close(Context::new(), connection).await,
+            Caller::Direct { clients } => {
+                let mut client = clients[remote].clone();
+                client.close(connection).await?;
+                Ok(())
+            }
+        }
+    }
+
+    fn dials(&self) -> usize {
+        match self {
+            Caller::Connect { dials, .. } => dials.load(Ordering::Relaxed),
+            Caller::Direct { .. } => 0,
+        }
+    }
+
+    /// Waits until `connect` has let go of every client (so the next rep
+    /// starts from nothing), or at once for direct calls.
+    async fn settle(&self) {
+        if let Caller::Connect { connect, .. } = self {
+            let _ = tokio::time::timeout(Duration::from_secs(10), connect.idle()).await;
+        }
+    }
+}
+
+/// One Request+Close pair's timings.
+struct Pair {
+    request: Duration,
+    close: Duration,
+    finished: Instant,
+}
+
+async fn pair(caller: &Caller, remote: usize, url: &Arc<Url>, id: String) -> Result<Pair, Status> {
+    let started = Instant::now();
+    let connection = caller.request(remote, url, id).await?;
+    let requested = Instant::now();
+    caller.close(remote, connection).await?;
+    let finished = Instant::now();
+    Ok(Pair {
+        request: requested - started,
+        close: finished - requested,
+        finished,
+    })
+}
+
+/// Workloads a and b: `n` connections released together from a barrier,
+/// each doing Request then Close; connection k goes to remote k mod count.
+async fn concurrent(run: &Run, workload: Workload, remotes: &[Arc<Url>]) -> Result<Report, String> {
+    let mut report = Report {
+        workload: workload.name(),
+        mode: run.mode.name(),
+        n: run.n,
+        remotes: remotes.len(),
+        wall: Vec::new(),
+        request: Latencies::default(),
+        pair: Latencies::default(),
+        close: Latencies::default(),
+        dials: 0,
+        errors: 0,
+        cpu: Duration::ZERO,
+        pairs: 0,
+    };
+    let direct = match run.mode {
+        Mode::Direct => Some(Caller::direct(remotes).await?),
+        Mode::Connect => None,
+    };
+    for rep in 0..=run.reps {
+        let measured = rep > 0;
+        let caller = match &direct {
+            Some(direct) => direct.clone(),
+            None => Caller::connect(),
+        };
+        let barrier = Arc::new(Barrier::new(run.n + 1));
+        let tasks: Vec<_> = (0..run.n)
+            .map(|k| {
+                let (caller, barrier) = (caller.clone(), Arc::clone(&barrier));
+                let remote = k % remotes.len();
+                let url = Arc::clone(&remotes[remote]);
+                let id = format!("{}-{rep}-{k}", workload.name());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    pair(&caller, remote, &url, id).await
+                })
+            })
+            .collect();
+        let cpu_before = cpu_time();
+        barrier.wait().await;
+        let released = Instant::now();
+        let mut last = released;
+        for task in tasks {
+            match task.await {
+                Ok(Ok(timing)) => {
+                    last = last.max(timing.finished);
+                    if measured {
+                        report.request.push(timing.request);
+                        report.close.push(timing.close);
+                        report.pair.push(timing.request + timing.close);
+                    }
+                }
+                _ if measured => report.errors += 1,
+                _ => {}
+            }
+        }
+        if measured {
+            report.wall.push(last - released);
+            report.cpu += cpu_time().saturating_sub(cpu_before);
+            report.pairs += run.n;
+            report.dials += caller.dials();
+        }
+        caller.settle().await;
+    }
+    Ok(report)
+}
+
+/// Workloads c and w: `iters` Request+Close pairs one after another on one
+/// remote, after warm-up pairs. For w another connection is held open
+/// throughout, so `connect` keeps its client; for c each pair dials afresh.
+async fn sequential(
+    run: &Run,
+    workload: Workload,
+    url: &Arc<Url>,
+    hold: bool,
+) -> Result<Report, String> {
+    let caller = Caller::caller(run.mode, std::slice::from_ref(url)).await?;
+    let held = if hold {
+        Some(
+            caller
+                .request(0, url, format!("{}-held", workload.name()))
+                .await
+                .map_err(|e| format!("opening the held connection: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let mut report = Report {
+        workload: workload.name(),
+        mode: run.mode.name(),
+        n: run.iters,
+        remotes: 1,
+        wall: Vec::new(),
+        request: Latencies::default(),
+        pair: Latencies::default(),
+        close: Latencies::default(),
+        dials: 0,
+        errors: 0,
+        cpu: Duration::ZERO,
+        pairs: run.iters,
+    };
+    for k in 0..WARM_UP_PAIRS {
+        let _ = pair(&caller, 0, url, format!("{}-warm-{k}", workload.name())).await;
+    }
+    let dials_before = caller.dials();
+    let cpu_before = cpu_time();
+    let started = Instant::now();
+    for k in 0..run.iters {
+        match pair(&caller, 0, url, format!("{}-{k}", workload.name())).await {
+            Ok(timing) => {
+                report.request.push(timing.request);
+                report.close.push(timing.close);
+                report.pair.push(timing.request + timing.close);
+            }
+            Err(_) => report.errors += 1,
+        }
+    }
+    report.wall.push(started.elapsed());
+    report.cpu = cpu_time().saturating_sub(cpu_before);
+    report.dials = caller.dials() - dials_before;
+    if let Some(held) = held {
+        caller
+            .close(0, held)
+            .await
+            .map_err(|e| format!("closing the held connection: {e}"))?;
+    }
+    caller.settle().await;
+    Ok(report)
+}

@@ -1,0 +1,104 @@
+//! The benchmark harness works end to end: every workload, both modes, tiny
+//! sizes, against remotes served by `connect-bench serve`. Correctness only:
+//! no timing is asserted here (the numbers live in BENCHMARKS.md).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const FIELDS: [&str; 16] = [
+    "workload",
+    "mode",
+    "n",
+    "remotes",
+    "wall_ms",
+    "median_wall_ms",
+    "median_pairs_per_s",
+    "req_p50_us",
+    "req_p99_us",
+    "pair_p50_us",
+    "pair_p99_us",
+    "close_p50_us",
+    "dials",
+    "errors",
+    "cpu_us_per_pair",
+    "peak_rss_kb",
+];
+
+#[tokio::test]
+async fn every_workload_runs_in_both_modes_without_errors() {
+    let bench = env!("CARGO_BIN_EXE_connect-bench");
+    let dir = std::env::temp_dir().join(format!("connect-bench-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let addr_file = dir.join("remotes.txt");
+    let _ = std::fs::remove_file(&addr_file);
+
+    let mut serve = Command::new(bench)
+        .args(["serve", "-n", "3", "--addr-file"])
+        .arg(&addr_file)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // `serve` prints one line once the file is complete.
+    let mut ready = BufReader::new(serve.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), ready.next_line())
+        .await
+        .expect("connect-bench serve started")
+        .unwrap()
+        .unwrap();
+    assert!(line.starts_with("serving 3 endpoints"), "{line}");
+    assert_eq!(
+        std::fs::read_to_string(&addr_file).unwrap().lines().count(),
+        3
+    );
+
+    for mode in ["connect", "direct"] {
+        let output = Command::new(bench)
+            .args(["run", "--remotes"])
+            .arg(&addr_file)
+            .args(["--mode", mode, "--workload", "a,b,c,w"])
+            .args(["--n", "20", "--reps", "2", "--iters", "10"])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let lines: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+            .collect();
+        assert_eq!(lines.len(), 4, "{stdout}");
+        for (line, workload) in lines.iter().zip(["a", "b", "c", "w"]) {
+            for field in FIELDS {
+                assert!(line.get(field).is_some(), "{field} missing from {line}");
+            }
+            assert_eq!(line["workload"], workload);
+            assert_eq!(line["mode"], mode);
+            assert_eq!(line["errors"], 0, "{line}");
+            assert!(line["peak_rss_kb"].as_u64().unwrap() > 0);
+            let walls = line["wall_ms"].as_array().unwrap();
+            let expected_walls = if matches!(workload, "a" | "b") { 2 } else { 1 };
+            assert_eq!(walls.len(), expected_walls, "{line}");
+        }
+        let by = |w: &str| lines.iter().find(|l| l["workload"] == w).unwrap();
+        assert_eq!(by("a")["remotes"], 1);
+        assert_eq!(by("b")["remotes"], 3);
+        if mode == "connect" {
+            // c dials afresh for every pair; w reuses the held connection's client.
+            assert_eq!(by("c")["dials"], 10, "{}", by("c"));
+            assert_eq!(by("w")["dials"], 0, "{}", by("w"));
+            assert_eq!(by("a")["dials"], 2, "one client per rep");
+            assert_eq!(by("b")["dials"], 6, "one client per remote per rep");
+        } else {
+            assert_eq!(by("c")["dials"], 0);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
