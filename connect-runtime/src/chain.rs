@@ -27,7 +27,7 @@ use crate::proto::networkservice::NetworkServiceRequest;
 /// assert_eq!(chain.len(), 2);
 ///
 /// let request = NetworkServiceRequest {
-///     connection: Some(Connection { id: "c1".into(), ..Default::default() }),
+///     connection: Some(Box::new(Connection { id: "c1".into(), ..Default::default() })),
 ///     ..Default::default()
 /// };
 /// let conn = chain.request(Context::new(), request).await.unwrap();

@@ -5,11 +5,13 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 use url::Url;
@@ -17,8 +19,9 @@ use url::Url;
 /// Per-call state handed from element to element along a chain.
 ///
 /// A context carries the *client URL* (where a `connect` element forwards the
-/// call), the call's *deadline* (sent to remotes as `grpc-timeout`), a
-/// *cancellation token* (cancelled when the caller goes away), and — inside a
+/// call), the call's *deadline* (sent to remotes as `grpc-timeout`), an
+/// optional *cancellation token* (cancelled when the caller goes away; calls
+/// that came in over gRPC have one), and — inside a
 /// client chain created by `connect` — the [`ClientCancel`] handle that tears
 /// that client down. Arbitrary typed values ride along too.
 ///
@@ -45,14 +48,14 @@ use url::Url;
 pub struct Context {
     client_url: Option<Arc<Url>>,
     deadline: Option<Instant>,
-    cancel: CancellationToken,
+    cancel: Option<CancellationToken>,
     client_cancel: Option<ClientCancel>,
     incoming_metadata: Option<Arc<MetadataMap>>,
     values: Option<Arc<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>>,
 }
 
 impl Context {
-    /// A context with no client URL, no deadline and a fresh cancellation token.
+    /// A context with no client URL, no deadline and no cancellation token.
     pub fn new() -> Self {
         Self::default()
     }
@@ -114,14 +117,17 @@ impl Context {
         self
     }
 
-    /// The token cancelled when the caller gives up on this call.
-    pub fn cancellation_token(&self) -> &CancellationToken {
-        &self.cancel
+    /// The token cancelled when the caller gives up on this call, if the
+    /// call has one. Calls served by [`ChainService`](crate::ChainService)
+    /// always do; a context made with [`Context::new`] has none until
+    /// [`Context::with_cancellation_token`] gives it one.
+    pub fn cancellation_token(&self) -> Option<&CancellationToken> {
+        self.cancel.as_ref()
     }
 
-    /// Replaces the cancellation token.
+    /// Sets the cancellation token.
     pub fn with_cancellation_token(mut self, token: CancellationToken) -> Self {
-        self.cancel = token;
+        self.cancel = Some(token);
         self
     }
 
@@ -185,22 +191,60 @@ impl Context {
     /// assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
     /// # }
     /// ```
-    pub async fn run<T, F>(&self, work: F) -> Result<T, Status>
+    pub fn run<T, F>(&self, work: F) -> Bounded<F>
     where
         F: Future<Output = Result<T, Status>>,
     {
-        let deadline = async {
-            match self.deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            result = work => result,
-            () = self.cancel.cancelled() => Err(Status::cancelled("the call was cancelled")),
-            () = deadline => Err(Status::deadline_exceeded("the call's deadline passed")),
+        Bounded {
+            work,
+            // Registered with the token only if `work` ever has to wait.
+            cancelled: self.cancel.clone().map(|t| Box::pin(t.cancelled_owned())),
+            deadline: self
+                .deadline
+                .map(|at| Box::pin(tokio::time::sleep_until(at))),
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future returned by [`Context::run`]: `work`, cut short by the
+    /// context's cancellation or deadline.
+    ///
+    /// Polls `work` first, so a result that is ready wins; the cancellation
+    /// token and the timer are only registered when `work` has to wait. The
+    /// work itself is kept inline (no allocation); the cancellation and timer
+    /// futures, when there are any, are boxed to keep this future small.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Bounded<F> {
+        #[pin]
+        work: F,
+        cancelled: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<T, F> Future for Bounded<F>
+where
+    F: Future<Output = Result<T, Status>>,
+{
+    type Output = Result<T, Status>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(result) = this.work.poll(cx) {
+            return Poll::Ready(result);
+        }
+        if let Some(cancelled) = this.cancelled.as_mut()
+            && cancelled.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(Status::cancelled("the call was cancelled")));
+        }
+        if let Some(deadline) = this.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(Status::deadline_exceeded("the call's deadline passed")));
+        }
+        Poll::Pending
     }
 }
 
@@ -209,7 +253,10 @@ impl fmt::Debug for Context {
         f.debug_struct("Context")
             .field("client_url", &self.client_url.as_ref().map(|u| u.as_str()))
             .field("remaining", &self.remaining())
-            .field("cancelled", &self.cancel.is_cancelled())
+            .field(
+                "cancelled",
+                &self.cancel.as_ref().map(CancellationToken::is_cancelled),
+            )
             .field("client_cancel", &self.client_cancel)
             .field("values", &self.values.as_ref().map_or(0, |v| v.len()))
             .finish()
@@ -235,7 +282,9 @@ impl fmt::Debug for Context {
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct ClientCancel {
-    token: CancellationToken,
+    // Shared behind an `Arc`: every call through a client carries a copy,
+    // and cloning a token itself takes a lock.
+    token: Arc<CancellationToken>,
 }
 
 impl ClientCancel {
@@ -246,7 +295,9 @@ impl ClientCancel {
 
     /// A handle cancelled together with `token` (and by its own `cancel`).
     pub fn from_token(token: CancellationToken) -> Self {
-        Self { token }
+        Self {
+            token: Arc::new(token),
+        }
     }
 
     /// Cancels the client. Idempotent.

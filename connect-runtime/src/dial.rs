@@ -7,15 +7,16 @@ use std::fmt;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::Notify;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -444,7 +445,7 @@ impl tower_service::Service<http::Uri> for Connector {
             Ok(TokioIo::new(Socket {
                 stream,
                 answered: Some(this.answered),
-                closed: this.close_on.map(|t| Box::pin(t.cancelled_owned())),
+                closer: this.close_on.map(Closer::watch),
             }))
         })
     }
@@ -455,19 +456,73 @@ impl tower_service::Service<http::Uri> for Connector {
 pub(crate) struct Socket {
     stream: Stream,
     answered: Option<Arc<Answered>>,
-    closed: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    closer: Option<Closer>,
 }
 
 fn closed() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "the channel was closed")
 }
 
+/// Closes a socket when a token is cancelled.
+///
+/// Checking is an atomic load on every read and write, and a waker
+/// registration only when the socket has to wait; the token itself is
+/// watched by a small task, which ends with the token or the socket.
+struct Closer {
+    signal: Arc<CloseSignal>,
+    /// Dropped with the socket, ending the watching task.
+    _socket_gone: oneshot::Sender<()>,
+}
+
+#[derive(Default)]
+struct CloseSignal {
+    closed: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Closer {
+    fn watch(token: CancellationToken) -> Self {
+        let signal = Arc::new(CloseSignal::default());
+        let (socket_gone, gone) = oneshot::channel::<()>();
+        let watched = Arc::clone(&signal);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = token.cancelled() => {
+                    watched.closed.store(true, Ordering::Release);
+                    watched.waker.wake();
+                }
+                _ = gone => {}
+            }
+        });
+        Self {
+            signal,
+            _socket_gone: socket_gone,
+        }
+    }
+}
+
 impl Socket {
-    /// Registers for wake-up on the close token and reports whether it fired.
-    fn poll_closed(&mut self, cx: &mut TaskContext<'_>) -> bool {
-        self.closed
-            .as_mut()
-            .is_some_and(|closed| closed.as_mut().poll(cx).is_ready())
+    /// Runs one I/O operation unless the socket has been closed, arranging
+    /// to be woken if it is closed while the operation waits.
+    fn guard<T>(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        operation: impl FnOnce(Pin<&mut Stream>, &mut TaskContext<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let signal = self.closer.as_ref().map(|c| &*c.signal);
+        if signal.is_some_and(|s| s.closed.load(Ordering::Acquire)) {
+            return Poll::Ready(Err(closed()));
+        }
+        let polled = operation(Pin::new(&mut self.stream), cx);
+        if polled.is_pending()
+            && let Some(signal) = signal
+        {
+            signal.waker.register(cx.waker());
+            if signal.closed.load(Ordering::Acquire) {
+                return Poll::Ready(Err(closed()));
+            }
+        }
+        polled
     }
 }
 
@@ -477,11 +532,8 @@ impl AsyncRead for Socket {
         cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.poll_closed(cx) {
-            return Poll::Ready(Err(closed()));
-        }
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let polled = self.guard(cx, |stream, cx| stream.poll_read(cx, buf));
         if let Poll::Ready(Ok(())) = polled
             && buf.filled().len() > before
             && let Some(answered) = self.answered.take()
@@ -498,10 +550,7 @@ impl AsyncWrite for Socket {
         cx: &mut TaskContext<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.poll_closed(cx) {
-            return Poll::Ready(Err(closed()));
-        }
-        Pin::new(&mut self.stream).poll_write(cx, data)
+        self.guard(cx, |stream, cx| stream.poll_write(cx, data))
     }
 
     fn poll_write_vectored(
@@ -509,10 +558,7 @@ impl AsyncWrite for Socket {
         cx: &mut TaskContext<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.poll_closed(cx) {
-            return Poll::Ready(Err(closed()));
-        }
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        self.guard(cx, |stream, cx| stream.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -520,10 +566,7 @@ impl AsyncWrite for Socket {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        if self.poll_closed(cx) {
-            return Poll::Ready(Err(closed()));
-        }
-        Pin::new(&mut self.stream).poll_flush(cx)
+        self.guard(cx, |stream, cx| stream.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {

@@ -54,7 +54,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// # async fn main() {
 /// let chain = ServerChain::new([Arc::new(Label) as Arc<dyn ServerElement>]);
 /// let request = NetworkServiceRequest {
-///     connection: Some(Connection { id: "1".into(), ..Default::default() }),
+///     connection: Some(Box::new(Connection { id: "1".into(), ..Default::default() })),
 ///     ..Default::default()
 /// };
 /// let conn = chain.request(Context::new(), request).await.unwrap();
@@ -197,7 +197,7 @@ impl<'a> Next<'a> {
             )),
             _ => match self.then {
                 Some(then) => then.request(ctx, request),
-                None => NextFuture::ready(Ok(request.connection.unwrap_or_default())),
+                None => NextFuture::ready(Ok(request.connection.map(|c| *c).unwrap_or_default())),
             },
         }
     }

@@ -75,15 +75,19 @@ impl ClientElement for GrpcClient {
         request: NetworkServiceRequest,
         _next: Next<'a>,
     ) -> BoxFuture<'a, Result<Connection, Status>> {
+        let request = match outgoing(&ctx, request) {
+            Ok(request) => request,
+            Err(status) => return Box::pin(std::future::ready(Err(status))),
+        };
         let mut client = self.client.clone();
-        Box::pin(async move {
-            let request = outgoing(&ctx, request)?;
-            ctx.run(async move {
-                let reply = client.request(request).await.map_err(deadline_status)?;
-                Ok(reply.into_inner())
-            })
-            .await
-        })
+        // One box, holding tonic's call future directly: no further layers
+        // of async state to move around on every call.
+        Box::pin(ctx.run(async move {
+            match client.request(request).await {
+                Ok(reply) => Ok(reply.into_inner()),
+                Err(status) => Err(deadline_status(status)),
+            }
+        }))
     }
 
     fn close<'a>(
@@ -92,14 +96,16 @@ impl ClientElement for GrpcClient {
         connection: Connection,
         _next: Next<'a>,
     ) -> BoxFuture<'a, Result<(), Status>> {
+        let request = match outgoing(&ctx, connection) {
+            Ok(request) => request,
+            Err(status) => return Box::pin(std::future::ready(Err(status))),
+        };
         let mut client = self.client.clone();
-        Box::pin(async move {
-            let request = outgoing(&ctx, connection)?;
-            ctx.run(async move {
-                client.close(request).await.map_err(deadline_status)?;
-                Ok(())
-            })
-            .await
-        })
+        Box::pin(ctx.run(async move {
+            match client.close(request).await {
+                Ok(_) => Ok(()),
+                Err(status) => Err(deadline_status(status)),
+            }
+        }))
     }
 }

@@ -30,7 +30,7 @@
 //! let conn = dial(server.url(), &DialOptions::new()).await?;
 //! let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
 //! let request = NetworkServiceRequest {
-//!     connection: Some(Connection { id: "c-1".into(), ..Default::default() }),
+//!     connection: Some(Box::new(Connection { id: "c-1".into(), ..Default::default() })),
 //!     ..Default::default()
 //! };
 //! let reply = client.request(Context::new(), request).await?;
@@ -132,7 +132,7 @@ pub mod tls {
 /// # async fn main() {
 /// let chain = ServerChain::builder().with(Numbered::default()).build();
 /// let request = NetworkServiceRequest {
-///     connection: Some(Connection { id: "c".into(), ..Default::default() }),
+///     connection: Some(Box::new(Connection { id: "c".into(), ..Default::default() })),
 ///     ..Default::default()
 /// };
 /// let conn = chain.request(Context::new(), request).await.unwrap();
@@ -248,7 +248,7 @@ pub mod __private {
     pub use crate::proto::networkservice::NetworkServiceRequest;
 
     /// The id a span records for a request's connection.
-    pub fn connection_id(connection: Option<&Connection>) -> &str {
-        connection.map_or("", |c| c.id.as_str())
+    pub fn connection_id(request: &NetworkServiceRequest) -> &str {
+        request.connection.as_deref().map_or("", |c| c.id.as_str())
     }
 }

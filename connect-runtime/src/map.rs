@@ -8,20 +8,89 @@
 //! over one of them with [`ConcurrentMap`](crate::ConcurrentMap).
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use hashbrown::HashTable;
+
 /// Shards when none are asked for: enough to keep 2–64 cores from queueing
 /// on one lock, small enough that `len` and `range` stay cheap.
 pub const DEFAULT_SHARDS: usize = 16;
 
+/// The shared storage: shards of hash tables, each behind a short-lived
+/// lock. A key is hashed once per operation; the hash picks the shard and
+/// then the slot.
 struct Shards<K, T> {
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<K, T>>]>,
+    shards: Box<[Mutex<HashTable<(K, T)>>]>,
+}
+
+/// A shard lock and the hash of the key it was taken for.
+struct Locked<'a, K, T> {
+    table: MutexGuard<'a, HashTable<(K, T)>>,
+    hash: u64,
+    hasher: &'a RandomState,
+}
+
+impl<K: Hash + Eq, T> Locked<'_, K, T> {
+    fn get<Q: Eq + ?Sized>(&self, key: &Q) -> Option<&T>
+    where
+        K: Borrow<Q>,
+    {
+        self.table
+            .find(self.hash, |(k, _)| k.borrow() == key)
+            .map(|(_, t)| t)
+    }
+
+    fn get_mut<Q: Eq + ?Sized>(&mut self, key: &Q) -> Option<&mut T>
+    where
+        K: Borrow<Q>,
+    {
+        self.table
+            .find_mut(self.hash, |(k, _)| k.borrow() == key)
+            .map(|(_, t)| t)
+    }
+
+    fn remove<Q: Eq + ?Sized>(&mut self, key: &Q) -> Option<T>
+    where
+        K: Borrow<Q>,
+    {
+        self.table
+            .find_entry(self.hash, |(k, _)| k.borrow() == key)
+            .ok()
+            .map(|entry| entry.remove().0.1)
+    }
+
+    /// The value for `key`, inserting `make()`'s if there is none; and
+    /// whether it was there already.
+    fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> T) -> (&mut T, bool) {
+        let hasher = self.hasher;
+        match self
+            .table
+            .entry(self.hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k))
+        {
+            hashbrown::hash_table::Entry::Occupied(entry) => (&mut entry.into_mut().1, true),
+            hashbrown::hash_table::Entry::Vacant(entry) => {
+                (&mut entry.insert((key, make())).into_mut().1, false)
+            }
+        }
+    }
+
+    fn insert(&mut self, key: K, value: T) {
+        let hasher = self.hasher;
+        match self
+            .table
+            .entry(self.hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k))
+        {
+            hashbrown::hash_table::Entry::Occupied(mut entry) => entry.get_mut().1 = value,
+            hashbrown::hash_table::Entry::Vacant(entry) => {
+                entry.insert((key, value));
+            }
+        }
+    }
 }
 
 impl<K: Hash + Eq, T> Shards<K, T> {
@@ -36,9 +105,16 @@ impl<K: Hash + Eq, T> Shards<K, T> {
         }
     }
 
-    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> MutexGuard<'_, HashMap<K, T>> {
-        let index = self.hasher.hash_one(key) as usize & (self.shards.len() - 1);
-        lock(&self.shards[index])
+    fn lock<Q: Hash + ?Sized>(&self, key: &Q) -> Locked<'_, K, T> {
+        let hash = self.hasher.hash_one(key);
+        // The table uses the low bits (slot) and the top seven (tag); the
+        // shard comes from bits in between, so neither loses entropy.
+        let index = (hash >> SHARD_BITS_AT) as usize & (self.shards.len() - 1);
+        Locked {
+            table: lock(&self.shards[index]),
+            hash,
+            hasher: &self.hasher,
+        }
     }
 
     fn len(&self) -> usize {
@@ -58,6 +134,9 @@ impl<K: Hash + Eq, T> Shards<K, T> {
         }
     }
 }
+
+/// Where in the 64-bit hash the shard index is taken from.
+const SHARD_BITS_AT: u32 = 32;
 
 /// A panic while holding a shard lock cannot leave a map entry half-written
 /// (every critical section is a single `HashMap` call), so poisoning is
@@ -109,37 +188,28 @@ impl<K: Hash + Eq, V: Clone> SyncMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.shard(key).get(key).cloned()
+        self.inner.lock(key).get(key).cloned()
     }
 
     /// Sets the value for `key`.
     pub fn store(&self, key: K, value: V) {
-        self.inner.shard(&key).insert(key, value);
+        self.inner.lock(&key).insert(key, value);
     }
 
     /// The existing value for `key` and `true`, or, if there was none,
     /// stores `value` and returns it and `false`.
     pub fn load_or_store(&self, key: K, value: V) -> (V, bool) {
-        let mut shard = self.inner.shard(&key);
-        match shard.get(&key) {
-            Some(existing) => (existing.clone(), true),
-            None => {
-                shard.insert(key, value.clone());
-                (value, false)
-            }
-        }
+        let mut shard = self.inner.lock(&key);
+        let (stored, loaded) = shard.get_or_insert_with(key, || value);
+        (stored.clone(), loaded)
     }
 
     /// As [`SyncMap::load_or_store`], creating the value only if `key` has
     /// none (`make` runs under the shard's lock: keep it short).
     pub fn load_or_store_with(&self, key: K, make: impl FnOnce() -> V) -> (V, bool) {
-        let mut shard = self.inner.shard(&key);
-        match shard.entry(key) {
-            std::collections::hash_map::Entry::Occupied(entry) => (entry.get().clone(), true),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                (entry.insert(make()).clone(), false)
-            }
-        }
+        let mut shard = self.inner.lock(&key);
+        let (stored, loaded) = shard.get_or_insert_with(key, make);
+        (stored.clone(), loaded)
     }
 
     /// Removes `key` if its value satisfies `condition` (checked and removed
@@ -149,7 +219,7 @@ impl<K: Hash + Eq, V: Clone> SyncMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let mut shard = self.inner.shard(key);
+        let mut shard = self.inner.lock(key);
         if shard.get(key).is_some_and(condition) {
             shard.remove(key);
             true
@@ -164,7 +234,7 @@ impl<K: Hash + Eq, V: Clone> SyncMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.shard(key).remove(key)
+        self.inner.lock(key).remove(key)
     }
 
     /// Removes `key`.
@@ -173,7 +243,7 @@ impl<K: Hash + Eq, V: Clone> SyncMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.shard(key).remove(key);
+        self.inner.lock(key).remove(key);
     }
 
     /// Calls `f` for each entry until it returns `false`.
@@ -313,10 +383,8 @@ impl<K: Hash + Eq, V: Clone> RefCountMap<K, V> {
     /// create a value for one key: keep it short, and do not touch this map
     /// from it.
     pub fn acquire(&self, key: K, make: impl FnOnce(Instance) -> V) -> Acquired<V> {
-        let mut shard = self.inner.shard(&key);
-        let entry = shard.entry(key);
-        let created = matches!(entry, std::collections::hash_map::Entry::Vacant(_));
-        let counted = entry.or_insert_with(|| {
+        let mut shard = self.inner.lock(&key);
+        let (counted, existed) = shard.get_or_insert_with(key, || {
             let instance = Instance::next();
             Counted {
                 value: make(instance),
@@ -328,7 +396,7 @@ impl<K: Hash + Eq, V: Clone> RefCountMap<K, V> {
         Acquired {
             value: counted.value.clone(),
             instance: counted.instance,
-            created,
+            created: !existed,
         }
     }
 
@@ -339,7 +407,7 @@ impl<K: Hash + Eq, V: Clone> RefCountMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let mut shard = self.inner.shard(key);
+        let mut shard = self.inner.lock(key);
         match shard.get_mut(key) {
             Some(counted) if counted.instance == instance => {
                 counted.refs -= 1;
@@ -361,7 +429,7 @@ impl<K: Hash + Eq, V: Clone> RefCountMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let mut shard = self.inner.shard(key);
+        let mut shard = self.inner.lock(key);
         match shard.get(key) {
             Some(counted) if counted.instance == instance => {
                 shard.remove(key).map(|counted| counted.value)
@@ -377,7 +445,7 @@ impl<K: Hash + Eq, V: Clone> RefCountMap<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         self.inner
-            .shard(key)
+            .lock(key)
             .get(key)
             .map(|c| (c.value.clone(), c.instance))
     }
@@ -388,7 +456,7 @@ impl<K: Hash + Eq, V: Clone> RefCountMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.shard(key).get(key).map(|c| c.refs)
+        self.inner.lock(key).get(key).map(|c| c.refs)
     }
 
     /// Calls `f` with each key, value and reference count until it returns

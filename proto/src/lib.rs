@@ -10,7 +10,7 @@
 //! use connect_proto::networkservice::NetworkServiceRequest;
 //!
 //! let request = NetworkServiceRequest {
-//!     connection: Some(Connection { id: "conn-1".into(), ..Default::default() }),
+//!     connection: Some(Box::new(Connection { id: "conn-1".into(), ..Default::default() })),
 //!     ..Default::default()
 //! };
 //! assert_eq!(request.connection.unwrap().id, "conn-1");

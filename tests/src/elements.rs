@@ -322,7 +322,7 @@ impl Park {
                 parked.released = true;
                 next.request(ctx, request).await
             }
-            () = ctx.cancellation_token().cancelled() => {
+            () = cancelled(&ctx) => {
                 Err(Status::cancelled("parked call cancelled"))
             }
         }
@@ -545,5 +545,13 @@ impl FailAfterDeadline {
         let deadline = ctx.deadline().expect("the test gives the call a deadline");
         tokio::time::sleep_until(deadline).await;
         Err(Status::deadline_exceeded("too slow"))
+    }
+}
+
+/// Completes when the call's cancellation token fires; never, if it has none.
+async fn cancelled(ctx: &Context) {
+    match ctx.cancellation_token() {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
     }
 }

@@ -12,10 +12,18 @@ use connect_runtime::proto::networkservice::NetworkServiceRequest;
 /// A request for a connection with the given id and nothing else.
 pub fn request(id: &str) -> NetworkServiceRequest {
     NetworkServiceRequest {
-        connection: Some(Connection {
+        connection: Some(Box::new(Connection {
             id: id.to_owned(),
             ..Default::default()
-        }),
+        })),
+        ..Default::default()
+    }
+}
+
+/// A connection with the given id and nothing else.
+pub fn connection(id: &str) -> Connection {
+    Connection {
+        id: id.to_owned(),
         ..Default::default()
     }
 }

@@ -70,7 +70,7 @@ fn role_impl(
                 let span = #p::tracing::debug_span!(
                     #span_name,
                     role = #role,
-                    connection_id = #p::connection_id(request.connection.as_ref()),
+                    connection_id = #p::connection_id(&request),
                 );
                 #p::Box::pin(#p::Instrument::instrument(
                     <Self as #rt::Hooks>::request(self, ctx, request, next),

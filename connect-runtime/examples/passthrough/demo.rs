@@ -215,11 +215,11 @@ pub(crate) async fn run(connections: usize) -> Result<(), String> {
             send(
                 &via_a,
                 NetworkServiceRequest {
-                    connection: Some(Connection {
+                    connection: Some(Box::new(Connection {
                         id: format!("demo-{k}"),
                         network_service: "demo".into(),
                         ..Default::default()
-                    }),
+                    })),
                     ..Default::default()
                 },
             )
@@ -371,7 +371,7 @@ pub(crate) async fn run(connections: usize) -> Result<(), String> {
 
 fn with(conn: &Connection) -> NetworkServiceRequest {
     NetworkServiceRequest {
-        connection: Some(conn.clone()),
+        connection: Some(Box::new(conn.clone())),
         ..Default::default()
     }
 }

@@ -93,7 +93,13 @@ impl ConnectClient {
 
     /// The client chain, dialing on first use.
     async fn chain(&self) -> Result<ClientChain, Status> {
-        self.dialed.get_or_init(|| self.connect()).await.clone()?;
+        let dialed = match self.dialed.get() {
+            Some(dialed) => dialed,
+            // The dial's future is large and runs once per client: boxed, it
+            // does not swell the future of every call.
+            None => self.dialed.get_or_init(|| Box::pin(self.connect())).await,
+        };
+        dialed.clone()?;
         lock(&self.chain).clone().ok_or_else(|| self.cancelled())
     }
 

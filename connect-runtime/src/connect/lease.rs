@@ -24,64 +24,73 @@ use crate::proto::connection::Connection;
 /// it.
 pub(super) struct Lease {
     shared: Arc<Shared>,
-    key: Arc<str>,
     instance: Instance,
     client: Arc<ConnectClient>,
     turn: Option<Turn>,
     /// What to close on the remote if dropped armed.
-    remote: Option<Connection>,
-    /// The record this operation stored, to forget if dropped armed.
-    recorded: Option<String>,
+    remote: Option<Box<Connection>>,
+    /// Whether this operation stored the id's record (forgotten if dropped
+    /// armed).
+    recorded: bool,
     armed: bool,
 }
 
 impl Lease {
     pub(super) fn new(
         shared: Arc<Shared>,
-        key: Arc<str>,
         instance: Instance,
         client: Arc<ConnectClient>,
         turn: Turn,
     ) -> Self {
         Self {
             shared,
-            key,
             instance,
             client,
             turn: Some(turn),
             remote: None,
-            recorded: None,
+            recorded: false,
             armed: true,
         }
     }
 
     /// Takes over the reference a record held (the record is already gone).
     pub(super) fn adopt(shared: Arc<Shared>, record: Record, turn: Turn) -> Self {
-        Self::new(shared, record.key, record.instance, record.client, turn)
+        Self::new(shared, record.instance, record.client, turn)
     }
 
     pub(super) fn client(&self) -> &Arc<ConnectClient> {
         &self.client
     }
 
-    /// From now on the remote may hold `connection`: close it there if the
-    /// operation is abandoned.
-    pub(super) fn may_exist_remotely(&mut self, connection: Connection) {
-        self.remote = Some(connection);
+    fn turn(&self) -> &Turn {
+        self.turn
+            .as_ref()
+            .expect("a lease holds its turn until it ends")
     }
 
-    /// Stores the record for `id`, which will own the reference once the
-    /// operation succeeds.
-    pub(super) fn record(&mut self, id: &str) {
+    /// From now on the remote may hold `connection`: close it there if the
+    /// operation is abandoned.
+    pub(super) fn may_exist_remotely(&mut self, connection: Option<Box<Connection>>) {
+        self.remote = connection;
+    }
+
+    /// The connection the remote may hold, taken back to close it.
+    pub(super) fn take_remote(&mut self) -> Connection {
+        self.remote.take().map(|c| *c).unwrap_or_default()
+    }
+
+    /// Stores the record for `id` (the turn's id), which will own the
+    /// reference once the operation succeeds.
+    pub(super) fn record(&mut self, id: Arc<str>) {
+        debug_assert_eq!(&*id, self.turn().id());
         self.shared.records.store(
-            id.to_owned(),
+            id,
             Record {
-                key: Arc::clone(&self.key),
                 instance: self.instance,
                 client: Arc::clone(&self.client),
             },
         );
-        self.recorded = Some(id.to_owned());
+        self.recorded = true;
     }
 
     /// Success: the record keeps the reference. Returns the turn.
@@ -97,7 +106,7 @@ impl Lease {
     pub(super) fn release(mut self) -> Turn {
         self.forget_record();
         self.armed = false;
-        self.shared.release(&self.key, self.instance);
+        self.shared.release(self.client.url(), self.instance);
         self.turn
             .take()
             .expect("a lease holds its turn until it ends")
@@ -111,18 +120,19 @@ impl Lease {
         ctx: Context,
         connection: Connection,
     ) -> (Result<(), Status>, Turn) {
-        self.remote = Some(connection.clone());
+        self.remote = Some(Box::new(connection.clone()));
         let result = self.client.close(ctx, connection).await;
         self.remote = None;
         (result, self.release())
     }
 
     fn forget_record(&mut self) {
-        if let Some(id) = self.recorded.take() {
+        if std::mem::take(&mut self.recorded) {
             let instance = self.instance;
+            let id = self.turn().id();
             self.shared
                 .records
-                .delete_if(id.as_str(), |record| record.instance == instance);
+                .delete_if(id, |record| record.instance == instance);
         }
     }
 }
@@ -139,8 +149,7 @@ impl Drop for Lease {
             (Some(connection), Ok(runtime)) => {
                 let shared = Arc::clone(&self.shared);
                 let client = Arc::clone(&self.client);
-                let (key, instance, turn) =
-                    (Arc::clone(&self.key), self.instance, self.turn.take());
+                let (instance, turn) = (self.instance, self.turn.take());
                 tracing::debug!(
                     connection_id = %connection.id,
                     url = %client.url(),
@@ -148,17 +157,17 @@ impl Drop for Lease {
                 );
                 runtime.spawn(async move {
                     let ctx = shared.cleanup_context(&client);
-                    if let Err(status) = client.close(ctx, connection).await {
+                    if let Err(status) = client.close(ctx, *connection).await {
                         tracing::debug!(error = %status.message(), "cleanup close failed");
                     }
                     // The id's next call may go once the remote has the close;
                     // releasing after that keeps the client for it if it
                     // wants the same remote.
                     drop(turn);
-                    shared.release(&key, instance);
+                    shared.release(client.url(), instance);
                 });
             }
-            _ => self.shared.release(&self.key, self.instance),
+            _ => self.shared.release(self.client.url(), self.instance),
         }
     }
 }

@@ -107,7 +107,7 @@ where
 ///     .build();
 ///
 /// let request = NetworkServiceRequest {
-///     connection: Some(Connection { id: "c-1".into(), ..Default::default() }),
+///     connection: Some(Box::new(Connection { id: "c-1".into(), ..Default::default() })),
 ///     ..Default::default()
 /// };
 /// let conn = passthrough.request(Context::new(), request).await?;
@@ -267,9 +267,9 @@ impl Connect {
     /// A snapshot of its connections and clients.
     pub fn stats(&self) -> ConnectStats {
         let mut clients = Vec::new();
-        self.shared.clients.range(|key, client, refs| {
+        self.shared.clients.range(|url, client, refs| {
             clients.push(ClientStats {
-                url: key.to_string(),
+                url: url.to_string(),
                 refs,
                 dialed: client.is_dialed(),
             });
@@ -316,18 +316,18 @@ impl Connect {
 
 /// Connection id → where it was forwarded (Go's `connectionInfoMap`).
 #[derive(ConcurrentMap)]
-pub(crate) struct ConnectionRecords(SyncMap<String, Record>);
+pub(crate) struct ConnectionRecords(SyncMap<Arc<str>, Record>);
 
 /// Remote URL → its client, counted once per connection (Go's
-/// `clientInfoMap` with its `count`).
+/// `clientInfoMap` with its `count`). Keyed by the context's shared URL, so
+/// finding a client allocates nothing.
 #[derive(ConcurrentMap)]
-pub(crate) struct Clients(RefCountMap<Arc<str>, Arc<ConnectClient>>);
+pub(crate) struct Clients(RefCountMap<Arc<Url>, Arc<ConnectClient>>);
 
 /// Where one connection was forwarded: the client (and which instance of
 /// it) that holds one reference on the connection's behalf.
 #[derive(Clone)]
 pub(crate) struct Record {
-    key: Arc<str>,
     instance: Instance,
     client: Arc<ConnectClient>,
 }
@@ -373,7 +373,7 @@ impl Shared {
         request: NetworkServiceRequest,
         next: Next<'_>,
     ) -> Result<Connection, Status> {
-        let Some(connection) = request.connection.as_ref() else {
+        let Some(connection) = request.connection.as_deref() else {
             return Err(Status::invalid_argument(
                 "connect: the request has no connection",
             ));
@@ -383,7 +383,7 @@ impl Shared {
                 "connect: the request's connection has an empty id",
             ));
         }
-        let id = connection.id.clone();
+        let id: Arc<str> = Arc::from(connection.id.as_str());
         let Some(url) = ctx.client_url_arc().cloned() else {
             return Err(Status::invalid_argument(format!(
                 "connect: no client URL for connection {id}: put a clienturl element before connect"
@@ -396,33 +396,43 @@ impl Shared {
         }
 
         let turn = self.turns.take(&id).await;
-        let turn = match self.records.load(id.as_str()) {
-            Some(record) if **record.client.url() == *url => {
+        let turn = match self.records.load(&*id) {
+            Some(record) if *record.client.url() == url => {
                 return self.refresh(ctx, request, next, record, turn).await;
             }
-            Some(record) => {
-                // The URL changed: close at the old remote, then proceed as new.
-                let instance = record.instance;
-                self.records
-                    .delete_if(id.as_str(), |r| r.instance == instance);
-                let old_url = Arc::clone(record.client.url());
-                let lease = Lease::adopt(Arc::clone(self), record, turn);
-                let ctx = self.cleanup_context(lease.client());
-                let closing = request.connection.clone().unwrap_or_default();
-                let (closed, turn) = lease.close_and_release(ctx, closing).await;
-                if let Err(status) = closed {
-                    tracing::warn!(
-                        connection_id = %id,
-                        url = %old_url,
-                        error = %status.message(),
-                        "closing at the previous remote failed"
-                    );
-                }
-                turn
-            }
+            // The URL changed: close at the old remote, then proceed as new.
+            // Boxed: a cold path that would otherwise swell every request.
+            Some(record) => Box::pin(self.leave(&request, &id, record, turn)).await,
             None => turn,
         };
         self.establish(ctx, request, next, url, id, turn).await
+    }
+
+    /// Closes `id` at the remote its record names and forgets the record,
+    /// before the connection moves elsewhere. A failure is only logged.
+    async fn leave(
+        self: &Arc<Self>,
+        request: &NetworkServiceRequest,
+        id: &Arc<str>,
+        record: Record,
+        turn: Turn,
+    ) -> Turn {
+        let instance = record.instance;
+        self.records.delete_if(&**id, |r| r.instance == instance);
+        let old_url = Arc::clone(record.client.url());
+        let lease = Lease::adopt(Arc::clone(self), record, turn);
+        let ctx = self.cleanup_context(lease.client());
+        let closing = request.connection.as_deref().cloned().unwrap_or_default();
+        let (closed, turn) = lease.close_and_release(ctx, closing).await;
+        if let Err(status) = closed {
+            tracing::warn!(
+                connection_id = %id,
+                url = %old_url,
+                error = %status.message(),
+                "closing at the previous remote failed"
+            );
+        }
+        turn
     }
 
     async fn refresh(
@@ -434,23 +444,18 @@ impl Shared {
         turn: Turn,
     ) -> Result<Connection, Status> {
         let _turn = turn;
-        let id = request
-            .connection
-            .as_ref()
-            .map(|c| c.id.clone())
-            .unwrap_or_default();
         let client = &record.client;
         if client.is_cancelled() {
             // Its monitor (or a heal element) gave up on the remote: forget
             // the connection; the next request for it dials afresh.
+            let id = _turn.id();
             let instance = record.instance;
-            self.records
-                .delete_if(id.as_str(), |r| r.instance == instance);
-            self.release(&record.key, record.instance);
+            self.records.delete_if(id, |r| r.instance == instance);
+            self.release(client.url(), instance);
             return Err(in_context(
                 Status::unavailable("its client was closed; request again to reconnect"),
                 "refresh",
-                &id,
+                id,
                 client.url(),
             ));
         }
@@ -460,8 +465,8 @@ impl Shared {
         let reply = client
             .request(client_ctx, request.clone())
             .await
-            .map_err(|status| in_context(status, "refresh", &id, client.url()))?;
-        request.connection = Some(reply);
+            .map_err(|status| in_context(status, "refresh", _turn.id(), client.url()))?;
+        request.connection = Some(Box::new(reply));
         next.request(ctx, request).await
     }
 
@@ -471,17 +476,20 @@ impl Shared {
         mut request: NetworkServiceRequest,
         next: Next<'_>,
         url: Arc<Url>,
-        id: String,
+        id: Arc<str>,
         turn: Turn,
     ) -> Result<Connection, Status> {
         let mut lease = self.acquire(&url, turn);
         let client = Arc::clone(lease.client());
-        lease.may_exist_remotely(request.connection.clone().unwrap_or_default());
+        let outgoing = request.clone();
+        // From here the remote may have the connection: the lease keeps it
+        // (moved, not copied) to close there if this call is abandoned.
+        lease.may_exist_remotely(request.connection.take());
         let client_ctx = ctx
             .clone()
             .with_client_cancel(client.cancel_handle().clone());
-        let reply = match client.request(client_ctx, request.clone()).await {
-            Ok(reply) => reply,
+        let reply = match client.request(client_ctx, outgoing).await {
+            Ok(reply) => Box::new(reply),
             Err(status) => {
                 if outcome_unknown(status.code()) {
                     // The remote may have it: dropping the armed lease closes
@@ -493,9 +501,9 @@ impl Shared {
                 return Err(in_context(status, "request", &id, &url));
             }
         };
-        lease.may_exist_remotely(reply.clone());
-        lease.record(&id);
-        request.connection = Some(reply.clone());
+        lease.may_exist_remotely(Some(reply.clone()));
+        lease.record(id);
+        request.connection = Some(reply);
         match next.request(ctx, request).await {
             Ok(connection) => {
                 drop(lease.keep());
@@ -504,10 +512,11 @@ impl Shared {
             Err(status) => {
                 // Undo, with a deadline of its own: the caller's may be gone.
                 let cleanup = self.cleanup_context(&client);
-                let (closed, _turn) = lease.close_and_release(cleanup, reply).await;
+                let closing = lease.take_remote();
+                let (closed, turn) = Box::pin(lease.close_and_release(cleanup, closing)).await;
                 if let Err(close) = closed {
                     tracing::warn!(
-                        connection_id = %id,
+                        connection_id = %turn.id(),
                         url = %url,
                         error = %close.message(),
                         "closing after the rest of the chain failed also failed"
@@ -524,9 +533,9 @@ impl Shared {
         connection: Connection,
         next: Next<'_>,
     ) -> Result<(), Status> {
-        let id = connection.id.clone();
+        let id: Arc<str> = Arc::from(connection.id.as_str());
         let turn = self.turns.take(&id).await;
-        let (client_result, _turn) = match self.records.load_and_delete(id.as_str()) {
+        let (client_result, _turn) = match self.records.load_and_delete(&*id) {
             Some(record) => {
                 let client_ctx = ctx
                     .clone()
@@ -560,38 +569,26 @@ impl Shared {
     /// is none. A client found cancelled but not yet evicted is evicted and
     /// replaced.
     fn acquire(self: &Arc<Self>, url: &Arc<Url>, turn: Turn) -> Lease {
-        let key: Arc<str> = Arc::from(url.as_str());
         loop {
-            let acquired = self.clients.acquire(Arc::clone(&key), |instance| {
-                self.new_client(Arc::clone(&key), Arc::clone(url), instance)
+            let acquired = self.clients.acquire(Arc::clone(url), |instance| {
+                self.new_client(Arc::clone(url), instance)
             });
             if acquired.value.is_cancelled() {
-                self.release(&key, acquired.instance);
-                if self.clients.evict(&key, acquired.instance).is_some() {
+                self.release(url, acquired.instance);
+                if self.clients.evict(url, acquired.instance).is_some() {
                     acquired.value.shut();
                     self.clients_changed.notify_waiters();
                 }
                 continue;
             }
-            return Lease::new(
-                Arc::clone(self),
-                key,
-                acquired.instance,
-                acquired.value,
-                turn,
-            );
+            return Lease::new(Arc::clone(self), acquired.instance, acquired.value, turn);
         }
     }
 
     /// A client for `url`, and the task that removes it from the map the
     /// moment it is cancelled (by its monitor, by shutdown, or by the last
     /// release). Runs under the map's shard lock: no awaiting here.
-    fn new_client(
-        self: &Arc<Self>,
-        key: Arc<str>,
-        url: Arc<Url>,
-        instance: Instance,
-    ) -> Arc<ConnectClient> {
+    fn new_client(self: &Arc<Self>, url: Arc<Url>, instance: Instance) -> Arc<ConnectClient> {
         let cancel = ClientCancel::from_token(self.root.child_token());
         let client = Arc::new(ConnectClient::new(
             url,
@@ -605,7 +602,7 @@ impl Shared {
             watched.cancel_handle().cancelled().await;
             watched.shut();
             if let Some(shared) = shared.upgrade()
-                && shared.clients.evict(&key, instance).is_some()
+                && shared.clients.evict(watched.url(), instance).is_some()
             {
                 shared.clients_changed.notify_waiters();
             }
@@ -614,8 +611,8 @@ impl Shared {
     }
 
     /// Drops one reference; the last one closes the client.
-    fn release(&self, key: &str, instance: Instance) {
-        if let Released::Last(client) = self.clients.release(key, instance) {
+    fn release(&self, url: &Url, instance: Instance) {
+        if let Released::Last(client) = self.clients.release(url, instance) {
             client.shut();
             self.clients_changed.notify_waiters();
         }

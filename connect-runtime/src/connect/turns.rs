@@ -11,7 +11,7 @@ use crate::map::SyncMap;
 /// Connection id → the lock its calls queue on. An entry exists only while
 /// some call for that id holds or awaits its turn.
 #[derive(ConcurrentMap)]
-pub(super) struct TurnLocks(SyncMap<String, Arc<Mutex<()>>>);
+pub(super) struct TurnLocks(SyncMap<Arc<str>, Arc<Mutex<()>>>);
 
 #[derive(Clone, Default)]
 pub(super) struct Turns {
@@ -25,7 +25,7 @@ pub(super) struct Turns {
 pub(super) struct Turn {
     locks: Arc<TurnLocks>,
     ended: Arc<Notify>,
-    id: String,
+    id: Arc<str>,
     guard: Option<OwnedMutexGuard<()>>,
 }
 
@@ -33,16 +33,16 @@ impl Turns {
     /// Waits for `id`'s turn. tokio's mutex is fair, so turns are taken in
     /// the order callers arrived. Dropping the future while it waits leaves
     /// nothing behind.
-    pub(super) async fn take(&self, id: &str) -> Turn {
+    pub(super) async fn take(&self, id: &Arc<str>) -> Turn {
         let (lock, _) = self
             .locks
-            .load_or_store_with(id.to_owned(), Default::default);
+            .load_or_store_with(Arc::clone(id), Default::default);
         // Built before waiting, so that its drop cleans up after a caller
         // that gives up while queued.
         let mut turn = Turn {
             locks: Arc::clone(&self.locks),
             ended: Arc::clone(&self.ended),
-            id: id.to_owned(),
+            id: Arc::clone(id),
             guard: None,
         };
         turn.guard = Some(lock.lock_owned().await);
@@ -73,6 +73,13 @@ impl Turns {
     }
 }
 
+impl Turn {
+    /// The connection id this turn is for.
+    pub(super) fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 impl Drop for Turn {
     fn drop(&mut self) {
         drop(self.guard.take());
@@ -80,7 +87,7 @@ impl Drop for Turn {
         // id's lock (any new caller would clone it under the shard lock that
         // `delete_if` holds), so the entry can go.
         self.locks
-            .delete_if(self.id.as_str(), |lock| Arc::strong_count(lock) == 1);
+            .delete_if(&*self.id, |lock| Arc::strong_count(lock) == 1);
         self.ended.notify_waiters();
     }
 }
@@ -92,13 +99,14 @@ mod tests {
     #[tokio::test]
     async fn turns_for_one_id_are_taken_in_arrival_order() {
         let turns = Turns::default();
-        let first = turns.take("a").await;
+        let a: Arc<str> = Arc::from("a");
+        let first = turns.take(&a).await;
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut waiters = Vec::new();
         for n in 0..5 {
-            let (queued, order) = (turns.clone(), Arc::clone(&order));
+            let (queued, order, a) = (turns.clone(), Arc::clone(&order), Arc::clone(&a));
             waiters.push(tokio::spawn(async move {
-                let _turn = queued.take("a").await;
+                let _turn = queued.take(&a).await;
                 order.lock().unwrap().push(n);
             }));
             // Each waiter is queued before the next one starts.
@@ -106,7 +114,7 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         }
-        let other = turns.take("b").await; // a different id does not wait
+        let other = turns.take(&Arc::from("b")).await; // a different id does not wait
         drop(other);
         drop(first);
         for waiter in waiters {
@@ -119,8 +127,9 @@ mod tests {
     #[tokio::test]
     async fn a_caller_that_gives_up_while_queued_leaves_nothing() {
         let turns = Turns::default();
-        let held = turns.take("x").await;
-        let queued = turns.take("x");
+        let x: Arc<str> = Arc::from("x");
+        let held = turns.take(&x).await;
+        let queued = turns.take(&x);
         let timed_out = tokio::time::timeout(std::time::Duration::ZERO, queued).await;
         assert!(timed_out.is_err());
         assert_eq!(turns.len(), 1);

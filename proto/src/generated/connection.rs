@@ -44,8 +44,10 @@ pub struct Connection {
     pub network_service: ::prost::alloc::string::String,
     #[prost(message, optional, tag = "3")]
     pub mechanism: ::core::option::Option<Mechanism>,
-    #[prost(message, optional, tag = "4")]
-    pub context: ::core::option::Option<super::connectioncontext::ConnectionContext>,
+    #[prost(message, optional, boxed, tag = "4")]
+    pub context: ::core::option::Option<
+        ::prost::alloc::boxed::Box<super::connectioncontext::ConnectionContext>,
+    >,
     #[prost(map = "string, string", tag = "5")]
     pub labels:
         ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,

@@ -105,10 +105,10 @@ impl Caller {
         id: String,
     ) -> Result<Connection, Status> {
         let request = NetworkServiceRequest {
-            connection: Some(Connection {
+            connection: Some(Box::new(Connection {
                 id,
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         };
         match self {

@@ -10,7 +10,7 @@ use connect_runtime::{
 use connect_tests::elements::{Gate, Ledger, Op};
 use connect_tests::harness::{assert_no_leaks, settle};
 use connect_tests::remote::{BlackHole, start_tcp};
-use connect_tests::request;
+use connect_tests::{connection, request};
 use url::Url;
 
 /// A passthrough with a gate at each place a call can be held: the client
@@ -75,7 +75,7 @@ impl Rig {
         let call = tokio::spawn(async move {
             match op {
                 Op::Request => chain.request(ctx, request(&id)).await.map(drop),
-                Op::Close => chain.close(ctx, request(&id).connection.unwrap()).await,
+                Op::Close => chain.close(ctx, connection(&id)).await,
             }
         });
         settle("the call to be held", gate.holding()).await;
@@ -249,7 +249,7 @@ async fn same_id_requests_and_closes_racing_keep_order_and_leak_nothing() {
                     let ctx = Context::new().with_client_url(rig.url().clone());
                     match op {
                         Op::Request => rig.chain.request(ctx, request(&id)).await.map(drop),
-                        Op::Close => rig.chain.close(ctx, request(&id).connection.unwrap()).await,
+                        Op::Close => rig.chain.close(ctx, connection(&id)).await,
                     }
                 }));
             }
@@ -270,10 +270,7 @@ async fn same_id_requests_and_closes_racing_keep_order_and_leak_nothing() {
     for id in 0..IDS {
         let _ = rig
             .chain
-            .close(
-                Context::new(),
-                request(&format!("race-{id}")).connection.unwrap(),
-            )
+            .close(Context::new(), connection(&format!("race-{id}")))
             .await;
     }
     assert_eq!(rig.ledger.overlaps(), 0, "calls for one id overlapped");

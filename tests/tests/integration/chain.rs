@@ -6,7 +6,7 @@ use connect_runtime::adapters::{ClientToServer, ServerToClient};
 use connect_runtime::proto::connection::Mechanism;
 use connect_runtime::{ClientChain, ClientUrl, Context, Passthrough, ServerChain};
 use connect_tests::elements::{Capture, Edit, InjectError, Record};
-use connect_tests::request;
+use connect_tests::{connection, request};
 use tonic::Code;
 
 fn log() -> Arc<Mutex<Vec<String>>> {
@@ -27,10 +27,7 @@ async fn elements_run_in_order_and_unwind_in_reverse() {
         .build();
 
     chain.request(Context::new(), request("1")).await.unwrap();
-    chain
-        .close(Context::new(), request("1").connection.unwrap())
-        .await
-        .unwrap();
+    chain.close(Context::new(), connection("1")).await.unwrap();
 
     assert_eq!(
         entries(&log),
@@ -102,7 +99,7 @@ async fn an_error_stops_the_chain_and_reaches_the_caller() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     let err = chain
-        .close(Context::new(), request("1").connection.unwrap())
+        .close(Context::new(), connection("1"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);

@@ -14,7 +14,7 @@ use connect_runtime::{
 use connect_tests::elements::{Capture, Count, Edit, FailAfterDeadline, Gate, InjectError, Op};
 use connect_tests::harness::{assert_no_leaks, connect_via, settle};
 use connect_tests::remote::{BlackHole, ScratchDir, start_at, start_tcp, start_unix};
-use connect_tests::request;
+use connect_tests::{connection, request};
 use tonic::Code;
 use url::Url;
 
@@ -73,7 +73,7 @@ async fn request_moves_a_connection_between_remotes_and_closes_it() {
         conn.mechanism = Some(mechanism("VFIO"));
         let mut context = ConnectionContext::default();
         context.extra_context.insert("not".into(), "empty".into());
-        conn.context = Some(context);
+        conn.context = Some(Box::new(context));
     }
 
     // A.
@@ -91,12 +91,12 @@ async fn request_moves_a_connection_between_remotes_and_closes_it() {
             .insert("a".into(), "A".into());
     }
     assert_eq!(next.request(), Some(expected.clone()));
-    assert_eq!(Some(conn.clone()), expected.connection);
+    assert_eq!(Some(Box::new(conn.clone())), expected.connection);
     assert_eq!(connect.stats().clients.len(), 1);
 
     // The same id to B.
     let mut moved = original.clone();
-    moved.connection = Some(conn);
+    moved.connection = Some(Box::new(conn));
     let conn = chain.request(at(b.url()), moved.clone()).await.unwrap();
     assert_eq!(client_side.request(), Some(moved.clone()));
     assert_eq!(remote_a.request(), None, "A got the close");
@@ -112,7 +112,7 @@ async fn request_moves_a_connection_between_remotes_and_closes_it() {
             .insert("b".into(), "B".into());
     }
     assert_eq!(next.request(), Some(expected.clone()));
-    assert_eq!(Some(conn.clone()), expected.connection);
+    assert_eq!(Some(Box::new(conn.clone())), expected.connection);
     let stats = connect.stats();
     assert_eq!(stats.records, 1);
     assert_eq!(stats.clients.len(), 1, "A's client is gone: {stats:?}");
@@ -155,7 +155,7 @@ async fn request_parallel_shares_one_client_and_one_tcp_connection() {
                 let conn = chain.request(at(&url), req.clone()).await.unwrap();
                 requested.wait().await;
                 refresh.wait().await;
-                req.connection = Some(conn);
+                req.connection = Some(Box::new(conn));
                 let conn = chain.request(at(&url), req).await.unwrap();
                 refreshed.wait().await;
                 close.wait().await;
@@ -284,7 +284,7 @@ async fn a_restarted_remote_is_reconnected() {
     .await;
 
     let mut refresh = request("id");
-    refresh.connection = Some(conn);
+    refresh.connection = Some(Box::new(conn));
     let err = chain.request(at(&url), refresh.clone()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert_eq!(
@@ -364,8 +364,8 @@ async fn a_caller_cancelling_mid_request_does_not_disturb_the_client() {
 
     // The second caller cancels while the remote is handling its request.
     gate.arm(Op::Request);
-    let caller = at(&url);
-    let token = caller.cancellation_token().clone();
+    let token = tokio_util::sync::CancellationToken::new();
+    let caller = at(&url).with_cancellation_token(token.clone());
     let cancelled = tokio::spawn({
         let chain = chain.clone();
         async move { chain.request(caller, request("parked")).await }
@@ -380,7 +380,7 @@ async fn a_caller_cancelling_mid_request_does_not_disturb_the_client() {
 
     // Everyone else carries on, on the same client.
     let mut refresh = request("first");
-    refresh.connection = Some(first);
+    refresh.connection = Some(Box::new(first));
     let first = chain.request(at(&url), refresh).await.unwrap();
     let third = chain.request(at(&url), request("third")).await.unwrap();
     assert_eq!(factory_calls.load(Ordering::SeqCst), 1, "no new client");
@@ -412,7 +412,7 @@ async fn a_url_change_whose_request_fails_leaves_nothing() {
 
     let conn = chain.request(at(a.url()), request("id")).await.unwrap();
     let mut moved = request("id");
-    moved.connection = Some(conn);
+    moved.connection = Some(Box::new(conn));
     let err = chain.request(at(b.url()), moved).await.unwrap_err();
 
     assert_eq!(err.code(), Code::ResourceExhausted);
@@ -485,7 +485,7 @@ async fn closing_an_unknown_id_still_calls_next_and_says_so() {
         .build();
 
     let err = chain
-        .close(Context::new(), request("ghost").connection.unwrap())
+        .close(Context::new(), connection("ghost"))
         .await
         .unwrap_err();
 
@@ -543,17 +543,17 @@ async fn a_refresh_reuses_the_client_and_adds_no_reference() {
 
     let mut req = request("id");
     let conn = chain.request(at(server.url()), req.clone()).await.unwrap();
-    req.connection = Some(conn);
+    req.connection = Some(Box::new(conn));
     for _ in 0..3 {
         let conn = chain.request(at(server.url()), req.clone()).await.unwrap();
-        req.connection = Some(conn);
+        req.connection = Some(Box::new(conn));
         assert_eq!(connect.stats().clients[0].refs, 1);
     }
     assert_eq!(remote.requests(), 4);
     assert_eq!(server.connections().accepted, 1);
 
     chain
-        .close(Context::new(), req.connection.unwrap())
+        .close(Context::new(), *req.connection.unwrap())
         .await
         .unwrap();
     assert_no_leaks(&connect, &[&server]).await;
@@ -577,7 +577,7 @@ async fn unix_socket_remotes_and_a_move_from_tcp_to_unix() {
     let on_unix = chain.request(at(unix.url()), request("u")).await.unwrap();
     let conn = chain.request(at(tcp.url()), request("t")).await.unwrap();
     let mut moved = request("t");
-    moved.connection = Some(conn);
+    moved.connection = Some(Box::new(conn));
     let moved = chain.request(at(unix.url()), moved).await.unwrap();
 
     assert_eq!(tcp_remote.closes(), 1, "left the TCP remote");
@@ -677,7 +677,7 @@ async fn the_monitor_cancels_the_client_when_the_remote_stops_serving() {
     .await;
 
     let mut refresh = request("id");
-    refresh.connection = Some(conn);
+    refresh.connection = Some(Box::new(conn));
     let err = chain.request(at(server.url()), refresh).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert_no_leaks(&connect, &[&server]).await;
@@ -701,7 +701,7 @@ async fn the_monitor_stays_passive_when_the_remote_has_no_health_service() {
     let mut req = request("id");
     for _ in 0..5 {
         let conn = chain.request(at(&url), req.clone()).await.unwrap();
-        req.connection = Some(conn);
+        req.connection = Some(Box::new(conn));
         tokio::task::yield_now().await;
     }
     assert_eq!(remote.requests(), 5);
@@ -712,7 +712,7 @@ async fn the_monitor_stays_passive_when_the_remote_has_no_health_service() {
     );
 
     chain
-        .close(Context::new(), req.connection.unwrap())
+        .close(Context::new(), *req.connection.unwrap())
         .await
         .unwrap();
     assert_no_leaks(&connect, &[]).await;

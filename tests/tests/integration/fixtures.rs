@@ -34,7 +34,7 @@ fixture!(generic_element);
 
 use connect_runtime::map::{Released, SyncMap};
 use connect_runtime::{ClientChain, Context, ServerChain};
-use connect_tests::request;
+use connect_tests::{connection, request};
 
 macro_rules! both {
     ($fixture:ident, |$module:ident| $body:block) => {{
@@ -119,7 +119,7 @@ async fn elements_behave_the_same_derived_and_expanded() {
             .build();
         chain.request(Context::new(), request("1")).await.unwrap();
         let err = chain
-            .close(Context::new(), request("1").connection.unwrap())
+            .close(Context::new(), connection("1"))
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Aborted);

@@ -9,7 +9,7 @@ use connect_runtime::{
 };
 use connect_tests::elements::{Capture, Edit, Park};
 use connect_tests::remote::{BlackHole, ScratchDir, start_tcp, start_unix, unix_url};
-use connect_tests::request;
+use connect_tests::{connection, request};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -39,7 +39,7 @@ async fn round_trip(server: &connect_runtime::ServerHandle, capture: &Capture) {
     );
 
     client
-        .close(Context::new(), request("rt").connection.unwrap())
+        .close(Context::new(), connection("rt"))
         .await
         .unwrap();
     assert!(capture.request().is_none(), "the remote saw the close");

@@ -119,10 +119,10 @@ fn connection_fields_have_nsm_numbers() {
             r#type: "t".into(),
             parameters: HashMap::new(),
         }),
-        context: Some(ConnectionContext {
+        context: Some(Box::new(ConnectionContext {
             mtu: 9,
             ..Default::default()
-        }),
+        })),
         network_service_endpoint_name: "e".into(),
         payload: "p".into(),
         state: State::Down as i32,
@@ -163,10 +163,10 @@ fn connection_fields_have_nsm_numbers() {
 #[test]
 fn request_and_context_fields_have_nsm_numbers() {
     let request = NetworkServiceRequest {
-        connection: Some(Connection {
+        connection: Some(Box::new(Connection {
             id: "i".into(),
             ..Default::default()
-        }),
+        })),
         mechanism_preferences: vec![Mechanism {
             cls: "c".into(),
             ..Default::default()
