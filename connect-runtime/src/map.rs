@@ -25,8 +25,10 @@ pub const DEFAULT_SHARDS: usize = 16;
 /// then the slot.
 struct Shards<K, T> {
     hasher: RandomState,
-    shards: Box<[Mutex<HashTable<(K, T)>>]>,
+    shards: Box<[Shard<K, T>]>,
 }
+
+type Shard<K, T> = Mutex<HashTable<(K, T)>>;
 
 /// A shard lock and the hash of the key it was taken for.
 struct Locked<'a, K, T> {
