@@ -14,7 +14,6 @@ use std::time::Duration;
 use futures_util::task::AtomicWaker;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -23,7 +22,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tracing::Instrument;
 use url::Url;
 
-use crate::socket::Stream;
+use crate::socket::{Stream, connect_tcp, connect_unix};
 use crate::target::{Target, UrlError};
 
 /// The dial timeout when none is given: 100 ms, as in Go's connect v0.5.0.
@@ -280,9 +279,25 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for ClientConn {
 /// A listener that accepts connections but never speaks HTTP/2 fails the
 /// dial with [`DialError::Timeout`] once the timeout passes.
 pub async fn dial(url: &Url, options: &DialOptions) -> Result<ClientConn, DialError> {
+    let (conn, readiness) = open(url, options).await?;
+    readiness.wait().await?;
+    Ok(conn)
+}
+
+/// The first half of [`dial`]: connects (within the dial timeout) and
+/// returns the channel before the remote's first answer has arrived, with
+/// the [`Readiness`] that reports it. Calls may be sent at once; they are
+/// answered only after the preface anyway, so a caller that races its first
+/// call against [`Readiness::failure`] saves the wait without giving up the
+/// bound on a remote that never answers.
+pub(crate) async fn open(
+    url: &Url,
+    options: &DialOptions,
+) -> Result<(ClientConn, Readiness), DialError> {
     let target = Target::from_url(url)?;
     let span = tracing::debug_span!("dial", url = %url, timeout = ?options.timeout);
     async move {
+        let deadline = tokio::time::Instant::now() + options.timeout;
         let endpoint = options.endpoint(&target)?;
         let answered = Arc::new(Answered::new(if options.tls.is_some() {
             // The TLS handshake reads the server's bytes before HTTP/2 does.
@@ -295,38 +310,72 @@ pub async fn dial(url: &Url, options: &DialOptions) -> Result<ClientConn, DialEr
             answered: Arc::clone(&answered),
             close_on: options.close_on.clone(),
         };
-        let connect = async {
-            let channel = endpoint
-                .connect_with_connector(connector)
-                .await
-                .map_err(|err| DialError::Connect {
-                    url: url.to_string(),
-                    reason: error_chain(&err),
-                })?;
-            if !answered.wait().await {
-                return Err(DialError::NotHttp2 {
-                    url: url.to_string(),
-                });
-            }
-            Ok(channel)
+        let readiness = Readiness {
+            answered,
+            deadline,
+            url: url.to_string(),
+            timeout: options.timeout,
         };
-        let channel = tokio::time::timeout(options.timeout, connect)
+        let channel = tokio::time::timeout_at(deadline, endpoint.connect_with_connector(connector))
             .await
-            .map_err(|_| DialError::Timeout {
+            .map_err(|_| readiness.timed_out())?
+            .map_err(|err| DialError::Connect {
                 url: url.to_string(),
-                timeout: options.timeout,
-            })??;
-        tracing::debug!("dialed");
+                reason: error_chain(&err),
+            })?;
+        tracing::debug!("connected");
         let headers = (!options.metadata.is_empty())
             .then(|| Arc::new(options.metadata.clone().into_headers()));
-        Ok(ClientConn {
+        let conn = ClientConn {
             channel,
             headers,
             url: Arc::new(url.clone()),
-        })
+        };
+        Ok((conn, readiness))
     }
     .instrument(span)
     .await
+}
+
+/// Whether a freshly opened channel's remote has answered (see [`open`]).
+pub(crate) struct Readiness {
+    answered: Arc<Answered>,
+    deadline: tokio::time::Instant,
+    url: String,
+    timeout: Duration,
+}
+
+impl Readiness {
+    /// The remote has sent its first bytes, and they were HTTP/2.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.answered.state.load(Ordering::Acquire) == ANSWERED
+    }
+
+    /// Waits for the remote's answer, up to the dial deadline.
+    pub(crate) async fn wait(&self) -> Result<(), DialError> {
+        match tokio::time::timeout_at(self.deadline, self.answered.wait()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(DialError::NotHttp2 {
+                url: self.url.clone(),
+            }),
+            Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    /// Completes only if the remote fails to answer properly in time.
+    pub(crate) async fn failure(&self) -> DialError {
+        match self.wait().await {
+            Ok(()) => std::future::pending().await,
+            Err(err) => err,
+        }
+    }
+
+    fn timed_out(&self) -> DialError {
+        DialError::Timeout {
+            url: self.url.clone(),
+            timeout: self.timeout,
+        }
+    }
 }
 
 /// Renders an error and its causes, `outer: inner: innermost`.
@@ -430,17 +479,10 @@ impl tower_service::Service<http::Uri> for Connector {
                 return Err(closed());
             }
             let stream = match &*this.target {
-                Target::Tcp { host, port } => {
-                    let stream = TcpStream::connect((host.as_str(), *port)).await?;
-                    // gRPC calls are small request/response exchanges.
-                    stream.set_nodelay(true)?;
-                    Stream::Tcp(stream)
-                }
-                Target::Unix { path } => {
-                    Stream::Unix(UnixStream::connect(path).await.map_err(|err| {
-                        io::Error::new(err.kind(), format!("{}: {err}", path.display()))
-                    })?)
-                }
+                Target::Tcp { host, port } => Stream::Tcp(connect_tcp(host, *port).await?),
+                Target::Unix { path } => Stream::Unix(connect_unix(path).await.map_err(|err| {
+                    io::Error::new(err.kind(), format!("{}: {err}", path.display()))
+                })?),
             };
             Ok(TokioIo::new(Socket {
                 stream,

@@ -5,6 +5,10 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
+use std::net::SocketAddr;
+use std::path::Path;
+
+use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -63,5 +67,67 @@ impl AsyncWrite for Stream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         on_stream!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// Connects to `host:port` with TCP_NODELAY set, trying each address the
+/// host resolves to.
+pub(crate) async fn connect_tcp(host: &str, port: u16) -> io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        match connect_tcp_addr(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host} resolves to no address"),
+        )
+    }))
+}
+
+async fn connect_tcp_addr(addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    // gRPC calls are small request/response exchanges.
+    socket.set_tcp_nodelay(true)?;
+    let pending = start_connect(&socket, &addr.into())?;
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    // A non-blocking connect to a nearby peer has usually finished by the
+    // time the call returns; waiting for the runtime to report writability
+    // would cost a trip through the I/O driver for nothing.
+    if pending && stream.peer_addr().is_err() {
+        stream.writable().await?;
+    }
+    match stream.take_error()? {
+        Some(err) => Err(err),
+        None => Ok(stream),
+    }
+}
+
+/// Connects to the unix socket at `path`.
+pub(crate) async fn connect_unix(path: &Path) -> io::Result<UnixStream> {
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    let pending = start_connect(&socket, &SockAddr::unix(path)?)?;
+    let stream = UnixStream::from_std(std::os::unix::net::UnixStream::from(socket))?;
+    if pending && stream.peer_addr().is_err() {
+        stream.writable().await?;
+    }
+    match stream.take_error()? {
+        Some(err) => Err(err),
+        None => Ok(stream),
+    }
+}
+
+/// Starts a non-blocking connect; `true` if it is still in progress.
+fn start_connect(socket: &Socket, addr: &SockAddr) -> io::Result<bool> {
+    match socket.connect(addr) {
+        Ok(()) => Ok(false),
+        Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => Ok(true),
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(true),
+        Err(err) => Err(err),
     }
 }

@@ -1,8 +1,10 @@
 //! One `connect` client: the lazily dialed channel to a remote URL and the
 //! client chain the factory built over it (Go's `connectClient`).
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::map::lock;
 
@@ -13,7 +15,7 @@ use url::Url;
 use super::ClientFactory;
 use crate::chain::ClientChain;
 use crate::context::{ClientCancel, Context};
-use crate::dial::{DialOptions, dial};
+use crate::dial::{DialOptions, Readiness, open};
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
 
@@ -24,8 +26,14 @@ pub(super) struct ConnectClient {
     ctx: Context,
     factory: Arc<dyn ClientFactory>,
     dial_options: DialOptions,
-    /// The outcome of the one dial this instance makes; a failure sticks.
+    /// The outcome of the one connect this instance makes; a failure sticks.
     dialed: OnceCell<Result<(), Status>>,
+    /// Whether the remote has answered since; set with the chain.
+    readiness: OnceLock<Readiness>,
+    /// Once the remote has answered, calls skip the readiness check.
+    answered: AtomicBool,
+    /// The remote did not answer (in time, or with HTTP/2): sticks too.
+    unanswered: OnceLock<Status>,
     /// The chain, until the client is cancelled and lets go of it.
     chain: Mutex<Option<ClientChain>>,
 }
@@ -50,6 +58,9 @@ impl ConnectClient {
             ctx,
             factory,
             dialed: OnceCell::new(),
+            readiness: OnceLock::new(),
+            answered: AtomicBool::new(false),
+            unanswered: OnceLock::new(),
             chain: Mutex::new(None),
         }
     }
@@ -84,15 +95,52 @@ impl ConnectClient {
         ctx: Context,
         request: NetworkServiceRequest,
     ) -> Result<Connection, Status> {
-        self.chain().await?.request(ctx, request).await
+        let chain = self.chain().await?;
+        self.answered(chain.request(ctx, request)).await
     }
 
     pub(super) async fn close(&self, ctx: Context, connection: Connection) -> Result<(), Status> {
-        self.chain().await?.close(ctx, connection).await
+        let chain = self.chain().await?;
+        self.answered(chain.close(ctx, connection)).await
+    }
+
+    /// Runs a call; until the remote's first answer has arrived, races it
+    /// against the dial deadline, so that a remote that never answers fails
+    /// the call within the dial timeout even though the call went out at
+    /// once (see [`crate::dial::open`]).
+    async fn answered<T>(
+        &self,
+        call: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        if self.answered.load(Ordering::Relaxed) {
+            return call.await;
+        }
+        let Some(readiness) = self.readiness.get() else {
+            return call.await;
+        };
+        if readiness.is_ready() {
+            self.answered.store(true, Ordering::Relaxed);
+            return call.await;
+        }
+        tokio::select! {
+            biased;
+            result = call => result,
+            failure = readiness.failure() => {
+                let status = Status::from(failure);
+                let status = self.unanswered.get_or_init(|| status).clone();
+                // Calls still in flight on the channel fail now instead of
+                // waiting out their own deadlines.
+                self.shut();
+                Err(status)
+            }
+        }
     }
 
     /// The client chain, dialing on first use.
     async fn chain(&self) -> Result<ClientChain, Status> {
+        if let Some(status) = self.unanswered.get() {
+            return Err(status.clone());
+        }
         let dialed = match self.dialed.get() {
             Some(dialed) => dialed,
             // The dial's future is large and runs once per client: boxed, it
@@ -107,8 +155,10 @@ impl ConnectClient {
         let conn = tokio::select! {
             biased;
             () = self.cancel.cancelled() => return Err(self.cancelled()),
-            dialed = dial(&self.url, &self.dial_options) => dialed?,
+            opened = open(&self.url, &self.dial_options) => opened?,
         };
+        let (conn, readiness) = conn;
+        let _ = self.readiness.set(readiness);
         let factory = AssertUnwindSafe(|| self.factory.client(&self.ctx, conn));
         let chain = std::panic::catch_unwind(factory).map_err(|panic| {
             let what = panic

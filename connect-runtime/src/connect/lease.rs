@@ -28,7 +28,7 @@ pub(super) struct Lease {
     client: Arc<ConnectClient>,
     turn: Option<Turn>,
     /// What to close on the remote if dropped armed.
-    remote: Option<Box<Connection>>,
+    remote: Remote,
     /// Whether this operation stored the id's record (forgotten if dropped
     /// armed).
     recorded: bool,
@@ -47,7 +47,7 @@ impl Lease {
             instance,
             client,
             turn: Some(turn),
-            remote: None,
+            remote: Remote::Nothing,
             recorded: false,
             armed: true,
         }
@@ -71,12 +71,27 @@ impl Lease {
     /// From now on the remote may hold `connection`: close it there if the
     /// operation is abandoned.
     pub(super) fn may_exist_remotely(&mut self, connection: Option<Box<Connection>>) {
-        self.remote = connection;
+        self.remote = match connection {
+            Some(connection) => Remote::Connection(connection),
+            None => Remote::Id,
+        };
     }
 
     /// The connection the remote may hold, taken back to close it.
     pub(super) fn take_remote(&mut self) -> Connection {
-        self.remote.take().map(|c| *c).unwrap_or_default()
+        match std::mem::replace(&mut self.remote, Remote::Nothing) {
+            Remote::Connection(connection) => *connection,
+            Remote::Id | Remote::Nothing => self.bare_connection(),
+        }
+    }
+
+    /// A connection carrying only this lease's id: all a remote needs to
+    /// find what to close.
+    fn bare_connection(&self) -> Connection {
+        Connection {
+            id: self.turn().id().to_owned(),
+            ..Default::default()
+        }
     }
 
     /// Stores the record for `id` (the turn's id), which will own the
@@ -120,9 +135,10 @@ impl Lease {
         ctx: Context,
         connection: Connection,
     ) -> (Result<(), Status>, Turn) {
-        self.remote = Some(Box::new(connection.clone()));
+        // If dropped mid-close, close again by id in the background.
+        self.remote = Remote::Id;
         let result = self.client.close(ctx, connection).await;
-        self.remote = None;
+        self.remote = Remote::Nothing;
         (result, self.release())
     }
 
@@ -143,7 +159,11 @@ impl Drop for Lease {
             return;
         }
         self.forget_record();
-        let remote = self.remote.take();
+        let remote = match std::mem::replace(&mut self.remote, Remote::Nothing) {
+            Remote::Nothing => None,
+            Remote::Id => Some(self.bare_connection()),
+            Remote::Connection(connection) => Some(*connection),
+        };
         let runtime = tokio::runtime::Handle::try_current();
         match (remote, runtime) {
             (Some(connection), Ok(runtime)) => {
@@ -157,7 +177,7 @@ impl Drop for Lease {
                 );
                 runtime.spawn(async move {
                     let ctx = shared.cleanup_context(&client);
-                    if let Err(status) = client.close(ctx, *connection).await {
+                    if let Err(status) = client.close(ctx, connection).await {
                         tracing::debug!(error = %status.message(), "cleanup close failed");
                     }
                     // The id's next call may go once the remote has the close;
@@ -170,4 +190,14 @@ impl Drop for Lease {
             _ => self.shared.release(self.client.url(), self.instance),
         }
     }
+}
+
+/// What an abandoned operation may have left on the remote.
+enum Remote {
+    /// Nothing yet.
+    Nothing,
+    /// A connection with the lease's id, nothing more known.
+    Id,
+    /// The connection as the remote returned it.
+    Connection(Box<Connection>),
 }

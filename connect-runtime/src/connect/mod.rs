@@ -482,9 +482,9 @@ impl Shared {
         let mut lease = self.acquire(&url, turn);
         let client = Arc::clone(lease.client());
         let outgoing = request.clone();
-        // From here the remote may have the connection: the lease keeps it
-        // (moved, not copied) to close there if this call is abandoned.
-        lease.may_exist_remotely(request.connection.take());
+        // From here the remote may have the connection: if this call is
+        // abandoned, the lease closes it there by id.
+        lease.may_exist_remotely(None);
         let client_ctx = ctx
             .clone()
             .with_client_cancel(client.cancel_handle().clone());

@@ -7,6 +7,7 @@
 //!                   [--n 1000] [--reps 5] [--iters 2000]
 //! ```
 
+mod compare;
 mod measure;
 mod options;
 mod serve;
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
     let outcome = match command {
         options::Command::Serve { n, addr_file } => runtime.block_on(serve::run(n, addr_file)),
         options::Command::Run(run) => runtime.block_on(workload::run(run)),
+        options::Command::Compare { run, rounds } => compare::run(&run, rounds),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,11 +8,16 @@ usage:
       start N null NSM endpoints on loopback; write their tcp:// URLs to FILE
   connect-bench run --remotes FILE --mode connect|direct --workload a,b,c,w
                     [--n 1000] [--reps 5] [--iters 2000]
-      drive the remotes listed in FILE; one JSON line per workload";
+      drive the remotes listed in FILE; one JSON line per workload
+  connect-bench compare --remotes FILE [--rounds 5] [--workload ...] [--n ...]
+                    [--reps ...] [--iters ...]
+      run both modes alternately, --rounds times each (as child processes),
+      and print the medians and connect/direct ratios as a Markdown table";
 
 pub(crate) enum Command {
     Serve { n: usize, addr_file: PathBuf },
     Run(Run),
+    Compare { run: Run, rounds: usize },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +79,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
     let mut remotes = None;
     let mut mode = None;
     let mut workloads = None;
-    let (mut reps, mut iters) = (None, None);
+    let (mut reps, mut iters, mut rounds) = (None, None, None);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -104,6 +109,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
             }
             "--reps" => reps = Some(number(&flag, &value()?)?),
             "--iters" => iters = Some(number(&flag, &value()?)?),
+            "--rounds" => rounds = Some(number(&flag, &value()?)?),
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -120,7 +126,21 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
             reps: reps.unwrap_or(5),
             iters: iters.unwrap_or(2000),
         })),
-        other => Err(format!("unknown sub-command `{other}`: serve or run")),
+        "compare" => Ok(Command::Compare {
+            run: Run {
+                remotes: remotes.ok_or("compare needs --remotes FILE")?,
+                mode: Mode::Connect,
+                workloads: workloads
+                    .unwrap_or_else(|| vec![Workload::A, Workload::B, Workload::C, Workload::W]),
+                n: n.unwrap_or(1000),
+                reps: reps.unwrap_or(5),
+                iters: iters.unwrap_or(2000),
+            },
+            rounds: rounds.unwrap_or(5),
+        }),
+        other => Err(format!(
+            "unknown sub-command `{other}`: serve, run or compare"
+        )),
     }
 }
 
