@@ -439,16 +439,21 @@ impl Answered {
             .compare_exchange(WAITING, verdict, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
-            // `notify_one` stores a permit if `wait` is not polling yet.
-            self.notify.notify_one();
+            // Every waiter: several calls may race their first answer.
+            self.notify.notify_waiters();
         }
     }
 
     /// Waits for the first bytes; `false` if they were not HTTP/2.
     async fn wait(&self) -> bool {
         loop {
+            // Registered before the state is read, so a notification between
+            // the two cannot be missed.
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             match self.state.load(Ordering::Acquire) {
-                WAITING => self.notify.notified().await,
+                WAITING => notified.await,
                 state => return state == ANSWERED,
             }
         }

@@ -212,6 +212,8 @@ pub struct ConnectionStats {
     pub accepted: u64,
     /// Connections open now.
     pub open: usize,
+    /// The most connections open at once since the server started.
+    pub peak_open: usize,
 }
 
 /// A running server. Dropping it stops the server at once, closing every
@@ -428,6 +430,7 @@ impl AcceptLoop {
                         stats.send_modify(|s| {
                             s.accepted += 1;
                             s.open += 1;
+                            s.peak_open = s.peak_open.max(s.open);
                         });
                         let open = OpenConnection(stats.clone());
                         let conn = http2.serve_connection(

@@ -434,8 +434,12 @@ impl Ledger {
         let id = connection.id.clone();
         let _call = self.enter(&id);
         tokio::task::yield_now().await;
-        self.set_open(&id, false);
-        next.close(ctx, connection).await
+        let result = next.close(ctx, connection).await;
+        // A close the rest of the remote refused leaves the connection open.
+        if result.is_ok() {
+            self.set_open(&id, false);
+        }
+        result
     }
 }
 
@@ -553,5 +557,58 @@ async fn cancelled(ctx: &Context) {
     match ctx.cancellation_token() {
         Some(token) => token.cancelled().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Fails requests and/or closes while switched on, as a remote in trouble
+/// would; switchable at any time from the test.
+#[derive(Clone, Default, Element)]
+#[element(server)]
+pub struct Faults {
+    inner: Arc<FaultSwitches>,
+}
+
+#[derive(Default)]
+struct FaultSwitches {
+    request: std::sync::atomic::AtomicBool,
+    close: std::sync::atomic::AtomicBool,
+}
+
+impl Faults {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets whether requests and closes fail from now on.
+    pub fn set(&self, request: bool, close: bool) {
+        self.inner.request.store(request, Ordering::SeqCst);
+        self.inner.close.store(close, Ordering::SeqCst);
+    }
+}
+
+#[hooks]
+impl Faults {
+    async fn request(
+        &self,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        if self.inner.request.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("injected request fault"));
+        }
+        next.request(ctx, request).await
+    }
+
+    async fn close(
+        &self,
+        ctx: Context,
+        connection: Connection,
+        next: Next<'_>,
+    ) -> Result<(), Status> {
+        if self.inner.close.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("injected close fault"));
+        }
+        next.close(ctx, connection).await
     }
 }

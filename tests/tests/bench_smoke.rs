@@ -94,8 +94,11 @@ async fn every_workload_runs_in_both_modes_without_errors() {
             // c dials afresh for every pair; w reuses the held connection's client.
             assert_eq!(by("c")["dials"], 10, "{}", by("c"));
             assert_eq!(by("w")["dials"], 0, "{}", by("w"));
-            assert_eq!(by("a")["dials"], 2, "one client per rep");
-            assert_eq!(by("b")["dials"], 6, "one client per remote per rep");
+            // At least one client per remote per rep: more when a remote's
+            // first connections finish before its last ones start, which
+            // closes the client (as the semantics demand) and dials again.
+            assert!(by("a")["dials"].as_u64().unwrap() >= 2, "{}", by("a"));
+            assert!(by("b")["dials"].as_u64().unwrap() >= 6, "{}", by("b"));
         } else {
             assert_eq!(by("c")["dials"], 0);
         }

@@ -85,6 +85,12 @@ impl ConnectClient {
         drop(chain);
     }
 
+    /// Whether the remote has spoken HTTP/2 on this client's connection:
+    /// before that it cannot have acted on any call.
+    pub(super) fn has_answered(&self) -> bool {
+        self.answered.load(Ordering::Relaxed) || self.readiness.get().is_some_and(|r| r.is_ready())
+    }
+
     /// Whether the dial has completed successfully.
     pub(super) fn is_dialed(&self) -> bool {
         matches!(self.dialed.get(), Some(Ok(())))
@@ -95,12 +101,13 @@ impl ConnectClient {
         ctx: Context,
         request: NetworkServiceRequest,
     ) -> Result<Connection, Status> {
-        let chain = self.chain().await?;
+        // The caller's deadline bounds the dial too, not only the call.
+        let chain = ctx.run(self.chain()).await?;
         self.answered(chain.request(ctx, request)).await
     }
 
     pub(super) async fn close(&self, ctx: Context, connection: Connection) -> Result<(), Status> {
-        let chain = self.chain().await?;
+        let chain = ctx.run(self.chain()).await?;
         self.answered(chain.close(ctx, connection)).await
     }
 
@@ -138,6 +145,9 @@ impl ConnectClient {
 
     /// The client chain, dialing on first use.
     async fn chain(&self) -> Result<ClientChain, Status> {
+        if self.is_cancelled() {
+            return Err(self.cancelled());
+        }
         if let Some(status) = self.unanswered.get() {
             return Err(status.clone());
         }

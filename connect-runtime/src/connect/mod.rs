@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status};
+use tonic::Status;
 use url::Url;
 
 use self::client::ConnectClient;
-use self::lease::Lease;
+use self::lease::{Lease, outcome_unknown};
 use self::turns::{Turn, Turns};
 use crate::chain::ClientChain;
 use crate::context::{ClientCancel, Context};
@@ -247,18 +247,57 @@ impl Connect {
     /// every connection closed, every client gone, no call or cleanup in
     /// flight. For graceful shutdowns and tests.
     pub async fn idle(&self) {
+        self.wait_for(|stats| stats.is_idle()).await;
+    }
+
+    /// Waits until no call or cleanup is in flight and every cancelled
+    /// client has left the map; connections may still be open. What a test
+    /// or an operator waits for after a burst of activity, before reading
+    /// [`Connect::stats`].
+    pub async fn settled(&self) {
+        self.wait_for(|stats| stats.in_flight == 0).await;
+        self.wait_until_clients(|shared| {
+            let mut cancelled = false;
+            shared.clients.range(|_, client, _| {
+                cancelled |= client.is_cancelled();
+                !cancelled
+            });
+            !cancelled
+        })
+        .await;
+    }
+
+    /// Every connection it holds: id and the URL it was forwarded to.
+    pub fn connections(&self) -> Vec<(String, Url)> {
+        let mut connections = Vec::new();
+        self.shared.records.range(|id, record| {
+            connections.push((id.to_string(), Url::clone(record.client.url())));
+            true
+        });
+        connections.sort();
+        connections
+    }
+
+    /// Waits until `condition` holds of [`Connect::stats`], re-checking it
+    /// whenever a call ends or a client leaves the map (no polling).
+    pub async fn wait_for(&self, condition: impl Fn(&ConnectStats) -> bool) {
+        self.wait_until_clients(|_| condition(&self.stats())).await;
+    }
+
+    /// Re-checks `condition` whenever a turn ends or a client leaves the map.
+    async fn wait_until_clients(&self, condition: impl Fn(&Shared) -> bool) {
         loop {
-            let changed = self.shared.turns.ended().notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
+            let turn_ended = self.shared.turns.ended().notified();
+            tokio::pin!(turn_ended);
+            turn_ended.as_mut().enable();
             let clients_changed = self.shared.clients_changed.notified();
             tokio::pin!(clients_changed);
             clients_changed.as_mut().enable();
-            if self.stats().is_idle() {
+            if condition(&self.shared) {
                 return;
             }
             tokio::select! {
-                () = changed => {}
+                () = turn_ended => {}
                 () = clients_changed => {}
             }
         }
@@ -351,11 +390,6 @@ impl Drop for Shared {
     }
 }
 
-/// Codes after which the remote may or may not have acted on a request.
-fn outcome_unknown(code: Code) -> bool {
-    matches!(code, Code::DeadlineExceeded | Code::Cancelled)
-}
-
 fn in_context(status: Status, what: &str, id: &str, url: &Url) -> Status {
     Status::new(
         status.code(),
@@ -420,11 +454,10 @@ impl Shared {
         let instance = record.instance;
         self.records.delete_if(&**id, |r| r.instance == instance);
         let old_url = Arc::clone(record.client.url());
-        let lease = Lease::adopt(Arc::clone(self), record, turn);
+        let mut lease = Lease::adopt(Arc::clone(self), record, turn);
         let ctx = self.cleanup_context(lease.client());
         let closing = request.connection.as_deref().cloned().unwrap_or_default();
-        let (closed, turn) = lease.close_and_release(ctx, closing).await;
-        if let Err(status) = closed {
+        if let Err(status) = lease.close(ctx, closing).await {
             tracing::warn!(
                 connection_id = %id,
                 url = %old_url,
@@ -432,40 +465,41 @@ impl Shared {
                 "closing at the previous remote failed"
             );
         }
-        turn
+        lease.release()
     }
 
     async fn refresh(
-        &self,
+        self: &Arc<Self>,
         ctx: Context,
         mut request: NetworkServiceRequest,
         next: Next<'_>,
         record: Record,
         turn: Turn,
     ) -> Result<Connection, Status> {
-        let _turn = turn;
-        let client = &record.client;
+        let client = Arc::clone(&record.client);
         if client.is_cancelled() {
             // Its monitor (or a heal element) gave up on the remote: forget
             // the connection; the next request for it dials afresh.
-            let id = _turn.id();
             let instance = record.instance;
-            self.records.delete_if(id, |r| r.instance == instance);
+            self.records
+                .delete_if(turn.id(), |r| r.instance == instance);
             self.release(client.url(), instance);
             return Err(in_context(
                 Status::unavailable("its client was closed; request again to reconnect"),
                 "refresh",
-                id,
+                turn.id(),
                 client.url(),
             ));
         }
+        let mut lease = Lease::borrow(Arc::clone(self), &record, turn);
         let client_ctx = ctx
             .clone()
             .with_client_cancel(client.cancel_handle().clone());
-        let reply = client
+        let reply = lease
             .request(client_ctx, request.clone())
             .await
-            .map_err(|status| in_context(status, "refresh", _turn.id(), client.url()))?;
+            .map_err(|status| in_context(status, "refresh", lease.id(), client.url()))?;
+        let _turn = lease.keep();
         request.connection = Some(Box::new(reply));
         next.request(ctx, request).await
     }
@@ -488,7 +522,7 @@ impl Shared {
         let client_ctx = ctx
             .clone()
             .with_client_cancel(client.cancel_handle().clone());
-        let reply = match client.request(client_ctx, outgoing).await {
+        let reply = match lease.request(client_ctx, outgoing).await {
             Ok(reply) => Box::new(reply),
             Err(status) => {
                 if outcome_unknown(status.code()) {
@@ -512,8 +546,7 @@ impl Shared {
             Err(status) => {
                 // Undo, with a deadline of its own: the caller's may be gone.
                 let cleanup = self.cleanup_context(&client);
-                let closing = lease.take_remote();
-                let (closed, turn) = Box::pin(lease.close_and_release(cleanup, closing)).await;
+                let (closed, turn) = Box::pin(lease.undo(cleanup)).await;
                 if let Err(close) = closed {
                     tracing::warn!(
                         connection_id = %turn.id(),
@@ -541,11 +574,12 @@ impl Shared {
                     .clone()
                     .with_client_cancel(record.client.cancel_handle().clone());
                 let url = Arc::clone(record.client.url());
-                let lease = Lease::adopt(Arc::clone(self), record, turn);
-                let (result, turn) = lease
-                    .close_and_release(client_ctx, connection.clone())
-                    .await;
-                (result.map_err(|s| in_context(s, "close", &id, &url)), turn)
+                let mut lease = Lease::adopt(Arc::clone(self), record, turn);
+                let result = lease.close(client_ctx, connection.clone()).await;
+                (
+                    result.map_err(|s| in_context(s, "close", &id, &url)),
+                    lease.release(),
+                )
             }
             None => (
                 Err(Status::not_found(format!(

@@ -81,6 +81,8 @@ impl Rig {
         settle("the call to be held", gate.holding()).await;
         call.abort();
         assert!(call.await.unwrap_err().is_cancelled());
+        // The call in flight is not cut off: it finishes, then is undone.
+        gate.release();
     }
 
     /// Nothing left anywhere: connect idle, the remote holding no connection
@@ -184,6 +186,7 @@ async fn dropped_while_closing_at_the_previous_remote() {
     .await;
     call.abort();
     assert!(call.await.unwrap_err().is_cancelled());
+    rig.remote_gate.release();
 
     // The close is finished in the background; nothing reached the new remote.
     rig.assert_clean().await;
@@ -275,4 +278,81 @@ async fn same_id_requests_and_closes_racing_keep_order_and_leak_nothing() {
     }
     assert_eq!(rig.ledger.overlaps(), 0, "calls for one id overlapped");
     rig.assert_clean().await;
+}
+
+/// The remote must never see two calls for one id at once: a call whose
+/// caller went away runs to its end before the next call for that id goes.
+#[tokio::test]
+async fn an_abandoned_call_finishes_before_the_next_call_for_its_id() {
+    let rig = Rig::new().await;
+    rig.establish("o").await;
+    rig.remote_gate.arm(Op::Request);
+    let refresh = tokio::spawn({
+        let chain = rig.chain.clone();
+        let ctx = Context::new().with_client_url(rig.url().clone());
+        async move { chain.request(ctx, request("o")).await }
+    });
+    settle("the refresh to reach the remote", rig.remote_gate.holding()).await;
+    refresh.abort();
+    assert!(refresh.await.unwrap_err().is_cancelled());
+
+    // A close for the same id now waits for the abandoned refresh.
+    let close = tokio::spawn({
+        let chain = rig.chain.clone();
+        async move { chain.close(Context::new(), connection("o")).await }
+    });
+    settle("the close to queue", async {
+        while rig.connect.stats().waiting == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(
+        rig.ledger.open(),
+        ["o"],
+        "nothing has reached the remote yet"
+    );
+
+    rig.remote_gate.release();
+    settle("the close", close).await.unwrap().unwrap();
+    rig.assert_clean().await;
+}
+
+/// An abandoned call the remote never finishes is given up after the cleanup
+/// timeout, and then undone all the same.
+#[tokio::test]
+async fn an_abandoned_call_the_remote_never_finishes_is_given_up() {
+    let (ledger, gate) = (Ledger::new(), Gate::new());
+    let server = start_tcp(
+        ServerChain::builder()
+            .with(ledger.clone())
+            .with(gate.clone())
+            .build(),
+    )
+    .await;
+    let connect = Connect::builder(|ctx: &Context, conn| {
+        ClientChain::builder()
+            .with(Monitor::new(ctx, conn.clone()))
+            .with(GrpcClient::new(conn))
+            .build()
+    })
+    .cleanup_timeout(Duration::from_millis(200))
+    .dial_timeout(Duration::from_secs(1))
+    .build();
+    let chain = ServerChain::builder().with(connect.clone()).build();
+
+    gate.arm(Op::Request);
+    let call = tokio::spawn({
+        let ctx = Context::new().with_client_url(server.url().clone());
+        let chain = chain.clone();
+        async move { chain.request(ctx, request("stuck")).await }
+    });
+    settle("the request to be held", gate.holding()).await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+
+    // Never released: after 200 ms connect stops waiting, closes by id and
+    // lets go.
+    assert_no_leaks(&connect, &[&server]).await;
+    assert!(ledger.open().is_empty());
 }

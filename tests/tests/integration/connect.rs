@@ -276,11 +276,10 @@ async fn a_restarted_remote_is_reconnected() {
     // Stop the remote. Its health turns NOT_SERVING, the monitor cancels
     // the client, the client's connection closes, and the shutdown ends.
     settle("the remote to shut down", server.shutdown()).await;
-    settle("the client to be dropped", async {
-        while !connect.stats().clients.is_empty() {
-            connect.idle().await;
-        }
-    })
+    settle(
+        "the client to be dropped",
+        connect.wait_for(|stats| stats.clients.is_empty()),
+    )
     .await;
 
     let mut refresh = request("id");
@@ -615,11 +614,10 @@ async fn shutting_down_connect_closes_every_client() {
         )
         .await;
     }
-    settle("the clients to go", async {
-        while !connect.stats().clients.is_empty() {
-            connect.idle().await;
-        }
-    })
+    settle(
+        "the clients to go",
+        connect.wait_for(|stats| stats.clients.is_empty()),
+    )
     .await;
 
     // The connections are still known, and close as far as they can.
@@ -669,11 +667,10 @@ async fn the_monitor_cancels_the_client_when_the_remote_stops_serving() {
         server.wait_connections(|c| c.open == 0),
     )
     .await;
-    settle("the client to go", async {
-        while !connect.stats().clients.is_empty() {
-            connect.idle().await;
-        }
-    })
+    settle(
+        "the client to go",
+        connect.wait_for(|stats| stats.clients.is_empty()),
+    )
     .await;
 
     let mut refresh = request("id");

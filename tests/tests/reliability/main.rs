@@ -1,0 +1,9 @@
+//! Reliability: model-based random testing, concurrent interleavings,
+//! stress, faults and a catalogue of bad input. Nothing leaks, nothing is
+//! lost.
+
+mod bad_input;
+mod faults;
+mod interleave;
+mod model;
+mod stress;
