@@ -152,7 +152,7 @@ async fn sigterm_lets_calls_in_flight_finish_then_closes_every_client() {
 async fn bad_input_gets_one_line_and_a_non_zero_exit() {
     let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let in_use = format!("tcp://{}", taken.local_addr().unwrap());
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 12] = [
         (
             &["--listen", "not a url", "--connect-to", "tcp://127.0.0.1:1"],
             "is not a URL",
@@ -188,6 +188,27 @@ async fn bad_input_gets_one_line_and_a_non_zero_exit() {
             "missing port",
         ),
         (&["--verbose"], "unknown argument `--verbose`"),
+        (&["--listen"], "--listen needs a value"),
+        (&["--endpoint"], "--endpoint needs --listen"),
+        (
+            &["--log-format", "xml"],
+            "--log-format is text or json, not `xml`",
+        ),
+        (
+            &[
+                "--listen",
+                "tcp://127.0.0.1:0",
+                "--connect-to",
+                "tcp://127.0.0.1:1",
+                "--dial-timeout",
+                "soon",
+            ],
+            "`soon` is not a duration like 100ms, 2s or 1.5s",
+        ),
+        (
+            &["--connections", "0"],
+            "--connections takes a positive number, not `0`",
+        ),
     ];
     for (args, expected) in cases {
         let output = run(args).await;
