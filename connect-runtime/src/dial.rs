@@ -287,9 +287,9 @@ pub async fn dial(url: &Url, options: &DialOptions) -> Result<ClientConn, DialEr
 /// The first half of [`dial`]: connects (within the dial timeout) and
 /// returns the channel before the remote's first answer has arrived, with
 /// the [`Readiness`] that reports it. Calls may be sent at once; they are
-/// answered only after the preface anyway, so a caller that races its first
-/// call against [`Readiness::failure`] saves the wait without giving up the
-/// bound on a remote that never answers.
+/// answered only after the preface anyway, so a caller that closes the
+/// channel when [`Readiness::wait`] fails saves the wait without giving up
+/// the bound on a remote that never answers.
 pub(crate) async fn open(
     url: &Url,
     options: &DialOptions,
@@ -338,6 +338,7 @@ pub(crate) async fn open(
 }
 
 /// Whether a freshly opened channel's remote has answered (see [`open`]).
+#[derive(Clone)]
 pub(crate) struct Readiness {
     answered: Arc<Answered>,
     deadline: tokio::time::Instant,
@@ -359,14 +360,6 @@ impl Readiness {
                 url: self.url.clone(),
             }),
             Err(_) => Err(self.timed_out()),
-        }
-    }
-
-    /// Completes only if the remote fails to answer properly in time.
-    pub(crate) async fn failure(&self) -> DialError {
-        match self.wait().await {
-            Ok(()) => std::future::pending().await,
-            Err(err) => err,
         }
     }
 

@@ -9,7 +9,7 @@ use connect_runtime::{
     ClientChain, ClientUrl, Connect, Context, Element, GrpcClient, Monitor, Next, Serve,
     ServerChain, hooks,
 };
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use url::Url;
@@ -33,6 +33,9 @@ pub(crate) async fn passthrough(
         .with(ClientUrl::new(connect_to.clone()))
         .with(connect.clone())
         .build();
+    // Signals are caught from before the program says it is listening, so
+    // that a SIGTERM sent right after never finds the default action.
+    let signals = Signals::install()?;
     let stop = CancellationToken::new();
     let server = Serve::new(chain)
         .shutdown_on(stop.clone())
@@ -43,7 +46,8 @@ pub(crate) async fn passthrough(
         "passthrough listening on {} forwarding to {connect_to}",
         server.url()
     );
-    until_signalled(stop).await?;
+    signals.received().await;
+    stop.cancel();
     // In-flight calls finish; then every client is closed.
     server.stopped().await;
     let open = connect.stats();
@@ -60,6 +64,7 @@ pub(crate) async fn passthrough(
 /// Close with empty.
 pub(crate) async fn endpoint(listen: Url) -> Result<(), String> {
     let chain = ServerChain::builder().with(Logged("endpoint")).build();
+    let signals = Signals::install()?;
     let stop = CancellationToken::new();
     let server = Serve::new(chain)
         .shutdown_on(stop.clone())
@@ -67,23 +72,35 @@ pub(crate) async fn endpoint(listen: Url) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     println!("endpoint listening on {}", server.url());
-    until_signalled(stop).await?;
+    signals.received().await;
+    stop.cancel();
     server.stopped().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn until_signalled(stop: CancellationToken) -> Result<(), String> {
-    let mut terminate =
-        signal(SignalKind::terminate()).map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
-    let mut interrupt =
-        signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch for SIGINT: {e}"))?;
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+/// SIGTERM and SIGINT, caught.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, String> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())
+                .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?,
+            interrupt: signal(SignalKind::interrupt())
+                .map_err(|e| format!("cannot watch for SIGINT: {e}"))?,
+        })
     }
-    stop.cancel();
-    Ok(())
+
+    async fn received(mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = self.interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    }
 }
 
 /// Logs each call at info level.

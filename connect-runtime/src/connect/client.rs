@@ -3,8 +3,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::map::lock;
 
@@ -15,7 +14,7 @@ use url::Url;
 use super::ClientFactory;
 use crate::chain::ClientChain;
 use crate::context::{ClientCancel, Context};
-use crate::dial::{DialOptions, Readiness, open};
+use crate::dial::{DialError, DialOptions, Readiness, open};
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
 
@@ -30,10 +29,10 @@ pub(super) struct ConnectClient {
     dialed: OnceCell<Result<(), Status>>,
     /// Whether the remote has answered since; set with the chain.
     readiness: OnceLock<Readiness>,
-    /// Once the remote has answered, calls skip the readiness check.
-    answered: AtomicBool,
     /// The remote did not answer (in time, or with HTTP/2): sticks too.
     unanswered: OnceLock<Status>,
+    /// This client, for the task that watches its readiness.
+    me: Weak<ConnectClient>,
     /// The chain, until the client is cancelled and lets go of it.
     chain: Mutex<Option<ClientChain>>,
 }
@@ -44,12 +43,12 @@ impl ConnectClient {
         cancel: ClientCancel,
         factory: Arc<dyn ClientFactory>,
         dial_options: &DialOptions,
-    ) -> Self {
+    ) -> Arc<Self> {
         let ctx = Context::new()
             .with_client_url(Arc::clone(&url))
             .with_client_cancel(cancel.clone())
             .with_cancellation_token(cancel.token().clone());
-        Self {
+        Arc::new_cyclic(|me| Self {
             // Cancelling the client closes its connection, even while clones
             // of the channel live on in the chain.
             dial_options: dial_options.clone().close_on(cancel.token().clone()),
@@ -59,10 +58,10 @@ impl ConnectClient {
             factory,
             dialed: OnceCell::new(),
             readiness: OnceLock::new(),
-            answered: AtomicBool::new(false),
             unanswered: OnceLock::new(),
+            me: me.clone(),
             chain: Mutex::new(None),
-        }
+        })
     }
 
     pub(super) fn url(&self) -> &Arc<Url> {
@@ -88,7 +87,7 @@ impl ConnectClient {
     /// Whether the remote has spoken HTTP/2 on this client's connection:
     /// before that it cannot have acted on any call.
     pub(super) fn has_answered(&self) -> bool {
-        self.answered.load(Ordering::Relaxed) || self.readiness.get().is_some_and(|r| r.is_ready())
+        self.readiness.get().is_some_and(|r| r.is_ready())
     }
 
     /// Whether the dial has completed successfully.
@@ -111,36 +110,29 @@ impl ConnectClient {
         self.answered(chain.close(ctx, connection)).await
     }
 
-    /// Runs a call; until the remote's first answer has arrived, races it
-    /// against the dial deadline, so that a remote that never answers fails
-    /// the call within the dial timeout even though the call went out at
-    /// once (see [`crate::dial::open`]).
+    /// Runs a call. The first calls go out before the remote's preface has
+    /// arrived (see [`crate::dial::open`]); if the remote then fails to
+    /// answer within the dial timeout, the readiness watcher closes the
+    /// client, the call fails, and the caller gets the dial's error.
     async fn answered<T>(
         &self,
         call: impl Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
-        if self.answered.load(Ordering::Relaxed) {
-            return call.await;
+        let result = call.await;
+        match (&result, self.unanswered.get()) {
+            (Err(_), Some(unanswered)) => Err(unanswered.clone()),
+            _ => result,
         }
-        let Some(readiness) = self.readiness.get() else {
-            return call.await;
-        };
-        if readiness.is_ready() {
-            self.answered.store(true, Ordering::Relaxed);
-            return call.await;
-        }
-        tokio::select! {
-            biased;
-            result = call => result,
-            failure = readiness.failure() => {
-                let status = Status::from(failure);
-                let status = self.unanswered.get_or_init(|| status).clone();
-                // Calls still in flight on the channel fail now instead of
-                // waiting out their own deadlines.
-                self.shut();
-                Err(status)
-            }
-        }
+    }
+
+    /// The remote did not answer in time: the failure sticks to this client,
+    /// which closes at once (calls in flight fail now, not at their own
+    /// deadlines) and so leaves the map.
+    fn unanswered(&self, failure: DialError) {
+        let status = Status::from(failure);
+        tracing::warn!(url = %self.url, error = %status.message(), "the remote did not answer");
+        let _ = self.unanswered.set(status);
+        self.shut();
     }
 
     /// The client chain, dialing on first use.
@@ -168,6 +160,17 @@ impl ConnectClient {
             opened = open(&self.url, &self.dial_options) => opened?,
         };
         let (conn, readiness) = conn;
+        // One watcher per dial, not a race per call: it ends when the remote
+        // answers, or at the dial deadline.
+        let me = self.me.clone();
+        let watched = readiness.clone();
+        tokio::spawn(async move {
+            if let Err(failure) = watched.wait().await
+                && let Some(client) = me.upgrade()
+            {
+                client.unanswered(failure);
+            }
+        });
         let _ = self.readiness.set(readiness);
         let factory = AssertUnwindSafe(|| self.factory.client(&self.ctx, conn));
         let chain = std::panic::catch_unwind(factory).map_err(|panic| {

@@ -624,12 +624,7 @@ impl Shared {
     /// release). Runs under the map's shard lock: no awaiting here.
     fn new_client(self: &Arc<Self>, url: Arc<Url>, instance: Instance) -> Arc<ConnectClient> {
         let cancel = ClientCancel::from_token(self.root.child_token());
-        let client = Arc::new(ConnectClient::new(
-            url,
-            cancel,
-            Arc::clone(&self.factory),
-            &self.dial,
-        ));
+        let client = ConnectClient::new(url, cancel, Arc::clone(&self.factory), &self.dial);
         let shared: Weak<Shared> = Arc::downgrade(self);
         let watched = Arc::clone(&client);
         tokio::spawn(async move {
