@@ -420,3 +420,100 @@ async fn dialing_with_tls_verifies_the_server_and_carries_calls() {
     );
     server.abort();
 }
+
+/// A TCP relay that can stop passing bytes (both ways) without closing
+/// anything: a peer that hangs, or a network path that silently died.
+struct FreezingRelay {
+    url: Url,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezingRelay {
+    async fn start(to: &Url) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("tcp://{}", listener.local_addr().unwrap())).unwrap();
+        let backend = format!("{}:{}", to.host_str().unwrap(), to.port().unwrap());
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let gate = std::sync::Arc::clone(&frozen);
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let outbound = tokio::net::TcpStream::connect(&backend).await.unwrap();
+                let (in_read, in_write) = inbound.into_split();
+                let (out_read, out_write) = outbound.into_split();
+                tokio::spawn(pump(in_read, out_write, std::sync::Arc::clone(&gate)));
+                tokio::spawn(pump(out_read, in_write, std::sync::Arc::clone(&gate)));
+            }
+        });
+        Self { url, frozen, task }
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either end closes; while frozen, reads and
+/// drops what arrives, answering nothing.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for FreezingRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn keepalive_notices_a_peer_that_stopped_answering() {
+    use connect_runtime::Keepalive;
+
+    let server = start_tcp(ServerChain::builder().with(Passthrough).build()).await;
+    let relay = FreezingRelay::start(server.url()).await;
+    let keepalive = Keepalive {
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(100),
+        while_idle: true,
+    };
+    let options = DialOptions::new()
+        .timeout(Duration::from_secs(2))
+        .keepalive(keepalive);
+    let conn = dial(&relay.url, &options).await.unwrap();
+    let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
+    client
+        .request(Context::new(), request("alive"))
+        .await
+        .unwrap();
+
+    relay.freeze();
+    // Without keepalive this call would hang until its own 10 s deadline;
+    // with it the connection is declared dead within a few PING periods.
+    let started = Instant::now();
+    let ctx = Context::new().with_timeout(Duration::from_secs(10));
+    let err = client.request(ctx, request("frozen")).await.unwrap_err();
+
+    assert_ne!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
