@@ -69,8 +69,10 @@ where
 /// - Calls for one connection id are applied one at a time, in arrival
 ///   order; different ids do not wait for each other.
 /// - A caller that goes away mid-call (its future dropped) leaves nothing
-///   behind either: what it may have created on the remote is closed in the
-///   background, with its own deadline.
+///   behind either: a client call already on its way runs to its end (within
+///   the cleanup timeout) and what it created on the remote is then closed,
+///   in the background, still holding the id's turn, so the remote never
+///   sees two calls for one id at once.
 /// - Cancelling a client through its [`ClientCancel`] handle (a
 ///   [`Monitor`](crate::Monitor) does when the remote dies) closes it at
 ///   once; connections bound to it fail their next request, and the request
