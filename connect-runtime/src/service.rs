@@ -45,14 +45,10 @@ impl ChainService {
 
     /// The tonic service to register with a server.
     pub fn into_server(self) -> NetworkServiceServer<Self> {
+        // Message size limits stay tonic's defaults (4 MiB to decode).
         NetworkServiceServer::new(self)
-            // The chain already enforces the caller's deadline; message size
-            // limits stay tonic's defaults (4 MiB decode).
-            .max_decoding_message_size(DEFAULT_MAX_MESSAGE)
     }
 }
-
-const DEFAULT_MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
 #[tonic::async_trait]
 impl NetworkService for ChainService {

@@ -302,6 +302,24 @@ impl Park {
     pub fn abandoned_calls(&self) -> usize {
         self.inner.abandoned_calls.load(Ordering::SeqCst)
     }
+
+    /// Holds the caller until released (`Ok`) or until the call's
+    /// cancellation token fires (`Cancelled`), counting it abandoned if it is
+    /// dropped or cancelled first.
+    pub async fn hold(&self, ctx: &Context) -> Result<(), Status> {
+        let mut parked = ParkedCall {
+            inner: &self.inner,
+            released: false,
+        };
+        self.inner.arrived.notify_one();
+        tokio::select! {
+            () = self.inner.release.notified() => {
+                parked.released = true;
+                Ok(())
+            }
+            () = cancelled(ctx) => Err(Status::cancelled("parked call cancelled")),
+        }
+    }
 }
 
 #[hooks]
@@ -312,20 +330,8 @@ impl Park {
         request: NetworkServiceRequest,
         next: Next<'_>,
     ) -> Result<Connection, Status> {
-        let mut parked = ParkedCall {
-            inner: &self.inner,
-            released: false,
-        };
-        self.inner.arrived.notify_one();
-        tokio::select! {
-            () = self.inner.release.notified() => {
-                parked.released = true;
-                next.request(ctx, request).await
-            }
-            () = cancelled(&ctx) => {
-                Err(Status::cancelled("parked call cancelled"))
-            }
-        }
+        self.hold(&ctx).await?;
+        next.request(ctx, request).await
     }
 }
 
@@ -495,13 +501,7 @@ impl Gate {
     }
 
     async fn hold(&self, ctx: &Context) -> Result<(), Status> {
-        let chain = connect_runtime::ServerChain::builder()
-            .with(self.inner.held.clone())
-            .build();
-        chain
-            .request(ctx.clone(), NetworkServiceRequest::default())
-            .await
-            .map(drop)
+        self.inner.held.hold(ctx).await
     }
 }
 

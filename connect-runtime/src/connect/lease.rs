@@ -62,6 +62,21 @@ enum Pending {
     Close(BoxFuture<'static, Result<(), Status>>),
 }
 
+/// Polls the call in `slot` to its end, then clears the slot. The call lives
+/// in the lease rather than in the caller's future, so that a drop half-way
+/// leaves it for [`Lease`]'s `Drop` to finish.
+async fn run_pending<T>(
+    slot: &mut Pending,
+    call: impl Fn(&mut Pending) -> &mut BoxFuture<'static, Result<T, Status>>,
+) -> Result<T, Status> {
+    poll_fn(|cx| {
+        let result = std::task::ready!(call(slot).as_mut().poll(cx));
+        *slot = Pending::Nothing;
+        Poll::Ready(result)
+    })
+    .await
+}
+
 /// What an abandoned operation may have left on the remote.
 enum Remote {
     /// Nothing.
@@ -129,12 +144,8 @@ impl Lease {
         let client = Arc::clone(&self.client);
         self.pending =
             Pending::Request(Box::pin(async move { client.request(ctx, request).await }));
-        poll_fn(|cx| match &mut self.pending {
-            Pending::Request(call) => {
-                let result = std::task::ready!(call.as_mut().poll(cx));
-                self.pending = Pending::Nothing;
-                Poll::Ready(result)
-            }
+        run_pending(&mut self.pending, |pending| match pending {
+            Pending::Request(call) => call,
             _ => unreachable!("the request is pending until it completes"),
         })
         .await
@@ -149,12 +160,8 @@ impl Lease {
     ) -> Result<(), Status> {
         let client = Arc::clone(&self.client);
         self.pending = Pending::Close(Box::pin(async move { client.close(ctx, connection).await }));
-        poll_fn(|cx| match &mut self.pending {
-            Pending::Close(call) => {
-                let result = std::task::ready!(call.as_mut().poll(cx));
-                self.pending = Pending::Nothing;
-                Poll::Ready(result)
-            }
+        run_pending(&mut self.pending, |pending| match pending {
+            Pending::Close(call) => call,
             _ => unreachable!("the close is pending until it completes"),
         })
         .await
