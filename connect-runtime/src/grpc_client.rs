@@ -1,13 +1,15 @@
 //! The element that ends a client chain by calling the remote.
 
-use tonic::{Request, Status};
+use std::time::Duration;
+
+use tonic::Status;
 
 use crate::Context;
 use crate::dial::ClientConn;
 use crate::element::{BoxFuture, ClientElement, Next};
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
-use crate::proto::networkservice::network_service_client::NetworkServiceClient;
+use crate::unary;
 
 /// Calls the remote `networkservice.NetworkService` over a dialed channel
 /// (Go's `networkservice.NewNetworkServiceClient(cc)`).
@@ -28,31 +30,25 @@ use crate::proto::networkservice::network_service_client::NetworkServiceClient;
 /// ```
 #[derive(Clone, Debug)]
 pub struct GrpcClient {
-    client: NetworkServiceClient<ClientConn>,
+    conn: ClientConn,
 }
 
 impl GrpcClient {
     /// Calls the remote behind `conn`.
     pub fn new(conn: ClientConn) -> Self {
-        Self {
-            client: NetworkServiceClient::new(conn),
-        }
+        Self { conn }
     }
 }
 
-/// Builds the outgoing gRPC request: the message plus the context's deadline
-/// as `grpc-timeout`, or `DeadlineExceeded` if no time is left.
-fn outgoing<T>(ctx: &Context, message: T) -> Result<Request<T>, Status> {
-    let mut request = Request::new(message);
-    if let Some(remaining) = ctx.remaining() {
-        if remaining.is_zero() {
-            return Err(Status::deadline_exceeded(
-                "the call's deadline passed before it was sent",
-            ));
-        }
-        request.set_timeout(remaining);
+/// The time the context has left, to go out as `grpc-timeout`, or
+/// `DeadlineExceeded` if none is left.
+fn remaining(ctx: &Context) -> Result<Option<Duration>, Status> {
+    match ctx.remaining() {
+        Some(remaining) if remaining.is_zero() => Err(Status::deadline_exceeded(
+            "the call's deadline passed before it was sent",
+        )),
+        remaining => Ok(remaining),
     }
-    Ok(request)
 }
 
 /// tonic's channel enforces `grpc-timeout` itself and reports expiry as
@@ -75,19 +71,13 @@ impl ClientElement for GrpcClient {
         request: NetworkServiceRequest,
         _next: Next<'a>,
     ) -> BoxFuture<'a, Result<Connection, Status>> {
-        let request = match outgoing(&ctx, request) {
-            Ok(request) => request,
+        let outgoing = match remaining(&ctx) {
+            Ok(timeout) => unary::encode(&unary::REQUEST, &request, timeout),
             Err(status) => return Box::pin(std::future::ready(Err(status))),
         };
-        let mut client = self.client.clone();
-        // One box, holding tonic's call future directly: no further layers
-        // of async state to move around on every call.
-        Box::pin(ctx.run(async move {
-            match client.request(request).await {
-                Ok(reply) => Ok(reply.into_inner()),
-                Err(status) => Err(deadline_status(status)),
-            }
-        }))
+        drop(request);
+        let conn = self.conn.clone();
+        Box::pin(ctx.run(async move { unary::call(conn, outgoing).await.map_err(deadline_status) }))
     }
 
     fn close<'a>(
@@ -96,16 +86,16 @@ impl ClientElement for GrpcClient {
         connection: Connection,
         _next: Next<'a>,
     ) -> BoxFuture<'a, Result<(), Status>> {
-        let request = match outgoing(&ctx, connection) {
-            Ok(request) => request,
+        let outgoing = match remaining(&ctx) {
+            Ok(timeout) => unary::encode(&unary::CLOSE, &connection, timeout),
             Err(status) => return Box::pin(std::future::ready(Err(status))),
         };
-        let mut client = self.client.clone();
+        drop(connection);
+        let conn = self.conn.clone();
         Box::pin(ctx.run(async move {
-            match client.close(request).await {
-                Ok(_) => Ok(()),
-                Err(status) => Err(deadline_status(status)),
-            }
+            unary::call::<()>(conn, outgoing)
+                .await
+                .map_err(deadline_status)
         }))
     }
 }

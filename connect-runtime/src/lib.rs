@@ -61,6 +61,7 @@ mod serve;
 mod service;
 mod socket;
 mod target;
+mod unary;
 
 /// The NSM wire API (`connect-proto`), re-exported.
 pub use connect_proto as proto;

@@ -1,5 +1,6 @@
 //! Integration tests: real tonic servers on loopback TCP and unix sockets.
 
+mod answers;
 mod cancellation;
 mod chain;
 mod connect;

@@ -1,0 +1,303 @@
+//! What `GrpcClient` sends, and how it reads every kind of answer a gRPC
+//! server (or something in front of one) can give. The server here is plain
+//! hyper HTTP/2 with canned answers, so that each answer is exactly what the
+//! test says, not what tonic's server happens to produce.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use connect_runtime::proto::connection::Connection;
+use connect_runtime::proto::networkservice::NetworkServiceRequest;
+use connect_runtime::{ClientChain, Context, DialOptions, GrpcClient, dial};
+use connect_tests::{connection, request};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message;
+use tokio::net::TcpListener;
+use tonic::Code;
+use url::Url;
+
+type Body = StreamBody<tokio_stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+
+/// One canned answer: status line, headers, then DATA frames and trailers.
+#[derive(Clone, Default)]
+struct Answer {
+    status: u16,
+    headers: Vec<(&'static str, &'static str)>,
+    data: Vec<Bytes>,
+    trailers: Option<Vec<(&'static str, &'static str)>>,
+}
+
+impl Answer {
+    /// A well-formed reply carrying `message`, in `pieces` DATA frames.
+    fn ok(message: &impl Message, pieces: usize) -> Self {
+        let framed = framed(&message.encode_to_vec());
+        let step = framed.len().div_ceil(pieces);
+        let data = (0..framed.len())
+            .step_by(step)
+            .map(|at| framed.slice(at..(at + step).min(framed.len())))
+            .collect();
+        Self {
+            status: 200,
+            headers: vec![("content-type", "application/grpc")],
+            data,
+            trailers: Some(vec![("grpc-status", "0")]),
+        }
+    }
+
+    fn response(&self) -> http::Response<Body> {
+        let mut frames: Vec<_> = self.data.iter().cloned().map(Frame::data).collect();
+        if let Some(trailers) = &self.trailers {
+            let mut map = http::HeaderMap::new();
+            for (name, value) in trailers {
+                map.insert(*name, value.parse().unwrap());
+            }
+            frames.push(Frame::trailers(map));
+        }
+        let mut response = http::Response::builder().status(self.status);
+        for (name, value) in &self.headers {
+            response = response.header(*name, *value);
+        }
+        response
+            .body(StreamBody::new(tokio_stream::iter(
+                frames.into_iter().map(Ok).collect::<Vec<_>>(),
+            )))
+            .unwrap()
+    }
+}
+
+fn framed(message: &[u8]) -> Bytes {
+    let mut frame = BytesMut::new();
+    frame.put_u8(0);
+    frame.put_u32(message.len() as u32);
+    frame.extend_from_slice(message);
+    frame.freeze()
+}
+
+/// What the server saw of one call.
+struct Seen {
+    head: http::request::Parts,
+    body: Bytes,
+}
+
+/// An HTTP/2 server on loopback that gives every call `answer` and keeps
+/// what it was sent.
+async fn answering(answer: Answer) -> (Url, Arc<Mutex<Vec<Seen>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = Url::parse(&format!("tcp://{}", listener.local_addr().unwrap())).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let (answer, log) = (answer.clone(), Arc::clone(&log));
+            let service = hyper::service::service_fn(move |call: http::Request<Incoming>| {
+                let (answer, log) = (answer.clone(), Arc::clone(&log));
+                async move {
+                    let (head, body) = call.into_parts();
+                    let body = body.collect().await.unwrap().to_bytes();
+                    log.lock().unwrap().push(Seen { head, body });
+                    Ok::<_, Infallible>(answer.response())
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(socket), service),
+            );
+        }
+    });
+    (url, seen)
+}
+
+async fn client(url: &Url) -> ClientChain {
+    let conn = dial(url, &DialOptions::new()).await.unwrap();
+    ClientChain::builder().with(GrpcClient::new(conn)).build()
+}
+
+#[tokio::test]
+async fn requests_go_out_as_grpc_unary_calls() {
+    let sent = request("wire");
+    let (url, seen) = answering(Answer::ok(sent.connection.as_deref().unwrap(), 1)).await;
+    let client = client(&url).await;
+
+    let ctx = Context::new().with_timeout(Duration::from_secs(30));
+    let reply = client.request(ctx, sent.clone()).await.unwrap();
+    assert_eq!(reply.id, "wire");
+    // Close's reply is Empty: the canned Connection's fields are unknown
+    // fields there, which protobuf skips.
+    client.close(Context::new(), reply).await.unwrap();
+
+    let seen = seen.lock().unwrap();
+    let request = &seen[0];
+    assert_eq!(request.head.method, http::Method::POST);
+    assert_eq!(
+        request.head.uri.path(),
+        "/networkservice.NetworkService/Request"
+    );
+    assert_eq!(request.head.headers["content-type"], "application/grpc");
+    assert_eq!(request.head.headers["te"], "trailers");
+    let timeout = request.head.headers["grpc-timeout"].to_str().unwrap();
+    let (digits, unit) = timeout.split_at(timeout.len() - 1);
+    assert!(
+        digits.len() <= 8 && digits.parse::<u64>().is_ok(),
+        "{timeout}"
+    );
+    assert!("HMSmun".contains(unit), "{timeout}");
+    assert_eq!(request.body[0], 0, "uncompressed");
+    let len = u32::from_be_bytes(request.body[1..5].try_into().unwrap()) as usize;
+    assert_eq!(len, request.body.len() - 5);
+    assert_eq!(
+        NetworkServiceRequest::decode(&request.body[5..]).unwrap(),
+        sent
+    );
+
+    let close = &seen[1];
+    assert_eq!(
+        close.head.uri.path(),
+        "/networkservice.NetworkService/Close"
+    );
+    assert!(
+        !close.head.headers.contains_key("grpc-timeout"),
+        "no deadline, no grpc-timeout"
+    );
+    assert_eq!(Connection::decode(&close.body[5..]).unwrap().id, "wire");
+}
+
+#[tokio::test]
+async fn a_reply_split_across_data_frames_is_read_whole() {
+    let mut reply = connection("split");
+    reply.network_service = "x".repeat(40_000); // more than one HTTP/2 frame
+    let (url, _) = answering(Answer::ok(&reply, 7)).await;
+
+    let got = client(&url)
+        .await
+        .request(Context::new(), request("split"))
+        .await
+        .unwrap();
+    assert_eq!(got, reply);
+}
+
+#[tokio::test]
+async fn every_kind_of_failed_answer_gets_the_grpc_code() {
+    let message = framed(&connection("m").encode_to_vec());
+    let grpc = ("content-type", "application/grpc");
+    let cases = [
+        (
+            "HTTP 404, no grpc-status",
+            Answer {
+                status: 404,
+                ..Default::default()
+            },
+            Code::Unimplemented,
+            "HTTP status 404",
+        ),
+        (
+            "HTTP 503 from a proxy",
+            Answer {
+                status: 503,
+                ..Default::default()
+            },
+            Code::Unavailable,
+            "HTTP status 503",
+        ),
+        (
+            "HTTP 500",
+            Answer {
+                status: 500,
+                ..Default::default()
+            },
+            Code::Unknown,
+            "HTTP status 500",
+        ),
+        (
+            "trailers-only failure",
+            Answer {
+                status: 200,
+                headers: vec![grpc, ("grpc-status", "7"), ("grpc-message", "go%20away")],
+                ..Default::default()
+            },
+            Code::PermissionDenied,
+            "go away",
+        ),
+        (
+            "trailers-only OK, no message",
+            Answer {
+                status: 200,
+                headers: vec![grpc, ("grpc-status", "0")],
+                ..Default::default()
+            },
+            Code::Internal,
+            "without a reply message",
+        ),
+        (
+            "a failure after the message",
+            Answer {
+                status: 200,
+                headers: vec![grpc],
+                data: vec![message.clone()],
+                trailers: Some(vec![("grpc-status", "13"), ("grpc-message", "late")]),
+            },
+            Code::Internal,
+            "late",
+        ),
+        (
+            "no trailers at all",
+            Answer {
+                status: 200,
+                headers: vec![grpc],
+                data: vec![message.clone()],
+                trailers: None,
+            },
+            Code::Unknown,
+            "without a grpc-status trailer",
+        ),
+        (
+            "a compressed reply nobody asked for",
+            Answer {
+                status: 200,
+                headers: vec![grpc, ("grpc-encoding", "gzip")],
+                data: vec![message.clone()],
+                trailers: Some(vec![("grpc-status", "0")]),
+            },
+            Code::Unimplemented,
+            "\"gzip\"",
+        ),
+        (
+            "two messages for a unary call",
+            Answer {
+                status: 200,
+                headers: vec![grpc],
+                data: vec![message.clone(), message.clone()],
+                trailers: Some(vec![("grpc-status", "0")]),
+            },
+            Code::Internal,
+            "more than one message",
+        ),
+        (
+            "a reply that is not protobuf",
+            Answer {
+                status: 200,
+                headers: vec![grpc],
+                data: vec![framed(&[0xff, 0xff, 0xff])],
+                trailers: Some(vec![("grpc-status", "0")]),
+            },
+            Code::Internal,
+            "decoding the reply",
+        ),
+    ];
+    for (what, answer, code, says) in cases {
+        let (url, _) = answering(answer).await;
+        let err = client(&url)
+            .await
+            .request(Context::new(), request("x"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), code, "{what}: {err:?}");
+        assert!(
+            err.message().contains(says),
+            "{what}: {err:?} should say {says:?}"
+        );
+    }
+}
