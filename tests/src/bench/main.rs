@@ -35,7 +35,11 @@ fn main() -> ExitCode {
     };
     let outcome = match command {
         options::Command::Serve { n, addr_file } => runtime.block_on(serve::run(n, addr_file)),
-        options::Command::Run(run) => runtime.block_on(workload::run(run)),
+        // On a worker, as calls into an element run inside a server: the
+        // thread that `block_on` parks is not one of the runtime's.
+        options::Command::Run(run) => runtime
+            .block_on(runtime.spawn(workload::run(run)))
+            .unwrap_or_else(|panic| Err(format!("the workload panicked: {panic}"))),
         options::Command::Compare { run, rounds } => compare::run(&run, rounds),
     };
     match outcome {
