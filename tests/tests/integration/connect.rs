@@ -332,6 +332,79 @@ async fn a_remote_that_never_answers_fails_within_the_dial_timeout() {
     assert_no_leaks(&connect, &[]).await;
 }
 
+/// More new connections at once than hyper opens streams before the remote's
+/// SETTINGS arrive (100): the calls beyond that wait for the SETTINGS, and
+/// all of them get through on the one dial.
+#[tokio::test]
+async fn a_burst_larger_than_the_pre_settings_stream_limit_gets_through_on_one_dial() {
+    let dials = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&dials);
+    let connect = Connect::builder(move |_: &Context, conn| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        ClientChain::builder().with(GrpcClient::new(conn)).build()
+    })
+    .dial_timeout(Duration::from_secs(5))
+    .build();
+    let chain = connect_chain(&connect);
+    let remote = start_tcp(ServerChain::default()).await;
+
+    let calls = (0..300).map(|k| {
+        let (chain, url) = (chain.clone(), remote.url().clone());
+        tokio::spawn(async move {
+            chain
+                .request(at(&url), request(&format!("burst-{k}")))
+                .await
+        })
+    });
+    let mut replies = Vec::new();
+    for call in calls.collect::<Vec<_>>() {
+        replies.push(call.await.unwrap().unwrap());
+    }
+
+    assert_eq!(dials.load(Ordering::SeqCst), 1);
+    assert_eq!(remote.connections().accepted, 1);
+    for reply in replies {
+        chain.close(Context::new(), reply).await.unwrap();
+    }
+    assert_no_leaks(&connect, &[&remote]).await;
+}
+
+/// The same burst to a remote that never answers: the calls waiting for its
+/// SETTINGS fail with the dial's error, within the dial timeout, like the
+/// hundred sent ahead of them.
+#[tokio::test]
+async fn a_burst_to_a_remote_that_never_answers_fails_within_the_dial_timeout() {
+    let connect = Connect::builder(|_: &Context, conn| {
+        ClientChain::builder().with(GrpcClient::new(conn)).build()
+    })
+    .dial_timeout(Duration::from_millis(100))
+    .build();
+    let chain = connect_chain(&connect);
+    let hole = BlackHole::start().await;
+
+    let started = Instant::now();
+    let calls: Vec<_> = (0..150)
+        .map(|k| {
+            let (chain, url) = (chain.clone(), hole.url().clone());
+            let caller = at(&url).with_timeout(Duration::from_secs(5));
+            tokio::spawn(async move { chain.request(caller, request(&format!("void-{k}"))).await })
+        })
+        .collect();
+    for call in calls {
+        let err = call.await.unwrap().unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(err.message().contains("no answer"), "{err:?}");
+    }
+
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(hole.accepted(), 1);
+    assert_no_leaks(&connect, &[]).await;
+}
+
 /// Go's `TestConnect_CancelDuringRequest`: one caller gives up mid-request.
 #[tokio::test]
 async fn a_caller_cancelling_mid_request_does_not_disturb_the_client() {
