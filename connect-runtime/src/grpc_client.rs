@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use prost::Message;
 use tonic::Status;
 
 use crate::Context;
@@ -64,6 +65,23 @@ fn deadline_status(status: Status) -> Status {
     status
 }
 
+impl GrpcClient {
+    /// One unary call of `method` carrying `message`, bounded by `ctx`.
+    fn call<R: Message + Default + 'static>(
+        &self,
+        ctx: Context,
+        method: &http::Uri,
+        message: &impl Message,
+    ) -> BoxFuture<'static, Result<R, Status>> {
+        let outgoing = match remaining(&ctx) {
+            Ok(timeout) => unary::encode(method, message, timeout),
+            Err(status) => return Box::pin(std::future::ready(Err(status))),
+        };
+        let conn = self.conn.clone();
+        Box::pin(ctx.run(async move { unary::call(conn, outgoing).await.map_err(deadline_status) }))
+    }
+}
+
 impl ClientElement for GrpcClient {
     fn request<'a>(
         &'a self,
@@ -71,13 +89,7 @@ impl ClientElement for GrpcClient {
         request: NetworkServiceRequest,
         _next: Next<'a>,
     ) -> BoxFuture<'a, Result<Connection, Status>> {
-        let outgoing = match remaining(&ctx) {
-            Ok(timeout) => unary::encode(&unary::REQUEST, &request, timeout),
-            Err(status) => return Box::pin(std::future::ready(Err(status))),
-        };
-        drop(request);
-        let conn = self.conn.clone();
-        Box::pin(ctx.run(async move { unary::call(conn, outgoing).await.map_err(deadline_status) }))
+        self.call(ctx, &unary::REQUEST, &request)
     }
 
     fn close<'a>(
@@ -86,16 +98,6 @@ impl ClientElement for GrpcClient {
         connection: Connection,
         _next: Next<'a>,
     ) -> BoxFuture<'a, Result<(), Status>> {
-        let outgoing = match remaining(&ctx) {
-            Ok(timeout) => unary::encode(&unary::CLOSE, &connection, timeout),
-            Err(status) => return Box::pin(std::future::ready(Err(status))),
-        };
-        drop(connection);
-        let conn = self.conn.clone();
-        Box::pin(ctx.run(async move {
-            unary::call::<()>(conn, outgoing)
-                .await
-                .map_err(deadline_status)
-        }))
+        self.call(ctx, &unary::CLOSE, &connection)
     }
 }

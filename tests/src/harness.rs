@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use connect_runtime::{
-    ClientChain, ClientElement, Connect, Context, GrpcClient, Monitor, ServerHandle,
+    ClientChain, ClientElement, Connect, ConnectBuilder, Context, GrpcClient, Monitor, ServerHandle,
 };
 
 /// How long to wait for an event before calling the test hung. Generous:
@@ -32,6 +32,12 @@ pub fn connect_via(element: impl ClientElement + Clone) -> Connect {
     })
     .dial_timeout(Duration::from_secs(1))
     .build()
+}
+
+/// Options for a `connect` whose client chain is just [`GrpcClient`], for
+/// tests that need nothing between it and the remote.
+pub fn grpc_only() -> ConnectBuilder {
+    Connect::builder(|_: &Context, conn| ClientChain::builder().with(GrpcClient::new(conn)).build())
 }
 
 /// The end of every test: `connect` holds no clients, records or calls, and

@@ -8,7 +8,7 @@ use connect_runtime::{
     ClientChain, Connect, Context, GrpcClient, Monitor, ServerChain, ServerHandle,
 };
 use connect_tests::elements::{Gate, Ledger, Op};
-use connect_tests::harness::{assert_no_leaks, settle};
+use connect_tests::harness::{assert_no_leaks, grpc_only, settle};
 use connect_tests::remote::{BlackHole, start_tcp};
 use connect_tests::{connection, request};
 use url::Url;
@@ -212,11 +212,7 @@ async fn dropped_in_next_after_the_client_side_closed() {
 #[tokio::test]
 async fn dropped_while_dialing() {
     let hole = BlackHole::start().await;
-    let connect = Connect::builder(|_: &Context, conn| {
-        ClientChain::builder().with(GrpcClient::new(conn)).build()
-    })
-    .dial_timeout(Duration::from_millis(300))
-    .build();
+    let connect = grpc_only().dial_timeout(Duration::from_millis(300)).build();
     let chain = ServerChain::builder().with(connect.clone()).build();
     let call = tokio::spawn({
         let ctx = Context::new().with_client_url(hole.url().clone());

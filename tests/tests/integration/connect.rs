@@ -10,9 +10,10 @@ use connect_runtime::proto::connectioncontext::ConnectionContext;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::{
     ChainService, ClientChain, Connect, Context, GrpcClient, Monitor, Passthrough, ServerChain,
+    ServerHandle,
 };
 use connect_tests::elements::{Capture, Count, Edit, FailAfterDeadline, Gate, InjectError, Op};
-use connect_tests::harness::{assert_no_leaks, connect_via, settle};
+use connect_tests::harness::{assert_no_leaks, connect_via, grpc_only, settle};
 use connect_tests::remote::{BlackHole, ScratchDir, start_at, start_tcp, start_unix};
 use connect_tests::{connection, request};
 use tonic::Code;
@@ -34,6 +35,24 @@ fn edit(key: &'static str, value: &'static str, kind: &str) -> Edit {
     }
 }
 
+/// A remote that records what reaches it and answers with
+/// `edit(key, value, kind)` applied.
+async fn editing_remote(
+    key: &'static str,
+    value: &'static str,
+    kind: &str,
+) -> (Capture, ServerHandle) {
+    let seen = Capture::new();
+    let server = start_tcp(
+        ServerChain::builder()
+            .with(seen.clone())
+            .with(edit(key, value, kind))
+            .build(),
+    )
+    .await;
+    (seen, server)
+}
+
 fn at(url: &Url) -> Context {
     Context::new().with_client_url(url.clone())
 }
@@ -49,22 +68,8 @@ async fn request_moves_a_connection_between_remotes_and_closes_it() {
         .with(next.clone())
         .build();
 
-    let remote_a = Capture::new();
-    let a = start_tcp(
-        ServerChain::builder()
-            .with(remote_a.clone())
-            .with(edit("a", "A", "KERNEL"))
-            .build(),
-    )
-    .await;
-    let remote_b = Capture::new();
-    let b = start_tcp(
-        ServerChain::builder()
-            .with(remote_b.clone())
-            .with(edit("b", "B", "MEMIF"))
-            .build(),
-    )
-    .await;
+    let (remote_a, a) = editing_remote("a", "A", "KERNEL").await;
+    let (remote_b, b) = editing_remote("b", "B", "MEMIF").await;
 
     let mut original = request("id");
     {
@@ -238,14 +243,7 @@ async fn when_next_fails_the_client_side_is_closed() {
         .with(connect.clone())
         .with(InjectError::always(Code::FailedPrecondition))
         .build();
-    let remote = Capture::new();
-    let server = start_tcp(
-        ServerChain::builder()
-            .with(remote.clone())
-            .with(edit("a", "A", "KERNEL"))
-            .build(),
-    )
-    .await;
+    let (remote, server) = editing_remote("a", "A", "KERNEL").await;
 
     let err = chain
         .request(at(server.url()), request("id"))
@@ -307,11 +305,7 @@ async fn a_restarted_remote_is_reconnected() {
 /// Go's `TestConnectServer_DialTimeout`.
 #[tokio::test]
 async fn a_remote_that_never_answers_fails_within_the_dial_timeout() {
-    let connect = Connect::builder(|_: &Context, conn| {
-        ClientChain::builder().with(GrpcClient::new(conn)).build()
-    })
-    .dial_timeout(Duration::from_millis(100))
-    .build();
+    let connect = grpc_only().dial_timeout(Duration::from_millis(100)).build();
     let hole = BlackHole::start().await;
 
     let caller = at(hole.url()).with_timeout(Duration::from_secs(5));
@@ -374,11 +368,7 @@ async fn a_burst_larger_than_the_pre_settings_stream_limit_gets_through_on_one_d
 /// hundred sent ahead of them.
 #[tokio::test]
 async fn a_burst_to_a_remote_that_never_answers_fails_within_the_dial_timeout() {
-    let connect = Connect::builder(|_: &Context, conn| {
-        ClientChain::builder().with(GrpcClient::new(conn)).build()
-    })
-    .dial_timeout(Duration::from_millis(100))
-    .build();
+    let connect = grpc_only().dial_timeout(Duration::from_millis(100)).build();
     let chain = connect_chain(&connect);
     let hole = BlackHole::start().await;
 
@@ -667,11 +657,7 @@ async fn unix_socket_remotes_and_a_move_from_tcp_to_unix() {
 #[tokio::test]
 async fn shutting_down_connect_closes_every_client() {
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let connect = Connect::builder(|_: &Context, conn| {
-        ClientChain::builder().with(GrpcClient::new(conn)).build()
-    })
-    .shutdown_on(shutdown.clone())
-    .build();
+    let connect = grpc_only().shutdown_on(shutdown.clone()).build();
     let chain = connect_chain(&connect);
     let a = start_tcp(ServerChain::default()).await;
     let b = start_tcp(ServerChain::default()).await;

@@ -9,7 +9,7 @@ use connect_runtime::{
     serve,
 };
 use connect_tests::elements::{Count, Faults, Gate, Ledger, Op};
-use connect_tests::harness::{assert_no_leaks, settle};
+use connect_tests::harness::{assert_no_leaks, grpc_only, settle};
 use connect_tests::remote::{BlackHole, start_tcp};
 use connect_tests::{connection, request};
 use tokio_util::sync::CancellationToken;
@@ -145,14 +145,12 @@ async fn a_remote_that_hangs_gets_the_callers_deadline_and_a_cleanup() {
 
 #[tokio::test]
 async fn a_black_hole_is_bounded_by_the_callers_deadline_too() {
-    let connect = Connect::builder(|_: &Context, conn| {
-        ClientChain::builder().with(GrpcClient::new(conn)).build()
-    })
-    .dial_timeout(Duration::from_secs(10))
-    // The cleanup (finishing the abandoned call, which a black hole never
-    // answers) is bounded by this.
-    .cleanup_timeout(Duration::from_millis(500))
-    .build();
+    let connect = grpc_only()
+        .dial_timeout(Duration::from_secs(10))
+        // The cleanup (finishing the abandoned call, which a black hole never
+        // answers) is bounded by this.
+        .cleanup_timeout(Duration::from_millis(500))
+        .build();
     let chain = ServerChain::builder().with(connect.clone()).build();
     let hole = BlackHole::start().await;
 

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use connect_runtime::{ClientChain, Connect, Context, GrpcClient, ServerChain, ServerHandle};
+use connect_runtime::{Context, ServerChain, ServerHandle};
 use connect_tests::elements::Count;
-use connect_tests::harness::{assert_no_leaks, settle};
+use connect_tests::harness::{assert_no_leaks, grpc_only, settle};
 use connect_tests::remote::start_tcp;
 use connect_tests::request;
 use tokio::sync::Barrier;
@@ -24,11 +24,7 @@ async fn ten_thousand_connections_across_a_hundred_remotes() {
         counts.push(count);
     }
     let urls: Arc<Vec<url::Url>> = Arc::new(servers.iter().map(|s| s.url().clone()).collect());
-    let connect = Connect::builder(|_: &Context, conn| {
-        ClientChain::builder().with(GrpcClient::new(conn)).build()
-    })
-    .dial_timeout(Duration::from_secs(5))
-    .build();
+    let connect = grpc_only().dial_timeout(Duration::from_secs(5)).build();
     let chain = ServerChain::builder().with(connect.clone()).build();
 
     // Every connection is requested at once; once all are up, every one is
