@@ -8,7 +8,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::task::{Context as TaskContext, Poll};
+use std::task::{Context as TaskContext, Poll, ready};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
@@ -482,22 +482,35 @@ impl tower_service::Service<http::Uri> for Connector {
                     io::Error::new(err.kind(), format!("{}: {err}", path.display()))
                 })?),
             };
-            Ok(TokioIo::new(Socket {
+            Ok(TokioIo::new(Socket::new(
                 stream,
-                answered: Some(this.answered),
-                closer: this.close_on.map(Closer::watch),
-            }))
+                Some(this.answered),
+                this.close_on.map(Closer::watch),
+            )))
         })
     }
 }
 
 /// A dialed socket that reports the remote's first bytes to the dialer,
-/// and fails every operation once its close token is cancelled.
+/// fails every operation once its close token is cancelled, and sends the
+/// HTTP/2 preface in one write with the SETTINGS frame after it.
 pub(crate) struct Socket {
     stream: Stream,
     answered: Option<Arc<Answered>>,
     closer: Option<Closer>,
+    /// Whether nothing has been written yet.
+    fresh: bool,
+    /// What is left of a held-back preface.
+    held: &'static [u8],
 }
+
+/// The client connection preface (RFC 9113, section 3.4).
+///
+/// h2 writes it on its own, then the SETTINGS frame at the connection's
+/// first poll; sent as it comes, that is two segments, two wakeups of the
+/// remote and two trips through the loopback path on every dial. Held back
+/// and written in front of the SETTINGS, it is one.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 fn closed() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "the channel was closed")
@@ -542,6 +555,66 @@ impl Closer {
 }
 
 impl Socket {
+    fn new(stream: Stream, answered: Option<Arc<Answered>>, closer: Option<Closer>) -> Self {
+        Self {
+            stream,
+            answered,
+            closer,
+            fresh: true,
+            held: &[],
+        }
+    }
+
+    /// Holds the preface back if `data`, the first write, is exactly it
+    /// (under TLS the first write is a ClientHello, and nothing is held).
+    fn hold_preface(&mut self, data: &[u8]) -> bool {
+        let hold = self.fresh && data == PREFACE;
+        self.fresh = false;
+        if hold {
+            self.held = PREFACE;
+        }
+        hold
+    }
+
+    /// Writes `bufs` behind the held preface, reporting only the caller's
+    /// bytes as written.
+    fn write_behind_held(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        while !self.held.is_empty() {
+            let held = self.held;
+            let mut slices = Vec::with_capacity(bufs.len() + 1);
+            slices.push(io::IoSlice::new(held));
+            slices.extend_from_slice(bufs);
+            let written =
+                ready!(self.guard(cx, |stream, cx| stream.poll_write_vectored(cx, &slices)))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.held = &held[written.min(held.len())..];
+            if self.held.is_empty() && written > held.len() {
+                return Poll::Ready(Ok(written - held.len()));
+            }
+        }
+        // The preface went out, none of `bufs` did: a write of its own.
+        self.guard(cx, |stream, cx| stream.poll_write_vectored(cx, bufs))
+    }
+
+    /// Writes what is left of a held preface.
+    fn poll_write_held(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        while !self.held.is_empty() {
+            let held = self.held;
+            let written = ready!(self.guard(cx, |stream, cx| stream.poll_write(cx, held)))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.held = &held[written..];
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Runs one I/O operation unless the socket has been closed, arranging
     /// to be woken if it is closed while the operation waits.
     fn guard<T>(
@@ -590,6 +663,12 @@ impl AsyncWrite for Socket {
         cx: &mut TaskContext<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.hold_preface(data) {
+            return Poll::Ready(Ok(data.len()));
+        }
+        if !self.held.is_empty() {
+            return self.write_behind_held(cx, &[io::IoSlice::new(data)]);
+        }
         self.guard(cx, |stream, cx| stream.poll_write(cx, data))
     }
 
@@ -598,6 +677,15 @@ impl AsyncWrite for Socket {
         cx: &mut TaskContext<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let [only] = bufs
+            && self.hold_preface(only)
+        {
+            return Poll::Ready(Ok(only.len()));
+        }
+        self.fresh = false;
+        if !self.held.is_empty() {
+            return self.write_behind_held(cx, bufs);
+        }
         self.guard(cx, |stream, cx| stream.poll_write_vectored(cx, bufs))
     }
 
@@ -606,10 +694,83 @@ impl AsyncWrite for Socket {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_write_held(cx))?;
         self.guard(cx, |stream, cx| stream.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_write_held(cx))?;
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+
+    const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+    fn pair() -> (Socket, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        (Socket::new(Stream::Unix(ours), None, None), theirs)
+    }
+
+    fn nothing_to_read(peer: &UnixStream) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(peer.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    async fn read_exactly(peer: &mut UnixStream, len: usize) -> Vec<u8> {
+        let mut got = vec![0; len];
+        peer.read_exact(&mut got).await.unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn the_preface_goes_out_with_the_next_write() {
+        for vectored in [false, true] {
+            let (mut socket, mut peer) = pair();
+            assert_eq!(socket.write(PREFACE).await.unwrap(), PREFACE.len());
+            assert!(nothing_to_read(&peer), "the preface alone was sent");
+            let written = if vectored {
+                let halves = [
+                    io::IoSlice::new(&SETTINGS[..4]),
+                    io::IoSlice::new(&SETTINGS[4..]),
+                ];
+                socket.write_vectored(&halves).await.unwrap()
+            } else {
+                socket.write(SETTINGS).await.unwrap()
+            };
+            assert_eq!(written, SETTINGS.len(), "only the caller's bytes count");
+            let got = read_exactly(&mut peer, PREFACE.len() + SETTINGS.len()).await;
+            assert_eq!(got, [PREFACE, SETTINGS].concat());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_preface_goes_out_on_flush_and_shutdown() {
+        let (mut socket, mut peer) = pair();
+        socket.write_all(PREFACE).await.unwrap();
+        socket.flush().await.unwrap();
+        assert_eq!(read_exactly(&mut peer, PREFACE.len()).await, PREFACE);
+
+        let (mut socket, mut peer) = pair();
+        socket.write_all(PREFACE).await.unwrap();
+        socket.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, PREFACE);
+    }
+
+    #[tokio::test]
+    async fn other_first_writes_and_later_prefaces_go_out_at_once() {
+        let (mut socket, mut peer) = pair();
+        let hello = b"\x16\x03\x01 a ClientHello";
+        socket.write_all(hello).await.unwrap();
+        assert_eq!(read_exactly(&mut peer, hello.len()).await, hello);
+        socket.write_all(PREFACE).await.unwrap();
+        assert_eq!(read_exactly(&mut peer, PREFACE.len()).await, PREFACE);
     }
 }
