@@ -498,10 +498,18 @@ pub(crate) struct Socket {
     stream: Stream,
     answered: Option<Arc<Answered>>,
     closer: Option<Closer>,
-    /// Whether nothing has been written yet.
-    fresh: bool,
-    /// What is left of a held-back preface.
-    held: &'static [u8],
+    preface: Preface,
+}
+
+/// Where a socket is with the HTTP/2 preface.
+#[derive(Clone, Copy)]
+enum Preface {
+    /// Nothing has been written yet.
+    Unwritten,
+    /// The preface was held back; this much of it is left to write.
+    Held(&'static [u8]),
+    /// Past the first write: every write goes straight out.
+    Written,
 }
 
 /// The client connection preface (RFC 9113, section 3.4).
@@ -560,31 +568,30 @@ impl Socket {
             stream,
             answered,
             closer,
-            fresh: true,
-            held: &[],
+            preface: Preface::Unwritten,
         }
     }
 
-    /// Holds the preface back if `data`, the first write, is exactly it
-    /// (under TLS the first write is a ClientHello, and nothing is held).
-    fn hold_preface(&mut self, data: &[u8]) -> bool {
-        let hold = self.fresh && data == PREFACE;
-        self.fresh = false;
-        if hold {
-            self.held = PREFACE;
-        }
-        hold
-    }
-
-    /// Writes `bufs` behind the held preface, reporting only the caller's
-    /// bytes as written.
-    fn write_behind_held(
+    /// The first writes: holds the preface back if it is exactly the first
+    /// write (under TLS the first write is a ClientHello, and nothing is
+    /// held), and writes the next bytes behind it, reporting only the
+    /// caller's bytes as written.
+    #[cold]
+    fn poll_write_early(
         &mut self,
         cx: &mut TaskContext<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        while !self.held.is_empty() {
-            let held = self.held;
+        if let Preface::Unwritten = self.preface {
+            if let [only] = bufs
+                && **only == *PREFACE
+            {
+                self.preface = Preface::Held(PREFACE);
+                return Poll::Ready(Ok(PREFACE.len()));
+            }
+            self.preface = Preface::Written;
+        }
+        while let Preface::Held(held) = self.preface {
             let mut slices = Vec::with_capacity(bufs.len() + 1);
             slices.push(io::IoSlice::new(held));
             slices.extend_from_slice(bufs);
@@ -593,24 +600,32 @@ impl Socket {
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.held = &held[written.min(held.len())..];
-            if self.held.is_empty() && written > held.len() {
+            if written < held.len() {
+                self.preface = Preface::Held(&held[written..]);
+                continue;
+            }
+            self.preface = Preface::Written;
+            if written > held.len() {
                 return Poll::Ready(Ok(written - held.len()));
             }
         }
-        // The preface went out, none of `bufs` did: a write of its own.
+        // Nothing of `bufs` has gone out yet: a write of their own.
         self.guard(cx, |stream, cx| stream.poll_write_vectored(cx, bufs))
     }
 
-    /// Writes what is left of a held preface.
+    /// Writes what is left of a held preface, for a flush or shutdown.
+    #[cold]
     fn poll_write_held(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        while !self.held.is_empty() {
-            let held = self.held;
+        while let Preface::Held(held) = self.preface {
             let written = ready!(self.guard(cx, |stream, cx| stream.poll_write(cx, held)))?;
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.held = &held[written..];
+            self.preface = if written < held.len() {
+                Preface::Held(&held[written..])
+            } else {
+                Preface::Written
+            };
         }
         Poll::Ready(Ok(()))
     }
@@ -663,11 +678,8 @@ impl AsyncWrite for Socket {
         cx: &mut TaskContext<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.hold_preface(data) {
-            return Poll::Ready(Ok(data.len()));
-        }
-        if !self.held.is_empty() {
-            return self.write_behind_held(cx, &[io::IoSlice::new(data)]);
+        if !matches!(self.preface, Preface::Written) {
+            return self.poll_write_early(cx, &[io::IoSlice::new(data)]);
         }
         self.guard(cx, |stream, cx| stream.poll_write(cx, data))
     }
@@ -677,14 +689,8 @@ impl AsyncWrite for Socket {
         cx: &mut TaskContext<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if let [only] = bufs
-            && self.hold_preface(only)
-        {
-            return Poll::Ready(Ok(only.len()));
-        }
-        self.fresh = false;
-        if !self.held.is_empty() {
-            return self.write_behind_held(cx, bufs);
+        if !matches!(self.preface, Preface::Written) {
+            return self.poll_write_early(cx, bufs);
         }
         self.guard(cx, |stream, cx| stream.poll_write_vectored(cx, bufs))
     }
@@ -694,12 +700,16 @@ impl AsyncWrite for Socket {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_write_held(cx))?;
+        if let Preface::Held(_) = self.preface {
+            ready!(self.poll_write_held(cx))?;
+        }
         self.guard(cx, |stream, cx| stream.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_write_held(cx))?;
+        if let Preface::Held(_) = self.preface {
+            ready!(self.poll_write_held(cx))?;
+        }
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
