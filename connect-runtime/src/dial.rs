@@ -12,7 +12,8 @@ use std::task::{Context as TaskContext, Poll, ready};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -48,6 +49,8 @@ pub struct DialOptions {
     keepalive: Option<Keepalive>,
     metadata: MetadataMap,
     close_on: Option<CancellationToken>,
+    /// Cancelled when a plaintext connection ends, for whatever reason.
+    on_end: Option<CancellationToken>,
 }
 
 /// HTTP/2 keepalive: a PING every `interval`; the connection is dropped if
@@ -81,6 +84,7 @@ impl Default for DialOptions {
             keepalive: None,
             metadata: MetadataMap::new(),
             close_on: None,
+            on_end: None,
         }
     }
 }
@@ -132,6 +136,27 @@ impl DialOptions {
     pub fn close_on(mut self, token: CancellationToken) -> Self {
         self.close_on = Some(token);
         self
+    }
+
+    /// Cancels `token` when a plaintext connection ends (the remote closed
+    /// it, it broke, or `close_on` closed it): it is never re-established.
+    pub(crate) fn on_end(mut self, token: CancellationToken) -> Self {
+        self.on_end = Some(token);
+        self
+    }
+
+    /// hyper's HTTP/2 client settings: its defaults (as tonic's channel
+    /// uses them), and the keepalive asked for.
+    fn http2(&self) -> http2::Builder<TokioExecutor> {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        if let Some(keepalive) = self.keepalive {
+            builder
+                .keep_alive_interval(keepalive.interval)
+                .keep_alive_timeout(keepalive.timeout)
+                .keep_alive_while_idle(keepalive.while_idle);
+        }
+        builder
     }
 
     /// Sends `authorization: Bearer <token>` with every call.
@@ -216,6 +241,14 @@ impl From<DialError> for Status {
 /// metadata to every call. Cheap to clone; all clones share one HTTP/2
 /// connection, which closes when the last clone is dropped.
 ///
+/// Over plaintext (TCP or a unix socket) it is one HTTP/2 connection driven
+/// by hyper directly: a call goes from the caller's task to the
+/// connection's, with no queueing task between. That connection is not
+/// re-established when it drops: calls then fail with `Unavailable`, and the
+/// remedy is a new dial (`connect` does that by itself: a client whose
+/// connection ended is closed, and the next request dials afresh). With TLS
+/// it is tonic's channel, which owns the TLS setup and reconnects on its own.
+///
 /// Use it wherever tonic wants a transport:
 ///
 /// ```no_run
@@ -231,15 +264,46 @@ impl From<DialError> for Status {
 /// ```
 #[derive(Clone)]
 pub struct ClientConn {
-    channel: Channel,
+    transport: Transport,
     headers: Option<Arc<http::HeaderMap>>,
     url: Arc<Url>,
+    /// Cancelled when a plaintext connection ends; none under TLS.
+    ended: Option<CancellationToken>,
+}
+
+#[derive(Clone)]
+enum Transport {
+    /// Plaintext: hyper's HTTP/2 client connection, and the authority every
+    /// request is sent to.
+    Http2 {
+        send: http2::SendRequest<tonic::body::Body>,
+        authority: http::uri::Authority,
+    },
+    /// TLS: tonic's channel.
+    Tonic(Channel),
 }
 
 impl ClientConn {
     /// The URL this channel was dialed to.
     pub fn url(&self) -> &Url {
         &self.url
+    }
+
+    /// Resolves once the connection has ended, after which every call fails
+    /// with `Unavailable`. A TLS channel reconnects by itself, and for it
+    /// this never resolves.
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: connect_runtime::ClientConn) {
+    /// conn.ended().await;
+    /// tracing::info!(url = %conn.url(), "the remote went away; dial again");
+    /// # }
+    /// ```
+    pub async fn ended(&self) {
+        match &self.ended {
+            Some(ended) => ended.cancelled().await,
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -252,13 +316,29 @@ impl fmt::Debug for ClientConn {
     }
 }
 
+/// The error of a call on a [`ClientConn`]: hyper's or tonic's, boxed.
+pub type TransportError = Box<dyn StdError + Send + Sync>;
+
+/// The future of a call on a [`ClientConn`].
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, TransportError>> + Send>>;
+
 impl tower_service::Service<http::Request<tonic::body::Body>> for ClientConn {
     type Response = http::Response<tonic::body::Body>;
-    type Error = tonic::transport::Error;
-    type Future = tonic::transport::channel::ResponseFuture;
+    type Error = TransportError;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
-        tower_service::Service::poll_ready(&mut self.channel, cx)
+        match &mut self.transport {
+            // hyper's only readiness failure is a connection that has
+            // ended. Reported here, tonic's generated clients would call it
+            // `Unknown` ("Service was not ready"); reported by the call, it
+            // is `Unavailable`.
+            Transport::Http2 { send, .. } => send.poll_ready(cx).map(|_| Ok(())),
+            Transport::Tonic(channel) => {
+                tower_service::Service::poll_ready(channel, cx).map_err(Into::into)
+            }
+        }
     }
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
@@ -267,7 +347,45 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for ClientConn {
                 request.headers_mut().append(name.clone(), value.clone());
             }
         }
-        tower_service::Service::call(&mut self.channel, request)
+        match &mut self.transport {
+            Transport::Http2 { send, authority } => {
+                // HTTP/2 needs :scheme and :authority; tonic's generated
+                // clients send a path only (its channel adds the origin).
+                let uri = std::mem::take(request.uri_mut());
+                let mut parts = uri.into_parts();
+                parts.scheme = Some(http::uri::Scheme::HTTP);
+                parts.authority = Some(authority.clone());
+                match http::Uri::from_parts(parts) {
+                    Ok(uri) => *request.uri_mut() = uri,
+                    Err(err) => return Box::pin(std::future::ready(Err(err.into()))),
+                }
+                let response = send.send_request(request);
+                let url = Arc::clone(&self.url);
+                Box::pin(async move {
+                    match response.await {
+                        Ok(response) => Ok(response.map(tonic::body::Body::new)),
+                        Err(err) => Err(ended(&url, err)),
+                    }
+                })
+            }
+            Transport::Tonic(channel) => {
+                let response = tower_service::Service::call(channel, request);
+                Box::pin(async move { response.await.map_err(Into::into) })
+            }
+        }
+    }
+}
+
+/// hyper reports a call on a connection that has ended, or that ended under
+/// it, as closed or canceled; to gRPC that is `Unavailable` (what tonic's
+/// channel reports when it cannot reconnect), not `Cancelled` or `Unknown`.
+fn ended(url: &Url, err: hyper::Error) -> TransportError {
+    if err.is_closed() || err.is_canceled() {
+        Box::new(Status::unavailable(format!(
+            "the connection to {url} has ended: {err}"
+        )))
+    } else {
+        Box::new(err)
     }
 }
 
@@ -298,7 +416,6 @@ pub(crate) async fn open(
     let span = tracing::debug_span!("dial", url = %url, timeout = ?options.timeout);
     async move {
         let deadline = tokio::time::Instant::now() + options.timeout;
-        let endpoint = options.endpoint(&target)?;
         let answered = Arc::new(Answered::new(if options.tls.is_some() {
             // The TLS handshake reads the server's bytes before HTTP/2 does.
             Expect::AnyBytes
@@ -316,20 +433,64 @@ pub(crate) async fn open(
             url: url.to_string(),
             timeout: options.timeout,
         };
-        let channel = tokio::time::timeout_at(deadline, endpoint.connect_with_connector(connector))
-            .await
-            .map_err(|_| readiness.timed_out())?
-            .map_err(|err| DialError::Connect {
-                url: url.to_string(),
-                reason: error_chain(&err),
-            })?;
+        let (transport, ended) = if options.tls.is_some() {
+            let endpoint = options.endpoint(&target)?;
+            let channel =
+                tokio::time::timeout_at(deadline, endpoint.connect_with_connector(connector))
+                    .await
+                    .map_err(|_| readiness.timed_out())?
+                    .map_err(|err| DialError::Connect {
+                        url: url.to_string(),
+                        reason: error_chain(&err),
+                    })?;
+            (Transport::Tonic(channel), None)
+        } else {
+            let authority = target
+                .authority()
+                .parse()
+                .map_err(|err| DialError::Config {
+                    url: url.to_string(),
+                    reason: format!("{} is not an HTTP authority: {err}", target.authority()),
+                })?;
+            let handshake = async {
+                let io = connector.connect().await?;
+                options
+                    .http2()
+                    .handshake(io)
+                    .await
+                    .map_err(io::Error::other)
+            };
+            let (send, connection) = tokio::time::timeout_at(deadline, handshake)
+                .await
+                .map_err(|_| readiness.timed_out())?
+                .map_err(|err| DialError::Connect {
+                    url: url.to_string(),
+                    reason: error_chain(&err),
+                })?;
+            let ended = CancellationToken::new();
+            let signals = (ended.clone(), options.on_end.clone());
+            tokio::spawn(
+                async move {
+                    if let Err(err) = connection.await {
+                        tracing::debug!(error = %error_chain(&err), "the connection ended");
+                    }
+                    signals.0.cancel();
+                    if let Some(on_end) = signals.1 {
+                        on_end.cancel();
+                    }
+                }
+                .in_current_span(),
+            );
+            (Transport::Http2 { send, authority }, Some(ended))
+        };
         tracing::debug!("connected");
         let headers = (!options.metadata.is_empty())
             .then(|| Arc::new(options.metadata.clone().into_headers()));
         let conn = ClientConn {
-            channel,
+            transport,
             headers,
             url: Arc::new(url.clone()),
+            ended,
         };
         Ok((conn, readiness))
     }
@@ -472,22 +633,27 @@ impl tower_service::Service<http::Uri> for Connector {
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move {
-            if this.close_on.as_ref().is_some_and(|t| t.is_cancelled()) {
-                return Err(closed());
-            }
-            let stream = match &*this.target {
+        Box::pin(async move { this.connect().await })
+    }
+}
+
+impl Connector {
+    async fn connect(&self) -> io::Result<TokioIo<Socket>> {
+        if self.close_on.as_ref().is_some_and(|t| t.is_cancelled()) {
+            return Err(closed());
+        }
+        let stream =
+            match &*self.target {
                 Target::Tcp { host, port } => Stream::Tcp(connect_tcp(host, *port).await?),
                 Target::Unix { path } => Stream::Unix(connect_unix(path).await.map_err(|err| {
                     io::Error::new(err.kind(), format!("{}: {err}", path.display()))
                 })?),
             };
-            Ok(TokioIo::new(Socket::new(
-                stream,
-                Some(this.answered),
-                this.close_on.map(Closer::watch),
-            )))
-        })
+        Ok(TokioIo::new(Socket::new(
+            stream,
+            Some(Arc::clone(&self.answered)),
+            self.close_on.clone().map(Closer::watch),
+        )))
     }
 }
 

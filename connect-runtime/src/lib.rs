@@ -72,7 +72,10 @@ pub use connect::{
     ClientFactory, ClientStats, Connect, ConnectBuilder, ConnectStats, DEFAULT_CLEANUP_TIMEOUT,
 };
 pub use context::{ClientCancel, Context};
-pub use dial::{ClientConn, DEFAULT_DIAL_TIMEOUT, DialError, DialOptions, Keepalive, dial};
+pub use dial::{
+    ClientConn, DEFAULT_DIAL_TIMEOUT, DialError, DialOptions, Keepalive, ResponseFuture,
+    TransportError, dial,
+};
 pub use element::{BoxFuture, ClientElement, Next, NextFuture, ServerElement};
 pub use grpc_client::GrpcClient;
 pub use hooks::Hooks;

@@ -73,10 +73,10 @@ pub(crate) async fn call<R: Message + Default>(
 ) -> Result<R, Status> {
     std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut conn, cx))
         .await
-        .map_err(|err| Status::unknown(format!("the channel is not ready: {err}")))?;
+        .map_err(Status::from_error)?;
     let response = tower_service::Service::call(&mut conn, request)
         .await
-        .map_err(|err| Status::from_error(Box::new(err)))?;
+        .map_err(Status::from_error)?;
     let (head, mut body) = response.into_parts();
     check_head(&head)?;
     let mut reply = Reply::default();

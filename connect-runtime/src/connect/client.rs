@@ -62,8 +62,13 @@ impl ConnectClient {
             .with_cancellation_token(cancel.token().clone());
         Arc::new_cyclic(|me| Self {
             // Cancelling the client closes its connection, even while clones
-            // of the channel live on in the chain.
-            dial_options: dial_options.clone().close_on(cancel.token().clone()),
+            // of the channel live on in the chain; and the connection ending
+            // (the remote went away) cancels the client, so that it leaves
+            // the map and the next request dials afresh.
+            dial_options: dial_options
+                .clone()
+                .close_on(cancel.token().clone())
+                .on_end(cancel.token().clone()),
             url,
             cancel,
             ctx,

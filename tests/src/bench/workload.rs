@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
-use connect_runtime::{
-    ClientChain, ClientConn, Connect, Context, DialOptions, GrpcClient, ServerChain, dial,
-};
+use connect_runtime::{ClientChain, Connect, Context, GrpcClient, ServerChain};
 use tokio::sync::Barrier;
 use tonic::Status;
+use tonic::transport::{Channel, Endpoint};
 use url::Url;
 
 use crate::measure::{Latencies, Report, cpu_time};
@@ -57,7 +56,7 @@ enum Caller {
         dials: Arc<AtomicUsize>,
     },
     Direct {
-        clients: Arc<Vec<NetworkServiceClient<ClientConn>>>,
+        clients: Arc<Vec<NetworkServiceClient<Channel>>>,
     },
 }
 
@@ -79,12 +78,23 @@ impl Caller {
         }
     }
 
+    /// tonic's generated client over tonic's own channel, dialed
+    /// beforehand: what a tonic user writes, without connect's transport.
     async fn direct(remotes: &[Arc<Url>]) -> Result<Self, String> {
-        let options = DialOptions::new().timeout(Duration::from_secs(2));
         let mut clients = Vec::with_capacity(remotes.len());
         for url in remotes {
-            let conn = dial(url, &options).await.map_err(|e| e.to_string())?;
-            clients.push(NetworkServiceClient::new(conn));
+            let (Some(host), Some(port)) = (url.host_str(), url.port()) else {
+                return Err(format!(
+                    "direct mode needs tcp://host:port remotes, not {url}"
+                ));
+            };
+            let channel = Endpoint::from_shared(format!("http://{host}:{port}"))
+                .map_err(|e| format!("{url}: {e}"))?
+                .connect_timeout(Duration::from_secs(2))
+                .connect()
+                .await
+                .map_err(|e| format!("dialing {url}: {e}"))?;
+            clients.push(NetworkServiceClient::new(channel));
         }
         Ok(Self::Direct {
             clients: Arc::new(clients),

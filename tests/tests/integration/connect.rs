@@ -302,6 +302,39 @@ async fn a_restarted_remote_is_reconnected() {
     assert_no_leaks(&connect, &[&restarted]).await;
 }
 
+/// Without a monitor: the client's connection ending is enough for the
+/// client to leave the map, and for the connection's next request but one
+/// to reach the restarted remote.
+#[tokio::test]
+async fn a_client_whose_connection_ended_leaves_and_the_remote_is_redialed() {
+    let connect = grpc_only().build();
+    let chain = connect_chain(&connect);
+    let remote = Count::new();
+    let server = start_tcp(ServerChain::builder().with(remote.clone()).build()).await;
+    let url = server.url().clone();
+    let conn = chain.request(at(&url), request("id")).await.unwrap();
+
+    server.kill().await;
+    settle(
+        "the client to leave once its connection ended",
+        connect.wait_for(|stats| stats.clients.is_empty()),
+    )
+    .await;
+
+    let restarted = start_at(&url, ServerChain::builder().with(remote.clone()).build()).await;
+    let mut refresh = request("id");
+    refresh.connection = Some(Box::new(conn));
+    let err = chain.request(at(&url), refresh.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(connect.stats().records, 0, "the failed refresh forgot it");
+
+    let conn = chain.request(at(&url), refresh).await.unwrap();
+    assert_eq!(remote.requests(), 2);
+    chain.close(Context::new(), conn).await.unwrap();
+    assert_eq!(remote.closes(), 1);
+    assert_no_leaks(&connect, &[&restarted]).await;
+}
+
 /// Go's `TestConnectServer_DialTimeout`.
 #[tokio::test]
 async fn a_remote_that_never_answers_fails_within_the_dial_timeout() {

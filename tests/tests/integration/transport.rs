@@ -8,7 +8,8 @@ use connect_runtime::{
     ServeError, ServerChain, dial, serve,
 };
 use connect_tests::elements::{Capture, Edit, Park};
-use connect_tests::remote::{BlackHole, ScratchDir, start_tcp, start_unix, unix_url};
+use connect_tests::harness::settle;
+use connect_tests::remote::{BlackHole, ScratchDir, start_at, start_tcp, start_unix, unix_url};
 use connect_tests::{connection, request};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -370,6 +371,32 @@ async fn killing_a_server_cuts_calls_in_flight() {
         ),
         "{err:?}"
     );
+}
+
+#[tokio::test]
+async fn a_plaintext_channel_whose_connection_ended_fails_calls_as_unavailable() {
+    let server = start_tcp(ServerChain::default()).await;
+    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    let mut client = NetworkServiceClient::new(conn.clone());
+    client.request(request("before")).await.unwrap();
+
+    // The remote goes away; the channel does not reconnect to a new one on
+    // the same port, and says why in gRPC's terms.
+    let url = server.url().clone();
+    server.kill().await;
+    settle("the channel to see its connection end", conn.ended()).await;
+    let restarted = start_at(&url, ServerChain::default()).await;
+    let err = client.request(request("after")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("has ended"), "{err:?}");
+
+    // A new dial reaches the restarted remote.
+    let conn = dial(&url, &DialOptions::new()).await.unwrap();
+    NetworkServiceClient::new(conn)
+        .request(request("redialed"))
+        .await
+        .unwrap();
+    restarted.shutdown().await;
 }
 
 #[tokio::test]
