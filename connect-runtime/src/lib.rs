@@ -74,7 +74,7 @@ pub use connect::{
 pub use context::{ClientCancel, Context};
 pub use dial::{
     ClientConn, DEFAULT_DIAL_TIMEOUT, DialError, DialOptions, Keepalive, ResponseFuture,
-    TransportError, dial,
+    TransportError, UNARY_CALLS_IN_FLIGHT, dial,
 };
 pub use element::{BoxFuture, ClientElement, Next, NextFuture, ServerElement};
 pub use grpc_client::GrpcClient;

@@ -9,7 +9,7 @@
 //! on the wire is the same; the transport (tonic's channel, with its
 //! metadata, origin and `grpc-timeout` handling) is shared with tonic.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -71,6 +71,11 @@ pub(crate) async fn call<R: Message + Default>(
     mut conn: ClientConn,
     request: http::Request<tonic::body::Body>,
 ) -> Result<R, Status> {
+    let slots = Arc::clone(&conn.unary_slots);
+    let _slot = slots
+        .acquire()
+        .await
+        .map_err(|_| Status::internal("the connection's call slots were closed"))?;
     std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut conn, cx))
         .await
         .map_err(Status::from_error)?;
@@ -351,5 +356,96 @@ mod tests {
             (err.code(), err.message()),
             (Code::NotFound, "no such thing")
         );
+    }
+}
+
+#[cfg(test)]
+mod window {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::Notify;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::dial::{DialOptions, UNARY_CALLS_IN_FLIGHT, dial};
+    use crate::element::{BoxFuture, Next, ServerElement};
+    use crate::proto::connection::Connection;
+    use crate::proto::networkservice::NetworkServiceRequest;
+    use crate::{ServerChain, serve};
+
+    /// Holds every request until released; counts arrivals.
+    #[derive(Default)]
+    struct Hold {
+        arrived: AtomicUsize,
+        arrival: Notify,
+        release: CancellationToken,
+    }
+
+    impl ServerElement for Arc<Hold> {
+        fn request<'a>(
+            &'a self,
+            ctx: crate::Context,
+            request: NetworkServiceRequest,
+            next: Next<'a>,
+        ) -> BoxFuture<'a, Result<Connection, Status>> {
+            Box::pin(async move {
+                self.arrived.fetch_add(1, Ordering::SeqCst);
+                self.arrival.notify_waiters();
+                self.release.cancelled().await;
+                next.request(ctx, request).await
+            })
+        }
+    }
+
+    impl Hold {
+        async fn until_arrived(&self, count: usize) {
+            loop {
+                let arrival = self.arrival.notified();
+                tokio::pin!(arrival);
+                arrival.as_mut().enable();
+                if self.arrived.load(Ordering::SeqCst) >= count {
+                    return;
+                }
+                arrival.await;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_beyond_the_window_wait_for_a_slot_and_then_go() {
+        let hold = Arc::new(Hold::default());
+        let url: url::Url = "tcp://127.0.0.1:0".parse().unwrap();
+        let chain = ServerChain::builder().with(Arc::clone(&hold)).build();
+        let server = serve(&url, chain, CancellationToken::new()).await.unwrap();
+        let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+
+        let total = UNARY_CALLS_IN_FLIGHT + 20;
+        let calls: Vec<_> = (0..total)
+            .map(|k| {
+                let conn = conn.clone();
+                let request = NetworkServiceRequest {
+                    connection: Some(Box::new(Connection {
+                        id: format!("held-{k}"),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                };
+                tokio::spawn(call::<Connection>(conn, encode(&REQUEST, &request, None)))
+            })
+            .collect();
+
+        // A full window is at the remote, and every slot is taken: the
+        // calls past it have not been sent (a call sends only once it holds
+        // a slot, and keeps it until its reply is in).
+        hold.until_arrived(UNARY_CALLS_IN_FLIGHT).await;
+        assert_eq!(conn.unary_slots.available_permits(), 0);
+
+        hold.release.cancel();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        assert_eq!(hold.arrived.load(Ordering::SeqCst), total);
+        assert_eq!(conn.unary_slots.available_permits(), UNARY_CALLS_IN_FLIGHT);
+        server.shutdown().await;
     }
 }
