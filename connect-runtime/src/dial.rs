@@ -23,6 +23,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tracing::Instrument;
 use url::Url;
 
+use crate::http2::Http2;
 use crate::socket::{Stream, connect_tcp, connect_unix};
 use crate::target::{Target, UrlError};
 
@@ -289,12 +290,8 @@ pub const UNARY_CALLS_IN_FLIGHT: usize = 256;
 
 #[derive(Clone)]
 enum Transport {
-    /// Plaintext: hyper's HTTP/2 client connection, and the authority every
-    /// request is sent to.
-    Http2 {
-        send: http2::SendRequest<tonic::body::Body>,
-        authority: http::uri::Authority,
-    },
+    /// Plaintext: hyper's HTTP/2 client connection.
+    Http2(Http2),
     /// TLS: tonic's channel.
     Tonic(Channel),
 }
@@ -303,6 +300,15 @@ impl ClientConn {
     /// The URL this channel was dialed to.
     pub fn url(&self) -> &Url {
         &self.url
+    }
+
+    /// Calls in flight on a plaintext connection.
+    #[cfg(test)]
+    pub(crate) fn calls_in_flight(&self) -> usize {
+        match &self.transport {
+            Transport::Http2(http2) => http2.in_flight(),
+            Transport::Tonic(_) => 0,
+        }
     }
 
     /// Resolves once the connection has ended, after which every call fails
@@ -346,11 +352,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for ClientConn {
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         match &mut self.transport {
-            // hyper's only readiness failure is a connection that has
-            // ended. Reported here, tonic's generated clients would call it
-            // `Unknown` ("Service was not ready"); reported by the call, it
-            // is `Unavailable`.
-            Transport::Http2 { send, .. } => send.poll_ready(cx).map(|_| Ok(())),
+            Transport::Http2(http2) => http2.poll_ready(cx).map(Ok),
             Transport::Tonic(channel) => {
                 tower_service::Service::poll_ready(channel, cx).map_err(Into::into)
             }
@@ -364,44 +366,12 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for ClientConn {
             }
         }
         match &mut self.transport {
-            Transport::Http2 { send, authority } => {
-                // HTTP/2 needs :scheme and :authority; tonic's generated
-                // clients send a path only (its channel adds the origin).
-                let uri = std::mem::take(request.uri_mut());
-                let mut parts = uri.into_parts();
-                parts.scheme = Some(http::uri::Scheme::HTTP);
-                parts.authority = Some(authority.clone());
-                match http::Uri::from_parts(parts) {
-                    Ok(uri) => *request.uri_mut() = uri,
-                    Err(err) => return Box::pin(std::future::ready(Err(err.into()))),
-                }
-                let response = send.send_request(request);
-                let url = Arc::clone(&self.url);
-                Box::pin(async move {
-                    match response.await {
-                        Ok(response) => Ok(response.map(tonic::body::Body::new)),
-                        Err(err) => Err(ended(&url, err)),
-                    }
-                })
-            }
+            Transport::Http2(http2) => http2.call(request),
             Transport::Tonic(channel) => {
                 let response = tower_service::Service::call(channel, request);
                 Box::pin(async move { response.await.map_err(Into::into) })
             }
         }
-    }
-}
-
-/// hyper reports a call on a connection that has ended, or that ended under
-/// it, as closed or canceled; to gRPC that is `Unavailable` (what tonic's
-/// channel reports when it cannot reconnect), not `Cancelled` or `Unknown`.
-fn ended(url: &Url, err: hyper::Error) -> TransportError {
-    if err.is_closed() || err.is_canceled() {
-        Box::new(Status::unavailable(format!(
-            "the connection to {url} has ended: {err}"
-        )))
-    } else {
-        Box::new(err)
     }
 }
 
@@ -449,6 +419,7 @@ pub(crate) async fn open(
             url: url.to_string(),
             timeout: options.timeout,
         };
+        let url_arc = Arc::new(url.clone());
         let (transport, ended) = if options.tls.is_some() {
             let endpoint = options.endpoint(&target)?;
             let channel =
@@ -497,7 +468,8 @@ pub(crate) async fn open(
                 }
                 .in_current_span(),
             );
-            (Transport::Http2 { send, authority }, Some(ended))
+            let http2 = Http2::new(send, authority, Arc::clone(&url_arc));
+            (Transport::Http2(http2), Some(ended))
         };
         tracing::debug!("connected");
         let headers = (!options.metadata.is_empty())
@@ -505,7 +477,7 @@ pub(crate) async fn open(
         let conn = ClientConn {
             transport,
             headers,
-            url: Arc::new(url.clone()),
+            url: url_arc,
             ended,
             unary_slots: Arc::new(Semaphore::new(UNARY_CALLS_IN_FLIGHT)),
         };

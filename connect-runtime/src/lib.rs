@@ -54,6 +54,7 @@ mod dial;
 mod element;
 mod grpc_client;
 mod hooks;
+mod http2;
 pub mod map;
 mod monitor;
 mod passthrough;

@@ -439,6 +439,7 @@ mod window {
         // a slot, and keeps it until its reply is in).
         hold.until_arrived(UNARY_CALLS_IN_FLIGHT).await;
         assert_eq!(conn.unary_slots.available_permits(), 0);
+        assert_eq!(conn.calls_in_flight(), UNARY_CALLS_IN_FLIGHT);
 
         hold.release.cancel();
         for call in calls {
@@ -446,6 +447,50 @@ mod window {
         }
         assert_eq!(hold.arrived.load(Ordering::SeqCst), total);
         assert_eq!(conn.unary_slots.available_permits(), UNARY_CALLS_IN_FLIGHT);
+        assert_eq!(conn.calls_in_flight(), 0);
+        server.shutdown().await;
+    }
+
+    /// Past a handful of calls in flight, calls reach hyper through the
+    /// connection's hand-off task; abandoning them there leaves nothing
+    /// counted and the connection usable.
+    #[tokio::test]
+    async fn crowded_calls_abandoned_in_flight_leave_nothing_behind() {
+        let hold = Arc::new(Hold::default());
+        let url: url::Url = "tcp://127.0.0.1:0".parse().unwrap();
+        let chain = ServerChain::builder().with(Arc::clone(&hold)).build();
+        let server = serve(&url, chain, CancellationToken::new()).await.unwrap();
+        let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+        let request = |id: &str| NetworkServiceRequest {
+            connection: Some(Box::new(Connection {
+                id: id.to_owned(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+
+        let calls: Vec<_> = (0..40)
+            .map(|k| {
+                let outgoing = encode(&REQUEST, &request(&format!("crowd-{k}")), None);
+                tokio::spawn(call::<Connection>(conn.clone(), outgoing))
+            })
+            .collect();
+        hold.until_arrived(40).await;
+        assert_eq!(conn.calls_in_flight(), 40);
+        for call in &calls {
+            call.abort();
+        }
+        for call in calls {
+            assert!(call.await.unwrap_err().is_cancelled());
+        }
+        assert_eq!(conn.calls_in_flight(), 0);
+        assert_eq!(conn.unary_slots.available_permits(), UNARY_CALLS_IN_FLIGHT);
+
+        hold.release.cancel();
+        let reply = call::<Connection>(conn.clone(), encode(&REQUEST, &request("after"), None))
+            .await
+            .unwrap();
+        assert_eq!(reply.id, "after");
         server.shutdown().await;
     }
 }
