@@ -243,8 +243,9 @@ impl From<DialError> for Status {
 /// connection, which closes when the last clone is dropped.
 ///
 /// Over plaintext (TCP or a unix socket) it is one HTTP/2 connection driven
-/// by hyper directly: a call goes from the caller's task to the
-/// connection's, with no queueing task between. That connection is not
+/// by hyper directly: a call goes from the caller's task to hyper's, with
+/// no queueing task between while few calls are in flight, and through one
+/// task that feeds hyper in batches when many are. That connection is not
 /// re-established when it drops: calls then fail with `Unavailable`, and the
 /// remedy is a new dial (`connect` does that by itself: a client whose
 /// connection ended is closed, and the next request dials afresh). With TLS

@@ -83,7 +83,7 @@ impl Http2 {
     ) -> Self {
         // Started with the connection rather than by the first crowd: the
         // task spawned in the middle of a burst measured no faster than no
-        // hand-off at all (fastest repetitions of workload a 27-30 ms
+        // hand-off at all (fastest repetitions of workload a about 29 ms
         // against 7-8 ms started here), for a spawn per dial either way.
         let (handoff, requests) = mpsc::unbounded_channel();
         tokio::spawn(hand_off(send.clone(), requests));
