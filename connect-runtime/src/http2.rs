@@ -18,15 +18,15 @@ use crate::dial::{ResponseFuture, TransportError};
 /// More calls than this in flight on one connection, and new ones are
 /// handed to hyper by a task of the connection's own, in batches.
 ///
-/// hyper's dispatcher takes one request each time it is woken. A call sent
-/// from its caller's task wakes it every time, so in a burst (a thousand
-/// calls released together) the dispatcher, the connection and the callers
-/// take turns one request at a time, and the burst never finished in under
-/// about 24 ms in workload a of BENCHMARKS.md, where a direct tonic channel
-/// (whose buffer task feeds hyper in batches) sometimes took 14. Through
-/// the hand-off the fastest repetitions took 7-11 ms. Below the threshold a
-/// call goes straight to hyper: the hand-off costs a task switch, a oneshot
-/// and a box per call, which a single call gains nothing from.
+/// With every caller handing its own request to hyper's dispatcher, a burst
+/// (a thousand calls released together, workload a of BENCHMARKS.md) never
+/// finished in under about 24 ms, where a direct tonic channel, whose
+/// buffer task feeds hyper from one task, sometimes took 14. Fed from one
+/// task of the connection's, the fastest repetitions took 7-11 ms. Why the
+/// single feeder matters was not established (BENCHMARKS.md, fourth round);
+/// the measurement is what this rests on. Below the threshold a call goes
+/// straight to hyper: the hand-off costs a task switch, a oneshot and a box
+/// per call, which a single call gains nothing from.
 const CROWD: usize = 8;
 
 /// The most requests the hand-off task passes to hyper per wake-up.
