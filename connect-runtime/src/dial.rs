@@ -165,21 +165,20 @@ impl DialOptions {
         self.metadata("authorization", &format!("Bearer {token}"))
     }
 
-    fn endpoint(&self, target: &Target) -> Result<Endpoint, DialError> {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let uri = format!("{scheme}://{}", target.authority());
+    /// tonic's endpoint for a TLS dial (plaintext dials use hyper's
+    /// connection directly, see [`DialOptions::http2`]).
+    fn tls_endpoint(&self, target: &Target, tls: &ClientTlsConfig) -> Result<Endpoint, DialError> {
         let config_error = |err: tonic::transport::Error| DialError::Config {
             url: target.to_string(),
             reason: error_chain(&err),
         };
-        let mut endpoint = Endpoint::from_shared(uri)
+        let mut endpoint = Endpoint::from_shared(format!("https://{}", target.authority()))
             .map_err(config_error)?
             // Bounds reconnects tonic makes on its own after a connection
             // drops; the first connect is bounded by `dial` as a whole.
-            .connect_timeout(self.timeout);
-        if let Some(tls) = &self.tls {
-            endpoint = endpoint.tls_config(tls.clone()).map_err(config_error)?;
-        }
+            .connect_timeout(self.timeout)
+            .tls_config(tls.clone())
+            .map_err(config_error)?;
         if let Some(keepalive) = self.keepalive {
             endpoint = endpoint
                 .http2_keep_alive_interval(keepalive.interval)
@@ -285,7 +284,8 @@ pub struct ClientConn {
 /// not limited.
 ///
 /// ```
-/// assert!(connect_runtime::UNARY_CALLS_IN_FLIGHT >= 100);
+/// // A burst of a thousand calls on one connection goes out in four waves.
+/// assert_eq!(1000_usize.div_ceil(connect_runtime::UNARY_CALLS_IN_FLIGHT), 4);
 /// ```
 pub const UNARY_CALLS_IN_FLIGHT: usize = 256;
 
@@ -421,16 +421,11 @@ pub(crate) async fn open(
             timeout: options.timeout,
         };
         let url_arc = Arc::new(url.clone());
-        let (transport, ended) = if options.tls.is_some() {
-            let endpoint = options.endpoint(&target)?;
-            let channel =
-                tokio::time::timeout_at(deadline, endpoint.connect_with_connector(connector))
-                    .await
-                    .map_err(|_| readiness.timed_out())?
-                    .map_err(|err| DialError::Connect {
-                        url: url.to_string(),
-                        reason: error_chain(&err),
-                    })?;
+        let (transport, ended) = if let Some(tls) = &options.tls {
+            let endpoint = options.tls_endpoint(&target, tls)?;
+            let channel = readiness
+                .connect_within(endpoint.connect_with_connector(connector))
+                .await?;
             (Transport::Tonic(channel), None)
         } else {
             let authority = target
@@ -448,22 +443,16 @@ pub(crate) async fn open(
                     .await
                     .map_err(io::Error::other)
             };
-            let (send, connection) = tokio::time::timeout_at(deadline, handshake)
-                .await
-                .map_err(|_| readiness.timed_out())?
-                .map_err(|err| DialError::Connect {
-                    url: url.to_string(),
-                    reason: error_chain(&err),
-                })?;
+            let (send, connection) = readiness.connect_within(handshake).await?;
             let ended = CancellationToken::new();
-            let signals = (ended.clone(), options.on_end.clone());
+            let (watched, on_end) = (ended.clone(), options.on_end.clone());
             tokio::spawn(
                 async move {
                     if let Err(err) = connection.await {
                         tracing::debug!(error = %error_chain(&err), "the connection ended");
                     }
-                    signals.0.cancel();
-                    if let Some(on_end) = signals.1 {
+                    watched.cancel();
+                    if let Some(on_end) = on_end {
                         on_end.cancel();
                     }
                 }
@@ -512,6 +501,21 @@ impl Readiness {
             }),
             Err(_) => Err(self.timed_out()),
         }
+    }
+
+    /// Runs the connecting part of a dial (socket, TLS, HTTP/2 handshake)
+    /// within the dial deadline.
+    async fn connect_within<T, E: StdError + 'static>(
+        &self,
+        connecting: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, DialError> {
+        tokio::time::timeout_at(self.deadline, connecting)
+            .await
+            .map_err(|_| self.timed_out())?
+            .map_err(|err| DialError::Connect {
+                url: self.url.clone(),
+                reason: error_chain(&err),
+            })
     }
 
     fn timed_out(&self) -> DialError {

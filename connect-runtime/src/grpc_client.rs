@@ -52,8 +52,9 @@ fn remaining(ctx: &Context) -> Result<Option<Duration>, Status> {
     }
 }
 
-/// tonic's channel enforces `grpc-timeout` itself and reports expiry as
-/// `Cancelled`; to the caller it is its deadline passing.
+/// Under TLS the call goes through tonic's channel, which enforces
+/// `grpc-timeout` itself and reports expiry as `Cancelled`; to the caller it
+/// is its deadline passing.
 fn deadline_status(status: Status) -> Status {
     let mut source = std::error::Error::source(&status);
     while let Some(cause) = source {

@@ -398,6 +398,16 @@ mod window {
     }
 
     impl Hold {
+        /// A remote whose every request is held, and a connection to it.
+        async fn serve_and_dial() -> (Arc<Hold>, crate::ServerHandle, ClientConn) {
+            let hold = Arc::new(Hold::default());
+            let url: url::Url = "tcp://127.0.0.1:0".parse().unwrap();
+            let chain = ServerChain::builder().with(Arc::clone(&hold)).build();
+            let server = serve(&url, chain, CancellationToken::new()).await.unwrap();
+            let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+            (hold, server, conn)
+        }
+
         async fn until_arrived(&self, count: usize) {
             loop {
                 let arrival = self.arrival.notified();
@@ -411,28 +421,36 @@ mod window {
         }
     }
 
+    /// A Request for connection `id` on `conn`.
+    fn request(
+        conn: &ClientConn,
+        id: &str,
+    ) -> impl Future<Output = Result<Connection, Status>> + use<> {
+        let request = NetworkServiceRequest {
+            connection: Some(Box::new(Connection {
+                id: id.to_owned(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        call::<Connection>(conn.clone(), encode(&REQUEST, &request, None))
+    }
+
+    /// `count` Requests on `conn`, each in a task of its own.
+    fn spawn_requests(
+        conn: &ClientConn,
+        count: usize,
+    ) -> Vec<tokio::task::JoinHandle<Result<Connection, Status>>> {
+        (0..count)
+            .map(|k| tokio::spawn(request(conn, &format!("held-{k}"))))
+            .collect()
+    }
+
     #[tokio::test]
     async fn calls_beyond_the_window_wait_for_a_slot_and_then_go() {
-        let hold = Arc::new(Hold::default());
-        let url: url::Url = "tcp://127.0.0.1:0".parse().unwrap();
-        let chain = ServerChain::builder().with(Arc::clone(&hold)).build();
-        let server = serve(&url, chain, CancellationToken::new()).await.unwrap();
-        let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
-
+        let (hold, server, conn) = Hold::serve_and_dial().await;
         let total = UNARY_CALLS_IN_FLIGHT + 20;
-        let calls: Vec<_> = (0..total)
-            .map(|k| {
-                let conn = conn.clone();
-                let request = NetworkServiceRequest {
-                    connection: Some(Box::new(Connection {
-                        id: format!("held-{k}"),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                };
-                tokio::spawn(call::<Connection>(conn, encode(&REQUEST, &request, None)))
-            })
-            .collect();
+        let calls = spawn_requests(&conn, total);
 
         // A full window is at the remote, and every slot is taken: the
         // calls past it have not been sent (a call sends only once it holds
@@ -456,25 +474,8 @@ mod window {
     /// counted and the connection usable.
     #[tokio::test]
     async fn crowded_calls_abandoned_in_flight_leave_nothing_behind() {
-        let hold = Arc::new(Hold::default());
-        let url: url::Url = "tcp://127.0.0.1:0".parse().unwrap();
-        let chain = ServerChain::builder().with(Arc::clone(&hold)).build();
-        let server = serve(&url, chain, CancellationToken::new()).await.unwrap();
-        let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
-        let request = |id: &str| NetworkServiceRequest {
-            connection: Some(Box::new(Connection {
-                id: id.to_owned(),
-                ..Default::default()
-            })),
-            ..Default::default()
-        };
-
-        let calls: Vec<_> = (0..40)
-            .map(|k| {
-                let outgoing = encode(&REQUEST, &request(&format!("crowd-{k}")), None);
-                tokio::spawn(call::<Connection>(conn.clone(), outgoing))
-            })
-            .collect();
+        let (hold, server, conn) = Hold::serve_and_dial().await;
+        let calls = spawn_requests(&conn, 40);
         hold.until_arrived(40).await;
         assert_eq!(conn.calls_in_flight(), 40);
         for call in &calls {
@@ -487,9 +488,7 @@ mod window {
         assert_eq!(conn.unary_slots.available_permits(), UNARY_CALLS_IN_FLIGHT);
 
         hold.release.cancel();
-        let reply = call::<Connection>(conn.clone(), encode(&REQUEST, &request("after"), None))
-            .await
-            .unwrap();
+        let reply = request(&conn, "after").await.unwrap();
         assert_eq!(reply.id, "after");
         server.shutdown().await;
     }

@@ -2,6 +2,8 @@
 //! test ends with.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use connect_runtime::{
@@ -38,6 +40,18 @@ pub fn connect_via(element: impl ClientElement + Clone) -> Connect {
 /// tests that need nothing between it and the remote.
 pub fn grpc_only() -> ConnectBuilder {
     Connect::builder(|_: &Context, conn| ClientChain::builder().with(GrpcClient::new(conn)).build())
+}
+
+/// [`grpc_only`], and the number of clients it has dialed (the factory
+/// runs once per dial).
+pub fn grpc_only_counting_dials() -> (ConnectBuilder, Arc<AtomicUsize>) {
+    let dials = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&dials);
+    let builder = Connect::builder(move |_: &Context, conn| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        ClientChain::builder().with(GrpcClient::new(conn)).build()
+    });
+    (builder, dials)
 }
 
 /// The end of every test: `connect` holds no clients, records or calls, and

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
-use connect_runtime::{ClientChain, Connect, Context, GrpcClient, ServerChain};
+use connect_runtime::{Connect, Context, ServerChain};
+use connect_tests::harness::grpc_only_counting_dials;
 use tokio::sync::Barrier;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
@@ -63,14 +64,8 @@ enum Caller {
 impl Caller {
     /// A fresh `connect` element whose client chain is just the gRPC call.
     fn connect() -> Self {
-        let dials = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&dials);
-        let connect = Connect::builder(move |_: &Context, conn| {
-            counter.fetch_add(1, Ordering::Relaxed);
-            ClientChain::builder().with(GrpcClient::new(conn)).build()
-        })
-        .dial_timeout(Duration::from_secs(2))
-        .build();
+        let (connect, dials) = grpc_only_counting_dials();
+        let connect = connect.dial_timeout(Duration::from_secs(2)).build();
         Self::Connect {
             chain: ServerChain::builder().with(connect.clone()).build(),
             connect,

@@ -13,7 +13,9 @@ use connect_runtime::{
     ServerHandle,
 };
 use connect_tests::elements::{Capture, Count, Edit, FailAfterDeadline, Gate, InjectError, Op};
-use connect_tests::harness::{assert_no_leaks, connect_via, grpc_only, settle};
+use connect_tests::harness::{
+    assert_no_leaks, connect_via, grpc_only, grpc_only_counting_dials, settle,
+};
 use connect_tests::remote::{BlackHole, ScratchDir, start_at, start_tcp, start_unix};
 use connect_tests::{connection, request};
 use tonic::Code;
@@ -364,14 +366,8 @@ async fn a_remote_that_never_answers_fails_within_the_dial_timeout() {
 /// all of them get through on the one dial.
 #[tokio::test]
 async fn a_burst_larger_than_the_pre_settings_stream_limit_gets_through_on_one_dial() {
-    let dials = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&dials);
-    let connect = Connect::builder(move |_: &Context, conn| {
-        counted.fetch_add(1, Ordering::SeqCst);
-        ClientChain::builder().with(GrpcClient::new(conn)).build()
-    })
-    .dial_timeout(Duration::from_secs(5))
-    .build();
+    let (connect, dials) = grpc_only_counting_dials();
+    let connect = connect.dial_timeout(Duration::from_secs(5)).build();
     let chain = connect_chain(&connect);
     let remote = start_tcp(ServerChain::default()).await;
 
