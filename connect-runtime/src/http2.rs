@@ -18,15 +18,15 @@ use crate::dial::{ResponseFuture, TransportError};
 /// More calls than this in flight on one connection, and new ones are
 /// handed to hyper by a task of the connection's own, in batches.
 ///
-/// With every caller handing its own request to hyper's dispatcher, a burst
-/// (a thousand calls released together, workload a of BENCHMARKS.md) never
-/// finished in under about 24 ms, where a direct tonic channel, whose
-/// buffer task feeds hyper from one task, sometimes took 14. Fed from one
-/// task of the connection's, the fastest repetitions took 7-11 ms. Why the
-/// single feeder matters was not established (BENCHMARKS.md, fourth round);
-/// the measurement is what this rests on. Below the threshold a call goes
-/// straight to hyper: the hand-off costs a task switch, a oneshot and a box
-/// per call, which a single call gains nothing from.
+/// With every caller of a burst (a thousand calls released together,
+/// workload a of BENCHMARKS.md) handing its own request to hyper, the
+/// median call of the burst took 23 ms; fed to hyper in batches from one
+/// task, 6.4 ms, with the burst as a whole a little shorter (32.0 against
+/// 32.6 ms, CPU 31.9 against 33.0 µs per pair; BENCHMARKS.md, fifth round).
+/// Why the batches shorten the median call so much was not established.
+/// Below the threshold a call goes straight to hyper: the hand-off costs a
+/// task switch, a oneshot and a box per call, which a single call gains
+/// nothing from.
 const CROWD: usize = 8;
 
 /// The most requests the hand-off task passes to hyper per wake-up.
@@ -81,10 +81,9 @@ impl Http2 {
         authority: http::uri::Authority,
         url: Arc<Url>,
     ) -> Self {
-        // Started with the connection rather than by the first crowd: the
-        // task spawned in the middle of a burst measured no faster than no
-        // hand-off at all (fastest repetitions of workload a about 29 ms
-        // against 7-8 ms started here), for a spawn per dial either way.
+        // Started with the connection, so that the first crowd does not
+        // pay for a spawn in the middle of a burst; a dial spawns tasks
+        // anyway.
         let (handoff, requests) = mpsc::unbounded_channel();
         tokio::spawn(hand_off(send.clone(), requests));
         Self {

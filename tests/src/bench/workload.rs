@@ -157,6 +157,7 @@ impl Caller {
 
 /// One Request+Close pair's timings.
 struct Pair {
+    started: Instant,
     request: Duration,
     close: Duration,
     finished: Instant,
@@ -169,6 +170,7 @@ async fn pair(caller: &Caller, remote: usize, url: &Arc<Url>, id: String) -> Res
     caller.close(remote, connection).await?;
     let finished = Instant::now();
     Ok(Pair {
+        started,
         request: requested - started,
         close: finished - requested,
         finished,
@@ -217,12 +219,20 @@ async fn concurrent(run: &Run, workload: Workload, remotes: &[Arc<Url>]) -> Resu
             .collect();
         let cpu_before = cpu_time();
         barrier.wait().await;
-        let released = Instant::now();
-        let mut last = released;
+        // The wall runs from the first pair's start to the last pair's end.
+        // Not from `Instant::now()` here: this task is woken with the others
+        // and may run after hundreds of them have started, or finished,
+        // their pairs.
+        let mut span: Option<(Instant, Instant)> = None;
         for task in tasks {
             match task.await {
                 Ok(Ok(timing)) => {
-                    last = last.max(timing.finished);
+                    span = Some(match span {
+                        None => (timing.started, timing.finished),
+                        Some((first, last)) => {
+                            (first.min(timing.started), last.max(timing.finished))
+                        }
+                    });
                     if measured {
                         report.request.push(timing.request);
                         report.close.push(timing.close);
@@ -234,7 +244,9 @@ async fn concurrent(run: &Run, workload: Workload, remotes: &[Arc<Url>]) -> Resu
             }
         }
         if measured {
-            report.wall.push(last - released);
+            report
+                .wall
+                .push(span.map_or(Duration::ZERO, |(first, last)| last - first));
             report.cpu += cpu_time().saturating_sub(cpu_before);
             report.pairs += run.n;
             report.dials += caller.dials();
