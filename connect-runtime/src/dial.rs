@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tracing::Instrument;
 use url::Url;
 
+use crate::executor::BoxingExecutor;
 use crate::http2::Http2;
 use crate::socket::{Stream, connect_tcp, connect_unix};
 use crate::target::{Target, UrlError};
@@ -148,8 +149,8 @@ impl DialOptions {
 
     /// hyper's HTTP/2 client settings: its defaults (as tonic's channel
     /// uses them), and the keepalive asked for.
-    fn http2(&self) -> http2::Builder<TokioExecutor> {
-        let mut builder = http2::Builder::new(TokioExecutor::new());
+    fn http2(&self) -> http2::Builder<BoxingExecutor> {
+        let mut builder = http2::Builder::new(BoxingExecutor);
         builder.timer(TokioTimer::new());
         if let Some(keepalive) = self.keepalive {
             builder

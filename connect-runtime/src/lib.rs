@@ -52,6 +52,7 @@ mod connect;
 mod context;
 mod dial;
 mod element;
+mod executor;
 mod grpc_client;
 mod hooks;
 mod http2;

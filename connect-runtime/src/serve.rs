@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -21,6 +21,7 @@ use tracing::Instrument;
 use url::Url;
 
 use crate::chain::ServerChain;
+use crate::executor::BoxingExecutor;
 use crate::service::ChainService;
 use crate::socket::Stream;
 use crate::target::{Target, UrlError};
@@ -160,7 +161,7 @@ impl Serve {
             .await;
         let (stats_tx, stats_rx) = watch::channel(ConnectionStats::default());
         let hard_stop = CancellationToken::new();
-        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let mut http2 = hyper::server::conn::http2::Builder::new(BoxingExecutor);
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(self.max_concurrent_streams);
@@ -387,7 +388,7 @@ async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
 struct AcceptLoop {
     listener: Listener,
     routes: Routes,
-    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    http2: hyper::server::conn::http2::Builder<BoxingExecutor>,
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
     grace: Duration,
