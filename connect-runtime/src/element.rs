@@ -197,7 +197,7 @@ impl<'a> Next<'a> {
             )),
             _ => match self.then {
                 Some(then) => then.request(ctx, request),
-                None => NextFuture::ready(Ok(request.connection.map(|c| *c).unwrap_or_default())),
+                None => NextFuture::ready(Ok(request.connection.unwrap_or_default())),
             },
         }
     }
@@ -224,7 +224,7 @@ impl<'a> Next<'a> {
             )),
             _ => match self.then {
                 Some(then) => then.close(ctx, connection),
-                None => NextFuture::ready(Ok(())),
+                None => NextFuture::ready(Ok(Box::new(()))),
             },
         }
     }
@@ -259,7 +259,10 @@ pub struct NextFuture<'a, T> {
 
 enum NextInner<'a, T> {
     Boxed(BoxFuture<'a, Result<T, Status>>),
-    Ready(Option<Result<T, Status>>),
+    /// Boxed, so that a `NextFuture<Connection>` is a pointer's size, not a
+    /// `Connection`'s (nearly 300 bytes), in every future that awaits one.
+    /// The request's connection is boxed already; `()` needs no allocation.
+    Ready(Option<Result<Box<T>, Status>>),
 }
 
 impl<'a, T> NextFuture<'a, T> {
@@ -269,7 +272,7 @@ impl<'a, T> NextFuture<'a, T> {
         }
     }
 
-    fn ready(result: Result<T, Status>) -> Self {
+    fn ready(result: Result<Box<T>, Status>) -> Self {
         Self {
             inner: NextInner::Ready(Some(result)),
         }
@@ -287,7 +290,8 @@ impl<T> Future for NextFuture<'_, T> {
         match &mut self.inner {
             NextInner::Boxed(future) => future.as_mut().poll(cx),
             NextInner::Ready(result) => {
-                Poll::Ready(result.take().expect("NextFuture polled after it completed"))
+                let result = result.take().expect("NextFuture polled after it completed");
+                Poll::Ready(result.map(|value| *value))
             }
         }
     }

@@ -16,6 +16,7 @@ use super::ClientFactory;
 use crate::chain::ClientChain;
 use crate::context::{ClientCancel, Context};
 use crate::dial::{DialError, DialOptions, Readiness, open};
+use crate::element::BoxFuture;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
 
@@ -118,14 +119,39 @@ impl ConnectClient {
         ctx: Context,
         request: NetworkServiceRequest,
     ) -> Result<Connection, Status> {
-        // The caller's deadline bounds the dial too, not only the call.
-        let chain = ctx.run(self.chain()).await?;
+        let chain = match self.ready_chain() {
+            Some(chain) => chain,
+            None => self.chain_within(&ctx).await?,
+        };
         self.answered(chain.request(ctx, request)).await
     }
 
     pub(super) async fn close(&self, ctx: Context, connection: Connection) -> Result<(), Status> {
-        let chain = ctx.run(self.chain()).await?;
+        let chain = match self.ready_chain() {
+            Some(chain) => chain,
+            None => self.chain_within(&ctx).await?,
+        };
         self.answered(chain.close(ctx, connection)).await
+    }
+
+    /// The chain, if it can be used at once: dialed, and the remote has
+    /// answered. The usual case, and the only one with nothing to await.
+    fn ready_chain(&self) -> Option<ClientChain> {
+        if self.is_cancelled() || self.unanswered.get().is_some() || !self.is_dialed() {
+            return None;
+        }
+        if !self.readiness.get().is_some_and(Readiness::is_ready) {
+            return None;
+        }
+        lock(&self.chain).clone()
+    }
+
+    /// The chain by the long way, dialing first if need be, within the
+    /// caller's deadline (which bounds the dial too, not only the call).
+    /// Boxed: the dial's future is large, and inline it would swell the
+    /// future of every call, ready chain or not.
+    fn chain_within(&self, ctx: &Context) -> BoxFuture<'_, Result<ClientChain, Status>> {
+        Box::pin(ctx.run(self.chain()))
     }
 
     /// Runs a call. The first calls go out before the remote's preface has
