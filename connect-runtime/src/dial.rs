@@ -279,10 +279,11 @@ pub struct ClientConn {
 /// more wait their turn, in order. In a burst (a thousand connections
 /// requested at once through one fresh client) sending everything at once
 /// makes the client hold every call's HTTP/2 stream, tasks and buffers at
-/// the same time; with a window of 256 the burst took about a tenth less
-/// CPU and time (BENCHMARKS.md, fourth round). One connection needs far
-/// fewer to keep a remote busy. tonic clients built on a [`ClientConn`] are
-/// not limited.
+/// the same time. The window bounds that; since the hand-off (see
+/// BENCHMARKS.md, fifth round) it costs a burst neither time nor CPU that
+/// this machine can resolve, and one connection needs far fewer calls in
+/// flight to keep a remote busy. tonic clients built on a [`ClientConn`]
+/// are not limited.
 ///
 /// ```
 /// // A burst of a thousand calls on one connection goes out in four waves.

@@ -12,7 +12,8 @@ use std::pin::Pin;
 /// copied again and again. Boxed first, it is copied once and the spawn
 /// moves a pointer (tonic's channel does the same, for the same reason).
 /// Measured with callgrind on BENCHMARKS.md's workload w: about 2,200
-/// instructions per spawn by value, 900 boxed.
+/// instructions in `tokio::spawn` per spawn by value, 900 boxed; about
+/// 1,000 fewer per spawn net of the box (fifth round).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct BoxingExecutor;
 
