@@ -127,7 +127,7 @@ impl Http2 {
         Box::pin(async move {
             let response = match handed.await {
                 Ok(response) if sent => response.await,
-                _ => return Err(ended_status(&in_flight.0.url)),
+                _ => return Err(ended_status(&in_flight.0.url, None)),
             };
             finish(&in_flight.0.url, response)
         })
@@ -172,16 +172,17 @@ fn finish(
 /// channel reports when it cannot reconnect), not `Cancelled` or `Unknown`.
 fn ended(url: &Url, err: hyper::Error) -> TransportError {
     if err.is_closed() || err.is_canceled() {
-        Box::new(Status::unavailable(format!(
-            "the connection to {url} has ended: {err}"
-        )))
+        ended_status(url, Some(&err))
     } else {
         Box::new(err)
     }
 }
 
-fn ended_status(url: &Url) -> TransportError {
-    Box::new(Status::unavailable(format!(
-        "the connection to {url} has ended"
-    )))
+/// `Unavailable`: the connection has ended, for `cause` if hyper gave one.
+fn ended_status(url: &Url, cause: Option<&hyper::Error>) -> TransportError {
+    let message = match cause {
+        Some(cause) => format!("the connection to {url} has ended: {cause}"),
+        None => format!("the connection to {url} has ended"),
+    };
+    Box::new(Status::unavailable(message))
 }

@@ -6,8 +6,9 @@
 //! decoder, and a ~5 KiB call future. A unary call needs none of that: the
 //! request is encoded at its exact size, and a reply that arrives in one
 //! HTTP/2 DATA frame (the usual case) is decoded where it lies. What goes
-//! on the wire is the same; the transport (tonic's channel, with its
-//! metadata, origin and `grpc-timeout` handling) is shared with tonic.
+//! on the wire is the same. The transport is the [`ClientConn`]'s (hyper's
+//! HTTP/2 connection over plaintext, tonic's channel under TLS), which any
+//! tonic client can use too.
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;

@@ -120,39 +120,39 @@ impl ConnectClient {
         ctx: Context,
         request: NetworkServiceRequest,
     ) -> Result<Connection, Status> {
-        let chain = match self.ready_chain() {
-            Some(chain) => chain,
-            None => self.chain_within(&ctx).await?,
-        };
+        let chain = self.chain(&ctx).await?;
         self.answered(chain.request(ctx, request)).await
     }
 
     pub(super) async fn close(&self, ctx: Context, connection: Connection) -> Result<(), Status> {
-        let chain = match self.ready_chain() {
-            Some(chain) => chain,
-            None => self.chain_within(&ctx).await?,
-        };
+        let chain = self.chain(&ctx).await?;
         self.answered(chain.close(ctx, connection)).await
     }
 
-    /// The chain, if it can be used at once: dialed, and the remote has
-    /// answered. The usual case, and the only one with nothing to await.
-    fn ready_chain(&self) -> Option<ClientChain> {
-        if self.is_cancelled() || self.unanswered.get().is_some() || !self.is_dialed() {
-            return None;
+    /// The client chain, dialing on first use; the caller's deadline bounds
+    /// the dial too, not only the call.
+    async fn chain(&self, ctx: &Context) -> Result<ClientChain, Status> {
+        match self.ready_chain() {
+            Some(chain) => Ok(chain),
+            // Boxed: inline, the long way's future would swell the future of
+            // every call, ready chain or not.
+            None => {
+                let long_way: BoxFuture<'_, _> = Box::pin(ctx.run(self.chain_the_long_way()));
+                long_way.await
+            }
         }
-        if !self.readiness.get().is_some_and(Readiness::is_ready) {
+    }
+
+    /// The chain, if it can be used at once: the usual case, and the only
+    /// one with nothing to await. Only a successful dial stores a chain, and
+    /// `shut` (also run when the remote never answered) takes it away after
+    /// cancelling, so a stored chain on a live client was dialed; it is
+    /// used at once when the remote has also answered.
+    fn ready_chain(&self) -> Option<ClientChain> {
+        if self.is_cancelled() || !self.readiness.get().is_some_and(Readiness::is_ready) {
             return None;
         }
         lock(&self.chain).clone()
-    }
-
-    /// The chain by the long way, dialing first if need be, within the
-    /// caller's deadline (which bounds the dial too, not only the call).
-    /// Boxed: the dial's future is large, and inline it would swell the
-    /// future of every call, ready chain or not.
-    fn chain_within(&self, ctx: &Context) -> BoxFuture<'_, Result<ClientChain, Status>> {
-        Box::pin(ctx.run(self.chain()))
     }
 
     /// Runs a call. The first calls go out before the remote's preface has
@@ -180,8 +180,9 @@ impl ConnectClient {
         self.shut();
     }
 
-    /// The client chain, dialing on first use.
-    async fn chain(&self) -> Result<ClientChain, Status> {
+    /// The client chain when it is not ready: dialing, or waiting for the
+    /// remote's SETTINGS, or failing as the client has failed.
+    async fn chain_the_long_way(&self) -> Result<ClientChain, Status> {
         if self.is_cancelled() {
             return Err(self.cancelled());
         }
@@ -191,7 +192,8 @@ impl ConnectClient {
         let dialed = match self.dialed.get() {
             Some(dialed) => dialed,
             // The dial's future is large and runs once per client: boxed, it
-            // does not swell the future of every call.
+            // does not swell the future of every call that takes the long
+            // way (those before the remote's SETTINGS, too).
             None => self.dialed.get_or_init(|| Box::pin(self.connect())).await,
         };
         dialed.clone()?;
