@@ -131,6 +131,14 @@ impl Context {
         self
     }
 
+    /// Removes the cancellation token: for work that must not be cut off
+    /// when the caller goes away, such as a call `connect` finishes on an
+    /// abandoned caller's behalf.
+    pub fn without_cancellation_token(mut self) -> Self {
+        self.cancel = None;
+        self
+    }
+
     /// The handle that cancels the `connect` client whose chain this call is
     /// running in (Go's `cancelctx`). Present only inside such client chains.
     pub fn client_cancel(&self) -> Option<&ClientCancel> {

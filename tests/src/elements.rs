@@ -490,6 +490,11 @@ impl Gate {
         self.inner.held.release_one();
     }
 
+    /// How many held calls were given up (cut off) instead of released.
+    pub fn abandoned(&self) -> usize {
+        self.inner.held.abandoned_calls()
+    }
+
     fn take(&self, op: Op) -> bool {
         let mut armed = self.inner.armed.lock().unwrap();
         if *armed == Some(op) {
@@ -610,5 +615,92 @@ impl Faults {
             return Err(Status::unavailable("injected close fault"));
         }
         next.close(ctx, connection).await
+    }
+}
+
+/// Counts calls whose future was dropped before they finished: what a
+/// server does to a handler whose caller went away.
+#[derive(Clone, Default, Element)]
+#[element(server, client)]
+pub struct DropWatch {
+    inner: Arc<DropWatchInner>,
+}
+
+#[derive(Default)]
+struct DropWatchInner {
+    dropped: AtomicUsize,
+    changed: Notify,
+}
+
+/// Counts the call dropped unless it finishes.
+struct Watched<'a> {
+    inner: &'a DropWatchInner,
+    finished: bool,
+}
+
+impl Drop for Watched<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.inner.dropped.fetch_add(1, Ordering::SeqCst);
+            self.inner.changed.notify_waiters();
+        }
+    }
+}
+
+impl DropWatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Calls dropped before they finished.
+    pub fn dropped(&self) -> usize {
+        self.inner.dropped.load(Ordering::SeqCst)
+    }
+
+    /// Completes once at least `count` calls have been dropped.
+    pub async fn until_dropped(&self, count: usize) {
+        loop {
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.dropped() >= count {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    fn watch(&self) -> Watched<'_> {
+        Watched {
+            inner: &self.inner,
+            finished: false,
+        }
+    }
+}
+
+#[hooks]
+impl DropWatch {
+    async fn request(
+        &self,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        let mut watched = self.watch();
+        let result = next.request(ctx, request).await;
+        watched.finished = true;
+        result
+    }
+
+    async fn close(
+        &self,
+        ctx: Context,
+        connection: Connection,
+        next: Next<'_>,
+    ) -> Result<(), Status> {
+        let mut watched = self.watch();
+        let result = next.close(ctx, connection).await;
+        watched.finished = true;
+        result
     }
 }

@@ -1,6 +1,7 @@
 //! Support for connect's integration tests: chain elements that record,
 //! count, edit, fail and park calls, and helpers that start real servers.
 
+pub mod caller;
 pub mod elements;
 pub mod harness;
 pub mod program;

@@ -7,6 +7,7 @@ mod lease;
 mod turns;
 
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -281,17 +282,18 @@ impl Connect {
     }
 
     /// Waits until `condition` holds of [`Connect::stats`], re-checking it
-    /// whenever a call ends or a client leaves the map (no polling).
+    /// whenever a call starts waiting for its turn, a call ends, or a client
+    /// leaves the map (no polling).
     pub async fn wait_for(&self, condition: impl Fn(&ConnectStats) -> bool) {
         self.wait_until_clients(|_| condition(&self.stats())).await;
     }
 
-    /// Re-checks `condition` whenever a turn ends or a client leaves the map.
+    /// Re-checks `condition` whenever turns change or a client leaves the map.
     async fn wait_until_clients(&self, condition: impl Fn(&Shared) -> bool) {
         loop {
-            let turn_ended = self.shared.turns.ended().notified();
-            tokio::pin!(turn_ended);
-            turn_ended.as_mut().enable();
+            let turns_changed = self.shared.turns.changed().notified();
+            tokio::pin!(turns_changed);
+            turns_changed.as_mut().enable();
             let clients_changed = self.shared.clients_changed.notified();
             tokio::pin!(clients_changed);
             clients_changed.as_mut().enable();
@@ -299,7 +301,7 @@ impl Connect {
                 return;
             }
             tokio::select! {
-                () = turn_ended => {}
+                () = turns_changed => {}
                 () = clients_changed => {}
             }
         }
@@ -342,7 +344,8 @@ impl Connect {
         request: NetworkServiceRequest,
         next: Next<'_>,
     ) -> Result<Connection, Status> {
-        Shared::request(&self.shared, ctx, request, next).await
+        let caller = ctx.cancellation_token().cloned();
+        until_cancelled(caller, Shared::request(&self.shared, ctx, request, next)).await
     }
 
     async fn close(
@@ -351,8 +354,35 @@ impl Connect {
         connection: Connection,
         next: Next<'_>,
     ) -> Result<(), Status> {
-        Shared::close(&self.shared, ctx, connection, next).await
+        let caller = ctx.cancellation_token().cloned();
+        until_cancelled(caller, Shared::close(&self.shared, ctx, connection, next)).await
     }
+}
+
+/// Runs `operation` until the caller's token (if any) is cancelled, then
+/// drops it: a cancelled caller is treated exactly like a caller whose
+/// future was dropped, and the lease finishes what is in flight.
+async fn until_cancelled<T>(
+    caller: Option<CancellationToken>,
+    operation: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let Some(caller) = caller else {
+        return operation.await;
+    };
+    tokio::select! {
+        biased;
+        result = operation => result,
+        () = caller.cancelled() => Err(Status::cancelled("connect: the caller went away")),
+    }
+}
+
+/// The context a client call runs with: the caller's, without its
+/// cancellation token (an abandoned call is finished by its lease, bounded
+/// by the cleanup timeout), with the client's cancel handle.
+fn client_context(ctx: &Context, client: &ConnectClient) -> Context {
+    ctx.clone()
+        .without_cancellation_token()
+        .with_client_cancel(client.cancel_handle().clone())
 }
 
 /// Connection id → where it was forwarded (Go's `connectionInfoMap`).
@@ -494,9 +524,7 @@ impl Shared {
             ));
         }
         let mut lease = Lease::borrow(Arc::clone(self), &record, turn);
-        let client_ctx = ctx
-            .clone()
-            .with_client_cancel(client.cancel_handle().clone());
+        let client_ctx = client_context(&ctx, &client);
         let reply = lease
             .request(client_ctx, request.clone())
             .await
@@ -515,15 +543,13 @@ impl Shared {
         id: Arc<str>,
         turn: Turn,
     ) -> Result<Connection, Status> {
-        let mut lease = self.acquire(&url, turn);
+        let mut lease = self.acquire(&url, turn)?;
         let client = Arc::clone(lease.client());
         let outgoing = request.clone();
         // From here the remote may have the connection: if this call is
         // abandoned, the lease closes it there by id.
         lease.may_exist_remotely(None);
-        let client_ctx = ctx
-            .clone()
-            .with_client_cancel(client.cancel_handle().clone());
+        let client_ctx = client_context(&ctx, &client);
         let reply = match lease.request(client_ctx, outgoing).await {
             Ok(reply) => Box::new(reply),
             Err(status) => {
@@ -572,9 +598,7 @@ impl Shared {
         let turn = self.turns.take(&id).await;
         let (client_result, _turn) = match self.records.load_and_delete(&*id) {
             Some(record) => {
-                let client_ctx = ctx
-                    .clone()
-                    .with_client_cancel(record.client.cancel_handle().clone());
+                let client_ctx = client_context(&ctx, &record.client);
                 let url = Arc::clone(record.client.url());
                 let mut lease = Lease::adopt(Arc::clone(self), record, turn);
                 let result = lease.close(client_ctx, connection.clone()).await;
@@ -604,8 +628,13 @@ impl Shared {
     /// One reference to the client for `url`, creating the client if there
     /// is none. A client found cancelled but not yet evicted is evicted and
     /// replaced.
-    fn acquire(self: &Arc<Self>, url: &Arc<Url>, turn: Turn) -> Lease {
+    /// After shutdown every new client is born cancelled: the request is
+    /// refused at once rather than retried.
+    fn acquire(self: &Arc<Self>, url: &Arc<Url>, turn: Turn) -> Result<Lease, Status> {
         loop {
+            if self.root.is_cancelled() {
+                return Err(Status::unavailable("connect is shut down"));
+            }
             let acquired = self.clients.acquire(Arc::clone(url), |instance| {
                 self.new_client(Arc::clone(url), instance)
             });
@@ -617,7 +646,12 @@ impl Shared {
                 }
                 continue;
             }
-            return Lease::new(Arc::clone(self), acquired.instance, acquired.value, turn);
+            return Ok(Lease::new(
+                Arc::clone(self),
+                acquired.instance,
+                acquired.value,
+                turn,
+            ));
         }
     }
 

@@ -6,26 +6,29 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 
 use crate::ConcurrentMap;
-use crate::map::SyncMap;
+use crate::map::{Instance, RefCountMap};
 
-/// Connection id → the lock its calls queue on. An entry exists only while
-/// some call for that id holds or awaits its turn.
+/// Connection id → the lock its calls queue on, counted once per call that
+/// holds or awaits it. The count is kept under the map's shard lock, so an
+/// entry lives exactly while some call for its id holds or awaits a turn,
+/// whatever observers do meanwhile.
 #[derive(ConcurrentMap)]
-pub(super) struct TurnLocks(SyncMap<Arc<str>, Arc<Mutex<()>>>);
+pub(super) struct TurnLocks(RefCountMap<Arc<str>, Arc<Mutex<()>>>);
 
 #[derive(Clone, Default)]
 pub(super) struct Turns {
     locks: Arc<TurnLocks>,
-    /// Woken whenever a turn ends, for [`Turns::changed`].
-    ended: Arc<Notify>,
+    /// Woken whenever a call starts waiting for a turn or a turn ends.
+    changed: Arc<Notify>,
 }
 
 /// The right to act on one connection id; the next caller for that id goes
 /// when this is dropped. Owned, so it can move into background cleanup.
 pub(super) struct Turn {
     locks: Arc<TurnLocks>,
-    ended: Arc<Notify>,
+    changed: Arc<Notify>,
     id: Arc<str>,
+    instance: Instance,
     guard: Option<OwnedMutexGuard<()>>,
 }
 
@@ -34,18 +37,20 @@ impl Turns {
     /// the order callers arrived. Dropping the future while it waits leaves
     /// nothing behind.
     pub(super) async fn take(&self, id: &Arc<str>) -> Turn {
-        let (lock, _) = self
+        let acquired = self
             .locks
-            .load_or_store_with(Arc::clone(id), Default::default);
-        // Built before waiting, so that its drop cleans up after a caller
-        // that gives up while queued.
+            .acquire(Arc::clone(id), |_| Arc::new(Mutex::new(())));
+        self.changed.notify_waiters();
+        // Built before waiting, so that its drop releases the count of a
+        // caller that gives up while queued.
         let mut turn = Turn {
             locks: Arc::clone(&self.locks),
-            ended: Arc::clone(&self.ended),
+            changed: Arc::clone(&self.changed),
             id: Arc::clone(id),
+            instance: acquired.instance,
             guard: None,
         };
-        turn.guard = Some(lock.lock_owned().await);
+        turn.guard = Some(acquired.value.lock_owned().await);
         turn
     }
 
@@ -57,19 +62,16 @@ impl Turns {
     /// Calls queued behind another call for the same id.
     pub(super) fn waiting(&self) -> usize {
         let mut waiting = 0;
-        self.locks.range(|_, lock| {
-            // References: the map's, the copy `range` hands us, the
-            // holder's, and one per caller queued (or about to take a free
-            // turn).
-            waiting += Arc::strong_count(lock).saturating_sub(3);
+        self.locks.range(|_, _, calls| {
+            waiting += calls.saturating_sub(1);
             true
         });
         waiting
     }
 
-    /// The signal that some turn has ended.
-    pub(super) fn ended(&self) -> &Notify {
-        &self.ended
+    /// The signal that a call started waiting for a turn or a turn ended.
+    pub(super) fn changed(&self) -> &Notify {
+        &self.changed
     }
 }
 
@@ -83,12 +85,8 @@ impl Turn {
 impl Drop for Turn {
     fn drop(&mut self) {
         drop(self.guard.take());
-        // Only the map's own reference left: nobody holds or awaits this
-        // id's lock (any new caller would clone it under the shard lock that
-        // `delete_if` holds), so the entry can go.
-        self.locks
-            .delete_if(&*self.id, |lock| Arc::strong_count(lock) == 1);
-        self.ended.notify_waiters();
+        self.locks.release(&*self.id, self.instance);
+        self.changed.notify_waiters();
     }
 }
 
@@ -110,7 +108,7 @@ mod tests {
                 order.lock().unwrap().push(n);
             }));
             // Each waiter is queued before the next one starts.
-            while Arc::strong_count(&turns.locks.load("a").unwrap()) < n + 3 {
+            while turns.waiting() < n + 1 {
                 tokio::task::yield_now().await;
             }
         }
@@ -135,5 +133,46 @@ mod tests {
         assert_eq!(turns.len(), 1);
         drop(held);
         assert_eq!(turns.len(), 0);
+    }
+
+    /// An observer reading the turns while they end must not keep any
+    /// entry alive: the count does not depend on who else looks at a lock.
+    #[test]
+    fn observers_reading_turns_as_they_end_leave_no_entry() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let turns = Turns::default();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let observer = {
+                let (turns, stop) = (turns.clone(), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut looks = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        looks += turns.waiting() as u64 + turns.len() as u64;
+                    }
+                    looks
+                })
+            };
+            let mut calls = Vec::new();
+            for n in 0..20_000 {
+                let turns = turns.clone();
+                calls.push(tokio::spawn(async move {
+                    let id: Arc<str> = Arc::from(format!("id-{}", n % 512));
+                    let turn = turns.take(&id).await;
+                    tokio::task::yield_now().await;
+                    drop(turn);
+                }));
+            }
+            for call in calls {
+                call.await.unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            observer.join().unwrap();
+            assert_eq!(turns.len(), 0, "turn entries outlived their calls");
+            assert_eq!(turns.waiting(), 0);
+        });
     }
 }

@@ -1,20 +1,98 @@
-//! Rust's own duties: a caller's future dropped at any `.await` inside
-//! `connect` leaks nothing, and calls for one connection id never overlap.
+//! Rust's own duties: a caller that goes away at any `.await` inside
+//! `connect` leaks nothing, the client call it started runs to its end, and
+//! calls for one connection id never overlap.
+//!
+//! Every case runs three ways: the caller's future is dropped, the caller's
+//! cancellation token is cancelled, and a real tonic caller drops its gRPC
+//! call to `connect` served over gRPC (HTTP/2 RST_STREAM).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use connect_runtime::{
-    ClientChain, Connect, Context, GrpcClient, Monitor, ServerChain, ServerHandle,
+    ClientChain, ClientUrl, Connect, Context, GrpcClient, Monitor, ServerChain, ServerHandle,
 };
-use connect_tests::elements::{Gate, Ledger, Op};
+use connect_tests::caller::tonic_caller;
+use connect_tests::elements::{DropWatch, Gate, Ledger, Op};
 use connect_tests::harness::{assert_no_leaks, grpc_only, settle};
 use connect_tests::remote::{BlackHole, start_tcp};
 use connect_tests::{connection, request};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
 use url::Url;
 
+/// How a caller goes away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Abandon {
+    /// Its future is dropped.
+    Drop,
+    /// Its context's cancellation token is cancelled; its future is awaited.
+    Token,
+    /// A tonic client drops its call to `connect` served over gRPC.
+    Served,
+}
+
+const EVERY_WAY: [Abandon; 3] = [Abandon::Drop, Abandon::Token, Abandon::Served];
+
+/// A call in progress, to be abandoned or awaited.
+struct Caller {
+    how: Abandon,
+    token: CancellationToken,
+    task: JoinHandle<Result<(), Status>>,
+    /// For a served call: the server's view, to see the handler dropped.
+    served: Option<DropWatch>,
+}
+
+impl Caller {
+    /// Goes away the way `how` says, and checks the caller saw it so.
+    async fn abandon(self) {
+        match self.how {
+            Abandon::Drop | Abandon::Served => {
+                let dropped_before = self.served.as_ref().map(DropWatch::dropped);
+                self.task.abort();
+                assert!(self.task.await.unwrap_err().is_cancelled());
+                // The server learns of it from the caller's RST_STREAM.
+                if let (Some(watch), Some(before)) = (&self.served, dropped_before) {
+                    settle(
+                        "the server to drop the handler",
+                        watch.until_dropped(before + 1),
+                    )
+                    .await;
+                }
+            }
+            Abandon::Token => {
+                self.token.cancel();
+                let result = settle("the cancelled caller to return", self.task).await;
+                let status = result.unwrap().unwrap_err();
+                assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+            }
+        }
+    }
+
+    async fn finish(self) -> Result<(), Status> {
+        settle("the call", self.task).await.unwrap()
+    }
+}
+
+/// Serves `chain` over gRPC behind a `ClientUrl` naming `remote`, with a
+/// watch on the handlers the server drops.
+async fn serve_in_front(remote: &Url, chain: &ServerChain) -> (ServerHandle, DropWatch) {
+    let watch = DropWatch::new();
+    let served = start_tcp(
+        ServerChain::builder()
+            .with(watch.clone())
+            .with(ClientUrl::new(remote.clone()))
+            .with(chain.clone())
+            .build(),
+    )
+    .await;
+    (served, watch)
+}
+
 /// A passthrough with a gate at each place a call can be held: the client
-/// chain, the remote, and the rest of the server chain (`next`).
+/// chain, the remote, and the rest of the server chain (`next`). The same
+/// chain is also served over gRPC, behind a `ClientUrl` naming the remote.
 struct Rig {
     connect: Connect,
     chain: ServerChain,
@@ -23,6 +101,8 @@ struct Rig {
     next_gate: Gate,
     ledger: Ledger,
     server: ServerHandle,
+    served: ServerHandle,
+    served_watch: DropWatch,
 }
 
 impl Rig {
@@ -50,6 +130,7 @@ impl Rig {
                 .build(),
         )
         .await;
+        let (served, served_watch) = serve_in_front(server.url(), &chain).await;
         Self {
             connect,
             chain,
@@ -58,6 +139,8 @@ impl Rig {
             next_gate,
             ledger,
             server,
+            served,
+            served_watch,
         }
     }
 
@@ -65,28 +148,56 @@ impl Rig {
         self.server.url()
     }
 
-    /// Starts `op` for `id` in a task, waits until `gate` holds it, and drops
-    /// the call's future there.
-    async fn drop_while_held(&self, gate: &Gate, op: Op, id: &str) {
-        gate.arm(op);
-        let chain = self.chain.clone();
-        let ctx = Context::new().with_client_url(self.url().clone());
+    /// Starts `op` for `id` as a caller that can go away `how`.
+    async fn start(&self, op: Op, id: &str, how: Abandon) -> Caller {
+        let token = CancellationToken::new();
         let id = id.to_owned();
-        let call = tokio::spawn(async move {
-            match op {
-                Op::Request => chain.request(ctx, request(&id)).await.map(drop),
-                Op::Close => chain.close(ctx, connection(&id)).await,
+        let task = match how {
+            Abandon::Drop | Abandon::Token => {
+                let chain = self.chain.clone();
+                let mut ctx = Context::new().with_client_url(self.url().clone());
+                if how == Abandon::Token {
+                    ctx = ctx.with_cancellation_token(token.clone());
+                }
+                tokio::spawn(async move {
+                    match op {
+                        Op::Request => chain.request(ctx, request(&id)).await.map(drop),
+                        Op::Close => chain.close(ctx, connection(&id)).await,
+                    }
+                })
             }
-        });
+            Abandon::Served => {
+                let mut caller = tonic_caller(self.served.url()).await;
+                tokio::spawn(async move {
+                    match op {
+                        Op::Request => caller.request(request(&id)).await.map(drop),
+                        Op::Close => caller.close(connection(&id)).await.map(drop),
+                    }
+                })
+            }
+        };
+        let served = (how == Abandon::Served).then(|| self.served_watch.clone());
+        Caller {
+            how,
+            token,
+            task,
+            served,
+        }
+    }
+
+    /// Starts `op` for `id`, waits until `gate` holds it, and goes away
+    /// there; then lets the gate go.
+    async fn abandon_while_held(&self, gate: &Gate, op: Op, id: &str, how: Abandon) {
+        gate.arm(op);
+        let caller = self.start(op, id, how).await;
         settle("the call to be held", gate.holding()).await;
-        call.abort();
-        assert!(call.await.unwrap_err().is_cancelled());
-        // The call in flight is not cut off: it finishes, then is undone.
+        caller.abandon().await;
         gate.release();
     }
 
     /// Nothing left anywhere: connect idle, the remote holding no connection
-    /// and no TCP connection.
+    /// and no TCP connection, no two calls for one id at once at the remote,
+    /// and no call connect made cut off half-way.
     async fn assert_clean(&self) {
         assert_no_leaks(&self.connect, &[&self.server]).await;
         assert!(
@@ -94,7 +205,9 @@ impl Rig {
             "the remote still holds {:?}",
             self.ledger.open()
         );
-        assert_eq!(self.ledger.overlaps(), 0);
+        assert_eq!(self.ledger.overlaps(), 0, "calls for one id overlapped");
+        assert_eq!(self.remote_gate.abandoned(), 0, "a remote call was cut off");
+        assert_eq!(self.client_gate.abandoned(), 0, "a client call was cut off");
     }
 
     async fn establish(&self, id: &str) {
@@ -110,145 +223,223 @@ impl Rig {
 }
 
 #[tokio::test]
-async fn dropped_in_the_client_chain_before_the_remote() {
-    let rig = Rig::new().await;
-    rig.drop_while_held(&rig.client_gate, Op::Request, "c")
+async fn abandoned_in_the_client_chain_before_the_remote() {
+    for how in EVERY_WAY {
+        eprintln!("abandoned by: {how:?}");
+        let rig = Rig::new().await;
+        rig.abandon_while_held(&rig.client_gate, Op::Request, "c", how)
+            .await;
+        rig.assert_clean().await;
+    }
+}
+
+#[tokio::test]
+async fn abandoned_while_the_remote_handles_the_request() {
+    for how in EVERY_WAY {
+        eprintln!("abandoned by: {how:?}");
+        let rig = Rig::new().await;
+        rig.abandon_while_held(&rig.remote_gate, Op::Request, "r", how)
+            .await;
+        rig.assert_clean().await;
+    }
+}
+
+#[tokio::test]
+async fn abandoned_in_next_after_the_remote_answered() {
+    for how in EVERY_WAY {
+        eprintln!("abandoned by: {how:?}");
+        let rig = Rig::new().await;
+        rig.abandon_while_held(&rig.next_gate, Op::Request, "n", how)
+            .await;
+        // The remote had the connection; the cleanup closed it there.
+        rig.assert_clean().await;
+    }
+}
+
+#[tokio::test]
+async fn abandoned_while_waiting_for_the_connection_ids_turn() {
+    for how in EVERY_WAY {
+        eprintln!("abandoned by: {how:?}");
+        let rig = Rig::new().await;
+        // A first call for the id is held in next, keeping the id's turn.
+        rig.next_gate.arm(Op::Request);
+        let first = rig.start(Op::Request, "t", Abandon::Drop).await;
+        settle("the first call to be held", rig.next_gate.holding()).await;
+
+        let second = rig.start(Op::Request, "t", how).await;
+        settle(
+            "the second call to queue",
+            rig.connect.wait_for(|stats| stats.waiting == 1),
+        )
         .await;
-    rig.assert_clean().await;
-}
-
-#[tokio::test]
-async fn dropped_while_the_remote_handles_the_request() {
-    let rig = Rig::new().await;
-    rig.drop_while_held(&rig.remote_gate, Op::Request, "r")
+        second.abandon().await;
+        settle(
+            "the queue to empty",
+            rig.connect.wait_for(|stats| stats.waiting == 0),
+        )
         .await;
-    rig.assert_clean().await;
+
+        rig.next_gate.release();
+        first.finish().await.unwrap();
+        rig.chain
+            .close(Context::new(), connection("t"))
+            .await
+            .unwrap();
+        rig.assert_clean().await;
+    }
 }
 
 #[tokio::test]
-async fn dropped_in_next_after_the_remote_answered() {
-    let rig = Rig::new().await;
-    rig.drop_while_held(&rig.next_gate, Op::Request, "n").await;
-    // The remote had the connection; the cleanup closed it there.
-    rig.assert_clean().await;
+async fn abandoned_while_closing_at_the_previous_remote() {
+    for how in EVERY_WAY {
+        eprintln!("abandoned by: {how:?}");
+        let rig = Rig::new().await;
+        let other = start_tcp(ServerChain::default()).await;
+        rig.establish("m").await;
+
+        // Move "m" to another remote; the close at the old one is held there.
+        rig.remote_gate.arm(Op::Close);
+        let caller = match how {
+            // The served chain always forwards to the rig's remote: move by
+            // calling in-process, which is what a served call runs anyway.
+            Abandon::Served | Abandon::Drop => {
+                let chain = rig.chain.clone();
+                let ctx = Context::new().with_client_url(other.url().clone());
+                Caller {
+                    how: Abandon::Drop,
+                    token: CancellationToken::new(),
+                    task: tokio::spawn(
+                        async move { chain.request(ctx, request("m")).await.map(drop) },
+                    ),
+                    served: None,
+                }
+            }
+            Abandon::Token => {
+                let token = CancellationToken::new();
+                let chain = rig.chain.clone();
+                let ctx = Context::new()
+                    .with_client_url(other.url().clone())
+                    .with_cancellation_token(token.clone());
+                Caller {
+                    how,
+                    token,
+                    task: tokio::spawn(
+                        async move { chain.request(ctx, request("m")).await.map(drop) },
+                    ),
+                    served: None,
+                }
+            }
+        };
+        settle(
+            "the old remote's close to be held",
+            rig.remote_gate.holding(),
+        )
+        .await;
+        caller.abandon().await;
+        rig.remote_gate.release();
+
+        // The close is finished in the background; nothing reached the new remote.
+        rig.assert_clean().await;
+        assert_eq!(other.connections().accepted, 0);
+    }
 }
 
 #[tokio::test]
-async fn dropped_while_waiting_for_the_connection_ids_turn() {
-    let rig = Rig::new().await;
-    // A first call for the id is held in next, keeping the id's turn.
-    rig.next_gate.arm(Op::Request);
-    let first = tokio::spawn({
-        let chain = rig.chain.clone();
-        let ctx = Context::new().with_client_url(rig.url().clone());
-        async move { chain.request(ctx, request("t")).await }
-    });
-    settle("the first call to be held", rig.next_gate.holding()).await;
+async fn abandoned_while_the_remote_handles_the_close() {
+    for how in EVERY_WAY {
+        eprintln!("abandoned by: {how:?}");
+        let rig = Rig::new().await;
+        rig.establish("x").await;
+        rig.abandon_while_held(&rig.remote_gate, Op::Close, "x", how)
+            .await;
+        rig.assert_clean().await;
+    }
+}
 
-    let second = tokio::spawn({
-        let chain = rig.chain.clone();
-        let ctx = Context::new().with_client_url(rig.url().clone());
-        async move { chain.request(ctx, request("t")).await }
-    });
-    settle("the second call to queue", async {
-        while rig.connect.stats().waiting == 0 {
-            tokio::task::yield_now().await;
+#[tokio::test]
+async fn abandoned_in_next_after_the_client_side_closed() {
+    for how in EVERY_WAY {
+        eprintln!("abandoned by: {how:?}");
+        let rig = Rig::new().await;
+        rig.establish("y").await;
+        rig.abandon_while_held(&rig.next_gate, Op::Close, "y", how)
+            .await;
+        rig.assert_clean().await;
+    }
+}
+
+#[tokio::test]
+async fn abandoned_while_dialing() {
+    for how in EVERY_WAY {
+        eprintln!("abandoned by: {how:?}");
+        let hole = BlackHole::start().await;
+        let connect = grpc_only().dial_timeout(Duration::from_millis(300)).build();
+        let chain = ServerChain::builder().with(connect.clone()).build();
+        let (served, watch) = serve_in_front(hole.url(), &chain).await;
+        let token = CancellationToken::new();
+        let task = match how {
+            Abandon::Drop | Abandon::Token => {
+                let mut ctx = Context::new().with_client_url(hole.url().clone());
+                if how == Abandon::Token {
+                    ctx = ctx.with_cancellation_token(token.clone());
+                }
+                tokio::spawn(async move { chain.request(ctx, request("d")).await.map(drop) })
+            }
+            Abandon::Served => {
+                let mut caller = tonic_caller(served.url()).await;
+                tokio::spawn(async move { caller.request(request("d")).await.map(drop) })
+            }
+        };
+        settle("the dial to connect", async {
+            while hole.accepted() == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        let served = (how == Abandon::Served).then_some(watch);
+        Caller {
+            how,
+            token,
+            task,
+            served,
         }
-    })
-    .await;
-    second.abort();
-    assert!(second.await.unwrap_err().is_cancelled());
-    assert_eq!(rig.connect.stats().waiting, 0, "{:?}", rig.connect.stats());
-
-    rig.next_gate.release();
-    let conn = settle("the first call", first).await.unwrap().unwrap();
-    rig.chain.close(Context::new(), conn).await.unwrap();
-    rig.assert_clean().await;
-}
-
-#[tokio::test]
-async fn dropped_while_closing_at_the_previous_remote() {
-    let rig = Rig::new().await;
-    let other = start_tcp(ServerChain::default()).await;
-    rig.establish("m").await;
-
-    // Move "m" to another remote; the close at the old one is held there.
-    rig.remote_gate.arm(Op::Close);
-    let call = tokio::spawn({
-        let chain = rig.chain.clone();
-        let ctx = Context::new().with_client_url(other.url().clone());
-        async move { chain.request(ctx, request("m")).await }
-    });
-    settle(
-        "the old remote's close to be held",
-        rig.remote_gate.holding(),
-    )
-    .await;
-    call.abort();
-    assert!(call.await.unwrap_err().is_cancelled());
-    rig.remote_gate.release();
-
-    // The close is finished in the background; nothing reached the new remote.
-    rig.assert_clean().await;
-    assert_eq!(other.connections().accepted, 0);
-}
-
-#[tokio::test]
-async fn dropped_while_the_remote_handles_the_close() {
-    let rig = Rig::new().await;
-    rig.establish("x").await;
-    rig.drop_while_held(&rig.remote_gate, Op::Close, "x").await;
-    rig.assert_clean().await;
-}
-
-#[tokio::test]
-async fn dropped_in_next_after_the_client_side_closed() {
-    let rig = Rig::new().await;
-    rig.establish("y").await;
-    rig.drop_while_held(&rig.next_gate, Op::Close, "y").await;
-    rig.assert_clean().await;
-}
-
-#[tokio::test]
-async fn dropped_while_dialing() {
-    let hole = BlackHole::start().await;
-    let connect = grpc_only().dial_timeout(Duration::from_millis(300)).build();
-    let chain = ServerChain::builder().with(connect.clone()).build();
-    let call = tokio::spawn({
-        let ctx = Context::new().with_client_url(hole.url().clone());
-        async move { chain.request(ctx, request("d")).await }
-    });
-    settle("the dial to connect", async {
-        while hole.accepted() == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    call.abort();
-    assert!(call.await.unwrap_err().is_cancelled());
-    assert_no_leaks(&connect, &[]).await;
+        .abandon()
+        .await;
+        assert_no_leaks(&connect, &[]).await;
+    }
 }
 
 /// Requests, refreshes and closes for the same ids, fired together from
-/// many tasks on a multi-threaded runtime, round after round: the remote
-/// never sees two calls for one id at once, and nothing is left at the end.
+/// many tasks on a multi-threaded runtime, round after round, some through
+/// the served chain by tonic callers: the remote never sees two calls for
+/// one id at once, and nothing is left at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_id_requests_and_closes_racing_keep_order_and_leak_nothing() {
     const IDS: usize = 10;
     const ROUNDS: usize = 30;
     let rig = Arc::new(Rig::new().await);
+    let caller = tonic_caller(rig.served.url()).await;
     for round in 0..ROUNDS {
         let mut calls = Vec::new();
         for id in 0..IDS {
             let id = format!("race-{id}");
-            for op in [Op::Request, Op::Close, Op::Request] {
+            for (n, op) in [Op::Request, Op::Close, Op::Request]
+                .into_iter()
+                .enumerate()
+            {
                 let rig = Arc::clone(&rig);
+                let mut caller = caller.clone();
                 let id = id.clone();
+                let served = (id.len() + n + round) % 2 == 0;
                 calls.push(tokio::spawn(async move {
                     let ctx = Context::new().with_client_url(rig.url().clone());
-                    match op {
-                        Op::Request => rig.chain.request(ctx, request(&id)).await.map(drop),
-                        Op::Close => rig.chain.close(ctx, connection(&id)).await,
+                    match (op, served) {
+                        (Op::Request, false) => {
+                            rig.chain.request(ctx, request(&id)).await.map(drop)
+                        }
+                        (Op::Close, false) => rig.chain.close(ctx, connection(&id)).await,
+                        (Op::Request, true) => caller.request(request(&id)).await.map(drop),
+                        (Op::Close, true) => caller.close(connection(&id)).await.map(drop),
                     }
                 }));
             }
@@ -280,75 +471,89 @@ async fn same_id_requests_and_closes_racing_keep_order_and_leak_nothing() {
 /// caller went away runs to its end before the next call for that id goes.
 #[tokio::test]
 async fn an_abandoned_call_finishes_before_the_next_call_for_its_id() {
-    let rig = Rig::new().await;
-    rig.establish("o").await;
-    rig.remote_gate.arm(Op::Request);
-    let refresh = tokio::spawn({
-        let chain = rig.chain.clone();
-        let ctx = Context::new().with_client_url(rig.url().clone());
-        async move { chain.request(ctx, request("o")).await }
-    });
-    settle("the refresh to reach the remote", rig.remote_gate.holding()).await;
-    refresh.abort();
-    assert!(refresh.await.unwrap_err().is_cancelled());
+    for how in EVERY_WAY {
+        eprintln!("abandoned by: {how:?}");
+        let rig = Rig::new().await;
+        rig.establish("o").await;
+        rig.remote_gate.arm(Op::Request);
+        let refresh = rig.start(Op::Request, "o", how).await;
+        settle("the refresh to reach the remote", rig.remote_gate.holding()).await;
+        refresh.abandon().await;
 
-    // A close for the same id now waits for the abandoned refresh.
-    let close = tokio::spawn({
-        let chain = rig.chain.clone();
-        async move { chain.close(Context::new(), connection("o")).await }
-    });
-    settle("the close to queue", async {
-        while rig.connect.stats().waiting == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    assert_eq!(
-        rig.ledger.open(),
-        ["o"],
-        "nothing has reached the remote yet"
-    );
+        // A close for the same id now waits for the abandoned refresh.
+        let close = rig.start(Op::Close, "o", Abandon::Drop).await;
+        settle(
+            "the close to queue",
+            rig.connect.wait_for(|stats| stats.waiting == 1),
+        )
+        .await;
+        assert_eq!(
+            rig.ledger.open(),
+            ["o"],
+            "nothing has reached the remote yet"
+        );
 
-    rig.remote_gate.release();
-    settle("the close", close).await.unwrap().unwrap();
-    rig.assert_clean().await;
+        rig.remote_gate.release();
+        close.finish().await.unwrap();
+        rig.assert_clean().await;
+    }
 }
 
 /// An abandoned call the remote never finishes is given up after the cleanup
 /// timeout, and then undone all the same.
 #[tokio::test]
 async fn an_abandoned_call_the_remote_never_finishes_is_given_up() {
-    let (ledger, gate) = (Ledger::new(), Gate::new());
-    let server = start_tcp(
-        ServerChain::builder()
-            .with(ledger.clone())
-            .with(gate.clone())
-            .build(),
-    )
-    .await;
-    let connect = Connect::builder(|ctx: &Context, conn| {
-        ClientChain::builder()
-            .with(Monitor::new(ctx, conn.clone()))
-            .with(GrpcClient::new(conn))
-            .build()
-    })
-    .cleanup_timeout(Duration::from_millis(200))
-    .dial_timeout(Duration::from_secs(1))
-    .build();
-    let chain = ServerChain::builder().with(connect.clone()).build();
+    for how in EVERY_WAY {
+        eprintln!("abandoned by: {how:?}");
+        let (ledger, gate) = (Ledger::new(), Gate::new());
+        let server = start_tcp(
+            ServerChain::builder()
+                .with(ledger.clone())
+                .with(gate.clone())
+                .build(),
+        )
+        .await;
+        let connect = Connect::builder(|ctx: &Context, conn| {
+            ClientChain::builder()
+                .with(Monitor::new(ctx, conn.clone()))
+                .with(GrpcClient::new(conn))
+                .build()
+        })
+        .cleanup_timeout(Duration::from_millis(200))
+        .dial_timeout(Duration::from_secs(1))
+        .build();
+        let chain = ServerChain::builder().with(connect.clone()).build();
+        let (served, watch) = serve_in_front(server.url(), &chain).await;
 
-    gate.arm(Op::Request);
-    let call = tokio::spawn({
-        let ctx = Context::new().with_client_url(server.url().clone());
-        let chain = chain.clone();
-        async move { chain.request(ctx, request("stuck")).await }
-    });
-    settle("the request to be held", gate.holding()).await;
-    call.abort();
-    assert!(call.await.unwrap_err().is_cancelled());
+        gate.arm(Op::Request);
+        let token = CancellationToken::new();
+        let task = match how {
+            Abandon::Drop | Abandon::Token => {
+                let mut ctx = Context::new().with_client_url(server.url().clone());
+                if how == Abandon::Token {
+                    ctx = ctx.with_cancellation_token(token.clone());
+                }
+                tokio::spawn(async move { chain.request(ctx, request("stuck")).await.map(drop) })
+            }
+            Abandon::Served => {
+                let mut caller = tonic_caller(served.url()).await;
+                tokio::spawn(async move { caller.request(request("stuck")).await.map(drop) })
+            }
+        };
+        settle("the request to be held", gate.holding()).await;
+        let served = (how == Abandon::Served).then_some(watch);
+        Caller {
+            how,
+            token,
+            task,
+            served,
+        }
+        .abandon()
+        .await;
 
-    // Never released: after 200 ms connect stops waiting, closes by id and
-    // lets go.
-    assert_no_leaks(&connect, &[&server]).await;
-    assert!(ledger.open().is_empty());
+        // Never released: after 200 ms connect stops waiting, closes by id and
+        // lets go.
+        assert_no_leaks(&connect, &[&server]).await;
+        assert!(ledger.open().is_empty());
+    }
 }

@@ -6,5 +6,6 @@ mod chain;
 mod connect;
 mod fixtures;
 mod program;
+mod served;
 mod transport;
 mod wire;
