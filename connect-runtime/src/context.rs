@@ -16,6 +16,13 @@ use tonic::Status;
 use tonic::metadata::MetadataMap;
 use url::Url;
 
+/// The instant `timeout` from now, saturating at about thirty years (what
+/// tokio's timers treat as never).
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    Instant::now() + timeout.min(FAR)
+}
+
 /// Per-call state handed from element to element along a chain.
 ///
 /// A context carries the *client URL* (where a `connect` element forwards the
@@ -103,9 +110,10 @@ impl Context {
         self
     }
 
-    /// Sets a deadline `timeout` from now (the earlier deadline wins).
+    /// Sets a deadline `timeout` from now (the earlier deadline wins). A
+    /// timeout too large to add to the clock saturates (about thirty years).
     pub fn with_timeout(self, timeout: Duration) -> Self {
-        self.with_deadline(Instant::now() + timeout)
+        self.with_deadline(deadline_after(timeout))
     }
 
     /// Replaces the deadline outright, even with a later one (or none).

@@ -2,95 +2,110 @@
 
 use std::time::Duration;
 
-use prost::Message;
 use tonic::Status;
+use tonic::body::Body;
+use tonic::client::GrpcService;
+use tonic::metadata::{Ascii, MetadataValue};
 
 use crate::Context;
-use crate::dial::ClientConn;
 use crate::element::{BoxFuture, ClientElement, Next};
+use crate::outcome::not_sent;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
-use crate::unary;
+use crate::proto::networkservice::network_service_client::NetworkServiceClient;
+use crate::transport::dial::ClientConn;
 
-/// Calls the remote `networkservice.NetworkService` over a dialed channel
-/// (Go's `networkservice.NewNetworkServiceClient(cc)`).
+/// Calls the remote `networkservice.NetworkService` with tonic's generated
+/// client (Go's `networkservice.NewNetworkServiceClient(cc)`).
 ///
-/// The context's deadline goes out as `grpc-timeout` and is also enforced
-/// here, as is its cancellation. Being terminal, it never calls `next`.
+/// The channel is a [`ClientConn`] by default, or that channel wrapped in
+/// tower layers or a tonic interceptor. The context's deadline goes out as
+/// `grpc-timeout` and is also enforced here. Being terminal, it never calls
+/// `next`.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use connect_runtime::{ClientChain, Context, DialOptions, GrpcClient, dial};
 /// use connect_runtime::proto::networkservice::NetworkServiceRequest;
+/// use tonic::service::interceptor::InterceptedService;
 ///
 /// let conn = dial(&"unix:///run/nsm/nse.sock".parse()?, &DialOptions::new()).await?;
-/// let chain = ClientChain::builder().with(GrpcClient::new(conn)).build();
+/// // A per-call token, added by a tonic interceptor.
+/// let with_token = InterceptedService::new(conn, |mut call: tonic::Request<()>| {
+///     call.metadata_mut().insert("authorization", "Bearer t0ken".parse().unwrap());
+///     Ok(call)
+/// });
+/// let chain = ClientChain::builder().with(GrpcClient::new(with_token)).build();
 /// let reply = chain.request(Context::new(), NetworkServiceRequest::default()).await?;
 /// # let _ = reply;
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
-pub struct GrpcClient {
-    conn: ClientConn,
+pub struct GrpcClient<C = ClientConn> {
+    client: NetworkServiceClient<C>,
 }
 
-impl GrpcClient {
-    /// Calls the remote behind `conn`.
-    pub fn new(conn: ClientConn) -> Self {
-        Self { conn }
-    }
-}
-
-/// The time the context has left, to go out as `grpc-timeout`, or
-/// `DeadlineExceeded` if none is left.
-fn remaining(ctx: &Context) -> Result<Option<Duration>, Status> {
-    match ctx.remaining() {
-        Some(remaining) if remaining.is_zero() => Err(Status::deadline_exceeded(
-            "the call's deadline passed before it was sent",
-        )),
-        remaining => Ok(remaining),
-    }
-}
-
-/// Under TLS the call goes through tonic's channel, which enforces
-/// `grpc-timeout` itself and reports expiry as `Cancelled`; to the caller it
-/// is its deadline passing.
-fn deadline_status(status: Status) -> Status {
-    let mut source = std::error::Error::source(&status);
-    while let Some(cause) = source {
-        if cause.is::<tonic::TimeoutExpired>() {
-            return Status::deadline_exceeded("the call's deadline passed");
+impl<C> GrpcClient<C>
+where
+    C: GrpcService<Body> + Clone + Send + Sync + 'static,
+    C::Future: Send,
+    C::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <C::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    /// Calls the remote behind `channel`.
+    pub fn new(channel: C) -> Self {
+        Self {
+            client: NetworkServiceClient::new(channel),
         }
-        source = cause.source();
     }
-    status
-}
 
-impl GrpcClient {
-    /// One unary call of `method` carrying `message`, bounded by `ctx`.
-    fn call<R: Message + Default + 'static>(
+    /// The client and the request for one call, with the time left as
+    /// `grpc-timeout`; `DeadlineExceeded` (sending nothing) if none is left.
+    #[allow(clippy::result_large_err)]
+    fn prepare<M>(
         &self,
-        ctx: Context,
-        method: &http::Uri,
-        message: &impl Message,
-    ) -> BoxFuture<'static, Result<R, Status>> {
-        let outgoing = match remaining(&ctx) {
-            Ok(timeout) => unary::encode(method, message, timeout),
-            Err(status) => return Box::pin(std::future::ready(Err(status))),
-        };
-        let conn = self.conn.clone();
-        Box::pin(ctx.run(async move { unary::call(conn, outgoing).await.map_err(deadline_status) }))
+        ctx: &Context,
+        message: M,
+    ) -> Result<(NetworkServiceClient<C>, tonic::Request<M>), Status> {
+        let mut request = tonic::Request::new(message);
+        if let Some(left) = ctx.remaining() {
+            if left.is_zero() {
+                let late =
+                    Status::deadline_exceeded("the call's deadline passed before it was sent");
+                return Err(not_sent(late));
+            }
+            request
+                .metadata_mut()
+                .insert("grpc-timeout", grpc_timeout(left));
+        }
+        Ok((self.client.clone(), request))
     }
 }
 
-impl ClientElement for GrpcClient {
+impl<C> ClientElement for GrpcClient<C>
+where
+    C: GrpcService<Body> + Clone + Send + Sync + 'static,
+    C::Future: Send,
+    C::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <C::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
     fn request<'a>(
         &'a self,
         ctx: Context,
         request: NetworkServiceRequest,
         _next: Next<'a>,
     ) -> BoxFuture<'a, Result<Connection, Status>> {
-        self.call(ctx, &unary::REQUEST, &request)
+        let (mut client, request) = match self.prepare(&ctx, request) {
+            Ok(prepared) => prepared,
+            Err(status) => return Box::pin(std::future::ready(Err(status))),
+        };
+        let call = async move {
+            client
+                .request(request)
+                .await
+                .map(tonic::Response::into_inner)
+        };
+        Box::pin(async move { ctx.run(call).await })
     }
 
     fn close<'a>(
@@ -99,6 +114,52 @@ impl ClientElement for GrpcClient {
         connection: Connection,
         _next: Next<'a>,
     ) -> BoxFuture<'a, Result<(), Status>> {
-        self.call(ctx, &unary::CLOSE, &connection)
+        let (mut client, request) = match self.prepare(&ctx, connection) {
+            Ok(prepared) => prepared,
+            Err(status) => return Box::pin(std::future::ready(Err(status))),
+        };
+        let call = async move { client.close(request).await.map(drop) };
+        Box::pin(async move { ctx.run(call).await })
+    }
+}
+
+/// A `grpc-timeout` value: at most eight digits and a unit, rounded up so
+/// that the remote never sees less time than the caller has, and saturating
+/// at the largest value the format holds.
+fn grpc_timeout(timeout: Duration) -> MetadataValue<Ascii> {
+    const MAX_DIGITS: u128 = 99_999_999;
+    const UNITS: [(u128, char); 6] = [
+        (1, 'n'),
+        (1_000, 'u'),
+        (1_000_000, 'm'),
+        (1_000_000_000, 'S'),
+        (60_000_000_000, 'M'),
+        (3_600_000_000_000, 'H'),
+    ];
+    let nanos = timeout.as_nanos();
+    let (value, unit) = UNITS
+        .iter()
+        .find_map(|&(per, unit)| {
+            let value = nanos.div_ceil(per);
+            (value <= MAX_DIGITS).then_some((value, unit))
+        })
+        .unwrap_or((MAX_DIGITS, 'H'));
+    MetadataValue::try_from(format!("{value}{unit}")).expect("digits and a letter")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_fit_eight_digits_and_round_up() {
+        let value = |d| grpc_timeout(d).to_str().unwrap().to_owned();
+        assert_eq!(value(Duration::from_nanos(5)), "5n");
+        assert_eq!(value(Duration::from_millis(250)), "250000u");
+        assert_eq!(value(Duration::from_nanos(100_000_001)), "100001u");
+        assert_eq!(value(Duration::from_secs(5)), "5000000u");
+        assert_eq!(value(Duration::from_secs(200_000)), "200000S");
+        assert_eq!(value(Duration::from_secs(200_000_000)), "3333334M");
+        assert_eq!(value(Duration::MAX), "99999999H");
     }
 }

@@ -50,20 +50,14 @@ mod chain;
 mod clienturl;
 mod connect;
 mod context;
-mod dial;
 mod element;
-mod executor;
 mod grpc_client;
 mod hooks;
-mod http2;
 pub mod map;
 mod monitor;
+mod outcome;
 mod passthrough;
-mod serve;
-mod service;
-mod socket;
-mod target;
-mod unary;
+mod transport;
 
 /// The NSM wire API (`connect-proto`), re-exported.
 pub use connect_proto as proto;
@@ -74,23 +68,23 @@ pub use connect::{
     ClientFactory, ClientStats, Connect, ConnectBuilder, ConnectStats, DEFAULT_CLEANUP_TIMEOUT,
 };
 pub use context::{ClientCancel, Context};
-pub use dial::{
-    ClientConn, DEFAULT_DIAL_TIMEOUT, DialError, DialOptions, Keepalive, ResponseFuture,
-    TransportError, UNARY_CALLS_IN_FLIGHT, dial,
-};
 pub use element::{BoxFuture, ClientElement, Next, NextFuture, ServerElement};
 pub use grpc_client::GrpcClient;
 pub use hooks::Hooks;
 pub use monitor::Monitor;
 pub use passthrough::Passthrough;
-pub use serve::{ConnectionStats, DEFAULT_GRACE_PERIOD, Serve, ServeError, ServerHandle, serve};
-pub use service::ChainService;
-pub use target::{Target, UrlError};
-
-/// TLS configuration types for [`DialOptions::tls`], re-exported from tonic.
-pub mod tls {
-    pub use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-}
+pub use transport::dial::{
+    ClientConn, DEFAULT_DIAL_TIMEOUT, DialError, DialOptions, Keepalive, MetadataError,
+    ResponseFuture, TransportError, dial,
+};
+pub use transport::serve::{
+    ConnectionStats, DEFAULT_GRACE_PERIOD, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_SERVER_KEEPALIVE, Peer, Serve, ServeError,
+    ServerHandle, serve,
+};
+pub use transport::service::ChainService;
+pub use transport::target::{Target, UrlError};
+pub use transport::tls;
 
 /// Makes a struct a chain element: implements [`ServerElement`] and/or
 /// [`ClientElement`] from the hooks written for it with [`hooks`].

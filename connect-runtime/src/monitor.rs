@@ -10,13 +10,16 @@ use tonic_health::pb::health_client::HealthClient;
 use url::Url;
 
 use crate::context::{ClientCancel, Context};
-use crate::dial::ClientConn;
+use crate::transport::dial::ClientConn;
 use crate::{Element, hooks};
 
 /// Watches the remote's overall gRPC health (`grpc.health.v1.Health/Watch`
 /// for service `""`) over the client's channel, and cancels the client
-/// through its [`ClientCancel`] handle when the watch ends, fails, or
-/// reports `NOT_SERVING`. Calls pass through it unchanged.
+/// through its [`ClientCancel`] handle when the remote reports
+/// `NOT_SERVING` or cannot be watched (it cannot be reached). A watch that
+/// ends after hearing from the remote (its connection was recycled by a
+/// GOAWAY, say) is started again, on a new connection if need be. Calls
+/// pass through it unchanged.
 ///
 /// A remote without the health service (`UNIMPLEMENTED`) is not treated as
 /// dead: the monitor says so once in the log and stays passive. Outside a
@@ -66,47 +69,52 @@ impl Monitor {}
 async fn watch(conn: ClientConn, cancel: ClientCancel) {
     let url: Url = conn.url().clone();
     let mut health = HealthClient::new(conn);
-    let request = HealthCheckRequest {
-        service: String::new(),
-    };
-    let started = tokio::select! {
-        () = cancel.cancelled() => return,
-        started = health.watch(request) => started,
-    };
-    let mut stream = match started {
-        Ok(response) => response.into_inner(),
-        Err(status) if status.code() == Code::Unimplemented => {
-            tracing::info!(%url, "the remote has no gRPC health service; not monitoring it");
-            return;
-        }
-        Err(status) => {
-            tracing::warn!(%url, error = %status.message(), "health watch failed; closing the client");
-            cancel.cancel();
-            return;
-        }
-    };
     loop {
-        let message = tokio::select! {
-            () = cancel.cancelled() => return,
-            message = stream.message() => message,
+        let request = HealthCheckRequest {
+            service: String::new(),
         };
-        match message {
-            Ok(Some(update)) if update.status == ServingStatus::Serving as i32 => {}
-            // UNKNOWN is what a server reports before it has decided.
-            Ok(Some(update)) if update.status == ServingStatus::Unknown as i32 => {}
-            Ok(Some(update)) => {
-                tracing::warn!(%url, status = update.status, "the remote is not serving; closing the client");
-                break;
-            }
-            Ok(None) => {
-                tracing::warn!(%url, "the remote ended the health watch; closing the client");
-                break;
+        let started = tokio::select! {
+            () = cancel.cancelled() => return,
+            started = health.watch(request) => started,
+        };
+        let mut stream = match started {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == Code::Unimplemented => {
+                tracing::info!(%url, "the remote has no gRPC health service; not monitoring it");
+                return;
             }
             Err(status) => {
-                tracing::warn!(%url, error = %status.message(), "health watch broke; closing the client");
+                tracing::warn!(%url, error = %status.message(), "cannot watch the remote's health; closing the client");
                 break;
             }
+        };
+        let mut heard = false;
+        let ended = loop {
+            let message = tokio::select! {
+                () = cancel.cancelled() => return,
+                message = stream.message() => message,
+            };
+            match message {
+                Ok(Some(update)) if update.status == ServingStatus::Serving as i32 => heard = true,
+                // UNKNOWN is what a server reports before it has decided.
+                Ok(Some(update)) if update.status == ServingStatus::Unknown as i32 => heard = true,
+                Ok(Some(update)) => {
+                    tracing::warn!(%url, status = update.status, "the remote is not serving; closing the client");
+                    cancel.cancel();
+                    return;
+                }
+                Ok(None) => break "the remote ended the health watch".to_owned(),
+                Err(status) => break format!("the health watch broke: {}", status.message()),
+            }
+        };
+        // A watch that said something before it ended (its connection was
+        // recycled, say) is watched again; one that ended in silence is
+        // not, so a remote that drops every watch cannot spin this loop.
+        if !heard {
+            tracing::warn!(%url, why = %ended, "closing the client");
+            break;
         }
+        tracing::debug!(%url, why = %ended, "watching the remote's health again");
     }
     cancel.cancel();
 }

@@ -4,6 +4,7 @@
 pub mod caller;
 pub mod elements;
 pub mod harness;
+pub mod pki;
 pub mod program;
 pub mod remote;
 

@@ -1,26 +1,31 @@
 //! What an operation on one connection holds while it runs: the id's turn,
 //! possibly a reference to a client, and the client call in flight. If the
-//! operation's future is dropped half-way, the lease finishes the call and
-//! undoes the operation in the background, still holding the turn.
+//! operation's future is dropped half-way (or panics), the lease finishes
+//! the call and undoes the operation in the background, still holding the
+//! turn.
 
 use std::future::poll_fn;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::Poll;
 
+use futures_util::FutureExt;
 use tonic::{Code, Status};
 
-use super::client::ConnectClient;
+use super::client::{ConnectClient, panic_message};
 use super::turns::Turn;
 use super::{Record, Shared};
 use crate::context::Context;
 use crate::element::BoxFuture;
 use crate::map::Instance;
+use crate::outcome::sent_nothing;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
 
-/// Codes after which the remote may or may not have acted on a request.
-pub(super) fn outcome_unknown(code: Code) -> bool {
-    matches!(code, Code::DeadlineExceeded | Code::Cancelled)
+/// Whether the remote may have acted on a client call that failed with
+/// `status`: the call went out and its outcome is unknown.
+pub(super) fn may_have_acted(status: &Status) -> bool {
+    !sent_nothing(status) && matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled)
 }
 
 /// One operation's hold on a connection id and, usually, on a client.
@@ -30,16 +35,18 @@ pub(super) fn outcome_unknown(code: Code) -> bool {
 /// refresh). It ends by [`Lease::keep`] (success: a record owns the
 /// reference) or [`Lease::release`] (the reference is given back).
 ///
-/// Dropped before that — the caller's future was dropped at an `.await` —
-/// it undoes the operation in a background task that holds the id's turn,
-/// so that the remote never sees two calls for one id at once:
+/// Dropped before that — the caller's future was dropped at an `.await`, or
+/// something under it panicked — it undoes the operation in a background
+/// task that holds the id's turn, so that the remote never sees two calls
+/// for one id at once:
 ///
-/// 1. a client call still in flight is run to completion (bounded by the
+/// 1. a client call still in flight is run to its end (bounded by the
 ///    cleanup timeout) rather than cut off, since the remote may already be
 ///    acting on it;
-/// 2. a connection the operation may have created on the remote is closed
-///    there;
-/// 3. the record it stored is forgotten and its reference released.
+/// 2. what the operation may have created on the remote is closed there,
+///    with the connection as last known;
+/// 3. the record it stored is forgotten and its reference released, by a
+///    guard, so that a panic in any of this leaks nothing.
 pub(super) struct Lease {
     shared: Arc<Shared>,
     instance: Instance,
@@ -49,8 +56,8 @@ pub(super) struct Lease {
     owns_reference: bool,
     /// The client call in flight, if any.
     pending: Pending,
-    /// What to close on the remote if abandoned.
-    remote: Remote,
+    /// What to close on the remote if abandoned: the connection as last known.
+    remote: Option<Box<Connection>>,
     /// Whether this operation stored the id's record.
     recorded: bool,
     armed: bool,
@@ -64,27 +71,27 @@ enum Pending {
 
 /// Polls the call in `slot` to its end, then clears the slot. The call lives
 /// in the lease rather than in the caller's future, so that a drop half-way
-/// leaves it for [`Lease`]'s `Drop` to finish.
+/// leaves it for [`Lease`]'s `Drop` to finish; a call that panics is cleared
+/// before the panic goes on, so that nobody polls it again.
 async fn run_pending<T>(
     slot: &mut Pending,
     call: impl Fn(&mut Pending) -> &mut BoxFuture<'static, Result<T, Status>>,
 ) -> Result<T, Status> {
     poll_fn(|cx| {
-        let result = std::task::ready!(call(slot).as_mut().poll(cx));
-        *slot = Pending::Nothing;
-        Poll::Ready(result)
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| call(slot).as_mut().poll(cx)));
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(result)) => {
+                *slot = Pending::Nothing;
+                Poll::Ready(result)
+            }
+            Err(panic) => {
+                *slot = Pending::Nothing;
+                std::panic::resume_unwind(panic)
+            }
+        }
     })
     .await
-}
-
-/// What an abandoned operation may have left on the remote.
-enum Remote {
-    /// Nothing.
-    Nothing,
-    /// A connection with the lease's id, nothing more known.
-    Id,
-    /// The connection as the remote returned it.
-    Connection(Box<Connection>),
 }
 
 impl Lease {
@@ -102,7 +109,7 @@ impl Lease {
             turn: Some(turn),
             owns_reference: true,
             pending: Pending::Nothing,
-            remote: Remote::Nothing,
+            remote: None,
             recorded: false,
             armed: true,
         }
@@ -152,39 +159,41 @@ impl Lease {
     }
 
     /// Sends a close for `connection` through the client, likewise run to
-    /// its end if this lease is dropped meanwhile.
+    /// its end if this lease is dropped meanwhile (and sent again, as it is,
+    /// if its outcome is then unknown).
     pub(super) async fn close(
         &mut self,
         ctx: Context,
         connection: Connection,
     ) -> Result<(), Status> {
+        self.remote = Some(Box::new(connection.clone()));
         let client = Arc::clone(&self.client);
         self.pending = Pending::Close(Box::pin(async move { client.close(ctx, connection).await }));
-        run_pending(&mut self.pending, |pending| match pending {
+        let result = run_pending(&mut self.pending, |pending| match pending {
             Pending::Close(call) => call,
             _ => unreachable!("the close is pending until it completes"),
         })
-        .await
+        .await;
+        self.remote = None;
+        result
     }
 
-    /// From now on the remote may hold a connection with this lease's id:
-    /// `connection` as it returned it, or (with `None`) just the id.
-    pub(super) fn may_exist_remotely(&mut self, connection: Option<Box<Connection>>) {
-        self.remote = match connection {
-            Some(connection) => Remote::Connection(connection),
-            None => Remote::Id,
-        };
+    /// From now on the remote may hold `connection` (as last known) under
+    /// this lease's id.
+    pub(super) fn may_exist_remotely(&mut self, connection: Box<Connection>) {
+        self.remote = Some(connection);
     }
 
     /// Stores the record for `id` (the turn's id), which will own the
     /// reference once the operation succeeds.
-    pub(super) fn record(&mut self, id: Arc<str>) {
+    pub(super) fn record(&mut self, id: Arc<str>, connection: Arc<Connection>) {
         debug_assert_eq!(&*id, self.id());
         self.shared.records.store(
             id,
             Record {
                 instance: self.instance,
                 client: Arc::clone(&self.client),
+                connection,
             },
         );
         self.recorded = true;
@@ -211,20 +220,19 @@ impl Lease {
             .expect("a lease holds its turn until it ends")
     }
 
-    /// Closes what the operation created on the remote (the connection it
-    /// returned), then forgets the record and releases the reference.
+    /// Closes what the operation created on the remote (the connection as
+    /// last known), then forgets the record and releases the reference.
     /// Returns the close's outcome and the turn.
     pub(super) async fn undo(mut self, ctx: Context) -> (Result<(), Status>, Turn) {
-        let connection = match std::mem::replace(&mut self.remote, Remote::Nothing) {
-            Remote::Connection(connection) => *connection,
-            Remote::Id | Remote::Nothing => self.bare_connection(),
+        let connection = match self.remote.take() {
+            Some(connection) => *connection,
+            None => Connection {
+                id: self.id().to_owned(),
+                ..Default::default()
+            },
         };
         let result = self.close(ctx, connection).await;
         (result, self.release())
-    }
-
-    fn bare_connection(&self) -> Connection {
-        bare_connection(&self.turn)
     }
 
     fn forget_record(&mut self) {
@@ -244,114 +252,108 @@ impl Drop for Lease {
             return;
         }
         self.forget_record();
-        let mut pending = std::mem::replace(&mut self.pending, Pending::Nothing);
-        if !self.client.is_dialed() {
-            // Still dialing: nothing of this call has left, so there is
-            // nothing to finish or undo at the remote. (Once connected, a
-            // call goes out before the remote's preface arrives, so even a
-            // remote that has not answered yet may be acting on it.)
-            pending = Pending::Nothing;
-            self.remote = Remote::Nothing;
-        }
-        let remote = match std::mem::replace(&mut self.remote, Remote::Nothing) {
-            Remote::Nothing => None,
-            Remote::Id => Some(self.bare_connection()),
-            Remote::Connection(connection) => Some(*connection),
-        };
-        let nothing_to_finish = matches!(pending, Pending::Nothing) && remote.is_none();
-        let runtime = tokio::runtime::Handle::try_current();
-        let (Ok(runtime), false) = (runtime, nothing_to_finish) else {
-            // Nothing on the remote to wait for or undo (or no runtime left
-            // to do it on): just let go.
-            if self.owns_reference {
-                self.shared.release(self.client.url(), self.instance);
-            }
-            return;
-        };
-        let abandoned = Abandoned {
+        let held = Held {
             shared: Arc::clone(&self.shared),
             client: Arc::clone(&self.client),
             instance: self.instance,
             owns_reference: self.owns_reference,
             turn: self.turn.take(),
-            pending,
-            remote,
+        };
+        let pending = std::mem::replace(&mut self.pending, Pending::Nothing);
+        let remote = self.remote.take();
+        if matches!(pending, Pending::Nothing) && remote.is_none() {
+            // Nothing on the remote to wait for or undo.
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime left to finish it on: let go (`held` releases).
+            return;
         };
         tracing::debug!(
-            connection_id = %abandoned.turn.as_ref().map_or("", |t| t.id()),
+            connection_id = %held.turn.as_ref().map_or("", |t| t.id()),
             url = %self.client.url(),
             "call abandoned; finishing it and undoing what it did"
         );
-        runtime.spawn(abandoned.finish());
+        runtime.spawn(finish(held, pending, remote));
     }
 }
 
-/// A connection carrying only the turn's id: all a remote needs to find
-/// what to close.
-fn bare_connection(turn: &Option<Turn>) -> Connection {
-    Connection {
-        id: turn
-            .as_ref()
-            .map_or_else(String::new, |t| t.id().to_owned()),
-        ..Default::default()
-    }
-}
-
-/// The background half of an abandoned operation.
-struct Abandoned {
+/// What an abandoned operation holds until its cleanup ends: released by
+/// `Drop`, so that a panic during the cleanup leaks nothing either. The
+/// reference goes before the turn, so that whoever sees the id free also
+/// sees the reference gone.
+struct Held {
     shared: Arc<Shared>,
     client: Arc<ConnectClient>,
     instance: Instance,
     owns_reference: bool,
     turn: Option<Turn>,
-    pending: Pending,
-    remote: Option<Connection>,
 }
 
-impl Abandoned {
-    async fn finish(self) {
-        let Abandoned {
-            shared,
-            client,
-            instance,
-            owns_reference,
-            turn,
-            pending,
-            mut remote,
-        } = self;
-        let limit = shared.cleanup_timeout;
-        match pending {
-            Pending::Nothing => {}
-            Pending::Request(call) => match tokio::time::timeout(limit, call).await {
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.owns_reference {
+            self.shared.release(self.client.url(), self.instance);
+        }
+        drop(self.turn.take());
+    }
+}
+
+/// The background half of an abandoned operation: the call in flight run
+/// to its end, then a close of what it may have left at the remote.
+async fn finish(held: Held, pending: Pending, mut remote: Option<Box<Connection>>) {
+    let limit = held.shared.cleanup_timeout;
+    let outcome = |result: Result<Result<Result<(), Status>, _>, _>| match result {
+        Ok(Ok(Ok(()))) => Some(Ok(())),
+        Ok(Ok(Err(status))) => Some(Err(status)),
+        // No answer in time.
+        Err(_) => None,
+        Ok(Err(panic)) => {
+            let panic: Box<dyn std::any::Any + Send> = panic;
+            tracing::error!(panic = %panic_message(&*panic), "a client call panicked");
+            None
+        }
+    };
+    match pending {
+        Pending::Nothing => {}
+        Pending::Request(call) => {
+            let mut reply = None;
+            let ran = tokio::time::timeout(
+                limit,
+                AssertUnwindSafe(call.map(|r| r.map(|c| reply = Some(c)))).catch_unwind(),
+            )
+            .await;
+            match outcome(ran) {
                 // The remote made the connection: close that one (a refresh
                 // has nothing to undo).
-                Ok(Ok(reply)) if remote.is_some() => remote = Some(reply),
-                Ok(Ok(_)) => {}
-                // The remote refused it: nothing to close.
-                Ok(Err(status)) if !outcome_unknown(status.code()) => remote = None,
-                // Unknown: close by id, as prepared.
+                Some(Ok(())) if remote.is_some() => remote = reply.map(Box::new),
+                // The remote refused it, or nothing was sent: nothing to close.
+                Some(Err(status)) if !may_have_acted(&status) => remote = None,
+                // Unknown: close as last known.
                 _ => {}
-            },
-            Pending::Close(call) => match tokio::time::timeout(limit, call).await {
-                // A close that ran its course is all the remote needs.
-                Ok(Ok(())) => remote = None,
-                Ok(Err(status)) if !outcome_unknown(status.code()) => remote = None,
-                // Cut off, or no answer in time: close again, by id.
-                _ => remote = remote.or_else(|| Some(bare_connection(&turn))),
-            },
-        }
-        // A remote that never answered acted on nothing.
-        if let Some(connection) = remote.filter(|_| client.has_answered()) {
-            let ctx = shared.cleanup_context(&client);
-            if let Err(status) = client.close(ctx, connection).await {
-                tracing::debug!(error = %status.message(), "cleanup close failed");
             }
         }
-        // Released before the turn ends, so that whoever sees the id free
-        // also sees the reference gone.
-        if owns_reference {
-            shared.release(client.url(), instance);
+        Pending::Close(call) => {
+            let ran = tokio::time::timeout(limit, AssertUnwindSafe(call).catch_unwind()).await;
+            match outcome(ran) {
+                // A close that ran its course is all the remote needs.
+                Some(Ok(())) => remote = None,
+                Some(Err(status)) if !may_have_acted(&status) => remote = None,
+                // Cut off, or no answer in time: close again.
+                _ => {}
+            }
         }
-        drop(turn);
     }
+    if let Some(connection) = remote {
+        let ctx = held.shared.cleanup_context(&held.client);
+        let close = AssertUnwindSafe(held.client.close(ctx, *connection)).catch_unwind();
+        match close.await {
+            Ok(Ok(())) => {}
+            Ok(Err(status)) => tracing::debug!(error = %status.message(), "cleanup close failed"),
+            Err(panic) => {
+                tracing::error!(panic = %panic_message(&*panic), "a cleanup close panicked")
+            }
+        }
+    }
+    drop(held);
 }

@@ -17,16 +17,16 @@ use tonic::Status;
 use url::Url;
 
 use self::client::ConnectClient;
-use self::lease::{Lease, outcome_unknown};
+use self::lease::{Lease, may_have_acted};
 use self::turns::{Turn, Turns};
 use crate::chain::ClientChain;
 use crate::context::{ClientCancel, Context};
-use crate::dial::{ClientConn, DialOptions};
 use crate::element::Next;
 use crate::map::{Instance, RefCountMap, Released, SyncMap};
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
-use crate::target::Target;
+use crate::transport::dial::{ClientConn, DialOptions};
+use crate::transport::target::Target;
 use crate::{ConcurrentMap, Element, hooks};
 
 /// How long the closes `connect` makes on its own behalf may take: after a
@@ -204,6 +204,9 @@ pub struct ClientStats {
     pub refs: usize,
     /// Whether its dial has completed.
     pub dialed: bool,
+    /// Connections it has made to the remote: its dial, and one more each
+    /// time the remote ended a connection (a GOAWAY) and a call needed one.
+    pub dials: u64,
 }
 
 impl ConnectStats {
@@ -315,6 +318,7 @@ impl Connect {
                 url: url.to_string(),
                 refs,
                 dialed: client.is_dialed(),
+                dials: client.dials(),
             });
             true
         });
@@ -396,11 +400,14 @@ pub(crate) struct ConnectionRecords(SyncMap<Arc<str>, Record>);
 pub(crate) struct Clients(RefCountMap<Arc<Url>, Arc<ConnectClient>>);
 
 /// Where one connection was forwarded: the client (and which instance of
-/// it) that holds one reference on the connection's behalf.
+/// it) that holds one reference on the connection's behalf, and the
+/// connection as the remote last returned it (what a close on the
+/// connection's behalf sends).
 #[derive(Clone)]
 pub(crate) struct Record {
     instance: Instance,
     client: Arc<ConnectClient>,
+    connection: Arc<Connection>,
 }
 
 pub(crate) struct Shared {
@@ -468,7 +475,7 @@ impl Shared {
             }
             // The URL changed: close at the old remote, then proceed as new.
             // Boxed: a cold path that would otherwise swell every request.
-            Some(record) => Box::pin(self.leave(&request, &id, record, turn)).await,
+            Some(record) => Box::pin(self.leave(&id, record, turn)).await,
             None => turn,
         };
         self.establish(ctx, request, next, url, id, turn).await
@@ -476,19 +483,13 @@ impl Shared {
 
     /// Closes `id` at the remote its record names and forgets the record,
     /// before the connection moves elsewhere. A failure is only logged.
-    async fn leave(
-        self: &Arc<Self>,
-        request: &NetworkServiceRequest,
-        id: &Arc<str>,
-        record: Record,
-        turn: Turn,
-    ) -> Turn {
+    async fn leave(self: &Arc<Self>, id: &Arc<str>, record: Record, turn: Turn) -> Turn {
         let instance = record.instance;
         self.records.delete_if(&**id, |r| r.instance == instance);
         let old_url = Arc::clone(record.client.url());
+        let closing = Connection::clone(&record.connection);
         let mut lease = Lease::adopt(Arc::clone(self), record, turn);
         let ctx = self.cleanup_context(lease.client());
-        let closing = request.connection.as_deref().cloned().unwrap_or_default();
         if let Err(status) = lease.close(ctx, closing).await {
             tracing::warn!(
                 connection_id = %id,
@@ -512,10 +513,7 @@ impl Shared {
         if client.is_cancelled() {
             // Its monitor (or a heal element) gave up on the remote: forget
             // the connection; the next request for it dials afresh.
-            let instance = record.instance;
-            self.records
-                .delete_if(turn.id(), |r| r.instance == instance);
-            self.release(client.url(), instance);
+            self.forget(&turn, &record);
             return Err(in_context(
                 Status::unavailable("its client was closed; request again to reconnect"),
                 "refresh",
@@ -525,12 +523,29 @@ impl Shared {
         }
         let mut lease = Lease::borrow(Arc::clone(self), &record, turn);
         let client_ctx = client_context(&ctx, &client);
-        let reply = lease
-            .request(client_ctx, request.clone())
-            .await
-            .map_err(|status| in_context(status, "refresh", lease.id(), client.url()))?;
-        let _turn = lease.keep();
-        request.connection = Some(Box::new(reply));
+        let reply = match lease.request(client_ctx, request.clone()).await {
+            Ok(reply) => reply,
+            Err(status) => {
+                let status = in_context(status, "refresh", lease.id(), client.url());
+                let turn = lease.keep();
+                if client.is_cancelled() {
+                    // The remote could not be reached again: forget the
+                    // connection; the next request for it dials afresh.
+                    self.forget(&turn, &record);
+                }
+                return Err(status);
+            }
+        };
+        let turn = lease.keep();
+        let reply = Arc::new(reply);
+        self.records.store(
+            Arc::from(turn.id()),
+            Record {
+                connection: Arc::clone(&reply),
+                ..record
+            },
+        );
+        request.connection = Some(Box::new(Connection::clone(&reply)));
         next.request(ctx, request).await
     }
 
@@ -547,13 +562,13 @@ impl Shared {
         let client = Arc::clone(lease.client());
         let outgoing = request.clone();
         // From here the remote may have the connection: if this call is
-        // abandoned, the lease closes it there by id.
-        lease.may_exist_remotely(None);
+        // abandoned, the lease closes it there, as sent.
+        lease.may_exist_remotely(outgoing.connection.clone().unwrap_or_default());
         let client_ctx = client_context(&ctx, &client);
         let reply = match lease.request(client_ctx, outgoing).await {
             Ok(reply) => Box::new(reply),
             Err(status) => {
-                if outcome_unknown(status.code()) {
+                if may_have_acted(&status) {
                     // The remote may have it: dropping the armed lease closes
                     // it there in the background, then releases.
                     drop(lease);
@@ -563,8 +578,8 @@ impl Shared {
                 return Err(in_context(status, "request", &id, &url));
             }
         };
-        lease.may_exist_remotely(Some(reply.clone()));
-        lease.record(id);
+        lease.may_exist_remotely(reply.clone());
+        lease.record(id, Arc::new(Connection::clone(&reply)));
         request.connection = Some(reply);
         match next.request(ctx, request).await {
             Ok(connection) => {
@@ -673,6 +688,17 @@ impl Shared {
             }
         });
         client
+    }
+
+    /// Forgets `record`, which `turn`'s id holds, and releases its reference.
+    fn forget(&self, turn: &Turn, record: &Record) {
+        let instance = record.instance;
+        if self
+            .records
+            .delete_if(turn.id(), |r| r.instance == instance)
+        {
+            self.release(record.client.url(), instance);
+        }
     }
 
     /// Drops one reference; the last one closes the client.

@@ -191,7 +191,7 @@ async fn every_kind_of_failed_answer_gets_the_grpc_code() {
                 ..Default::default()
             },
             Code::Unimplemented,
-            "HTTP status 404",
+            "HTTP status code 404",
         ),
         (
             "HTTP 503 from a proxy",
@@ -200,7 +200,7 @@ async fn every_kind_of_failed_answer_gets_the_grpc_code() {
                 ..Default::default()
             },
             Code::Unavailable,
-            "HTTP status 503",
+            "HTTP status code 503",
         ),
         (
             "HTTP 500",
@@ -209,7 +209,7 @@ async fn every_kind_of_failed_answer_gets_the_grpc_code() {
                 ..Default::default()
             },
             Code::Unknown,
-            "HTTP status 500",
+            "HTTP status code 500",
         ),
         (
             "trailers-only failure",
@@ -229,7 +229,7 @@ async fn every_kind_of_failed_answer_gets_the_grpc_code() {
                 ..Default::default()
             },
             Code::Internal,
-            "without a reply message",
+            "Missing response message",
         ),
         (
             "a failure after the message",
@@ -251,7 +251,7 @@ async fn every_kind_of_failed_answer_gets_the_grpc_code() {
                 trailers: None,
             },
             Code::Unknown,
-            "without a grpc-status trailer",
+            "missing grpc-status trailer",
         ),
         (
             "a compressed reply nobody asked for",
@@ -262,18 +262,46 @@ async fn every_kind_of_failed_answer_gets_the_grpc_code() {
                 trailers: Some(vec![("grpc-status", "0")]),
             },
             Code::Unimplemented,
-            "\"gzip\"",
+            "`gzip`",
         ),
         (
-            "two messages for a unary call",
+            "an HTML page with HTTP 200",
+            Answer {
+                status: 200,
+                headers: vec![("content-type", "text/html")],
+                data: vec![Bytes::from_static(b"<html><body>hello</body></html>")],
+                trailers: None,
+            },
+            Code::Internal,
+            "content-type text/html, not gRPC",
+        ),
+        (
+            "a trailers-only status with details that are not base64",
+            Answer {
+                status: 200,
+                headers: vec![
+                    grpc,
+                    ("grpc-status", "13"),
+                    ("grpc-status-details-bin", "%%% not base64 %%%"),
+                ],
+                ..Default::default()
+            },
+            Code::Internal,
+            "(grpc-status 13) has malformed grpc-status-details-bin",
+        ),
+        (
+            "a status in trailers with details that are not base64",
             Answer {
                 status: 200,
                 headers: vec![grpc],
-                data: vec![message.clone(), message.clone()],
-                trailers: Some(vec![("grpc-status", "0")]),
+                data: vec![message.clone()],
+                trailers: Some(vec![
+                    ("grpc-status", "5"),
+                    ("grpc-status-details-bin", "!!"),
+                ]),
             },
             Code::Internal,
-            "more than one message",
+            "(grpc-status 5) has malformed grpc-status-details-bin",
         ),
         (
             "a reply that is not protobuf",
@@ -284,7 +312,7 @@ async fn every_kind_of_failed_answer_gets_the_grpc_code() {
                 trailers: Some(vec![("grpc-status", "0")]),
             },
             Code::Internal,
-            "decoding the reply",
+            "failed to decode Protobuf message",
         ),
     ];
     for (what, answer, code, says) in cases {

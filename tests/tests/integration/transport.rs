@@ -401,33 +401,28 @@ async fn a_plaintext_channel_whose_connection_ended_fails_calls_as_unavailable()
 
 #[tokio::test]
 async fn dialing_with_tls_verifies_the_server_and_carries_calls() {
-    use connect_runtime::tls::{Certificate, ClientTlsConfig, Identity};
-    use tonic::transport::ServerTlsConfig;
+    use connect_runtime::Serve;
+    use connect_runtime::tls::{ClientTls, Identity, ServerTls};
+    use connect_tests::pki::Pki;
 
-    let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let cert_pem = issued.cert.pem();
-    let key_pem = issued.signing_key.serialize_pem();
-
-    // A TLS server: the chain mounted on tonic's own transport.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = Url::parse(&format!("tcp://{}", listener.local_addr().unwrap())).unwrap();
+    let pki = Pki::new("test CA");
+    let issued = pki.issue(&["localhost"]);
+    let identity = Identity::from_pem(&issued.cert_pem, &issued.key_pem).unwrap();
     let capture = Capture::new();
-    let service = ChainService::new(ServerChain::builder().with(capture.clone()).build());
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(&cert_pem, &key_pem)))
-            .unwrap()
-            .add_service(service.into_server())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let server = Serve::new(ServerChain::builder().with(capture.clone()).build())
+        .tls(ServerTls::new(identity).unwrap())
+        .bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
 
-    let trusted = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&cert_pem))
-        .domain_name("localhost");
+    let trusted = ClientTls::new(pki.ca_pem())
+        .unwrap()
+        .server_name("localhost")
+        .unwrap();
     let options = DialOptions::new()
         .timeout(Duration::from_secs(5))
         .tls(trusted);
-    let conn = dial(&url, &options).await.unwrap();
+    let conn = dial(server.url(), &options).await.unwrap();
     let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
     let reply = client
         .request(Context::new(), request("tls"))
@@ -436,16 +431,18 @@ async fn dialing_with_tls_verifies_the_server_and_carries_calls() {
     assert_eq!(reply.id, "tls");
     assert!(capture.request().is_some());
 
-    // A server whose certificate the client does not trust is refused.
-    let untrusted = DialOptions::new()
-        .timeout(Duration::from_secs(5))
-        .tls(ClientTlsConfig::new().domain_name("localhost"));
-    let err = dial(&url, &untrusted).await.unwrap_err();
-    assert!(
-        matches!(err, DialError::Connect { .. } | DialError::Config { .. }),
-        "{err:?}"
+    // A server whose certificate another CA signed is refused.
+    let other = Pki::new("another CA");
+    let untrusted = DialOptions::new().timeout(Duration::from_secs(5)).tls(
+        ClientTls::new(other.ca_pem())
+            .unwrap()
+            .server_name("localhost")
+            .unwrap(),
     );
-    server.abort();
+    let err = dial(server.url(), &untrusted).await.unwrap_err();
+    assert!(matches!(err, DialError::Connect { .. }), "{err:?}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    server.shutdown().await;
 }
 
 /// A TCP relay that can stop passing bytes (both ways) without closing

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -86,7 +85,7 @@ fn incoming_context(
         .with_cancellation_token(token.clone())
         .with_incoming_metadata(metadata);
     if let Some(timeout) = timeout {
-        ctx = ctx.with_deadline(Instant::now() + timeout);
+        ctx = ctx.with_timeout(timeout);
     }
     Ok((ctx, token.drop_guard()))
 }

@@ -1,0 +1,744 @@
+//! Dialing a remote NSM server: a bounded dial that returns once the remote
+//! has answered HTTP/2, over TCP or a unix socket, plain or TLS; and the
+//! channel tonic's clients call through.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use base64::Engine as _;
+use http::HeaderValue;
+use http::header::CONTENT_TYPE;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tonic::body::Body;
+use tonic::metadata::{MetadataKey, MetadataValue};
+use tracing::Instrument;
+use url::Url;
+
+use super::socket::{Expect, FirstBytes, Io, Stream, connect_tcp, connect_unix};
+use super::target::{Target, UrlError};
+use super::tls::{ClientTls, TlsError};
+use crate::context::deadline_after;
+use crate::map::lock;
+
+/// The dial timeout when none is given: 100 ms, as in Go's connect v0.5.0.
+pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// How to dial a remote.
+///
+/// ```
+/// use std::time::Duration;
+/// use connect_runtime::{DialOptions, Keepalive};
+///
+/// let options = DialOptions::new()
+///     .timeout(Duration::from_millis(250))
+///     .keepalive(Keepalive::new(Duration::from_secs(10), Duration::from_secs(5)))
+///     .bearer_token("s3cret")
+///     .unwrap();
+/// assert_eq!(options.dial_timeout(), Duration::from_millis(250));
+/// assert!(DialOptions::new().metadata("Bad Key", "v").is_err());
+/// ```
+#[derive(Clone, Debug)]
+pub struct DialOptions {
+    timeout: Duration,
+    tls: Option<ClientTls>,
+    keepalive: Option<Keepalive>,
+    metadata: http::HeaderMap,
+    close_on: Option<CancellationToken>,
+    /// Cancelled when the channel ends for good.
+    on_end: Option<CancellationToken>,
+}
+
+/// HTTP/2 keepalive: a PING every `interval`; the connection is dropped if
+/// no answer comes within `timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Time between PINGs.
+    pub interval: Duration,
+    /// How long to wait for a PING's answer.
+    pub timeout: Duration,
+    /// Whether to PING while no call is in flight.
+    pub while_idle: bool,
+}
+
+impl Keepalive {
+    /// Keepalive that PINGs only while calls are in flight.
+    pub fn new(interval: Duration, timeout: Duration) -> Self {
+        Self {
+            interval,
+            timeout,
+            while_idle: false,
+        }
+    }
+}
+
+/// A metadata entry [`DialOptions::metadata`] cannot send.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    /// Not a valid ASCII metadata key (lowercase, no spaces, not `-bin`).
+    #[error("`{key}` is not a valid ASCII metadata key")]
+    Key {
+        /// The key given.
+        key: String,
+        /// Why.
+        #[source]
+        source: tonic::metadata::errors::InvalidMetadataKey,
+    },
+    /// Not a valid ASCII metadata value (visible ASCII and spaces only).
+    #[error("the value for metadata key `{key}` is not valid ASCII")]
+    Value {
+        /// The key it was for.
+        key: String,
+        /// Why.
+        #[source]
+        source: tonic::metadata::errors::InvalidMetadataValue,
+    },
+}
+
+impl Default for DialOptions {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_DIAL_TIMEOUT,
+            tls: None,
+            keepalive: None,
+            metadata: http::HeaderMap::new(),
+            close_on: None,
+            on_end: None,
+        }
+    }
+}
+
+impl DialOptions {
+    /// Plaintext HTTP/2, [`DEFAULT_DIAL_TIMEOUT`], no keepalive, no metadata.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bounds the whole dial: TCP or unix connect, TLS, and the remote's
+    /// first HTTP/2 answer. A duration too large to add to the clock counts
+    /// as no bound.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The dial timeout.
+    pub fn dial_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Dials with TLS.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Enables HTTP/2 keepalive.
+    pub fn keepalive(mut self, keepalive: Keepalive) -> Self {
+        self.keepalive = Some(keepalive);
+        self
+    }
+
+    /// Adds `key: value` to the metadata of every call made over the dialed
+    /// channel.
+    pub fn metadata(mut self, key: &str, value: &str) -> Result<Self, MetadataError> {
+        let name = MetadataKey::<tonic::metadata::Ascii>::from_bytes(key.as_bytes()).map_err(
+            |source| MetadataError::Key {
+                key: key.to_owned(),
+                source,
+            },
+        )?;
+        let value: MetadataValue<tonic::metadata::Ascii> =
+            value.parse().map_err(|source| MetadataError::Value {
+                key: key.to_owned(),
+                source,
+            })?;
+        let name = http::HeaderName::from_bytes(name.as_str().as_bytes())
+            .expect("a metadata key is a header name");
+        let value = HeaderValue::from_bytes(value.as_encoded_bytes())
+            .expect("a metadata value is a header value");
+        self.metadata.insert(name, value);
+        Ok(self)
+    }
+
+    /// Sends `authorization: Bearer <token>` with every call.
+    pub fn bearer_token(self, token: &str) -> Result<Self, MetadataError> {
+        self.metadata("authorization", &format!("Bearer {token}"))
+    }
+
+    /// Closes the dialed connection when `token` is cancelled, whoever still
+    /// holds the channel: calls in flight fail, and the channel never
+    /// reconnects. `connect` dials its clients this way, so that cancelling
+    /// a client closes its TCP or unix connection at once.
+    pub fn close_on(mut self, token: CancellationToken) -> Self {
+        self.close_on = Some(token);
+        self
+    }
+
+    /// Cancels `token` when the channel ends for good (see
+    /// [`ClientConn::ended`]).
+    pub(crate) fn on_end(mut self, token: CancellationToken) -> Self {
+        self.on_end = Some(token);
+        self
+    }
+}
+
+/// Why a dial failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The URL is not one connect can dial.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// The TLS options cannot dial this target (no name to verify, say).
+    #[error("cannot dial {url}: {source}")]
+    Tls {
+        /// Where the dial was going.
+        url: String,
+        /// What is wrong.
+        #[source]
+        source: TlsError,
+    },
+    /// No answer from the remote within the dial timeout.
+    #[error("dialing {url}: no answer from the remote within {timeout:?}")]
+    Timeout {
+        /// Where the dial was going.
+        url: String,
+        /// The dial timeout.
+        timeout: Duration,
+    },
+    /// Connecting failed: refused, no such socket, the TLS handshake, the
+    /// channel closed while dialing.
+    #[error("dialing {url}: {source}")]
+    Connect {
+        /// Where the dial was going.
+        url: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The HTTP/2 handshake failed.
+    #[error("dialing {url}: HTTP/2 handshake: {source}")]
+    Handshake {
+        /// Where the dial was going.
+        url: String,
+        /// hyper's error.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The remote answered, but not with HTTP/2.
+    #[error("dialing {url}: the remote does not speak HTTP/2")]
+    NotHttp2 {
+        /// Where the dial was going.
+        url: String,
+    },
+}
+
+impl From<DialError> for Status {
+    fn from(err: DialError) -> Self {
+        match err {
+            DialError::Url(err) => err.into(),
+            err @ DialError::Tls { .. } => Status::invalid_argument(error_chain(&err)),
+            err => Status::unavailable(error_chain(&err)),
+        }
+    }
+}
+
+/// Renders an error and its causes, `outer: inner: innermost`, skipping a
+/// cause the text already ends with.
+pub(crate) fn error_chain(err: &(dyn StdError + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A dialed channel to a remote: what tonic's clients call through, with
+/// the dial options' metadata added to every call. Cheap to clone; clones
+/// share one HTTP/2 connection.
+///
+/// - When the remote ends the connection with a graceful GOAWAY
+///   (connection-age limits, a graceful restart, a proxy recycling
+///   connections), calls in flight finish on it, and the next call dials
+///   one new connection, shared by every clone, within the dial timeout. A
+///   call the old connection never sent is sent on the new one; a call the
+///   remote refused unprocessed (above the GOAWAY's last stream) fails with
+///   `Unavailable`.
+/// - When the connection breaks instead (the remote died, the network
+///   failed, keepalive went unanswered), or that new dial fails, the channel
+///   has ended for good: calls fail with `Unavailable` and
+///   [`ClientConn::ended`] resolves. It never retries by itself.
+/// - Replies are checked before tonic reads them: a reply that is not gRPC
+///   (another `content-type`) or whose status details are not base64 is an
+///   `Internal` error naming the problem.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use connect_runtime::{DialOptions, dial};
+/// use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
+///
+/// let url = "tcp://127.0.0.1:5002".parse()?;
+/// let conn = dial(&url, &DialOptions::new()).await?;
+/// let mut client = NetworkServiceClient::new(conn);
+/// # let _ = &mut client;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ClientConn {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    url: Arc<Url>,
+    target: Target,
+    options: DialOptions,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    live: Mutex<Live>,
+    /// Held while a new connection is dialed, so that a crowd shares one.
+    redialing: tokio::sync::Mutex<()>,
+    /// Cancelled when the channel has ended for good.
+    ended: CancellationToken,
+    dials: AtomicU64,
+}
+
+/// The connection calls go over now, and how many came before it.
+struct Live {
+    send: SendRequest<Body>,
+    generation: u64,
+}
+
+impl ClientConn {
+    /// The URL this channel was dialed to.
+    pub fn url(&self) -> &Url {
+        &self.shared.url
+    }
+
+    /// Connections this channel has made: the first dial and every one
+    /// after a connection ended.
+    pub fn dials(&self) -> u64 {
+        self.shared.dials.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the channel has ended for good: its connection broke,
+    /// or ended with a GOAWAY and a new one could not be made, or the
+    /// `close_on` token was cancelled.
+    /// Every call fails with `Unavailable` after that.
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: connect_runtime::ClientConn) {
+    /// conn.ended().await;
+    /// tracing::info!(url = %conn.url(), "the remote went away; dial again");
+    /// # }
+    /// ```
+    pub async fn ended(&self) {
+        self.shared.ended.cancelled().await;
+    }
+}
+
+impl fmt::Debug for ClientConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConn")
+            .field("url", &self.shared.url.as_str())
+            .field("dials", &self.dials())
+            .field("ended", &self.shared.ended.is_cancelled())
+            .finish()
+    }
+}
+
+/// The error of a call on a [`ClientConn`]: a [`Status`], or hyper's error
+/// for tonic to map.
+pub type TransportError = Box<dyn StdError + Send + Sync>;
+
+/// The future of a call on a [`ClientConn`].
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<Body>, TransportError>> + Send>>;
+
+impl tower_service::Service<http::Request<Body>> for ClientConn {
+    type Response = http::Response<Body>;
+    type Error = TransportError;
+    type Future = ResponseFuture;
+
+    /// Always ready: a connection is found (or made) by the call itself.
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        // tonic's clients send a path only; HTTP/2 needs the origin too.
+        let mut parts = std::mem::take(request.uri_mut()).into_parts();
+        parts.scheme = Some(self.shared.scheme.clone());
+        parts.authority = Some(self.shared.authority.clone());
+        match http::Uri::from_parts(parts) {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(err) => return Box::pin(std::future::ready(Err(err.into()))),
+        }
+        for (name, value) in &self.shared.options.metadata {
+            request.headers_mut().append(name.clone(), value.clone());
+        }
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move { shared.send(request).await })
+    }
+}
+
+/// Dials `url`, returning once the remote has answered: the TCP or unix
+/// connection is up, TLS (if asked for) is done, and the remote has sent
+/// its HTTP/2 SETTINGS. The whole dial is bounded by the options' timeout.
+///
+/// A listener that accepts connections but never speaks HTTP/2 fails the
+/// dial with [`DialError::Timeout`] once the timeout passes.
+pub async fn dial(url: &Url, options: &DialOptions) -> Result<ClientConn, DialError> {
+    let target = Target::from_url(url)?;
+    let scheme = match options.tls {
+        Some(_) => http::uri::Scheme::HTTPS,
+        None => http::uri::Scheme::HTTP,
+    };
+    let authority = authority(&target);
+    let url = Arc::new(url.clone());
+    let ended = CancellationToken::new();
+    let send = connect(&url, &target, options, &ended).await?;
+    Ok(ClientConn {
+        shared: Arc::new(Shared {
+            url,
+            target,
+            options: options.clone(),
+            scheme,
+            authority,
+            live: Mutex::new(Live {
+                send,
+                generation: 0,
+            }),
+            redialing: tokio::sync::Mutex::new(()),
+            ended,
+            dials: AtomicU64::new(1),
+        }),
+    })
+}
+
+/// The `:authority` calls carry: `host:port`, or `localhost` on a unix
+/// socket (what grpc-go sends; h2 refuses a %-encoded socket path).
+fn authority(target: &Target) -> http::uri::Authority {
+    let text = match target {
+        Target::Tcp { .. } => target.authority(),
+        Target::Unix { .. } => "localhost".to_owned(),
+    };
+    text.parse()
+        .unwrap_or_else(|_| http::uri::Authority::from_static("localhost"))
+}
+
+/// One connection to `target`, within the dial timeout: socket, TLS, the
+/// HTTP/2 handshake, and the remote's SETTINGS. If the connection later
+/// breaks (rather than being ended by the remote's GOAWAY), `ended` and the
+/// options' `on_end` are cancelled.
+async fn connect(
+    url: &Url,
+    target: &Target,
+    options: &DialOptions,
+    ended: &CancellationToken,
+) -> Result<SendRequest<Body>, DialError> {
+    let span = tracing::debug_span!("dial", url = %url, timeout = ?options.timeout);
+    let deadline = deadline_after(options.timeout);
+    let failed = |source: io::Error| DialError::Connect {
+        url: url.to_string(),
+        source,
+    };
+    let dialing = async {
+        if options.close_on.as_ref().is_some_and(|t| t.is_cancelled()) {
+            return Err(failed(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the channel was closed",
+            )));
+        }
+        let mut stream = match target {
+            Target::Tcp { host, port } => connect_tcp(host, *port).await,
+            Target::Unix { path } => connect_unix(path).await,
+        }
+        .map_err(failed)?;
+        if let Some(tls) = &options.tls {
+            let host = match target {
+                Target::Tcp { host, .. } => host.as_str(),
+                Target::Unix { .. } => "localhost",
+            };
+            let name = tls.name_for(host).map_err(|source| DialError::Tls {
+                url: url.to_string(),
+                source,
+            })?;
+            let tls_stream = tls
+                .connector()
+                .connect(name, stream)
+                .await
+                .map_err(failed)?;
+            stream = Stream::Tls(Box::new(tls_stream.into()));
+        }
+        let first = FirstBytes::new(Expect::Http2Settings);
+        let mut io = Io::new(stream).observe(Arc::clone(&first));
+        if let Some(token) = &options.close_on {
+            io = io.close_on(token.clone(), None);
+        }
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        if let Some(keepalive) = options.keepalive {
+            builder
+                .keep_alive_interval(keepalive.interval)
+                .keep_alive_timeout(keepalive.timeout)
+                .keep_alive_while_idle(keepalive.while_idle);
+        }
+        let (send, connection) = builder
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| DialError::Handshake {
+                url: url.to_string(),
+                source,
+            })?;
+        let (ended, on_end) = (ended.clone(), options.on_end.clone());
+        tokio::spawn(
+            async move {
+                // hyper ends the connection's task with `Ok` when the remote
+                // sent a graceful GOAWAY (calls in flight go on), and with
+                // an error when the connection broke or closed without one.
+                match connection.await {
+                    Ok(()) => tracing::debug!("the remote is ending the connection (GOAWAY)"),
+                    Err(err) => {
+                        tracing::debug!(error = %error_chain(&err), "the connection broke");
+                        ended.cancel();
+                        if let Some(on_end) = on_end {
+                            on_end.cancel();
+                        }
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        if !first.wait().await {
+            return Err(DialError::NotHttp2 {
+                url: url.to_string(),
+            });
+        }
+        Ok(send)
+    };
+    match tokio::time::timeout_at(deadline, dialing.instrument(span)).await {
+        Ok(result) => result,
+        Err(_) => Err(DialError::Timeout {
+            url: url.to_string(),
+            timeout: options.timeout,
+        }),
+    }
+}
+
+impl Shared {
+    /// Sends a call over the live connection, dialing a new one if it has
+    /// ended; a call the old connection never sent goes once more on the new.
+    async fn send(
+        self: Arc<Self>,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, TransportError> {
+        let (mut send, generation) = self.connection(None).await?;
+        let request = match send.try_send_request(request).await {
+            Ok(response) => return Ok(self.checked(response)?),
+            Err(mut err) => match err.take_message() {
+                Some(unsent) => unsent,
+                None => return Err(self.failed(err.into_error())),
+            },
+        };
+        let (mut send, _) = self.connection(Some(generation)).await?;
+        match send.try_send_request(request).await {
+            Ok(response) => Ok(self.checked(response)?),
+            Err(err) => Err(self.failed(err.into_error())),
+        }
+    }
+
+    /// The live connection, unless it has ended or is `stale`; else a new
+    /// one, dialed once for every caller that finds it so.
+    async fn connection(&self, stale: Option<u64>) -> Result<(SendRequest<Body>, u64), Status> {
+        if let Some(live) = self.live(stale) {
+            return Ok(live);
+        }
+        let _dialing = self.redialing.lock().await;
+        if let Some(live) = self.live(stale) {
+            return Ok(live);
+        }
+        if self.ended.is_cancelled() {
+            return Err(self.ended_status());
+        }
+        match connect(&self.url, &self.target, &self.options, &self.ended).await {
+            Ok(send) => {
+                self.dials.fetch_add(1, Ordering::Relaxed);
+                let mut live = lock(&self.live);
+                live.send = send.clone();
+                live.generation += 1;
+                tracing::debug!(url = %self.url, dials = live.generation + 1, "reconnected");
+                Ok((send, live.generation))
+            }
+            Err(err) => {
+                tracing::info!(url = %self.url, error = %error_chain(&err), "the remote cannot be reached again; the channel has ended");
+                self.end();
+                Err(Status::unavailable(format!(
+                    "the connection to {} ended and a new one failed: {}",
+                    self.url,
+                    error_chain(&err)
+                )))
+            }
+        }
+    }
+
+    fn live(&self, stale: Option<u64>) -> Option<(SendRequest<Body>, u64)> {
+        if self.ended.is_cancelled() {
+            return None;
+        }
+        let live = lock(&self.live);
+        (!live.send.is_closed() && Some(live.generation) != stale)
+            .then(|| (live.send.clone(), live.generation))
+    }
+
+    fn end(&self) {
+        self.ended.cancel();
+        if let Some(on_end) = &self.options.on_end {
+            on_end.cancel();
+        }
+    }
+
+    fn ended_status(&self) -> Status {
+        Status::unavailable(format!("the connection to {} has ended", self.url))
+    }
+
+    /// A call that failed in hyper: a stream the remote refused unprocessed
+    /// (a GOAWAY's, or REFUSED_STREAM) or a connection that ended under it is
+    /// `Unavailable`; the rest is tonic's to map.
+    fn failed(&self, err: hyper::Error) -> TransportError {
+        let refused = source_of::<h2::Error>(&err).is_some_and(|h2| {
+            (h2.is_go_away() && h2.is_remote()) || h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+        });
+        if refused {
+            return Box::new(Status::unavailable(format!(
+                "{} refused the call unprocessed (its connection is going away): {err}",
+                self.url
+            )));
+        }
+        if err.is_canceled() || err.is_closed() {
+            return Box::new(Status::unavailable(format!(
+                "the connection to {} has ended: {err}",
+                self.url
+            )));
+        }
+        Box::new(err)
+    }
+
+    /// A reply tonic can read safely: gRPC by its content type, status
+    /// details that are base64 (tonic panics on others).
+    fn checked(&self, response: http::Response<Incoming>) -> Result<http::Response<Body>, Status> {
+        let (mut head, body) = response.into_parts();
+        let grpc = head
+            .headers
+            .get(CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+        if head.status == http::StatusCode::OK && !grpc && !head.headers.contains_key(GRPC_STATUS) {
+            let content_type = head.headers.get(CONTENT_TYPE).map_or("none".into(), |t| {
+                String::from_utf8_lossy(t.as_bytes()).into_owned()
+            });
+            return Err(Status::internal(format!(
+                "{} answered with content-type {content_type}, not gRPC",
+                self.url
+            )));
+        }
+        sanitize_status(&mut head.headers);
+        Ok(http::Response::from_parts(
+            head,
+            Body::new(Checked { body }),
+        ))
+    }
+}
+
+const GRPC_STATUS: &str = "grpc-status";
+const GRPC_MESSAGE: &str = "grpc-message";
+const GRPC_STATUS_DETAILS: &str = "grpc-status-details-bin";
+
+/// Replaces a status whose details are not base64 by `Internal` saying so.
+fn sanitize_status(headers: &mut http::HeaderMap) {
+    let Some(details) = headers.get(GRPC_STATUS_DETAILS) else {
+        return;
+    };
+    // The engine tonic decodes with: standard alphabet, padding optional.
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    if engine.decode(details.as_bytes()).is_ok() {
+        return;
+    }
+    let code = headers.get(GRPC_STATUS).map_or("none".into(), |c| {
+        String::from_utf8_lossy(c.as_bytes()).into_owned()
+    });
+    let message = format!(
+        "the remote's status (grpc-status {code}) has malformed grpc-status-details-bin: not base64"
+    );
+    headers.remove(GRPC_STATUS_DETAILS);
+    headers.insert(GRPC_STATUS, HeaderValue::from_static("13"));
+    headers.insert(
+        GRPC_MESSAGE,
+        HeaderValue::from_str(&message).expect("an ASCII message"),
+    );
+}
+
+fn source_of<'a, E: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a E> {
+    let mut source = Some(err);
+    while let Some(cause) = source {
+        if let Some(found) = cause.downcast_ref::<E>() {
+            return Some(found);
+        }
+        source = cause.source();
+    }
+    None
+}
+
+pin_project_lite::pin_project! {
+    /// A reply body whose trailers are checked as the headers were.
+    struct Checked {
+        #[pin]
+        body: Incoming,
+    }
+}
+
+impl HttpBody for Checked {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project()
+            .body
+            .poll_frame(cx)
+            .map_ok(|frame| match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    sanitize_status(&mut trailers);
+                    Frame::trailers(trailers)
+                }
+                Err(frame) => frame,
+            })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,706 @@
+//! Serving a server chain over gRPC on a `tcp://` or `unix://` URL, on
+//! tonic's server: the gRPC health service, TLS and mutual TLS, limits,
+//! tower layers, connection accounting and graceful shutdown.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustls::pki_types::CertificateDer;
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{Instant, Sleep};
+use tokio_stream::Stream as AsyncStream;
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::transport::server::Connected;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower::layer::util::{Identity, Stack};
+use tower::{Layer, Service};
+use tracing::Instrument;
+use url::Url;
+
+use super::dial::Keepalive;
+use super::service::ChainService;
+use super::socket::{Expect, FirstBytes, Io, Stream};
+use super::target::{Target, UrlError};
+use super::tls::ServerTls;
+use crate::chain::ServerChain;
+
+/// How long a graceful shutdown waits for open connections to finish their
+/// calls before closing them anyway.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
+
+/// Concurrent calls (HTTP/2 streams) allowed per connection by default;
+/// callers queue beyond it.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// How long a new connection has by default to finish its TLS handshake and
+/// send its first HTTP/2 bytes before it is closed.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server's HTTP/2 keepalive by default: a PING every minute, and a
+/// connection whose peer leaves one unanswered for 20 s is closed.
+pub const DEFAULT_SERVER_KEEPALIVE: Keepalive = Keepalive {
+    interval: Duration::from_secs(60),
+    timeout: Duration::from_secs(20),
+    while_idle: true,
+};
+
+/// Serves `chain` on `url` until `shutdown` is cancelled; see [`Serve`] for
+/// the options.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use connect_runtime::{Passthrough, ServerChain, serve};
+/// use tokio_util::sync::CancellationToken;
+///
+/// let chain = ServerChain::builder().with(Passthrough).build();
+/// let shutdown = CancellationToken::new();
+/// let server = serve(&"tcp://127.0.0.1:0".parse()?, chain, shutdown.clone()).await?;
+/// assert_ne!(server.url().port(), Some(0)); // the port actually bound
+///
+/// shutdown.cancel();
+/// server.stopped().await;
+/// # Ok(()) }
+/// ```
+pub async fn serve(
+    url: &Url,
+    chain: ServerChain,
+    shutdown: CancellationToken,
+) -> Result<ServerHandle, ServeError> {
+    Serve::new(chain).shutdown_on(shutdown).bind(url).await
+}
+
+/// Builder for a gRPC server running a server chain, on tonic's server.
+///
+/// The server registers `networkservice.NetworkService` (the chain) and
+/// `grpc.health.v1.Health` (overall status `""` and
+/// `networkservice.NetworkService`, both `SERVING` until shutdown begins),
+/// plus any service added with [`Serve::add_service`]. Its defaults are
+/// bounded: [`DEFAULT_MAX_CONCURRENT_STREAMS`] calls per connection,
+/// [`DEFAULT_HANDSHAKE_TIMEOUT`], [`DEFAULT_SERVER_KEEPALIVE`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use connect_runtime::{Passthrough, Serve, ServerChain};
+///
+/// let server = Serve::new(ServerChain::builder().with(Passthrough).build())
+///     .max_concurrent_streams(Some(256))
+///     .max_connection_age(Duration::from_secs(600))
+///     .layer(tower::limit::ConcurrencyLimitLayer::new(64))
+///     .bind(&"tcp://127.0.0.1:0".parse()?)
+///     .await?;
+/// server.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct Serve<L = Identity> {
+    server: Server<L>,
+    routes: Routes,
+    shutdown: CancellationToken,
+    grace: Duration,
+    handshake_timeout: Duration,
+    tls: Option<ServerTls>,
+    health: HealthReporter,
+}
+
+impl Serve {
+    /// A server for `chain`.
+    pub fn new(chain: ServerChain) -> Self {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let routes =
+            Routes::new(health_service).add_service(ChainService::new(chain).into_server());
+        let keepalive = DEFAULT_SERVER_KEEPALIVE;
+        let server = Server::builder()
+            .max_concurrent_streams(DEFAULT_MAX_CONCURRENT_STREAMS)
+            .http2_keepalive_interval(Some(keepalive.interval))
+            .http2_keepalive_timeout(Some(keepalive.timeout));
+        Self {
+            server,
+            routes,
+            shutdown: CancellationToken::new(),
+            grace: DEFAULT_GRACE_PERIOD,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            tls: None,
+            health,
+        }
+    }
+}
+
+impl<L> Serve<L> {
+    /// Begins a graceful shutdown when `token` is cancelled.
+    pub fn shutdown_on(mut self, token: CancellationToken) -> Self {
+        self.shutdown = token;
+        self
+    }
+
+    /// How long a graceful shutdown waits for calls in flight.
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Limits concurrent calls per connection (HTTP/2 streams); `None` for
+    /// no limit.
+    pub fn max_concurrent_streams(mut self, max: Option<u32>) -> Self {
+        self.server = self.server.max_concurrent_streams(max);
+        self
+    }
+
+    /// The server's HTTP/2 keepalive; `None` to send no PINGs.
+    pub fn keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
+        self.server = self
+            .server
+            .http2_keepalive_interval(keepalive.map(|k| k.interval))
+            .http2_keepalive_timeout(keepalive.map(|k| k.timeout));
+        self
+    }
+
+    /// How long a new connection has to finish its TLS handshake and send
+    /// its first bytes.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Sends each connection a graceful GOAWAY once it is `age` old (as
+    /// grpc-go's `MaxConnectionAge`); clients finish their calls and dial
+    /// again.
+    pub fn max_connection_age(mut self, age: Duration) -> Self {
+        self.server = self.server.max_connection_age(age);
+        self
+    }
+
+    /// Serves TLS (mutual TLS if the configuration asks for client
+    /// certificates).
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Serves another gRPC service beside the chain (a `MonitorConnection`
+    /// service, say).
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.routes = self.routes.add_service(service);
+        self
+    }
+
+    /// Wraps every service in a tower layer (tonic's `Server::layer`): the
+    /// first layer added is the outermost.
+    pub fn layer<N>(self, layer: N) -> Serve<Stack<N, L>> {
+        Serve {
+            server: self.server.layer(layer),
+            routes: self.routes,
+            shutdown: self.shutdown,
+            grace: self.grace,
+            handshake_timeout: self.handshake_timeout,
+            tls: self.tls,
+            health: self.health,
+        }
+    }
+
+    /// Binds `url` and starts serving. Port 0 picks a free port; the handle's
+    /// [`url`](ServerHandle::url) is the address actually bound. A stale unix
+    /// socket file (nobody listening) is replaced; a live one is an error.
+    pub async fn bind<ResBody>(self, url: &Url) -> Result<ServerHandle, ServeError>
+    where
+        L: Layer<Routes> + Clone + Send + Sync + 'static,
+        L::Service: Service<http::Request<Body>, Response = http::Response<ResBody>>
+            + Clone
+            + Send
+            + 'static,
+        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
+        <L::Service as Service<http::Request<Body>>>::Error: Into<tower::BoxError> + Send,
+        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<tower::BoxError>,
+    {
+        let target = Target::from_url(url)?;
+        let bind_error = |source: io::Error| ServeError::Bind {
+            url: url.to_string(),
+            source,
+        };
+        let (listener, bound, socket_file) = match &target {
+            Target::Tcp { host, port } => {
+                let listener = TcpListener::bind((host.as_str(), *port))
+                    .await
+                    .map_err(bind_error)?;
+                let addr = listener.local_addr().map_err(bind_error)?;
+                let bound = Url::parse(&format!("tcp://{addr}"))
+                    .expect("a socket address forms a valid tcp URL");
+                (Listener::Tcp(listener), bound, None)
+            }
+            Target::Unix { path } => {
+                let listener = bind_unix(path).await.map_err(bind_error)?;
+                let file = SocketFile {
+                    path: path.clone(),
+                    inode: std::fs::metadata(path).map_err(bind_error)?.ino(),
+                };
+                (
+                    Listener::Unix(listener, file.clone()),
+                    url.clone(),
+                    Some(file),
+                )
+            }
+        };
+        self.health
+            .set_service_status(crate::proto::NETWORK_SERVICE, ServingStatus::Serving)
+            .await;
+        let (stats_tx, stats_rx) = watch::channel(ConnectionStats::default());
+        let hard_stop = CancellationToken::new();
+        let incoming = Incoming {
+            listener,
+            tls: self.tls.as_ref().map(ServerTls::acceptor),
+            handshakes: JoinSet::new(),
+            handshake_timeout: self.handshake_timeout,
+            hard_stop: hard_stop.clone(),
+            stats: stats_tx,
+            backoff: None,
+        };
+        let mut server = self.server;
+        let router = server.add_routes(self.routes);
+        let (shutdown, grace, health) = (self.shutdown.clone(), self.grace, self.health.clone());
+        let begin_shutdown = async move {
+            shutdown.cancelled().await;
+            // Health watchers hear first, so that clients let go before GOAWAY.
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            health
+                .set_service_status(crate::proto::NETWORK_SERVICE, ServingStatus::NotServing)
+                .await;
+        };
+        let serving = router.serve_with_incoming_shutdown(incoming, begin_shutdown);
+        let (shutdown, stop) = (self.shutdown.clone(), hard_stop.clone());
+        let task = tokio::spawn(
+            async move {
+                tokio::pin!(serving);
+                let grace_over = async {
+                    shutdown.cancelled().await;
+                    tokio::time::sleep(grace).await;
+                };
+                tokio::select! {
+                    result = &mut serving => match result {
+                        Ok(()) => tracing::info!("shut down"),
+                        Err(err) => tracing::warn!(error = %err, "serving failed"),
+                    },
+                    () = grace_over => {
+                        tracing::warn!("grace period over; closing connections");
+                        stop.cancel();
+                        let _ = serving.await;
+                    }
+                    () = stop.cancelled() => tracing::info!("stopped"),
+                }
+            }
+            .instrument(tracing::info_span!("serve", url = %bound)),
+        );
+        tracing::info!(url = %bound, "serving");
+        Ok(ServerHandle {
+            url: bound,
+            shutdown: self.shutdown,
+            hard_stop,
+            task: Some(task),
+            stats: stats_rx,
+            health: self.health,
+            socket_file,
+        })
+    }
+}
+
+impl<L> std::fmt::Debug for Serve<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serve")
+            .field("grace", &self.grace)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The URL is not one connect can listen on.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// Binding failed (port in use, missing directory, permissions, ...).
+    #[error("cannot listen on {url}: {source}")]
+    Bind {
+        /// Where the server was to listen.
+        url: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Counts of the transport connections a server has accepted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// Connections accepted since the server started.
+    pub accepted: u64,
+    /// Connections open now.
+    pub open: usize,
+    /// The most connections open at once since the server started.
+    pub peak_open: usize,
+}
+
+/// A running server. Dropping it stops the server at once, closing every
+/// connection; [`ServerHandle::shutdown`] stops it gracefully.
+pub struct ServerHandle {
+    url: Url,
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    stats: watch::Receiver<ConnectionStats>,
+    health: HealthReporter,
+    socket_file: Option<SocketFile>,
+}
+
+impl ServerHandle {
+    /// The URL the server listens on, with the port actually bound.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// Connection counts now.
+    pub fn connections(&self) -> ConnectionStats {
+        *self.stats.borrow()
+    }
+
+    /// Waits until the connection counts satisfy `condition`, and returns
+    /// them. Returns the last counts if the server stops first.
+    pub async fn wait_connections(
+        &self,
+        condition: impl FnMut(&ConnectionStats) -> bool,
+    ) -> ConnectionStats {
+        let mut stats = self.stats.clone();
+        let result = stats.wait_for(condition).await.map(|s| *s);
+        result.unwrap_or_else(|_| *self.stats.borrow())
+    }
+
+    /// The health reporter, to mark services (not) serving.
+    pub fn health(&self) -> &HealthReporter {
+        &self.health
+    }
+
+    /// Stops accepting, marks health `NOT_SERVING`, lets calls in flight
+    /// finish (up to the grace period) and returns once every connection is
+    /// closed.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        self.join().await;
+    }
+
+    /// Stops at once: the listener and every connection are closed, calls in
+    /// flight are cut off. For simulating a crashed remote.
+    pub async fn kill(mut self) {
+        self.hard_stop.cancel();
+        self.join().await;
+    }
+
+    /// Waits for the server to stop (after its shutdown token is cancelled).
+    pub async fn stopped(mut self) {
+        self.join().await;
+    }
+
+    async fn join(&mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            // Every connection fails its next read or write, and ends.
+            self.hard_stop.cancel();
+            task.abort();
+        }
+        // The aborted task drops its listener later; the socket file goes now.
+        if let Some(file) = &self.socket_file {
+            file.remove();
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("url", &self.url.as_str())
+            .field("connections", &self.connections())
+            .finish()
+    }
+}
+
+/// The socket file a unix listener created.
+#[derive(Clone)]
+struct SocketFile {
+    path: PathBuf,
+    inode: u64,
+}
+
+impl SocketFile {
+    /// Removes the file, unless a newer server has already replaced it.
+    fn remove(&self) {
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Binds a unix socket, replacing a stale socket file nobody listens on.
+async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.is_dir()
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("directory {} does not exist", dir.display()),
+        ));
+    }
+    match UnixListener::bind(path) {
+        Err(err) if err.kind() == io::ErrorKind::AddrInUse => {
+            let meta = std::fs::symlink_metadata(path)?;
+            if !meta.file_type().is_socket() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket", path.display()),
+                ));
+            }
+            if UnixStream::connect(path).await.is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("another server is listening on {}", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+            UnixListener::bind(path)
+        }
+        result => result,
+    }
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, SocketFile),
+}
+
+impl Listener {
+    fn poll_accept(
+        &self,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<io::Result<(Stream, Option<SocketAddr>)>> {
+        match self {
+            Listener::Tcp(listener) => listener.poll_accept(cx).map(|accepted| {
+                let (stream, addr) = accepted?;
+                stream.set_nodelay(true)?;
+                Ok((Stream::Tcp(stream), Some(addr)))
+            }),
+            Listener::Unix(listener, _) => listener
+                .poll_accept(cx)
+                .map_ok(|(stream, _)| (Stream::Unix(stream), None)),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, file) = self {
+            file.remove();
+        }
+    }
+}
+
+/// Who is on the other end of a served connection: in every request's
+/// extensions (`request.extensions().get::<Peer>()`).
+#[derive(Clone, Debug)]
+pub struct Peer {
+    addr: Option<SocketAddr>,
+    certificates: Option<Arc<[CertificateDer<'static>]>>,
+}
+
+impl Peer {
+    /// The peer's address, for TCP.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    /// The certificate chain the peer presented over TLS, leaf first.
+    pub fn certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        self.certificates.as_deref()
+    }
+}
+
+/// An accepted connection, as tonic serves it.
+pub(crate) struct Accepted {
+    io: Io,
+    peer: Peer,
+}
+
+impl Connected for Accepted {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl tokio::io::AsyncRead for Accepted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Accepted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Counts a connection open for as long as it lives.
+struct OpenConnection(watch::Sender<ConnectionStats>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.send_modify(|s| s.open -= 1);
+    }
+}
+
+/// The connections tonic serves: accepted, counted, made closable by the
+/// hard stop, and (with TLS) handshaken concurrently within the handshake
+/// timeout.
+struct Incoming {
+    listener: Listener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handshakes: JoinSet<io::Result<Accepted>>,
+    handshake_timeout: Duration,
+    hard_stop: CancellationToken,
+    stats: watch::Sender<ConnectionStats>,
+    /// After a failed accept (out of file descriptors, say): a pause rather
+    /// than a spin.
+    backoff: Option<Pin<Box<Sleep>>>,
+}
+
+impl Incoming {
+    fn accepted(&mut self, stream: Stream, addr: Option<SocketAddr>) -> Option<Accepted> {
+        self.stats.send_modify(|s| {
+            s.accepted += 1;
+            s.open += 1;
+            s.peak_open = s.peak_open.max(s.open);
+        });
+        let open = OpenConnection(self.stats.clone());
+        let deadline = Instant::now() + self.handshake_timeout;
+        let hard_stop = self.hard_stop.clone();
+        let served = move |stream: Stream, certificates| Accepted {
+            io: Io::new(stream)
+                .observe(FirstBytes::new(Expect::AnyBytes))
+                .close_on(hard_stop, Some(deadline))
+                .keep(open),
+            peer: Peer { addr, certificates },
+        };
+        let Some(tls) = self.tls.clone() else {
+            return Some(served(stream, None));
+        };
+        self.handshakes.spawn(async move {
+            let handshake = tokio::time::timeout_at(deadline, tls.accept(stream));
+            let tls_stream = handshake.await.map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+            })??;
+            let certificates = tls_stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());
+            let stream = Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls_stream)));
+            Ok(served(stream, certificates))
+        });
+        None
+    }
+}
+
+impl AsyncStream for Incoming {
+    type Item = io::Result<Accepted>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Poll::Ready(Some(joined)) = this.handshakes.poll_join_next(cx) {
+                match joined {
+                    Ok(Ok(accepted)) => return Poll::Ready(Some(Ok(accepted))),
+                    Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
+                    Err(err) => tracing::debug!(error = %err, "TLS handshake task failed"),
+                }
+                continue;
+            }
+            if let Some(backoff) = &mut this.backoff {
+                std::task::ready!(backoff.as_mut().poll(cx));
+                this.backoff = None;
+            }
+            match std::task::ready!(this.listener.poll_accept(cx)) {
+                Ok((stream, addr)) => {
+                    if let Some(accepted) = this.accepted(stream, addr) {
+                        return Poll::Ready(Some(Ok(accepted)));
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed");
+                    this.backoff = Some(Box::pin(tokio::time::sleep(Duration::from_millis(10))));
+                }
+            }
+        }
+    }
+}

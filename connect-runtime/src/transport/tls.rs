@@ -1,0 +1,274 @@
+//! TLS for both sides, on rustls (with the ring provider): PEM files in,
+//! rustls configurations out, HTTP/2 negotiated by ALPN.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// What ALPN must agree on: gRPC runs over HTTP/2 only.
+const H2: &[u8] = b"h2";
+
+/// Why a TLS configuration could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM input could not be read.
+    #[error("reading the {what}: {source}")]
+    Pem {
+        /// Which input: "certificate chain", "private key" or "CA certificates".
+        what: &'static str,
+        /// The parser's error.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A PEM input held no certificate.
+    #[error("the {what} holds no certificate")]
+    NoCertificate {
+        /// Which input.
+        what: &'static str,
+    },
+    /// rustls refused the configuration (a key that does not match its
+    /// certificate, a CA certificate it cannot use, ...).
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client verifier could not be built from the CA certificates.
+    #[error("TLS client verification: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// Not a DNS name or IP address to verify a server as.
+    #[error("`{0}` is not a server name TLS can verify")]
+    ServerName(String),
+}
+
+/// A certificate chain and its private key, from PEM.
+pub struct Identity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    /// Reads a PEM certificate chain (leaf first) and a PEM private key
+    /// (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem(chain: impl AsRef<[u8]>, key: impl AsRef<[u8]>) -> Result<Self, TlsError> {
+        let chain = certificates(chain.as_ref(), "certificate chain")?;
+        let key = PrivateKeyDer::from_pem_slice(key.as_ref()).map_err(|source| TlsError::Pem {
+            what: "private key",
+            source,
+        })?;
+        Ok(Self { chain, key })
+    }
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("certificates", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn certificates(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem { what, source })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate { what });
+    }
+    Ok(certs)
+}
+
+fn roots(ca_pem: &[u8]) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(ca_pem, "CA certificates")? {
+        roots.add(cert)?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// How to dial with TLS: the CA that signs the servers, optionally a client
+/// identity (for mutual TLS), and the name to verify the server as.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use connect_runtime::tls::{ClientTls, Identity};
+/// use connect_runtime::DialOptions;
+///
+/// let tls = ClientTls::new(std::fs::read("ca.pem")?)?
+///     .identity(Identity::from_pem(std::fs::read("me.pem")?, std::fs::read("me.key")?)?)?
+///     .server_name("nsmgr.example")?;
+/// let options = DialOptions::new().tls(tls);
+/// # let _ = options; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ClientTls {
+    config: Arc<ClientConfig>,
+    roots: Option<Arc<RootCertStore>>,
+    server_name: Option<ServerName<'static>>,
+}
+
+impl ClientTls {
+    /// Verifies servers against the PEM CA certificates `ca`.
+    pub fn new(ca: impl AsRef<[u8]>) -> Result<Self, TlsError> {
+        let roots = roots(ca.as_ref())?;
+        let config = Self::builder(&roots)?.with_no_client_auth();
+        Ok(Self {
+            config: with_alpn(config),
+            roots: Some(roots),
+            server_name: None,
+        })
+    }
+
+    fn builder(
+        roots: &Arc<RootCertStore>,
+    ) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, TlsError>
+    {
+        Ok(ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(Arc::clone(roots)))
+    }
+
+    /// Presents `identity` to servers that ask for a client certificate.
+    pub fn identity(mut self, identity: Identity) -> Result<Self, TlsError> {
+        if let Some(roots) = &self.roots {
+            let config =
+                Self::builder(roots)?.with_client_auth_cert(identity.chain, identity.key)?;
+            self.config = with_alpn(config);
+        }
+        Ok(self)
+    }
+
+    /// Verifies the server as `name` rather than the dialed host (for
+    /// `unix://` URLs, or servers reached by address).
+    pub fn server_name(mut self, name: &str) -> Result<Self, TlsError> {
+        let name = ServerName::try_from(name.to_owned())
+            .map_err(|_| TlsError::ServerName(name.to_owned()))?;
+        self.server_name = Some(name);
+        Ok(self)
+    }
+
+    /// Uses a rustls configuration as it is (ALPN is set to `h2`).
+    pub fn from_rustls(config: ClientConfig) -> Self {
+        Self {
+            config: with_alpn(config),
+            roots: None,
+            server_name: None,
+        }
+    }
+
+    pub(crate) fn connector(&self) -> tokio_rustls::TlsConnector {
+        tokio_rustls::TlsConnector::from(Arc::clone(&self.config))
+    }
+
+    /// The name to verify the server as: the one set, else `host`.
+    pub(crate) fn name_for(&self, host: &str) -> Result<ServerName<'static>, TlsError> {
+        match &self.server_name {
+            Some(name) => Ok(name.clone()),
+            None => ServerName::try_from(host.to_owned())
+                .map_err(|_| TlsError::ServerName(host.to_owned())),
+        }
+    }
+}
+
+fn with_alpn(mut config: ClientConfig) -> Arc<ClientConfig> {
+    config.alpn_protocols = vec![H2.to_vec()];
+    Arc::new(config)
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("server_name", &self.server_name)
+            .field(
+                "client_auth",
+                &self.config.client_auth_cert_resolver.has_certs(),
+            )
+            .finish()
+    }
+}
+
+/// How to serve with TLS: the server's identity and, for mutual TLS, the CA
+/// that client certificates must be signed by.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use connect_runtime::tls::{Identity, ServerTls};
+///
+/// let identity = Identity::from_pem(std::fs::read("server.pem")?, std::fs::read("server.key")?)?;
+/// let tls = ServerTls::new(identity.clone())?; // any client
+/// let mutual = ServerTls::new(identity)?.client_ca(std::fs::read("ca.pem")?)?; // certified clients only
+/// # let _ = (tls, mutual); Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ServerTls {
+    config: Arc<ServerConfig>,
+    identity: Option<Identity>,
+}
+
+impl ServerTls {
+    /// Serves as `identity`; clients are not asked for certificates.
+    pub fn new(identity: Identity) -> Result<Self, TlsError> {
+        let config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+        Ok(Self {
+            config: server_alpn(config),
+            identity: Some(identity),
+        })
+    }
+
+    /// Requires every client to present a certificate signed by one of the
+    /// PEM CA certificates `ca`; others fail the handshake.
+    pub fn client_ca(mut self, ca: impl AsRef<[u8]>) -> Result<Self, TlsError> {
+        if let Some(identity) = &self.identity {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(roots(ca.as_ref())?, provider())
+                    .build()?;
+            let config = ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()?
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+            self.config = server_alpn(config);
+        }
+        Ok(self)
+    }
+
+    /// Uses a rustls configuration as it is (ALPN is set to `h2`).
+    pub fn from_rustls(config: ServerConfig) -> Self {
+        Self {
+            config: server_alpn(config),
+            identity: None,
+        }
+    }
+
+    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(Arc::clone(&self.config))
+    }
+}
+
+fn server_alpn(mut config: ServerConfig) -> Arc<ServerConfig> {
+    config.alpn_protocols = vec![H2.to_vec()];
+    Arc::new(config)
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls").finish_non_exhaustive()
+    }
+}
