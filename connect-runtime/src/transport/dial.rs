@@ -3,32 +3,32 @@
 //! channel tonic's clients call through.
 
 use std::error::Error as StdError;
-use std::fmt;
-use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
+use std::{fmt, io};
 
 use base64::Engine as _;
-use http::HeaderValue;
-use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use hyper::client::conn::http2::{self, SendRequest};
+use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::body::Body;
-use tonic::metadata::{MetadataKey, MetadataValue};
+use tonic::metadata::errors::{InvalidMetadataKey, InvalidMetadataValue};
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tracing::Instrument;
 use url::Url;
 
-use super::socket::{Expect, FirstBytes, Io, Stream, connect_tcp, connect_unix};
+use super::socket::{Io, connect_tcp, connect_unix};
 use super::target::{Target, UrlError};
 use super::tls::{ClientTls, TlsError};
 use crate::context::deadline_after;
 use crate::map::lock;
+use crate::outcome::not_sent;
 
 /// The dial timeout when none is given: 100 ms, as in Go's connect v0.5.0.
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_millis(100);
@@ -52,9 +52,8 @@ pub struct DialOptions {
     timeout: Duration,
     tls: Option<ClientTls>,
     keepalive: Option<Keepalive>,
-    metadata: http::HeaderMap,
+    metadata: HeaderMap,
     close_on: Option<CancellationToken>,
-    /// Cancelled when the channel ends for good.
     on_end: Option<CancellationToken>,
 }
 
@@ -73,10 +72,11 @@ pub struct Keepalive {
 impl Keepalive {
     /// Keepalive that PINGs only while calls are in flight.
     pub fn new(interval: Duration, timeout: Duration) -> Self {
+        let while_idle = false;
         Self {
             interval,
             timeout,
-            while_idle: false,
+            while_idle,
         }
     }
 }
@@ -91,16 +91,16 @@ pub enum MetadataError {
         key: String,
         /// Why.
         #[source]
-        source: tonic::metadata::errors::InvalidMetadataKey,
+        source: InvalidMetadataKey,
     },
-    /// Not a valid ASCII metadata value (visible ASCII and spaces only).
+    /// Not a valid ASCII metadata value.
     #[error("the value for metadata key `{key}` is not valid ASCII")]
     Value {
         /// The key it was for.
         key: String,
         /// Why.
         #[source]
-        source: tonic::metadata::errors::InvalidMetadataValue,
+        source: InvalidMetadataValue,
     },
 }
 
@@ -110,7 +110,7 @@ impl Default for DialOptions {
             timeout: DEFAULT_DIAL_TIMEOUT,
             tls: None,
             keepalive: None,
-            metadata: http::HeaderMap::new(),
+            metadata: HeaderMap::new(),
             close_on: None,
             on_end: None,
         }
@@ -123,9 +123,8 @@ impl DialOptions {
         Self::default()
     }
 
-    /// Bounds the whole dial: TCP or unix connect, TLS, and the remote's
-    /// first HTTP/2 answer. A duration too large to add to the clock counts
-    /// as no bound.
+    /// Bounds the whole dial: connect, TLS, and the remote's first HTTP/2
+    /// answer. A bound too large for the clock saturates.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -148,25 +147,24 @@ impl DialOptions {
         self
     }
 
-    /// Adds `key: value` to the metadata of every call made over the dialed
-    /// channel.
+    /// Adds `key: value` to the metadata of every call over the channel.
     pub fn metadata(mut self, key: &str, value: &str) -> Result<Self, MetadataError> {
-        let name = MetadataKey::<tonic::metadata::Ascii>::from_bytes(key.as_bytes()).map_err(
-            |source| MetadataError::Key {
-                key: key.to_owned(),
-                source,
-            },
-        )?;
-        let value: MetadataValue<tonic::metadata::Ascii> =
-            value.parse().map_err(|source| MetadataError::Value {
-                key: key.to_owned(),
-                source,
-            })?;
-        let name = http::HeaderName::from_bytes(name.as_str().as_bytes())
-            .expect("a metadata key is a header name");
-        let value = HeaderValue::from_bytes(value.as_encoded_bytes())
-            .expect("a metadata value is a header value");
-        self.metadata.insert(name, value);
+        let name = AsciiMetadataKey::from_bytes(key.as_bytes());
+        let name = name.map_err(|source| MetadataError::Key {
+            key: key.into(),
+            source,
+        })?;
+        let value = AsciiMetadataValue::try_from(value);
+        let value = value.map_err(|source| MetadataError::Value {
+            key: key.into(),
+            source,
+        })?;
+        let name = http::HeaderName::from_bytes(name.as_str().as_bytes());
+        let value = HeaderValue::from_bytes(value.as_encoded_bytes());
+        self.metadata.insert(
+            name.expect("a metadata key is a header name"),
+            value.expect("a metadata value is a header value"),
+        );
         Ok(self)
     }
 
@@ -175,17 +173,16 @@ impl DialOptions {
         self.metadata("authorization", &format!("Bearer {token}"))
     }
 
-    /// Closes the dialed connection when `token` is cancelled, whoever still
-    /// holds the channel: calls in flight fail, and the channel never
-    /// reconnects. `connect` dials its clients this way, so that cancelling
-    /// a client closes its TCP or unix connection at once.
+    /// Closes the channel's connection when `token` is cancelled, whoever
+    /// still holds the channel: calls in flight fail, and it never dials
+    /// again. `connect` dials its clients this way, so that cancelling a
+    /// client closes its connection at once.
     pub fn close_on(mut self, token: CancellationToken) -> Self {
         self.close_on = Some(token);
         self
     }
 
-    /// Cancels `token` when the channel ends for good (see
-    /// [`ClientConn::ended`]).
+    /// Cancels `token` when the channel ends for good ([`ClientConn::ended`]).
     pub(crate) fn on_end(mut self, token: CancellationToken) -> Self {
         self.on_end = Some(token);
         self
@@ -216,7 +213,7 @@ pub enum DialError {
         timeout: Duration,
     },
     /// Connecting failed: refused, no such socket, the TLS handshake, the
-    /// channel closed while dialing.
+    /// connection closed before the remote answered.
     #[error("dialing {url}: {source}")]
     Connect {
         /// Where the dial was going.
@@ -268,23 +265,22 @@ pub(crate) fn error_chain(err: &(dyn StdError + 'static)) -> String {
     text
 }
 
-/// A dialed channel to a remote: what tonic's clients call through, with
-/// the dial options' metadata added to every call. Cheap to clone; clones
-/// share one HTTP/2 connection.
+/// A dialed channel to a remote, which tonic's clients call through, adding
+/// the dial options' metadata to every call. Cheap to clone; clones share
+/// one HTTP/2 connection at a time.
 ///
 /// - When the remote ends the connection with a graceful GOAWAY
 ///   (connection-age limits, a graceful restart, a proxy recycling
-///   connections), calls in flight finish on it, and the next call dials
-///   one new connection, shared by every clone, within the dial timeout. A
-///   call the old connection never sent is sent on the new one; a call the
-///   remote refused unprocessed (above the GOAWAY's last stream) fails with
-///   `Unavailable`.
+///   connections), calls in flight finish on it and the next call dials one
+///   new connection, within the dial timeout, for every clone. A call the
+///   old connection never sent goes on the new one; one the remote refused
+///   unprocessed (above the GOAWAY's last stream) fails with `Unavailable`.
 /// - When the connection breaks instead (the remote died, the network
 ///   failed, keepalive went unanswered), or that new dial fails, the channel
 ///   has ended for good: calls fail with `Unavailable` and
 ///   [`ClientConn::ended`] resolves. It never retries by itself.
-/// - Replies are checked before tonic reads them: a reply that is not gRPC
-///   (another `content-type`) or whose status details are not base64 is an
+/// - Replies are checked before tonic reads them: one that is not gRPC (by
+///   its `content-type`), or whose status details are not base64, is an
 ///   `Internal` error naming the problem.
 ///
 /// ```no_run
@@ -292,8 +288,7 @@ pub(crate) fn error_chain(err: &(dyn StdError + 'static)) -> String {
 /// use connect_runtime::{DialOptions, dial};
 /// use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
 ///
-/// let url = "tcp://127.0.0.1:5002".parse()?;
-/// let conn = dial(&url, &DialOptions::new()).await?;
+/// let conn = dial(&"tcp://127.0.0.1:5002".parse()?, &DialOptions::new()).await?;
 /// let mut client = NetworkServiceClient::new(conn);
 /// # let _ = &mut client;
 /// # Ok(()) }
@@ -309,18 +304,13 @@ struct Shared {
     options: DialOptions,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
-    live: Mutex<Live>,
+    /// The connection calls go over now, and how many came before it.
+    live: Mutex<(SendRequest<Body>, u64)>,
     /// Held while a new connection is dialed, so that a crowd shares one.
     redialing: tokio::sync::Mutex<()>,
     /// Cancelled when the channel has ended for good.
     ended: CancellationToken,
     dials: AtomicU64,
-}
-
-/// The connection calls go over now, and how many came before it.
-struct Live {
-    send: SendRequest<Body>,
-    generation: u64,
 }
 
 impl ClientConn {
@@ -329,16 +319,14 @@ impl ClientConn {
         &self.shared.url
     }
 
-    /// Connections this channel has made: the first dial and every one
-    /// after a connection ended.
+    /// Connections this channel has made: the first, and one more each time
+    /// a call found the last one ended by the remote's GOAWAY.
     pub fn dials(&self) -> u64 {
         self.shared.dials.load(Ordering::Relaxed)
     }
 
-    /// Resolves once the channel has ended for good: its connection broke,
-    /// or ended with a GOAWAY and a new one could not be made, or the
-    /// `close_on` token was cancelled.
-    /// Every call fails with `Unavailable` after that.
+    /// Resolves once the channel has ended for good; every call fails with
+    /// `Unavailable` after that.
     ///
     /// ```no_run
     /// # async fn demo(conn: connect_runtime::ClientConn) {
@@ -374,7 +362,7 @@ impl tower_service::Service<http::Request<Body>> for ClientConn {
     type Error = TransportError;
     type Future = ResponseFuture;
 
-    /// Always ready: a connection is found (or made) by the call itself.
+    /// Always ready: each call finds (or makes) its connection.
     fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
@@ -391,79 +379,59 @@ impl tower_service::Service<http::Request<Body>> for ClientConn {
         for (name, value) in &self.shared.options.metadata {
             request.headers_mut().append(name.clone(), value.clone());
         }
-        let shared = Arc::clone(&self.shared);
-        Box::pin(async move { shared.send(request).await })
+        Box::pin(Arc::clone(&self.shared).send(request))
     }
 }
 
 /// Dials `url`, returning once the remote has answered: the TCP or unix
 /// connection is up, TLS (if asked for) is done, and the remote has sent
-/// its HTTP/2 SETTINGS. The whole dial is bounded by the options' timeout.
-///
-/// A listener that accepts connections but never speaks HTTP/2 fails the
-/// dial with [`DialError::Timeout`] once the timeout passes.
+/// its HTTP/2 SETTINGS, all within the options' timeout. A listener that
+/// accepts but never speaks HTTP/2 fails with [`DialError::Timeout`].
 pub async fn dial(url: &Url, options: &DialOptions) -> Result<ClientConn, DialError> {
     let target = Target::from_url(url)?;
     let scheme = match options.tls {
         Some(_) => http::uri::Scheme::HTTPS,
         None => http::uri::Scheme::HTTP,
     };
-    let authority = authority(&target);
-    let url = Arc::new(url.clone());
-    let ended = CancellationToken::new();
+    // What grpc-go sends on a unix socket: h2 refuses a %-encoded path.
+    let authority = match &target {
+        Target::Tcp { .. } => target.authority().parse(),
+        Target::Unix { .. } => Ok(http::uri::Authority::from_static("localhost")),
+    };
+    let authority = authority.unwrap_or_else(|_| http::uri::Authority::from_static("localhost"));
+    let (url, ended) = (Arc::new(url.clone()), CancellationToken::new());
     let send = connect(&url, &target, options, &ended).await?;
+    let shared = Shared {
+        url,
+        target,
+        options: options.clone(),
+        scheme,
+        authority,
+        live: Mutex::new((send, 0)),
+        redialing: tokio::sync::Mutex::new(()),
+        ended,
+        dials: AtomicU64::new(1),
+    };
     Ok(ClientConn {
-        shared: Arc::new(Shared {
-            url,
-            target,
-            options: options.clone(),
-            scheme,
-            authority,
-            live: Mutex::new(Live {
-                send,
-                generation: 0,
-            }),
-            redialing: tokio::sync::Mutex::new(()),
-            ended,
-            dials: AtomicU64::new(1),
-        }),
+        shared: Arc::new(shared),
     })
 }
 
-/// The `:authority` calls carry: `host:port`, or `localhost` on a unix
-/// socket (what grpc-go sends; h2 refuses a %-encoded socket path).
-fn authority(target: &Target) -> http::uri::Authority {
-    let text = match target {
-        Target::Tcp { .. } => target.authority(),
-        Target::Unix { .. } => "localhost".to_owned(),
-    };
-    text.parse()
-        .unwrap_or_else(|_| http::uri::Authority::from_static("localhost"))
-}
-
-/// One connection to `target`, within the dial timeout: socket, TLS, the
-/// HTTP/2 handshake, and the remote's SETTINGS. If the connection later
-/// breaks (rather than being ended by the remote's GOAWAY), `ended` and the
-/// options' `on_end` are cancelled.
+/// One connection to `target` within the dial timeout: socket, TLS, the
+/// HTTP/2 handshake and the remote's SETTINGS. If it later breaks (rather
+/// than being ended by a GOAWAY), `ended` and the options' `on_end` are
+/// cancelled.
 async fn connect(
     url: &Url,
     target: &Target,
     options: &DialOptions,
     ended: &CancellationToken,
 ) -> Result<SendRequest<Body>, DialError> {
-    let span = tracing::debug_span!("dial", url = %url, timeout = ?options.timeout);
-    let deadline = deadline_after(options.timeout);
-    let failed = |source: io::Error| DialError::Connect {
+    let failed = |source| DialError::Connect {
         url: url.to_string(),
         source,
     };
     let dialing = async {
-        if options.close_on.as_ref().is_some_and(|t| t.is_cancelled()) {
-            return Err(failed(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the channel was closed",
-            )));
-        }
         let mut stream = match target {
             Target::Tcp { host, port } => connect_tcp(host, *port).await,
             Target::Unix { path } => connect_unix(path).await,
@@ -474,23 +442,24 @@ async fn connect(
                 Target::Tcp { host, .. } => host.as_str(),
                 Target::Unix { .. } => "localhost",
             };
-            let name = tls.name_for(host).map_err(|source| DialError::Tls {
+            let name = tls.name_for(host);
+            let name = name.map_err(|source| DialError::Tls {
                 url: url.to_string(),
                 source,
             })?;
-            let tls_stream = tls
-                .connector()
-                .connect(name, stream)
-                .await
-                .map_err(failed)?;
-            stream = Stream::Tls(Box::new(tls_stream.into()));
+            stream = Box::new(
+                tls.connector()
+                    .connect(name, stream)
+                    .await
+                    .map_err(failed)?,
+            );
         }
-        let first = FirstBytes::new(Expect::Http2Settings);
-        let mut io = Io::new(stream).observe(Arc::clone(&first));
+        let mut io = Io::new(stream);
+        let settings = io.settings();
         if let Some(token) = &options.close_on {
-            io = io.close_on(token.clone(), None);
+            io = io.close_on(token.clone());
         }
-        let mut builder = http2::Builder::new(TokioExecutor::new());
+        let mut builder = Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
         if let Some(keepalive) = options.keepalive {
             builder
@@ -498,51 +467,51 @@ async fn connect(
                 .keep_alive_timeout(keepalive.timeout)
                 .keep_alive_while_idle(keepalive.while_idle);
         }
-        let (send, connection) = builder
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|source| DialError::Handshake {
-                url: url.to_string(),
-                source,
-            })?;
+        let handshake = builder.handshake(TokioIo::new(io)).await;
+        let (send, connection) = handshake.map_err(|source| DialError::Handshake {
+            url: url.to_string(),
+            source,
+        })?;
         let (ended, on_end) = (ended.clone(), options.on_end.clone());
         tokio::spawn(
             async move {
-                // hyper ends the connection's task with `Ok` when the remote
-                // sent a graceful GOAWAY (calls in flight go on), and with
-                // an error when the connection broke or closed without one.
+                // hyper ends a connection's task with `Ok` when the remote
+                // sent a graceful GOAWAY (calls in flight go on), and with an
+                // error when it broke or closed without one.
                 match connection.await {
                     Ok(()) => tracing::debug!("the remote is ending the connection (GOAWAY)"),
                     Err(err) => {
                         tracing::debug!(error = %error_chain(&err), "the connection broke");
                         ended.cancel();
-                        if let Some(on_end) = on_end {
-                            on_end.cancel();
-                        }
+                        on_end.inspect(CancellationToken::cancel);
                     }
                 }
             }
             .in_current_span(),
         );
-        if !first.wait().await {
-            return Err(DialError::NotHttp2 {
+        match settings.await {
+            Ok(true) => Ok(send),
+            Ok(false) => Err(DialError::NotHttp2 {
                 url: url.to_string(),
-            });
+            }),
+            Err(_) => Err(failed(io::ErrorKind::UnexpectedEof.into())),
         }
-        Ok(send)
     };
-    match tokio::time::timeout_at(deadline, dialing.instrument(span)).await {
-        Ok(result) => result,
-        Err(_) => Err(DialError::Timeout {
+    let span = tracing::debug_span!("dial", url = %url, timeout = ?options.timeout);
+    let within = tokio::time::timeout_at(deadline_after(options.timeout), dialing.instrument(span));
+    let timeout = options.timeout;
+    within.await.unwrap_or_else(|_| {
+        Err(DialError::Timeout {
             url: url.to_string(),
-            timeout: options.timeout,
-        }),
-    }
+            timeout,
+        })
+    })
 }
 
 impl Shared {
-    /// Sends a call over the live connection, dialing a new one if it has
-    /// ended; a call the old connection never sent goes once more on the new.
+    /// Sends a call over the live connection, dialing a new one if the
+    /// remote ended it; a call the old connection never sent goes once more
+    /// on the new.
     async fn send(
         self: Arc<Self>,
         request: http::Request<Body>,
@@ -572,88 +541,74 @@ impl Shared {
         if let Some(live) = self.live(stale) {
             return Ok(live);
         }
+        let ended = || {
+            not_sent(Status::unavailable(format!(
+                "the connection to {} has ended",
+                self.url
+            )))
+        };
         if self.ended.is_cancelled() {
-            return Err(self.ended_status());
+            return Err(ended());
         }
         match connect(&self.url, &self.target, &self.options, &self.ended).await {
             Ok(send) => {
-                self.dials.fetch_add(1, Ordering::Relaxed);
+                let dials = self.dials.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::debug!(url = %self.url, dials, "dialed again after a GOAWAY");
                 let mut live = lock(&self.live);
-                live.send = send.clone();
-                live.generation += 1;
-                tracing::debug!(url = %self.url, dials = live.generation + 1, "reconnected");
-                Ok((send, live.generation))
+                *live = (send, live.1 + 1);
+                Ok(live.clone())
             }
             Err(err) => {
-                tracing::info!(url = %self.url, error = %error_chain(&err), "the remote cannot be reached again; the channel has ended");
-                self.end();
-                Err(Status::unavailable(format!(
-                    "the connection to {} ended and a new one failed: {}",
-                    self.url,
-                    error_chain(&err)
-                )))
+                tracing::info!(url = %self.url, error = %error_chain(&err), "the channel has ended");
+                self.ended.cancel();
+                self.options.on_end.as_ref().inspect(|t| t.cancel());
+                let why = error_chain(&err);
+                Err(not_sent(Status::unavailable(format!(
+                    "{}: {why}",
+                    ended().message()
+                ))))
             }
         }
     }
 
     fn live(&self, stale: Option<u64>) -> Option<(SendRequest<Body>, u64)> {
-        if self.ended.is_cancelled() {
-            return None;
-        }
         let live = lock(&self.live);
-        (!live.send.is_closed() && Some(live.generation) != stale)
-            .then(|| (live.send.clone(), live.generation))
+        let usable = !self.ended.is_cancelled() && !live.0.is_closed() && Some(live.1) != stale;
+        usable.then(|| live.clone())
     }
 
-    fn end(&self) {
-        self.ended.cancel();
-        if let Some(on_end) = &self.options.on_end {
-            on_end.cancel();
-        }
-    }
-
-    fn ended_status(&self) -> Status {
-        Status::unavailable(format!("the connection to {} has ended", self.url))
-    }
-
-    /// A call that failed in hyper: a stream the remote refused unprocessed
-    /// (a GOAWAY's, or REFUSED_STREAM) or a connection that ended under it is
+    /// A call that failed in hyper: refused unprocessed by the remote (past
+    /// a GOAWAY, or REFUSED_STREAM), or cut by the connection's end, it is
     /// `Unavailable`; the rest is tonic's to map.
     fn failed(&self, err: hyper::Error) -> TransportError {
         let refused = source_of::<h2::Error>(&err).is_some_and(|h2| {
             (h2.is_go_away() && h2.is_remote()) || h2.reason() == Some(h2::Reason::REFUSED_STREAM)
         });
+        let url = &self.url;
         if refused {
-            return Box::new(Status::unavailable(format!(
-                "{} refused the call unprocessed (its connection is going away): {err}",
-                self.url
-            )));
+            let why = format!("{url} refused the call unprocessed (it is going away): {err}");
+            return Box::new(not_sent(Status::unavailable(why)));
         }
         if err.is_canceled() || err.is_closed() {
-            return Box::new(Status::unavailable(format!(
-                "the connection to {} has ended: {err}",
-                self.url
-            )));
+            let why = format!("the connection to {url} has ended: {err}");
+            return Box::new(Status::unavailable(why));
         }
         Box::new(err)
     }
 
-    /// A reply tonic can read safely: gRPC by its content type, status
+    /// A reply tonic can read safely: gRPC by its content type, with status
     /// details that are base64 (tonic panics on others).
     fn checked(&self, response: http::Response<Incoming>) -> Result<http::Response<Body>, Status> {
         let (mut head, body) = response.into_parts();
-        let grpc = head
-            .headers
-            .get(CONTENT_TYPE)
-            .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+        let content_type = head.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
+        let grpc = content_type.is_some_and(|t| t.starts_with(b"application/grpc"));
         if head.status == http::StatusCode::OK && !grpc && !head.headers.contains_key(GRPC_STATUS) {
-            let content_type = head.headers.get(CONTENT_TYPE).map_or("none".into(), |t| {
-                String::from_utf8_lossy(t.as_bytes()).into_owned()
-            });
-            return Err(Status::internal(format!(
+            let content_type = String::from_utf8_lossy(content_type.unwrap_or(b"none"));
+            let why = format!(
                 "{} answered with content-type {content_type}, not gRPC",
                 self.url
-            )));
+            );
+            return Err(Status::internal(why));
         }
         sanitize_status(&mut head.headers);
         Ok(http::Response::from_parts(
@@ -664,35 +619,33 @@ impl Shared {
 }
 
 const GRPC_STATUS: &str = "grpc-status";
-const GRPC_MESSAGE: &str = "grpc-message";
 const GRPC_STATUS_DETAILS: &str = "grpc-status-details-bin";
 
 /// Replaces a status whose details are not base64 by `Internal` saying so.
-fn sanitize_status(headers: &mut http::HeaderMap) {
+fn sanitize_status(headers: &mut HeaderMap) {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
     let Some(details) = headers.get(GRPC_STATUS_DETAILS) else {
         return;
     };
-    // The engine tonic decodes with: standard alphabet, padding optional.
-    let engine = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    );
-    if engine.decode(details.as_bytes()).is_ok() {
+    // How tonic decodes: the standard alphabet, padding optional.
+    let config =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    if GeneralPurpose::new(&base64::alphabet::STANDARD, config)
+        .decode(details)
+        .is_ok()
+    {
         return;
     }
-    let code = headers.get(GRPC_STATUS).map_or("none".into(), |c| {
-        String::from_utf8_lossy(c.as_bytes()).into_owned()
-    });
+    let code = headers
+        .get(GRPC_STATUS)
+        .map_or("none".into(), |c| String::from_utf8_lossy(c.as_bytes()));
     let message = format!(
         "the remote's status (grpc-status {code}) has malformed grpc-status-details-bin: not base64"
     );
     headers.remove(GRPC_STATUS_DETAILS);
     headers.insert(GRPC_STATUS, HeaderValue::from_static("13"));
-    headers.insert(
-        GRPC_MESSAGE,
-        HeaderValue::from_str(&message).expect("an ASCII message"),
-    );
+    let message = HeaderValue::from_str(&message).expect("an ASCII message");
+    headers.insert("grpc-message", message);
 }
 
 fn source_of<'a, E: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a E> {

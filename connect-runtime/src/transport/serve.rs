@@ -34,7 +34,7 @@ use url::Url;
 
 use super::dial::Keepalive;
 use super::service::ChainService;
-use super::socket::{Expect, FirstBytes, Io, Stream};
+use super::socket::{Io, Stream};
 use super::target::{Target, UrlError};
 use super::tls::ServerTls;
 use crate::chain::ServerChain;
@@ -520,11 +520,11 @@ impl Listener {
             Listener::Tcp(listener) => listener.poll_accept(cx).map(|accepted| {
                 let (stream, addr) = accepted?;
                 stream.set_nodelay(true)?;
-                Ok((Stream::Tcp(stream), Some(addr)))
+                Ok((Box::new(stream) as Stream, Some(addr)))
             }),
             Listener::Unix(listener, _) => listener
                 .poll_accept(cx)
-                .map_ok(|(stream, _)| (Stream::Unix(stream), None)),
+                .map_ok(|(stream, _)| (Box::new(stream) as Stream, None)),
         }
     }
 }
@@ -557,57 +557,17 @@ impl Peer {
     }
 }
 
-/// An accepted connection, as tonic serves it.
-pub(crate) struct Accepted {
-    io: Io,
+/// What a served connection keeps while it lives.
+pub(crate) struct Served {
     peer: Peer,
+    _open: OpenConnection,
 }
 
-impl Connected for Accepted {
+impl Connected for Io<Served> {
     type ConnectInfo = Peer;
 
     fn connect_info(&self) -> Peer {
-        self.peer.clone()
-    }
-}
-
-impl tokio::io::AsyncRead for Accepted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Accepted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        self.extra.peer.clone()
     }
 }
 
@@ -620,23 +580,22 @@ impl Drop for OpenConnection {
     }
 }
 
-/// The connections tonic serves: accepted, counted, made closable by the
-/// hard stop, and (with TLS) handshaken concurrently within the handshake
+/// The connections tonic serves: accepted, counted, closable by the hard
+/// stop, and (with TLS) handshaken concurrently, each within the handshake
 /// timeout.
 struct Incoming {
     listener: Listener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    handshakes: JoinSet<io::Result<Accepted>>,
+    handshakes: JoinSet<io::Result<Io<Served>>>,
     handshake_timeout: Duration,
     hard_stop: CancellationToken,
     stats: watch::Sender<ConnectionStats>,
-    /// After a failed accept (out of file descriptors, say): a pause rather
-    /// than a spin.
+    /// After a failed accept (out of file descriptors, say): a pause, not a spin.
     backoff: Option<Pin<Box<Sleep>>>,
 }
 
 impl Incoming {
-    fn accepted(&mut self, stream: Stream, addr: Option<SocketAddr>) -> Option<Accepted> {
+    fn accepted(&mut self, stream: Stream, addr: Option<SocketAddr>) -> Option<Io<Served>> {
         self.stats.send_modify(|s| {
             s.accepted += 1;
             s.open += 1;
@@ -644,36 +603,30 @@ impl Incoming {
         });
         let open = OpenConnection(self.stats.clone());
         let deadline = Instant::now() + self.handshake_timeout;
-        let hard_stop = self.hard_stop.clone();
-        let served = move |stream: Stream, certificates| Accepted {
-            io: Io::new(stream)
-                .observe(FirstBytes::new(Expect::AnyBytes))
-                .close_on(hard_stop, Some(deadline))
-                .keep(open),
-            peer: Peer { addr, certificates },
+        let hard_stop = self.hard_stop.child_token();
+        let served = move |stream, certificates| {
+            let io = Io::new(stream).close_on(hard_stop).first_bytes_by(deadline);
+            let peer = Peer { addr, certificates };
+            io.with(Served { peer, _open: open })
         };
         let Some(tls) = self.tls.clone() else {
             return Some(served(stream, None));
         };
         self.handshakes.spawn(async move {
-            let handshake = tokio::time::timeout_at(deadline, tls.accept(stream));
-            let tls_stream = handshake.await.map_err(|_| {
-                io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
-            })??;
-            let certificates = tls_stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());
-            let stream = Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls_stream)));
-            Ok(served(stream, certificates))
+            let handshake = tokio::time::timeout_at(deadline, tls.accept(stream)).await;
+            let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out");
+            let tls_stream = handshake.map_err(|_| timed_out())??;
+            let chain = tls_stream.get_ref().1.peer_certificates();
+            let certificates =
+                chain.map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());
+            Ok(served(Box::new(tls_stream), certificates))
         });
         None
     }
 }
 
 impl AsyncStream for Incoming {
-    type Item = io::Result<Accepted>;
+    type Item = io::Result<Io<Served>>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;

@@ -1,94 +1,36 @@
 //! The byte streams under both sides of the transport: TCP or unix sockets,
-//! optionally under TLS, with a switch that closes them from outside and an
-//! observer of the peer's first bytes.
+//! plain or TLS, with a switch that closes them from outside.
 
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context as TaskContext, Poll};
 
-use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::{Notify, oneshot};
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-/// A connected TCP or unix stream, plain or under TLS.
-pub(crate) enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-    Tls(Box<tokio_rustls::TlsStream<Stream>>),
-}
+/// What a connection runs over.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for T {}
 
-macro_rules! on_stream {
-    ($self:expr, $s:ident => $body:expr) => {
-        match $self.get_mut() {
-            Stream::Tcp($s) => $body,
-            Stream::Unix($s) => $body,
-            Stream::Tls($s) => $body,
-        }
-    };
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        on_stream!(self, s => Pin::new(s).poll_read(cx, buf))
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        on_stream!(self, s => Pin::new(s).poll_write(cx, data))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        on_stream!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Tcp(s) => s.is_write_vectored(),
-            Stream::Unix(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        on_stream!(self, s => Pin::new(s).poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        on_stream!(self, s => Pin::new(s).poll_shutdown(cx))
-    }
-}
+/// A TCP or unix stream, plain or under TLS.
+pub(crate) type Stream = Box<dyn Transport>;
 
 /// Connects to `host:port` with TCP_NODELAY set (gRPC calls are small
 /// request/response exchanges).
 pub(crate) async fn connect_tcp(host: &str, port: u16) -> io::Result<Stream> {
     let stream = TcpStream::connect((host, port)).await?;
     stream.set_nodelay(true)?;
-    Ok(Stream::Tcp(stream))
+    Ok(Box::new(stream))
 }
 
 /// Connects to the unix socket at `path`; an error names the path.
 pub(crate) async fn connect_unix(path: &Path) -> io::Result<Stream> {
     match UnixStream::connect(path).await {
-        Ok(stream) => Ok(Stream::Unix(stream)),
+        Ok(stream) => Ok(Box::new(stream)),
         Err(err) => Err(io::Error::new(
             err.kind(),
             format!("{}: {err}", path.display()),
@@ -96,188 +38,107 @@ pub(crate) async fn connect_unix(path: &Path) -> io::Result<Stream> {
     }
 }
 
-/// What the peer's first bytes must be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Expect {
-    /// An HTTP/2 server opens with a SETTINGS frame.
-    Http2Settings,
-    /// Anything: the peer is there.
-    AnyBytes,
-}
-
-/// Set when the peer's first bytes arrive.
-pub(crate) struct FirstBytes {
-    expect: Expect,
-    state: AtomicU8,
-    notify: Notify,
-}
-
-const WAITING: u8 = 0;
-const ANSWERED: u8 = 1;
-const NOT_HTTP2: u8 = 2;
-
-/// An HTTP/2 frame header's type octet sits after the 24-bit length.
+/// An HTTP/2 frame header's type octet (after the 24-bit length), and the
+/// type a server's first frame must have.
 const FRAME_TYPE_OFFSET: usize = 3;
 const FRAME_TYPE_SETTINGS: u8 = 0x4;
 
-impl FirstBytes {
-    pub(crate) fn new(expect: Expect) -> Arc<Self> {
-        Arc::new(Self {
-            expect,
-            state: AtomicU8::new(WAITING),
-            notify: Notify::new(),
-        })
-    }
-
-    fn observe(&self, first: &[u8]) {
-        let verdict = match (self.expect, first.get(FRAME_TYPE_OFFSET)) {
-            (Expect::Http2Settings, Some(&kind)) if kind != FRAME_TYPE_SETTINGS => NOT_HTTP2,
-            _ => ANSWERED,
-        };
-        self.state.store(verdict, Ordering::Release);
-        self.notify.notify_waiters();
-    }
-
-    fn arrived(&self) -> bool {
-        self.state.load(Ordering::Acquire) != WAITING
-    }
-
-    /// Waits for the first bytes; `false` if they were not what was expected.
-    pub(crate) async fn wait(&self) -> bool {
-        loop {
-            // Registered before the state is read, so a notification between
-            // the two cannot be missed.
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            match self.state.load(Ordering::Acquire) {
-                WAITING => notified.await,
-                state => return state == ANSWERED,
-            }
-        }
-    }
-}
-
-/// A stream with a close switch and, until they arrive, an observer of the
-/// peer's first bytes; and whatever must live exactly as long as the
-/// connection (a server's count of open connections).
-pub(crate) struct Io {
+/// A stream that fails every operation once a token is cancelled, or once
+/// a deadline passes before the peer's first bytes; that can report whether
+/// those bytes were an HTTP/2 SETTINGS frame; and that carries `X` (what a
+/// server keeps per connection) for as long as it lives.
+pub(crate) struct Io<X = ()> {
     stream: Stream,
-    first_bytes: Option<Arc<FirstBytes>>,
-    closer: Option<Closer>,
-    _lifetime: Option<Box<dyn Send + Sync>>,
+    close: Option<(CancellationToken, Pin<Box<WaitForCancellationFutureOwned>>)>,
+    silence: Option<Pin<Box<Sleep>>>,
+    settings: Option<oneshot::Sender<bool>>,
+    pub(crate) extra: X,
 }
 
 impl Io {
     pub(crate) fn new(stream: Stream) -> Self {
         Self {
             stream,
-            first_bytes: None,
-            closer: None,
-            _lifetime: None,
+            close: None,
+            silence: None,
+            settings: None,
+            extra: (),
+        }
+    }
+}
+
+impl<X> Io<X> {
+    /// Closes the stream when `token` is cancelled.
+    pub(crate) fn close_on(mut self, token: CancellationToken) -> Self {
+        let cancelled = Box::pin(token.clone().cancelled_owned());
+        self.close = Some((token, cancelled));
+        self
+    }
+
+    /// Closes the stream if the peer sends nothing by `deadline`.
+    pub(crate) fn first_bytes_by(mut self, deadline: Instant) -> Self {
+        self.silence = Some(Box::pin(tokio::time::sleep_until(deadline)));
+        self
+    }
+
+    /// Whether the peer's first bytes were an HTTP/2 SETTINGS frame; the
+    /// receiver fails if the stream ends before any arrive.
+    pub(crate) fn settings(&mut self) -> oneshot::Receiver<bool> {
+        let (sender, receiver) = oneshot::channel();
+        self.settings = Some(sender);
+        receiver
+    }
+
+    /// Keeps `extra` with the stream.
+    pub(crate) fn with<Y>(self, extra: Y) -> Io<Y> {
+        Io {
+            stream: self.stream,
+            close: self.close,
+            silence: self.silence,
+            settings: self.settings,
+            extra,
         }
     }
 
-    /// Reports the peer's first bytes to `first_bytes`.
-    pub(crate) fn observe(mut self, first_bytes: Arc<FirstBytes>) -> Self {
-        self.first_bytes = Some(first_bytes);
-        self
-    }
-
-    /// Fails every operation once `token` is cancelled, or once `deadline`
-    /// passes without the observed first bytes.
-    pub(crate) fn close_on(mut self, token: CancellationToken, deadline: Option<Instant>) -> Self {
-        let first = self.first_bytes.clone().zip(deadline);
-        self.closer = Some(Closer::watch(token, first));
-        self
-    }
-
-    /// Keeps `value` until the connection is dropped.
-    pub(crate) fn keep(mut self, value: impl Send + Sync + 'static) -> Self {
-        self._lifetime = Some(Box::new(value));
-        self
-    }
-
-    /// Runs one I/O operation unless the stream has been closed, arranging
-    /// to be woken if it is closed while the operation waits.
+    /// Runs one I/O operation unless the stream is closed; while it waits,
+    /// waits for the close too.
     fn guard<T>(
         &mut self,
         cx: &mut TaskContext<'_>,
         operation: impl FnOnce(Pin<&mut Stream>, &mut TaskContext<'_>) -> Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
-        let signal = self.closer.as_ref().map(|c| &*c.signal);
-        if signal.is_some_and(|s| s.closed.load(Ordering::Acquire)) {
+        let closed = || {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the connection was closed",
+            )
+        };
+        if self
+            .close
+            .as_ref()
+            .is_some_and(|(token, _)| token.is_cancelled())
+        {
             return Poll::Ready(Err(closed()));
         }
         let polled = operation(Pin::new(&mut self.stream), cx);
-        if polled.is_pending()
-            && let Some(signal) = signal
-        {
-            signal.waker.register(cx.waker());
-            if signal.closed.load(Ordering::Acquire) {
+        if polled.is_pending() {
+            if let Some((_, cancelled)) = &mut self.close
+                && cancelled.as_mut().poll(cx).is_ready()
+            {
                 return Poll::Ready(Err(closed()));
+            }
+            if let Some(silence) = &mut self.silence
+                && silence.as_mut().poll(cx).is_ready()
+            {
+                let silent = "the peer sent nothing within the handshake timeout";
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, silent)));
             }
         }
         polled
     }
 }
 
-fn closed() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ConnectionAborted,
-        "the connection was closed",
-    )
-}
-
-/// Closes a stream when a token is cancelled (or a first-bytes deadline
-/// passes): an atomic load on every read and write, a waker registration
-/// only when the stream has to wait, and a small task watching the token,
-/// which ends with the token or the stream.
-struct Closer {
-    signal: Arc<CloseSignal>,
-    /// Dropped with the stream, ending the watching task.
-    _stream_gone: oneshot::Sender<()>,
-}
-
-#[derive(Default)]
-struct CloseSignal {
-    closed: AtomicBool,
-    waker: AtomicWaker,
-}
-
-impl Closer {
-    fn watch(token: CancellationToken, first: Option<(Arc<FirstBytes>, Instant)>) -> Self {
-        let signal = Arc::new(CloseSignal::default());
-        let (stream_gone, gone) = oneshot::channel::<()>();
-        let watched = Arc::clone(&signal);
-        tokio::spawn(async move {
-            let silent = async {
-                match first {
-                    Some((first, deadline)) => {
-                        let _ = tokio::time::timeout_at(deadline, first.wait()).await;
-                        if first.arrived() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = token.cancelled() => {}
-                () = silent => {}
-                _ = gone => return,
-            }
-            watched.closed.store(true, Ordering::Release);
-            watched.waker.wake();
-        });
-        Self {
-            signal,
-            _stream_gone: stream_gone,
-        }
-    }
-}
-
-impl AsyncRead for Io {
+impl<X: Unpin> AsyncRead for Io<X> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -287,15 +148,18 @@ impl AsyncRead for Io {
         let polled = self.guard(cx, |stream, cx| stream.poll_read(cx, buf));
         if let Poll::Ready(Ok(())) = polled
             && buf.filled().len() > before
-            && let Some(first) = self.first_bytes.take()
         {
-            first.observe(&buf.filled()[before..]);
+            self.silence = None;
+            if let Some(settings) = self.settings.take() {
+                let frame_type = buf.filled()[before..].get(FRAME_TYPE_OFFSET);
+                let _ = settings.send(frame_type.is_none_or(|&t| t == FRAME_TYPE_SETTINGS));
+            }
         }
         polled
     }
 }
 
-impl AsyncWrite for Io {
+impl<X: Unpin> AsyncWrite for Io<X> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
