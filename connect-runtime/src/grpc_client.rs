@@ -15,12 +15,20 @@ use crate::proto::networkservice::NetworkServiceRequest;
 use crate::proto::networkservice::network_service_client::NetworkServiceClient;
 use crate::transport::dial::ClientConn;
 
+/// How long after a call's deadline [`GrpcClient`] waits for the remote's
+/// own answer (usually `DEADLINE_EXCEEDED`) before cutting the call off:
+/// waiting for it means the remote's handler has ended, so nothing that
+/// follows for the same connection can overlap it.
+pub const DEADLINE_GRACE: Duration = Duration::from_secs(1);
+
 /// Calls the remote `networkservice.NetworkService` with tonic's generated
 /// client (Go's `networkservice.NewNetworkServiceClient(cc)`).
 ///
 /// The channel is a [`ClientConn`] by default, or that channel wrapped in
 /// tower layers or a tonic interceptor. The context's deadline goes out as
-/// `grpc-timeout` and is also enforced here. Being terminal, it never calls
+/// `grpc-timeout`, and the remote ends the call there; a remote that has not
+/// answered [`DEADLINE_GRACE`] later is cut off here. The context's
+/// cancellation token cuts the call at once. Being terminal, it never calls
 /// `next`.
 ///
 /// ```no_run
@@ -119,8 +127,15 @@ where
             Err(status) => return Box::pin(std::future::ready(Err(status))),
         };
         let call = async move { client.close(request).await.map(drop) };
-        Box::pin(async move { ctx.run(call).await })
+        Box::pin(async move { backstop(&ctx).run(call).await })
     }
+}
+
+/// The limits a call is cut off by here: the context's token, and its
+/// deadline plus [`DEADLINE_GRACE`].
+fn backstop(ctx: &Context) -> Context {
+    let deadline = ctx.deadline().map(|d| d + DEADLINE_GRACE);
+    ctx.clone().with_fresh_deadline(deadline)
 }
 
 /// A `grpc-timeout` value: at most eight digits and a unit, rounded up so

@@ -69,7 +69,7 @@ pub use connect::{
 };
 pub use context::{ClientCancel, Context};
 pub use element::{BoxFuture, ClientElement, Next, NextFuture, ServerElement};
-pub use grpc_client::GrpcClient;
+pub use grpc_client::{DEADLINE_GRACE, GrpcClient};
 pub use hooks::Hooks;
 pub use monitor::Monitor;
 pub use passthrough::Passthrough;

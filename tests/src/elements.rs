@@ -100,6 +100,8 @@ pub struct Seen {
     pub remaining: Option<Duration>,
     pub authorization: Option<String>,
     pub client_url: Option<String>,
+    /// The connection the last close carried.
+    pub closed: Option<Connection>,
 }
 
 /// Keeps a copy of the last request and what its context carried; a close
@@ -132,7 +134,9 @@ impl Capture {
         request: NetworkServiceRequest,
         next: Next<'_>,
     ) -> Result<Connection, Status> {
+        let closed = self.seen.lock().unwrap().closed.take();
         *self.seen.lock().unwrap() = Seen {
+            closed,
             request: Some(request.clone()),
             remaining: ctx.remaining(),
             authorization: ctx
@@ -151,7 +155,11 @@ impl Capture {
         connection: Connection,
         next: Next<'_>,
     ) -> Result<(), Status> {
-        self.seen.lock().unwrap().request = None;
+        {
+            let mut seen = self.seen.lock().unwrap();
+            seen.request = None;
+            seen.closed = Some(connection.clone());
+        }
         next.close(ctx, connection).await
     }
 }
@@ -702,5 +710,111 @@ impl DropWatch {
         let result = next.close(ctx, connection).await;
         watched.finished = true;
         result
+    }
+}
+
+/// Panics on the next call of one kind once armed: a bug in some element.
+#[derive(Clone, Default, Element)]
+#[element(server, client)]
+pub struct Panic {
+    armed: Arc<Mutex<Option<Op>>>,
+}
+
+impl Panic {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Panics on the next call of kind `op`.
+    pub fn arm(&self, op: Op) {
+        *self.armed.lock().unwrap() = Some(op);
+    }
+
+    fn fire(&self, op: Op) {
+        let mut armed = self.armed.lock().unwrap();
+        if *armed == Some(op) {
+            *armed = None;
+            drop(armed);
+            panic!("an element panicked on {op:?}");
+        }
+    }
+}
+
+#[hooks]
+impl Panic {
+    async fn request(
+        &self,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        self.fire(Op::Request);
+        next.request(ctx, request).await
+    }
+
+    async fn close(
+        &self,
+        ctx: Context,
+        connection: Connection,
+        next: Next<'_>,
+    ) -> Result<(), Status> {
+        self.fire(Op::Close);
+        next.close(ctx, connection).await
+    }
+}
+
+/// Sets the path of every request it passes on to one segment named
+/// `name`: what a remote adds to the connections it returns.
+#[derive(Clone, Element)]
+#[element(server)]
+pub struct SetPath(pub &'static str);
+
+#[hooks]
+impl SetPath {
+    async fn request(
+        &self,
+        ctx: Context,
+        mut request: NetworkServiceRequest,
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        let conn = request.connection.get_or_insert_with(Default::default);
+        conn.path = Some(connect_runtime::proto::connection::Path {
+            index: 0,
+            path_segments: vec![connect_runtime::proto::connection::PathSegment {
+                name: self.0.to_owned(),
+                ..Default::default()
+            }],
+        });
+        next.request(ctx, request).await
+    }
+}
+
+/// The metadata key [`RouteByMetadata`] reads the client URL from.
+pub const CONNECT_TO: &str = "x-connect-to";
+
+/// Sets the client URL from the call's `x-connect-to` metadata: one served
+/// connect in front of several remotes, the caller choosing per call.
+#[derive(Clone, Default, Element)]
+#[element(server)]
+pub struct RouteByMetadata;
+
+#[hooks]
+impl RouteByMetadata {
+    async fn request(
+        &self,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        let url = ctx
+            .incoming_metadata()
+            .and_then(|m| m.get(CONNECT_TO))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| url::Url::parse(v).ok());
+        let ctx = match url {
+            Some(url) => ctx.with_client_url(url),
+            None => ctx,
+        };
+        next.request(ctx, request).await
     }
 }

@@ -3,9 +3,11 @@
 
 pub mod caller;
 pub mod elements;
+pub mod golike;
 pub mod harness;
 pub mod pki;
 pub mod program;
+pub mod raw;
 pub mod remote;
 
 use connect_runtime::proto::connection::Connection;

@@ -7,7 +7,6 @@ mod lease;
 mod turns;
 
 use std::fmt;
-use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -348,8 +347,12 @@ impl Connect {
         request: NetworkServiceRequest,
         next: Next<'_>,
     ) -> Result<Connection, Status> {
-        let caller = ctx.cancellation_token().cloned();
-        until_cancelled(caller, Shared::request(&self.shared, ctx, request, next)).await
+        // The caller's limits bound what it waits for; an operation cut by
+        // them is finished by its lease, as one whose future was dropped.
+        let limits = ctx.clone();
+        limits
+            .run(Shared::request(&self.shared, ctx, request, next))
+            .await
     }
 
     async fn close(
@@ -358,31 +361,17 @@ impl Connect {
         connection: Connection,
         next: Next<'_>,
     ) -> Result<(), Status> {
-        let caller = ctx.cancellation_token().cloned();
-        until_cancelled(caller, Shared::close(&self.shared, ctx, connection, next)).await
+        let limits = ctx.clone();
+        limits
+            .run(Shared::close(&self.shared, ctx, connection, next))
+            .await
     }
 }
 
-/// Runs `operation` until the caller's token (if any) is cancelled, then
-/// drops it: a cancelled caller is treated exactly like a caller whose
-/// future was dropped, and the lease finishes what is in flight.
-async fn until_cancelled<T>(
-    caller: Option<CancellationToken>,
-    operation: impl Future<Output = Result<T, Status>>,
-) -> Result<T, Status> {
-    let Some(caller) = caller else {
-        return operation.await;
-    };
-    tokio::select! {
-        biased;
-        result = operation => result,
-        () = caller.cancelled() => Err(Status::cancelled("connect: the caller went away")),
-    }
-}
-
-/// The context a client call runs with: the caller's, without its
-/// cancellation token (an abandoned call is finished by its lease, bounded
-/// by the cleanup timeout), with the client's cancel handle.
+/// The context a client call runs with: the caller's deadline (sent to the
+/// remote, which ends the call there), without its cancellation token (an
+/// abandoned call is finished by its lease, bounded by the cleanup
+/// timeout), with the client's cancel handle.
 fn client_context(ctx: &Context, client: &ConnectClient) -> Context {
     ctx.clone()
         .without_cancellation_token()

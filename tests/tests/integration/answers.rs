@@ -3,112 +3,22 @@
 //! hyper HTTP/2 with canned answers, so that each answer is exactly what the
 //! test says, not what tonic's server happens to produce.
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::{ClientChain, Context, DialOptions, GrpcClient, dial};
+use connect_tests::raw::{Answer, RawRemote, framed};
 use connect_tests::{connection, request};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
-use tokio::net::TcpListener;
 use tonic::Code;
 use url::Url;
 
-type Body = StreamBody<tokio_stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
-
-/// One canned answer: status line, headers, then DATA frames and trailers.
-#[derive(Clone, Default)]
-struct Answer {
-    status: u16,
-    headers: Vec<(&'static str, &'static str)>,
-    data: Vec<Bytes>,
-    trailers: Option<Vec<(&'static str, &'static str)>>,
-}
-
-impl Answer {
-    /// A well-formed reply carrying `message`, in `pieces` DATA frames.
-    fn ok(message: &impl Message, pieces: usize) -> Self {
-        let framed = framed(&message.encode_to_vec());
-        let step = framed.len().div_ceil(pieces);
-        let data = (0..framed.len())
-            .step_by(step)
-            .map(|at| framed.slice(at..(at + step).min(framed.len())))
-            .collect();
-        Self {
-            status: 200,
-            headers: vec![("content-type", "application/grpc")],
-            data,
-            trailers: Some(vec![("grpc-status", "0")]),
-        }
-    }
-
-    fn response(&self) -> http::Response<Body> {
-        let mut frames: Vec<_> = self.data.iter().cloned().map(Frame::data).collect();
-        if let Some(trailers) = &self.trailers {
-            let mut map = http::HeaderMap::new();
-            for (name, value) in trailers {
-                map.insert(*name, value.parse().unwrap());
-            }
-            frames.push(Frame::trailers(map));
-        }
-        let mut response = http::Response::builder().status(self.status);
-        for (name, value) in &self.headers {
-            response = response.header(*name, *value);
-        }
-        response
-            .body(StreamBody::new(tokio_stream::iter(
-                frames.into_iter().map(Ok).collect::<Vec<_>>(),
-            )))
-            .unwrap()
-    }
-}
-
-fn framed(message: &[u8]) -> Bytes {
-    let mut frame = BytesMut::new();
-    frame.put_u8(0);
-    frame.put_u32(message.len() as u32);
-    frame.extend_from_slice(message);
-    frame.freeze()
-}
-
-/// What the server saw of one call.
-struct Seen {
-    head: http::request::Parts,
-    body: Bytes,
-}
-
-/// An HTTP/2 server on loopback that gives every call `answer` and keeps
-/// what it was sent.
-async fn answering(answer: Answer) -> (Url, Arc<Mutex<Vec<Seen>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = Url::parse(&format!("tcp://{}", listener.local_addr().unwrap())).unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = Arc::clone(&seen);
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let (answer, log) = (answer.clone(), Arc::clone(&log));
-            let service = hyper::service::service_fn(move |call: http::Request<Incoming>| {
-                let (answer, log) = (answer.clone(), Arc::clone(&log));
-                async move {
-                    let (head, body) = call.into_parts();
-                    let body = body.collect().await.unwrap().to_bytes();
-                    log.lock().unwrap().push(Seen { head, body });
-                    Ok::<_, Infallible>(answer.response())
-                }
-            });
-            tokio::spawn(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(socket), service),
-            );
-        }
-    });
-    (url, seen)
+/// An endpoint that gives every call `answer`, and what it was sent.
+async fn answering(answer: Answer) -> (Url, RawRemote) {
+    let remote = RawRemote::start(answer).await;
+    (remote.url().clone(), remote)
 }
 
 async fn client(url: &Url) -> ClientChain {
@@ -129,7 +39,7 @@ async fn requests_go_out_as_grpc_unary_calls() {
     // fields there, which protobuf skips.
     client.close(Context::new(), reply).await.unwrap();
 
-    let seen = seen.lock().unwrap();
+    let seen = seen.seen();
     let request = &seen[0];
     assert_eq!(request.head.method, http::Method::POST);
     assert_eq!(
@@ -169,7 +79,7 @@ async fn requests_go_out_as_grpc_unary_calls() {
 async fn a_reply_split_across_data_frames_is_read_whole() {
     let mut reply = connection("split");
     reply.network_service = "x".repeat(40_000); // more than one HTTP/2 frame
-    let (url, _) = answering(Answer::ok(&reply, 7)).await;
+    let (url, _remote) = answering(Answer::ok(&reply, 7)).await;
 
     let got = client(&url)
         .await
@@ -316,7 +226,7 @@ async fn every_kind_of_failed_answer_gets_the_grpc_code() {
         ),
     ];
     for (what, answer, code, says) in cases {
-        let (url, _) = answering(answer).await;
+        let (url, _remote) = answering(answer).await;
         let err = client(&url)
             .await
             .request(Context::new(), request("x"))
