@@ -93,7 +93,7 @@ fn a_request_after_shutdown_is_refused_at_once() {
 
 /// `connect` served over gRPC in front of one remote, and a tonic caller.
 struct Front {
-    served: ServerHandle,
+    _served: ServerHandle,
     caller: NetworkServiceClient<Channel>,
 }
 
@@ -107,7 +107,10 @@ impl Front {
         )
         .await;
         let caller = tonic_caller(served.url()).await;
-        Self { served, caller }
+        Self {
+            _served: served,
+            caller,
+        }
     }
 
     async fn request(&self, id: &str) -> Result<Connection, Status> {
