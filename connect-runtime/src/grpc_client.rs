@@ -113,7 +113,7 @@ where
                 .await
                 .map(tonic::Response::into_inner)
         };
-        Box::pin(async move { ctx.run(call).await })
+        Box::pin(async move { backstop(&ctx).run(call).await })
     }
 
     fn close<'a>(

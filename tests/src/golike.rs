@@ -9,6 +9,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -41,6 +43,7 @@ pub struct Behaviour {
 /// A grpc-go-like remote serving an NSM chain and gRPC health.
 pub struct GoLike {
     url: Url,
+    malformed: Arc<AtomicBool>,
     unix: Option<PathBuf>,
     health: HealthReporter,
     stats: watch::Receiver<ConnectionStats>,
@@ -102,9 +105,13 @@ impl GoLike {
         let (stats_tx, stats) = watch::channel(ConnectionStats::default());
         let (recycle, recycled) = watch::channel(0u64);
         let (stop, kill) = (CancellationToken::new(), CancellationToken::new());
+        let malformed = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(accept(
             listener,
-            Detached(routes),
+            Detached {
+                routes,
+                malformed: Arc::clone(&malformed),
+            },
             behaviour,
             stats_tx,
             recycled,
@@ -113,6 +120,7 @@ impl GoLike {
         ));
         Self {
             url,
+            malformed,
             unix,
             health,
             stats,
@@ -154,6 +162,12 @@ impl GoLike {
         let mut stats = self.stats.clone();
         let waited = settle("the remote's connections", stats.wait_for(condition)).await;
         *waited.expect("the remote's counts outlive it")
+    }
+
+    /// While on, answers every Request with a status whose details are not
+    /// base64 (`grpc-status-details-bin`), without running the chain.
+    pub fn set_malformed(&self, on: bool) {
+        self.malformed.store(on, Ordering::SeqCst);
     }
 
     /// Sends every open connection a graceful GOAWAY: calls in flight
@@ -276,9 +290,13 @@ async fn accept(
 
 /// Runs each call in a task of its own, so that it goes on after its
 /// caller cancels (hyper drops the call's future on RST_STREAM; grpc-go
-/// handlers keep running).
+/// handlers keep running); or, while malformed, answers Requests with a
+/// broken status.
 #[derive(Clone)]
-struct Detached(Routes);
+struct Detached {
+    routes: Routes,
+    malformed: Arc<AtomicBool>,
+}
 
 impl tower_service::Service<http::Request<hyper::body::Incoming>> for Detached {
     type Response = http::Response<Body>;
@@ -286,11 +304,20 @@ impl tower_service::Service<http::Request<hyper::body::Incoming>> for Detached {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
-        tower_service::Service::<http::Request<Body>>::poll_ready(&mut self.0, cx)
+        tower_service::Service::<http::Request<Body>>::poll_ready(&mut self.routes, cx)
     }
 
     fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
-        let call = tower_service::Service::call(&mut self.0, request.map(Body::new));
+        if self.malformed.load(Ordering::SeqCst) && request.uri().path().ends_with("/Request") {
+            let broken = http::Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", "13")
+                .header("grpc-status-details-bin", "%%% not base64 %%%")
+                .body(Body::empty())
+                .unwrap();
+            return Box::pin(std::future::ready(Ok(broken)));
+        }
+        let call = tower_service::Service::call(&mut self.routes, request.map(Body::new));
         let handler = tokio::spawn(call);
         Box::pin(async move { handler.await.expect("a handler panicked") })
     }
