@@ -185,7 +185,7 @@ struct World {
     caller: NetworkServiceClient<Channel>,
     remotes: Vec<Remote>,
     cancels: Arc<Mutex<HashMap<Url, ClientCancel>>>,
-    observer: Observer,
+    _observer: Observer,
     _dir: ScratchDir,
 }
 
@@ -275,7 +275,7 @@ impl World {
             caller,
             remotes,
             cancels,
-            observer,
+            _observer: observer,
             _dir: dir,
         }
     }
