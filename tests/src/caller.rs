@@ -7,8 +7,7 @@ use connect_runtime::proto::networkservice::network_service_client::NetworkServi
 use tonic::transport::{Channel, Endpoint};
 use url::Url;
 
-/// tonic's `Endpoint` URI for a `tcp://` or `unix://` URL. For unix sockets
-/// tonic sends `localhost` as `:authority`, as grpc-go does.
+/// tonic's `Endpoint` URI for a `tcp://` or `unix://` URL.
 pub fn tonic_uri(url: &Url) -> String {
     match url.scheme() {
         "unix" => format!("unix://{}", url.path()),
@@ -29,4 +28,45 @@ pub async fn tonic_caller(url: &Url) -> NetworkServiceClient<Channel> {
         .await
         .unwrap_or_else(|err| panic!("tonic could not connect to {url}: {err}"));
     NetworkServiceClient::new(channel)
+}
+
+/// A tonic client over a unix socket whose calls carry `localhost` as
+/// `:authority`, as grpc-go's do (tonic's own unix channel sends `tonic`).
+pub async fn golike_unix_caller(path: &std::path::Path) -> NetworkServiceClient<GoLikeUnix> {
+    let stream = tokio::net::UnixStream::connect(path).await.unwrap();
+    let (send, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    NetworkServiceClient::new(GoLikeUnix { send })
+}
+
+/// The channel [`golike_unix_caller`] calls through.
+#[derive(Clone)]
+pub struct GoLikeUnix {
+    send: hyper::client::conn::http2::SendRequest<tonic::body::Body>,
+}
+
+type Response = http::Response<hyper::body::Incoming>;
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for GoLikeUnix {
+    type Response = Response;
+    type Error = hyper::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, hyper::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), hyper::Error>> {
+        self.send.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        let path = request.uri().path().to_owned();
+        *request.uri_mut() = format!("http://localhost{path}").parse().unwrap();
+        Box::pin(self.send.send_request(request))
+    }
 }

@@ -356,6 +356,7 @@ struct LedgerState {
     open: std::collections::BTreeSet<String>,
     in_call: std::collections::HashMap<String, usize>,
     overlaps: usize,
+    closes: usize,
 }
 
 impl Ledger {
@@ -371,6 +372,11 @@ impl Ledger {
     /// Times a call arrived for an id while another call for it was running.
     pub fn overlaps(&self) -> usize {
         self.inner.lock().unwrap().overlaps
+    }
+
+    /// Closes that have arrived (for any id, known or not).
+    pub fn closes(&self) -> usize {
+        self.inner.lock().unwrap().closes
     }
 
     /// Marks a call for `id` running until the returned guard drops (even
@@ -446,6 +452,7 @@ impl Ledger {
         next: Next<'_>,
     ) -> Result<(), Status> {
         let id = connection.id.clone();
+        self.inner.lock().unwrap().closes += 1;
         let _call = self.enter(&id);
         tokio::task::yield_now().await;
         let result = next.close(ctx, connection).await;

@@ -52,13 +52,14 @@ fn main() -> ExitCode {
             connect_to,
             dial_timeout,
             log,
+            tls,
         } => {
             init_logging(log, "info");
-            runtime.block_on(server::passthrough(listen, connect_to, dial_timeout))
+            runtime.block_on(server::passthrough(listen, connect_to, dial_timeout, tls))
         }
-        Mode::Endpoint { listen, log } => {
+        Mode::Endpoint { listen, log, tls } => {
             init_logging(log, "info");
-            runtime.block_on(server::endpoint(listen))
+            runtime.block_on(server::endpoint(listen, tls))
         }
     };
     match outcome {

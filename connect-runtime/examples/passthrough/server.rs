@@ -1,32 +1,42 @@
 //! The program as a real process: a passthrough forwarding to one remote, or
 //! a minimal endpoint. Both stop gracefully on SIGINT or SIGTERM.
 
+use std::path::Path;
 use std::time::Duration;
 
 use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
+use connect_runtime::tls::{ClientTls, Identity, ServerTls, TlsError};
 use connect_runtime::{
-    ClientChain, ClientUrl, Connect, Context, Element, GrpcClient, Monitor, Next, Serve,
-    ServerChain, hooks,
+    ClientChain, ClientUrl, Connect, Context, DialOptions, Element, GrpcClient, Monitor, Next,
+    Serve, ServerChain, hooks,
 };
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use url::Url;
 
+use crate::args::TlsFiles;
+
 /// clienturl(`connect_to`) → connect, served on `listen`.
 pub(crate) async fn passthrough(
     listen: Url,
     connect_to: Url,
     dial_timeout: Duration,
+    tls: Option<TlsFiles>,
 ) -> Result<(), String> {
+    let tls = tls.as_ref().map(Tls::load).transpose()?;
+    let mut dial = DialOptions::new().timeout(dial_timeout);
+    if let Some(client) = tls.as_ref().and_then(|t| t.client.clone()) {
+        dial = dial.tls(client);
+    }
     let connect = Connect::builder(|ctx: &Context, conn| {
         ClientChain::builder()
             .with(Monitor::new(ctx, conn.clone()))
             .with(GrpcClient::new(conn))
             .build()
     })
-    .dial_timeout(dial_timeout)
+    .dial_options(dial)
     .build();
     let chain = ServerChain::builder()
         .with(Logged("passthrough"))
@@ -37,8 +47,7 @@ pub(crate) async fn passthrough(
     // that a SIGTERM sent right after never finds the default action.
     let signals = Signals::install()?;
     let stop = CancellationToken::new();
-    let server = Serve::new(chain)
-        .shutdown_on(stop.clone())
+    let server = serving(chain, tls.map(|t| t.server), &stop)
         .bind(&listen)
         .await
         .map_err(|e| e.to_string())?;
@@ -62,12 +71,12 @@ pub(crate) async fn passthrough(
 
 /// A minimal NSM endpoint: answers Request with the request's connection and
 /// Close with empty.
-pub(crate) async fn endpoint(listen: Url) -> Result<(), String> {
+pub(crate) async fn endpoint(listen: Url, tls: Option<TlsFiles>) -> Result<(), String> {
+    let tls = tls.as_ref().map(Tls::load).transpose()?;
     let chain = ServerChain::builder().with(Logged("endpoint")).build();
     let signals = Signals::install()?;
     let stop = CancellationToken::new();
-    let server = Serve::new(chain)
-        .shutdown_on(stop.clone())
+    let server = serving(chain, tls.map(|t| t.server), &stop)
         .bind(&listen)
         .await
         .map_err(|e| e.to_string())?;
@@ -77,6 +86,42 @@ pub(crate) async fn endpoint(listen: Url) -> Result<(), String> {
     server.stopped().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A server for `chain`, with TLS if given, stopping when `stop` is.
+fn serving(chain: ServerChain, tls: Option<ServerTls>, stop: &CancellationToken) -> Serve {
+    let serve = Serve::new(chain).shutdown_on(stop.clone());
+    match tls {
+        Some(tls) => serve.tls(tls),
+        None => serve,
+    }
+}
+
+/// The listener's TLS and, with a CA, the dialer's, from the PEM files.
+struct Tls {
+    server: ServerTls,
+    client: Option<ClientTls>,
+}
+
+impl Tls {
+    fn load(files: &TlsFiles) -> Result<Self, String> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        let (cert, key) = (read(&files.cert)?, read(&files.key)?);
+        let identity = Identity::from_pem(cert, key)
+            .map_err(|e| format!("{} and {}: {e}", files.cert.display(), files.key.display()))?;
+        let in_file = |path: &Path, e: TlsError| format!("{}: {e}", path.display());
+        let mut server = ServerTls::new(identity.clone()).map_err(|e| in_file(&files.cert, e))?;
+        let mut client = None;
+        if let Some(ca_path) = &files.ca {
+            let ca = read(ca_path)?;
+            server = server.client_ca(&ca).map_err(|e| in_file(ca_path, e))?;
+            let dialing = ClientTls::new(&ca).and_then(|c| c.identity(identity));
+            client = Some(dialing.map_err(|e| in_file(ca_path, e))?);
+        }
+        Ok(Self { server, client })
+    }
 }
 
 /// SIGTERM and SIGINT, caught.

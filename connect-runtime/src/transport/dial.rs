@@ -23,6 +23,7 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tracing::Instrument;
 use url::Url;
 
+use super::replay::Replay;
 use super::socket::{Io, connect_tcp, connect_unix};
 use super::target::{Target, UrlError};
 use super::tls::{ClientTls, TlsError};
@@ -510,22 +511,33 @@ async fn connect(
 
 impl Shared {
     /// Sends a call over the live connection, dialing a new one if the
-    /// remote ended it; a call the old connection never sent goes once more
-    /// on the new.
+    /// remote ended it. A call the old connection never sent, or that the
+    /// remote refused unprocessed as it went away, goes once more on a new
+    /// connection.
     async fn send(
         self: Arc<Self>,
         request: http::Request<Body>,
     ) -> Result<http::Response<Body>, TransportError> {
+        let (head, body) = request.into_parts();
+        let body = Replay::new(body);
         let (mut send, generation) = self.connection(None).await?;
-        let request = match send.try_send_request(request).await {
+        let first = body.sending().expect("nothing is read yet");
+        let (unsent, err) = match send
+            .try_send_request(http::Request::from_parts(head.clone(), first))
+            .await
+        {
             Ok(response) => return Ok(self.checked(response)?),
-            Err(mut err) => match err.take_message() {
-                Some(unsent) => unsent,
-                None => return Err(self.failed(err.into_error())),
-            },
+            Err(mut err) => (err.take_message().is_some(), err.into_error()),
+        };
+        let again = match body.sending() {
+            Some(again) if unsent || refused(&err) => again,
+            _ => return Err(self.failed(err)),
         };
         let (mut send, _) = self.connection(Some(generation)).await?;
-        match send.try_send_request(request).await {
+        match send
+            .try_send_request(http::Request::from_parts(head, again))
+            .await
+        {
             Ok(response) => Ok(self.checked(response)?),
             Err(err) => Err(self.failed(err.into_error())),
         }
@@ -577,17 +589,14 @@ impl Shared {
         usable.then(|| live.clone())
     }
 
-    /// A call that failed in hyper: refused unprocessed by the remote (past
-    /// a GOAWAY, or REFUSED_STREAM), or cut by the connection's end, it is
-    /// `Unavailable`; the rest is tonic's to map.
+    /// A call that failed in hyper: refused by a remote going away, or cut
+    /// by the connection's end, it is `Unavailable`; the rest is tonic's to
+    /// map.
     fn failed(&self, err: hyper::Error) -> TransportError {
-        let refused = source_of::<h2::Error>(&err).is_some_and(|h2| {
-            (h2.is_go_away() && h2.is_remote()) || h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-        });
         let url = &self.url;
-        if refused {
-            let why = format!("{url} refused the call unprocessed (it is going away): {err}");
-            return Box::new(not_sent(Status::unavailable(why)));
+        if refused(&err) {
+            let why = format!("{url} is going away (HTTP/2 GOAWAY) and refused the call: {err}");
+            return Box::new(Status::unavailable(why));
         }
         if err.is_canceled() || err.is_closed() {
             let why = format!("the connection to {url} has ended: {err}");
@@ -646,6 +655,14 @@ fn sanitize_status(headers: &mut HeaderMap) {
     headers.insert(GRPC_STATUS, HeaderValue::from_static("13"));
     let message = HeaderValue::from_str(&message).expect("an ASCII message");
     headers.insert("grpc-message", message);
+}
+
+/// A call the remote refused as it went away: past its GOAWAY's last
+/// stream (or cut when it closed after one), or REFUSED_STREAM.
+fn refused(err: &hyper::Error) -> bool {
+    source_of::<h2::Error>(err).is_some_and(|h2| {
+        (h2.is_go_away() && h2.is_remote()) || h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+    })
 }
 
 fn source_of<'a, E: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a E> {

@@ -4,6 +4,7 @@
 //! runs a chain ([`serve`], [`Serve`], [`ChainService`]).
 
 pub(crate) mod dial;
+mod replay;
 pub(crate) mod serve;
 pub(crate) mod service;
 pub(crate) mod socket;

@@ -366,6 +366,10 @@ pub struct ConnectionStats {
     pub open: usize,
     /// The most connections open at once since the server started.
     pub peak_open: usize,
+    /// Connections closed during their TLS handshake: no client certificate
+    /// where one is required, an untrusted one, a failed or timed-out
+    /// handshake.
+    pub refused: u64,
 }
 
 /// A running server. Dropping it stops the server at once, closing every
@@ -637,6 +641,7 @@ impl AsyncStream for Incoming {
                     Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
                     Err(err) => tracing::debug!(error = %err, "TLS handshake task failed"),
                 }
+                this.stats.send_modify(|s| s.refused += 1);
                 continue;
             }
             if let Some(backoff) = &mut this.backoff {

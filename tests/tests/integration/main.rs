@@ -5,6 +5,7 @@ mod cancellation;
 mod chain;
 mod connect;
 mod fixtures;
+mod interop;
 mod program;
 mod served;
 mod transport;

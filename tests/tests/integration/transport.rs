@@ -541,3 +541,149 @@ async fn keepalive_notices_a_peer_that_stopped_answering() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn mutual_tls_requires_a_client_certificate_signed_by_the_ca() {
+    use connect_runtime::Serve;
+    use connect_runtime::tls::{ClientTls, Identity, ServerTls};
+    use connect_tests::pki::Pki;
+
+    let (pki, stranger) = (Pki::new("test CA"), Pki::new("another CA"));
+    let server_id = pki.issue(&["localhost"]);
+    let tls = ServerTls::new(Identity::from_pem(&server_id.cert_pem, &server_id.key_pem).unwrap())
+        .unwrap()
+        .client_ca(pki.ca_pem())
+        .unwrap();
+    let server = Serve::new(ServerChain::builder().with(Passthrough).build())
+        .tls(tls)
+        .bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let client = |issued: Option<connect_tests::pki::Issued>| {
+        let mut tls = ClientTls::new(pki.ca_pem())
+            .unwrap()
+            .server_name("localhost")
+            .unwrap();
+        if let Some(issued) = issued {
+            let identity = Identity::from_pem(&issued.cert_pem, &issued.key_pem).unwrap();
+            tls = tls.identity(identity).unwrap();
+        }
+        DialOptions::new().timeout(Duration::from_secs(5)).tls(tls)
+    };
+
+    // A certified client gets through.
+    let conn = dial(server.url(), &client(Some(pki.issue(&["client"]))))
+        .await
+        .unwrap();
+    let reply = NetworkServiceClient::new(conn)
+        .request(request("mtls"))
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().id, "mtls");
+
+    // No certificate, or one another CA signed: refused in the handshake
+    // (under TLS 1.3 the client may learn it at its first read).
+    for (n, who) in [None, Some(stranger.issue(&["client"]))]
+        .into_iter()
+        .enumerate()
+    {
+        let refused = match dial(server.url(), &client(who)).await {
+            Err(err) => err.to_string(),
+            Ok(conn) => {
+                let err = NetworkServiceClient::new(conn)
+                    .request(request("x"))
+                    .await
+                    .unwrap_err();
+                format!("{err:?}")
+            }
+        };
+        assert!(!refused.is_empty());
+        let seen = settle(
+            "the server to count the refusal",
+            server.wait_connections(|c| c.refused == n as u64 + 1),
+        )
+        .await;
+        assert_eq!(seen.accepted, n as u64 + 2);
+    }
+    server.shutdown().await;
+}
+
+/// A per-call token from a tonic interceptor and a call-counting tower
+/// layer, on the client (around the dialed channel) and on the server
+/// (`Serve::layer`), which checks the token.
+#[tokio::test]
+async fn interceptors_and_layers_wrap_both_sides() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use connect_runtime::Serve;
+    use tonic::service::interceptor::InterceptorLayer;
+    use tower::ServiceBuilder;
+    use tower::util::MapRequestLayer;
+
+    let counting = |counter: &Arc<AtomicUsize>| {
+        let counter = Arc::clone(counter);
+        MapRequestLayer::new(move |call: http::Request<tonic::body::Body>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            call
+        })
+    };
+    let (served_calls, sent_calls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let capture = Capture::new();
+    let server = Serve::new(ServerChain::builder().with(capture.clone()).build())
+        .layer(counting(&served_calls))
+        .layer(InterceptorLayer::new(|call: tonic::Request<()>| match call
+            .metadata()
+            .get("authorization")
+        {
+            Some(token) if token == "Bearer per-call" => Ok(call),
+            _ => Err(tonic::Status::unauthenticated("no token")),
+        }))
+        .bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+
+    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    // Without the token the server's interceptor refuses the call.
+    let bare = ClientChain::builder()
+        .with(GrpcClient::new(conn.clone()))
+        .build();
+    let err = bare
+        .request(Context::new(), request("bare"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+
+    let channel = ServiceBuilder::new()
+        .layer(counting(&sent_calls))
+        .layer(InterceptorLayer::new(|mut call: tonic::Request<()>| {
+            call.metadata_mut()
+                .insert("authorization", "Bearer per-call".parse().unwrap());
+            Ok(call)
+        }))
+        .service(conn);
+    let client = ClientChain::builder()
+        .with(GrpcClient::new(channel))
+        .build();
+    let reply = client
+        .request(Context::new(), request("wrapped"))
+        .await
+        .unwrap();
+    client.close(Context::new(), reply).await.unwrap();
+
+    assert_eq!(
+        sent_calls.load(Ordering::SeqCst),
+        2,
+        "request and close, counted as sent"
+    );
+    assert_eq!(
+        served_calls.load(Ordering::SeqCst),
+        3,
+        "and as served, with the refused one"
+    );
+    assert!(
+        capture.seen().authorization.is_some(),
+        "the chain saw the token"
+    );
+    server.shutdown().await;
+}
