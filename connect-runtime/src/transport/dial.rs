@@ -94,8 +94,8 @@ pub enum MetadataError {
         #[source]
         source: InvalidMetadataKey,
     },
-    /// Not a valid ASCII metadata value.
-    #[error("the value for metadata key `{key}` is not valid ASCII")]
+    /// Not a valid metadata value (a control character, say).
+    #[error("the value for metadata key `{key}` is not a valid header value")]
     Value {
         /// The key it was for.
         key: String,

@@ -687,3 +687,113 @@ async fn interceptors_and_layers_wrap_both_sides() {
     );
     server.shutdown().await;
 }
+
+/// A connection that sends nothing is closed once the handshake timeout
+/// passes, plain or TLS; its slot is not held forever.
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
+    use connect_runtime::Serve;
+    use connect_runtime::tls::{Identity, ServerTls};
+    use connect_tests::pki::Pki;
+    use tokio::io::AsyncReadExt;
+
+    let pki = Pki::new("test CA");
+    let issued = pki.issue(&["localhost"]);
+    let tls =
+        ServerTls::new(Identity::from_pem(&issued.cert_pem, &issued.key_pem).unwrap()).unwrap();
+    for tls in [None, Some(tls)] {
+        let mut serve =
+            Serve::new(ServerChain::default()).handshake_timeout(Duration::from_millis(200));
+        if let Some(tls) = tls.clone() {
+            serve = serve.tls(tls);
+        }
+        let server = serve
+            .bind(&"tcp://127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = format!(
+            "{}:{}",
+            server.url().host_str().unwrap(),
+            server.url().port().unwrap()
+        );
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut rest = Vec::new();
+        // The server closes it: the read ends (with EOF, or a reset).
+        let _ = settle(
+            "the server to close the silent connection",
+            silent.read_to_end(&mut rest),
+        )
+        .await;
+        let seen = settle(
+            "the server to count it closed",
+            server.wait_connections(|c| c.open == 0),
+        )
+        .await;
+        assert_eq!(seen.accepted, 1);
+        assert_eq!(
+            seen.refused,
+            u64::from(tls.is_some()),
+            "a failed TLS handshake is a refusal"
+        );
+        server.shutdown().await;
+    }
+}
+
+/// `max_concurrent_streams` bounds the calls one connection has at the
+/// server at once: the next call waits (here past its deadline) instead of
+/// reaching the chain.
+#[tokio::test]
+async fn the_stream_limit_holds_calls_beyond_it() {
+    use connect_runtime::Serve;
+    use connect_tests::elements::{Count, Gate, Op};
+
+    let (count, gate) = (Count::new(), Gate::new());
+    let server = Serve::new(
+        ServerChain::builder()
+            .with(count.clone())
+            .with(gate.clone())
+            .build(),
+    )
+    .max_concurrent_streams(Some(1))
+    .bind(&"tcp://127.0.0.1:0".parse().unwrap())
+    .await
+    .unwrap();
+    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
+    gate.arm(Op::Request);
+    let held = tokio::spawn({
+        let client = client.clone();
+        async move { client.request(Context::new(), request("held")).await }
+    });
+    settle("the first call to be held", gate.holding()).await;
+
+    let waiting = Context::new().with_timeout(Duration::from_millis(200));
+    let err = client
+        .request(waiting, request("second"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert_eq!(
+        count.requests(),
+        1,
+        "the second call never reached the chain"
+    );
+
+    gate.release();
+    held.await.unwrap().unwrap();
+    server.shutdown().await;
+}
+
+#[test]
+fn metadata_that_is_not_valid_is_an_error_naming_it() {
+    use connect_runtime::MetadataError;
+
+    let err = DialOptions::new().metadata("Not A Key", "v").unwrap_err();
+    assert!(matches!(err, MetadataError::Key { .. }), "{err:?}");
+    assert!(err.to_string().contains("`Not A Key`"), "{err}");
+    let err = DialOptions::new()
+        .metadata("x-token", "two\nlines")
+        .unwrap_err();
+    assert!(matches!(err, MetadataError::Value { .. }), "{err:?}");
+    assert!(err.to_string().contains("`x-token`"), "{err}");
+}

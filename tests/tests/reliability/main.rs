@@ -6,4 +6,5 @@ mod bad_input;
 mod faults;
 mod interleave;
 mod model;
+mod soak;
 mod stress;

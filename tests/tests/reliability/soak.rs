@@ -1,0 +1,311 @@
+//! A soak of the served path: several served connects, each before the same
+//! grpc-go-like remotes, which recycle their connections every few seconds
+//! and now and then restart hard, losing their state; callers send random
+//! requests, refreshes and closes throughout.
+//!
+//! It asserts that no call fails except near a hard restart, that at the
+//! end no remote holds a connection its callers closed or that a restart
+//! did not kill, and that every TCP connection drains. About 20 s by
+//! default; `CONNECT_SOAK_SECS` sets the traffic's duration and
+//! `CONNECT_SOAK_SEED` its randomness.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use connect_runtime::proto::connection::Connection;
+use connect_runtime::{
+    ClientChain, Connect, Context, GrpcClient, Monitor, ServerChain, ServerHandle,
+};
+use connect_tests::caller::tonic_caller;
+use connect_tests::elements::{CONNECT_TO, Gate, Ledger, RouteByMetadata};
+use connect_tests::golike::{Behaviour, GoLike};
+use connect_tests::harness::settle;
+use connect_tests::remote::start_tcp;
+use connect_tests::request;
+use tokio::time::Instant;
+use url::Url;
+
+const REMOTES: usize = 3;
+const FRONTS: usize = 2;
+const CALLERS: usize = 4;
+
+/// How long after a hard restart of a remote began its new requests may
+/// fail (it is down, then being dialed again).
+const NEAR_RESTART: Duration = Duration::from_millis(500);
+
+/// A small deterministic generator (xorshift64*).
+struct Dice(u64);
+
+impl Dice {
+    fn roll(&mut self, sides: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % sides
+    }
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One remote and what the soak knows of its life.
+struct Remote {
+    url: Url,
+    server: Mutex<Option<GoLike>>,
+    ledger: Mutex<Ledger>,
+    /// Bumped by every hard restart: connections made before are lost.
+    epoch: Mutex<(u64, Option<Instant>)>,
+}
+
+fn behaviour() -> Behaviour {
+    Behaviour {
+        connection_age: Some(Duration::from_secs(3)),
+        grace: Some(Duration::from_secs(1)),
+    }
+}
+
+impl Remote {
+    async fn start() -> Arc<Self> {
+        let ledger = Ledger::new();
+        let chain = ServerChain::builder()
+            .with(ledger.clone())
+            .with(Gate::new())
+            .build();
+        let server = GoLike::start(&"tcp://127.0.0.1:0".parse().unwrap(), chain, behaviour()).await;
+        Arc::new(Self {
+            url: server.url().clone(),
+            server: Mutex::new(Some(server)),
+            ledger: Mutex::new(ledger),
+            epoch: Mutex::new((0, None)),
+        })
+    }
+
+    /// Kills the remote and starts it again on its address, with nothing
+    /// of its former state.
+    async fn restart(&self) {
+        *self.epoch.lock().unwrap() = {
+            let (epoch, _) = *self.epoch.lock().unwrap();
+            (epoch + 1, Some(Instant::now()))
+        };
+        let old = self.server.lock().unwrap().take();
+        if let Some(old) = old {
+            old.kill().await;
+        }
+        let ledger = Ledger::new();
+        let chain = ServerChain::builder()
+            .with(ledger.clone())
+            .with(Gate::new())
+            .build();
+        let server = GoLike::start(&self.url, chain, behaviour()).await;
+        *self.ledger.lock().unwrap() = ledger;
+        *self.server.lock().unwrap() = Some(server);
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.lock().unwrap().0
+    }
+
+    /// Whether a call to it that began at `start` may fail for a restart.
+    fn near_restart(&self, start: Instant) -> bool {
+        let (_, restarted) = *self.epoch.lock().unwrap();
+        restarted.is_some_and(|at| at + NEAR_RESTART > start)
+    }
+}
+
+/// A connection a caller holds: where, and in which life of its remote.
+struct Held {
+    conn: Connection,
+    remote: usize,
+    epoch: u64,
+}
+
+#[derive(Default)]
+struct Tally {
+    calls: u64,
+    /// Calls on connections a restart killed.
+    lost: u64,
+    expected_failures: u64,
+    unexpected: Vec<String>,
+}
+
+async fn caller(
+    k: usize,
+    front: Url,
+    remotes: Arc<Vec<Arc<Remote>>>,
+    until: Instant,
+    seed: u64,
+    tally: Arc<Mutex<Tally>>,
+) {
+    let mut dice = Dice(seed ^ (k as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let client = tonic_caller(&front).await;
+    let mut held: HashMap<String, Held> = HashMap::new();
+    let mut next_id = 0;
+    while Instant::now() < until {
+        let started = Instant::now();
+        let mut caller = client.clone();
+        let choice = dice.roll(10);
+        let (id, outcome, remote, lost) = if held.is_empty() || choice < 4 {
+            // A new connection.
+            next_id += 1;
+            let id = format!("c{k}-{next_id}");
+            let r = dice.roll(REMOTES);
+            let epoch = remotes[r].epoch();
+            let mut call = tonic::Request::new(request(&id));
+            call.metadata_mut()
+                .insert(CONNECT_TO, remotes[r].url.as_str().parse().unwrap());
+            call.set_timeout(Duration::from_secs(5));
+            let outcome = caller.request(call).await.map(|reply| {
+                let conn = reply.into_inner();
+                held.insert(
+                    id.clone(),
+                    Held {
+                        conn,
+                        remote: r,
+                        epoch,
+                    },
+                );
+            });
+            (id, outcome, r, false)
+        } else {
+            let id = held.keys().nth(dice.roll(held.len())).unwrap().clone();
+            let entry = &held[&id];
+            let (r, lost) = (entry.remote, entry.epoch != remotes[entry.remote].epoch());
+            if choice < 7 {
+                // A refresh.
+                let mut refresh = request(&id);
+                refresh.connection = Some(Box::new(entry.conn.clone()));
+                let mut call = tonic::Request::new(refresh);
+                call.metadata_mut()
+                    .insert(CONNECT_TO, remotes[r].url.as_str().parse().unwrap());
+                call.set_timeout(Duration::from_secs(5));
+                // A failed refresh leaves the connection to be closed (or
+                // refreshed again).
+                let outcome = caller.request(call).await.map(|reply| {
+                    held.get_mut(&id).unwrap().conn = reply.into_inner();
+                });
+                (id, outcome, r, lost)
+            } else {
+                let conn = held.remove(&id).unwrap().conn;
+                (id, caller.close(conn).await.map(drop), r, lost)
+            }
+        };
+        let mut tally = tally.lock().unwrap();
+        tally.calls += 1;
+        if let Err(status) = outcome {
+            if lost {
+                tally.lost += 1;
+            } else if remotes[remote].near_restart(started) {
+                tally.expected_failures += 1;
+            } else {
+                tally
+                    .unexpected
+                    .push(format!("{id} at remote {remote}: {status:?}"));
+            }
+        }
+    }
+    // Everything still held is closed (a lost one may fail to).
+    for (_, entry) in held {
+        let _ = client.clone().close(entry.conn).await;
+    }
+}
+
+#[test]
+fn a_soak_of_served_connects_before_recycling_and_restarting_remotes() {
+    let secs = env_number("CONNECT_SOAK_SECS", 15);
+    let seed = env_number("CONNECT_SOAK_SEED", 0x5eed);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let mut remotes = Vec::new();
+        for _ in 0..REMOTES {
+            remotes.push(Remote::start().await);
+        }
+        let remotes = Arc::new(remotes);
+        let mut fronts: Vec<(Connect, ServerHandle)> = Vec::new();
+        for _ in 0..FRONTS {
+            let connect = Connect::builder(|ctx: &Context, conn| {
+                ClientChain::builder()
+                    .with(Monitor::new(ctx, conn.clone()))
+                    .with(GrpcClient::new(conn))
+                    .build()
+            })
+            .dial_timeout(Duration::from_secs(1))
+            .build();
+            let chain = ServerChain::builder()
+                .with(RouteByMetadata)
+                .with(connect.clone())
+                .build();
+            fronts.push((connect, start_tcp(chain).await));
+        }
+
+        let until = Instant::now() + Duration::from_secs(secs);
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let callers: Vec<_> = (0..CALLERS)
+            .map(|k| {
+                let front = fronts[k % FRONTS].1.url().clone();
+                tokio::spawn(caller(
+                    k,
+                    front,
+                    Arc::clone(&remotes),
+                    until,
+                    seed,
+                    Arc::clone(&tally),
+                ))
+            })
+            .collect();
+        // Now and then a remote dies and comes back, empty.
+        let mut dice = Dice(seed);
+        let mut restarts = 0;
+        while Instant::now() + Duration::from_secs(3) < until {
+            tokio::time::sleep(Duration::from_millis(2500 + 500 * dice.roll(4) as u64)).await;
+            remotes[dice.roll(REMOTES)].restart().await;
+            restarts += 1;
+        }
+        for task in callers {
+            settle("a caller to finish", task).await.unwrap();
+        }
+
+        let tally = tally.lock().unwrap();
+        assert!(
+            tally.unexpected.is_empty(),
+            "{} of {} calls failed away from any restart ({} near one, {} on lost connections): {:#?}",
+            tally.unexpected.len(),
+            tally.calls,
+            tally.expected_failures,
+            tally.lost,
+            tally.unexpected
+        );
+        assert!(
+            tally.calls > 100 && restarts > 0,
+            "{} calls, {restarts} restarts",
+            tally.calls
+        );
+        for (connect, _) in &fronts {
+            settle("connect to go idle", connect.idle()).await;
+        }
+        for (r, remote) in remotes.iter().enumerate() {
+            let ledger = remote.ledger.lock().unwrap().clone();
+            assert!(
+                ledger.open().is_empty(),
+                "remote {r} still holds {:?}",
+                ledger.open()
+            );
+            assert_eq!(ledger.overlaps(), 0, "remote {r}");
+            let server = remote.server.lock().unwrap().take().unwrap();
+            server.wait_connections(|c| c.open == 0).await;
+        }
+        drop(fronts);
+        eprintln!(
+            "soak: {} calls; near {restarts} restarts {} failed, and {} on the connections they killed",
+            tally.calls, tally.expected_failures, tally.lost
+        );
+    });
+}
