@@ -273,7 +273,7 @@ fn a_soak_of_served_connects_before_recycling_and_restarting_remotes() {
             settle("a caller to finish", task).await.unwrap();
         }
 
-        let tally = tally.lock().unwrap();
+        let tally = std::mem::take(&mut *tally.lock().unwrap());
         assert!(
             tally.unexpected.is_empty(),
             "{} of {} calls failed away from any restart ({} near one, {} on lost connections): {:#?}",
