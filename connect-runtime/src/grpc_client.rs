@@ -107,13 +107,15 @@ where
             Ok(prepared) => prepared,
             Err(status) => return Box::pin(std::future::ready(Err(status))),
         };
-        let call = async move {
-            client
-                .request(request)
+        // The tonic call is boxed where it is made: its future is large,
+        // and kept inline it would be copied with every move of this one.
+        Box::pin(async move {
+            let call = Box::pin(client.request(request));
+            backstop(&ctx)
+                .run(call)
                 .await
                 .map(tonic::Response::into_inner)
-        };
-        Box::pin(async move { backstop(&ctx).run(call).await })
+        })
     }
 
     fn close<'a>(
@@ -126,8 +128,10 @@ where
             Ok(prepared) => prepared,
             Err(status) => return Box::pin(std::future::ready(Err(status))),
         };
-        let call = async move { client.close(request).await.map(drop) };
-        Box::pin(async move { backstop(&ctx).run(call).await })
+        Box::pin(async move {
+            let call = Box::pin(client.close(request));
+            backstop(&ctx).run(call).await.map(drop)
+        })
     }
 }
 

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http2::{Builder, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::body::Body;
@@ -23,7 +23,7 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tracing::Instrument;
 use url::Url;
 
-use super::replay::Replay;
+use super::replay::OutBody;
 use super::socket::{Io, connect_tcp, connect_unix};
 use super::target::{Target, UrlError};
 use super::tls::{ClientTls, TlsError};
@@ -306,7 +306,7 @@ struct Shared {
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     /// The connection calls go over now, and how many came before it.
-    live: Mutex<(SendRequest<Body>, u64)>,
+    live: Mutex<(SendRequest<OutBody>, u64)>,
     /// Held while a new connection is dialed, so that a crowd shares one.
     redialing: tokio::sync::Mutex<()>,
     /// Cancelled when the channel has ended for good.
@@ -427,7 +427,7 @@ async fn connect(
     target: &Target,
     options: &DialOptions,
     ended: &CancellationToken,
-) -> Result<SendRequest<Body>, DialError> {
+) -> Result<SendRequest<OutBody>, DialError> {
     let failed = |source| DialError::Connect {
         url: url.to_string(),
         source,
@@ -460,7 +460,7 @@ async fn connect(
         if let Some(token) = &options.close_on {
             io = io.close_on(token.clone());
         }
-        let mut builder = Builder::new(TokioExecutor::new());
+        let mut builder = Builder::new(Boxing);
         builder.timer(TokioTimer::new());
         if let Some(keepalive) = options.keepalive {
             builder
@@ -509,6 +509,18 @@ async fn connect(
     })
 }
 
+/// Spawns hyper's per-connection and per-stream tasks boxed: a future
+/// moved into `tokio::spawn` by value is copied through several frames, and
+/// hyper's are large (see BENCHMARKS.md).
+#[derive(Clone, Copy)]
+struct Boxing;
+
+impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Boxing {
+    fn execute(&self, future: F) {
+        tokio::spawn(Box::pin(future) as Pin<Box<dyn Future<Output = ()> + Send>>);
+    }
+}
+
 impl Shared {
     /// Sends a call over the live connection, dialing a new one if the
     /// remote ended it. A call the old connection never sent, or that the
@@ -519,25 +531,23 @@ impl Shared {
         request: http::Request<Body>,
     ) -> Result<http::Response<Body>, TransportError> {
         let (head, body) = request.into_parts();
-        let body = Replay::new(body);
+        let body = OutBody::new(body);
+        let again = body.again().map(|again| (head.clone(), again));
         let (mut send, generation) = self.connection(None).await?;
-        let first = body.sending().expect("nothing is read yet");
         let (unsent, err) = match send
-            .try_send_request(http::Request::from_parts(head.clone(), first))
+            .try_send_request(http::Request::from_parts(head, body))
             .await
         {
             Ok(response) => return Ok(self.checked(response)?),
-            Err(mut err) => (err.take_message().is_some(), err.into_error()),
+            Err(mut err) => (err.take_message(), err.into_error()),
         };
-        let again = match body.sending() {
-            Some(again) if unsent || refused(&err) => again,
+        let request = match (unsent, again) {
+            (Some(unsent), _) => unsent,
+            (None, Some((head, body))) if refused(&err) => http::Request::from_parts(head, body),
             _ => return Err(self.failed(err)),
         };
         let (mut send, _) = self.connection(Some(generation)).await?;
-        match send
-            .try_send_request(http::Request::from_parts(head, again))
-            .await
-        {
+        match send.try_send_request(request).await {
             Ok(response) => Ok(self.checked(response)?),
             Err(err) => Err(self.failed(err.into_error())),
         }
@@ -545,7 +555,7 @@ impl Shared {
 
     /// The live connection, unless it has ended or is `stale`; else a new
     /// one, dialed once for every caller that finds it so.
-    async fn connection(&self, stale: Option<u64>) -> Result<(SendRequest<Body>, u64), Status> {
+    async fn connection(&self, stale: Option<u64>) -> Result<(SendRequest<OutBody>, u64), Status> {
         if let Some(live) = self.live(stale) {
             return Ok(live);
         }
@@ -583,7 +593,7 @@ impl Shared {
         }
     }
 
-    fn live(&self, stale: Option<u64>) -> Option<(SendRequest<Body>, u64)> {
+    fn live(&self, stale: Option<u64>) -> Option<(SendRequest<OutBody>, u64)> {
         let live = lock(&self.live);
         let usable = !self.ended.is_cancelled() && !live.0.is_closed() && Some(live.1) != stale;
         usable.then(|| live.clone())

@@ -34,6 +34,7 @@ pub(crate) fn run(run: &Run, rounds: usize) -> Result<(), String> {
                 .args(["--mode", mode.name(), "--workload", &workloads.join(",")])
                 .args(["--n", &run.n.to_string(), "--reps", &run.reps.to_string()])
                 .args(["--iters", &run.iters.to_string()])
+                .args(run.tls.then_some("--tls"))
                 .output()
                 .map_err(|e| format!("running {}: {e}", me.display()))?;
             if !output.status.success() {

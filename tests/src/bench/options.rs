@@ -4,20 +4,29 @@ use std::path::PathBuf;
 
 pub(crate) const USAGE: &str = "\
 usage:
-  connect-bench serve -n N --addr-file FILE
+  connect-bench serve -n N --addr-file FILE [--tls]
       start N null NSM endpoints on loopback; write their tcp:// URLs to FILE
+      (with --tls, serving TLS; the CA that signed them goes to FILE.ca.pem)
   connect-bench run --remotes FILE --mode connect|direct --workload a,b,c,w
-                    [--n 1000] [--reps 5] [--iters 2000]
+                    [--n 1000] [--reps 5] [--iters 2000] [--tls]
       drive the remotes listed in FILE; one JSON line per workload
+      (with --tls, over TLS, verifying them against FILE.ca.pem)
   connect-bench compare --remotes FILE [--rounds 5] [--workload ...] [--n ...]
-                    [--reps ...] [--iters ...]
+                    [--reps ...] [--iters ...] [--tls]
       run both modes alternately, --rounds times each (as child processes),
       and print the medians and connect/direct ratios as a Markdown table";
 
 pub(crate) enum Command {
-    Serve { n: usize, addr_file: PathBuf },
+    Serve {
+        n: usize,
+        addr_file: PathBuf,
+        tls: bool,
+    },
     Run(Run),
-    Compare { run: Run, rounds: usize },
+    Compare {
+        run: Run,
+        rounds: usize,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +76,7 @@ pub(crate) struct Run {
     pub(crate) n: usize,
     pub(crate) reps: usize,
     pub(crate) iters: usize,
+    pub(crate) tls: bool,
 }
 
 pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
@@ -80,6 +90,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
     let mut mode = None;
     let mut workloads = None;
     let (mut reps, mut iters, mut rounds) = (None, None, None);
+    let mut tls = false;
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -110,6 +121,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
             "--reps" => reps = Some(number(&flag, &value()?)?),
             "--iters" => iters = Some(number(&flag, &value()?)?),
             "--rounds" => rounds = Some(number(&flag, &value()?)?),
+            "--tls" => tls = true,
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -117,6 +129,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
         "serve" => Ok(Command::Serve {
             n: n.ok_or("serve needs -n N")?,
             addr_file: addr_file.ok_or("serve needs --addr-file FILE")?,
+            tls,
         }),
         "run" => Ok(Command::Run(Run {
             remotes: remotes.ok_or("run needs --remotes FILE")?,
@@ -125,6 +138,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
             n: n.unwrap_or(1000),
             reps: reps.unwrap_or(5),
             iters: iters.unwrap_or(2000),
+            tls,
         })),
         "compare" => Ok(Command::Compare {
             run: Run {
@@ -135,6 +149,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
                 n: n.unwrap_or(1000),
                 reps: reps.unwrap_or(5),
                 iters: iters.unwrap_or(2000),
+                tls,
             },
             rounds: rounds.unwrap_or(5),
         }),

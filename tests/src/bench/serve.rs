@@ -3,18 +3,40 @@
 
 use std::path::PathBuf;
 
-use connect_runtime::{ServerChain, serve};
-use tokio_util::sync::CancellationToken;
+use connect_runtime::tls::{Identity, ServerTls};
+use connect_runtime::{Serve, ServerChain};
+use connect_tests::pki::Pki;
 use url::Url;
 
-pub(crate) async fn run(n: usize, addr_file: PathBuf) -> Result<(), String> {
+/// Where the CA of `--tls` endpoints goes, beside their URLs.
+pub(crate) fn ca_file(addr_file: &std::path::Path) -> PathBuf {
+    let mut name = addr_file.as_os_str().to_owned();
+    name.push(".ca.pem");
+    PathBuf::from(name)
+}
+
+pub(crate) async fn run(n: usize, addr_file: PathBuf, tls: bool) -> Result<(), String> {
+    let tls = match tls {
+        true => {
+            let pki = Pki::new("connect-bench CA");
+            let issued = pki.issue(&["127.0.0.1", "localhost"]);
+            let identity = Identity::from_pem(&issued.cert_pem, &issued.key_pem);
+            let tls = ServerTls::new(identity.map_err(|e| e.to_string())?);
+            let ca = ca_file(&addr_file);
+            std::fs::write(&ca, pki.ca_pem())
+                .map_err(|e| format!("writing {}: {e}", ca.display()))?;
+            Some(tls.map_err(|e| e.to_string())?)
+        }
+        false => None,
+    };
     let mut servers = Vec::with_capacity(n);
     for _ in 0..n {
         let url = Url::parse("tcp://127.0.0.1:0").expect("a valid URL");
-        let server = serve(&url, ServerChain::default(), CancellationToken::new())
-            .await
-            .map_err(|e| e.to_string())?;
-        servers.push(server);
+        let mut serve = Serve::new(ServerChain::default());
+        if let Some(tls) = &tls {
+            serve = serve.tls(tls.clone());
+        }
+        servers.push(serve.bind(&url).await.map_err(|e| e.to_string())?);
     }
     let urls: String = servers.iter().map(|s| format!("{}\n", s.url())).collect();
     // Written whole, then renamed, so a reader never sees half a file.

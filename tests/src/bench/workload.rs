@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
-use connect_runtime::{Connect, Context, ServerChain};
+use connect_runtime::tls::ClientTls;
+use connect_runtime::{Connect, Context, DialOptions, ServerChain};
 use connect_tests::harness::grpc_only_counting_dials;
 use tokio::sync::Barrier;
 use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use url::Url;
 
 use crate::measure::{Latencies, Report, cpu_time};
@@ -63,19 +64,23 @@ enum Caller {
 
 impl Caller {
     /// A fresh `connect` element whose client chain is just the gRPC call.
-    fn connect() -> Self {
+    fn connect(tls: Option<&str>) -> Result<Self, String> {
         let (connect, dials) = grpc_only_counting_dials();
-        let connect = connect.dial_timeout(Duration::from_secs(2)).build();
-        Self::Connect {
+        let mut options = DialOptions::new().timeout(Duration::from_secs(2));
+        if let Some(ca) = tls {
+            options = options.tls(ClientTls::new(ca).map_err(|e| e.to_string())?);
+        }
+        let connect = connect.dial_options(options).build();
+        Ok(Self::Connect {
             chain: ServerChain::builder().with(connect.clone()).build(),
             connect,
             dials,
-        }
+        })
     }
 
     /// tonic's generated client over tonic's own channel, dialed
     /// beforehand: what a tonic user writes, without connect's transport.
-    async fn direct(remotes: &[Arc<Url>]) -> Result<Self, String> {
+    async fn direct(remotes: &[Arc<Url>], tls: Option<&str>) -> Result<Self, String> {
         let mut clients = Vec::with_capacity(remotes.len());
         for url in remotes {
             let (Some(host), Some(port)) = (url.host_str(), url.port()) else {
@@ -83,8 +88,16 @@ impl Caller {
                     "direct mode needs tcp://host:port remotes, not {url}"
                 ));
             };
-            let channel = Endpoint::from_shared(format!("http://{host}:{port}"))
-                .map_err(|e| format!("{url}: {e}"))?
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{host}:{port}"))
+                .map_err(|e| format!("{url}: {e}"))?;
+            if let Some(ca) = tls {
+                let config = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(ca))
+                    .domain_name(host);
+                endpoint = endpoint.tls_config(config).map_err(|e| e.to_string())?;
+            }
+            let channel = endpoint
                 .connect_timeout(Duration::from_secs(2))
                 .connect()
                 .await
@@ -96,10 +109,18 @@ impl Caller {
         })
     }
 
-    async fn caller(mode: Mode, remotes: &[Arc<Url>]) -> Result<Self, String> {
-        match mode {
-            Mode::Connect => Ok(Self::connect()),
-            Mode::Direct => Self::direct(remotes).await,
+    async fn caller(run: &Run, remotes: &[Arc<Url>]) -> Result<Self, String> {
+        let ca = match run.tls {
+            true => {
+                let file = crate::serve::ca_file(&run.remotes);
+                let ca = std::fs::read_to_string(&file);
+                Some(ca.map_err(|e| format!("reading {}: {e}", file.display()))?)
+            }
+            false => None,
+        };
+        match run.mode {
+            Mode::Connect => Self::connect(ca.as_deref()),
+            Mode::Direct => Self::direct(remotes, ca.as_deref()).await,
         }
     }
 
@@ -194,15 +215,13 @@ async fn concurrent(run: &Run, workload: Workload, remotes: &[Arc<Url>]) -> Resu
         cpu: Duration::ZERO,
         pairs: 0,
     };
-    let direct = match run.mode {
-        Mode::Direct => Some(Caller::direct(remotes).await?),
-        Mode::Connect => None,
-    };
+    // Direct dials once; connect starts afresh each repetition.
+    let first = Caller::caller(run, remotes).await?;
     for rep in 0..=run.reps {
         let measured = rep > 0;
-        let caller = match &direct {
-            Some(direct) => direct.clone(),
-            None => Caller::connect(),
+        let caller = match (&first, rep) {
+            (_, 0) | (Caller::Direct { .. }, _) => first.clone(),
+            (Caller::Connect { .. }, _) => Caller::caller(run, remotes).await?,
         };
         let barrier = Arc::new(Barrier::new(run.n + 1));
         let tasks: Vec<_> = (0..run.n)
@@ -265,7 +284,7 @@ async fn sequential(
     url: &Arc<Url>,
     hold: bool,
 ) -> Result<Report, String> {
-    let caller = Caller::caller(run.mode, std::slice::from_ref(url)).await?;
+    let caller = Caller::caller(run, std::slice::from_ref(url)).await?;
     let held = if hold {
         Some(
             caller
