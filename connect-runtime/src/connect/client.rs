@@ -16,7 +16,7 @@ use crate::map::lock;
 use crate::outcome::not_sent;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
-use crate::transport::dial::{ClientConn, DialOptions, dial};
+use crate::transport::dial::{ClientConn, DialOptions, open};
 
 pub(super) struct ConnectClient {
     url: Arc<Url>,
@@ -130,10 +130,13 @@ impl ConnectClient {
     }
 
     async fn connect(&self) -> Result<(), Status> {
-        let conn = tokio::select! {
+        // Calls go out at once, behind the HTTP/2 preface: a remote that
+        // does not answer by the dial deadline fails them then, and its
+        // connection ending closes this client.
+        let (conn, _answered) = tokio::select! {
             biased;
             () = self.cancel.cancelled() => return Err(self.cancelled()),
-            dialed = dial(&self.url, &self.dial_options) => dialed?,
+            opened = open(&self.url, &self.dial_options) => opened?,
         };
         let factory = AssertUnwindSafe(|| self.factory.client(&self.ctx, conn.clone()));
         let chain = std::panic::catch_unwind(factory).map_err(|panic| {

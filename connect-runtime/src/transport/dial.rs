@@ -5,7 +5,7 @@
 use std::error::Error as StdError;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 use std::{fmt, io};
@@ -15,6 +15,7 @@ use http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::body::Body;
@@ -24,7 +25,7 @@ use tracing::Instrument;
 use url::Url;
 
 use super::replay::OutBody;
-use super::socket::{Io, connect_tcp, connect_unix};
+use super::socket::{Io, Unanswered, connect_tcp, connect_unix};
 use super::target::{Target, UrlError};
 use super::tls::{ClientTls, TlsError};
 use crate::context::deadline_after;
@@ -309,8 +310,8 @@ struct Shared {
     live: Mutex<(SendRequest<OutBody>, u64)>,
     /// Held while a new connection is dialed, so that a crowd shares one.
     redialing: tokio::sync::Mutex<()>,
-    /// Cancelled when the channel has ended for good.
-    ended: CancellationToken,
+    /// How the channel ended for good, once it has.
+    ending: Arc<Ending>,
     dials: AtomicU64,
 }
 
@@ -336,7 +337,7 @@ impl ClientConn {
     /// # }
     /// ```
     pub async fn ended(&self) {
-        self.shared.ended.cancelled().await;
+        self.shared.ending.token.cancelled().await;
     }
 }
 
@@ -345,7 +346,7 @@ impl fmt::Debug for ClientConn {
         f.debug_struct("ClientConn")
             .field("url", &self.shared.url.as_str())
             .field("dials", &self.dials())
-            .field("ended", &self.shared.ended.is_cancelled())
+            .field("ended", &self.shared.ending.token.is_cancelled())
             .finish()
     }
 }
@@ -389,6 +390,33 @@ impl tower_service::Service<http::Request<Body>> for ClientConn {
 /// its HTTP/2 SETTINGS, all within the options' timeout. A listener that
 /// accepts but never speaks HTTP/2 fails with [`DialError::Timeout`].
 pub async fn dial(url: &Url, options: &DialOptions) -> Result<ClientConn, DialError> {
+    let (conn, answered) = open(url, options).await?;
+    let url = url.to_string();
+    match answered.await {
+        Ok(Ok(())) => Ok(conn),
+        Ok(Err(Unanswered::Silent)) => Err(DialError::Timeout {
+            url,
+            timeout: options.timeout,
+        }),
+        Ok(Err(Unanswered::NotHttp2)) => Err(DialError::NotHttp2 { url }),
+        Err(_) => {
+            let closed = io::Error::new(io::ErrorKind::UnexpectedEof, "closed before answering");
+            Err(DialError::Connect {
+                url,
+                source: closed,
+            })
+        }
+    }
+}
+
+/// [`dial`] without waiting for the remote's answer: calls can go out at
+/// once, behind the HTTP/2 preface. If the answer does not come by the dial
+/// deadline (or is not HTTP/2), the connection fails, and its calls with it,
+/// as the dial would have.
+pub(crate) async fn open(
+    url: &Url,
+    options: &DialOptions,
+) -> Result<(ClientConn, oneshot::Receiver<Result<(), Unanswered>>), DialError> {
     let target = Target::from_url(url)?;
     let scheme = match options.tls {
         Some(_) => http::uri::Scheme::HTTPS,
@@ -400,8 +428,13 @@ pub async fn dial(url: &Url, options: &DialOptions) -> Result<ClientConn, DialEr
         Target::Unix { .. } => Ok(http::uri::Authority::from_static("localhost")),
     };
     let authority = authority.unwrap_or_else(|_| http::uri::Authority::from_static("localhost"));
-    let (url, ended) = (Arc::new(url.clone()), CancellationToken::new());
-    let send = connect(&url, &target, options, &ended).await?;
+    let url = Arc::new(url.clone());
+    let ending = Arc::new(Ending {
+        token: CancellationToken::new(),
+        why: OnceLock::new(),
+        on_end: options.on_end.clone(),
+    });
+    let (send, answered) = connect(&url, &target, options, &ending).await?;
     let shared = Shared {
         url,
         target,
@@ -410,24 +443,34 @@ pub async fn dial(url: &Url, options: &DialOptions) -> Result<ClientConn, DialEr
         authority,
         live: Mutex::new((send, 0)),
         redialing: tokio::sync::Mutex::new(()),
-        ended,
+        ending,
         dials: AtomicU64::new(1),
     };
-    Ok(ClientConn {
-        shared: Arc::new(shared),
-    })
+    Ok((
+        ClientConn {
+            shared: Arc::new(shared),
+        },
+        answered,
+    ))
 }
 
-/// One connection to `target` within the dial timeout: socket, TLS, the
-/// HTTP/2 handshake and the remote's SETTINGS. If it later breaks (rather
-/// than being ended by a GOAWAY), `ended` and the options' `on_end` are
-/// cancelled.
+/// One connection to `target`: socket, TLS and the HTTP/2 handshake within
+/// the dial timeout; the remote's SETTINGS by then too, or the connection
+/// fails (the receiver says how). If it later breaks (rather than being
+/// ended by a GOAWAY), the channel ends with it.
 async fn connect(
     url: &Url,
     target: &Target,
     options: &DialOptions,
-    ended: &CancellationToken,
-) -> Result<SendRequest<OutBody>, DialError> {
+    ending: &Arc<Ending>,
+) -> Result<
+    (
+        SendRequest<OutBody>,
+        oneshot::Receiver<Result<(), Unanswered>>,
+    ),
+    DialError,
+> {
+    let deadline = deadline_after(options.timeout);
     let failed = |source| DialError::Connect {
         url: url.to_string(),
         source,
@@ -456,7 +499,7 @@ async fn connect(
             );
         }
         let mut io = Io::new(stream);
-        let settings = io.settings();
+        let answered = io.first_bytes_by(deadline, true);
         if let Some(token) = &options.close_on {
             io = io.close_on(token.clone());
         }
@@ -473,7 +516,7 @@ async fn connect(
             url: url.to_string(),
             source,
         })?;
-        let (ended, on_end) = (ended.clone(), options.on_end.clone());
+        let (ending, url, timeout) = (Arc::clone(ending), url.to_string(), options.timeout);
         tokio::spawn(
             async move {
                 // hyper ends a connection's task with `Ok` when the remote
@@ -483,23 +526,24 @@ async fn connect(
                     Ok(()) => tracing::debug!("the remote is ending the connection (GOAWAY)"),
                     Err(err) => {
                         tracing::debug!(error = %error_chain(&err), "the connection broke");
-                        ended.cancel();
-                        on_end.inspect(CancellationToken::cancel);
+                        let why = match Unanswered::of(&err) {
+                            Some(Unanswered::Silent) => DialError::Timeout { url, timeout }.into(),
+                            Some(Unanswered::NotHttp2) => DialError::NotHttp2 { url }.into(),
+                            None => Status::unavailable(format!(
+                                "the connection to {url} has ended: {}",
+                                error_chain(&err)
+                            )),
+                        };
+                        ending.end(why);
                     }
                 }
             }
             .in_current_span(),
         );
-        match settings.await {
-            Ok(true) => Ok(send),
-            Ok(false) => Err(DialError::NotHttp2 {
-                url: url.to_string(),
-            }),
-            Err(_) => Err(failed(io::ErrorKind::UnexpectedEof.into())),
-        }
+        Ok((send, answered))
     };
     let span = tracing::debug_span!("dial", url = %url, timeout = ?options.timeout);
-    let within = tokio::time::timeout_at(deadline_after(options.timeout), dialing.instrument(span));
+    let within = tokio::time::timeout_at(deadline, dialing.instrument(span));
     let timeout = options.timeout;
     within.await.unwrap_or_else(|_| {
         Err(DialError::Timeout {
@@ -518,6 +562,27 @@ struct Boxing;
 impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Boxing {
     fn execute(&self, future: F) {
         tokio::spawn(Box::pin(future) as Pin<Box<dyn Future<Output = ()> + Send>>);
+    }
+}
+
+/// How a channel ended for good: the status every later call fails with.
+struct Ending {
+    token: CancellationToken,
+    why: OnceLock<Status>,
+    on_end: Option<CancellationToken>,
+}
+
+impl Ending {
+    fn end(&self, why: Status) {
+        let _ = self.why.set(why);
+        self.token.cancel();
+        self.on_end.as_ref().inspect(|t| t.cancel());
+    }
+
+    /// Why calls fail now.
+    fn status(&self, url: &Url) -> Status {
+        let why = self.why.get().cloned();
+        why.unwrap_or_else(|| Status::unavailable(format!("the connection to {url} has ended")))
     }
 }
 
@@ -563,17 +628,11 @@ impl Shared {
         if let Some(live) = self.live(stale) {
             return Ok(live);
         }
-        let ended = || {
-            not_sent(Status::unavailable(format!(
-                "the connection to {} has ended",
-                self.url
-            )))
-        };
-        if self.ended.is_cancelled() {
-            return Err(ended());
+        if self.ending.token.is_cancelled() {
+            return Err(not_sent(self.ending.status(&self.url)));
         }
-        match connect(&self.url, &self.target, &self.options, &self.ended).await {
-            Ok(send) => {
+        match connect(&self.url, &self.target, &self.options, &self.ending).await {
+            Ok((send, _)) => {
                 let dials = self.dials.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::debug!(url = %self.url, dials, "dialed again after a GOAWAY");
                 let mut live = lock(&self.live);
@@ -582,20 +641,18 @@ impl Shared {
             }
             Err(err) => {
                 tracing::info!(url = %self.url, error = %error_chain(&err), "the channel has ended");
-                self.ended.cancel();
-                self.options.on_end.as_ref().inspect(|t| t.cancel());
-                let why = error_chain(&err);
-                Err(not_sent(Status::unavailable(format!(
-                    "{}: {why}",
-                    ended().message()
-                ))))
+                let why = format!("the connection to {} ended and a new one failed", self.url);
+                self.ending
+                    .end(Status::unavailable(format!("{why}: {}", error_chain(&err))));
+                Err(not_sent(self.ending.status(&self.url)))
             }
         }
     }
 
     fn live(&self, stale: Option<u64>) -> Option<(SendRequest<OutBody>, u64)> {
         let live = lock(&self.live);
-        let usable = !self.ended.is_cancelled() && !live.0.is_closed() && Some(live.1) != stale;
+        let usable =
+            !self.ending.token.is_cancelled() && !live.0.is_closed() && Some(live.1) != stale;
         usable.then(|| live.clone())
     }
 
@@ -604,6 +661,13 @@ impl Shared {
     /// map.
     fn failed(&self, err: hyper::Error) -> TransportError {
         let url = &self.url;
+        // A remote that never answered acted on nothing.
+        if Unanswered::of(&err).is_some() {
+            return Box::new(not_sent(self.ending.status(url)));
+        }
+        if self.ending.token.is_cancelled() {
+            return Box::new(self.ending.status(url));
+        }
         if refused(&err) {
             let why = format!("{url} is going away (HTTP/2 GOAWAY) and refused the call: {err}");
             return Box::new(Status::unavailable(why));

@@ -609,7 +609,8 @@ impl Incoming {
         let deadline = Instant::now() + self.handshake_timeout;
         let hard_stop = self.hard_stop.child_token();
         let served = move |stream, certificates| {
-            let io = Io::new(stream).close_on(hard_stop).first_bytes_by(deadline);
+            let mut io = Io::new(stream).close_on(hard_stop);
+            drop(io.first_bytes_by(deadline, false));
             let peer = Peer { addr, certificates };
             io.with(Served { peer, _open: open })
         };

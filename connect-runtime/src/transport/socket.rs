@@ -43,15 +43,61 @@ pub(crate) async fn connect_unix(path: &Path) -> io::Result<Stream> {
 const FRAME_TYPE_OFFSET: usize = 3;
 const FRAME_TYPE_SETTINGS: u8 = 0x4;
 
+/// Why a peer's first bytes failed a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unanswered {
+    /// Nothing came by the deadline.
+    Silent,
+    /// A server's first bytes were not an HTTP/2 SETTINGS frame.
+    NotHttp2,
+}
+
+impl Unanswered {
+    fn kind_and_text(self) -> (io::ErrorKind, &'static str) {
+        match self {
+            Self::Silent => (io::ErrorKind::TimedOut, "the peer sent nothing in time"),
+            Self::NotHttp2 => (io::ErrorKind::InvalidData, "the peer does not speak HTTP/2"),
+        }
+    }
+
+    fn error(self) -> io::Error {
+        let (kind, text) = self.kind_and_text();
+        io::Error::new(kind, text)
+    }
+
+    /// Why `err` failed a stream, if this was it. (h2 keeps an I/O error's
+    /// kind and text only, so they are what is matched.)
+    pub(crate) fn of(err: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        let mut source = Some(err);
+        while let Some(cause) = source {
+            if let Some(io) = cause.downcast_ref::<io::Error>() {
+                return [Self::Silent, Self::NotHttp2].into_iter().find(|why| {
+                    let (kind, text) = why.kind_and_text();
+                    io.kind() == kind && io.to_string() == text
+                });
+            }
+            source = cause.source();
+        }
+        None
+    }
+}
+
+/// What the peer's first bytes must be, and by when.
+struct FirstBytes {
+    by: Pin<Box<Sleep>>,
+    settings: bool,
+    answered: Option<oneshot::Sender<Result<(), Unanswered>>>,
+}
+
 /// A stream that fails every operation once a token is cancelled, or once
-/// a deadline passes before the peer's first bytes; that can report whether
-/// those bytes were an HTTP/2 SETTINGS frame; and that carries `X` (what a
-/// server keeps per connection) for as long as it lives.
+/// its peer's first bytes do not come in time (or, from a server, are not
+/// HTTP/2); and that carries `X` (what a server keeps per connection) for
+/// as long as it lives.
 pub(crate) struct Io<X = ()> {
     stream: Stream,
     close: Option<(CancellationToken, Pin<Box<WaitForCancellationFutureOwned>>)>,
-    silence: Option<Pin<Box<Sleep>>>,
-    settings: Option<oneshot::Sender<bool>>,
+    first: Option<FirstBytes>,
+    failed: Option<Unanswered>,
     pub(crate) extra: X,
 }
 
@@ -60,8 +106,8 @@ impl Io {
         Self {
             stream,
             close: None,
-            silence: None,
-            settings: None,
+            first: None,
+            failed: None,
             extra: (),
         }
     }
@@ -75,17 +121,21 @@ impl<X> Io<X> {
         self
     }
 
-    /// Closes the stream if the peer sends nothing by `deadline`.
-    pub(crate) fn first_bytes_by(mut self, deadline: Instant) -> Self {
-        self.silence = Some(Box::pin(tokio::time::sleep_until(deadline)));
-        self
-    }
-
-    /// Whether the peer's first bytes were an HTTP/2 SETTINGS frame; the
-    /// receiver fails if the stream ends before any arrive.
-    pub(crate) fn settings(&mut self) -> oneshot::Receiver<bool> {
+    /// Fails the stream if the peer sends nothing by `deadline` (or, with
+    /// `settings`, anything but an HTTP/2 SETTINGS frame first). The
+    /// receiver hears how the first bytes went.
+    pub(crate) fn first_bytes_by(
+        &mut self,
+        deadline: Instant,
+        settings: bool,
+    ) -> oneshot::Receiver<Result<(), Unanswered>> {
         let (sender, receiver) = oneshot::channel();
-        self.settings = Some(sender);
+        let by = Box::pin(tokio::time::sleep_until(deadline));
+        self.first = Some(FirstBytes {
+            by,
+            settings,
+            answered: Some(sender),
+        });
         receiver
     }
 
@@ -94,14 +144,22 @@ impl<X> Io<X> {
         Io {
             stream: self.stream,
             close: self.close,
-            silence: self.silence,
-            settings: self.settings,
+            first: self.first,
+            failed: self.failed,
             extra,
         }
     }
 
-    /// Runs one I/O operation unless the stream is closed; while it waits,
-    /// waits for the close too.
+    fn fail(&mut self, why: Unanswered) -> io::Error {
+        self.failed = Some(why);
+        if let Some(answered) = self.first.take().and_then(|f| f.answered) {
+            let _ = answered.send(Err(why));
+        }
+        why.error()
+    }
+
+    /// Runs one I/O operation unless the stream is closed or failed; while
+    /// it waits, waits for the close and the first bytes' deadline too.
     fn guard<T>(
         &mut self,
         cx: &mut TaskContext<'_>,
@@ -120,6 +178,9 @@ impl<X> Io<X> {
         {
             return Poll::Ready(Err(closed()));
         }
+        if let Some(why) = self.failed {
+            return Poll::Ready(Err(why.error()));
+        }
         let polled = operation(Pin::new(&mut self.stream), cx);
         if polled.is_pending() {
             if let Some((_, cancelled)) = &mut self.close
@@ -127,11 +188,10 @@ impl<X> Io<X> {
             {
                 return Poll::Ready(Err(closed()));
             }
-            if let Some(silence) = &mut self.silence
-                && silence.as_mut().poll(cx).is_ready()
+            if let Some(first) = &mut self.first
+                && first.by.as_mut().poll(cx).is_ready()
             {
-                let silent = "the peer sent nothing within the handshake timeout";
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, silent)));
+                return Poll::Ready(Err(self.fail(Unanswered::Silent)));
             }
         }
         polled
@@ -148,17 +208,20 @@ impl<X: Unpin> AsyncRead for Io<X> {
         let polled = self.guard(cx, |stream, cx| stream.poll_read(cx, buf));
         if let Poll::Ready(Ok(())) = polled
             && buf.filled().len() > before
+            && let Some(first) = self.first.take()
         {
-            self.silence = None;
-            if let Some(settings) = self.settings.take() {
-                let frame_type = buf.filled()[before..].get(FRAME_TYPE_OFFSET);
-                let _ = settings.send(frame_type.is_none_or(|&t| t == FRAME_TYPE_SETTINGS));
+            let frame_type = buf.filled()[before..].get(FRAME_TYPE_OFFSET);
+            if first.settings && frame_type.is_some_and(|&t| t != FRAME_TYPE_SETTINGS) {
+                self.first = Some(first);
+                return Poll::Ready(Err(self.fail(Unanswered::NotHttp2)));
+            }
+            if let Some(answered) = first.answered {
+                let _ = answered.send(Ok(()));
             }
         }
         polled
     }
 }
-
 impl<X: Unpin> AsyncWrite for Io<X> {
     fn poll_write(
         mut self: Pin<&mut Self>,

@@ -259,3 +259,26 @@ async fn a_request_the_passthrough_cannot_forward_gets_a_clear_status() {
     passthrough.terminate();
     assert!(passthrough.exited().await.success());
 }
+
+/// A dial timeout too large for the clock is accepted (it saturates), in
+/// plain digits or with an exponent.
+#[tokio::test]
+async fn a_huge_dial_timeout_is_accepted() {
+    let endpoint = start_tcp(ServerChain::default()).await;
+    for timeout in ["1000000000000s", "1e12s"] {
+        let passthrough = Program::start(&[
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--connect-to",
+            endpoint.url().as_str(),
+            "--dial-timeout",
+            timeout,
+        ])
+        .await;
+        let mut nsm = client(passthrough.url()).await;
+        let reply = nsm.request(request("patient")).await.unwrap().into_inner();
+        nsm.close(reply).await.unwrap();
+        passthrough.terminate();
+        assert!(passthrough.exited().await.success(), "{timeout}");
+    }
+}
