@@ -8,7 +8,8 @@
 //! - [`ServerElement`], [`ClientElement`], [`Next`] and [`Chain`]: the chain
 //!   machinery, in the style of reqwest-middleware;
 //! - [`serve`] and [`dial`]: gRPC on `tcp://host:port` and `unix:///path`
-//!   URLs, with health checking, bounded dials and graceful shutdown;
+//!   URLs, on tonic's server and client, plain or TLS ([`tls`]), with health
+//!   checking, bounded dials and graceful shutdown;
 //! - [`GrpcClient`], [`ClientUrl`], [`Passthrough`] and the
 //!   [`adapters`]: the small elements every chain needs.
 //!

@@ -16,7 +16,7 @@ use crate::map::lock;
 use crate::outcome::not_sent;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
-use crate::transport::dial::{ClientConn, DialOptions, open};
+use crate::transport::dial::{ClientConn, DialOptions, dial};
 
 pub(super) struct ConnectClient {
     url: Arc<Url>,
@@ -130,13 +130,14 @@ impl ConnectClient {
     }
 
     async fn connect(&self) -> Result<(), Status> {
-        // Calls go out at once, behind the HTTP/2 preface: a remote that
-        // does not answer by the dial deadline fails them then, and its
-        // connection ending closes this client.
-        let (conn, _answered) = tokio::select! {
+        // Calls wait for the remote's SETTINGS: a burst sent ahead of them
+        // queues inside hyper's connection task, slowly (BENCHMARKS.md).
+        // The dial's own failure, when there is one, says more than the
+        // cancellation it causes.
+        let conn = tokio::select! {
             biased;
+            dialed = dial(&self.url, &self.dial_options) => dialed?,
             () = self.cancel.cancelled() => return Err(self.cancelled()),
-            opened = open(&self.url, &self.dial_options) => opened?,
         };
         let factory = AssertUnwindSafe(|| self.factory.client(&self.ctx, conn.clone()));
         let chain = std::panic::catch_unwind(factory).map_err(|panic| {

@@ -409,11 +409,10 @@ pub async fn dial(url: &Url, options: &DialOptions) -> Result<ClientConn, DialEr
     }
 }
 
-/// [`dial`] without waiting for the remote's answer: calls can go out at
-/// once, behind the HTTP/2 preface. If the answer does not come by the dial
-/// deadline (or is not HTTP/2), the connection fails, and its calls with it,
-/// as the dial would have.
-pub(crate) async fn open(
+/// [`dial`] without waiting for the remote's answer. If the answer does not
+/// come by the dial deadline (or is not HTTP/2), the connection fails, and
+/// its calls with it, as the dial would have.
+async fn open(
     url: &Url,
     options: &DialOptions,
 ) -> Result<(ClientConn, oneshot::Receiver<Result<(), Unanswered>>), DialError> {

@@ -362,8 +362,8 @@ async fn a_remote_that_never_answers_fails_within_the_dial_timeout() {
 }
 
 /// More new connections at once than hyper opens streams before the remote's
-/// SETTINGS arrive (100): the calls beyond that wait for the SETTINGS, and
-/// all of them get through on the one dial.
+/// SETTINGS arrive (100): the calls beyond that wait in hyper for the
+/// SETTINGS, and all of them get through on the one dial.
 #[tokio::test]
 async fn a_burst_larger_than_the_pre_settings_stream_limit_gets_through_on_one_dial() {
     let (connect, dials) = grpc_only_counting_dials();
