@@ -267,23 +267,8 @@ pub struct Park {
 struct ParkInner {
     arrived: Notify,
     release: Notify,
-    abandoned: Notify,
-    abandoned_calls: AtomicUsize,
-}
-
-/// Counts a parked call as abandoned unless it is released first.
-struct ParkedCall<'a> {
-    inner: &'a ParkInner,
-    released: bool,
-}
-
-impl Drop for ParkedCall<'_> {
-    fn drop(&mut self) {
-        if !self.released {
-            self.inner.abandoned_calls.fetch_add(1, Ordering::SeqCst);
-            self.inner.abandoned.notify_one();
-        }
-    }
+    /// Parked calls given up before they were released.
+    abandoned: DropWatch,
 }
 
 impl Park {
@@ -303,26 +288,23 @@ impl Park {
 
     /// Completes once a parked call has been given up.
     pub async fn abandoned(&self) {
-        self.inner.abandoned.notified().await;
+        self.inner.abandoned.until_dropped(1).await;
     }
 
     /// How many parked calls were given up.
     pub fn abandoned_calls(&self) -> usize {
-        self.inner.abandoned_calls.load(Ordering::SeqCst)
+        self.inner.abandoned.dropped()
     }
 
     /// Holds the caller until released (`Ok`) or until the call's
     /// cancellation token fires (`Cancelled`), counting it abandoned if it is
     /// dropped or cancelled first.
     pub async fn hold(&self, ctx: &Context) -> Result<(), Status> {
-        let mut parked = ParkedCall {
-            inner: &self.inner,
-            released: false,
-        };
+        let mut parked = self.inner.abandoned.watch();
         self.inner.arrived.notify_one();
         tokio::select! {
             () = self.inner.release.notified() => {
-                parked.released = true;
+                parked.finished = true;
                 Ok(())
             }
             () = cancelled(ctx) => Err(Status::cancelled("parked call cancelled")),

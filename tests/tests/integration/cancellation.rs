@@ -90,6 +90,55 @@ async fn serve_in_front(remote: &Url, chain: &ServerChain) -> (ServerHandle, Dro
     (served, watch)
 }
 
+/// Where a caller calls `connect`: in process through `chain`, with
+/// `remote` as the client URL, or over gRPC at `served` (whose dropped
+/// handlers `watch` sees).
+struct Front<'a> {
+    chain: &'a ServerChain,
+    remote: &'a Url,
+    served: &'a ServerHandle,
+    watch: &'a DropWatch,
+}
+
+impl Front<'_> {
+    /// Starts `op` for `id` as a caller that can go away `how`.
+    async fn start(&self, op: Op, id: &str, how: Abandon) -> Caller {
+        let token = CancellationToken::new();
+        let id = id.to_owned();
+        let task = match how {
+            Abandon::Drop | Abandon::Token => {
+                let chain = self.chain.clone();
+                let mut ctx = Context::new().with_client_url(self.remote.clone());
+                if how == Abandon::Token {
+                    ctx = ctx.with_cancellation_token(token.clone());
+                }
+                tokio::spawn(async move {
+                    match op {
+                        Op::Request => chain.request(ctx, request(&id)).await.map(drop),
+                        Op::Close => chain.close(ctx, connection(&id)).await,
+                    }
+                })
+            }
+            Abandon::Served => {
+                let mut caller = tonic_caller(self.served.url()).await;
+                tokio::spawn(async move {
+                    match op {
+                        Op::Request => caller.request(request(&id)).await.map(drop),
+                        Op::Close => caller.close(connection(&id)).await.map(drop),
+                    }
+                })
+            }
+        };
+        let served = (how == Abandon::Served).then(|| self.watch.clone());
+        Caller {
+            how,
+            token,
+            task,
+            served,
+        }
+    }
+}
+
 /// A passthrough with a gate at each place a call can be held: the client
 /// chain, the remote, and the rest of the server chain (`next`). The same
 /// chain is also served over gRPC, behind a `ClientUrl` naming the remote.
@@ -150,39 +199,13 @@ impl Rig {
 
     /// Starts `op` for `id` as a caller that can go away `how`.
     async fn start(&self, op: Op, id: &str, how: Abandon) -> Caller {
-        let token = CancellationToken::new();
-        let id = id.to_owned();
-        let task = match how {
-            Abandon::Drop | Abandon::Token => {
-                let chain = self.chain.clone();
-                let mut ctx = Context::new().with_client_url(self.url().clone());
-                if how == Abandon::Token {
-                    ctx = ctx.with_cancellation_token(token.clone());
-                }
-                tokio::spawn(async move {
-                    match op {
-                        Op::Request => chain.request(ctx, request(&id)).await.map(drop),
-                        Op::Close => chain.close(ctx, connection(&id)).await,
-                    }
-                })
-            }
-            Abandon::Served => {
-                let mut caller = tonic_caller(self.served.url()).await;
-                tokio::spawn(async move {
-                    match op {
-                        Op::Request => caller.request(request(&id)).await.map(drop),
-                        Op::Close => caller.close(connection(&id)).await.map(drop),
-                    }
-                })
-            }
+        let front = Front {
+            chain: &self.chain,
+            remote: self.url(),
+            served: &self.served,
+            watch: &self.served_watch,
         };
-        let served = (how == Abandon::Served).then(|| self.served_watch.clone());
-        Caller {
-            how,
-            token,
-            task,
-            served,
-        }
+        front.start(op, id, how).await
     }
 
     /// Starts `op` for `id`, waits until `gate` holds it, and goes away
@@ -376,35 +399,20 @@ async fn abandoned_while_dialing() {
         let connect = grpc_only().dial_timeout(Duration::from_millis(300)).build();
         let chain = ServerChain::builder().with(connect.clone()).build();
         let (served, watch) = serve_in_front(hole.url(), &chain).await;
-        let token = CancellationToken::new();
-        let task = match how {
-            Abandon::Drop | Abandon::Token => {
-                let mut ctx = Context::new().with_client_url(hole.url().clone());
-                if how == Abandon::Token {
-                    ctx = ctx.with_cancellation_token(token.clone());
-                }
-                tokio::spawn(async move { chain.request(ctx, request("d")).await.map(drop) })
-            }
-            Abandon::Served => {
-                let mut caller = tonic_caller(served.url()).await;
-                tokio::spawn(async move { caller.request(request("d")).await.map(drop) })
-            }
+        let front = Front {
+            chain: &chain,
+            remote: hole.url(),
+            served: &served,
+            watch: &watch,
         };
+        let caller = front.start(Op::Request, "d", how).await;
         settle("the dial to connect", async {
             while hole.accepted() == 0 {
                 tokio::task::yield_now().await;
             }
         })
         .await;
-        let served = (how == Abandon::Served).then_some(watch);
-        Caller {
-            how,
-            token,
-            task,
-            served,
-        }
-        .abandon()
-        .await;
+        caller.abandon().await;
         assert_no_leaks(&connect, &[]).await;
     }
 }
@@ -526,30 +534,15 @@ async fn an_abandoned_call_the_remote_never_finishes_is_given_up() {
         let (served, watch) = serve_in_front(server.url(), &chain).await;
 
         gate.arm(Op::Request);
-        let token = CancellationToken::new();
-        let task = match how {
-            Abandon::Drop | Abandon::Token => {
-                let mut ctx = Context::new().with_client_url(server.url().clone());
-                if how == Abandon::Token {
-                    ctx = ctx.with_cancellation_token(token.clone());
-                }
-                tokio::spawn(async move { chain.request(ctx, request("stuck")).await.map(drop) })
-            }
-            Abandon::Served => {
-                let mut caller = tonic_caller(served.url()).await;
-                tokio::spawn(async move { caller.request(request("stuck")).await.map(drop) })
-            }
+        let front = Front {
+            chain: &chain,
+            remote: server.url(),
+            served: &served,
+            watch: &watch,
         };
+        let caller = front.start(Op::Request, "stuck", how).await;
         settle("the request to be held", gate.holding()).await;
-        let served = (how == Abandon::Served).then_some(watch);
-        Caller {
-            how,
-            token,
-            task,
-            served,
-        }
-        .abandon()
-        .await;
+        caller.abandon().await;
 
         // Never released: after 200 ms connect stops waiting, closes by id and
         // lets go.
