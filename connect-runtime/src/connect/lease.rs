@@ -57,7 +57,7 @@ pub(super) struct Lease {
     /// The client call in flight, if any.
     pending: Pending,
     /// What to close on the remote if abandoned: the connection as last known.
-    remote: Option<Box<Connection>>,
+    remote: Option<Arc<Connection>>,
     /// Whether this operation stored the id's record.
     recorded: bool,
     armed: bool,
@@ -166,7 +166,7 @@ impl Lease {
         ctx: Context,
         connection: Connection,
     ) -> Result<(), Status> {
-        self.remote = Some(Box::new(connection.clone()));
+        self.remote = Some(Arc::new(connection.clone()));
         let client = Arc::clone(&self.client);
         self.pending = Pending::Close(Box::pin(async move { client.close(ctx, connection).await }));
         let result = run_pending(&mut self.pending, |pending| match pending {
@@ -180,7 +180,7 @@ impl Lease {
 
     /// From now on the remote may hold `connection` (as last known) under
     /// this lease's id.
-    pub(super) fn may_exist_remotely(&mut self, connection: Box<Connection>) {
+    pub(super) fn may_exist_remotely(&mut self, connection: Arc<Connection>) {
         self.remote = Some(connection);
     }
 
@@ -225,7 +225,7 @@ impl Lease {
     /// Returns the close's outcome and the turn.
     pub(super) async fn undo(mut self, ctx: Context) -> (Result<(), Status>, Turn) {
         let connection = match self.remote.take() {
-            Some(connection) => *connection,
+            Some(connection) => Arc::unwrap_or_clone(connection),
             None => Connection {
                 id: self.id().to_owned(),
                 ..Default::default()
@@ -301,7 +301,7 @@ impl Drop for Held {
 
 /// The background half of an abandoned operation: the call in flight run
 /// to its end, then a close of what it may have left at the remote.
-async fn finish(held: Held, pending: Pending, mut remote: Option<Box<Connection>>) {
+async fn finish(held: Held, pending: Pending, mut remote: Option<Arc<Connection>>) {
     let limit = held.shared.cleanup_timeout;
     let outcome = |result: Result<Result<Result<(), Status>, _>, _>| match result {
         Ok(Ok(Ok(()))) => Some(Ok(())),
@@ -326,7 +326,7 @@ async fn finish(held: Held, pending: Pending, mut remote: Option<Box<Connection>
             match outcome(ran) {
                 // The remote made the connection: close that one (a refresh
                 // has nothing to undo).
-                Some(Ok(())) if remote.is_some() => remote = reply.map(Box::new),
+                Some(Ok(())) if remote.is_some() => remote = reply.map(Arc::new),
                 // The remote refused it, or nothing was sent: nothing to close.
                 Some(Err(status)) if !may_have_acted(&status) => remote = None,
                 // Unknown: close as last known.
@@ -346,7 +346,8 @@ async fn finish(held: Held, pending: Pending, mut remote: Option<Box<Connection>
     }
     if let Some(connection) = remote {
         let ctx = held.shared.cleanup_context(&held.client);
-        let close = AssertUnwindSafe(held.client.close(ctx, *connection)).catch_unwind();
+        let connection = Arc::unwrap_or_clone(connection);
+        let close = AssertUnwindSafe(held.client.close(ctx, connection)).catch_unwind();
         match close.await {
             Ok(Ok(())) => {}
             Ok(Err(status)) => tracing::debug!(error = %status.message(), "cleanup close failed"),

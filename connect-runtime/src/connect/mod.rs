@@ -68,11 +68,12 @@ where
 ///   is left behind; the caller sees the original error.
 /// - Calls for one connection id are applied one at a time, in arrival
 ///   order; different ids do not wait for each other.
-/// - A caller that goes away mid-call (its future dropped) leaves nothing
-///   behind either: a client call already on its way runs to its end (within
-///   the cleanup timeout) and what it created on the remote is then closed,
-///   in the background, still holding the id's turn, so the remote never
-///   sees two calls for one id at once.
+/// - A caller that goes away mid-call (its future dropped, its cancellation
+///   token cancelled, its deadline passed) leaves nothing behind either: a
+///   client call already on its way runs to its end (within the cleanup
+///   timeout) and what it created on the remote is then closed, as last
+///   known, in the background, still holding the id's turn, so the remote
+///   never sees two calls for one id at once.
 /// - Cancelling a client through its [`ClientCancel`] handle (a
 ///   [`Monitor`](crate::Monitor) does when the remote dies) closes it at
 ///   once; connections bound to it fail their next request, and the request
@@ -552,7 +553,9 @@ impl Shared {
         let outgoing = request.clone();
         // From here the remote may have the connection: if this call is
         // abandoned, the lease closes it there, as sent.
-        lease.may_exist_remotely(outgoing.connection.clone().unwrap_or_default());
+        lease.may_exist_remotely(Arc::new(
+            outgoing.connection.as_deref().cloned().unwrap_or_default(),
+        ));
         let client_ctx = client_context(&ctx, &client);
         let reply = match lease.request(client_ctx, outgoing).await {
             Ok(reply) => Box::new(reply),
@@ -567,8 +570,9 @@ impl Shared {
                 return Err(in_context(status, "request", &id, &url));
             }
         };
-        lease.may_exist_remotely(reply.clone());
-        lease.record(id, Arc::new(Connection::clone(&reply)));
+        let last_known = Arc::new(Connection::clone(&reply));
+        lease.may_exist_remotely(Arc::clone(&last_known));
+        lease.record(id, last_known);
         request.connection = Some(reply);
         match next.request(ctx, request).await {
             Ok(connection) => {

@@ -390,43 +390,17 @@ impl tower_service::Service<http::Request<Body>> for ClientConn {
 /// its HTTP/2 SETTINGS, all within the options' timeout. A listener that
 /// accepts but never speaks HTTP/2 fails with [`DialError::Timeout`].
 pub async fn dial(url: &Url, options: &DialOptions) -> Result<ClientConn, DialError> {
-    let (conn, answered) = open(url, options).await?;
-    let url = url.to_string();
-    match answered.await {
-        Ok(Ok(())) => Ok(conn),
-        Ok(Err(Unanswered::Silent)) => Err(DialError::Timeout {
-            url,
-            timeout: options.timeout,
-        }),
-        Ok(Err(Unanswered::NotHttp2)) => Err(DialError::NotHttp2 { url }),
-        Err(_) => {
-            let closed = io::Error::new(io::ErrorKind::UnexpectedEof, "closed before answering");
-            Err(DialError::Connect {
-                url,
-                source: closed,
-            })
-        }
-    }
-}
-
-/// [`dial`] without waiting for the remote's answer. If the answer does not
-/// come by the dial deadline (or is not HTTP/2), the connection fails, and
-/// its calls with it, as the dial would have.
-async fn open(
-    url: &Url,
-    options: &DialOptions,
-) -> Result<(ClientConn, oneshot::Receiver<Result<(), Unanswered>>), DialError> {
     let target = Target::from_url(url)?;
     let scheme = match options.tls {
         Some(_) => http::uri::Scheme::HTTPS,
         None => http::uri::Scheme::HTTP,
     };
-    // What grpc-go sends on a unix socket: h2 refuses a %-encoded path.
-    let authority = match &target {
-        Target::Tcp { .. } => target.authority().parse(),
-        Target::Unix { .. } => Ok(http::uri::Authority::from_static("localhost")),
-    };
-    let authority = authority.unwrap_or_else(|_| http::uri::Authority::from_static("localhost"));
+    // `localhost` on a unix socket, as grpc-go sends: h2 refuses a
+    // %-encoded path.
+    let authority = target.authority().parse().map_err(|err| UrlError {
+        url: url.to_string(),
+        reason: format!("`{}` is not an HTTP authority: {err}", target.authority()),
+    })?;
     let url = Arc::new(url.clone());
     let ending = Arc::new(Ending {
         token: CancellationToken::new(),
@@ -434,6 +408,18 @@ async fn open(
         on_end: options.on_end.clone(),
     });
     let (send, answered) = connect(&url, &target, options, &ending).await?;
+    match answered.await {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => return Err(why.dial_error(&url, options.timeout)),
+        Err(_) => {
+            let closed = io::Error::new(io::ErrorKind::UnexpectedEof, "closed before answering");
+            let url = url.to_string();
+            return Err(DialError::Connect {
+                url,
+                source: closed,
+            });
+        }
+    }
     let shared = Shared {
         url,
         target,
@@ -445,12 +431,20 @@ async fn open(
         ending,
         dials: AtomicU64::new(1),
     };
-    Ok((
-        ClientConn {
-            shared: Arc::new(shared),
-        },
-        answered,
-    ))
+    Ok(ClientConn {
+        shared: Arc::new(shared),
+    })
+}
+
+impl Unanswered {
+    /// The dial's error for a remote whose first bytes failed so.
+    fn dial_error(self, url: &Url, timeout: Duration) -> DialError {
+        let url = url.to_string();
+        match self {
+            Unanswered::Silent => DialError::Timeout { url, timeout },
+            Unanswered::NotHttp2 => DialError::NotHttp2 { url },
+        }
+    }
 }
 
 /// One connection to `target`: socket, TLS and the HTTP/2 handshake within
@@ -458,7 +452,7 @@ async fn open(
 /// fails (the receiver says how). If it later breaks (rather than being
 /// ended by a GOAWAY), the channel ends with it.
 async fn connect(
-    url: &Url,
+    url: &Arc<Url>,
     target: &Target,
     options: &DialOptions,
     ending: &Arc<Ending>,
@@ -515,7 +509,7 @@ async fn connect(
             url: url.to_string(),
             source,
         })?;
-        let (ending, url, timeout) = (Arc::clone(ending), url.to_string(), options.timeout);
+        let (ending, url, timeout) = (Arc::clone(ending), Arc::clone(url), options.timeout);
         tokio::spawn(
             async move {
                 // hyper ends a connection's task with `Ok` when the remote
@@ -526,8 +520,7 @@ async fn connect(
                     Err(err) => {
                         tracing::debug!(error = %error_chain(&err), "the connection broke");
                         let why = match Unanswered::of(&err) {
-                            Some(Unanswered::Silent) => DialError::Timeout { url, timeout }.into(),
-                            Some(Unanswered::NotHttp2) => DialError::NotHttp2 { url }.into(),
+                            Some(why) => why.dial_error(&url, timeout).into(),
                             None => Status::unavailable(format!(
                                 "the connection to {url} has ended: {}",
                                 error_chain(&err)

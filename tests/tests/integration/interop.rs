@@ -347,17 +347,12 @@ async fn mutual_tls_end_to_end_and_a_caller_without_a_certificate_is_refused() {
 
     // No client certificate: refused (under TLS 1.3 the caller learns it
     // from the server's alert, or from the closed connection).
-    let refused = match tls_caller(passthrough.url(), &pki, None).await {
-        Err(err) => format!("{err:?}"),
-        Ok(channel) => {
-            let status = NetworkServiceClient::new(channel)
-                .request(request("anonymous"))
-                .await
-                .unwrap_err();
-            format!("{status:?}")
-        }
-    };
-    assert!(!refused.contains("code: Ok"), "{refused}");
+    if let Ok(channel) = tls_caller(passthrough.url(), &pki, None).await {
+        let call = NetworkServiceClient::new(channel)
+            .request(request("anonymous"))
+            .await;
+        assert!(call.is_err(), "a caller without a certificate was served");
+    }
 
     passthrough.terminate();
     endpoint.terminate();
