@@ -3,22 +3,24 @@
 //!
 //! NSM endpoints are chains of small gRPC elements. This crate provides:
 //!
-//! - [`Context`]: what a call carries from element to element (client URL,
-//!   deadline, cancellation, typed values);
-//! - [`ServerElement`], [`ClientElement`], [`Next`] and [`Chain`]: the chain
-//!   machinery, in the style of reqwest-middleware;
-//! - [`serve`] and [`dial`]: gRPC on `tcp://host:port` and `unix:///path`
-//!   URLs, on tonic's server and client, plain or TLS ([`tls`]), with health
-//!   checking, bounded dials and graceful shutdown;
-//! - [`GrpcClient`], [`ClientUrl`], [`Passthrough`] and the
-//!   [`adapters`]: the small elements every chain needs.
+//! - [`chain`]: what a call carries from element to element ([`Context`]),
+//!   your own elements (`#[derive(Element)]` and an `impl` [`Hooks`]), and
+//!   the chains they make, in the style of reqwest-middleware;
+//! - [`transport`]: gRPC on `tcp://host:port` and `unix:///path` URLs, on
+//!   tonic's server and client, plain or TLS, with health checking, bounded
+//!   dials and graceful shutdown ([`serve`], [`dial`]);
+//! - [`elements`]: [`Connect`], and the small elements every chain needs
+//!   ([`GrpcClient`], [`ClientUrl`], [`Passthrough`], [`Monitor`]);
+//! - [`map`]: the sharded concurrent maps `connect` keeps its state in.
+//!
+//! The items most code needs are re-exported here, and all of them by
+//! [`prelude`]. `connect-runtime/examples/custom_element.rs` is a runnable
+//! custom element.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use connect_runtime::proto::connection::Connection;
-//! use connect_runtime::proto::networkservice::NetworkServiceRequest;
-//! use connect_runtime::{ClientChain, Context, DialOptions, GrpcClient, Passthrough, ServerChain};
+//! use connect_runtime::prelude::*;
 //! use connect_runtime::{dial, serve};
 //! use tokio_util::sync::CancellationToken;
 //!
@@ -41,91 +43,84 @@
 //! # Ok(()) }
 //! ```
 
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 // The derives name `::connect_runtime`; this lets the crate use them itself.
 extern crate self as connect_runtime;
 
-pub mod adapters;
-mod chain;
-mod clienturl;
-mod connect;
-mod context;
-mod element;
-mod grpc_client;
-mod hooks;
+pub mod chain;
+pub mod elements;
 pub mod map;
-mod monitor;
 mod outcome;
-mod passthrough;
-mod transport;
+pub mod prelude;
+pub mod transport;
 
 /// The NSM wire API (`connect-proto`), re-exported.
 pub use connect_proto as proto;
+/// The error every hook returns, re-exported from tonic.
+pub use tonic::Status;
 
-pub use chain::{Chain, ChainBuilder, ClientChain, IntoElement, Role, ServerChain};
-pub use clienturl::ClientUrl;
-pub use connect::{
-    ClientFactory, ClientStats, Connect, ConnectBuilder, ConnectStats, DEFAULT_CLEANUP_TIMEOUT,
+pub use chain::{
+    BoxFuture, Chain, ChainBuilder, ClientCancel, ClientChain, ClientElement, ClientRole, Context,
+    Element, Hooks, IntoElement, Next, NextFuture, Role, ServerChain, ServerElement, ServerRole,
+    adapters,
 };
-pub use context::{ClientCancel, Context};
-pub use element::{BoxFuture, ClientElement, Next, NextFuture, ServerElement};
-pub use grpc_client::{DEADLINE_GRACE, GrpcClient};
-pub use hooks::Hooks;
-pub use monitor::Monitor;
-pub use passthrough::Passthrough;
-pub use transport::dial::{
-    ClientConn, DEFAULT_DIAL_TIMEOUT, DialError, DialOptions, Keepalive, MetadataError,
-    ResponseFuture, TransportError, dial,
+pub use elements::{
+    ClientFactory, ClientStats, ClientUrl, Connect, ConnectBuilder, ConnectStats, DEADLINE_GRACE,
+    DEFAULT_CLEANUP_TIMEOUT, GrpcClient, Monitor, Passthrough,
 };
-pub use transport::serve::{
-    ConnectionStats, DEFAULT_GRACE_PERIOD, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_SERVER_KEEPALIVE, Peer, Serve, ServeError,
-    ServerHandle, serve,
+pub use transport::{
+    ChainService, ClientConn, ConnectionStats, DEFAULT_DIAL_TIMEOUT, DEFAULT_GRACE_PERIOD,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_SERVER_KEEPALIVE, DialError,
+    DialOptions, Keepalive, MetadataError, Peer, ResponseFuture, Serve, ServeError, ServerHandle,
+    Target, TransportError, UrlError, dial, serve, tls,
 };
-pub use transport::service::ChainService;
-pub use transport::target::{Target, UrlError};
-pub use transport::tls;
 
-/// Makes a struct a chain element: implements [`ServerElement`] and/or
-/// [`ClientElement`] from the hooks written for it with [`hooks`].
+/// Makes a type a chain element whose logic is its [`Hooks`] impl: one
+/// derive and one ordinary `impl Hooks` block holding only the hooks the
+/// element needs, as plain `async fn`s. Helper methods go in any other
+/// `impl` block.
 ///
-/// `#[element(server)]`, `#[element(client)]` or `#[element(server, client)]`
-/// says which roles the element plays; `name = "..."` renames the `tracing`
-/// span each call runs in (the struct's name by default; its fields are
-/// `role` and `connection_id`). Generic structs work: the element exists
-/// wherever its hooks do.
+/// The element joins server and client chains. Options, in
+/// `#[element(...)]`:
+/// - `server` or `client`: the one role it may play (`Connect` is
+///   server-only, say); putting it in the other kind of chain is a compile
+///   error;
+/// - `name = "..."`: the `tracing` span's name (the type's name by default).
+///   The span's fields are `role`, `connection_id`, and on failure `code`
+///   and `error_message`;
+/// - `crate = "..."`: the runtime's path, for users who renamed the crate.
 ///
-/// Hooks not written pass calls on unchanged; an empty `#[hooks]` block
-/// makes a pure passthrough element.
+/// Generic types work: the element exists wherever its hooks do.
 ///
 /// ```
 /// use std::sync::atomic::{AtomicUsize, Ordering};
-/// use connect_runtime::proto::connection::Connection;
-/// use connect_runtime::proto::networkservice::NetworkServiceRequest;
-/// use connect_runtime::{Context, Element, Next, ServerChain, hooks};
-/// use tonic::Status;
+/// use connect_runtime::prelude::*;
 ///
 /// /// Counts requests and tags each connection with its number.
 /// #[derive(Element, Default)]
-/// #[element(server, client)]
 /// struct Numbered {
 ///     seen: AtomicUsize,
 /// }
 ///
-/// #[hooks]
-/// impl Numbered {
+/// impl Hooks for Numbered {
 ///     async fn request(
 ///         &self,
 ///         ctx: Context,
 ///         mut request: NetworkServiceRequest,
 ///         next: Next<'_>,
 ///     ) -> Result<Connection, Status> {
-///         let n = self.seen.fetch_add(1, Ordering::Relaxed) + 1;
+///         let n = self.next_number();
 ///         if let Some(conn) = request.connection.as_mut() {
 ///             conn.labels.insert("number".into(), n.to_string());
 ///         }
 ///         next.request(ctx, request).await
+///     }
+/// }
+///
+/// impl Numbered {
+///     fn next_number(&self) -> usize {
+///         self.seen.fetch_add(1, Ordering::Relaxed) + 1
 ///     }
 /// }
 ///
@@ -142,63 +137,15 @@ pub use transport::tls;
 /// ```
 pub use connect_macros::Element;
 
-/// Writes an element's hooks as plain `async fn`s; see [`Element`].
+/// Turns a newtype over a [`map::SyncMap`] or [`map::RefCountMap`] into a
+/// named concurrent map: it derefs to the storage, whose methods are the
+/// map's verbs, and gains `new`, `Default` and a `Debug` showing its name
+/// and length. `new` takes the struct's visibility.
 ///
-/// The impl block holds only hooks, with these signatures (the parameter
-/// names are free; the types are checked by the compiler):
-///
-/// ```text
-/// async fn request(&self, ctx: Context, request: NetworkServiceRequest, next: Next<'_>) -> Result<Connection, Status>
-/// async fn close(&self, ctx: Context, connection: Connection, next: Next<'_>) -> Result<(), Status>
-/// ```
-///
-/// It implements [`Hooks`] for the type. Anything else in the block (a
-/// helper method, a non-`async` hook, a misspelt hook name) is a compile
-/// error naming the problem.
-///
-/// ```
-/// use connect_runtime::proto::connection::Connection;
-/// use connect_runtime::{ClientChain, Context, Element, Next, hooks};
-/// use tonic::Status;
-///
-/// /// Refuses to close connections whose id starts with `keep-`.
-/// #[derive(Element)]
-/// #[element(client)]
-/// struct KeepSome;
-///
-/// #[hooks]
-/// impl KeepSome {
-///     async fn close(&self, ctx: Context, conn: Connection, next: Next<'_>) -> Result<(), Status> {
-///         if conn.id.starts_with("keep-") {
-///             return Err(Status::failed_precondition(format!("{} is kept", conn.id)));
-///         }
-///         next.close(ctx, conn).await
-///     }
-/// }
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let chain = ClientChain::builder().with(KeepSome).build();
-/// let kept = Connection { id: "keep-1".into(), ..Default::default() };
-/// assert!(chain.close(Context::new(), kept).await.is_err());
-/// let other = Connection { id: "2".into(), ..Default::default() };
-/// assert!(chain.close(Context::new(), other).await.is_ok());
-/// # }
-/// ```
-pub use connect_macros::hooks;
-
-/// Turns a newtype over [`map::SyncMap`] or [`map::RefCountMap`] into a
-/// named, typed concurrent map with the verbs of the Go original.
-///
-/// For `SyncMap<K, V>`: `new`, `load`, `store`, `load_or_store`,
-/// `load_and_delete`, `delete`, `range`, `len`, `is_empty`, and two verbs Go
-/// lacked: `load_or_store_with` (create only if absent) and `delete_if`
-/// (compare-and-delete). For
-/// `RefCountMap<K, V>`: `new`, `acquire`, `release`, `evict`, `load`,
-/// `refs`, `range`, `len`, `is_empty`. Both get `Default` and a `Debug`
-/// that shows the name and length. The methods take the struct's
-/// visibility. `#[map(shards = N)]` (a power of two up to 1024) sets the
-/// number of shards.
+/// The storage is any type implementing [`map::Storage`], however it is
+/// spelt: an alias or a renamed import works. `#[map(shards = N)]` (a
+/// power of two up to 1024) sets the number of shards; `#[map(crate =
+/// "...")]` the runtime's path.
 ///
 /// ```
 /// use connect_runtime::ConcurrentMap;
@@ -210,8 +157,9 @@ pub use connect_macros::hooks;
 /// struct Routes(SyncMap<String, String>);
 ///
 /// /// Remote URL → how many connections use it.
+/// type Counted = RefCountMap<String, u64>;
 /// #[derive(ConcurrentMap)]
-/// struct Remotes(RefCountMap<String, u64>);
+/// struct Remotes(Counted);
 ///
 /// let routes = Routes::new();
 /// routes.store("conn-1".into(), "tcp://10.0.0.1:5001".into());
@@ -228,28 +176,15 @@ pub use connect_macros::ConcurrentMap;
 /// What generated code names. Not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use std::borrow::Borrow;
-    pub use std::boxed::Box;
-    pub use std::clone::Clone;
-    pub use std::cmp::Eq;
     pub use std::default::Default;
     pub use std::fmt;
-    pub use std::future::Future;
-    pub use std::hash::Hash;
-    pub use std::marker::{Send, Sized};
-    pub use std::ops::{FnMut, FnOnce};
-    pub use std::option::Option;
+    pub use std::ops::Deref;
     pub use std::result::Result;
 
-    pub use tonic::Status;
     pub use tracing;
-    pub use tracing::Instrument;
-
-    pub use crate::proto::connection::Connection;
-    pub use crate::proto::networkservice::NetworkServiceRequest;
-
-    /// The id a span records for a request's connection.
-    pub fn connection_id(request: &NetworkServiceRequest) -> &str {
-        request.connection.as_deref().map_or("", |c| c.id.as_str())
-    }
 }
+
+/// The README's Rust snippets, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

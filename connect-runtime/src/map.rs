@@ -20,6 +20,47 @@ use hashbrown::HashTable;
 /// on one lock, small enough that `len` and `range` stay cheap.
 pub const DEFAULT_SHARDS: usize = 16;
 
+/// A map storage a [`ConcurrentMap`](crate::ConcurrentMap) newtype can
+/// wrap: [`SyncMap`] and [`RefCountMap`]. The derive needs only these two
+/// calls; every other verb is the storage's own, reached through `Deref`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a concurrent map storage",
+    label = "expected `SyncMap<K, V>` or `RefCountMap<K, V>` from `connect_runtime::map`",
+    note = "keys need `Hash + Eq` and values `Clone`"
+)]
+pub trait Storage: Sized {
+    /// An empty storage with `shards` shards (a power of two).
+    fn with_shards(shards: usize) -> Self;
+
+    /// Number of entries (a snapshot).
+    fn len(&self) -> usize;
+
+    /// Whether there are no entries (a snapshot).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<K: Hash + Eq, V: Clone> Storage for SyncMap<K, V> {
+    fn with_shards(shards: usize) -> Self {
+        SyncMap::with_shards(shards)
+    }
+
+    fn len(&self) -> usize {
+        SyncMap::len(self)
+    }
+}
+
+impl<K: Hash + Eq, V: Clone> Storage for RefCountMap<K, V> {
+    fn with_shards(shards: usize) -> Self {
+        RefCountMap::with_shards(shards)
+    }
+
+    fn len(&self) -> usize {
+        RefCountMap::len(self)
+    }
+}
+
 /// The shared storage: shards of hash tables, each behind a short-lived
 /// lock. A key is hashed once per operation; the hash picks the shard and
 /// then the slot.

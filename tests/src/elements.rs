@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use connect_runtime::proto::connection::{Connection, Mechanism};
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
-use connect_runtime::{Context, Element, Next, hooks};
+use connect_runtime::{Context, Element, Hooks, Next};
 use tokio::sync::Notify;
 use tonic::{Code, Status};
 
 /// Appends `<name>:request`, `<name>:reply`, `<name>:close` and
 /// `<name>:closed` to a shared log, to check the order elements run in.
 #[derive(Clone, Element)]
-#[element(server, client)]
 pub struct Record {
     pub name: &'static str,
     pub log: Arc<Mutex<Vec<String>>>,
@@ -36,8 +35,7 @@ impl Record {
     }
 }
 
-#[hooks]
-impl Record {
+impl Hooks for Record {
     async fn request(
         &self,
         ctx: Context,
@@ -66,15 +64,13 @@ impl Record {
 /// Sets `extra_context[key] = value` and, if given, the mechanism on every
 /// request it passes on (Go's test `editServer`).
 #[derive(Clone, Element)]
-#[element(server, client)]
 pub struct Edit {
     pub key: &'static str,
     pub value: &'static str,
     pub mechanism: Option<Mechanism>,
 }
 
-#[hooks]
-impl Edit {
+impl Hooks for Edit {
     async fn request(
         &self,
         ctx: Context,
@@ -107,7 +103,6 @@ pub struct Seen {
 /// Keeps a copy of the last request and what its context carried; a close
 /// forgets the request (Go's test `captureServer`).
 #[derive(Clone, Default, Element)]
-#[element(server, client)]
 pub struct Capture {
     seen: Arc<Mutex<Seen>>,
 }
@@ -126,8 +121,7 @@ impl Capture {
     }
 }
 
-#[hooks]
-impl Capture {
+impl Hooks for Capture {
     async fn request(
         &self,
         ctx: Context,
@@ -166,7 +160,6 @@ impl Capture {
 
 /// Counts requests and closes that pass through it.
 #[derive(Clone, Default, Element)]
-#[element(server, client)]
 pub struct Count {
     requests: Arc<AtomicUsize>,
     closes: Arc<AtomicUsize>,
@@ -186,8 +179,7 @@ impl Count {
     }
 }
 
-#[hooks]
-impl Count {
+impl Hooks for Count {
     async fn request(
         &self,
         ctx: Context,
@@ -211,7 +203,6 @@ impl Count {
 
 /// Fails requests and/or closes with a given code, without calling `next`.
 #[derive(Clone, Element)]
-#[element(server, client)]
 pub struct InjectError {
     pub on_request: Option<Code>,
     pub on_close: Option<Code>,
@@ -227,8 +218,7 @@ impl InjectError {
     }
 }
 
-#[hooks]
-impl InjectError {
+impl Hooks for InjectError {
     async fn request(
         &self,
         ctx: Context,
@@ -258,7 +248,6 @@ impl InjectError {
 /// a parked call is given up: its cancellation token fires or its future is
 /// dropped (a caller's deadline, a dropped caller).
 #[derive(Clone, Default, Element)]
-#[element(server, client)]
 pub struct Park {
     inner: Arc<ParkInner>,
 }
@@ -312,8 +301,7 @@ impl Park {
     }
 }
 
-#[hooks]
-impl Park {
+impl Hooks for Park {
     async fn request(
         &self,
         ctx: Context,
@@ -403,8 +391,7 @@ impl Drop for InCall<'_> {
     }
 }
 
-#[hooks]
-impl Ledger {
+impl Hooks for Ledger {
     async fn request(
         &self,
         ctx: Context,
@@ -456,7 +443,6 @@ pub enum Op {
 /// Holds the next call of one kind once armed, until it is dropped or
 /// released: the await point a cancellation test cuts a call off at.
 #[derive(Clone, Default, Element)]
-#[element(server, client)]
 pub struct Gate {
     inner: Arc<GateInner>,
 }
@@ -507,8 +493,7 @@ impl Gate {
     }
 }
 
-#[hooks]
-impl Gate {
+impl Hooks for Gate {
     async fn request(
         &self,
         ctx: Context,
@@ -540,8 +525,7 @@ impl Gate {
 #[element(server)]
 pub struct FailAfterDeadline;
 
-#[hooks]
-impl FailAfterDeadline {
+impl Hooks for FailAfterDeadline {
     async fn request(
         &self,
         ctx: Context,
@@ -588,8 +572,7 @@ impl Faults {
     }
 }
 
-#[hooks]
-impl Faults {
+impl Hooks for Faults {
     async fn request(
         &self,
         ctx: Context,
@@ -618,7 +601,6 @@ impl Faults {
 /// Counts calls whose future was dropped before they finished: what a
 /// server does to a handler whose caller went away.
 #[derive(Clone, Default, Element)]
-#[element(server, client)]
 pub struct DropWatch {
     inner: Arc<DropWatchInner>,
 }
@@ -675,8 +657,7 @@ impl DropWatch {
     }
 }
 
-#[hooks]
-impl DropWatch {
+impl Hooks for DropWatch {
     async fn request(
         &self,
         ctx: Context,
@@ -704,7 +685,6 @@ impl DropWatch {
 
 /// Panics on the next call of one kind once armed: a bug in some element.
 #[derive(Clone, Default, Element)]
-#[element(server, client)]
 pub struct Panic {
     armed: Arc<Mutex<Option<Op>>>,
 }
@@ -729,8 +709,7 @@ impl Panic {
     }
 }
 
-#[hooks]
-impl Panic {
+impl Hooks for Panic {
     async fn request(
         &self,
         ctx: Context,
@@ -758,8 +737,7 @@ impl Panic {
 #[element(server)]
 pub struct SetPath(pub &'static str);
 
-#[hooks]
-impl SetPath {
+impl Hooks for SetPath {
     async fn request(
         &self,
         ctx: Context,
@@ -787,8 +765,7 @@ pub const CONNECT_TO: &str = "x-connect-to";
 #[element(server)]
 pub struct RouteByMetadata;
 
-#[hooks]
-impl RouteByMetadata {
+impl Hooks for RouteByMetadata {
     async fn request(
         &self,
         ctx: Context,

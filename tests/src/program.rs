@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::process::{ExitStatus, Output, Stdio};
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use url::Url;
@@ -81,13 +83,9 @@ impl Program {
     }
 }
 
-#[allow(unsafe_code)]
 fn signal_terminate(pid: u32) {
-    let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
-    // SAFETY: kill(2) with a valid signal number has no memory-safety
-    // preconditions; the pid is our own child's.
-    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-    assert_eq!(sent, 0, "kill(SIGTERM) failed");
+    let pid = Pid::from_raw(i32::try_from(pid).expect("a pid fits pid_t"));
+    kill(pid, Signal::SIGTERM).expect("kill(SIGTERM) failed");
 }
 
 /// Runs the program with `args` to the end and returns what it printed.

@@ -1,5 +1,6 @@
 //! Misuse of the macros fails to compile with an error at the user's tokens
-//! (the `.stderr` files beside each case in `tests/ui/`).
+//! (the `.stderr` files beside each case in `tests/ui/`), and what they
+//! promise to accept compiles and runs (`tests/ui/pass/`).
 //!
 //! After an intended change to a message, regenerate the expectations with
 //! `TRYBUILD=overwrite cargo test -p connect-tests --test ui` and review them.
@@ -8,4 +9,5 @@
 fn misuse_of_the_macros_is_a_clear_compile_error() {
     let cases = trybuild::TestCases::new();
     cases.compile_fail("ui/*.rs");
+    cases.pass("ui/pass/*.rs");
 }

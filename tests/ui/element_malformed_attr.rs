@@ -1,19 +1,11 @@
-use connect_runtime::{Element, hooks};
+use connect_runtime::{Element, Hooks};
 
-// Every mistake is reported in one compile.
 #[derive(Element)]
-#[element(server = true, name = 5, colour = "blue")]
 #[element]
+#[element = "server"]
+#[element(server client)]
 struct Malformed;
 
-#[derive(Element)]
-#[element(name = "no-roles")]
-struct NoRoles;
-
-#[hooks]
-impl Malformed {}
-
-#[hooks]
-impl NoRoles {}
+impl Hooks for Malformed {}
 
 fn main() {}

@@ -1,10 +1,9 @@
-use connect_runtime::{Element, hooks};
+use connect_runtime::{Element, Hooks};
 
 #[derive(Element)]
-#[element(client, server, client)]
-struct Twice;
+#[element(server, server, name = "a", name = "b")]
+struct Repeated;
 
-#[hooks]
-impl Twice {}
+impl Hooks for Repeated {}
 
 fn main() {}

@@ -1,7 +1,7 @@
 use connect_runtime::Element;
 
+// The derive alone is not enough: the element's logic is its `impl Hooks`.
 #[derive(Element)]
-#[element(server)]
 struct Hookless;
 
 fn main() {}

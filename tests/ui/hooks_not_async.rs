@@ -1,22 +1,14 @@
 use connect_runtime::proto::connection::Connection;
-use connect_runtime::proto::networkservice::NetworkServiceRequest;
-use connect_runtime::{Context, Element, Next, hooks};
-use tonic::Status;
+use connect_runtime::{Context, Element, Hooks, Next, Status};
 
 #[derive(Element)]
-#[element(server)]
 struct Blocking;
 
-#[hooks]
-impl Blocking {
-    fn request(
-        &self,
-        ctx: Context,
-        request: NetworkServiceRequest,
-        next: Next<'_>,
-    ) -> Result<Connection, Status> {
-        let _ = (ctx, request, next);
-        Ok(Connection::default())
+// A hook is an `async fn` (or returns a `Send` future).
+impl Hooks for Blocking {
+    fn close(&self, ctx: Context, conn: Connection, next: Next<'_>) -> Result<(), Status> {
+        let _ = (ctx, conn, next);
+        Ok(())
     }
 }
 

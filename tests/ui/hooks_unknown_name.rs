@@ -1,24 +1,13 @@
 use connect_runtime::proto::connection::Connection;
-use connect_runtime::proto::networkservice::NetworkServiceRequest;
-use connect_runtime::{Context, Element, Next, hooks};
-use tonic::Status;
+use connect_runtime::{Context, Element, Hooks, Next, Status};
 
 #[derive(Element)]
-#[element(server)]
-struct Typo;
+struct Misnamed;
 
-#[hooks]
-impl Typo {
-    async fn requst(
-        &self,
-        ctx: Context,
-        request: NetworkServiceRequest,
-        next: Next<'_>,
-    ) -> Result<Connection, Status> {
-        next.request(ctx, request).await
+impl Hooks for Misnamed {
+    async fn close_connection(&self, ctx: Context, conn: Connection, next: Next<'_>) -> Result<(), Status> {
+        next.close(ctx, conn).await
     }
-
-    fn helper(&self) {}
 }
 
 fn main() {}

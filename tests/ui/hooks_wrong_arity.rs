@@ -1,17 +1,12 @@
 use connect_runtime::proto::connection::Connection;
-use connect_runtime::proto::networkservice::NetworkServiceRequest;
-use connect_runtime::{Context, Element, hooks};
-use tonic::Status;
+use connect_runtime::{Context, Element, Hooks, Next, Status};
 
 #[derive(Element)]
-#[element(server)]
-struct NoNext;
+struct TooFew;
 
-#[hooks]
-impl NoNext {
-    async fn request(&self, ctx: Context, request: NetworkServiceRequest) -> Result<Connection, Status> {
-        let _ = (ctx, request);
-        Ok(Connection::default())
+impl Hooks for TooFew {
+    async fn close(&self, ctx: Context, next: Next<'_>) -> Result<(), Status> {
+        next.close(ctx, Connection::default()).await
     }
 }
 

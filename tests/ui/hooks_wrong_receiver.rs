@@ -1,15 +1,12 @@
 use connect_runtime::proto::connection::Connection;
-use connect_runtime::{Context, Element, Next, hooks};
-use tonic::Status;
+use connect_runtime::{Context, Element, Hooks, Next, Status};
 
 #[derive(Element)]
-#[element(client)]
-struct Consumed;
+struct Owned;
 
-#[hooks]
-impl Consumed {
-    async fn close(self, ctx: Context, connection: Connection, next: Next<'_>) -> Result<(), Status> {
-        next.close(ctx, connection).await
+impl Hooks for Owned {
+    async fn close(self, ctx: Context, conn: Connection, next: Next<'_>) -> Result<(), Status> {
+        next.close(ctx, conn).await
     }
 }
 

@@ -1,14 +1,11 @@
 use connect_runtime::proto::connection::Connection;
-use connect_runtime::{Context, Element, Next, hooks};
-use tonic::Status;
+use connect_runtime::{Context, Element, Hooks, Next, Status};
 
 #[derive(Element)]
-#[element(server)]
 struct Mistyped;
 
-// The shape is right, so the compiler checks the types, at these tokens.
-#[hooks]
-impl Mistyped {
+// The compiler checks a hook against the trait, at these tokens.
+impl Hooks for Mistyped {
     async fn request(&self, ctx: Context, request: String, next: Next<'_>) -> Result<Connection, Status> {
         let _ = (ctx, request, next);
         Ok(Connection::default())

@@ -52,7 +52,7 @@ pub(crate) fn generate(root: &Path) -> Result<Vec<Generated>, String> {
         .collect()
 }
 
-/// Expands every derive and `#[hooks]` of ours in a file, keeping
+/// Expands every derive of ours in a file, keeping
 /// everything else, as `cargo expand` would show it.
 fn expand_file(source: &str) -> Result<String, String> {
     let file = syn::parse_file(source).map_err(|e| e.to_string())?;
@@ -65,16 +65,6 @@ fn expand_file(source: &str) -> Result<String, String> {
                 item.attrs.retain(|a| !is_helper(a));
                 items.push(syn::Item::Struct(item));
                 items.extend(expansions);
-            }
-            syn::Item::Impl(mut item) => {
-                let before = item.attrs.len();
-                item.attrs.retain(|a| !a.path().is_ident("hooks"));
-                if item.attrs.len() == before {
-                    items.push(syn::Item::Impl(item));
-                } else {
-                    let tokens = imp::hooks(TokenStream::new(), item.to_token_stream());
-                    items.extend(parse_items(tokens)?);
-                }
             }
             other => items.push(other),
         }

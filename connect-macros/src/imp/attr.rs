@@ -9,52 +9,46 @@ use super::ctxt::Ctxt;
 /// What `#[element(...)]` attributes say.
 #[derive(Default)]
 pub(super) struct ElementAttrs {
-    /// The first `#[element]` attribute, for errors about the whole.
-    pub(super) first: Option<Attribute>,
     pub(super) server: Option<syn::Path>,
     pub(super) client: Option<syn::Path>,
     pub(super) name: Option<LitStr>,
+    pub(super) krate: Option<syn::Path>,
 }
 
 /// What `#[map(...)]` attributes say.
 #[derive(Default)]
 pub(super) struct MapAttrs {
     pub(super) shards: Option<LitInt>,
+    pub(super) krate: Option<syn::Path>,
 }
+
+const ELEMENT_OPTIONS: &str =
+    "expected `server`, `client`, `name = \"...\"` or `crate = \"path::to::connect_runtime\"`";
 
 pub(super) fn element(cx: &Ctxt, attrs: &[Attribute]) -> ElementAttrs {
     let mut out = ElementAttrs::default();
     for attr in attrs.iter().filter(|a| a.path().is_ident("element")) {
-        if out.first.is_none() {
-            out.first = Some(attr.clone());
-        }
         if !matches!(attr.meta, syn::Meta::List(_)) {
             cx.error_spanned_by(
                 attr,
-                "expected `#[element(server)]`, `#[element(client)]` or `#[element(server, client)]`",
+                format!("expected `#[element(...)]`: {ELEMENT_OPTIONS}"),
             );
             continue;
         }
         let parsed = attr.parse_nested_meta(|meta| {
             let path = meta.path.clone();
             if path.is_ident("server") || path.is_ident("client") {
+                let role = path.get_ident().expect("checked above").to_string();
                 if meta.input.peek(Token![=]) || meta.input.peek(syn::token::Paren) {
-                    let role = path.get_ident().expect("checked above");
                     cx.error_spanned_by(&path, format!("the `{role}` role takes no value"));
-                    // The role is still taken, so no "no role given" follows.
                     skip_value(&meta)?;
                 }
-                let slot = if path.is_ident("server") {
+                let slot = if role == "server" {
                     &mut out.server
                 } else {
                     &mut out.client
                 };
-                if slot.is_some() {
-                    let role = path.get_ident().expect("checked above");
-                    cx.error_spanned_by(&path, format!("the `{role}` role is given twice"));
-                } else {
-                    *slot = Some(path);
-                }
+                once(cx, slot, path, &role);
                 Ok(())
             } else if path.is_ident("name") {
                 let Some(name) = literal::<LitStr>(&meta)? else {
@@ -64,19 +58,19 @@ pub(super) fn element(cx: &Ctxt, attrs: &[Attribute]) -> ElementAttrs {
                     );
                     return Ok(());
                 };
-                if out.name.is_some() {
-                    cx.error_spanned_by(&path, "`name` is given twice");
-                } else if name.value().is_empty() {
+                if name.value().is_empty() {
                     cx.error_spanned_by(&name, "`name` must not be empty");
                 } else {
-                    out.name = Some(name);
+                    once(cx, &mut out.name, name, "name");
                 }
                 Ok(())
+            } else if path.is_ident("crate") {
+                crate_path(cx, &meta, &mut out.krate)
             } else {
                 cx.error_spanned_by(
                     &path,
                     format!(
-                        "unknown element option `{}`: expected `server`, `client` or `name = \"...\"`",
+                        "unknown element option `{}`: {ELEMENT_OPTIONS}",
                         path_text(&path)
                     ),
                 );
@@ -106,17 +100,15 @@ pub(super) fn map(cx: &Ctxt, attrs: &[Attribute]) -> MapAttrs {
                     );
                     return Ok(());
                 };
-                if out.shards.is_some() {
-                    cx.error_spanned_by(&meta.path, "`shards` is given twice");
-                } else {
-                    out.shards = Some(shards);
-                }
+                once(cx, &mut out.shards, shards, "shards");
                 Ok(())
+            } else if meta.path.is_ident("crate") {
+                crate_path(cx, &meta, &mut out.krate)
             } else {
                 cx.error_spanned_by(
                     &meta.path,
                     format!(
-                        "unknown map option `{}`: expected `shards = N`",
+                        "unknown map option `{}`: expected `shards = N` or `crate = \"...\"`",
                         path_text(&meta.path)
                     ),
                 );
@@ -128,6 +120,38 @@ pub(super) fn map(cx: &Ctxt, attrs: &[Attribute]) -> MapAttrs {
         }
     }
     out
+}
+
+/// Fills `slot` with `value`, or reports that the option came twice.
+fn once<T: ToTokens>(cx: &Ctxt, slot: &mut Option<T>, value: T, option: &str) {
+    if slot.is_some() {
+        cx.error_spanned_by(value, format!("`{option}` is given twice"));
+    } else {
+        *slot = Some(value);
+    }
+}
+
+/// `crate = "path"`: where the runtime is, for users who renamed it.
+fn crate_path(
+    cx: &Ctxt,
+    meta: &ParseNestedMeta<'_>,
+    slot: &mut Option<syn::Path>,
+) -> syn::Result<()> {
+    let Some(lit) = literal::<LitStr>(meta)? else {
+        cx.error_spanned_by(
+            &meta.path,
+            "`crate` takes a string literal: `crate = \"my_connect\"`",
+        );
+        return Ok(());
+    };
+    match lit.parse::<syn::Path>() {
+        Ok(path) => once(cx, slot, path, "crate"),
+        Err(_) => cx.error_spanned_by(
+            &lit,
+            format!("`{}` is not a path to the runtime crate", lit.value()),
+        ),
+    }
+    Ok(())
 }
 
 /// Parses `= <literal of type L>`; `None` if a value of another kind is

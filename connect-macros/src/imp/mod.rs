@@ -22,7 +22,7 @@ pub(crate) fn derive_element(input: TokenStream) -> TokenStream {
     valid::element(&cx, &element);
     match cx.check() {
         Ok(()) => expand::element(&element),
-        Err(errors) => with_errors(fallback::element(&input), errors),
+        Err(errors) => with_errors(fallback::element(&element), errors),
     }
 }
 
@@ -41,31 +41,6 @@ pub(crate) fn derive_concurrent_map(input: TokenStream) -> TokenStream {
         (Ok(()), Some(map)) => expand::map(map, true),
         (Err(errors), map) => with_errors(fallback::map(map.as_ref()), errors),
         (Ok(()), None) => unreachable!("a map that failed to parse reported an error"),
-    }
-}
-
-/// `#[hooks]`.
-pub(crate) fn hooks(args: TokenStream, item: TokenStream) -> TokenStream {
-    let item_impl: syn::ItemImpl = match syn::parse2(item.clone()) {
-        Ok(item_impl) => item_impl,
-        Err(_) => {
-            let err = syn::Error::new_spanned(
-                &item,
-                "#[hooks] goes on an inherent impl block: `#[hooks] impl MyElement { async fn request(...) ... }`",
-            );
-            // Hand the item back untouched so that it still compiles.
-            return with_errors(item, vec![err]);
-        }
-    };
-    let cx = ctxt::Ctxt::new();
-    if !args.is_empty() {
-        cx.error_spanned_by(&args, "#[hooks] takes no arguments");
-    }
-    let hooks = ast::Hooks::from_syn(&cx, &item_impl);
-    valid::hooks(&cx, &hooks);
-    match cx.check() {
-        Ok(()) => expand::hooks(&hooks),
-        Err(errors) => with_errors(fallback::hooks(&item_impl), errors),
     }
 }
 

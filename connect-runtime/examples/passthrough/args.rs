@@ -1,9 +1,11 @@
-//! Command-line parsing: small enough to do by hand, strict enough that every
-//! mistake gets a one-line error naming it.
+//! Command-line parsing, on `lexopt`: strict enough that every mistake gets a
+//! one-line error naming it.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use lexopt::Arg;
 use url::Url;
 
 use connect_runtime::Target;
@@ -60,7 +62,7 @@ pub(crate) enum LogFormat {
     Json,
 }
 
-pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
+pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Mode, String> {
     let mut listen = None;
     let mut connect_to = None;
     let mut dial_timeout = None;
@@ -68,38 +70,42 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, Stri
     let mut endpoint = false;
     let mut connections = None;
     let (mut cert, mut key, mut ca) = (None, None, None);
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => {
-                (flag.to_owned(), Some(value.to_owned()))
+    let mut parser = lexopt::Parser::from_args(args);
+    while let Some(arg) = parser.next().map_err(message)? {
+        let flag = match arg {
+            Arg::Short(c) => format!("-{c}"),
+            Arg::Long(name) => format!("--{name}"),
+            Arg::Value(value) => {
+                return Err(format!(
+                    "unknown argument `{}` (see --help)",
+                    value.display()
+                ));
             }
-            _ => (arg.clone(), None),
         };
-        let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{name} needs a value"))
+        let mut value = || parser.value().map_err(|_| format!("{flag} needs a value"));
+        let text = |value: OsString| {
+            value
+                .into_string()
+                .map_err(|value| format!("{flag} takes text, not `{}`", value.display()))
         };
         match flag.as_str() {
             "-h" | "--help" => return Ok(Mode::Help),
             "--endpoint" => endpoint = true,
-            "--listen" => listen = Some(url(&value("--listen")?)?),
-            "--connect-to" => connect_to = Some(url(&value("--connect-to")?)?),
-            "--dial-timeout" => dial_timeout = Some(duration(&value("--dial-timeout")?)?),
-            "--tls-cert" => cert = Some(PathBuf::from(value("--tls-cert")?)),
-            "--tls-key" => key = Some(PathBuf::from(value("--tls-key")?)),
-            "--tls-ca" => ca = Some(PathBuf::from(value("--tls-ca")?)),
+            "--listen" => listen = Some(url(&text(value()?)?)?),
+            "--connect-to" => connect_to = Some(url(&text(value()?)?)?),
+            "--dial-timeout" => dial_timeout = Some(duration(&text(value()?)?)?),
+            "--tls-cert" => cert = Some(PathBuf::from(value()?)),
+            "--tls-key" => key = Some(PathBuf::from(value()?)),
+            "--tls-ca" => ca = Some(PathBuf::from(value()?)),
             "--log-format" => {
-                log = Some(match value("--log-format")?.as_str() {
+                log = Some(match text(value()?)?.as_str() {
                     "text" => LogFormat::Text,
                     "json" => LogFormat::Json,
                     other => return Err(format!("--log-format is text or json, not `{other}`")),
                 })
             }
             "--connections" => {
-                let text = value("--connections")?;
+                let text = text(value()?)?;
                 connections = Some(text.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(
                     || format!("--connections takes a positive number, not `{text}`"),
                 )?)
@@ -141,6 +147,16 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, Stri
             connections: connections.unwrap_or(1000),
         }),
         _ => Err("--connections is for the demo; --dial-timeout for --listen".into()),
+    }
+}
+
+/// The parser's own errors, worded like ours.
+fn message(err: lexopt::Error) -> String {
+    match err {
+        lexopt::Error::UnexpectedValue { option, value } => {
+            format!("{option} takes no value, not `{}`", value.display())
+        }
+        other => other.to_string(),
     }
 }
 

@@ -11,8 +11,8 @@ use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
 use connect_runtime::{
-    ClientChain, ClientConn, ClientUrl, Connect, Context, DialOptions, Element, GrpcClient,
-    Monitor, Next, ServerChain, ServerHandle, dial, hooks, serve,
+    ClientChain, ClientConn, ClientUrl, Connect, Context, DialOptions, Element, GrpcClient, Hooks,
+    Monitor, Next, ServerChain, ServerHandle, dial, serve,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -27,8 +27,7 @@ struct Tally {
     closes: Arc<AtomicUsize>,
 }
 
-#[hooks]
-impl Tally {
+impl Hooks for Tally {
     async fn request(
         &self,
         ctx: Context,

@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use args::{LogFormat, Mode};
 
 fn main() -> ExitCode {
-    let mode = match args::parse(std::env::args().skip(1)) {
+    let mode = match args::parse(std::env::args_os().skip(1)) {
         Ok(mode) => mode,
         Err(err) => {
             eprintln!("passthrough: {err}");

@@ -8,8 +8,8 @@ use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::tls::{ClientTls, Identity, ServerTls, TlsError};
 use connect_runtime::{
-    ClientChain, ClientUrl, Connect, Context, DialOptions, Element, GrpcClient, Monitor, Next,
-    Serve, ServerChain, hooks,
+    ClientChain, ClientUrl, Connect, Context, DialOptions, Element, GrpcClient, Hooks, Monitor,
+    Next, Serve, ServerChain,
 };
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -153,8 +153,7 @@ impl Signals {
 #[element(server)]
 struct Logged(&'static str);
 
-#[hooks]
-impl Logged {
+impl Hooks for Logged {
     async fn request(
         &self,
         ctx: Context,

@@ -10,262 +10,24 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 use std::{fmt, io};
 
-use base64::Engine as _;
-use http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::body::Body;
-use tonic::metadata::errors::{InvalidMetadataKey, InvalidMetadataValue};
-use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tracing::Instrument;
 use url::Url;
 
+use super::error::{DialError, error_chain};
+use super::options::DialOptions;
 use super::replay::OutBody;
+use super::reply::checked;
 use super::socket::{Io, Unanswered, connect_tcp, connect_unix};
-use super::target::{Target, UrlError};
-use super::tls::{ClientTls, TlsError};
-use crate::context::deadline_after;
+use super::target::{Target, UrlError, UrlProblem};
+use crate::chain::deadline_after;
 use crate::map::lock;
 use crate::outcome::not_sent;
-
-/// The dial timeout when none is given: 100 ms, as in Go's connect v0.5.0.
-pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_millis(100);
-
-/// How to dial a remote.
-///
-/// ```
-/// use std::time::Duration;
-/// use connect_runtime::{DialOptions, Keepalive};
-///
-/// let options = DialOptions::new()
-///     .timeout(Duration::from_millis(250))
-///     .keepalive(Keepalive::new(Duration::from_secs(10), Duration::from_secs(5)))
-///     .bearer_token("s3cret")
-///     .unwrap();
-/// assert_eq!(options.dial_timeout(), Duration::from_millis(250));
-/// assert!(DialOptions::new().metadata("Bad Key", "v").is_err());
-/// ```
-#[derive(Clone, Debug)]
-pub struct DialOptions {
-    timeout: Duration,
-    tls: Option<ClientTls>,
-    keepalive: Option<Keepalive>,
-    metadata: HeaderMap,
-    close_on: Option<CancellationToken>,
-    on_end: Option<CancellationToken>,
-}
-
-/// HTTP/2 keepalive: a PING every `interval`; the connection is dropped if
-/// no answer comes within `timeout`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Keepalive {
-    /// Time between PINGs.
-    pub interval: Duration,
-    /// How long to wait for a PING's answer.
-    pub timeout: Duration,
-    /// Whether to PING while no call is in flight.
-    pub while_idle: bool,
-}
-
-impl Keepalive {
-    /// Keepalive that PINGs only while calls are in flight.
-    pub fn new(interval: Duration, timeout: Duration) -> Self {
-        let while_idle = false;
-        Self {
-            interval,
-            timeout,
-            while_idle,
-        }
-    }
-}
-
-/// A metadata entry [`DialOptions::metadata`] cannot send.
-#[derive(Debug, thiserror::Error)]
-pub enum MetadataError {
-    /// Not a valid ASCII metadata key (lowercase, no spaces, not `-bin`).
-    #[error("`{key}` is not a valid ASCII metadata key")]
-    Key {
-        /// The key given.
-        key: String,
-        /// Why.
-        #[source]
-        source: InvalidMetadataKey,
-    },
-    /// Not a valid metadata value (a control character, say).
-    #[error("the value for metadata key `{key}` is not a valid header value")]
-    Value {
-        /// The key it was for.
-        key: String,
-        /// Why.
-        #[source]
-        source: InvalidMetadataValue,
-    },
-}
-
-impl Default for DialOptions {
-    fn default() -> Self {
-        Self {
-            timeout: DEFAULT_DIAL_TIMEOUT,
-            tls: None,
-            keepalive: None,
-            metadata: HeaderMap::new(),
-            close_on: None,
-            on_end: None,
-        }
-    }
-}
-
-impl DialOptions {
-    /// Plaintext HTTP/2, [`DEFAULT_DIAL_TIMEOUT`], no keepalive, no metadata.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Bounds the whole dial: connect, TLS, and the remote's first HTTP/2
-    /// answer. A bound too large for the clock saturates.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// The dial timeout.
-    pub fn dial_timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    /// Dials with TLS.
-    pub fn tls(mut self, tls: ClientTls) -> Self {
-        self.tls = Some(tls);
-        self
-    }
-
-    /// Enables HTTP/2 keepalive.
-    pub fn keepalive(mut self, keepalive: Keepalive) -> Self {
-        self.keepalive = Some(keepalive);
-        self
-    }
-
-    /// Adds `key: value` to the metadata of every call over the channel.
-    pub fn metadata(mut self, key: &str, value: &str) -> Result<Self, MetadataError> {
-        let name = AsciiMetadataKey::from_bytes(key.as_bytes());
-        let name = name.map_err(|source| MetadataError::Key {
-            key: key.into(),
-            source,
-        })?;
-        let value = AsciiMetadataValue::try_from(value);
-        let value = value.map_err(|source| MetadataError::Value {
-            key: key.into(),
-            source,
-        })?;
-        let name = http::HeaderName::from_bytes(name.as_str().as_bytes());
-        let value = HeaderValue::from_bytes(value.as_encoded_bytes());
-        self.metadata.insert(
-            name.expect("a metadata key is a header name"),
-            value.expect("a metadata value is a header value"),
-        );
-        Ok(self)
-    }
-
-    /// Sends `authorization: Bearer <token>` with every call.
-    pub fn bearer_token(self, token: &str) -> Result<Self, MetadataError> {
-        self.metadata("authorization", &format!("Bearer {token}"))
-    }
-
-    /// Closes the channel's connection when `token` is cancelled, whoever
-    /// still holds the channel: calls in flight fail, and it never dials
-    /// again. `connect` dials its clients this way, so that cancelling a
-    /// client closes its connection at once.
-    pub fn close_on(mut self, token: CancellationToken) -> Self {
-        self.close_on = Some(token);
-        self
-    }
-
-    /// Cancels `token` when the channel ends for good ([`ClientConn::ended`]).
-    pub(crate) fn on_end(mut self, token: CancellationToken) -> Self {
-        self.on_end = Some(token);
-        self
-    }
-}
-
-/// Why a dial failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DialError {
-    /// The URL is not one connect can dial.
-    #[error(transparent)]
-    Url(#[from] UrlError),
-    /// The TLS options cannot dial this target (no name to verify, say).
-    #[error("cannot dial {url}: {source}")]
-    Tls {
-        /// Where the dial was going.
-        url: String,
-        /// What is wrong.
-        #[source]
-        source: TlsError,
-    },
-    /// No answer from the remote within the dial timeout.
-    #[error("dialing {url}: no answer from the remote within {timeout:?}")]
-    Timeout {
-        /// Where the dial was going.
-        url: String,
-        /// The dial timeout.
-        timeout: Duration,
-    },
-    /// Connecting failed: refused, no such socket, the TLS handshake, the
-    /// connection closed before the remote answered.
-    #[error("dialing {url}: {source}")]
-    Connect {
-        /// Where the dial was going.
-        url: String,
-        /// The I/O error.
-        #[source]
-        source: io::Error,
-    },
-    /// The HTTP/2 handshake failed.
-    #[error("dialing {url}: HTTP/2 handshake: {source}")]
-    Handshake {
-        /// Where the dial was going.
-        url: String,
-        /// hyper's error.
-        #[source]
-        source: hyper::Error,
-    },
-    /// The remote answered, but not with HTTP/2.
-    #[error("dialing {url}: the remote does not speak HTTP/2")]
-    NotHttp2 {
-        /// Where the dial was going.
-        url: String,
-    },
-}
-
-impl From<DialError> for Status {
-    fn from(err: DialError) -> Self {
-        match err {
-            DialError::Url(err) => err.into(),
-            err @ DialError::Tls { .. } => Status::invalid_argument(error_chain(&err)),
-            err => Status::unavailable(error_chain(&err)),
-        }
-    }
-}
-
-/// Renders an error and its causes, `outer: inner: innermost`, skipping a
-/// cause the text already ends with.
-pub(crate) fn error_chain(err: &(dyn StdError + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
 
 /// A dialed channel to a remote, which tonic's clients call through, adding
 /// the dial options' metadata to every call. Cheap to clone; clones share
@@ -397,10 +159,10 @@ pub async fn dial(url: &Url, options: &DialOptions) -> Result<ClientConn, DialEr
     };
     // `localhost` on a unix socket, as grpc-go sends: h2 refuses a
     // %-encoded path.
-    let authority = target.authority().parse().map_err(|err| UrlError {
-        url: url.to_string(),
-        reason: format!("`{}` is not an HTTP authority: {err}", target.authority()),
-    })?;
+    let authority = target
+        .authority()
+        .parse()
+        .map_err(|_| UrlError::new(url, UrlProblem::Authority(target.authority())))?;
     let url = Arc::new(url.clone());
     let ending = Arc::new(Ending {
         token: CancellationToken::new(),
@@ -595,7 +357,7 @@ impl Shared {
             .try_send_request(http::Request::from_parts(head, body))
             .await
         {
-            Ok(response) => return Ok(self.checked(response)?),
+            Ok(response) => return Ok(checked(&self.url, response)?),
             Err(mut err) => (err.take_message(), err.into_error()),
         };
         let request = match (unsent, again) {
@@ -605,7 +367,7 @@ impl Shared {
         };
         let (mut send, _) = self.connection(Some(generation)).await?;
         match send.try_send_request(request).await {
-            Ok(response) => Ok(self.checked(response)?),
+            Ok(response) => Ok(checked(&self.url, response)?),
             Err(err) => Err(self.failed(err.into_error())),
         }
     }
@@ -670,57 +432,6 @@ impl Shared {
         }
         Box::new(err)
     }
-
-    /// A reply tonic can read safely: gRPC by its content type, with status
-    /// details that are base64 (tonic panics on others).
-    fn checked(&self, response: http::Response<Incoming>) -> Result<http::Response<Body>, Status> {
-        let (mut head, body) = response.into_parts();
-        let content_type = head.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
-        let grpc = content_type.is_some_and(|t| t.starts_with(b"application/grpc"));
-        if head.status == http::StatusCode::OK && !grpc && !head.headers.contains_key(GRPC_STATUS) {
-            let content_type = String::from_utf8_lossy(content_type.unwrap_or(b"none"));
-            let why = format!(
-                "{} answered with content-type {content_type}, not gRPC",
-                self.url
-            );
-            return Err(Status::internal(why));
-        }
-        sanitize_status(&mut head.headers);
-        Ok(http::Response::from_parts(
-            head,
-            Body::new(Checked { body }),
-        ))
-    }
-}
-
-const GRPC_STATUS: &str = "grpc-status";
-const GRPC_STATUS_DETAILS: &str = "grpc-status-details-bin";
-
-/// Replaces a status whose details are not base64 by `Internal` saying so.
-fn sanitize_status(headers: &mut HeaderMap) {
-    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-    let Some(details) = headers.get(GRPC_STATUS_DETAILS) else {
-        return;
-    };
-    // How tonic decodes: the standard alphabet, padding optional.
-    let config =
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
-    if GeneralPurpose::new(&base64::alphabet::STANDARD, config)
-        .decode(details)
-        .is_ok()
-    {
-        return;
-    }
-    let code = headers
-        .get(GRPC_STATUS)
-        .map_or("none".into(), |c| String::from_utf8_lossy(c.as_bytes()));
-    let message = format!(
-        "the remote's status (grpc-status {code}) has malformed grpc-status-details-bin: not base64"
-    );
-    headers.remove(GRPC_STATUS_DETAILS);
-    headers.insert(GRPC_STATUS, HeaderValue::from_static("13"));
-    let message = HeaderValue::from_str(&message).expect("an ASCII message");
-    headers.insert("grpc-message", message);
 }
 
 /// A call the remote refused as it went away: past its GOAWAY's last
@@ -740,41 +451,4 @@ fn source_of<'a, E: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Op
         source = cause.source();
     }
     None
-}
-
-pin_project_lite::pin_project! {
-    /// A reply body whose trailers are checked as the headers were.
-    struct Checked {
-        #[pin]
-        body: Incoming,
-    }
-}
-
-impl HttpBody for Checked {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project()
-            .body
-            .poll_frame(cx)
-            .map_ok(|frame| match frame.into_trailers() {
-                Ok(mut trailers) => {
-                    sanitize_status(&mut trailers);
-                    Frame::trailers(trailers)
-                }
-                Err(frame) => frame,
-            })
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
 }

@@ -3,10 +3,24 @@
 //! through ([`dial`], [`ClientConn`]), TLS ([`tls`]), and the server that
 //! runs a chain ([`serve`], [`Serve`], [`ChainService`]).
 
-pub(crate) mod dial;
+mod dial;
+mod error;
+mod options;
 mod replay;
-pub(crate) mod serve;
-pub(crate) mod service;
-pub(crate) mod socket;
-pub(crate) mod target;
+mod reply;
+mod serve;
+mod service;
+mod socket;
+mod target;
 pub mod tls;
+
+pub use dial::{ClientConn, ResponseFuture, TransportError, dial};
+pub use error::DialError;
+pub use options::{DEFAULT_DIAL_TIMEOUT, DialOptions, Keepalive, MetadataError};
+pub use serve::{
+    ConnectionStats, DEFAULT_GRACE_PERIOD, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_SERVER_KEEPALIVE, Peer, Serve, ServeError,
+    ServerHandle, serve,
+};
+pub use service::ChainService;
+pub use target::{Target, UrlError, UrlProblem};

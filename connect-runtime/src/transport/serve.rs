@@ -32,7 +32,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 use url::Url;
 
-use super::dial::Keepalive;
+use super::options::Keepalive;
 use super::service::ChainService;
 use super::socket::{Io, Stream};
 use super::target::{Target, UrlError};
@@ -420,7 +420,9 @@ impl ServerHandle {
     }
 
     /// Stops at once: the listener and every connection are closed, calls in
-    /// flight are cut off. For simulating a crashed remote.
+    /// flight are cut off. For simulating a crashed remote in tests (feature
+    /// `test-util`); dropping the handle does the same without waiting.
+    #[cfg(feature = "test-util")]
     pub async fn kill(mut self) {
         self.hard_stop.cancel();
         self.join().await;

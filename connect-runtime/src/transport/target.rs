@@ -41,20 +41,73 @@ pub enum Target {
 ///
 /// As a gRPC status it is `InvalidArgument` (see the `From` impl), since the
 /// URL came from the caller or its configuration.
+///
+/// ```
+/// use connect_runtime::{Target, transport::UrlProblem};
+///
+/// let err = Target::parse("tcp://127.0.0.1").unwrap_err();
+/// assert_eq!(err.problem, UrlProblem::MissingPort);
+/// assert_eq!(err.to_string(), "invalid URL `tcp://127.0.0.1`: missing port");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid URL `{url}`: {reason}")]
+#[error("invalid URL `{url}`: {problem}")]
 pub struct UrlError {
     /// The URL as given.
     pub url: String,
     /// What is wrong with it.
-    pub reason: String,
+    pub problem: UrlProblem,
+}
+
+/// What is wrong with a URL connect cannot use.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UrlProblem {
+    /// It does not parse as a URL.
+    #[error(transparent)]
+    Parse(#[from] url::ParseError),
+    /// A scheme other than `tcp` or `unix`.
+    #[error("unsupported scheme `{0}`: expected tcp://host:port or unix:///path")]
+    Scheme(String),
+    /// `user:password@` is given.
+    #[error("user-info is not allowed")]
+    UserInfo,
+    /// `?query` is given.
+    #[error("a query is not allowed")]
+    Query,
+    /// `#fragment` is given.
+    #[error("a fragment is not allowed")]
+    Fragment,
+    /// A `tcp` URL without a host.
+    #[error("missing host")]
+    MissingHost,
+    /// A `tcp` URL without a port.
+    #[error("missing port")]
+    MissingPort,
+    /// A `tcp` URL with a path.
+    #[error("a tcp URL has no path")]
+    TcpPath,
+    /// A `unix` URL with a host or port.
+    #[error("a unix URL names no host: use unix:///absolute/path")]
+    UnixHost,
+    /// A `unix` URL whose path is not absolute, or is `/`.
+    #[error("a unix URL needs an absolute socket path")]
+    UnixPath,
+    /// A `%` not followed by two hex digits.
+    #[error("malformed percent-encoding in path")]
+    PercentEncoding,
+    /// A path whose decoded bytes are not UTF-8.
+    #[error("path is not UTF-8")]
+    NotUtf8,
+    /// The host and port do not form an HTTP `:authority`.
+    #[error("`{0}` is not an HTTP authority")]
+    Authority(String),
 }
 
 impl UrlError {
-    fn new(url: impl fmt::Display, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(url: impl fmt::Display, problem: UrlProblem) -> Self {
         Self {
             url: url.to_string(),
-            reason: reason.into(),
+            problem,
         }
     }
 }
@@ -68,53 +121,53 @@ impl From<UrlError> for Status {
 impl Target {
     /// Parses and validates a URL string.
     pub fn parse(url: &str) -> Result<Self, UrlError> {
-        let parsed = Url::parse(url).map_err(|e| UrlError::new(url, e.to_string()))?;
+        let parsed = Url::parse(url).map_err(|e| UrlError::new(url, e.into()))?;
         Self::from_url(&parsed)
     }
 
     /// Validates a parsed URL: `tcp://host:port` or `unix:///path`, with no
     /// user-info, query or fragment.
     pub fn from_url(url: &Url) -> Result<Self, UrlError> {
-        let fail = |reason: &str| UrlError::new(url, reason);
+        let fail = |problem| UrlError::new(url, problem);
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(fail("user-info is not allowed"));
+            return Err(fail(UrlProblem::UserInfo));
         }
         if url.query().is_some() {
-            return Err(fail("a query is not allowed"));
+            return Err(fail(UrlProblem::Query));
         }
         if url.fragment().is_some() {
-            return Err(fail("a fragment is not allowed"));
+            return Err(fail(UrlProblem::Fragment));
         }
         match url.scheme() {
             "tcp" => {
                 let host = match url.host() {
-                    Some(url::Host::Domain("")) | None => return Err(fail("missing host")),
+                    Some(url::Host::Domain("")) | None => {
+                        return Err(fail(UrlProblem::MissingHost));
+                    }
                     Some(url::Host::Domain(name)) => name.to_owned(),
                     Some(url::Host::Ipv4(ip)) => ip.to_string(),
                     Some(url::Host::Ipv6(ip)) => ip.to_string(),
                 };
-                let port = url.port().ok_or_else(|| fail("missing port"))?;
+                let port = url.port().ok_or_else(|| fail(UrlProblem::MissingPort))?;
                 if !matches!(url.path(), "" | "/") {
-                    return Err(fail("a tcp URL has no path"));
+                    return Err(fail(UrlProblem::TcpPath));
                 }
                 Ok(Target::Tcp { host, port })
             }
             "unix" => {
                 if url.host_str().is_some_and(|h| !h.is_empty()) || url.port().is_some() {
-                    return Err(fail("a unix URL names no host: use unix:///absolute/path"));
+                    return Err(fail(UrlProblem::UnixHost));
                 }
                 let path = url.path();
                 if !path.starts_with('/') || path == "/" {
-                    return Err(fail("a unix URL needs an absolute socket path"));
+                    return Err(fail(UrlProblem::UnixPath));
                 }
-                let decoded = percent_decode(path).map_err(|reason| fail(&reason))?;
+                let decoded = percent_decode(path).map_err(fail)?;
                 Ok(Target::Unix {
                     path: PathBuf::from(decoded),
                 })
             }
-            other => Err(fail(&format!(
-                "unsupported scheme `{other}`: expected tcp://host:port or unix:///path"
-            ))),
+            other => Err(fail(UrlProblem::Scheme(other.to_owned()))),
         }
     }
 
@@ -147,25 +200,24 @@ impl fmt::Display for Target {
 }
 
 /// Undoes the URL's percent-encoding of a path (spaces and the like).
-fn percent_decode(path: &str) -> Result<String, String> {
+///
+/// Every `%` must start an escape of exactly two hex digits: a malformed one
+/// such as `%+f` or `%2` is an error, not a literal `%` nor a guess.
+fn percent_decode(path: &str) -> Result<String, UrlProblem> {
     let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
+    let malformed = bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !bytes
                 .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| "malformed percent-encoding in path".to_owned())?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if malformed {
+        return Err(UrlProblem::PercentEncoding);
     }
-    String::from_utf8(out).map_err(|_| "path is not UTF-8".to_owned())
+    percent_encoding::percent_decode(bytes)
+        .decode_utf8()
+        .map(|decoded| decoded.into_owned())
+        .map_err(|_| UrlProblem::NotUtf8)
 }
 
 #[cfg(test)]
@@ -192,6 +244,12 @@ mod tests {
             }
         );
         assert_eq!(
+            Target::parse("unix:///tmp/%41%2b%25%C3%A9.sock").unwrap(),
+            Target::Unix {
+                path: "/tmp/A+%\u{e9}.sock".into()
+            }
+        );
+        assert_eq!(
             Target::parse("unix:/tmp/x.sock").unwrap().to_string(),
             "unix:///tmp/x.sock"
         );
@@ -209,6 +267,12 @@ mod tests {
             ("unix://host/tmp/x", "names no host"),
             ("unix:///", "absolute socket path"),
             ("not a url", "relative URL without a base"),
+            ("unix:///tmp/%+f.sock", "malformed percent-encoding"),
+            ("unix:///tmp/%-1.sock", "malformed percent-encoding"),
+            ("unix:///tmp/%zz.sock", "malformed percent-encoding"),
+            ("unix:///tmp/%2", "malformed percent-encoding"),
+            ("unix:///tmp/x%", "malformed percent-encoding"),
+            ("unix:///tmp/%ff.sock", "not UTF-8"),
         ];
         for (url, reason) in cases {
             let err = Target::parse(url).unwrap_err();

@@ -16,7 +16,7 @@ mod workload;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let command = match options::parse(std::env::args().skip(1)) {
+    let command = match options::parse(std::env::args_os().skip(1)) {
         Ok(command) => command,
         Err(err) => {
             eprintln!("connect-bench: {err}\n\n{}", options::USAGE);

@@ -1,8 +1,11 @@
 //! What the harness measures: latencies, process CPU and peak memory, and
 //! the JSON line each workload prints.
 
-use std::fmt::Write;
 use std::time::Duration;
+
+use nix::sys::resource::{UsageWho, getrusage};
+use nix::sys::time::TimeVal;
+use serde::Serialize;
 
 /// Latencies of one kind of call, in microseconds.
 #[derive(Default)]
@@ -25,35 +28,36 @@ impl Latencies {
     }
 }
 
-/// User plus system CPU time this process has used so far.
-#[allow(unsafe_code)]
-pub(crate) fn cpu_time() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a full `rusage` into the pointer it is given,
-    // which points at one; RUSAGE_SELF is always a valid `who`.
-    let usage = unsafe {
-        if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
-            return Duration::ZERO;
-        }
-        usage.assume_init()
-    };
-    let time = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-    };
-    time(usage.ru_utime) + time(usage.ru_stime)
+/// What `getrusage(RUSAGE_SELF)` says about this process so far.
+struct Usage {
+    /// User plus system CPU time.
+    cpu: Duration,
+    /// Peak resident set (`ru_maxrss`), in KiB.
+    peak_rss_kb: u64,
 }
 
-/// The process's peak resident set (VmHWM), in KiB.
-pub(crate) fn peak_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+/// This process's usage, or zeros if `getrusage` fails (it cannot for
+/// `RUSAGE_SELF`).
+fn usage() -> Usage {
+    let Ok(usage) = getrusage(UsageWho::RUSAGE_SELF) else {
+        return Usage {
+            cpu: Duration::ZERO,
+            peak_rss_kb: 0,
+        };
+    };
+    let time = |t: TimeVal| {
+        Duration::from_secs(u64::try_from(t.tv_sec()).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec()).unwrap_or(0))
+    };
+    Usage {
+        cpu: time(usage.user_time()) + time(usage.system_time()),
+        peak_rss_kb: u64::try_from(usage.max_rss()).unwrap_or(0),
+    }
+}
+
+/// User plus system CPU time this process has used so far.
+pub(crate) fn cpu_time() -> Duration {
+    usage().cpu
 }
 
 /// One workload's results, printed as one JSON line.
@@ -72,14 +76,37 @@ pub(crate) struct Report {
     pub(crate) pairs: usize,
 }
 
+/// The JSON line: its fields, in this order, are what `compare`, the smoke
+/// test and BENCHMARKS.md read.
+#[derive(Serialize)]
+struct Line {
+    workload: &'static str,
+    mode: &'static str,
+    n: usize,
+    remotes: usize,
+    /// Each rep's wall time.
+    wall_ms: Vec<f64>,
+    median_wall_ms: f64,
+    median_pairs_per_s: f64,
+    req_p50_us: u64,
+    req_p99_us: u64,
+    pair_p50_us: u64,
+    pair_p99_us: u64,
+    close_p50_us: u64,
+    dials: usize,
+    errors: usize,
+    cpu_us_per_pair: f64,
+    /// The process's peak resident set so far, in KiB (`ru_maxrss`). Linux
+    /// counts the spawning process's resident set at the `exec` into it, so
+    /// this is at least that: `compare` and the smoke test are far smaller
+    /// than a workload's peak, but a large parent would hide it.
+    peak_rss_kb: u64,
+}
+
 impl Report {
     pub(crate) fn json(mut self) -> String {
         let mut walls: Vec<f64> = self.wall.iter().map(|w| w.as_secs_f64() * 1e3).collect();
-        let wall_list = walls
-            .iter()
-            .map(|w| format!("{w:.3}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let wall_ms = walls.iter().map(|&w| round(w, 3)).collect();
         walls.sort_by(f64::total_cmp);
         let median_wall_ms = walls.get(walls.len() / 2).copied().unwrap_or(0.0);
         let pairs_per_rep = self.n as f64;
@@ -93,30 +120,82 @@ impl Report {
         } else {
             0.0
         };
-        let mut line = String::new();
-        let _ = write!(
-            line,
-            "{{\"workload\":\"{}\",\"mode\":\"{}\",\"n\":{},\"remotes\":{},\"wall_ms\":[{}],\
-             \"median_wall_ms\":{:.3},\"median_pairs_per_s\":{:.1},\
-             \"req_p50_us\":{},\"req_p99_us\":{},\"pair_p50_us\":{},\"pair_p99_us\":{},\
-             \"close_p50_us\":{},\"dials\":{},\"errors\":{},\"cpu_us_per_pair\":{:.1},\"peak_rss_kb\":{}}}",
-            self.workload,
-            self.mode,
-            self.n,
-            self.remotes,
-            wall_list,
-            median_wall_ms,
-            median_pairs_per_s,
-            self.request.percentile(0.50),
-            self.request.percentile(0.99),
-            self.pair.percentile(0.50),
-            self.pair.percentile(0.99),
-            self.close.percentile(0.50),
-            self.dials,
-            self.errors,
-            cpu_us_per_pair,
-            peak_rss_kb(),
-        );
-        line
+        let line = Line {
+            workload: self.workload,
+            mode: self.mode,
+            n: self.n,
+            remotes: self.remotes,
+            wall_ms,
+            median_wall_ms: round(median_wall_ms, 3),
+            median_pairs_per_s: round(median_pairs_per_s, 1),
+            req_p50_us: self.request.percentile(0.50),
+            req_p99_us: self.request.percentile(0.99),
+            pair_p50_us: self.pair.percentile(0.50),
+            pair_p99_us: self.pair.percentile(0.99),
+            close_p50_us: self.close.percentile(0.50),
+            dials: self.dials,
+            errors: self.errors,
+            cpu_us_per_pair: round(cpu_us_per_pair, 1),
+            peak_rss_kb: usage().peak_rss_kb,
+        };
+        serde_json::to_string(&line).expect("a report serialises")
+    }
+}
+
+/// `value` to `decimals` places, as the report prints it.
+fn round(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_is_one_json_object_with_every_field() {
+        let mut request = Latencies::default();
+        for us in [10, 20, 30, 40] {
+            request.push(Duration::from_micros(us));
+        }
+        let report = Report {
+            workload: "a",
+            mode: "connect",
+            n: 4,
+            remotes: 1,
+            wall: vec![Duration::from_micros(2_500_400), Duration::from_millis(2)],
+            request,
+            pair: Latencies::default(),
+            close: Latencies::default(),
+            dials: 1,
+            errors: 0,
+            cpu: Duration::from_micros(1234),
+            pairs: 8,
+        };
+        let line = report.json();
+        assert!(!line.contains('\n'), "{line}");
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys.len(), 16, "{line}");
+        assert!(line.starts_with(r#"{"workload":"a","mode":"connect","n":4,"remotes":1,"#));
+        assert_eq!(json["wall_ms"], serde_json::json!([2500.4, 2.0]));
+        assert_eq!(json["median_wall_ms"], 2500.4);
+        assert_eq!(json["median_pairs_per_s"], 1.6);
+        assert_eq!(json["req_p50_us"], 20);
+        assert_eq!(json["req_p99_us"], 40);
+        assert_eq!(json["pair_p50_us"], 0);
+        assert_eq!(json["cpu_us_per_pair"], 154.3);
+        assert!(json["peak_rss_kb"].as_u64().unwrap() > 0, "{line}");
+    }
+
+    #[test]
+    fn getrusage_answers() {
+        assert!(cpu_time() > Duration::ZERO);
+        assert!(usage().peak_rss_kb > 0);
     }
 }

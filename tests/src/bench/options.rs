@@ -1,6 +1,9 @@
 //! The command line.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
+
+use lexopt::Arg;
 
 pub(crate) const USAGE: &str = "\
 usage:
@@ -79,11 +82,17 @@ pub(crate) struct Run {
     pub(crate) tls: bool,
 }
 
-pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
-    let mut args = args.into_iter();
-    let sub = args
-        .next()
-        .ok_or("a sub-command is required: serve or run")?;
+pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let sub = match parser.next().map_err(message)? {
+        Some(Arg::Value(sub)) => sub.to_string_lossy().into_owned(),
+        _ => return Err("a sub-command is required first: serve, run or compare".into()),
+    };
+    if !matches!(sub.as_str(), "serve" | "run" | "compare") {
+        return Err(format!(
+            "unknown sub-command `{sub}`: serve, run or compare"
+        ));
+    }
     let mut n = None;
     let mut addr_file = None;
     let mut remotes = None;
@@ -91,8 +100,13 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
     let mut workloads = None;
     let (mut reps, mut iters, mut rounds) = (None, None, None);
     let mut tls = false;
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+    while let Some(arg) = parser.next().map_err(message)? {
+        let flag = match arg {
+            Arg::Short(c) => format!("-{c}"),
+            Arg::Long(name) => format!("--{name}"),
+            Arg::Value(value) => return Err(format!("unknown argument `{}`", value.display())),
+        };
+        let mut value = || text(&mut parser, &flag);
         match flag.as_str() {
             "-n" | "--n" => n = Some(number(&flag, &value()?)?),
             "--addr-file" => addr_file = Some(PathBuf::from(value()?)),
@@ -140,7 +154,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
             iters: iters.unwrap_or(2000),
             tls,
         })),
-        "compare" => Ok(Command::Compare {
+        _ => Ok(Command::Compare {
             run: Run {
                 remotes: remotes.ok_or("compare needs --remotes FILE")?,
                 mode: Mode::Connect,
@@ -153,10 +167,27 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
             },
             rounds: rounds.unwrap_or(5),
         }),
-        other => Err(format!(
-            "unknown sub-command `{other}`: serve, run or compare"
-        )),
     }
+}
+
+/// The parser's own errors, worded like ours.
+fn message(err: lexopt::Error) -> String {
+    match err {
+        lexopt::Error::UnexpectedValue { option, value } => {
+            format!("{option} takes no value, not `{}`", value.display())
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The value of `flag`, which was just seen, as text.
+fn text(parser: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
+    let value = parser
+        .value()
+        .map_err(|_| format!("{flag} needs a value"))?;
+    value
+        .into_string()
+        .map_err(|value| format!("{flag} takes text, not `{}`", value.display()))
 }
 
 fn number(flag: &str, text: &str) -> Result<usize, String> {
@@ -164,4 +195,76 @@ fn number(flag: &str, text: &str) -> Result<usize, String> {
         .ok()
         .filter(|n| *n > 0)
         .ok_or_else(|| format!("{flag} takes a positive number, not `{text}`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, String> {
+        super::parse(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn serve_run_and_compare_with_their_defaults() {
+        let Ok(Command::Serve { n, addr_file, tls }) =
+            parse(&["serve", "-n", "3", "--addr-file", "f.txt"])
+        else {
+            panic!("not serve");
+        };
+        assert_eq!((n, addr_file, tls), (3, PathBuf::from("f.txt"), false));
+
+        let Ok(Command::Run(run)) = parse(&[
+            "run",
+            "--remotes",
+            "r.txt",
+            "--mode=direct",
+            "--workload",
+            "a, c",
+            "--n",
+            "20",
+            "--tls",
+        ]) else {
+            panic!("not run");
+        };
+        assert_eq!(run.remotes, PathBuf::from("r.txt"));
+        assert_eq!(run.mode, Mode::Direct);
+        assert_eq!(run.workloads, [Workload::A, Workload::C]);
+        assert_eq!((run.n, run.reps, run.iters, run.tls), (20, 5, 2000, true));
+
+        let Ok(Command::Compare { run, rounds }) = parse(&["compare", "--remotes", "r.txt"]) else {
+            panic!("not compare");
+        };
+        assert_eq!(run.workloads.len(), 4);
+        assert_eq!((run.n, run.reps, run.iters, rounds), (1000, 5, 2000, 5));
+    }
+
+    #[test]
+    fn mistakes_name_the_flag() {
+        let cases: [(&[&str], &str); 11] = [
+            (&[], "a sub-command is required"),
+            (&["--tls"], "a sub-command is required"),
+            (&["bench"], "unknown sub-command `bench`"),
+            (&["serve", "-n", "0"], "-n takes a positive number, not `0`"),
+            (
+                &["run", "--reps", "x"],
+                "--reps takes a positive number, not `x`",
+            ),
+            (&["run", "--remotes"], "--remotes needs a value"),
+            (
+                &["run", "--mode", "fast"],
+                "--mode is connect or direct, not `fast`",
+            ),
+            (&["run", "--workload", "a,z"], "unknown workload `z`"),
+            (&["run", "--verbose"], "unknown argument `--verbose`"),
+            (&["run", "--tls=yes"], "--tls takes no value, not `yes`"),
+            (&["serve", "-n", "3"], "serve needs --addr-file FILE"),
+        ];
+        for (args, expected) in cases {
+            let err = parse(args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} parsed"));
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
+    }
 }

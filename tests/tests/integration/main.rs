@@ -8,5 +8,6 @@ mod fixtures;
 mod interop;
 mod program;
 mod served;
+mod spans;
 mod transport;
 mod wire;

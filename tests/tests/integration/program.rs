@@ -152,7 +152,7 @@ async fn sigterm_lets_calls_in_flight_finish_then_closes_every_client() {
 async fn bad_input_gets_one_line_and_a_non_zero_exit() {
     let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let in_use = format!("tcp://{}", taken.local_addr().unwrap());
-    let cases: [(&[&str], &str); 12] = [
+    let cases: [(&[&str], &str); 15] = [
         (
             &["--listen", "not a url", "--connect-to", "tcp://127.0.0.1:1"],
             "is not a URL",
@@ -209,6 +209,15 @@ async fn bad_input_gets_one_line_and_a_non_zero_exit() {
             &["--connections", "0"],
             "--connections takes a positive number, not `0`",
         ),
+        (
+            &["--connections=-3"],
+            "--connections takes a positive number, not `-3`",
+        ),
+        (
+            &["--endpoint=yes", "--listen", "tcp://127.0.0.1:0"],
+            "--endpoint takes no value, not `yes`",
+        ),
+        (&["stray"], "unknown argument `stray`"),
     ];
     for (args, expected) in cases {
         let output = run(args).await;

@@ -1,0 +1,194 @@
+//! One `connect` client: the lazily dialed channel to a remote URL and the
+//! client chain the factory built over it (Go's `connectClient`).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OnceCell;
+use tonic::Status;
+use url::Url;
+
+use crate::chain::BoxFuture;
+use crate::chain::ClientChain;
+use crate::chain::{ClientCancel, Context};
+use crate::map::lock;
+use crate::outcome::not_sent;
+use crate::proto::connection::Connection;
+use crate::proto::networkservice::NetworkServiceRequest;
+use crate::transport::{ClientConn, DialOptions, dial};
+
+/// Builds the client chain for a newly dialed remote (Go's `ClientFactory`).
+///
+/// Called once per client, with the client's own [`Context`] — its client URL
+/// and its [`ClientCancel`] handle, for elements such as
+/// [`Monitor`](crate::Monitor) — and the dialed channel. Any
+/// `Fn(&Context, ClientConn) -> ClientChain` is a factory.
+pub trait ClientFactory: Send + Sync + 'static {
+    /// The chain requests to this client's remote go through.
+    fn client(&self, ctx: &Context, conn: ClientConn) -> ClientChain;
+}
+
+impl<F> ClientFactory for F
+where
+    F: Fn(&Context, ClientConn) -> ClientChain + Send + Sync + 'static,
+{
+    fn client(&self, ctx: &Context, conn: ClientConn) -> ClientChain {
+        self(ctx, conn)
+    }
+}
+
+pub(crate) struct ConnectClient {
+    url: Arc<Url>,
+    cancel: ClientCancel,
+    /// The context the factory sees: the client URL and the cancel handle.
+    ctx: Context,
+    factory: Arc<dyn ClientFactory>,
+    dial_options: DialOptions,
+    /// The outcome of the one dial this instance makes; a failure sticks.
+    dialed: OnceCell<Result<(), Status>>,
+    /// The chain and its channel, until the client is cancelled and lets go.
+    chain: Mutex<Option<(ClientChain, ClientConn)>>,
+}
+
+impl ConnectClient {
+    pub(super) fn new(
+        url: Arc<Url>,
+        cancel: ClientCancel,
+        factory: Arc<dyn ClientFactory>,
+        dial_options: &DialOptions,
+    ) -> Arc<Self> {
+        let ctx = Context::new()
+            .with_client_url(Arc::clone(&url))
+            .with_client_cancel(cancel.clone())
+            .with_cancellation_token(cancel.token().clone());
+        Arc::new(Self {
+            // Cancelling the client closes its connection, even while clones
+            // of the channel live on in the chain; and the channel ending
+            // for good (the remote cannot be reached) cancels the client, so
+            // that it leaves the map and the next request dials afresh.
+            dial_options: dial_options
+                .clone()
+                .close_on(cancel.token().clone())
+                .on_end(cancel.token().clone()),
+            url,
+            cancel,
+            ctx,
+            factory,
+            dialed: OnceCell::new(),
+            chain: Mutex::new(None),
+        })
+    }
+
+    pub(super) fn url(&self) -> &Arc<Url> {
+        &self.url
+    }
+
+    pub(super) fn cancel_handle(&self) -> &ClientCancel {
+        &self.cancel
+    }
+
+    pub(super) fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Cancels the client and drops its chain (the chain's elements own the
+    /// channel clones, monitor tasks and streams).
+    pub(super) fn shut(&self) {
+        self.cancel.cancel();
+        let chain = lock(&self.chain).take();
+        drop(chain);
+    }
+
+    /// Whether the dial has completed successfully.
+    pub(super) fn is_dialed(&self) -> bool {
+        matches!(self.dialed.get(), Some(Ok(())))
+    }
+
+    /// Connections made to the remote: the first dial and each one after
+    /// the remote ended a connection.
+    pub(super) fn dials(&self) -> u64 {
+        lock(&self.chain)
+            .as_ref()
+            .map_or(0, |(_, conn)| conn.dials())
+    }
+
+    pub(super) async fn request(
+        &self,
+        ctx: Context,
+        request: NetworkServiceRequest,
+    ) -> Result<Connection, Status> {
+        let chain = self.chain(&ctx).await?;
+        chain.request(ctx, request).await
+    }
+
+    pub(super) async fn close(&self, ctx: Context, connection: Connection) -> Result<(), Status> {
+        let chain = self.chain(&ctx).await?;
+        chain.close(ctx, connection).await
+    }
+
+    /// The client chain, dialing on first use; the caller's deadline bounds
+    /// the dial too. A failure here sent nothing.
+    async fn chain(&self, ctx: &Context) -> Result<ClientChain, Status> {
+        if let Some((chain, _)) = lock(&self.chain).as_ref()
+            && !self.is_cancelled()
+        {
+            return Ok(chain.clone());
+        }
+        // Boxed: the dial's future is large and runs once per client.
+        let long_way: BoxFuture<'_, _> = Box::pin(ctx.run(self.chain_the_long_way()));
+        long_way.await.map_err(not_sent)
+    }
+
+    async fn chain_the_long_way(&self) -> Result<ClientChain, Status> {
+        if self.is_cancelled() {
+            return Err(self.cancelled());
+        }
+        self.dialed.get_or_init(|| self.connect()).await.clone()?;
+        let chain = lock(&self.chain).as_ref().map(|(chain, _)| chain.clone());
+        chain.ok_or_else(|| self.cancelled())
+    }
+
+    async fn connect(&self) -> Result<(), Status> {
+        // Calls wait for the remote's SETTINGS: a burst sent ahead of them
+        // queues inside hyper's connection task, slowly (BENCHMARKS.md).
+        // The dial's own failure, when there is one, says more than the
+        // cancellation it causes.
+        let conn = tokio::select! {
+            biased;
+            dialed = dial(&self.url, &self.dial_options) => dialed?,
+            () = self.cancel.cancelled() => return Err(self.cancelled()),
+        };
+        let factory = AssertUnwindSafe(|| self.factory.client(&self.ctx, conn.clone()));
+        let chain = std::panic::catch_unwind(factory).map_err(|panic| {
+            let what = panic_message(&*panic);
+            tracing::error!(url = %self.url, panic = %what, "the client factory panicked");
+            Status::internal(format!(
+                "the client factory panicked building the client for {}: {what}",
+                self.url
+            ))
+        })?;
+        let mut slot = lock(&self.chain);
+        if self.is_cancelled() {
+            // Cancelled while dialing: `shut` has run already.
+            return Err(self.cancelled());
+        }
+        *slot = Some((chain, conn));
+        Ok(())
+    }
+
+    fn cancelled(&self) -> Status {
+        Status::unavailable(format!(
+            "the client for {} was closed; the next request dials afresh",
+            self.url
+        ))
+    }
+}
+
+/// What a panic said, if it said it as a string.
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string payload".to_owned())
+}

@@ -1,0 +1,242 @@
+//! A request's and a close's way through `connect`: take the id's turn,
+//! find or make the client under a lease, call the remote, then the rest of
+//! the chain, and record or undo what happened.
+
+use std::sync::Arc;
+
+use tonic::Status;
+use url::Url;
+
+use super::client::ConnectClient;
+use super::lease::{Lease, may_have_acted};
+use super::state::{Record, Shared};
+use super::turns::Turn;
+use crate::chain::{Context, Next};
+use crate::proto::connection::Connection;
+use crate::proto::networkservice::NetworkServiceRequest;
+use crate::transport::Target;
+
+/// The context a client call runs with: the caller's deadline (sent to the
+/// remote, which ends the call there), without its cancellation token (an
+/// abandoned call is finished by its lease, bounded by the cleanup
+/// timeout), with the client's cancel handle.
+fn client_context(ctx: &Context, client: &ConnectClient) -> Context {
+    ctx.clone()
+        .without_cancellation_token()
+        .with_client_cancel(client.cancel_handle().clone())
+}
+
+fn in_context(status: Status, what: &str, id: &str, url: &Url) -> Status {
+    Status::new(
+        status.code(),
+        format!(
+            "connect: {what} of connection {id} via {url}: {}",
+            status.message()
+        ),
+    )
+}
+
+impl Shared {
+    pub(super) async fn request(
+        self: &Arc<Self>,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        let Some(connection) = request.connection.as_deref() else {
+            return Err(Status::invalid_argument(
+                "connect: the request has no connection",
+            ));
+        };
+        if connection.id.is_empty() {
+            return Err(Status::invalid_argument(
+                "connect: the request's connection has an empty id",
+            ));
+        }
+        let id: Arc<str> = Arc::from(connection.id.as_str());
+        let Some(url) = ctx.client_url_arc().cloned() else {
+            return Err(Status::invalid_argument(format!(
+                "connect: no client URL for connection {id}: put a clienturl element before connect"
+            )));
+        };
+        if let Err(err) = Target::from_url(&url) {
+            return Err(Status::invalid_argument(format!(
+                "connect: connection {id}: {err}"
+            )));
+        }
+
+        let turn = self.turns.take(&id).await;
+        let turn = match self.records.load(&*id) {
+            Some(record) if *record.client.url() == url => {
+                return self.refresh(ctx, request, next, record, turn).await;
+            }
+            // The URL changed: close at the old remote, then proceed as new.
+            // Boxed: a cold path that would otherwise swell every request.
+            Some(record) => Box::pin(self.leave(&id, record, turn)).await,
+            None => turn,
+        };
+        self.establish(ctx, request, next, url, id, turn).await
+    }
+
+    /// Closes `id` at the remote its record names and forgets the record,
+    /// before the connection moves elsewhere. A failure is only logged.
+    pub(super) async fn leave(self: &Arc<Self>, id: &Arc<str>, record: Record, turn: Turn) -> Turn {
+        let instance = record.instance;
+        self.records.delete_if(&**id, |r| r.instance == instance);
+        let old_url = Arc::clone(record.client.url());
+        let closing = Connection::clone(&record.connection);
+        let mut lease = Lease::adopt(Arc::clone(self), record, turn);
+        let ctx = self.cleanup_context(lease.client());
+        if let Err(status) = lease.close(ctx, closing).await {
+            tracing::warn!(
+                connection_id = %id,
+                url = %old_url,
+                error = %status.message(),
+                "closing at the previous remote failed"
+            );
+        }
+        lease.release()
+    }
+
+    pub(super) async fn refresh(
+        self: &Arc<Self>,
+        ctx: Context,
+        mut request: NetworkServiceRequest,
+        next: Next<'_>,
+        record: Record,
+        turn: Turn,
+    ) -> Result<Connection, Status> {
+        let client = Arc::clone(&record.client);
+        if client.is_cancelled() {
+            // Its monitor (or a heal element) gave up on the remote: forget
+            // the connection; the next request for it dials afresh.
+            self.forget(&turn, &record);
+            return Err(in_context(
+                Status::unavailable("its client was closed; request again to reconnect"),
+                "refresh",
+                turn.id(),
+                client.url(),
+            ));
+        }
+        let mut lease = Lease::borrow(Arc::clone(self), &record, turn);
+        let client_ctx = client_context(&ctx, &client);
+        let reply = match lease.request(client_ctx, request.clone()).await {
+            Ok(reply) => reply,
+            Err(status) => {
+                let status = in_context(status, "refresh", lease.id(), client.url());
+                let turn = lease.keep();
+                if client.is_cancelled() {
+                    // The remote could not be reached again: forget the
+                    // connection; the next request for it dials afresh.
+                    self.forget(&turn, &record);
+                }
+                return Err(status);
+            }
+        };
+        let turn = lease.keep();
+        let reply = Arc::new(reply);
+        self.records.store(
+            Arc::from(turn.id()),
+            Record {
+                connection: Arc::clone(&reply),
+                ..record
+            },
+        );
+        request.connection = Some(Box::new(Connection::clone(&reply)));
+        next.request(ctx, request).await
+    }
+
+    pub(super) async fn establish(
+        self: &Arc<Self>,
+        ctx: Context,
+        mut request: NetworkServiceRequest,
+        next: Next<'_>,
+        url: Arc<Url>,
+        id: Arc<str>,
+        turn: Turn,
+    ) -> Result<Connection, Status> {
+        let mut lease = self.acquire(&url, turn)?;
+        let client = Arc::clone(lease.client());
+        let outgoing = request.clone();
+        // From here the remote may have the connection: if this call is
+        // abandoned, the lease closes it there, as sent.
+        lease.may_exist_remotely(Arc::new(
+            outgoing.connection.as_deref().cloned().unwrap_or_default(),
+        ));
+        let client_ctx = client_context(&ctx, &client);
+        let reply = match lease.request(client_ctx, outgoing).await {
+            Ok(reply) => Box::new(reply),
+            Err(status) => {
+                if may_have_acted(&status) {
+                    // The remote may have it: dropping the armed lease closes
+                    // it there in the background, then releases.
+                    drop(lease);
+                } else {
+                    lease.release();
+                }
+                return Err(in_context(status, "request", &id, &url));
+            }
+        };
+        let last_known = Arc::new(Connection::clone(&reply));
+        lease.may_exist_remotely(Arc::clone(&last_known));
+        lease.record(id, last_known);
+        request.connection = Some(reply);
+        match next.request(ctx, request).await {
+            Ok(connection) => {
+                drop(lease.keep());
+                Ok(connection)
+            }
+            Err(status) => {
+                // Undo, with a deadline of its own: the caller's may be gone.
+                let cleanup = self.cleanup_context(&client);
+                let (closed, turn) = Box::pin(lease.undo(cleanup)).await;
+                if let Err(close) = closed {
+                    tracing::warn!(
+                        connection_id = %turn.id(),
+                        url = %url,
+                        error = %close.message(),
+                        "closing after the rest of the chain failed also failed"
+                    );
+                }
+                Err(status)
+            }
+        }
+    }
+
+    pub(super) async fn close(
+        self: &Arc<Self>,
+        ctx: Context,
+        connection: Connection,
+        next: Next<'_>,
+    ) -> Result<(), Status> {
+        let id: Arc<str> = Arc::from(connection.id.as_str());
+        let turn = self.turns.take(&id).await;
+        let (client_result, _turn) = match self.records.load_and_delete(&*id) {
+            Some(record) => {
+                let client_ctx = client_context(&ctx, &record.client);
+                let url = Arc::clone(record.client.url());
+                let mut lease = Lease::adopt(Arc::clone(self), record, turn);
+                let result = lease.close(client_ctx, connection.clone()).await;
+                (
+                    result.map_err(|s| in_context(s, "close", &id, &url)),
+                    lease.release(),
+                )
+            }
+            None => (
+                Err(Status::not_found(format!(
+                    "connect: no client found for connection {id}"
+                ))),
+                turn,
+            ),
+        };
+        let next_result = next.close(ctx, connection).await;
+        match (client_result, next_result) {
+            (Ok(()), next_result) => next_result,
+            (Err(client), Ok(())) => Err(client),
+            (Err(client), Err(next)) => Err(Status::new(
+                next.code(),
+                format!("{} (and {})", next.message(), client.message()),
+            )),
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The `connect` server element: forwards each incoming request, as a
+//! client, to the server its client URL names, keeping one client per URL
+//! for exactly as long as connections use it.
+
+mod client;
+mod forward;
+mod lease;
+mod state;
+mod turns;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use url::Url;
+
+pub use self::client::ClientFactory;
+use self::state::{Clients, ConnectionRecords, Shared};
+use self::turns::Turns;
+use crate::chain::ClientChain;
+use crate::chain::Context;
+use crate::chain::Next;
+use crate::proto::connection::Connection;
+use crate::proto::networkservice::NetworkServiceRequest;
+use crate::transport::{ClientConn, DialOptions};
+use crate::{Element, Hooks};
+
+/// How long the closes `connect` makes on its own behalf may take: after a
+/// failure, on a URL change, and for calls abandoned half-way.
+pub const DEFAULT_CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `connect` server element (Go's `connect.NewServer`).
+///
+/// For each `Request` it finds the client for the context's client URL —
+/// dialing lazily on first use, within the dial timeout — sends a copy of
+/// the request through that client's chain, and passes the remote's answer
+/// on to the rest of the server chain. `Close` closes the client side,
+/// releases the client, and always continues down the chain.
+///
+/// - One client per URL, shared by every connection forwarded there, and
+///   dropped (channel, tasks, TCP connection) when the last of those
+///   connections closes. Never a client for a URL with no connections.
+/// - A connection whose URL changes is closed at the old remote first.
+/// - If the remote or the rest of the chain fails a new connection, nothing
+///   is left behind; the caller sees the original error.
+/// - Calls for one connection id are applied one at a time, in arrival
+///   order; different ids do not wait for each other.
+/// - A caller that goes away mid-call (its future dropped, its cancellation
+///   token cancelled, its deadline passed) leaves nothing behind either: a
+///   client call already on its way runs to its end (within the cleanup
+///   timeout) and what it created on the remote is then closed, as last
+///   known, in the background, still holding the id's turn, so the remote
+///   never sees two calls for one id at once.
+/// - Cancelling a client through its [`ClientCancel`](crate::ClientCancel) handle (a
+///   [`Monitor`](crate::Monitor) does when the remote dies) closes it at
+///   once; connections bound to it fail their next request, and the request
+///   after that dials afresh.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use connect_runtime::proto::connection::Connection;
+/// use connect_runtime::proto::networkservice::NetworkServiceRequest;
+/// use connect_runtime::{
+///     ClientChain, ClientUrl, Connect, Context, GrpcClient, Monitor, Passthrough, ServerChain, serve,
+/// };
+/// use tokio_util::sync::CancellationToken;
+///
+/// // A remote endpoint.
+/// let endpoint = serve(
+///     &"tcp://127.0.0.1:0".parse()?,
+///     ServerChain::builder().with(Passthrough).build(),
+///     CancellationToken::new(),
+/// )
+/// .await?;
+///
+/// // A passthrough: clienturl → connect, with a health monitor in the client chain.
+/// let connect = Connect::new(|ctx: &Context, conn| {
+///     ClientChain::builder()
+///         .with(Monitor::new(ctx, conn.clone()))
+///         .with(GrpcClient::new(conn))
+///         .build()
+/// });
+/// let passthrough = ServerChain::builder()
+///     .with(ClientUrl::new(endpoint.url().clone()))
+///     .with(connect.clone())
+///     .build();
+///
+/// let request = NetworkServiceRequest {
+///     connection: Some(Box::new(Connection { id: "c-1".into(), ..Default::default() })),
+///     ..Default::default()
+/// };
+/// let conn = passthrough.request(Context::new(), request).await?;
+/// assert_eq!(connect.stats().clients[0].refs, 1);
+///
+/// passthrough.close(Context::new(), conn).await?;
+/// assert!(connect.stats().is_idle());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Element)]
+#[element(server, name = "connect")]
+pub struct Connect {
+    shared: Arc<Shared>,
+}
+
+/// Options for [`Connect`].
+pub struct ConnectBuilder {
+    factory: Arc<dyn ClientFactory>,
+    dial: DialOptions,
+    cleanup_timeout: Duration,
+    shutdown: Option<CancellationToken>,
+}
+
+impl fmt::Debug for ConnectBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectBuilder")
+            .field("dial", &self.dial)
+            .field("cleanup_timeout", &self.cleanup_timeout)
+            .field("shutdown", &self.shutdown)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectBuilder {
+    /// Bounds each dial (default [`DEFAULT_DIAL_TIMEOUT`](crate::DEFAULT_DIAL_TIMEOUT), 100 ms).
+    pub fn dial_timeout(mut self, timeout: Duration) -> Self {
+        self.dial = self.dial.timeout(timeout);
+        self
+    }
+
+    /// How clients dial: TLS, keepalive, per-call metadata, timeout.
+    pub fn dial_options(mut self, options: DialOptions) -> Self {
+        self.dial = options;
+        self
+    }
+
+    /// Bounds the closes `connect` makes on its own behalf (default
+    /// [`DEFAULT_CLEANUP_TIMEOUT`]).
+    pub fn cleanup_timeout(mut self, timeout: Duration) -> Self {
+        self.cleanup_timeout = timeout;
+        self
+    }
+
+    /// Closes every client when `token` is cancelled (dropping the last
+    /// clone of the element does too).
+    pub fn shutdown_on(mut self, token: CancellationToken) -> Self {
+        self.shutdown = Some(token);
+        self
+    }
+
+    /// The element.
+    pub fn build(self) -> Connect {
+        let root = match &self.shutdown {
+            Some(token) => token.child_token(),
+            None => CancellationToken::new(),
+        };
+        Connect {
+            shared: Arc::new(Shared {
+                factory: self.factory,
+                dial: self.dial,
+                cleanup_timeout: self.cleanup_timeout,
+                root,
+                records: ConnectionRecords::new(),
+                clients: Clients::new(),
+                clients_changed: Notify::new(),
+                turns: Turns::default(),
+            }),
+        }
+    }
+}
+
+/// What a [`Connect`] holds right now: for tests, logs and health endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnectStats {
+    /// Connections it has forwarded and not yet closed.
+    pub records: usize,
+    /// Connection ids with a call in progress or waiting for its turn.
+    pub in_flight: usize,
+    /// Calls queued behind another call for the same connection id.
+    pub waiting: usize,
+    /// Its clients, by URL.
+    pub clients: Vec<ClientStats>,
+}
+
+/// One client in [`ConnectStats`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientStats {
+    /// The remote's URL.
+    pub url: String,
+    /// Connections using it.
+    pub refs: usize,
+    /// Whether its dial has completed.
+    pub dialed: bool,
+    /// Connections it has made to the remote: its dial, and one more each
+    /// time the remote ended a connection (a GOAWAY) and a call needed one.
+    pub dials: u64,
+}
+
+impl ConnectStats {
+    /// No connections, no clients, no calls in flight.
+    pub fn is_idle(&self) -> bool {
+        self.records == 0 && self.in_flight == 0 && self.clients.is_empty()
+    }
+}
+
+impl Connect {
+    /// An element that builds clients with `factory`, with default options.
+    pub fn new<F>(factory: F) -> Self
+    where
+        F: Fn(&Context, ClientConn) -> ClientChain + Send + Sync + 'static,
+    {
+        Self::builder(factory).build()
+    }
+
+    /// Starts building an element with options; the factory is a closure.
+    pub fn builder<F>(factory: F) -> ConnectBuilder
+    where
+        F: Fn(&Context, ClientConn) -> ClientChain + Send + Sync + 'static,
+    {
+        Self::builder_with_factory(factory)
+    }
+
+    /// Starts building an element with options, from any [`ClientFactory`].
+    pub fn builder_with_factory(factory: impl ClientFactory) -> ConnectBuilder {
+        ConnectBuilder {
+            factory: Arc::new(factory),
+            dial: DialOptions::new(),
+            cleanup_timeout: DEFAULT_CLEANUP_TIMEOUT,
+            shutdown: None,
+        }
+    }
+
+    /// Closes every client now. Connections bound to them fail their next
+    /// request (which forgets them) and can be closed as usual.
+    pub fn shutdown(&self) {
+        self.shared.root.cancel();
+    }
+
+    /// Waits until the element is idle (see [`ConnectStats::is_idle`]):
+    /// every connection closed, every client gone, no call or cleanup in
+    /// flight. For graceful shutdowns and tests.
+    pub async fn idle(&self) {
+        self.wait_for(|stats| stats.is_idle()).await;
+    }
+
+    /// Waits until no call or cleanup is in flight and every cancelled
+    /// client has left the map; connections may still be open. What a test
+    /// or an operator waits for after a burst of activity, before reading
+    /// [`Connect::stats`].
+    pub async fn settled(&self) {
+        self.wait_for(|stats| stats.in_flight == 0).await;
+        self.wait_until_clients(|shared| {
+            let mut cancelled = false;
+            shared.clients.range(|_, client, _| {
+                cancelled |= client.is_cancelled();
+                !cancelled
+            });
+            !cancelled
+        })
+        .await;
+    }
+
+    /// Every connection it holds: id and the URL it was forwarded to.
+    pub fn connections(&self) -> Vec<(String, Url)> {
+        let mut connections = Vec::new();
+        self.shared.records.range(|id, record| {
+            connections.push((id.to_string(), Url::clone(record.client.url())));
+            true
+        });
+        connections.sort();
+        connections
+    }
+
+    /// Waits until `condition` holds of [`Connect::stats`], re-checking it
+    /// whenever a call starts waiting for its turn, a call ends, or a client
+    /// leaves the map (no polling).
+    pub async fn wait_for(&self, condition: impl Fn(&ConnectStats) -> bool) {
+        self.wait_until_clients(|_| condition(&self.stats())).await;
+    }
+
+    /// Re-checks `condition` whenever turns change or a client leaves the map.
+    async fn wait_until_clients(&self, condition: impl Fn(&Shared) -> bool) {
+        loop {
+            let turns_changed = self.shared.turns.changed().notified();
+            tokio::pin!(turns_changed);
+            turns_changed.as_mut().enable();
+            let clients_changed = self.shared.clients_changed.notified();
+            tokio::pin!(clients_changed);
+            clients_changed.as_mut().enable();
+            if condition(&self.shared) {
+                return;
+            }
+            tokio::select! {
+                () = turns_changed => {}
+                () = clients_changed => {}
+            }
+        }
+    }
+
+    /// A snapshot of its connections and clients.
+    pub fn stats(&self) -> ConnectStats {
+        let mut clients = Vec::new();
+        self.shared.clients.range(|url, client, refs| {
+            clients.push(ClientStats {
+                url: url.to_string(),
+                refs,
+                dialed: client.is_dialed(),
+                dials: client.dials(),
+            });
+            true
+        });
+        clients.sort_by(|a, b| a.url.cmp(&b.url));
+        ConnectStats {
+            records: self.shared.records.len(),
+            in_flight: self.shared.turns.len(),
+            waiting: self.shared.turns.waiting(),
+            clients,
+        }
+    }
+}
+
+impl fmt::Debug for Connect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connect")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Hooks for Connect {
+    async fn request(
+        &self,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        // The caller's limits bound what it waits for; an operation cut by
+        // them is finished by its lease, as one whose future was dropped.
+        let limits = ctx.clone();
+        limits
+            .run(Shared::request(&self.shared, ctx, request, next))
+            .await
+    }
+
+    async fn close(
+        &self,
+        ctx: Context,
+        connection: Connection,
+        next: Next<'_>,
+    ) -> Result<(), Status> {
+        let limits = ctx.clone();
+        limits
+            .run(Shared::close(&self.shared, ctx, connection, next))
+            .await
+    }
+}

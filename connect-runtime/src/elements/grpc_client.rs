@@ -1,0 +1,184 @@
+//! The element that ends a client chain by calling the remote.
+
+use std::time::Duration;
+
+use tonic::Status;
+use tonic::body::Body;
+use tonic::client::GrpcService;
+use tonic::metadata::{Ascii, MetadataValue};
+
+use crate::Context;
+use crate::chain::{BoxFuture, ClientElement, Next};
+use crate::outcome::not_sent;
+use crate::proto::connection::Connection;
+use crate::proto::networkservice::NetworkServiceRequest;
+use crate::proto::networkservice::network_service_client::NetworkServiceClient;
+use crate::transport::ClientConn;
+
+/// How long after a call's deadline [`GrpcClient`] waits for the remote's
+/// own answer (usually `DEADLINE_EXCEEDED`) before cutting the call off:
+/// waiting for it means the remote's handler has ended, so nothing that
+/// follows for the same connection can overlap it.
+pub const DEADLINE_GRACE: Duration = Duration::from_secs(1);
+
+/// Calls the remote `networkservice.NetworkService` with tonic's generated
+/// client (Go's `networkservice.NewNetworkServiceClient(cc)`).
+///
+/// The channel is a [`ClientConn`] by default, or that channel wrapped in
+/// tower layers or a tonic interceptor. The context's deadline goes out as
+/// `grpc-timeout`, and the remote ends the call there; a remote that has not
+/// answered [`DEADLINE_GRACE`] later is cut off here. The context's
+/// cancellation token cuts the call at once. Being terminal, it never calls
+/// `next`.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use connect_runtime::{ClientChain, Context, DialOptions, GrpcClient, dial};
+/// use connect_runtime::proto::networkservice::NetworkServiceRequest;
+/// use tonic::service::interceptor::InterceptedService;
+///
+/// let conn = dial(&"unix:///run/nsm/nse.sock".parse()?, &DialOptions::new()).await?;
+/// // A per-call token, added by a tonic interceptor.
+/// let with_token = InterceptedService::new(conn, |mut call: tonic::Request<()>| {
+///     call.metadata_mut().insert("authorization", "Bearer t0ken".parse().unwrap());
+///     Ok(call)
+/// });
+/// let chain = ClientChain::builder().with(GrpcClient::new(with_token)).build();
+/// let reply = chain.request(Context::new(), NetworkServiceRequest::default()).await?;
+/// # let _ = reply;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct GrpcClient<C = ClientConn> {
+    client: NetworkServiceClient<C>,
+}
+
+impl<C> GrpcClient<C>
+where
+    C: GrpcService<Body> + Clone + Send + Sync + 'static,
+    C::Future: Send,
+    C::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <C::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    /// Calls the remote behind `channel`.
+    pub fn new(channel: C) -> Self {
+        Self {
+            client: NetworkServiceClient::new(channel),
+        }
+    }
+
+    /// The client and the request for one call, with the time left as
+    /// `grpc-timeout`; `DeadlineExceeded` (sending nothing) if none is left.
+    #[allow(clippy::result_large_err)]
+    fn prepare<M>(
+        &self,
+        ctx: &Context,
+        message: M,
+    ) -> Result<(NetworkServiceClient<C>, tonic::Request<M>), Status> {
+        let mut request = tonic::Request::new(message);
+        if let Some(left) = ctx.remaining() {
+            if left.is_zero() {
+                let late =
+                    Status::deadline_exceeded("the call's deadline passed before it was sent");
+                return Err(not_sent(late));
+            }
+            request
+                .metadata_mut()
+                .insert("grpc-timeout", grpc_timeout(left));
+        }
+        Ok((self.client.clone(), request))
+    }
+}
+
+impl<C> ClientElement for GrpcClient<C>
+where
+    C: GrpcService<Body> + Clone + Send + Sync + 'static,
+    C::Future: Send,
+    C::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <C::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    fn request<'a>(
+        &'a self,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        _next: Next<'a>,
+    ) -> BoxFuture<'a, Result<Connection, Status>> {
+        let (mut client, request) = match self.prepare(&ctx, request) {
+            Ok(prepared) => prepared,
+            Err(status) => return Box::pin(std::future::ready(Err(status))),
+        };
+        // The tonic call is boxed where it is made: its future is large,
+        // and kept inline it would be copied with every move of this one.
+        Box::pin(async move {
+            let call = Box::pin(client.request(request));
+            backstop(&ctx)
+                .run(call)
+                .await
+                .map(tonic::Response::into_inner)
+        })
+    }
+
+    fn close<'a>(
+        &'a self,
+        ctx: Context,
+        connection: Connection,
+        _next: Next<'a>,
+    ) -> BoxFuture<'a, Result<(), Status>> {
+        let (mut client, request) = match self.prepare(&ctx, connection) {
+            Ok(prepared) => prepared,
+            Err(status) => return Box::pin(std::future::ready(Err(status))),
+        };
+        Box::pin(async move {
+            let call = Box::pin(client.close(request));
+            backstop(&ctx).run(call).await.map(drop)
+        })
+    }
+}
+
+/// The limits a call is cut off by here: the context's token, and its
+/// deadline plus [`DEADLINE_GRACE`].
+fn backstop(ctx: &Context) -> Context {
+    let deadline = ctx.deadline().map(|d| d + DEADLINE_GRACE);
+    ctx.clone().with_fresh_deadline(deadline)
+}
+
+/// A `grpc-timeout` value: at most eight digits and a unit, rounded up so
+/// that the remote never sees less time than the caller has, and saturating
+/// at the largest value the format holds.
+fn grpc_timeout(timeout: Duration) -> MetadataValue<Ascii> {
+    const MAX_DIGITS: u128 = 99_999_999;
+    const UNITS: [(u128, char); 6] = [
+        (1, 'n'),
+        (1_000, 'u'),
+        (1_000_000, 'm'),
+        (1_000_000_000, 'S'),
+        (60_000_000_000, 'M'),
+        (3_600_000_000_000, 'H'),
+    ];
+    let nanos = timeout.as_nanos();
+    let (value, unit) = UNITS
+        .iter()
+        .find_map(|&(per, unit)| {
+            let value = nanos.div_ceil(per);
+            (value <= MAX_DIGITS).then_some((value, unit))
+        })
+        .unwrap_or((MAX_DIGITS, 'H'));
+    MetadataValue::try_from(format!("{value}{unit}")).expect("digits and a letter")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_fit_eight_digits_and_round_up() {
+        let value = |d| grpc_timeout(d).to_str().unwrap().to_owned();
+        assert_eq!(value(Duration::from_nanos(5)), "5n");
+        assert_eq!(value(Duration::from_millis(250)), "250000u");
+        assert_eq!(value(Duration::from_nanos(100_000_001)), "100001u");
+        assert_eq!(value(Duration::from_secs(5)), "5000000u");
+        assert_eq!(value(Duration::from_secs(200_000)), "200000S");
+        assert_eq!(value(Duration::from_secs(200_000_000)), "3333334M");
+        assert_eq!(value(Duration::MAX), "99999999H");
+    }
+}

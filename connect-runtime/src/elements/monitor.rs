@@ -1,0 +1,119 @@
+//! Watching a remote's health and closing the client when it dies (the
+//! seed's "Monitoring": a client element using the gRPC health API and the
+//! client's cancel handle).
+
+use tokio_util::task::AbortOnDropHandle;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use url::Url;
+
+use crate::chain::{ClientCancel, Context};
+use crate::transport::ClientConn;
+use crate::{Element, Hooks};
+
+/// Watches the remote's overall gRPC health (`grpc.health.v1.Health/Watch`
+/// for service `""`) over the client's channel, and cancels the client
+/// through its [`ClientCancel`] handle when the remote reports
+/// `NOT_SERVING` or cannot be watched (it cannot be reached). A watch that
+/// ends after hearing from the remote (its connection was recycled by a
+/// GOAWAY, say) is started again, on a new connection if need be. Calls
+/// pass through it unchanged.
+///
+/// A remote without the health service (`UNIMPLEMENTED`) is not treated as
+/// dead: the monitor says so once in the log and stays passive. Outside a
+/// `connect` client chain (no cancel handle in the context) it also stays
+/// passive. The watch task stops when the client is cancelled or the
+/// monitor is dropped.
+///
+/// ```
+/// use connect_runtime::{ClientChain, Connect, Context, GrpcClient, Monitor};
+///
+/// let connect = Connect::new(|ctx: &Context, conn| {
+///     ClientChain::builder()
+///         .with(Monitor::new(ctx, conn.clone()))
+///         .with(GrpcClient::new(conn))
+///         .build()
+/// });
+/// # let _ = connect;
+/// ```
+#[derive(Debug, Element)]
+#[element(client, name = "monitor")]
+pub struct Monitor {
+    _watch: Option<AbortOnDropHandle<()>>,
+}
+
+impl Monitor {
+    /// Starts watching the remote behind `conn` on behalf of the client whose
+    /// context `ctx` is (the one a [`ClientFactory`](crate::ClientFactory)
+    /// is given). Must be called within a tokio runtime.
+    pub fn new(ctx: &Context, conn: ClientConn) -> Self {
+        let Some(cancel) = ctx.client_cancel().cloned() else {
+            tracing::warn!(
+                url = %conn.url(),
+                "monitor outside a connect client chain: no cancel handle, not monitoring"
+            );
+            return Self { _watch: None };
+        };
+        let task = tokio::spawn(watch(conn, cancel));
+        Self {
+            _watch: Some(AbortOnDropHandle::new(task)),
+        }
+    }
+}
+
+impl Hooks for Monitor {}
+
+async fn watch(conn: ClientConn, cancel: ClientCancel) {
+    let url: Url = conn.url().clone();
+    let mut health = HealthClient::new(conn);
+    loop {
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        let started = tokio::select! {
+            () = cancel.cancelled() => return,
+            started = health.watch(request) => started,
+        };
+        let mut stream = match started {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == Code::Unimplemented => {
+                tracing::info!(%url, "the remote has no gRPC health service; not monitoring it");
+                return;
+            }
+            Err(status) => {
+                tracing::warn!(%url, error = %status.message(), "cannot watch the remote's health; closing the client");
+                break;
+            }
+        };
+        let mut heard = false;
+        let ended = loop {
+            let message = tokio::select! {
+                () = cancel.cancelled() => return,
+                message = stream.message() => message,
+            };
+            match message {
+                Ok(Some(update)) if update.status == ServingStatus::Serving as i32 => heard = true,
+                // UNKNOWN is what a server reports before it has decided.
+                Ok(Some(update)) if update.status == ServingStatus::Unknown as i32 => heard = true,
+                Ok(Some(update)) => {
+                    tracing::warn!(%url, status = update.status, "the remote is not serving; closing the client");
+                    cancel.cancel();
+                    return;
+                }
+                Ok(None) => break "the remote ended the health watch".to_owned(),
+                Err(status) => break format!("the health watch broke: {}", status.message()),
+            }
+        };
+        // A watch that said something before it ended (its connection was
+        // recycled, say) is watched again; one that ended in silence is
+        // not, so a remote that drops every watch cannot spin this loop.
+        if !heard {
+            tracing::warn!(%url, why = %ended, "closing the client");
+            break;
+        }
+        tracing::debug!(%url, why = %ended, "watching the remote's health again");
+    }
+    cancel.cancel();
+}
