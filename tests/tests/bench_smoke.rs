@@ -27,6 +27,27 @@ const FIELDS: [&str; 16] = [
     "peak_rss_kb",
 ];
 
+const SCALE_FIELDS: [&str; 18] = [
+    "workload",
+    "mode",
+    "connections",
+    "remotes_used",
+    "concurrency",
+    "rss_kb_at_zero",
+    "rss_kb_at_clients",
+    "rss_kb_at_n",
+    "bytes_per_connection",
+    "bytes_per_client",
+    "refreshes",
+    "refresh_p50_us",
+    "refresh_p99_us",
+    "cpu_us_per_refresh",
+    "open_ms",
+    "close_ms",
+    "dials",
+    "errors",
+];
+
 #[tokio::test]
 async fn every_workload_runs_in_both_modes_without_errors() {
     let bench = env!("CARGO_BIN_EXE_connect-bench");
@@ -102,6 +123,41 @@ async fn every_workload_runs_in_both_modes_without_errors() {
         } else {
             assert_eq!(by("c")["dials"], 0);
         }
+
+        // The scale workload: 60 connections over the first 2 remotes.
+        let output = Command::new(bench)
+            .args(["run", "--remotes"])
+            .arg(&addr_file)
+            .args(["--mode", mode, "--workload", "s", "--connections", "60"])
+            .args([
+                "--remotes-used",
+                "2",
+                "--concurrency",
+                "8",
+                "--refresh-rounds",
+                "2",
+            ])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let line: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+        for field in SCALE_FIELDS {
+            assert!(line.get(field).is_some(), "{field} missing from {line}");
+        }
+        assert_eq!(line["workload"], "s");
+        assert_eq!(line["mode"], mode);
+        assert_eq!(line["connections"], 60);
+        assert_eq!(line["remotes_used"], 2);
+        assert_eq!(line["refreshes"], 120);
+        assert_eq!(line["dials"], 2, "one client per remote: {line}");
+        assert_eq!(line["errors"], 0, "{line}");
+        assert!(line["rss_kb_at_n"].as_u64().unwrap() > 0);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,13 +3,15 @@
 //!
 //! ```text
 //! connect-bench serve -n N --addr-file FILE
-//! connect-bench run --remotes FILE --mode connect|direct --workload a,b,c,w
+//! connect-bench run --remotes FILE --mode connect|direct --workload a,b,c,w,s
 //!                   [--n 1000] [--reps 5] [--iters 2000]
+//!                   [--connections N] [--remotes-used M] [--concurrency C]
 //! ```
 
 mod compare;
 mod measure;
 mod options;
+mod scale;
 mod serve;
 mod workload;
 
@@ -23,6 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -49,6 +52,22 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("connect-bench: {err}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: `serve -n 1000`
+/// holds a listener and a connection per remote from each caller, beyond the
+/// usual soft limit of 1024. Says so on stderr when it does.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => eprintln!("connect-bench: open-file limit raised from {soft} to {hard}"),
+            Err(err) => eprintln!("connect-bench: open-file limit stays {soft}: {err}"),
         }
     }
 }

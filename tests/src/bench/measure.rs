@@ -143,7 +143,7 @@ impl Report {
 }
 
 /// `value` to `decimals` places, as the report prints it.
-fn round(value: f64, decimals: i32) -> f64 {
+pub(crate) fn round(value: f64, decimals: i32) -> f64 {
     let scale = 10f64.powi(decimals);
     (value * scale).round() / scale
 }

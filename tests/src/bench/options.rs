@@ -10,10 +10,15 @@ usage:
   connect-bench serve -n N --addr-file FILE [--tls]
       start N null NSM endpoints on loopback; write their tcp:// URLs to FILE
       (with --tls, serving TLS; the CA that signed them goes to FILE.ca.pem)
-  connect-bench run --remotes FILE --mode connect|direct --workload a,b,c,w
+  connect-bench run --remotes FILE --mode connect|direct --workload a,b,c,w,s
                     [--n 1000] [--reps 5] [--iters 2000] [--tls]
+                    [--connections 10000] [--remotes-used M] [--concurrency 64]
+                    [--refresh-rounds 1]
       drive the remotes listed in FILE; one JSON line per workload
-      (with --tls, over TLS, verifying them against FILE.ca.pem)
+      (with --tls, over TLS, verifying them against FILE.ca.pem);
+      s holds --connections live connections over the first M remotes
+      (all by default), refreshes each once (or --refresh-rounds times),
+      then closes them
   connect-bench compare --remotes FILE [--rounds 5] [--workload ...] [--n ...]
                     [--reps ...] [--iters ...] [--tls]
       run both modes alternately, --rounds times each (as child processes),
@@ -59,6 +64,8 @@ pub(crate) enum Workload {
     C,
     /// Sequential pairs while another connection keeps the client warm.
     W,
+    /// A population of live connections: opened, refreshed, closed.
+    S,
 }
 
 impl Workload {
@@ -68,6 +75,7 @@ impl Workload {
             Workload::B => "b",
             Workload::C => "c",
             Workload::W => "w",
+            Workload::S => "s",
         }
     }
 }
@@ -80,6 +88,13 @@ pub(crate) struct Run {
     pub(crate) reps: usize,
     pub(crate) iters: usize,
     pub(crate) tls: bool,
+    /// Workload s: live connections, the remotes they use (`None`: every
+    /// remote listed), and how many calls run at once.
+    pub(crate) connections: usize,
+    pub(crate) remotes_used: Option<usize>,
+    pub(crate) concurrency: usize,
+    /// Workload s: how many times every connection is refreshed.
+    pub(crate) refresh_rounds: usize,
 }
 
 pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
@@ -99,6 +114,8 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
     let mut mode = None;
     let mut workloads = None;
     let (mut reps, mut iters, mut rounds) = (None, None, None);
+    let (mut connections, mut remotes_used, mut concurrency) = (None, None, None);
+    let mut refresh_rounds = None;
     let mut tls = false;
     while let Some(arg) = parser.next().map_err(message)? {
         let flag = match arg {
@@ -127,7 +144,8 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
                             "b" => Ok(Workload::B),
                             "c" => Ok(Workload::C),
                             "w" => Ok(Workload::W),
-                            other => Err(format!("unknown workload `{other}`: a, b, c or w")),
+                            "s" => Ok(Workload::S),
+                            other => Err(format!("unknown workload `{other}`: a, b, c, w or s")),
                         })
                         .collect::<Result<Vec<_>, _>>()?,
                 )
@@ -135,6 +153,10 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
             "--reps" => reps = Some(number(&flag, &value()?)?),
             "--iters" => iters = Some(number(&flag, &value()?)?),
             "--rounds" => rounds = Some(number(&flag, &value()?)?),
+            "--connections" => connections = Some(number(&flag, &value()?)?),
+            "--remotes-used" => remotes_used = Some(number(&flag, &value()?)?),
+            "--concurrency" => concurrency = Some(number(&flag, &value()?)?),
+            "--refresh-rounds" => refresh_rounds = Some(number(&flag, &value()?)?),
             "--tls" => tls = true,
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -153,6 +175,10 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
             reps: reps.unwrap_or(5),
             iters: iters.unwrap_or(2000),
             tls,
+            connections: connections.unwrap_or(10_000),
+            remotes_used,
+            concurrency: concurrency.unwrap_or(64),
+            refresh_rounds: refresh_rounds.unwrap_or(1),
         })),
         _ => Ok(Command::Compare {
             run: Run {
@@ -164,6 +190,10 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
                 reps: reps.unwrap_or(5),
                 iters: iters.unwrap_or(2000),
                 tls,
+                connections: connections.unwrap_or(10_000),
+                remotes_used,
+                concurrency: concurrency.unwrap_or(64),
+                refresh_rounds: refresh_rounds.unwrap_or(1),
             },
             rounds: rounds.unwrap_or(5),
         }),
@@ -231,6 +261,36 @@ mod tests {
         assert_eq!(run.mode, Mode::Direct);
         assert_eq!(run.workloads, [Workload::A, Workload::C]);
         assert_eq!((run.n, run.reps, run.iters, run.tls), (20, 5, 2000, true));
+        assert_eq!(
+            (run.connections, run.remotes_used, run.concurrency),
+            (10_000, None, 64)
+        );
+
+        let Ok(Command::Run(run)) = parse(&[
+            "run",
+            "--remotes",
+            "r.txt",
+            "--mode",
+            "connect",
+            "--workload",
+            "s",
+            "--connections",
+            "100000",
+            "--remotes-used",
+            "1000",
+            "--concurrency",
+            "32",
+            "--refresh-rounds",
+            "3",
+        ]) else {
+            panic!("not run");
+        };
+        assert_eq!(run.workloads, [Workload::S]);
+        assert_eq!(
+            (run.connections, run.remotes_used, run.concurrency),
+            (100_000, Some(1000), 32)
+        );
+        assert_eq!(run.refresh_rounds, 3);
 
         let Ok(Command::Compare { run, rounds }) = parse(&["compare", "--remotes", "r.txt"]) else {
             panic!("not compare");
@@ -241,7 +301,7 @@ mod tests {
 
     #[test]
     fn mistakes_name_the_flag() {
-        let cases: [(&[&str], &str); 11] = [
+        let cases: [(&[&str], &str); 12] = [
             (&[], "a sub-command is required"),
             (&["--tls"], "a sub-command is required"),
             (&["bench"], "unknown sub-command `bench`"),
@@ -257,6 +317,10 @@ mod tests {
             ),
             (&["run", "--workload", "a,z"], "unknown workload `z`"),
             (&["run", "--verbose"], "unknown argument `--verbose`"),
+            (
+                &["run", "--remotes-used", "0"],
+                "--remotes-used takes a positive number, not `0`",
+            ),
             (&["run", "--tls=yes"], "--tls takes no value, not `yes`"),
             (&["serve", "-n", "3"], "serve needs --addr-file FILE"),
         ];

@@ -37,11 +37,24 @@ pub(crate) async fn run(run: Run) -> Result<(), String> {
         return Err(format!("{} lists no remotes", run.remotes.display()));
     }
     for workload in &run.workloads {
+        if *workload == Workload::S {
+            let used = run.remotes_used.unwrap_or(remotes.len());
+            let Some(used) = remotes.get(..used) else {
+                return Err(format!(
+                    "--remotes-used {used}, but {} lists {} remotes",
+                    run.remotes.display(),
+                    remotes.len()
+                ));
+            };
+            println!("{}", crate::scale::run(&run, used).await?);
+            continue;
+        }
         let report = match workload {
             Workload::A => concurrent(&run, *workload, &remotes[..1]).await?,
             Workload::B => concurrent(&run, *workload, &remotes).await?,
             Workload::C => sequential(&run, *workload, &remotes[0], false).await?,
             Workload::W => sequential(&run, *workload, &remotes[0], true).await?,
+            Workload::S => unreachable!("handled above"),
         };
         println!("{}", report.json());
     }
@@ -51,7 +64,7 @@ pub(crate) async fn run(run: Run) -> Result<(), String> {
 /// Who makes the calls: the `connect` element, or tonic clients dialed
 /// beforehand.
 #[derive(Clone)]
-enum Caller {
+pub(crate) enum Caller {
     Connect {
         chain: ServerChain,
         connect: Connect,
@@ -109,7 +122,7 @@ impl Caller {
         })
     }
 
-    async fn caller(run: &Run, remotes: &[Arc<Url>]) -> Result<Self, String> {
+    pub(crate) async fn caller(run: &Run, remotes: &[Arc<Url>]) -> Result<Self, String> {
         let ca = match run.tls {
             true => {
                 let file = crate::serve::ca_file(&run.remotes);
@@ -124,17 +137,29 @@ impl Caller {
         }
     }
 
-    async fn request(
+    pub(crate) async fn request(
         &self,
         remote: usize,
         url: &Arc<Url>,
         id: String,
     ) -> Result<Connection, Status> {
+        let connection = Connection {
+            id,
+            ..Default::default()
+        };
+        self.refresh(remote, url, connection).await
+    }
+
+    /// A request for `connection` as the remote last returned it: a
+    /// refresh, or (with only an id) a new connection.
+    pub(crate) async fn refresh(
+        &self,
+        remote: usize,
+        url: &Arc<Url>,
+        connection: Connection,
+    ) -> Result<Connection, Status> {
         let request = NetworkServiceRequest {
-            connection: Some(Box::new(Connection {
-                id,
-                ..Default::default()
-            })),
+            connection: Some(Box::new(connection)),
             ..Default::default()
         };
         match self {
@@ -149,7 +174,7 @@ impl Caller {
         }
     }
 
-    async fn close(&self, remote: usize, connection: Connection) -> Result<(), Status> {
+    pub(crate) async fn close(&self, remote: usize, connection: Connection) -> Result<(), Status> {
         match self {
             Caller::Connect { chain, .. } => chain.close(Context::new(), connection).await,
             Caller::Direct { clients } => {
@@ -160,7 +185,7 @@ impl Caller {
         }
     }
 
-    fn dials(&self) -> usize {
+    pub(crate) fn dials(&self) -> usize {
         match self {
             Caller::Connect { dials, .. } => dials.load(Ordering::Relaxed),
             Caller::Direct { .. } => 0,
@@ -169,7 +194,7 @@ impl Caller {
 
     /// Waits until `connect` has let go of every client (so the next rep
     /// starts from nothing), or at once for direct calls.
-    async fn settle(&self) {
+    pub(crate) async fn settle(&self) {
         if let Caller::Connect { connect, .. } = self {
             let _ = tokio::time::timeout(Duration::from_secs(10), connect.idle()).await;
         }

@@ -6,5 +6,6 @@ mod bad_input;
 mod faults;
 mod interleave;
 mod model;
+mod scale;
 mod soak;
 mod stress;
