@@ -6,6 +6,7 @@ pub mod elements;
 pub mod golike;
 pub mod harness;
 pub mod pki;
+pub mod population;
 pub mod program;
 pub mod raw;
 pub mod remote;

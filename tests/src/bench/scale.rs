@@ -3,7 +3,6 @@
 //! refreshes every one once (or `--refresh-rounds` times) in a shuffled
 //! order, then closes them all, each phase at a fixed concurrency.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -11,6 +10,8 @@ use std::time::Instant;
 use connect_runtime::proto::connection::Connection;
 use serde::Serialize;
 use url::Url;
+
+use connect_tests::population::{each, shuffled};
 
 use crate::measure::{Latencies, cpu_time, round};
 use crate::options::{Mode, Run};
@@ -167,52 +168,6 @@ pub(crate) async fn run(run: &Run, remotes: &[Arc<Url>]) -> Result<String, Strin
         errors: errors.load(Ordering::Relaxed),
     };
     Ok(serde_json::to_string(&line).expect("a report serialises"))
-}
-
-/// Runs `op(k)` for every `k` below `n`, `concurrency` at a time; the
-/// results in order of `k`.
-async fn each<T, F, Fut>(n: usize, concurrency: usize, op: F) -> Vec<T>
-where
-    T: Send + 'static,
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = T> + Send,
-{
-    let next = Arc::new(AtomicUsize::new(0));
-    let workers: Vec<_> = (0..concurrency.min(n.max(1)))
-        .map(|_| {
-            let (next, op) = (Arc::clone(&next), op.clone());
-            tokio::spawn(async move {
-                let mut done = Vec::new();
-                loop {
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    if k >= n {
-                        return done;
-                    }
-                    done.push((k, op(k).await));
-                }
-            })
-        })
-        .collect();
-    let mut results = Vec::with_capacity(n);
-    for worker in workers {
-        results.extend(worker.await.expect("a worker panicked"));
-    }
-    results.sort_unstable_by_key(|(k, _)| *k);
-    results.into_iter().map(|(_, result)| result).collect()
-}
-
-/// A fixed permutation of `0..n` for each `seed` (xorshift: the order only
-/// has to differ from the opening order, and be the same every run).
-fn shuffled(n: usize, seed: u64) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    for i in (1..n).rev() {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        order.swap(i, (state % (i as u64 + 1)) as usize);
-    }
-    order
 }
 
 /// This process's resident set now (`VmRSS`), in KiB.

@@ -4,15 +4,15 @@
 //! and nothing is left at the end.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use connect_runtime::proto::connection::Connection;
 use connect_runtime::{Connect, Context, ServerChain, ServerHandle, Status};
 use connect_tests::elements::Ledger;
 use connect_tests::harness::{assert_no_leaks, grpc_only_counting_dials};
+use connect_tests::population::{each, shuffled};
 use connect_tests::remote::start_tcp;
 use connect_tests::request;
 use url::Url;
@@ -20,52 +20,6 @@ use url::Url;
 const REMOTES: usize = 200;
 const CONNECTIONS: usize = 20_000;
 const CONCURRENCY: usize = 64;
-
-/// Runs `op(k)` for every `k` below `n`, `CONCURRENCY` at a time; the results
-/// in order of `k`.
-async fn each<T, F, Fut>(n: usize, op: F) -> Vec<T>
-where
-    T: Send + 'static,
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = T> + Send,
-{
-    let next = Arc::new(AtomicUsize::new(0));
-    let workers: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
-            let (next, op) = (Arc::clone(&next), op.clone());
-            tokio::spawn(async move {
-                let mut done = Vec::new();
-                loop {
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    if k >= n {
-                        return done;
-                    }
-                    done.push((k, op(k).await));
-                }
-            })
-        })
-        .collect();
-    let mut results = Vec::with_capacity(n);
-    for worker in workers {
-        results.extend(worker.await.expect("a worker panicked"));
-    }
-    results.sort_unstable_by_key(|(k, _)| *k);
-    results.into_iter().map(|(_, result)| result).collect()
-}
-
-/// A fixed permutation of `0..n` (xorshift; the order only has to differ
-/// from the opening order and be the same every run).
-fn shuffled(n: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    for i in (1..n).rev() {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        order.swap(i, (state % (i as u64 + 1)) as usize);
-    }
-    order
-}
 
 /// Checks that every remote holds exactly its share of open connections,
 /// and that connect holds one record per connection and one client per
@@ -125,7 +79,7 @@ async fn twenty_thousand_connections_over_two_hundred_remotes_leave_nothing() {
 
     let opened: Vec<Result<Connection, Status>> = {
         let call = call.clone();
-        each(CONNECTIONS, move |k| call(k, None)).await
+        each(CONNECTIONS, CONCURRENCY, move |k| call(k, None)).await
     };
     let opened: Arc<Vec<Connection>> = Arc::new(
         opened
@@ -140,10 +94,10 @@ async fn twenty_thousand_connections_over_two_hundred_remotes_leave_nothing() {
         "one dial per remote"
     );
 
-    let order = Arc::new(shuffled(CONNECTIONS));
+    let order = Arc::new(shuffled(CONNECTIONS, 0));
     let refreshed: Vec<Result<Connection, Status>> = {
         let (call, opened, order) = (call.clone(), Arc::clone(&opened), Arc::clone(&order));
-        each(CONNECTIONS, move |i| {
+        each(CONNECTIONS, CONCURRENCY, move |i| {
             let k = order[i];
             call(k, Some(opened[k].clone()))
         })
@@ -162,7 +116,7 @@ async fn twenty_thousand_connections_over_two_hundred_remotes_leave_nothing() {
 
     let closed: Vec<Result<(), Status>> = {
         let (chain, opened) = (chain.clone(), Arc::clone(&opened));
-        each(CONNECTIONS, move |k| {
+        each(CONNECTIONS, CONCURRENCY, move |k| {
             let (chain, connection) = (chain.clone(), opened[k].clone());
             async move { chain.close(Context::new(), connection).await }
         })
