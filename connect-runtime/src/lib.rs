@@ -179,7 +179,6 @@ pub mod __private {
     pub use std::default::Default;
     pub use std::fmt;
     pub use std::ops::Deref;
-    pub use std::result::Result;
 
     pub use tracing;
 }

@@ -108,11 +108,7 @@ impl<E: ServerRole> ServerElement for E {
         request: NetworkServiceRequest,
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<Connection, Status>> {
-        let span = self.span("server", connection_id(&request));
-        Box::pin(Recorded::new(
-            Hooks::request(self, ctx, request, next),
-            span,
-        ))
+        request_in(self, "server", ctx, request, next)
     }
 
     fn close<'a>(
@@ -121,11 +117,7 @@ impl<E: ServerRole> ServerElement for E {
         connection: Connection,
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<(), Status>> {
-        let span = self.span("server", &connection.id);
-        Box::pin(Recorded::new(
-            Hooks::close(self, ctx, connection, next),
-            span,
-        ))
+        close_in(self, "server", ctx, connection, next)
     }
 }
 
@@ -136,11 +128,7 @@ impl<E: ClientRole> ClientElement for E {
         request: NetworkServiceRequest,
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<Connection, Status>> {
-        let span = self.span("client", connection_id(&request));
-        Box::pin(Recorded::new(
-            Hooks::request(self, ctx, request, next),
-            span,
-        ))
+        request_in(self, "client", ctx, request, next)
     }
 
     fn close<'a>(
@@ -149,16 +137,43 @@ impl<E: ClientRole> ClientElement for E {
         connection: Connection,
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<(), Status>> {
-        let span = self.span("client", &connection.id);
-        Box::pin(Recorded::new(
-            Hooks::close(self, ctx, connection, next),
-            span,
-        ))
+        close_in(self, "client", ctx, connection, next)
     }
 }
 
-fn connection_id(request: &NetworkServiceRequest) -> &str {
+/// An element's `request` hook, in its span for `role`.
+fn request_in<'a, E: Element>(
+    element: &'a E,
+    role: &'static str,
+    ctx: Context,
+    request: NetworkServiceRequest,
+    next: Next<'a>,
+) -> BoxFuture<'a, Result<Connection, Status>> {
+    let span = element.span(role, connection_id(&request));
+    Box::pin(Recorded::new(
+        Hooks::request(element, ctx, request, next),
+        span,
+    ))
+}
+
+/// The id of a request's connection, for spans; empty if it has none.
+pub(crate) fn connection_id(request: &NetworkServiceRequest) -> &str {
     request.connection.as_deref().map_or("", |c| c.id.as_str())
+}
+
+/// An element's `close` hook, in its span for `role`.
+fn close_in<'a, E: Element>(
+    element: &'a E,
+    role: &'static str,
+    ctx: Context,
+    connection: Connection,
+    next: Next<'a>,
+) -> BoxFuture<'a, Result<(), Status>> {
+    let span = element.span(role, &connection.id);
+    Box::pin(Recorded::new(
+        Hooks::close(element, ctx, connection, next),
+        span,
+    ))
 }
 
 pin_project_lite::pin_project! {

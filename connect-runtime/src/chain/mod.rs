@@ -13,4 +13,5 @@ pub use chains::{Chain, ChainBuilder, ClientChain, IntoElement, Role, ServerChai
 pub(crate) use context::deadline_after;
 pub use context::{Bounded, ClientCancel, Context};
 pub use element::{BoxFuture, ClientElement, Next, NextFuture, ServerElement};
+pub(crate) use hooks::connection_id;
 pub use hooks::{ClientRole, Element, Hooks, Recorded, ServerRole};

@@ -59,7 +59,7 @@ impl NetworkService for ChainService {
         let (ctx, _cancel_on_drop) = incoming_context(metadata)?;
         let span = tracing::debug_span!(
             "request",
-            connection_id = request.connection.as_deref().map_or("", |c| c.id.as_str())
+            connection_id = crate::chain::connection_id(&request)
         );
         let chain = self.chain.request(ctx.clone(), request);
         ctx.run(chain).instrument(span).await.map(Response::new)

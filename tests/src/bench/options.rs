@@ -161,43 +161,45 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
-    match sub.as_str() {
-        "serve" => Ok(Command::Serve {
+    if sub == "serve" {
+        return Ok(Command::Serve {
             n: n.ok_or("serve needs -n N")?,
             addr_file: addr_file.ok_or("serve needs --addr-file FILE")?,
             tls,
-        }),
-        "run" => Ok(Command::Run(Run {
-            remotes: remotes.ok_or("run needs --remotes FILE")?,
-            mode: mode.ok_or("run needs --mode connect|direct")?,
-            workloads: workloads.ok_or("run needs --workload a,b,c,w")?,
-            n: n.unwrap_or(1000),
-            reps: reps.unwrap_or(5),
-            iters: iters.unwrap_or(2000),
-            tls,
-            connections: connections.unwrap_or(10_000),
-            remotes_used,
-            concurrency: concurrency.unwrap_or(64),
-            refresh_rounds: refresh_rounds.unwrap_or(1),
-        })),
-        _ => Ok(Command::Compare {
-            run: Run {
-                remotes: remotes.ok_or("compare needs --remotes FILE")?,
-                mode: Mode::Connect,
-                workloads: workloads
-                    .unwrap_or_else(|| vec![Workload::A, Workload::B, Workload::C, Workload::W]),
-                n: n.unwrap_or(1000),
-                reps: reps.unwrap_or(5),
-                iters: iters.unwrap_or(2000),
-                tls,
-                connections: connections.unwrap_or(10_000),
-                remotes_used,
-                concurrency: concurrency.unwrap_or(64),
-                refresh_rounds: refresh_rounds.unwrap_or(1),
-            },
-            rounds: rounds.unwrap_or(5),
-        }),
+        });
     }
+    let (remotes, mode, workloads) = match sub.as_str() {
+        "run" => (
+            remotes.ok_or("run needs --remotes FILE")?,
+            mode.ok_or("run needs --mode connect|direct")?,
+            workloads.ok_or("run needs --workload a,b,c,w,s")?,
+        ),
+        _ => (
+            remotes.ok_or("compare needs --remotes FILE")?,
+            Mode::Connect,
+            workloads.unwrap_or_else(|| vec![Workload::A, Workload::B, Workload::C, Workload::W]),
+        ),
+    };
+    let run = Run {
+        remotes,
+        mode,
+        workloads,
+        n: n.unwrap_or(1000),
+        reps: reps.unwrap_or(5),
+        iters: iters.unwrap_or(2000),
+        tls,
+        connections: connections.unwrap_or(10_000),
+        remotes_used,
+        concurrency: concurrency.unwrap_or(64),
+        refresh_rounds: refresh_rounds.unwrap_or(1),
+    };
+    Ok(match sub.as_str() {
+        "run" => Command::Run(run),
+        _ => Command::Compare {
+            run,
+            rounds: rounds.unwrap_or(5),
+        },
+    })
 }
 
 /// The parser's own errors, worded like ours.

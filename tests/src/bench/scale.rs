@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use connect_runtime::proto::connection::Connection;
 use serde::Serialize;
@@ -45,6 +45,50 @@ struct Line {
     errors: usize,
 }
 
+/// What every call of the workload shares: the caller, the remotes, and
+/// the count of calls that failed.
+struct Population {
+    caller: Caller,
+    remotes: Vec<Arc<Url>>,
+    errors: AtomicUsize,
+}
+
+impl Population {
+    /// Connection `k`'s remote: remote `k` mod M.
+    fn remote(&self, k: usize) -> (usize, &Arc<Url>) {
+        let remote = k % self.remotes.len();
+        (remote, &self.remotes[remote])
+    }
+
+    /// Counts a failed call; the value of one that succeeded.
+    fn counted<T, E>(&self, result: Result<T, E>) -> Option<T> {
+        if result.is_err() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result.ok()
+    }
+
+    async fn open(&self, k: usize) -> Option<Connection> {
+        let (remote, url) = self.remote(k);
+        let opened = self.caller.request(remote, url, format!("s-{k}")).await;
+        self.counted(opened)
+    }
+
+    /// How long the refresh of connection `k` took, if it succeeded.
+    async fn refresh(&self, k: usize, connection: Connection) -> Option<Duration> {
+        let (remote, url) = self.remote(k);
+        let started = Instant::now();
+        let refreshed = self.caller.refresh(remote, url, connection).await;
+        let took = started.elapsed();
+        self.counted(refreshed).map(|_| took)
+    }
+
+    async fn close(&self, k: usize, connection: Connection) {
+        let closed = self.caller.close(self.remote(k).0, connection).await;
+        self.counted(closed);
+    }
+}
+
 pub(crate) async fn run(run: &Run, remotes: &[Arc<Url>]) -> Result<String, String> {
     let (n, m, concurrency) = (run.connections, remotes.len(), run.concurrency);
     if n < m {
@@ -52,34 +96,24 @@ pub(crate) async fn run(run: &Run, remotes: &[Arc<Url>]) -> Result<String, Strin
             "--connections {n} is fewer than the {m} remotes used: each remote needs one"
         ));
     }
-    let remotes: Arc<[Arc<Url>]> = remotes.into();
-    let errors = Arc::new(AtomicUsize::new(0));
     let rss_kb_at_zero = rss_kb()?;
 
     let opening = Instant::now();
-    let caller = Caller::caller(run, &remotes).await?;
-    let open = {
-        let (caller, remotes, errors) = (caller.clone(), Arc::clone(&remotes), Arc::clone(&errors));
+    let population = Arc::new(Population {
+        caller: Caller::caller(run, remotes).await?,
+        remotes: remotes.to_vec(),
+        errors: AtomicUsize::new(0),
+    });
+    let open = |first: usize| {
+        let population = Arc::clone(&population);
         move |k: usize| {
-            let (caller, remotes, errors) =
-                (caller.clone(), Arc::clone(&remotes), Arc::clone(&errors));
-            async move {
-                let remote = k % remotes.len();
-                let opened = caller
-                    .request(remote, &remotes[remote], format!("s-{k}"))
-                    .await;
-                opened
-                    .inspect_err(|_| {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    })
-                    .ok()
-            }
+            let population = Arc::clone(&population);
+            async move { population.open(first + k).await }
         }
     };
-    let mut live = each(m, concurrency, open.clone()).await;
+    let mut live = each(m, concurrency, open(0)).await;
     let rss_kb_at_clients = rss_kb()?;
-    let more = each(n - m, concurrency, move |j| open(m + j)).await;
-    live.extend(more);
+    live.extend(each(n - m, concurrency, open(m)).await);
     let open_ms = opening.elapsed().as_secs_f64() * 1e3;
     let rss_kb_at_n = rss_kb()?;
     let live: Arc<Vec<Option<Connection>>> = Arc::new(live);
@@ -89,56 +123,34 @@ pub(crate) async fn run(run: &Run, remotes: &[Arc<Url>]) -> Result<String, Strin
     // twice at once.
     let rounds = run.refresh_rounds;
     let cpu_before = cpu_time();
-    let mut refreshes = Vec::with_capacity(n * rounds);
+    let mut refresh = Latencies::default();
     for round in 0..rounds {
-        let order = Arc::new(shuffled(n, round as u64));
-        let (caller, remotes, errors) = (caller.clone(), Arc::clone(&remotes), Arc::clone(&errors));
-        let live = Arc::clone(&live);
-        let refreshed = each(n, concurrency, move |i| {
-            let k = order[i];
-            let (caller, remotes, errors) =
-                (caller.clone(), Arc::clone(&remotes), Arc::clone(&errors));
+        let order = shuffled(n, round as u64);
+        let (population, live) = (Arc::clone(&population), Arc::clone(&live));
+        let took = each(n, concurrency, move |i| {
+            let (population, k) = (Arc::clone(&population), order[i]);
             let connection = live[k].clone();
-            async move {
-                let connection = connection?;
-                let remote = k % remotes.len();
-                let started = Instant::now();
-                let refreshed = caller.refresh(remote, &remotes[remote], connection).await;
-                let took = started.elapsed();
-                refreshed
-                    .inspect_err(|_| {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    })
-                    .ok()
-                    .map(|_| took)
-            }
+            async move { population.refresh(k, connection?).await }
         })
         .await;
-        refreshes.extend(refreshed);
+        for took in took.into_iter().flatten() {
+            refresh.push(took);
+        }
     }
     let cpu = cpu_time().saturating_sub(cpu_before);
-    let mut refresh = Latencies::default();
-    for took in refreshes.into_iter().flatten() {
-        refresh.push(took);
-    }
 
     let closing = Instant::now();
-    {
-        let (caller, live, errors) = (caller.clone(), Arc::clone(&live), Arc::clone(&errors));
-        let m = remotes.len();
-        each(n, concurrency, move |k| {
-            let (caller, errors) = (caller.clone(), Arc::clone(&errors));
-            let connection = live[k].clone();
-            async move {
-                if let Some(connection) = connection
-                    && caller.close(k % m, connection).await.is_err()
-                {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
+    let (closer, closed) = (Arc::clone(&population), Arc::clone(&live));
+    each(n, concurrency, move |k| {
+        let (population, connection) = (Arc::clone(&closer), closed[k].clone());
+        async move {
+            if let Some(connection) = connection {
+                population.close(k, connection).await;
             }
-        })
-        .await;
-    }
+        }
+    })
+    .await;
+    let caller = &population.caller;
     caller.settle().await;
     let close_ms = closing.elapsed().as_secs_f64() * 1e3;
     let dials = match run.mode {
@@ -165,7 +177,7 @@ pub(crate) async fn run(run: &Run, remotes: &[Arc<Url>]) -> Result<String, Strin
         open_ms: round(open_ms, 1),
         close_ms: round(close_ms, 1),
         dials,
-        errors: errors.load(Ordering::Relaxed),
+        errors: population.errors.load(Ordering::Relaxed),
     };
     Ok(serde_json::to_string(&line).expect("a report serialises"))
 }
