@@ -21,7 +21,7 @@ use url::Url;
 
 use super::error::{DialError, error_chain};
 use super::options::DialOptions;
-use super::replay::OutBody;
+use super::replay::{Ready, whole};
 use super::reply::checked;
 use super::socket::{Io, Unanswered, connect_tcp, connect_unix};
 use super::target::{Target, UrlError, UrlProblem};
@@ -69,7 +69,7 @@ struct Shared {
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     /// The connection calls go over now, and how many came before it.
-    live: Mutex<(SendRequest<OutBody>, u64)>,
+    live: Mutex<(SendRequest<Body>, u64)>,
     /// Held while a new connection is dialed, so that a crowd shares one.
     redialing: tokio::sync::Mutex<()>,
     /// How the channel ended for good, once it has.
@@ -218,13 +218,7 @@ async fn connect(
     target: &Target,
     options: &DialOptions,
     ending: &Arc<Ending>,
-) -> Result<
-    (
-        SendRequest<OutBody>,
-        oneshot::Receiver<Result<(), Unanswered>>,
-    ),
-    DialError,
-> {
+) -> Result<(SendRequest<Body>, oneshot::Receiver<Result<(), Unanswered>>), DialError> {
     let deadline = deadline_after(options.timeout);
     let failed = |source| DialError::Connect {
         url: url.to_string(),
@@ -267,10 +261,7 @@ async fn connect(
                 .keep_alive_while_idle(keepalive.while_idle);
         }
         let handshake = builder.handshake(TokioIo::new(io)).await;
-        let (send, connection) = handshake.map_err(|source| DialError::Handshake {
-            url: url.to_string(),
-            source,
-        })?;
+        let (send, connection) = handshake.map_err(|err| failed(io::Error::other(err)))?;
         let (ending, url, timeout) = (Arc::clone(ending), Arc::clone(url), options.timeout);
         tokio::spawn(
             async move {
@@ -350,8 +341,10 @@ impl Shared {
         request: http::Request<Body>,
     ) -> Result<http::Response<Body>, TransportError> {
         let (head, body) = request.into_parts();
-        let body = OutBody::new(body);
-        let again = body.again().map(|again| (head.clone(), again));
+        let (body, again) = match Ready::read(body)? {
+            Ready::Whole(bytes) => (whole(bytes.clone()), Some((head.clone(), bytes))),
+            Ready::Streaming(body) => (body, None),
+        };
         let (mut send, generation) = self.connection(None).await?;
         let (unsent, err) = match send
             .try_send_request(http::Request::from_parts(head, body))
@@ -362,7 +355,9 @@ impl Shared {
         };
         let request = match (unsent, again) {
             (Some(unsent), _) => unsent,
-            (None, Some((head, body))) if refused(&err) => http::Request::from_parts(head, body),
+            (None, Some((head, bytes))) if refused(&err) => {
+                http::Request::from_parts(head, whole(bytes))
+            }
             _ => return Err(self.failed(err)),
         };
         let (mut send, _) = self.connection(Some(generation)).await?;
@@ -374,7 +369,7 @@ impl Shared {
 
     /// The live connection, unless it has ended or is `stale`; else a new
     /// one, dialed once for every caller that finds it so.
-    async fn connection(&self, stale: Option<u64>) -> Result<(SendRequest<OutBody>, u64), Status> {
+    async fn connection(&self, stale: Option<u64>) -> Result<(SendRequest<Body>, u64), Status> {
         if let Some(live) = self.live(stale) {
             return Ok(live);
         }
@@ -403,7 +398,7 @@ impl Shared {
         }
     }
 
-    fn live(&self, stale: Option<u64>) -> Option<(SendRequest<OutBody>, u64)> {
+    fn live(&self, stale: Option<u64>) -> Option<(SendRequest<Body>, u64)> {
         let live = lock(&self.live);
         let usable =
             !self.ending.token.is_cancelled() && !live.0.is_closed() && Some(live.1) != stale;

@@ -32,8 +32,8 @@ pub enum DialError {
         /// The dial timeout.
         timeout: Duration,
     },
-    /// Connecting failed: refused, no such socket, the TLS handshake, the
-    /// connection closed before the remote answered.
+    /// Connecting failed: refused, no such socket, the TLS or HTTP/2
+    /// handshake, the connection closed before the remote answered.
     #[error("dialing {url}: {source}")]
     Connect {
         /// Where the dial was going.
@@ -41,15 +41,6 @@ pub enum DialError {
         /// The I/O error.
         #[source]
         source: io::Error,
-    },
-    /// The HTTP/2 handshake failed.
-    #[error("dialing {url}: HTTP/2 handshake: {source}")]
-    Handshake {
-        /// Where the dial was going.
-        url: String,
-        /// hyper's error.
-        #[source]
-        source: hyper::Error,
     },
     /// The remote answered, but not with HTTP/2.
     #[error("dialing {url}: the remote does not speak HTTP/2")]

@@ -6,49 +6,49 @@ use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use futures_util::{StreamExt as _, stream};
+use http_body_util::{BodyStream, Full, StreamBody};
+use hyper::body::{Body as HttpBody, Frame};
 use tonic::Status;
 use tonic::body::Body;
 
-/// A request body as the connection sends it.
-pub(crate) enum OutBody {
-    /// All of it, read before sending (a unary or server-streaming call's
-    /// one message): it can be sent again.
-    Whole(Option<Bytes>),
-    /// What was read before sending, then the rest as it comes (a client
-    /// stream): sent once only.
-    Streaming(Option<Bytes>, Body),
-    /// Encoding the request failed.
-    Failed(Option<Status>),
+/// A request body, as far as it could be read without waiting.
+pub(crate) enum Ready {
+    /// All of it (a unary or server-streaming call's one message): it can
+    /// be sent again.
+    Whole(Bytes),
+    /// A client stream: sent once, as it comes.
+    Streaming(Body),
 }
 
-impl OutBody {
-    /// Reads what `body` has ready now; all of it, usually.
-    pub(crate) fn new(mut body: Body) -> Self {
+impl Ready {
+    /// Reads what `body` has ready now: all of it, usually. A body that
+    /// failed to encode fails the call before anything is sent.
+    pub(crate) fn read(mut body: Body) -> Result<Self, Status> {
         let mut cx = TaskContext::from_waker(Waker::noop());
         let mut read: Option<Bytes> = None;
-        loop {
-            match Pin::new(&mut body).poll_frame(&mut cx) {
-                Poll::Ready(None) => return Self::Whole(Some(read.unwrap_or_default())),
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => read = Some(join(read, data)),
-                    // A request has no trailers; whatever sent them keeps
-                    // the whole body.
-                    Err(_) => return Self::Streaming(read, body),
-                },
-                Poll::Ready(Some(Err(status))) => return Self::Failed(Some(status)),
-                Poll::Pending => return Self::Streaming(read, body),
+        let unread = loop {
+            let frame = match Pin::new(&mut body).poll_frame(&mut cx) {
+                Poll::Ready(None) => return Ok(Self::Whole(read.unwrap_or_default())),
+                Poll::Ready(Some(frame)) => frame?,
+                Poll::Pending => break None,
+            };
+            match frame.into_data() {
+                Ok(data) => read = Some(join(read, data)),
+                // A request has no trailers; whatever sent them keeps the
+                // whole body.
+                Err(frame) => break Some(frame),
             }
-        }
+        };
+        let first = read.map(Frame::data).into_iter().chain(unread).map(Ok);
+        let body = stream::iter(first).chain(BodyStream::new(body));
+        Ok(Self::Streaming(Body::new(StreamBody::new(body))))
     }
+}
 
-    /// The same body again, if it can be sent again.
-    pub(crate) fn again(&self) -> Option<Self> {
-        match self {
-            Self::Whole(Some(data)) => Some(Self::Whole(Some(data.clone()))),
-            _ => None,
-        }
-    }
+/// A body of `bytes`, to send (again).
+pub(crate) fn whole(bytes: Bytes) -> Body {
+    Body::new(Full::new(bytes))
 }
 
 /// `more` after what was `read`, copying only if both hold bytes.
@@ -64,39 +64,53 @@ fn join(read: Option<Bytes>, more: Bytes) -> Bytes {
     }
 }
 
-impl HttpBody for OutBody {
-    type Data = Bytes;
-    type Error = Status;
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+    use tokio::sync::mpsc;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        let data = |data: Option<Bytes>| data.filter(|d| !d.is_empty()).map(|d| Ok(Frame::data(d)));
-        match &mut *self {
-            Self::Whole(whole) => Poll::Ready(data(whole.take())),
-            Self::Streaming(read, rest) => match data(read.take()) {
-                Some(frame) => Poll::Ready(Some(frame)),
-                None => Pin::new(rest).poll_frame(cx),
-            },
-            Self::Failed(status) => Poll::Ready(status.take().map(Err)),
-        }
+    use super::*;
+
+    #[tokio::test]
+    async fn a_ready_body_is_read_whole_and_can_be_sent_again() {
+        let body = Body::new(Full::new(Bytes::from_static(b"one message")));
+        let Ok(Ready::Whole(bytes)) = Ready::read(body) else {
+            panic!("a ready body is whole");
+        };
+        let again = whole(bytes.clone()).collect().await.unwrap().to_bytes();
+        assert_eq!(
+            (&bytes[..], &again[..]),
+            (&b"one message"[..], &b"one message"[..])
+        );
     }
 
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Whole(whole) => whole.as_ref().is_none_or(Bytes::is_empty),
-            Self::Streaming(_, _) => false,
-            Self::Failed(status) => status.is_none(),
-        }
+    #[tokio::test]
+    async fn a_stream_keeps_what_was_read_and_sends_the_rest_as_it_comes() {
+        let (frames, rx) = mpsc::unbounded_channel::<Result<Frame<Bytes>, Status>>();
+        frames
+            .send(Ok(Frame::data(Bytes::from_static(b"a"))))
+            .unwrap();
+        frames
+            .send(Ok(Frame::data(Bytes::from_static(b"b"))))
+            .unwrap();
+        let source = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+        let Ok(Ready::Streaming(body)) = Ready::read(Body::new(StreamBody::new(source))) else {
+            panic!("a body still coming is streamed");
+        };
+        frames
+            .send(Ok(Frame::data(Bytes::from_static(b"c"))))
+            .unwrap();
+        drop(frames);
+        let sent = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&sent[..], b"abc");
     }
 
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Whole(whole) => {
-                SizeHint::with_exact(whole.as_ref().map_or(0, |d| d.len() as u64))
-            }
-            _ => SizeHint::default(),
-        }
+    #[test]
+    fn a_body_that_failed_to_encode_fails_the_call() {
+        let failed = stream::iter([Err::<Frame<Bytes>, _>(Status::internal("encoding"))]);
+        let Err(status) = Ready::read(Body::new(StreamBody::new(failed))) else {
+            panic!("a failed body is an error");
+        };
+        assert_eq!(status.message(), "encoding");
     }
 }

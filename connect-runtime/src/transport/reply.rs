@@ -2,12 +2,10 @@
 //! `content-type`), or whose status details are not base64 (on which
 //! tonic's status parser panics), becomes `Internal` naming the problem.
 
-use std::pin::Pin;
-use std::task::{Context as TaskContext, Poll};
-
 use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use http_body_util::BodyExt as _;
+use hyper::body::{Frame, Incoming};
 use tonic::Status;
 use tonic::body::Body;
 use url::Url;
@@ -23,17 +21,19 @@ pub(super) fn checked(
     let grpc = content_type.is_some_and(|t| t.starts_with(b"application/grpc"));
     if head.status == http::StatusCode::OK && !grpc && !head.headers.contains_key(GRPC_STATUS) {
         let content_type = String::from_utf8_lossy(content_type.unwrap_or(b"none"));
-        let why = format!(
-            "{} answered with content-type {content_type}, not gRPC",
-            url
-        );
+        let why = format!("{url} answered with content-type {content_type}, not gRPC");
         return Err(Status::internal(why));
     }
     sanitize_status(&mut head.headers);
-    Ok(http::Response::from_parts(
-        head,
-        Body::new(Checked { body }),
-    ))
+    // Trailers are checked as the headers were.
+    let body = body.map_frame(|frame| match frame.into_trailers() {
+        Ok(mut trailers) => {
+            sanitize_status(&mut trailers);
+            Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    });
+    Ok(http::Response::from_parts(head, Body::new(body)))
 }
 
 const GRPC_STATUS: &str = "grpc-status";
@@ -64,41 +64,4 @@ fn sanitize_status(headers: &mut HeaderMap) {
     headers.insert(GRPC_STATUS, HeaderValue::from_static("13"));
     let message = HeaderValue::from_str(&message).expect("an ASCII message");
     headers.insert("grpc-message", message);
-}
-
-pin_project_lite::pin_project! {
-    /// A reply body whose trailers are checked as the headers were.
-    struct Checked {
-        #[pin]
-        body: Incoming,
-    }
-}
-
-impl HttpBody for Checked {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project()
-            .body
-            .poll_frame(cx)
-            .map_ok(|frame| match frame.into_trailers() {
-                Ok(mut trailers) => {
-                    sanitize_status(&mut trailers);
-                    Frame::trailers(trailers)
-                }
-                Err(frame) => frame,
-            })
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
 }
