@@ -72,8 +72,8 @@ pub use elements::{
 pub use transport::{
     ChainService, ClientConn, ConnectionStats, DEFAULT_DIAL_TIMEOUT, DEFAULT_GRACE_PERIOD,
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_SERVER_KEEPALIVE, DialError,
-    DialOptions, Keepalive, MetadataError, Peer, ResponseFuture, Serve, ServeError, ServerHandle,
-    Target, TransportError, UrlError, dial, serve, tls,
+    DialOptions, Keepalive, Peer, ResponseFuture, Serve, ServeError, ServerHandle, Target,
+    TransportError, UrlError, dial, serve, tls,
 };
 
 /// Makes a type a chain element whose logic is its [`Hooks`] impl: one

@@ -29,9 +29,8 @@ use crate::chain::deadline_after;
 use crate::map::lock;
 use crate::outcome::not_sent;
 
-/// A dialed channel to a remote, which tonic's clients call through, adding
-/// the dial options' metadata to every call. Cheap to clone; clones share
-/// one HTTP/2 connection at a time.
+/// A dialed channel to a remote, which tonic's clients call through. Cheap
+/// to clone; clones share one HTTP/2 connection at a time.
 ///
 /// - When the remote ends the connection with a graceful GOAWAY
 ///   (connection-age limits, a graceful restart, a proxy recycling
@@ -139,9 +138,6 @@ impl tower_service::Service<http::Request<Body>> for ClientConn {
         match http::Uri::from_parts(parts) {
             Ok(uri) => *request.uri_mut() = uri,
             Err(err) => return Box::pin(std::future::ready(Err(err.into()))),
-        }
-        for (name, value) in &self.shared.options.metadata {
-            request.headers_mut().append(name.clone(), value.clone());
         }
         Box::pin(Arc::clone(&self.shared).send(request))
     }

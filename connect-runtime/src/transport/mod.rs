@@ -16,7 +16,7 @@ pub mod tls;
 
 pub use dial::{ClientConn, ResponseFuture, TransportError, dial};
 pub use error::DialError;
-pub use options::{DEFAULT_DIAL_TIMEOUT, DialOptions, Keepalive, MetadataError};
+pub use options::{DEFAULT_DIAL_TIMEOUT, DialOptions, Keepalive};
 pub use serve::{
     ConnectionStats, DEFAULT_GRACE_PERIOD, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_SERVER_KEEPALIVE, Peer, Serve, ServeError,

@@ -273,23 +273,6 @@ async fn bad_urls_give_clear_errors() {
 }
 
 #[tokio::test]
-async fn dial_metadata_goes_with_every_call() {
-    let capture = Capture::new();
-    let server = start_tcp(ServerChain::builder().with(capture.clone()).build()).await;
-    let options = DialOptions::new().bearer_token("s3cret").unwrap();
-    let conn = dial(server.url(), &options).await.unwrap();
-    let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
-
-    for id in ["one", "two"] {
-        client.request(Context::new(), request(id)).await.unwrap();
-        assert_eq!(
-            capture.seen().authorization.as_deref(),
-            Some("Bearer s3cret")
-        );
-    }
-}
-
-#[tokio::test]
 async fn health_is_served_and_turns_not_serving_on_shutdown() {
     let shutdown = CancellationToken::new();
     let server = serve(
@@ -777,18 +760,4 @@ async fn the_stream_limit_holds_calls_beyond_it() {
     gate.release();
     held.await.unwrap().unwrap();
     server.shutdown().await;
-}
-
-#[test]
-fn metadata_that_is_not_valid_is_an_error_naming_it() {
-    use connect_runtime::MetadataError;
-
-    let err = DialOptions::new().metadata("Not A Key", "v").unwrap_err();
-    assert!(matches!(err, MetadataError::Key { .. }), "{err:?}");
-    assert!(err.to_string().contains("`Not A Key`"), "{err}");
-    let err = DialOptions::new()
-        .metadata("x-token", "two\nlines")
-        .unwrap_err();
-    assert!(matches!(err, MetadataError::Value { .. }), "{err:?}");
-    assert!(err.to_string().contains("`x-token`"), "{err}");
 }
