@@ -356,6 +356,16 @@ impl Shared {
             }
             _ => return Err(self.failed(err)),
         };
+        // Boxed: rare, and every call would carry its space.
+        Box::pin(self.resend(generation, request)).await
+    }
+
+    /// Sends `request` again, on a connection newer than `generation`.
+    async fn resend(
+        &self,
+        generation: u64,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, TransportError> {
         let (mut send, _) = self.connection(Some(generation)).await?;
         match send.try_send_request(request).await {
             Ok(response) => Ok(checked(&self.url, response)?),
@@ -364,11 +374,18 @@ impl Shared {
     }
 
     /// The live connection, unless it has ended or is `stale`; else a new
-    /// one, dialed once for every caller that finds it so.
+    /// one.
     async fn connection(&self, stale: Option<u64>) -> Result<(SendRequest<Body>, u64), Status> {
-        if let Some(live) = self.live(stale) {
-            return Ok(live);
+        match self.live(stale) {
+            Some(live) => Ok(live),
+            // Boxed: a dial's future is large, and every call would carry it.
+            None => Box::pin(self.redial(stale)).await,
         }
+    }
+
+    /// A new connection, dialed once for every caller that finds the live
+    /// one ended or `stale`.
+    async fn redial(&self, stale: Option<u64>) -> Result<(SendRequest<Body>, u64), Status> {
         let _dialing = self.redialing.lock().await;
         if let Some(live) = self.live(stale) {
             return Ok(live);
