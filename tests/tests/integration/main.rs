@@ -9,5 +9,6 @@ mod interop;
 mod program;
 mod served;
 mod spans;
+mod spiffe;
 mod transport;
 mod wire;
