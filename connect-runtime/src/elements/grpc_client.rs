@@ -111,10 +111,8 @@ where
         // and kept inline it would be copied with every move of this one.
         Box::pin(async move {
             let call = Box::pin(client.request(request));
-            backstop(&ctx)
-                .run(call)
-                .await
-                .map(tonic::Response::into_inner)
+            let answer = backstop(&ctx).run(call).await;
+            past_deadline(&ctx, answer).map(tonic::Response::into_inner)
         })
     }
 
@@ -130,7 +128,8 @@ where
         };
         Box::pin(async move {
             let call = Box::pin(client.close(request));
-            backstop(&ctx).run(call).await.map(drop)
+            let answer = backstop(&ctx).run(call).await;
+            past_deadline(&ctx, answer).map(drop)
         })
     }
 }
@@ -140,6 +139,24 @@ where
 fn backstop(ctx: &Context) -> Context {
     let deadline = ctx.deadline().map(|d| d + DEADLINE_GRACE);
     ctx.clone().with_fresh_deadline(deadline)
+}
+
+/// A call cancelled once its deadline has passed failed by the deadline, as
+/// grpc-go's clients report it: tonic's server answers a `grpc-timeout`
+/// that runs out with `Cancelled`.
+fn past_deadline<T>(ctx: &Context, answer: Result<T, Status>) -> Result<T, Status> {
+    match answer {
+        Err(status)
+            if status.code() == tonic::Code::Cancelled
+                && ctx.remaining().is_some_and(|left| left.is_zero()) =>
+        {
+            Err(Status::deadline_exceeded(format!(
+                "the call's deadline passed (the remote answered: {})",
+                status.message()
+            )))
+        }
+        answer => answer,
+    }
 }
 
 /// A `grpc-timeout` value: at most eight digits and a unit, rounded up so

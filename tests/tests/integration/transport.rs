@@ -145,6 +145,65 @@ async fn the_callers_deadline_reaches_the_remote_and_ends_its_call() {
     assert_eq!(park.abandoned_calls(), 1);
 }
 
+/// tonic's own server answers a `grpc-timeout` that runs out with
+/// `Cancelled`; the caller, whose deadline it was, sees `DeadlineExceeded`,
+/// as grpc-go's clients report it. A `Cancelled` before the deadline stays.
+#[tokio::test]
+async fn a_remote_cancelling_at_the_deadline_is_a_deadline_exceeded() {
+    use connect_runtime::proto::connection::Connection;
+    use connect_runtime::proto::networkservice::NetworkServiceRequest;
+    use connect_runtime::proto::networkservice::network_service_server::{
+        NetworkService, NetworkServiceServer,
+    };
+
+    /// Never answers a request; cancels every close at once.
+    struct Stalling;
+
+    #[tonic::async_trait]
+    impl NetworkService for Stalling {
+        async fn request(
+            &self,
+            _: tonic::Request<NetworkServiceRequest>,
+        ) -> Result<tonic::Response<Connection>, tonic::Status> {
+            std::future::pending().await
+        }
+
+        async fn close(
+            &self,
+            _: tonic::Request<Connection>,
+        ) -> Result<tonic::Response<()>, tonic::Status> {
+            Err(tonic::Status::cancelled("cancelled by the remote"))
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url: Url = format!("tcp://{}", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let stop = CancellationToken::new();
+    let serving = tonic::transport::Server::builder()
+        .add_service(NetworkServiceServer::new(Stalling))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop.clone().cancelled_owned(),
+        );
+    let server = tokio::spawn(serving);
+
+    let conn = dial(&url, &DialOptions::new()).await.unwrap();
+    let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
+    let ctx = Context::new().with_timeout(Duration::from_millis(200));
+    let err = client.request(ctx, request("stalled")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("Timeout expired"), "{err:?}");
+
+    let ctx = Context::new().with_timeout(Duration::from_secs(30));
+    let err = client.close(ctx, connection("early")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Cancelled, "{err:?}");
+
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn the_service_enforces_the_incoming_grpc_timeout() {
     use connect_runtime::proto::networkservice::network_service_server::NetworkService;
