@@ -69,6 +69,8 @@ pub use elements::{
     ClientFactory, ClientStats, ClientUrl, Connect, ConnectBuilder, ConnectStats, DEADLINE_GRACE,
     DEFAULT_CLEANUP_TIMEOUT, GrpcClient, Monitor, Passthrough,
 };
+#[cfg(feature = "spiffe")]
+pub use transport::spiffe;
 pub use transport::{
     ChainService, ClientConn, ConnectionStats, DEFAULT_DIAL_TIMEOUT, DEFAULT_GRACE_PERIOD,
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_SERVER_KEEPALIVE, DialError,

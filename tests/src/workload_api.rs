@@ -127,8 +127,22 @@ pub struct WorkloadApi {
 impl WorkloadApi {
     /// Serves SVIDs for `spiffe://<trust domain><path>`, each valid for
     /// `lifetime`, on a unix socket of its own.
-    pub async fn start(authority: Authority, path: &str, lifetime: Duration) -> Self {
-        let authority = Arc::new(authority);
+    pub async fn start(authority: Arc<Authority>, path: &str, lifetime: Duration) -> Self {
+        Self::federated(authority, path, lifetime, &[]).await
+    }
+
+    /// As [`WorkloadApi::start`], also sending the bundles of `federated`
+    /// trust domains.
+    pub async fn federated(
+        authority: Arc<Authority>,
+        path: &str,
+        lifetime: Duration,
+        federated: &[&Authority],
+    ) -> Self {
+        let federated: Vec<(String, Vec<u8>)> = federated
+            .iter()
+            .map(|a| (a.trust_domain.clone(), a.bundle_der()))
+            .collect();
         let first = authority.issue(path, 1, lifetime);
         let (current, watching) = watch::channel(Arc::new(first));
         let dir = ScratchDir::new();
@@ -138,6 +152,7 @@ impl WorkloadApi {
         let service = Service {
             authority: Arc::clone(&authority),
             current: watching,
+            federated: Arc::new(federated),
         };
         let serving = tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(service))
@@ -195,6 +210,7 @@ impl Drop for WorkloadApi {
 struct Service {
     authority: Arc<Authority>,
     current: watch::Receiver<Arc<Svid>>,
+    federated: Arc<Vec<(String, Vec<u8>)>>,
 }
 
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -219,6 +235,7 @@ impl SpiffeWorkloadApi for Service {
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         guarded(&request)?;
         let bundle = self.authority.bundle_der();
+        let federated = Arc::clone(&self.federated);
         let updates = WatchStream::new(self.current.clone()).map(move |svid| {
             Ok(X509svidResponse {
                 svids: vec![X509svid {
@@ -228,6 +245,7 @@ impl SpiffeWorkloadApi for Service {
                     bundle: bundle.clone(),
                     hint: String::new(),
                 }],
+                federated_bundles: federated.iter().cloned().collect(),
                 ..Default::default()
             })
         });

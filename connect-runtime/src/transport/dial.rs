@@ -170,7 +170,10 @@ pub async fn dial(url: &Url, options: &DialOptions) -> Result<ClientConn, DialEr
         Ok(Ok(())) => {}
         Ok(Err(why)) => return Err(why.dial_error(&url, options.timeout)),
         Err(_) => {
-            let closed = io::Error::new(io::ErrorKind::UnexpectedEof, "closed before answering");
+            // The connection's task has said why by now (a TLS alert, say).
+            let why = ending.why.get().map(|why| why.message().to_owned());
+            let why = why.unwrap_or_else(|| "closed before answering".to_owned());
+            let closed = io::Error::new(io::ErrorKind::UnexpectedEof, why);
             let url = url.to_string();
             return Err(DialError::Connect {
                 url,

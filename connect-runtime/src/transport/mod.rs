@@ -11,6 +11,8 @@ mod reply;
 mod serve;
 mod service;
 mod socket;
+#[cfg(feature = "spiffe")]
+pub mod spiffe;
 mod target;
 pub mod tls;
 

@@ -2,8 +2,14 @@
 //! client and X.509 source: what SPIRE's agent serves, as that crate reads
 //! it, rotations included.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use connect_runtime::spiffe::{Authorize, SpiffeIdentity};
+use connect_runtime::{
+    ClientChain, Context, DialOptions, GrpcClient, Peer, Serve, ServerChain, dial,
+};
+use connect_tests::request;
 use connect_tests::workload_api::{Authority, WorkloadApi};
 use spiffe::{WorkloadApiClient, X509Source};
 
@@ -17,7 +23,7 @@ fn serial(der: &[u8]) -> u64 {
 #[tokio::test]
 async fn a_spiffe_client_fetches_the_svid_and_its_bundle() {
     let api = WorkloadApi::start(
-        Authority::new("example.org"),
+        Arc::new(Authority::new("example.org")),
         WORKLOAD,
         Duration::from_secs(30),
     )
@@ -45,7 +51,7 @@ async fn a_spiffe_client_fetches_the_svid_and_its_bundle() {
 #[tokio::test]
 async fn an_x509_source_follows_every_rotation() {
     let api = WorkloadApi::start(
-        Authority::new("example.org"),
+        Arc::new(Authority::new("example.org")),
         WORKLOAD,
         Duration::from_secs(30),
     )
@@ -76,7 +82,7 @@ async fn a_call_without_the_security_header_is_refused() {
     use connect_tests::generated::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 
     let api = WorkloadApi::start(
-        Authority::new("example.org"),
+        Arc::new(Authority::new("example.org")),
         WORKLOAD,
         Duration::from_secs(30),
     )
@@ -98,4 +104,135 @@ async fn a_call_without_the_security_header_is_refused() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("security header"), "{err:?}");
+}
+
+/// The serials of the client certificates the server saw, call by call.
+fn peer_serials(
+    seen: Arc<Mutex<Vec<u64>>>,
+) -> tower::util::MapRequestLayer<
+    impl Fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> + Clone,
+> {
+    tower::util::MapRequestLayer::new(move |call: http::Request<tonic::body::Body>| {
+        let peer = call
+            .extensions()
+            .get::<Peer>()
+            .expect("a served call has its Peer");
+        let leaf = &peer.certificates().expect("a client certificate")[0];
+        seen.lock().unwrap().push(serial(leaf));
+        call
+    })
+}
+
+async fn updated(identity: &SpiffeIdentity, serial_now: u64) {
+    let mut updates = identity.source().updated();
+    while serial(identity.source().svid().unwrap().leaf().as_bytes()) != serial_now {
+        updates.changed().await.unwrap();
+    }
+}
+
+/// A dial and a server with SVIDs of one trust domain authenticate each
+/// other; after each rotation a new connection is made with the new SVIDs.
+#[tokio::test]
+async fn dial_and_serve_use_the_current_svids_across_rotations() {
+    let domain = Arc::new(Authority::new("example.org"));
+    let lifetime = Duration::from_secs(30);
+    let server_api = WorkloadApi::start(Arc::clone(&domain), "/nse", lifetime).await;
+    let client_api = WorkloadApi::start(Arc::clone(&domain), "/passthrough", lifetime).await;
+    let server_identity = SpiffeIdentity::connect(server_api.endpoint())
+        .await
+        .unwrap();
+    let client_identity = SpiffeIdentity::connect(client_api.endpoint())
+        .await
+        .unwrap();
+    assert_eq!(
+        client_identity.spiffe_id().unwrap().to_string(),
+        "spiffe://example.org/passthrough"
+    );
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let server = Serve::new(ServerChain::default())
+        .tls(
+            server_identity
+                .server_tls(Authorize::SameTrustDomain)
+                .unwrap(),
+        )
+        .layer(peer_serials(Arc::clone(&seen)))
+        .bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let tls = client_identity
+        .client_tls(Authorize::SameTrustDomain)
+        .unwrap();
+    let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
+
+    for round in 1..=3u64 {
+        let conn = dial(server.url(), &options).await.unwrap();
+        let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
+        let reply = client
+            .request(Context::new(), request("svid"))
+            .await
+            .unwrap();
+        client.close(Context::new(), reply).await.unwrap();
+        // Request and close, each round under that round's SVID.
+        let expected: Vec<u64> = (1..=round).flat_map(|r| [r, r]).collect();
+        assert_eq!(*seen.lock().unwrap(), expected);
+        let (client_next, server_next) = (client_api.rotate(), server_api.rotate());
+        updated(&client_identity, client_next.serial).await;
+        updated(&server_identity, server_next.serial).await;
+    }
+    server.shutdown().await;
+}
+
+/// A workload of another trust domain (which trusts this one's bundle) is
+/// refused by a server that accepts its own trust domain only.
+#[tokio::test]
+async fn a_peer_from_another_trust_domain_is_refused() {
+    let home = Arc::new(Authority::new("example.org"));
+    let lifetime = Duration::from_secs(30);
+    let server_api = WorkloadApi::start(Arc::clone(&home), "/nse", lifetime).await;
+    let stranger_api = WorkloadApi::federated(
+        Arc::new(Authority::new("other.org")),
+        "/intruder",
+        lifetime,
+        &[&home],
+    )
+    .await;
+    let server_identity = SpiffeIdentity::connect(server_api.endpoint())
+        .await
+        .unwrap();
+    let stranger = SpiffeIdentity::connect(stranger_api.endpoint())
+        .await
+        .unwrap();
+
+    let server = Serve::new(ServerChain::default())
+        .tls(
+            server_identity
+                .server_tls(Authorize::SameTrustDomain)
+                .unwrap(),
+        )
+        .bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let tls = stranger
+        .client_tls(Authorize::predicate(|id| {
+            id.trust_domain().to_string() == "example.org"
+        }))
+        .unwrap();
+    let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
+    let refused = match dial(server.url(), &options).await {
+        Err(err) => tonic::Status::from(err),
+        Ok(conn) => {
+            let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
+            client
+                .request(Context::new(), request("intruder"))
+                .await
+                .expect_err("a peer from another trust domain was served")
+        }
+    };
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    // The server's TLS alert, as the dial saw it.
+    assert!(refused.message().contains("alert"), "{refused:?}");
+    let stats = server.wait_connections(|s| s.refused == 1).await;
+    assert_eq!((stats.refused, stats.open), (1, 0));
+    server.shutdown().await;
 }

@@ -1,0 +1,133 @@
+//! SPIFFE X.509 identities from the Workload API, for dial and serve
+//! (feature `spiffe`), on the `spiffe` crate's X.509 source and
+//! `spiffe-rustls`.
+//!
+//! The source follows the Workload API's rotations; every new TLS
+//! handshake, on either side, uses the SVID current then. Peers are
+//! authorized by SPIFFE ID: by default any workload of this workload's own
+//! trust domain, or whatever a predicate accepts.
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use spiffe::{SpiffeId, TrustDomain, X509Source};
+use spiffe_rustls::TrustDomainPolicy;
+
+use super::tls::{ClientTls, ServerTls};
+
+/// Why a SPIFFE identity could not be had or used.
+#[derive(Debug, thiserror::Error)]
+pub enum SpiffeError {
+    /// The Workload API could not be reached, or sent no usable SVID.
+    #[error("SPIFFE Workload API: {0}")]
+    Source(#[from] spiffe::X509SourceError),
+    /// A TLS configuration could not be made from the identity.
+    #[error("TLS from a SPIFFE identity: {0}")]
+    Tls(#[from] spiffe_rustls::Error),
+}
+
+/// Which peers to accept, by SPIFFE ID.
+#[derive(Clone, Default)]
+pub enum Authorize {
+    /// Any workload of this workload's own trust domain.
+    #[default]
+    SameTrustDomain,
+    /// Any peer the predicate accepts (its trust domain's bundle must be
+    /// in the Workload API's bundle set, federated or not).
+    Predicate(Arc<dyn Fn(&SpiffeId) -> bool + Send + Sync>),
+}
+
+impl Authorize {
+    /// Accepts the peers `accept` returns `true` for.
+    pub fn predicate(accept: impl Fn(&SpiffeId) -> bool + Send + Sync + 'static) -> Self {
+        Self::Predicate(Arc::new(accept))
+    }
+}
+
+impl fmt::Debug for Authorize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::SameTrustDomain => f.write_str("SameTrustDomain"),
+            Self::Predicate(_) => f.write_str("Predicate(..)"),
+        }
+    }
+}
+
+/// This workload's rotating X.509 identity, from the Workload API.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use connect_runtime::spiffe::{Authorize, SpiffeIdentity};
+/// use connect_runtime::{DialOptions, Passthrough, Serve, ServerChain};
+///
+/// let identity = SpiffeIdentity::from_env().await?; // SPIFFE_ENDPOINT_SOCKET
+/// let dial = DialOptions::new().tls(identity.client_tls(Authorize::SameTrustDomain)?);
+/// let server = Serve::new(ServerChain::builder().with(Passthrough).build())
+///     .tls(identity.server_tls(Authorize::SameTrustDomain)?)
+///     .bind(&"tcp://0.0.0.0:5002".parse()?)
+///     .await?;
+/// # let _ = (dial, server); Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct SpiffeIdentity {
+    source: X509Source,
+}
+
+impl SpiffeIdentity {
+    /// Reads the Workload API at `SPIFFE_ENDPOINT_SOCKET`, returning once it
+    /// has sent an SVID.
+    pub async fn from_env() -> Result<Self, SpiffeError> {
+        Ok(Self::from_source(X509Source::new().await?))
+    }
+
+    /// Reads the Workload API at `endpoint` (`unix:///run/spire/agent.sock`).
+    pub async fn connect(endpoint: &str) -> Result<Self, SpiffeError> {
+        let source = X509Source::builder().endpoint(endpoint).build().await?;
+        Ok(Self::from_source(source))
+    }
+
+    /// Uses an X.509 source made elsewhere.
+    pub fn from_source(source: X509Source) -> Self {
+        Self { source }
+    }
+
+    /// The source, to watch its updates or read the current SVID.
+    pub fn source(&self) -> &X509Source {
+        &self.source
+    }
+
+    /// This workload's SPIFFE ID now.
+    pub fn spiffe_id(&self) -> Result<SpiffeId, SpiffeError> {
+        Ok(self.source.svid()?.spiffe_id().clone())
+    }
+
+    /// Dials with the current SVID, verifying servers by SPIFFE ID.
+    pub fn client_tls(&self, authorize: Authorize) -> Result<ClientTls, SpiffeError> {
+        let builder = spiffe_rustls::mtls_client(self.source.clone());
+        let config = match authorize {
+            Authorize::SameTrustDomain => builder
+                .trust_domain_policy(self.local_only()?)
+                .authorize(spiffe_rustls::authorizer::any()),
+            Authorize::Predicate(accept) => builder.authorize(move |id: &SpiffeId| accept(id)),
+        };
+        Ok(ClientTls::from_rustls(config.build()?))
+    }
+
+    /// Serves with the current SVID, requiring client SVIDs that `authorize`
+    /// accepts.
+    pub fn server_tls(&self, authorize: Authorize) -> Result<ServerTls, SpiffeError> {
+        let builder = spiffe_rustls::mtls_server(self.source.clone());
+        let config = match authorize {
+            Authorize::SameTrustDomain => builder
+                .trust_domain_policy(self.local_only()?)
+                .authorize(spiffe_rustls::authorizer::any()),
+            Authorize::Predicate(accept) => builder.authorize(move |id: &SpiffeId| accept(id)),
+        };
+        Ok(ServerTls::from_rustls(config.build()?))
+    }
+
+    fn local_only(&self) -> Result<TrustDomainPolicy, SpiffeError> {
+        let domain = self.spiffe_id()?.trust_domain().clone();
+        Ok(TrustDomainPolicy::LocalOnly(domain))
+    }
+}
