@@ -40,8 +40,14 @@ impl Program {
     /// Starts the program with `args` and waits for its "listening on URL"
     /// line.
     pub async fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// As [`Program::start`], with `env` added to its environment.
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(binary())
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -93,6 +99,8 @@ pub async fn run(args: &[&str]) -> Output {
     let child = Command::new(binary())
         .args(args)
         .env("RUST_LOG", "warn")
+        // `--spiffe` must not find a Workload API by accident.
+        .env_remove("SPIFFE_ENDPOINT_SOCKET")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

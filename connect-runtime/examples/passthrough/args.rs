@@ -24,6 +24,11 @@ TLS: --tls-cert FILE --tls-key FILE [--tls-ca FILE]
   requires client certificates signed by it. A passthrough dials
   --connect-to with the same identity and verifies the remote against the
   CA, which it then needs.
+ or --spiffe
+  Mutual TLS with this workload's SPIFFE identity, from the Workload API at
+  SPIFFE_ENDPOINT_SOCKET (rotations followed), for the listener and for
+  --connect-to; peers must be of the same trust domain. (Builds with the
+  connect-runtime feature `spiffe`.)
 
 URLs are tcp://host:port (port 0 picks one) or unix:///path. Durations are
 like 100ms, 2s or 1.5s. RUST_LOG sets the log level (default info).";
@@ -38,14 +43,22 @@ pub(crate) enum Mode {
         connect_to: Url,
         dial_timeout: Duration,
         log: LogFormat,
-        tls: Option<TlsFiles>,
+        tls: Option<TlsSource>,
     },
     Endpoint {
         listen: Url,
         log: LogFormat,
-        tls: Option<TlsFiles>,
+        tls: Option<TlsSource>,
     },
     Help,
+}
+
+/// Where the TLS identity comes from.
+#[derive(Clone, Debug)]
+pub(crate) enum TlsSource {
+    Files(TlsFiles),
+    /// The SPIFFE Workload API (`--spiffe`).
+    Spiffe,
 }
 
 /// The PEM files `--tls-cert`, `--tls-key` and `--tls-ca` name.
@@ -70,6 +83,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Mode, St
     let mut endpoint = false;
     let mut connections = None;
     let (mut cert, mut key, mut ca) = (None, None, None);
+    let mut spiffe = false;
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next().map_err(message)? {
         let flag = match arg {
@@ -97,6 +111,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Mode, St
             "--tls-cert" => cert = Some(PathBuf::from(value()?)),
             "--tls-key" => key = Some(PathBuf::from(value()?)),
             "--tls-ca" => ca = Some(PathBuf::from(value()?)),
+            "--spiffe" => spiffe = true,
             "--log-format" => {
                 log = Some(match text(value()?)?.as_str() {
                     "text" => LogFormat::Text,
@@ -123,6 +138,12 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Mode, St
     if connect_to.is_some() && tls.as_ref().is_some_and(|t| t.ca.is_none()) {
         return Err("--tls-ca is needed to verify the remote --connect-to names".into());
     }
+    let tls = match (tls, spiffe) {
+        (Some(_), true) => return Err("--spiffe and the --tls-* files are alternatives".into()),
+        (Some(files), false) => Some(TlsSource::Files(files)),
+        (None, true) => Some(TlsSource::Spiffe),
+        (None, false) => None,
+    };
     if listen.is_none() && tls.is_some() {
         return Err("the TLS options are for --listen".into());
     }

@@ -16,16 +16,16 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use url::Url;
 
-use crate::args::TlsFiles;
+use crate::args::{TlsFiles, TlsSource};
 
 /// clienturl(`connect_to`) → connect, served on `listen`.
 pub(crate) async fn passthrough(
     listen: Url,
     connect_to: Url,
     dial_timeout: Duration,
-    tls: Option<TlsFiles>,
+    tls: Option<TlsSource>,
 ) -> Result<(), String> {
-    let tls = tls.as_ref().map(Tls::load).transpose()?;
+    let tls = Tls::from(tls).await?;
     let mut dial = DialOptions::new().timeout(dial_timeout);
     if let Some(client) = tls.as_ref().and_then(|t| t.client.clone()) {
         dial = dial.tls(client);
@@ -71,8 +71,8 @@ pub(crate) async fn passthrough(
 
 /// A minimal NSM endpoint: answers Request with the request's connection and
 /// Close with empty.
-pub(crate) async fn endpoint(listen: Url, tls: Option<TlsFiles>) -> Result<(), String> {
-    let tls = tls.as_ref().map(Tls::load).transpose()?;
+pub(crate) async fn endpoint(listen: Url, tls: Option<TlsSource>) -> Result<(), String> {
+    let tls = Tls::from(tls).await?;
     let chain = ServerChain::builder().with(Logged("endpoint")).build();
     let signals = Signals::install()?;
     let stop = CancellationToken::new();
@@ -104,6 +104,41 @@ struct Tls {
 }
 
 impl Tls {
+    async fn from(source: Option<TlsSource>) -> Result<Option<Self>, String> {
+        match source {
+            None => Ok(None),
+            Some(TlsSource::Files(files)) => Self::load(&files).map(Some),
+            Some(TlsSource::Spiffe) => Self::spiffe().await.map(Some),
+        }
+    }
+
+    /// Both sides from this workload's SPIFFE identity; peers of its own
+    /// trust domain only.
+    #[cfg(feature = "spiffe")]
+    async fn spiffe() -> Result<Self, String> {
+        use connect_runtime::spiffe::{Authorize, SpiffeIdentity};
+
+        let identity = SpiffeIdentity::from_env()
+            .await
+            .map_err(|e| format!("--spiffe: {e}"))?;
+        let server = identity.server_tls(Authorize::SameTrustDomain);
+        let client = identity.client_tls(Authorize::SameTrustDomain);
+        let id = identity.spiffe_id().map_err(|e| e.to_string())?;
+        tracing::info!(spiffe_id = %id, "serving and dialing as");
+        Ok(Self {
+            server: server.map_err(|e| format!("--spiffe: {e}"))?,
+            client: Some(client.map_err(|e| format!("--spiffe: {e}"))?),
+        })
+    }
+
+    #[cfg(not(feature = "spiffe"))]
+    async fn spiffe() -> Result<Self, String> {
+        Err(
+            "--spiffe: this build has no SPIFFE support (connect-runtime's feature `spiffe`)"
+                .into(),
+        )
+    }
+
     fn load(files: &TlsFiles) -> Result<Self, String> {
         let read = |path: &Path| {
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))

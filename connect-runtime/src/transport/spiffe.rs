@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use spiffe::{SpiffeId, TrustDomain, X509Source};
 use spiffe_rustls::TrustDomainPolicy;
@@ -18,6 +19,9 @@ use super::tls::{ClientTls, ServerTls};
 /// Why a SPIFFE identity could not be had or used.
 #[derive(Debug, thiserror::Error)]
 pub enum SpiffeError {
+    /// No Workload API was named.
+    #[error("SPIFFE_ENDPOINT_SOCKET is not set (it names the Workload API's socket)")]
+    NoEndpoint,
     /// The Workload API could not be reached, or sent no usable SVID.
     #[error("SPIFFE Workload API: {0}")]
     Source(#[from] spiffe::X509SourceError),
@@ -25,6 +29,10 @@ pub enum SpiffeError {
     #[error("TLS from a SPIFFE identity: {0}")]
     Tls(#[from] spiffe_rustls::Error),
 }
+
+/// How long [`SpiffeIdentity::from_env`] and [`SpiffeIdentity::connect`]
+/// wait for the Workload API's first SVID.
+pub const WORKLOAD_API_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which peers to accept, by SPIFFE ID.
 #[derive(Clone, Default)]
@@ -75,14 +83,20 @@ pub struct SpiffeIdentity {
 
 impl SpiffeIdentity {
     /// Reads the Workload API at `SPIFFE_ENDPOINT_SOCKET`, returning once it
-    /// has sent an SVID.
+    /// has sent an SVID (within [`WORKLOAD_API_TIMEOUT`]).
     pub async fn from_env() -> Result<Self, SpiffeError> {
-        Ok(Self::from_source(X509Source::new().await?))
+        let endpoint = std::env::var("SPIFFE_ENDPOINT_SOCKET");
+        Self::connect(&endpoint.map_err(|_| SpiffeError::NoEndpoint)?).await
     }
 
-    /// Reads the Workload API at `endpoint` (`unix:///run/spire/agent.sock`).
+    /// Reads the Workload API at `endpoint` (`unix:///run/spire/agent.sock`),
+    /// returning once it has sent an SVID (within [`WORKLOAD_API_TIMEOUT`]).
     pub async fn connect(endpoint: &str) -> Result<Self, SpiffeError> {
-        let source = X509Source::builder().endpoint(endpoint).build().await?;
+        let source = X509Source::builder()
+            .endpoint(endpoint)
+            .initial_sync_timeout(WORKLOAD_API_TIMEOUT)
+            .build()
+            .await?;
         Ok(Self::from_source(source))
     }
 

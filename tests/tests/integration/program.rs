@@ -152,7 +152,26 @@ async fn sigterm_lets_calls_in_flight_finish_then_closes_every_client() {
 async fn bad_input_gets_one_line_and_a_non_zero_exit() {
     let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let in_use = format!("tcp://{}", taken.local_addr().unwrap());
-    let cases: [(&[&str], &str); 15] = [
+    let cases: [(&[&str], &str); 18] = [
+        (
+            // `run` leaves SPIFFE_ENDPOINT_SOCKET out.
+            &["--endpoint", "--listen", "tcp://127.0.0.1:0", "--spiffe"],
+            "--spiffe: SPIFFE_ENDPOINT_SOCKET is not set",
+        ),
+        (
+            &[
+                "--endpoint",
+                "--listen",
+                "tcp://127.0.0.1:0",
+                "--spiffe",
+                "--tls-cert",
+                "a.pem",
+                "--tls-key",
+                "a.key",
+            ],
+            "--spiffe and the --tls-* files are alternatives",
+        ),
+        (&["--spiffe"], "the TLS options are for --listen"),
         (
             &["--listen", "not a url", "--connect-to", "tcp://127.0.0.1:1"],
             "is not a URL",

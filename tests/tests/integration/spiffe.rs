@@ -236,3 +236,80 @@ async fn a_peer_from_another_trust_domain_is_refused() {
     assert_eq!((stats.refused, stats.open), (1, 0));
     server.shutdown().await;
 }
+
+/// The program with `--spiffe`: a caller → passthrough → endpoint, each a
+/// workload with its own SVIDs from the test Workload API, forwarding
+/// across rotations of all three; a workload of another trust domain is
+/// refused by the passthrough.
+#[tokio::test]
+async fn the_program_forwards_with_spiffe_identities_across_rotations() {
+    use connect_tests::program::Program;
+
+    let domain = Arc::new(Authority::new("example.org"));
+    let lifetime = Duration::from_secs(30);
+    let endpoint_api = WorkloadApi::start(Arc::clone(&domain), "/nse", lifetime).await;
+    let passthrough_api = WorkloadApi::start(Arc::clone(&domain), "/passthrough", lifetime).await;
+    let caller_api = WorkloadApi::start(Arc::clone(&domain), "/caller", lifetime).await;
+
+    let endpoint = Program::start_with_env(
+        &["--endpoint", "--listen", "tcp://127.0.0.1:0", "--spiffe"],
+        &[("SPIFFE_ENDPOINT_SOCKET", endpoint_api.endpoint())],
+    )
+    .await;
+    let passthrough = Program::start_with_env(
+        &[
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--connect-to",
+            endpoint.url().as_str(),
+            "--dial-timeout",
+            "5s",
+            "--spiffe",
+        ],
+        &[("SPIFFE_ENDPOINT_SOCKET", passthrough_api.endpoint())],
+    )
+    .await;
+
+    let caller = SpiffeIdentity::connect(caller_api.endpoint())
+        .await
+        .unwrap();
+    for round in 1..=3 {
+        let tls = caller.client_tls(Authorize::SameTrustDomain).unwrap();
+        let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
+        let conn = dial(passthrough.url(), &options).await.unwrap();
+        let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
+        let id = format!("round-{round}");
+        let reply = client.request(Context::new(), request(&id)).await.unwrap();
+        assert_eq!(reply.id, id);
+        client.close(Context::new(), reply).await.unwrap();
+
+        endpoint_api.rotate();
+        passthrough_api.rotate();
+        updated(&caller, caller_api.rotate().serial).await;
+    }
+
+    let stranger_api = WorkloadApi::federated(
+        Arc::new(Authority::new("other.org")),
+        "/intruder",
+        lifetime,
+        &[&domain],
+    )
+    .await;
+    let stranger = SpiffeIdentity::connect(stranger_api.endpoint())
+        .await
+        .unwrap();
+    let tls = stranger
+        .client_tls(Authorize::predicate(|id| {
+            id.trust_domain().to_string() == "example.org"
+        }))
+        .unwrap();
+    let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
+    let err = dial(passthrough.url(), &options).await.unwrap_err();
+    let status = tonic::Status::from(err);
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+    passthrough.terminate();
+    endpoint.terminate();
+    assert!(passthrough.exited().await.success());
+    assert!(endpoint.exited().await.success());
+}
