@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use spiffe::{SpiffeId, TrustDomain, X509Source};
+pub use spiffe_rustls::TlsStatus;
 use spiffe_rustls::TrustDomainPolicy;
 
 use super::tls::{ClientTls, ServerTls};
@@ -117,27 +118,47 @@ impl SpiffeIdentity {
 
     /// Dials with the current SVID, verifying servers by SPIFFE ID.
     pub fn client_tls(&self, authorize: Authorize) -> Result<ClientTls, SpiffeError> {
-        let builder = spiffe_rustls::mtls_client(self.source.clone());
-        let config = match authorize {
-            Authorize::SameTrustDomain => builder
-                .trust_domain_policy(self.local_only()?)
-                .authorize(spiffe_rustls::authorizer::any()),
-            Authorize::Predicate(accept) => builder.authorize(move |id: &SpiffeId| accept(id)),
-        };
-        Ok(ClientTls::from_rustls(config.build()?))
+        Ok(self.client_tls_with_status(authorize)?.0)
     }
 
     /// Serves with the current SVID, requiring client SVIDs that `authorize`
     /// accepts.
     pub fn server_tls(&self, authorize: Authorize) -> Result<ServerTls, SpiffeError> {
-        let builder = spiffe_rustls::mtls_server(self.source.clone());
-        let config = match authorize {
+        Ok(self.server_tls_with_status(authorize)?.0)
+    }
+
+    /// As [`SpiffeIdentity::client_tls`], with the configuration's status:
+    /// after a rotation, handshakes fail until the new SVID is applied
+    /// (`spiffe-rustls` fails closed meanwhile), which the status shows.
+    pub fn client_tls_with_status(
+        &self,
+        authorize: Authorize,
+    ) -> Result<(ClientTls, TlsStatus), SpiffeError> {
+        let builder = spiffe_rustls::mtls_client(self.source.clone());
+        let builder = match authorize {
             Authorize::SameTrustDomain => builder
                 .trust_domain_policy(self.local_only()?)
                 .authorize(spiffe_rustls::authorizer::any()),
             Authorize::Predicate(accept) => builder.authorize(move |id: &SpiffeId| accept(id)),
         };
-        Ok(ServerTls::from_rustls(config.build()?))
+        let (config, status) = builder.build_with_status()?;
+        Ok((ClientTls::from_rustls(config), status))
+    }
+
+    /// As [`SpiffeIdentity::server_tls`], with the configuration's status.
+    pub fn server_tls_with_status(
+        &self,
+        authorize: Authorize,
+    ) -> Result<(ServerTls, TlsStatus), SpiffeError> {
+        let builder = spiffe_rustls::mtls_server(self.source.clone());
+        let builder = match authorize {
+            Authorize::SameTrustDomain => builder
+                .trust_domain_policy(self.local_only()?)
+                .authorize(spiffe_rustls::authorizer::any()),
+            Authorize::Predicate(accept) => builder.authorize(move |id: &SpiffeId| accept(id)),
+        };
+        let (config, status) = builder.build_with_status()?;
+        Ok((ServerTls::from_rustls(config), status))
     }
 
     fn local_only(&self) -> Result<TrustDomainPolicy, SpiffeError> {
