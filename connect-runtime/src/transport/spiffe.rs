@@ -13,7 +13,7 @@ use std::time::Duration;
 
 pub use spiffe::{SpiffeId, TrustDomain, X509Source};
 pub use spiffe_rustls::TlsStatus;
-use spiffe_rustls::TrustDomainPolicy;
+use spiffe_rustls::{Authorizer, TrustDomainPolicy};
 
 use super::tls::{ClientTls, ServerTls};
 
@@ -134,14 +134,11 @@ impl SpiffeIdentity {
         &self,
         authorize: Authorize,
     ) -> Result<(ClientTls, TlsStatus), SpiffeError> {
-        let builder = spiffe_rustls::mtls_client(self.source.clone());
-        let builder = match authorize {
-            Authorize::SameTrustDomain => builder
-                .trust_domain_policy(self.local_only()?)
-                .authorize(spiffe_rustls::authorizer::any()),
-            Authorize::Predicate(accept) => builder.authorize(move |id: &SpiffeId| accept(id)),
-        };
-        let (config, status) = builder.build_with_status()?;
+        let (policy, authorizer) = self.policy(authorize)?;
+        let (config, status) = spiffe_rustls::mtls_client(self.source.clone())
+            .trust_domain_policy(policy)
+            .authorize(authorizer)
+            .build_with_status()?;
         Ok((ClientTls::from_rustls(config), status))
     }
 
@@ -150,19 +147,29 @@ impl SpiffeIdentity {
         &self,
         authorize: Authorize,
     ) -> Result<(ServerTls, TlsStatus), SpiffeError> {
-        let builder = spiffe_rustls::mtls_server(self.source.clone());
-        let builder = match authorize {
-            Authorize::SameTrustDomain => builder
-                .trust_domain_policy(self.local_only()?)
-                .authorize(spiffe_rustls::authorizer::any()),
-            Authorize::Predicate(accept) => builder.authorize(move |id: &SpiffeId| accept(id)),
-        };
-        let (config, status) = builder.build_with_status()?;
+        let (policy, authorizer) = self.policy(authorize)?;
+        let (config, status) = spiffe_rustls::mtls_server(self.source.clone())
+            .trust_domain_policy(policy)
+            .authorize(authorizer)
+            .build_with_status()?;
         Ok((ServerTls::from_rustls(config), status))
     }
 
-    fn local_only(&self) -> Result<TrustDomainPolicy, SpiffeError> {
-        let domain = self.spiffe_id()?.trust_domain().clone();
-        Ok(TrustDomainPolicy::LocalOnly(domain))
+    /// The trust domains whose bundles verify peers, and who passes.
+    fn policy(
+        &self,
+        authorize: Authorize,
+    ) -> Result<(TrustDomainPolicy, Arc<dyn Authorizer>), SpiffeError> {
+        Ok(match authorize {
+            Authorize::SameTrustDomain => {
+                let domain = self.spiffe_id()?.trust_domain().clone();
+                let any = spiffe_rustls::authorizer::any();
+                (TrustDomainPolicy::LocalOnly(domain), Arc::new(any))
+            }
+            Authorize::Predicate(accept) => {
+                let accept = move |id: &SpiffeId| accept(id);
+                (TrustDomainPolicy::AnyInBundleSet, Arc::new(accept))
+            }
+        })
     }
 }

@@ -192,6 +192,20 @@ async fn dial_and_serve_use_the_current_svids_across_rotations() {
     server.shutdown().await;
 }
 
+/// A workload of `other.org` that trusts `home`'s bundle and accepts
+/// servers of its trust domain: its Workload API (keep it) and how it dials.
+async fn stranger(home: &Authority) -> (WorkloadApi, DialOptions) {
+    let other = Arc::new(Authority::new("other.org"));
+    let lifetime = Duration::from_secs(30);
+    let api = WorkloadApi::federated(other, "/intruder", lifetime, &[home]).await;
+    let identity = SpiffeIdentity::connect(api.endpoint()).await.unwrap();
+    let domain = home.trust_domain().to_owned();
+    let accept = Authorize::predicate(move |id| id.trust_domain().to_string() == domain);
+    let tls = identity.client_tls(accept).unwrap();
+    let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
+    (api, options)
+}
+
 /// A workload of another trust domain (which trusts this one's bundle) is
 /// refused by a server that accepts its own trust domain only.
 #[tokio::test]
@@ -199,19 +213,10 @@ async fn a_peer_from_another_trust_domain_is_refused() {
     let home = Arc::new(Authority::new("example.org"));
     let lifetime = Duration::from_secs(30);
     let server_api = WorkloadApi::start(Arc::clone(&home), "/nse", lifetime).await;
-    let stranger_api = WorkloadApi::federated(
-        Arc::new(Authority::new("other.org")),
-        "/intruder",
-        lifetime,
-        &[&home],
-    )
-    .await;
     let server_identity = SpiffeIdentity::connect(server_api.endpoint())
         .await
         .unwrap();
-    let stranger = SpiffeIdentity::connect(stranger_api.endpoint())
-        .await
-        .unwrap();
+    let (_stranger_api, options) = stranger(&home).await;
 
     let server = Serve::new(ServerChain::default())
         .tls(
@@ -222,12 +227,6 @@ async fn a_peer_from_another_trust_domain_is_refused() {
         .bind(&"tcp://127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let tls = stranger
-        .client_tls(Authorize::predicate(|id| {
-            id.trust_domain().to_string() == "example.org"
-        }))
-        .unwrap();
-    let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
     let refused = match dial(server.url(), &options).await {
         Err(err) => tonic::Status::from(err),
         Ok(conn) => {
@@ -300,22 +299,7 @@ async fn the_program_forwards_with_spiffe_identities() {
         applied(&mut status).await;
     }
 
-    let stranger_api = WorkloadApi::federated(
-        Arc::new(Authority::new("other.org")),
-        "/intruder",
-        lifetime,
-        &[&domain],
-    )
-    .await;
-    let stranger = SpiffeIdentity::connect(stranger_api.endpoint())
-        .await
-        .unwrap();
-    let tls = stranger
-        .client_tls(Authorize::predicate(|id| {
-            id.trust_domain().to_string() == "example.org"
-        }))
-        .unwrap();
-    let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
+    let (_stranger_api, options) = stranger(&domain).await;
     let err = dial(passthrough.url(), &options).await.unwrap_err();
     let status = tonic::Status::from(err);
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
