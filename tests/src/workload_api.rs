@@ -46,7 +46,6 @@ pub struct Svid {
     pub key_der: Vec<u8>,
     /// The certificate's serial number; each rotation's is one more.
     pub serial: u64,
-    pub not_after: SystemTime,
 }
 
 impl Authority {
@@ -91,9 +90,8 @@ impl Authority {
         ];
         params.serial_number = Some(SerialNumber::from(serial.to_be_bytes().to_vec()));
         let now = SystemTime::now();
-        let not_after = now + lifetime;
         params.not_before = (now - Duration::from_secs(60)).into();
-        params.not_after = not_after.into();
+        params.not_after = (now + lifetime).into();
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Svid {
@@ -101,14 +99,6 @@ impl Authority {
             cert_der: cert.der().to_vec(),
             key_der: key.serialize_der(),
             serial,
-            // X.509 keeps whole seconds.
-            not_after: SystemTime::UNIX_EPOCH
-                + Duration::from_secs(
-                    not_after
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .unwrap()
-                        .as_secs(),
-                ),
         }
     }
 }

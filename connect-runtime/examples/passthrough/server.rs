@@ -118,16 +118,18 @@ impl Tls {
     async fn spiffe() -> Result<Self, String> {
         use connect_runtime::spiffe::{Authorize, SpiffeIdentity};
 
-        let identity = SpiffeIdentity::from_env()
-            .await
-            .map_err(|e| format!("--spiffe: {e}"))?;
-        let server = identity.server_tls(Authorize::SameTrustDomain);
-        let client = identity.client_tls(Authorize::SameTrustDomain);
-        let id = identity.spiffe_id().map_err(|e| e.to_string())?;
-        tracing::info!(spiffe_id = %id, "serving and dialing as");
+        let spiffe = |e: connect_runtime::spiffe::SpiffeError| format!("--spiffe: {e}");
+        let identity = SpiffeIdentity::from_env().await.map_err(spiffe)?;
+        tracing::info!(spiffe_id = %identity.spiffe_id().map_err(spiffe)?, "serving and dialing as");
         Ok(Self {
-            server: server.map_err(|e| format!("--spiffe: {e}"))?,
-            client: Some(client.map_err(|e| format!("--spiffe: {e}"))?),
+            server: identity
+                .server_tls(Authorize::SameTrustDomain)
+                .map_err(spiffe)?,
+            client: Some(
+                identity
+                    .client_tls(Authorize::SameTrustDomain)
+                    .map_err(spiffe)?,
+            ),
         })
     }
 
