@@ -67,7 +67,7 @@ pub use chain::{
 };
 pub use elements::{
     ClientFactory, ClientStats, ClientUrl, Connect, ConnectBuilder, ConnectStats, DEADLINE_GRACE,
-    DEFAULT_CLEANUP_TIMEOUT, GrpcClient, Monitor, Passthrough,
+    DEFAULT_CLEANUP_TIMEOUT, DEFAULT_EXPIRY_MARGIN, GrpcClient, Monitor, Passthrough,
 };
 #[cfg(feature = "spiffe")]
 pub use transport::spiffe;

@@ -472,11 +472,22 @@ impl<K: Hash + Eq, V: Clone> RefCountMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.take(key, instance).map(|(value, _)| value)
+    }
+
+    /// Removes `instance` with its count, for a caller that goes on counting
+    /// elsewhere (a client retired while in use); `None` if the map no
+    /// longer holds that instance.
+    pub fn take<Q>(&self, key: &Q, instance: Instance) -> Option<(V, usize)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let mut shard = self.inner.lock(key);
         match shard.get(key) {
-            Some(counted) if counted.instance == instance => {
-                shard.remove(key).map(|counted| counted.value)
-            }
+            Some(counted) if counted.instance == instance => shard
+                .remove(key)
+                .map(|counted| (counted.value, counted.refs)),
             _ => None,
         }
     }

@@ -183,8 +183,13 @@ impl WorkloadApi {
     /// Issues the next SVID (serial one more, a new key) and sends it to
     /// every watching client; returns it.
     pub fn rotate(&self) -> Arc<Svid> {
+        self.rotate_for(self.lifetime)
+    }
+
+    /// As [`WorkloadApi::rotate`], the new SVID valid for `lifetime`.
+    pub fn rotate_for(&self, lifetime: Duration) -> Arc<Svid> {
         let serial = self.current().serial + 1;
-        let next = Arc::new(self.authority.issue(&self.path, serial, self.lifetime));
+        let next = Arc::new(self.authority.issue(&self.path, serial, lifetime));
         self.current.send_replace(Arc::clone(&next));
         next
     }

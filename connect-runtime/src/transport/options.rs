@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::tls::ClientTls;
+use super::tls::{ClientTls, Credential};
 
 /// The dial timeout when none is given: 100 ms, as in Go's connect v0.5.0.
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_millis(100);
@@ -88,6 +88,11 @@ impl DialOptions {
     pub fn tls(mut self, tls: ClientTls) -> Self {
         self.tls = Some(tls);
         self
+    }
+
+    /// What the TLS certificate dials present now, if it rotates.
+    pub(crate) fn credential(&self) -> Option<&tokio::sync::watch::Receiver<Credential>> {
+        self.tls.as_ref().and_then(ClientTls::credential)
     }
 
     /// Enables HTTP/2 keepalive.

@@ -9,13 +9,15 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use spiffe::X509Svid;
 pub use spiffe::{SpiffeId, TrustDomain, X509Source};
 pub use spiffe_rustls::TlsStatus;
 use spiffe_rustls::{Authorizer, TrustDomainPolicy};
+use tokio::sync::watch;
 
-use super::tls::{ClientTls, ServerTls};
+use super::tls::{ClientTls, Credential, ServerTls};
 
 /// Why a SPIFFE identity could not be had or used.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,10 @@ pub enum SpiffeError {
     /// A TLS configuration could not be made from the identity.
     #[error("TLS from a SPIFFE identity: {0}")]
     Tls(#[from] spiffe_rustls::Error),
+    /// The SVID's leaf certificate could not be read for its serial number
+    /// and expiry.
+    #[error("the SVID's certificate: {0}")]
+    Certificate(String),
 }
 
 /// How long [`SpiffeIdentity::from_env`] and [`SpiffeIdentity::connect`]
@@ -116,7 +122,16 @@ impl SpiffeIdentity {
         Ok(self.source.svid()?.spiffe_id().clone())
     }
 
-    /// Dials with the current SVID, verifying servers by SPIFFE ID.
+    /// The SVID's serial number and expiry now.
+    pub fn credential(&self) -> Result<Credential, SpiffeError> {
+        let svid = self.source.svid()?;
+        credential_of(&svid)
+    }
+
+    /// Dials with the current SVID, verifying servers by SPIFFE ID. The
+    /// configuration is [rotating](ClientTls::rotating): its credential
+    /// changes once new handshakes present a new SVID, which is what
+    /// [`Connect`](crate::Connect) retires clients by.
     pub fn client_tls(&self, authorize: Authorize) -> Result<ClientTls, SpiffeError> {
         Ok(self.client_tls_with_status(authorize)?.0)
     }
@@ -139,7 +154,8 @@ impl SpiffeIdentity {
             .trust_domain_policy(policy)
             .authorize(authorizer)
             .build_with_status()?;
-        Ok((ClientTls::from_rustls(config), status))
+        let credential = self.follow(status.clone())?;
+        Ok((ClientTls::from_rustls(config).rotating(credential), status))
     }
 
     /// As [`SpiffeIdentity::server_tls`], with the configuration's status.
@@ -153,6 +169,38 @@ impl SpiffeIdentity {
             .authorize(authorizer)
             .build_with_status()?;
         Ok((ServerTls::from_rustls(config), status))
+    }
+
+    /// The credential handshakes under `status` present: updated when a new
+    /// SVID has been applied (before that, they fail closed), by a task
+    /// that ends with the last receiver.
+    fn follow(&self, mut status: TlsStatus) -> Result<watch::Receiver<Credential>, SpiffeError> {
+        let source = self.source.clone();
+        let (sender, receiver) = watch::channel(self.credential()?);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = status.changed() => if changed.is_err() { return },
+                    () = sender.closed() => return,
+                }
+                let Ok(svid) = source.svid() else { continue };
+                let snapshot = status.current();
+                if !snapshot.available || snapshot.applied_revision != snapshot.source_revision {
+                    continue;
+                }
+                match credential_of(&svid) {
+                    Ok(now) => {
+                        sender.send_if_modified(|old| {
+                            let changed = *old != now;
+                            *old = now;
+                            changed
+                        });
+                    }
+                    Err(err) => tracing::warn!(error = %err, "a rotated SVID"),
+                }
+            }
+        });
+        Ok(receiver)
     }
 
     /// The trust domains whose bundles verify peers, and who passes.
@@ -172,4 +220,15 @@ impl SpiffeIdentity {
             }
         })
     }
+}
+
+/// The serial number and expiry of an SVID's leaf certificate.
+fn credential_of(svid: &X509Svid) -> Result<Credential, SpiffeError> {
+    let (_, leaf) = x509_parser::parse_x509_certificate(svid.leaf().as_bytes())
+        .map_err(|err| SpiffeError::Certificate(err.to_string()))?;
+    let expiry = u64::try_from(leaf.validity().not_after.timestamp()).unwrap_or_default();
+    Ok(Credential {
+        serial: leaf.raw_serial_as_string(),
+        not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(expiry),
+    })
 }

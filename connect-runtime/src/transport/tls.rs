@@ -3,12 +3,14 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::sync::watch;
 
 /// What ALPN must agree on: gRPC runs over HTTP/2 only.
 const H2: &[u8] = b"h2";
@@ -120,6 +122,32 @@ pub struct ClientTls {
     config: Arc<ClientConfig>,
     roots: Option<Arc<RootCertStore>>,
     server_name: Option<ServerName<'static>>,
+    credential: Option<watch::Receiver<Credential>>,
+}
+
+/// The certificate a rotating TLS configuration presents in new handshakes:
+/// which one, and until when it is valid.
+///
+/// A [`ClientTls`] that rotates (such as a SPIFFE identity's) publishes it;
+/// [`Connect`](crate::Connect) retires a client whose connection was made
+/// under an earlier one, and closes it before that one expires.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use connect_runtime::tls::Credential;
+///
+/// let credential = Credential {
+///     serial: "01:ab".into(),
+///     not_after: SystemTime::now() + Duration::from_secs(3600),
+/// };
+/// assert!(credential.not_after > SystemTime::now());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential {
+    /// The certificate's serial number, as colon-separated hex.
+    pub serial: String,
+    /// The end of the certificate's validity.
+    pub not_after: SystemTime,
 }
 
 impl ClientTls {
@@ -131,6 +159,7 @@ impl ClientTls {
             config: with_alpn(config),
             roots: Some(roots),
             server_name: None,
+            credential: None,
         })
     }
 
@@ -168,7 +197,21 @@ impl ClientTls {
             config: with_alpn(config),
             roots: None,
             server_name: None,
+            credential: None,
         }
+    }
+
+    /// Declares that the configuration's certificate rotates: `credential`
+    /// names the one new handshakes present, changing only once they
+    /// present the new one.
+    pub fn rotating(mut self, credential: watch::Receiver<Credential>) -> Self {
+        self.credential = Some(credential);
+        self
+    }
+
+    /// What [`ClientTls::rotating`] was given, if anything.
+    pub fn credential(&self) -> Option<&watch::Receiver<Credential>> {
+        self.credential.as_ref()
     }
 
     pub(crate) fn connector(&self) -> tokio_rustls::TlsConnector {
@@ -197,6 +240,10 @@ impl fmt::Debug for ClientTls {
             .field(
                 "client_auth",
                 &self.config.client_auth_cert_resolver.has_certs(),
+            )
+            .field(
+                "credential",
+                &self.credential.as_ref().map(|c| c.borrow().clone()),
             )
             .finish()
     }

@@ -7,6 +7,7 @@ mod connect;
 mod fixtures;
 mod interop;
 mod program;
+mod rotation;
 mod served;
 mod spans;
 mod spiffe;

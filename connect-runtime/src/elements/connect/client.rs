@@ -2,19 +2,21 @@
 //! client chain the factory built over it (Go's `connectClient`).
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, watch};
 use tonic::Status;
 use url::Url;
 
 use crate::chain::BoxFuture;
 use crate::chain::ClientChain;
 use crate::chain::{ClientCancel, Context};
-use crate::map::lock;
+use crate::map::{Instance, lock};
 use crate::outcome::not_sent;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
+use crate::tls::Credential;
 use crate::transport::{ClientConn, DialOptions, dial};
 
 /// Builds the client chain for a newly dialed remote (Go's `ClientFactory`).
@@ -39,6 +41,8 @@ where
 
 pub(crate) struct ConnectClient {
     url: Arc<Url>,
+    /// Which of the URL's clients this is, in the map or retired.
+    instance: Instance,
     cancel: ClientCancel,
     /// The context the factory sees: the client URL and the cancel handle.
     ctx: Context,
@@ -48,11 +52,17 @@ pub(crate) struct ConnectClient {
     dialed: OnceCell<Result<(), Status>>,
     /// The chain and its channel, until the client is cancelled and lets go.
     chain: Mutex<Option<(ClientChain, ClientConn)>>,
+    /// The rotating credential the dial presented, once it has begun.
+    credential: watch::Sender<Option<Credential>>,
+    /// Whether it has left the map for a client dialed under a newer
+    /// credential (it lives on while connections use it).
+    retired: AtomicBool,
 }
 
 impl ConnectClient {
     pub(super) fn new(
         url: Arc<Url>,
+        instance: Instance,
         cancel: ClientCancel,
         factory: Arc<dyn ClientFactory>,
         dial_options: &DialOptions,
@@ -71,16 +81,42 @@ impl ConnectClient {
                 .close_on(cancel.token().clone())
                 .on_end(cancel.token().clone()),
             url,
+            instance,
             cancel,
             ctx,
             factory,
             dialed: OnceCell::new(),
             chain: Mutex::new(None),
+            credential: watch::Sender::new(None),
+            retired: AtomicBool::new(false),
         })
     }
 
     pub(super) fn url(&self) -> &Arc<Url> {
         &self.url
+    }
+
+    pub(super) fn instance(&self) -> Instance {
+        self.instance
+    }
+
+    /// The credential its dial presented (`None` before the dial, or when
+    /// the dial's TLS does not rotate), and its changes.
+    pub(super) fn credential(&self) -> watch::Receiver<Option<Credential>> {
+        self.credential.subscribe()
+    }
+
+    pub(super) fn credential_now(&self) -> Option<Credential> {
+        self.credential.borrow().clone()
+    }
+
+    pub(super) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Marks it retired; `false` if it already was.
+    pub(super) fn retire(&self) -> bool {
+        !self.retired.swap(true, Ordering::AcqRel)
     }
 
     pub(super) fn cancel_handle(&self) -> &ClientCancel {
@@ -152,7 +188,13 @@ impl ConnectClient {
         // Calls wait for the remote's SETTINGS: a burst sent ahead of them
         // queues inside hyper's connection task, slowly (BENCHMARKS.md).
         // The dial's own failure, when there is one, says more than the
-        // cancellation it causes.
+        // cancellation it causes. The credential is read before the
+        // handshake: a rotation meanwhile can only make the tag older than
+        // the certificate, which retires the client early, never late.
+        if let Some(credential) = self.dial_options.credential() {
+            let now = credential.borrow().clone();
+            self.credential.send_replace(Some(now));
+        }
         let conn = tokio::select! {
             biased;
             dialed = dial(&self.url, &self.dial_options) => dialed?,

@@ -85,9 +85,15 @@ impl Shared {
         self.records.delete_if(&**id, |r| r.instance == instance);
         let old_url = Arc::clone(record.client.url());
         let closing = Connection::clone(&record.connection);
-        let mut lease = Lease::adopt(Arc::clone(self), record, turn);
-        let ctx = self.cleanup_context(lease.client());
-        if let Err(status) = lease.close(ctx, closing).await {
+        let closed = match Lease::reaching(self, record, turn) {
+            Ok(mut lease) => {
+                let ctx = self.cleanup_context(lease.client());
+                let closed = lease.close(ctx, closing).await;
+                (closed, lease.release())
+            }
+            Err((refused, turn)) => (Err(refused), turn),
+        };
+        if let Err(status) = closed.0 {
             tracing::warn!(
                 connection_id = %id,
                 url = %old_url,
@@ -95,7 +101,7 @@ impl Shared {
                 "closing at the previous remote failed"
             );
         }
-        lease.release()
+        closed.1
     }
 
     pub(super) async fn refresh(
@@ -107,6 +113,10 @@ impl Shared {
         turn: Turn,
     ) -> Result<Connection, Status> {
         let client = Arc::clone(&record.client);
+        if client.is_retired() {
+            // Boxed: a cold path, once per connection per rotation.
+            return Box::pin(self.migrate(ctx, request, next, record, turn)).await;
+        }
         if client.is_cancelled() {
             // Its monitor (or a heal element) gave up on the remote: forget
             // the connection; the next request for it dials afresh.
@@ -125,9 +135,11 @@ impl Shared {
             Err(status) => {
                 let status = in_context(status, "refresh", lease.id(), client.url());
                 let turn = lease.keep();
-                if client.is_cancelled() {
+                if client.is_cancelled() && !client.is_retired() {
                     // The remote could not be reached again: forget the
                     // connection; the next request for it dials afresh.
+                    // (One bound to a retired client moves on its next
+                    // refresh instead.)
                     self.forget(&turn, &record);
                 }
                 return Err(status);
@@ -146,6 +158,36 @@ impl Shared {
         next.request(ctx, request).await
     }
 
+    /// Refreshes a connection bound to a retired client through the URL's
+    /// current client, which then holds the connection's reference in its
+    /// stead. The remote sees a refresh; if it fails, the connection stays
+    /// where it was and moves on its next refresh.
+    async fn migrate(
+        self: &Arc<Self>,
+        ctx: Context,
+        mut request: NetworkServiceRequest,
+        next: Next<'_>,
+        record: Record,
+        turn: Turn,
+    ) -> Result<Connection, Status> {
+        let url = Arc::clone(record.client.url());
+        let id: Arc<str> = Arc::from(turn.id());
+        let mut lease = self.acquire(&url, turn).map_err(|(status, _)| status)?;
+        let client_ctx = client_context(&ctx, lease.client());
+        let reply = match lease.request(client_ctx, request.clone()).await {
+            Ok(reply) => Arc::new(reply),
+            Err(status) => {
+                lease.release();
+                return Err(in_context(status, "refresh", &id, &url));
+            }
+        };
+        lease.record(id, Arc::clone(&reply));
+        drop(lease.keep());
+        self.release(&url, record.instance);
+        request.connection = Some(Box::new(Connection::clone(&reply)));
+        next.request(ctx, request).await
+    }
+
     pub(super) async fn establish(
         self: &Arc<Self>,
         ctx: Context,
@@ -155,7 +197,7 @@ impl Shared {
         id: Arc<str>,
         turn: Turn,
     ) -> Result<Connection, Status> {
-        let mut lease = self.acquire(&url, turn)?;
+        let mut lease = self.acquire(&url, turn).map_err(|(status, _)| status)?;
         let client = Arc::clone(lease.client());
         let outgoing = request.clone();
         // From here the remote may have the connection: if this call is
@@ -213,14 +255,16 @@ impl Shared {
         let turn = self.turns.take(&id).await;
         let (client_result, _turn) = match self.records.load_and_delete(&*id) {
             Some(record) => {
-                let client_ctx = client_context(&ctx, &record.client);
                 let url = Arc::clone(record.client.url());
-                let mut lease = Lease::adopt(Arc::clone(self), record, turn);
-                let result = lease.close(client_ctx, connection.clone()).await;
-                (
-                    result.map_err(|s| in_context(s, "close", &id, &url)),
-                    lease.release(),
-                )
+                let (result, turn) = match Lease::reaching(self, record, turn) {
+                    Ok(mut lease) => {
+                        let client_ctx = client_context(&ctx, lease.client());
+                        let result = lease.close(client_ctx, connection.clone()).await;
+                        (result, lease.release())
+                    }
+                    Err((refused, turn)) => (Err(refused), turn),
+                };
+                (result.map_err(|s| in_context(s, "close", &id, &url)), turn)
             }
             None => (
                 Err(Status::not_found(format!(

@@ -121,6 +121,22 @@ impl Lease {
         Self::new(shared, record.instance, record.client, turn)
     }
 
+    /// A lease on a client that can reach the remote a record (already
+    /// gone) names, to close the connection there: the record's own client,
+    /// or, if that one was retired and has since closed, the URL's current
+    /// client, whose reference replaces the record's.
+    pub(super) fn reaching(
+        shared: &Arc<Shared>,
+        record: Record,
+        turn: Turn,
+    ) -> Result<Self, (Status, Turn)> {
+        if record.client.is_retired() && record.client.is_cancelled() {
+            shared.release(record.client.url(), record.instance);
+            return shared.acquire(record.client.url(), turn);
+        }
+        Ok(Self::adopt(Arc::clone(shared), record, turn))
+    }
+
     /// Uses the reference a record keeps, without taking it (a refresh).
     pub(super) fn borrow(shared: Arc<Shared>, record: &Record, turn: Turn) -> Self {
         let mut lease = Self::new(shared, record.instance, Arc::clone(&record.client), turn);
@@ -365,11 +381,17 @@ impl Shared {
     /// is none. A client found cancelled but not yet evicted is evicted and
     /// replaced.
     /// After shutdown every new client is born cancelled: the request is
-    /// refused at once rather than retried.
-    pub(super) fn acquire(self: &Arc<Self>, url: &Arc<Url>, turn: Turn) -> Result<Lease, Status> {
+    /// refused at once rather than retried (the turn comes back with the
+    /// refusal).
+    pub(super) fn acquire(
+        self: &Arc<Self>,
+        url: &Arc<Url>,
+        turn: Turn,
+    ) -> Result<Lease, (Status, Turn)> {
+        self.follow_rotation();
         loop {
             if self.root.is_cancelled() {
-                return Err(Status::unavailable("connect is shut down"));
+                return Err((Status::unavailable("connect is shut down"), turn));
             }
             let acquired = self.clients.acquire(Arc::clone(url), |instance| {
                 self.new_client(Arc::clone(url), instance)

@@ -9,8 +9,8 @@ mod state;
 mod turns;
 
 use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Once};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +18,8 @@ use tonic::Status;
 use url::Url;
 
 pub use self::client::ClientFactory;
-use self::state::{Clients, ConnectionRecords, Shared};
+use self::client::ConnectClient;
+use self::state::{Clients, ConnectionRecords, Retired, Shared};
 use self::turns::Turns;
 use crate::chain::ClientChain;
 use crate::chain::Context;
@@ -26,11 +27,15 @@ use crate::chain::Next;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
 use crate::transport::{ClientConn, DialOptions};
-use crate::{Element, Hooks};
+use crate::{Element, Hooks, map};
 
 /// How long the closes `connect` makes on its own behalf may take: after a
 /// failure, on a URL change, and for calls abandoned half-way.
 pub const DEFAULT_CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long before the certificate it dialed with expires a client is
+/// closed, when the dial's TLS rotates (see [`ConnectBuilder::expiry_margin`]).
+pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 
 /// The `connect` server element (Go's `connect.NewServer`).
 ///
@@ -54,6 +59,16 @@ pub const DEFAULT_CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 ///   timeout) and what it created on the remote is then closed, as last
 ///   known, in the background, still holding the id's turn, so the remote
 ///   never sees two calls for one id at once.
+/// - When the dial options' TLS certificate rotates (a
+///   [`ClientTls::rotating`](crate::tls::ClientTls::rotating) one, such as a
+///   SPIFFE identity's), every client dialed under the earlier certificate
+///   is *retired*: new requests for its URL go to a fresh client (one dial
+///   for the whole burst); each connection bound to it moves to the fresh
+///   client on its next refresh (the remote sees a refresh, not a close);
+///   and it closes when its last connection leaves, or
+///   [`expiry_margin`](ConnectBuilder::expiry_margin) before its
+///   certificate expires, whichever comes first. Connections still bound to
+///   it then move on their next refresh all the same.
 /// - Cancelling a client through its [`ClientCancel`](crate::ClientCancel) handle (a
 ///   [`Monitor`](crate::Monitor) does when the remote dies) closes it at
 ///   once; connections bound to it fail their next request, and the request
@@ -111,6 +126,7 @@ pub struct ConnectBuilder {
     factory: Arc<dyn ClientFactory>,
     dial: DialOptions,
     cleanup_timeout: Duration,
+    expiry_margin: Duration,
     shutdown: Option<CancellationToken>,
 }
 
@@ -119,6 +135,7 @@ impl fmt::Debug for ConnectBuilder {
         f.debug_struct("ConnectBuilder")
             .field("dial", &self.dial)
             .field("cleanup_timeout", &self.cleanup_timeout)
+            .field("expiry_margin", &self.expiry_margin)
             .field("shutdown", &self.shutdown)
             .finish_non_exhaustive()
     }
@@ -144,6 +161,15 @@ impl ConnectBuilder {
         self
     }
 
+    /// How long before the certificate it dialed with expires a client is
+    /// closed, when the dial's TLS rotates (default
+    /// [`DEFAULT_EXPIRY_MARGIN`]): room for its TCP connection to go before
+    /// a remote that checks expiry would refuse it.
+    pub fn expiry_margin(mut self, margin: Duration) -> Self {
+        self.expiry_margin = margin;
+        self
+    }
+
     /// Closes every client when `token` is cancelled (dropping the last
     /// clone of the element does too).
     pub fn shutdown_on(mut self, token: CancellationToken) -> Self {
@@ -165,6 +191,9 @@ impl ConnectBuilder {
                 root,
                 records: ConnectionRecords::new(),
                 clients: Clients::new(),
+                retired: Retired::default(),
+                expiry_margin: self.expiry_margin,
+                following: Once::new(),
                 clients_changed: Notify::new(),
                 turns: Turns::default(),
             }),
@@ -181,7 +210,7 @@ pub struct ConnectStats {
     pub in_flight: usize,
     /// Calls queued behind another call for the same connection id.
     pub waiting: usize,
-    /// Its clients, by URL.
+    /// Its clients, by URL, a URL's retired ones after its current one.
     pub clients: Vec<ClientStats>,
 }
 
@@ -197,6 +226,13 @@ pub struct ClientStats {
     /// Connections it has made to the remote: its dial, and one more each
     /// time the remote ended a connection (a GOAWAY) and a call needed one.
     pub dials: u64,
+    /// Whether it was retired: its dial presented a certificate that has
+    /// since rotated, so new requests go to a fresh client.
+    pub retired: bool,
+    /// The serial number of the rotating certificate its dial presented.
+    pub serial: Option<String>,
+    /// When that certificate expires.
+    pub expires: Option<SystemTime>,
 }
 
 impl ConnectStats {
@@ -229,6 +265,7 @@ impl Connect {
             factory: Arc::new(factory),
             dial: DialOptions::new(),
             cleanup_timeout: DEFAULT_CLEANUP_TIMEOUT,
+            expiry_margin: DEFAULT_EXPIRY_MARGIN,
             shutdown: None,
         }
     }
@@ -302,17 +339,27 @@ impl Connect {
 
     /// A snapshot of its connections and clients.
     pub fn stats(&self) -> ConnectStats {
-        let mut clients = Vec::new();
-        self.shared.clients.range(|url, client, refs| {
-            clients.push(ClientStats {
-                url: url.to_string(),
+        let client_stats = |client: &ConnectClient, refs| {
+            let credential = client.credential_now();
+            ClientStats {
+                url: client.url().to_string(),
                 refs,
                 dialed: client.is_dialed(),
                 dials: client.dials(),
-            });
+                retired: client.is_retired(),
+                serial: credential.as_ref().map(|c| c.serial.clone()),
+                expires: credential.map(|c| c.not_after),
+            }
+        };
+        let mut clients = Vec::new();
+        self.shared.clients.range(|_, client, refs| {
+            clients.push(client_stats(client, refs));
             true
         });
-        clients.sort_by(|a, b| a.url.cmp(&b.url));
+        for (client, refs) in map::lock(&self.shared.retired).values() {
+            clients.push(client_stats(client, *refs));
+        }
+        clients.sort_by(|a, b| (&a.url, a.retired).cmp(&(&b.url, b.retired)));
         ConnectStats {
             records: self.shared.records.len(),
             in_flight: self.shared.turns.len(),

@@ -2,8 +2,10 @@
 //! connection id) and the bookkeeping on it. Lower than everything else in
 //! `connect/`: it calls into clients, never back up.
 
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::{Arc, Mutex, Once, Weak};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -13,8 +15,9 @@ use super::client::{ClientFactory, ConnectClient};
 use super::turns::{Turn, Turns};
 use crate::ConcurrentMap;
 use crate::chain::{ClientCancel, Context};
-use crate::map::{Instance, RefCountMap, Released, SyncMap};
+use crate::map::{Instance, RefCountMap, Released, SyncMap, lock};
 use crate::proto::connection::Connection;
+use crate::tls::Credential;
 use crate::transport::DialOptions;
 
 /// Connection id → where it was forwarded (Go's `connectionInfoMap`).
@@ -26,6 +29,12 @@ pub(crate) struct ConnectionRecords(SyncMap<Arc<str>, Record>);
 /// finding a client allocates nothing.
 #[derive(ConcurrentMap)]
 pub(crate) struct Clients(RefCountMap<Arc<Url>, Arc<ConnectClient>>);
+
+/// Clients retired from [`Clients`] while connections still use them, by
+/// instance, with the count of those connections. Locked around a
+/// retirement's move out of `Clients`, so that a release that misses the
+/// client there finds it here.
+pub(crate) type Retired = Mutex<HashMap<Instance, (Arc<ConnectClient>, usize)>>;
 
 /// Where one connection was forwarded: the client (and which instance of
 /// it) that holds one reference on the connection's behalf, and the
@@ -46,6 +55,11 @@ pub(crate) struct Shared {
     pub(super) root: CancellationToken,
     pub(super) records: ConnectionRecords,
     pub(super) clients: Clients,
+    pub(super) retired: Retired,
+    /// How long before its credential expires a client is closed.
+    pub(super) expiry_margin: Duration,
+    /// Starts the task that retires clients when the credential rotates.
+    pub(super) following: Once,
     /// Woken when a client leaves the map.
     pub(super) clients_changed: Notify,
     pub(super) turns: Turns,
@@ -59,19 +73,30 @@ impl Drop for Shared {
 
 impl Shared {
     /// A client for `url`, and the task that removes it from the map the
-    /// moment it is cancelled (by its monitor, by shutdown, or by the last
-    /// release). Runs under the map's shard lock: no awaiting here.
+    /// moment it is cancelled (by its monitor, by shutdown, by the last
+    /// release, or as its credential nears expiry). Runs under the map's
+    /// shard lock: no awaiting here.
     pub(super) fn new_client(
         self: &Arc<Self>,
         url: Arc<Url>,
         instance: Instance,
     ) -> Arc<ConnectClient> {
         let cancel = ClientCancel::from_token(self.root.child_token());
-        let client = ConnectClient::new(url, cancel, Arc::clone(&self.factory), &self.dial);
+        let client =
+            ConnectClient::new(url, instance, cancel, Arc::clone(&self.factory), &self.dial);
         let shared: Weak<Shared> = Arc::downgrade(self);
         let watched = Arc::clone(&client);
+        let margin = self.expiry_margin;
         tokio::spawn(async move {
-            watched.cancel_handle().cancelled().await;
+            tokio::select! {
+                () = watched.cancel_handle().cancelled() => {}
+                () = Self::until_expiry(&shared, &watched, margin) => {
+                    tracing::debug!(url = %watched.url(), "closing a client before its credential expires");
+                    if let Some(shared) = shared.upgrade() {
+                        shared.retire(&watched);
+                    }
+                }
+            }
             watched.shut();
             if let Some(shared) = shared.upgrade()
                 && shared.clients.evict(watched.url(), instance).is_some()
@@ -80,6 +105,90 @@ impl Shared {
             }
         });
         client
+    }
+
+    /// Waits until `margin` before the expiry of the credential `client`
+    /// dialed with (forever if it has none), retiring it meanwhile if a
+    /// rotation came between reading that credential and tagging it.
+    async fn until_expiry(shared: &Weak<Self>, client: &Arc<ConnectClient>, margin: Duration) {
+        let mut tag = client.credential();
+        let tagged = match tag.wait_for(Option::is_some).await {
+            Ok(tagged) => tagged.clone(),
+            Err(_) => None,
+        };
+        let Some(credential) = tagged else {
+            return std::future::pending().await;
+        };
+        if let Some(shared) = shared.upgrade()
+            && let Some(current) = shared.dial.credential()
+            && current.borrow().serial != credential.serial
+        {
+            shared.retire(client);
+        }
+        let left = credential
+            .not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::sleep(left.saturating_sub(margin)).await;
+    }
+
+    /// Starts, once, the task that retires every client dialed under an
+    /// earlier credential when the dial options' credential rotates.
+    pub(super) fn follow_rotation(self: &Arc<Self>) {
+        let Some(credential) = self.dial.credential() else {
+            return;
+        };
+        self.following.call_once(|| {
+            let mut credential = credential.clone();
+            let shared = Arc::downgrade(self);
+            let root = self.root.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        changed = credential.changed() => if changed.is_err() { return },
+                        () = root.cancelled() => return,
+                    }
+                    let current = credential.borrow_and_update().clone();
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    shared.retire_all_but(&current);
+                }
+            });
+        });
+    }
+
+    /// Retires every client whose dial presented a credential other than
+    /// `current`.
+    fn retire_all_but(&self, current: &Credential) {
+        let mut stale = Vec::new();
+        self.clients.range(|_, client, _| {
+            if client
+                .credential_now()
+                .is_some_and(|c| c.serial != current.serial)
+            {
+                stale.push(Arc::clone(client));
+            }
+            true
+        });
+        for client in stale {
+            self.retire(&client);
+        }
+    }
+
+    /// Moves `client` out of the map, so that new requests for its URL get
+    /// a fresh client; it lives on while connections use it.
+    pub(super) fn retire(&self, client: &Arc<ConnectClient>) {
+        if !client.retire() {
+            return;
+        }
+        let mut retired = lock(&self.retired);
+        if let Some((client, refs)) = self.clients.take(client.url(), client.instance()) {
+            tracing::debug!(url = %client.url(), refs, "retiring a client dialed under an earlier credential");
+            retired.insert(client.instance(), (client, refs));
+        }
+        drop(retired);
+        self.clients_changed.notify_waiters();
     }
 
     /// Forgets `record`, which `turn`'s id holds, and releases its reference.
@@ -93,12 +202,25 @@ impl Shared {
         }
     }
 
-    /// Drops one reference; the last one closes the client.
+    /// Drops one reference; the last one closes the client, retired or not.
     pub(super) fn release(&self, url: &Url, instance: Instance) {
-        if let Released::Last(client) = self.clients.release(url, instance) {
-            client.shut();
-            self.clients_changed.notify_waiters();
-        }
+        let last = match self.clients.release(url, instance) {
+            Released::Last(client) => client,
+            Released::Shared(_) => return,
+            Released::Gone => {
+                let mut retired = lock(&self.retired);
+                let Entry::Occupied(mut entry) = retired.entry(instance) else {
+                    return;
+                };
+                entry.get_mut().1 -= 1;
+                if entry.get().1 > 0 {
+                    return;
+                }
+                entry.remove().0
+            }
+        };
+        last.shut();
+        self.clients_changed.notify_waiters();
     }
 
     /// A context for closes `connect` makes on its own behalf: the client's

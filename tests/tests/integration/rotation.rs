@@ -1,0 +1,292 @@
+//! Client reuse across SVID rotations: a caller drives a served passthrough
+//! (clienturl → connect) whose dials present SPIFFE SVIDs from the test
+//! Workload API, to a remote that checks every call's client certificate.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use connect_runtime::spiffe::{Authorize, SpiffeIdentity};
+use connect_runtime::{
+    ClientChain, ClientStats, ClientUrl, Connect, ConnectStats, Context, DialOptions, GrpcClient,
+    Peer, Serve, ServerChain, ServerHandle, dial,
+};
+use connect_tests::request;
+use connect_tests::workload_api::{Authority, WorkloadApi};
+use tokio_util::sync::CancellationToken;
+
+/// What the remote saw of its callers' certificates.
+#[derive(Default)]
+struct Seen {
+    /// Serial numbers of the client certificates presented, call by call.
+    serials: Mutex<Vec<String>>,
+    /// Calls whose connection's client certificate had expired.
+    expired: AtomicU64,
+}
+
+/// A layer that records, for every call, its connection's client
+/// certificate, and counts the calls made under an expired one (which a
+/// remote checking expiry would refuse).
+fn certificate_check(
+    seen: Arc<Seen>,
+) -> tower::util::MapRequestLayer<
+    impl Fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> + Clone,
+> {
+    tower::util::MapRequestLayer::new(move |call: http::Request<tonic::body::Body>| {
+        let peer = call
+            .extensions()
+            .get::<Peer>()
+            .expect("a served call's Peer");
+        let leaf = &peer.certificates().expect("a client certificate")[0];
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf).unwrap();
+        let not_after = SystemTime::UNIX_EPOCH
+            + Duration::from_secs(cert.validity().not_after.timestamp() as u64);
+        if not_after <= SystemTime::now() {
+            seen.expired.fetch_add(1, Ordering::Relaxed);
+        }
+        seen.serials
+            .lock()
+            .unwrap()
+            .push(cert.raw_serial_as_string());
+        call
+    })
+}
+
+/// The three processes' parts, in one: the remote (its SVID never
+/// rotates), the passthrough's connect with its rotating identity, served
+/// plaintext, and a caller dialed to it.
+struct Topology {
+    domain: Arc<Authority>,
+    _remote_api: WorkloadApi,
+    remote: ServerHandle,
+    seen: Arc<Seen>,
+    api: WorkloadApi,
+    identity: SpiffeIdentity,
+    connect: Connect,
+    passthrough: ServerHandle,
+    caller: ClientChain,
+}
+
+impl Topology {
+    async fn start(lifetime: Duration, margin: Duration) -> Self {
+        let domain = Arc::new(Authority::new("example.org"));
+        let long = Duration::from_secs(300);
+        let remote_api = WorkloadApi::start(Arc::clone(&domain), "/nse", long).await;
+        let remote_identity = SpiffeIdentity::connect(remote_api.endpoint())
+            .await
+            .unwrap();
+        let seen = Arc::new(Seen::default());
+        let remote = Serve::new(ServerChain::default())
+            .tls(
+                remote_identity
+                    .server_tls(Authorize::SameTrustDomain)
+                    .unwrap(),
+            )
+            .layer(certificate_check(Arc::clone(&seen)))
+            .bind(&"tcp://127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+
+        let api = WorkloadApi::start(Arc::clone(&domain), "/passthrough", lifetime).await;
+        let identity = SpiffeIdentity::connect(api.endpoint()).await.unwrap();
+        let tls = identity.client_tls(Authorize::SameTrustDomain).unwrap();
+        let connect = Connect::builder(|_: &Context, conn| {
+            ClientChain::builder().with(GrpcClient::new(conn)).build()
+        })
+        .dial_options(DialOptions::new().timeout(Duration::from_secs(5)).tls(tls))
+        .expiry_margin(margin)
+        .build();
+        let passthrough = Serve::new(
+            ServerChain::builder()
+                .with(ClientUrl::new(remote.url().clone()))
+                .with(connect.clone())
+                .build(),
+        )
+        .bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+        let conn = dial(passthrough.url(), &DialOptions::new()).await.unwrap();
+        let caller = ClientChain::builder().with(GrpcClient::new(conn)).build();
+        Self {
+            domain,
+            _remote_api: remote_api,
+            remote,
+            seen,
+            api,
+            identity,
+            connect,
+            passthrough,
+            caller,
+        }
+    }
+
+    /// Rotates the passthrough's SVID to one valid for `lifetime`; returns
+    /// its serial.
+    fn rotate_for(&self, lifetime: Duration) -> String {
+        let svid = self.api.rotate_for(lifetime);
+        let (_, cert) = x509_parser::parse_x509_certificate(&svid.cert_der).unwrap();
+        cert.raw_serial_as_string()
+    }
+
+    /// The current client's stats; panics unless there is exactly one,
+    /// not retired.
+    fn current(&self) -> ClientStats {
+        let stats = self.connect.stats();
+        let current: Vec<_> = stats.clients.iter().filter(|c| !c.retired).collect();
+        assert_eq!(current.len(), 1, "{stats:?}");
+        current[0].clone()
+    }
+
+    async fn shutdown(self) {
+        self.passthrough.shutdown().await;
+        self.connect.shutdown();
+        self.remote.shutdown().await;
+        drop(self.domain);
+    }
+}
+
+/// Whether `stats` shows exactly one client, current, dialed with
+/// `serial` and used by `refs` connections.
+fn only_current(stats: &ConnectStats, serial: &str, refs: usize) -> bool {
+    matches!(
+        stats.clients.as_slice(),
+        [client] if !client.retired && client.serial.as_deref() == Some(serial) && client.refs == refs
+    )
+}
+
+/// Refreshes `ids` through the caller, round after round, until `stop`;
+/// every failure is kept.
+async fn traffic(
+    caller: ClientChain,
+    ids: Vec<String>,
+    stop: CancellationToken,
+) -> (u64, Vec<tonic::Status>) {
+    let (mut calls, mut failures) = (0, Vec::new());
+    while !stop.is_cancelled() {
+        for id in &ids {
+            match caller.request(Context::new(), request(id)).await {
+                Ok(_) => calls += 1,
+                Err(status) => failures.push(status),
+            }
+        }
+    }
+    (calls, failures)
+}
+
+/// Traffic flows through three rotations: after each, one dial serves the
+/// whole burst, every connection moves to the new client on its next
+/// refresh, the retired client closes with its last connection (long
+/// before its SVID expires), no call fails, and the remote never sees an
+/// expired certificate.
+#[tokio::test]
+async fn clients_are_retired_and_connections_move_across_rotations() {
+    const CONNECTIONS: usize = 6;
+    let topology = Topology::start(Duration::from_secs(60), Duration::from_secs(5)).await;
+    let ids: Vec<String> = (0..CONNECTIONS).map(|i| format!("conn-{i}")).collect();
+    for id in &ids {
+        topology
+            .caller
+            .request(Context::new(), request(id))
+            .await
+            .unwrap();
+    }
+    let first = topology.identity.credential().unwrap();
+    let current = topology.current();
+    assert_eq!(current.refs, CONNECTIONS);
+    assert_eq!(current.serial.as_deref(), Some(first.serial.as_str()));
+    assert_eq!(current.expires, Some(first.not_after));
+    assert_eq!(topology.remote.connections().accepted, 1);
+
+    let stop = CancellationToken::new();
+    let flowing = tokio::spawn(traffic(topology.caller.clone(), ids.clone(), stop.clone()));
+    for rotation in 1..=3u64 {
+        let serial = topology.rotate_for(Duration::from_secs(60));
+        // Every connection has moved; the retired client has gone.
+        topology
+            .connect
+            .wait_for(|stats| only_current(stats, &serial, CONNECTIONS))
+            .await;
+        let stats = topology.connect.stats();
+        assert_eq!(stats.records, CONNECTIONS, "{stats:?}");
+        // One dial per rotation, and the retired one's connection closed.
+        let remote = topology.remote.wait_connections(|s| s.open == 1).await;
+        assert_eq!(remote.accepted, 1 + rotation, "{remote:?}");
+    }
+    stop.cancel();
+    let (calls, failures) = flowing.await.unwrap();
+    assert!(failures.is_empty(), "calls failed: {failures:?}");
+    assert!(calls > 0);
+    assert_eq!(topology.seen.expired.load(Ordering::Relaxed), 0);
+    let serials: Vec<String> = topology.seen.serials.lock().unwrap().clone();
+    let mut distinct = serials.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "one run of calls per SVID: {distinct:?}");
+
+    for id in &ids {
+        let conn = topology
+            .caller
+            .request(Context::new(), request(id))
+            .await
+            .unwrap();
+        topology.caller.close(Context::new(), conn).await.unwrap();
+    }
+    topology.connect.idle().await;
+    topology.shutdown().await;
+}
+
+/// A retired client that a connection still uses closes before its SVID
+/// expires; that connection's next refresh moves it to the current client,
+/// and nothing is lost.
+#[tokio::test]
+async fn a_retired_client_closes_before_its_svid_expires() {
+    let lifetime = Duration::from_secs(3);
+    let margin = Duration::from_secs(1);
+    let topology = Topology::start(lifetime, margin).await;
+    topology
+        .caller
+        .request(Context::new(), request("idle"))
+        .await
+        .unwrap();
+    let first = topology.current();
+    let expires = first.expires.expect("a rotating credential's expiry");
+
+    // The next SVID outlives the first one.
+    let serial = topology.rotate_for(Duration::from_secs(60));
+    topology
+        .connect
+        .wait_for(|stats| stats.clients.iter().any(|c| c.retired))
+        .await;
+    // A new connection goes to a fresh client; the idle one keeps the
+    // retired client open.
+    topology
+        .caller
+        .request(Context::new(), request("busy"))
+        .await
+        .unwrap();
+    let stats = topology.connect.stats();
+    let retired: Vec<_> = stats.clients.iter().filter(|c| c.retired).collect();
+    assert_eq!(retired.len(), 1, "{stats:?}");
+    assert_eq!((retired[0].refs, &retired[0].serial), (1, &first.serial));
+    assert_eq!(topology.current().serial.as_deref(), Some(serial.as_str()));
+    assert_eq!(topology.current().refs, 1);
+    assert_eq!(topology.remote.connections().open, 2);
+
+    // The retired client's TCP connection closes before its SVID expires.
+    topology.remote.wait_connections(|s| s.open == 1).await;
+    assert!(SystemTime::now() < expires, "closed after its SVID expired");
+
+    // The idle connection moves on its next refresh, on the current client.
+    topology
+        .caller
+        .request(Context::new(), request("idle"))
+        .await
+        .unwrap();
+    topology
+        .connect
+        .wait_for(|stats| only_current(stats, &serial, 2))
+        .await;
+    assert_eq!(topology.connect.stats().records, 2);
+    assert_eq!(topology.remote.connections().accepted, 2);
+    assert_eq!(topology.seen.expired.load(Ordering::Relaxed), 0);
+    topology.shutdown().await;
+}
