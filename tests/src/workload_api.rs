@@ -48,6 +48,16 @@ pub struct Svid {
     pub serial: u64,
 }
 
+impl Svid {
+    /// The serial number as the certificate encodes it, in colon-separated
+    /// hex: what connect's client stats show.
+    pub fn serial_text(&self) -> String {
+        let (_, cert) = x509_parser::parse_x509_certificate(&self.cert_der)
+            .expect("an SVID this server issued parses");
+        cert.raw_serial_as_string()
+    }
+}
+
 impl Authority {
     /// A CA for `trust_domain` (`example.org`).
     pub fn new(trust_domain: &str) -> Self {

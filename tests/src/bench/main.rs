@@ -11,6 +11,7 @@
 mod compare;
 mod measure;
 mod options;
+mod rotation;
 mod scale;
 mod serve;
 mod workload;
@@ -46,6 +47,9 @@ fn main() -> ExitCode {
             .block_on(runtime.spawn(workload::run(run)))
             .unwrap_or_else(|panic| Err(format!("the workload panicked: {panic}"))),
         options::Command::Compare { run, rounds } => compare::run(&run, rounds),
+        options::Command::Rotation(rotation) => runtime
+            .block_on(runtime.spawn(rotation::run(rotation)))
+            .unwrap_or_else(|panic| Err(format!("the rotation run panicked: {panic}"))),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

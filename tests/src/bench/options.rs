@@ -19,6 +19,11 @@ usage:
       s holds --connections live connections over the first M remotes
       (all by default), refreshes each once (or --refresh-rounds times),
       then closes them
+  connect-bench rotation [--connections 64] [--rotations 5] [--period-ms 1000]
+      in one process, refresh --connections connections back to back through
+      connect over SPIFFE mutual TLS, rotating connect's SVID every
+      --period-ms; one JSON line: dials per rotation, how long connections
+      took to move, latencies in steady state and while moving
   connect-bench compare --remotes FILE [--rounds 5] [--workload ...] [--n ...]
                     [--reps ...] [--iters ...] [--tls]
       run both modes alternately, --rounds times each (as child processes),
@@ -35,6 +40,13 @@ pub(crate) enum Command {
         run: Run,
         rounds: usize,
     },
+    Rotation(Rotation),
+}
+
+pub(crate) struct Rotation {
+    pub(crate) connections: usize,
+    pub(crate) rotations: usize,
+    pub(crate) period: std::time::Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,11 +113,13 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
     let mut parser = lexopt::Parser::from_args(args);
     let sub = match parser.next().map_err(message)? {
         Some(Arg::Value(sub)) => sub.to_string_lossy().into_owned(),
-        _ => return Err("a sub-command is required first: serve, run or compare".into()),
+        _ => {
+            return Err("a sub-command is required first: serve, run, compare or rotation".into());
+        }
     };
-    if !matches!(sub.as_str(), "serve" | "run" | "compare") {
+    if !matches!(sub.as_str(), "serve" | "run" | "compare" | "rotation") {
         return Err(format!(
-            "unknown sub-command `{sub}`: serve, run or compare"
+            "unknown sub-command `{sub}`: serve, run, compare or rotation"
         ));
     }
     let mut n = None;
@@ -116,6 +130,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
     let (mut reps, mut iters, mut rounds) = (None, None, None);
     let (mut connections, mut remotes_used, mut concurrency) = (None, None, None);
     let mut refresh_rounds = None;
+    let (mut rotations, mut period_ms) = (None, None);
     let mut tls = false;
     while let Some(arg) = parser.next().map_err(message)? {
         let flag = match arg {
@@ -157,9 +172,18 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
             "--remotes-used" => remotes_used = Some(number(&flag, &value()?)?),
             "--concurrency" => concurrency = Some(number(&flag, &value()?)?),
             "--refresh-rounds" => refresh_rounds = Some(number(&flag, &value()?)?),
+            "--rotations" => rotations = Some(number(&flag, &value()?)?),
+            "--period-ms" => period_ms = Some(number(&flag, &value()?)?),
             "--tls" => tls = true,
             other => return Err(format!("unknown argument `{other}`")),
         }
+    }
+    if sub == "rotation" {
+        return Ok(Command::Rotation(Rotation {
+            connections: connections.unwrap_or(64),
+            rotations: rotations.unwrap_or(5),
+            period: std::time::Duration::from_millis(period_ms.unwrap_or(1000) as u64),
+        }));
     }
     if sub == "serve" {
         return Ok(Command::Serve {

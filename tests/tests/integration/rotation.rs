@@ -123,9 +123,7 @@ impl Topology {
     /// Rotates the passthrough's SVID to one valid for `lifetime`; returns
     /// its serial.
     fn rotate_for(&self, lifetime: Duration) -> String {
-        let svid = self.api.rotate_for(lifetime);
-        let (_, cert) = x509_parser::parse_x509_certificate(&svid.cert_der).unwrap();
-        cert.raw_serial_as_string()
+        self.api.rotate_for(lifetime).serial_text()
     }
 
     /// The current client's stats; panics unless there is exactly one,

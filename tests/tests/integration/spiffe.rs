@@ -238,11 +238,14 @@ async fn a_peer_from_another_trust_domain_is_refused() {
 }
 
 /// The program with `--spiffe`: a caller → passthrough → endpoint, each a
-/// workload with its own SVIDs from the test Workload API, one connection
-/// per round and the caller's SVID rotated between rounds; a workload of
-/// another trust domain is refused by the passthrough. (The programs' own
-/// SVIDs are not rotated here: a handshake during their switch to a new SVID
-/// fails closed, and that switch cannot be awaited from outside.)
+/// workload with its own SVIDs from the test Workload API. First one
+/// connection per round with the caller's SVID rotated between rounds; then
+/// one connection throughout while the passthrough's SVID rotates, its
+/// connect retiring its client each time and the connections moving; a
+/// workload of another trust domain is refused by the passthrough. (A new
+/// handshake with a program while it switches to a new SVID fails closed,
+/// and that switch cannot be awaited from outside: so the caller dials
+/// afresh only while the programs' SVIDs stay.)
 #[tokio::test]
 async fn the_program_forwards_with_spiffe_identities() {
     use connect_tests::program::Program;
@@ -290,6 +293,25 @@ async fn the_program_forwards_with_spiffe_identities() {
         updated(&caller, caller_api.rotate().serial).await;
         applied(&mut status).await;
     }
+
+    let conn = dial(passthrough.url(), &options).await.unwrap();
+    let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
+    let kept = client
+        .request(Context::new(), request("kept"))
+        .await
+        .unwrap();
+    for round in 1..=3 {
+        passthrough_api.rotate();
+        let refreshed = client
+            .request(Context::new(), request("kept"))
+            .await
+            .unwrap();
+        assert_eq!(refreshed.id, kept.id);
+        let id = format!("after-rotation-{round}");
+        let reply = client.request(Context::new(), request(&id)).await.unwrap();
+        client.close(Context::new(), reply).await.unwrap();
+    }
+    client.close(Context::new(), kept).await.unwrap();
 
     let (_stranger_api, options) = stranger(&domain).await;
     let err = dial(passthrough.url(), &options).await.unwrap_err();
