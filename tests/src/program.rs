@@ -43,12 +43,17 @@ impl Program {
         Self::start_with_env(args, &[]).await
     }
 
-    /// As [`Program::start`], with `env` added to its environment.
+    /// As [`Program::start`], with `env` added to its environment. The
+    /// program logs at `warn`, or as `PROGRAM_LOG` says (a `RUST_LOG`
+    /// filter), to the test's stderr.
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(binary())
             .args(args)
             .envs(env.iter().copied())
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("PROGRAM_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

@@ -56,6 +56,14 @@ impl Svid {
             .expect("an SVID this server issued parses");
         cert.raw_serial_as_string()
     }
+
+    /// The end of the certificate's validity.
+    pub fn not_after(&self) -> SystemTime {
+        let (_, cert) = x509_parser::parse_x509_certificate(&self.cert_der)
+            .expect("an SVID this server issued parses");
+        let secs = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or_default();
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
 }
 
 impl Authority {

@@ -23,8 +23,9 @@ use super::error::{DialError, error_chain};
 use super::options::DialOptions;
 use super::replay::{Ready, whole};
 use super::reply::checked;
-use super::socket::{Io, Unanswered, connect_tcp, connect_unix};
+use super::socket::{Io, Stream, Unanswered, connect_tcp, connect_unix};
 use super::target::{Target, UrlError, UrlProblem};
+use super::tls::ClientTls;
 use crate::chain::deadline_after;
 use crate::map::lock;
 use crate::outcome::not_sent;
@@ -224,28 +225,15 @@ async fn connect(
         source,
     };
     let dialing = async {
-        let mut stream = match target {
-            Target::Tcp { host, port } => connect_tcp(host, *port).await,
-            Target::Unix { path } => connect_unix(path).await,
+        let switch = options.tls.as_ref().and_then(ClientTls::revision);
+        let mut stream = open(url, target, options).await;
+        // A handshake that met the switch to a new certificate failed
+        // closed; once more with the new one.
+        let switched = options.tls.as_ref().and_then(ClientTls::revision) != switch;
+        if stream.is_err() && switched {
+            stream = open(url, target, options).await;
         }
-        .map_err(failed)?;
-        if let Some(tls) = &options.tls {
-            let host = match target {
-                Target::Tcp { host, .. } => host.as_str(),
-                Target::Unix { .. } => "localhost",
-            };
-            let name = tls.name_for(host);
-            let name = name.map_err(|source| DialError::Tls {
-                url: url.to_string(),
-                source,
-            })?;
-            stream = Box::new(
-                tls.connector()
-                    .connect(name, stream)
-                    .await
-                    .map_err(failed)?,
-            );
-        }
+        let stream = stream?;
         let mut io = Io::new(stream);
         let answered = io.first_bytes_by(deadline, true);
         if let Some(token) = &options.close_on {
@@ -295,6 +283,37 @@ async fn connect(
             timeout,
         })
     })
+}
+
+/// A socket to `target`, with TLS if the options ask for it.
+async fn open(url: &Url, target: &Target, options: &DialOptions) -> Result<Stream, DialError> {
+    let failed = |source| DialError::Connect {
+        url: url.to_string(),
+        source,
+    };
+    let stream = match target {
+        Target::Tcp { host, port } => connect_tcp(host, *port).await,
+        Target::Unix { path } => connect_unix(path).await,
+    }
+    .map_err(failed)?;
+    let Some(tls) = &options.tls else {
+        return Ok(stream);
+    };
+    let host = match target {
+        Target::Tcp { host, .. } => host.as_str(),
+        Target::Unix { .. } => "localhost",
+    };
+    let name = tls.name_for(host).map_err(|source| DialError::Tls {
+        url: url.to_string(),
+        source,
+    })?;
+    tls.settled().await;
+    let stream = tls
+        .connector()
+        .connect(name, stream)
+        .await
+        .map_err(failed)?;
+    Ok(Box::new(stream))
 }
 
 /// Spawns hyper's per-connection and per-stream tasks boxed: a future
@@ -453,7 +472,9 @@ fn refused(err: &hyper::Error) -> bool {
     })
 }
 
-fn source_of<'a, E: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a E> {
+pub(super) fn source_of<'a, E: StdError + 'static>(
+    err: &'a (dyn StdError + 'static),
+) -> Option<&'a E> {
     let mut source = Some(err);
     while let Some(cause) = source {
         if let Some(found) = cause.downcast_ref::<E>() {

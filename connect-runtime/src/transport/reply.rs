@@ -1,6 +1,7 @@
 //! Replies checked before tonic reads them: one that is not gRPC (by its
 //! `content-type`), or whose status details are not base64 (on which
-//! tonic's status parser panics), becomes `Internal` naming the problem.
+//! tonic's status parser panics), becomes `Internal` naming the problem; a
+//! reply cut by its connection's end fails `Unavailable`, as in grpc-go.
 
 use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
@@ -33,7 +34,23 @@ pub(super) fn checked(
         }
         Err(frame) => frame,
     });
+    let url = url.clone();
+    let body = body.map_err(move |err| cut(&url, err));
     Ok(http::Response::from_parts(head, Body::new(body)))
+}
+
+/// A reply body's error: `Unavailable` if the connection ended under it
+/// (tonic would say `Unknown`); the rest, such as a stream reset with a
+/// reason, is tonic's to map.
+fn cut(url: &Url, err: hyper::Error) -> tower::BoxError {
+    let broke = err.is_closed()
+        || err.is_incomplete_message()
+        || super::dial::source_of::<h2::Error>(&err).is_some_and(h2::Error::is_io);
+    if broke {
+        let why = format!("the connection to {url} ended during the call: {err}");
+        return Box::new(Status::unavailable(why));
+    }
+    Box::new(err)
 }
 
 const GRPC_STATUS: &str = "grpc-status";

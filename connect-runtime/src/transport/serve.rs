@@ -7,18 +7,19 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context as TaskContext, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use rustls::pki_types::CertificateDer;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::{Instant, Sleep};
-use tokio_stream::Stream as AsyncStream;
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::server::NamedService;
@@ -36,8 +37,9 @@ use super::options::Keepalive;
 use super::service::ChainService;
 use super::socket::{Io, Stream};
 use super::target::{Target, UrlError};
-use super::tls::ServerTls;
+use super::tls::{Credential, ServerTls};
 use crate::chain::ServerChain;
+use crate::elements::DEFAULT_EXPIRY_MARGIN;
 
 /// How long a graceful shutdown waits for open connections to finish their
 /// calls before closing them anyway.
@@ -116,6 +118,7 @@ pub struct Serve<L = Identity> {
     grace: Duration,
     handshake_timeout: Duration,
     tls: Option<ServerTls>,
+    expiry_margin: Duration,
     health: HealthReporter,
 }
 
@@ -137,6 +140,7 @@ impl Serve {
             grace: DEFAULT_GRACE_PERIOD,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             tls: None,
+            expiry_margin: DEFAULT_EXPIRY_MARGIN,
             health,
         }
     }
@@ -193,6 +197,14 @@ impl<L> Serve<L> {
         self
     }
 
+    /// With a [rotating](ServerTls::rotating) certificate: how long before
+    /// a rotated-out certificate expires the connections still open under
+    /// it are closed (by default [`DEFAULT_EXPIRY_MARGIN`]).
+    pub fn expiry_margin(mut self, margin: Duration) -> Self {
+        self.expiry_margin = margin;
+        self
+    }
+
     /// Serves another gRPC service beside the chain (a `MonitorConnection`
     /// service, say).
     pub fn add_service<S>(mut self, service: S) -> Self
@@ -219,6 +231,7 @@ impl<L> Serve<L> {
             grace: self.grace,
             handshake_timeout: self.handshake_timeout,
             tls: self.tls,
+            expiry_margin: self.expiry_margin,
             health: self.health,
         }
     }
@@ -271,51 +284,28 @@ impl<L> Serve<L> {
             .await;
         let (stats_tx, stats_rx) = watch::channel(ConnectionStats::default());
         let hard_stop = CancellationToken::new();
-        let incoming = Incoming {
-            listener,
-            tls: self.tls.as_ref().map(ServerTls::acceptor),
-            handshakes: JoinSet::new(),
+        let credential = self.tls.as_ref().and_then(|t| t.credential().cloned());
+        let serving = Serving {
+            server: self.server,
+            routes: self.routes,
+            tls: self.tls,
             handshake_timeout: self.handshake_timeout,
+            expiry_margin: self.expiry_margin,
             hard_stop: hard_stop.clone(),
             stats: stats_tx,
-            backoff: None,
+            generations: JoinSet::new(),
+            handshakes: JoinSet::new(),
         };
-        let mut server = self.server;
-        let router = server.add_routes(self.routes);
-        let (shutdown, grace, health) = (self.shutdown.clone(), self.grace, self.health.clone());
-        let begin_shutdown = async move {
-            shutdown.cancelled().await;
-            // Health watchers hear first, so that clients let go before GOAWAY.
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-            health
-                .set_service_status(crate::proto::NETWORK_SERVICE, ServingStatus::NotServing)
-                .await;
-        };
-        let serving = router.serve_with_incoming_shutdown(incoming, begin_shutdown);
-        let (shutdown, stop) = (self.shutdown.clone(), hard_stop.clone());
         let task = tokio::spawn(
-            async move {
-                tokio::pin!(serving);
-                let grace_over = async {
-                    shutdown.cancelled().await;
-                    tokio::time::sleep(grace).await;
-                };
-                tokio::select! {
-                    result = &mut serving => match result {
-                        Ok(()) => tracing::info!("shut down"),
-                        Err(err) => tracing::warn!(error = %err, "serving failed"),
-                    },
-                    () = grace_over => {
-                        tracing::warn!("grace period over; closing connections");
-                        stop.cancel();
-                        let _ = serving.await;
-                    }
-                    () = stop.cancelled() => tracing::info!("stopped"),
-                }
-            }
-            .instrument(tracing::info_span!("serve", url = %bound)),
+            serving
+                .run(
+                    listener,
+                    credential,
+                    self.shutdown.clone(),
+                    self.grace,
+                    self.health.clone(),
+                )
+                .instrument(tracing::info_span!("serve", url = %bound)),
         );
         tracing::info!(url = %bound, "serving");
         Ok(ServerHandle {
@@ -370,6 +360,10 @@ pub struct ConnectionStats {
     /// where one is required, an untrusted one, a failed or timed-out
     /// handshake.
     pub refused: u64,
+    /// Connections open under a server certificate that has since rotated:
+    /// sent a graceful GOAWAY, they finish their calls and close, at the
+    /// latest the expiry margin before that certificate expires.
+    pub retired: usize,
 }
 
 /// A running server. Dropping it stops the server at once, closing every
@@ -578,90 +572,258 @@ impl Connected for Io<Served> {
 }
 
 /// Counts a connection open for as long as it lives.
-struct OpenConnection(watch::Sender<ConnectionStats>);
+struct OpenConnection {
+    stats: watch::Sender<ConnectionStats>,
+    counts: Arc<GenerationCounts>,
+}
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.send_modify(|s| s.open -= 1);
+        self.stats.send_modify(|s| {
+            s.open -= 1;
+            self.counts.open.fetch_sub(1, Ordering::Relaxed);
+            if self.counts.retired.load(Ordering::Relaxed) {
+                s.retired -= 1;
+            }
+        });
     }
 }
 
-/// The connections tonic serves: accepted, counted, closable by the hard
-/// stop, and (with TLS) handshaken concurrently, each within the handshake
-/// timeout.
-struct Incoming {
-    listener: Listener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    handshakes: JoinSet<io::Result<Io<Served>>>,
+/// A server at work: it accepts connections, counts them, handshakes them
+/// (concurrently, each within the handshake timeout) and hands each to the
+/// generation of the server certificate it was accepted under.
+struct Serving<L> {
+    server: Server<L>,
+    routes: Routes,
+    tls: Option<ServerTls>,
     handshake_timeout: Duration,
+    expiry_margin: Duration,
     hard_stop: CancellationToken,
     stats: watch::Sender<ConnectionStats>,
-    /// After a failed accept (out of file descriptors, say): a pause, not a spin.
-    backoff: Option<Pin<Box<Sleep>>>,
+    generations: JoinSet<()>,
+    handshakes: JoinSet<io::Result<()>>,
 }
 
-impl Incoming {
-    fn accepted(&mut self, stream: Stream, addr: Option<SocketAddr>) -> Option<Io<Served>> {
+impl<L> Serving<L> {
+    async fn run<ResBody>(
+        mut self,
+        listener: Listener,
+        mut credential: Option<watch::Receiver<Credential>>,
+        shutdown: CancellationToken,
+        grace: Duration,
+        health: HealthReporter,
+    ) where
+        L: Layer<Routes> + Clone + Send + Sync + 'static,
+        L::Service: Service<http::Request<Body>, Response = http::Response<ResBody>>
+            + Clone
+            + Send
+            + 'static,
+        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
+        <L::Service as Service<http::Request<Body>>>::Error: Into<tower::BoxError> + Send,
+        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<tower::BoxError>,
+    {
+        let first = credential.as_mut().map(|c| c.borrow_and_update().clone());
+        let mut current = self.generation(first);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.hard_stop.cancelled() => return,
+                Some(joined) = self.handshakes.join_next() => {
+                    if let Some(err) = joined.map_or_else(|e| Some(e.into()), Result::err) {
+                        tracing::debug!(error = %err, "TLS handshake failed");
+                        self.stats.send_modify(|s| s.refused += 1);
+                    }
+                }
+                rotated = rotation(&mut credential) => match rotated {
+                    Some(next) => {
+                        tracing::info!(serial = %next.serial, "server certificate rotated; draining older connections");
+                        current.retire(&self.stats);
+                        current = self.generation(Some(next));
+                    }
+                    None => credential = None,
+                },
+                accepted = std::future::poll_fn(|cx| listener.poll_accept(cx)) => match accepted {
+                    Ok((stream, addr)) => self.accepted(stream, addr, &current),
+                    Err(err) => {
+                        // Out of file descriptors, say: a pause, not a spin.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        // Health watchers hear first, so that clients let go before GOAWAY.
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        health
+            .set_service_status(crate::proto::NETWORK_SERVICE, ServingStatus::NotServing)
+            .await;
+        self.handshakes.abort_all();
+        drop(current);
+        let (mut generations, stop) = (self.generations, self.hard_stop);
+        let drained = async { while generations.join_next().await.is_some() {} };
+        tokio::select! {
+            () = drained => tracing::info!("shut down"),
+            () = tokio::time::sleep(grace) => {
+                tracing::warn!("grace period over; closing connections");
+                stop.cancel();
+                while generations.join_next().await.is_some() {}
+            }
+            () = stop.cancelled() => tracing::info!("stopped"),
+        }
+    }
+
+    /// Starts a tonic server for the connections accepted under
+    /// `credential`. Once retired and left by every handshake started under
+    /// it, it sends its connections a graceful GOAWAY; those still open
+    /// `expiry_margin` before `credential` expires are closed.
+    fn generation<ResBody>(&mut self, credential: Option<Credential>) -> Generation
+    where
+        L: Layer<Routes> + Clone + Send + Sync + 'static,
+        L::Service: Service<http::Request<Body>, Response = http::Response<ResBody>>
+            + Clone
+            + Send
+            + 'static,
+        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
+        <L::Service as Service<http::Request<Body>>>::Error: Into<tower::BoxError> + Send,
+        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<tower::BoxError>,
+    {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let generation = Generation {
+            connections: sender,
+            close: self.hard_stop.child_token(),
+            retired: CancellationToken::new(),
+            counts: Arc::default(),
+        };
+        let incoming = UnboundedReceiverStream::new(receiver).map(Ok::<_, Infallible>);
+        // A shutdown signal that never fires still makes tonic drain
+        // gracefully once the incoming connections end.
+        let serving = self
+            .server
+            .add_routes(self.routes.clone())
+            .serve_with_incoming_shutdown(incoming, std::future::pending());
+        let (close, retired, margin) = (
+            generation.close.clone(),
+            generation.retired.clone(),
+            self.expiry_margin,
+        );
+        self.generations.spawn(async move {
+            tokio::pin!(serving);
+            let outcome = tokio::select! {
+                outcome = &mut serving => outcome,
+                () = retired.cancelled(), if credential.is_some() => {
+                    let expiry = credential.map_or(SystemTime::UNIX_EPOCH, |c| c.not_after);
+                    let left = expiry.checked_sub(margin).and_then(|at| at.duration_since(SystemTime::now()).ok());
+                    tokio::select! {
+                        outcome = &mut serving => outcome,
+                        () = tokio::time::sleep(left.unwrap_or_default()) => {
+                            tracing::info!("closing connections before their certificate expires");
+                            close.cancel();
+                            serving.await
+                        }
+                    }
+                }
+            };
+            if let Err(err) = outcome {
+                tracing::warn!(error = %err, "serving failed");
+            }
+        });
+        generation
+    }
+
+    fn accepted(&mut self, stream: Stream, addr: Option<SocketAddr>, generation: &Generation) {
+        let counts = Arc::clone(&generation.counts);
         self.stats.send_modify(|s| {
             s.accepted += 1;
             s.open += 1;
             s.peak_open = s.peak_open.max(s.open);
+            counts.open.fetch_add(1, Ordering::Relaxed);
+            if counts.retired.load(Ordering::Relaxed) {
+                s.retired += 1;
+            }
         });
-        let open = OpenConnection(self.stats.clone());
+        let open = OpenConnection {
+            stats: self.stats.clone(),
+            counts,
+        };
         let deadline = Instant::now() + self.handshake_timeout;
-        let hard_stop = self.hard_stop.child_token();
+        let close = generation.close.clone();
         let served = move |stream, certificates| {
-            let mut io = Io::new(stream).close_on(hard_stop);
+            let mut io = Io::new(stream).close_on(close);
             drop(io.first_bytes_by(deadline, false));
             let peer = Peer { addr, certificates };
             io.with(Served { peer, _open: open })
         };
         let Some(tls) = self.tls.clone() else {
-            return Some(served(stream, None));
+            let _ = generation.connections.send(served(stream, None));
+            return;
         };
+        // Holding the generation keeps its server accepting until the
+        // handshake is done, even if it is retired meanwhile.
+        let generation = generation.clone();
         self.handshakes.spawn(async move {
-            let handshake = tokio::time::timeout_at(deadline, tls.accept(stream)).await;
+            let handshake = async {
+                tls.settled().await;
+                tls.acceptor().accept(stream).await
+            };
+            let handshake = tokio::time::timeout_at(deadline, handshake).await;
             let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out");
             let tls_stream = handshake.map_err(|_| timed_out())??;
             let chain = tls_stream.get_ref().1.peer_certificates();
             let certificates =
                 chain.map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());
-            Ok(served(Box::new(tls_stream), certificates))
+            let _ = generation
+                .connections
+                .send(served(Box::new(tls_stream), certificates));
+            Ok(())
         });
-        None
     }
 }
 
-impl AsyncStream for Incoming {
-    type Item = io::Result<Io<Served>>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        loop {
-            if let Poll::Ready(Some(joined)) = this.handshakes.poll_join_next(cx) {
-                match joined {
-                    Ok(Ok(accepted)) => return Poll::Ready(Some(Ok(accepted))),
-                    Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
-                    Err(err) => tracing::debug!(error = %err, "TLS handshake task failed"),
-                }
-                this.stats.send_modify(|s| s.refused += 1);
-                continue;
-            }
-            if let Some(backoff) = &mut this.backoff {
-                std::task::ready!(backoff.as_mut().poll(cx));
-                this.backoff = None;
-            }
-            match std::task::ready!(this.listener.poll_accept(cx)) {
-                Ok((stream, addr)) => {
-                    if let Some(accepted) = this.accepted(stream, addr) {
-                        return Poll::Ready(Some(Ok(accepted)));
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
-                    this.backoff = Some(Box::pin(tokio::time::sleep(Duration::from_millis(10))));
-                }
-            }
-        }
+/// The next credential of a rotating server certificate; `None` once it
+/// can no longer change, and never if it does not rotate.
+async fn rotation(credential: &mut Option<watch::Receiver<Credential>>) -> Option<Credential> {
+    match credential {
+        Some(credential) => match credential.changed().await {
+            Ok(()) => Some(credential.borrow_and_update().clone()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
     }
+}
+
+/// The connections served under one server certificate (all of them, if
+/// it does not rotate), by one tonic server.
+#[derive(Clone)]
+struct Generation {
+    connections: mpsc::UnboundedSender<Io<Served>>,
+    /// Closes every one of its connections.
+    close: CancellationToken,
+    /// Cancelled once its certificate has rotated.
+    retired: CancellationToken,
+    counts: Arc<GenerationCounts>,
+}
+
+impl Generation {
+    /// Marks it retired: its server drains once the last handshake started
+    /// under it is done, as it holds the last other sender.
+    fn retire(self, stats: &watch::Sender<ConnectionStats>) {
+        stats.send_modify(|s| {
+            self.counts.retired.store(true, Ordering::Relaxed);
+            s.retired += self.counts.open.load(Ordering::Relaxed);
+        });
+        self.retired.cancel();
+    }
+}
+
+/// A generation's share of the connection counts, changed only inside
+/// `send_modify` on the server's stats (so in step with them).
+#[derive(Default)]
+struct GenerationCounts {
+    open: AtomicUsize,
+    retired: AtomicBool,
 }

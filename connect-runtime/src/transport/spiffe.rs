@@ -137,7 +137,9 @@ impl SpiffeIdentity {
     }
 
     /// Serves with the current SVID, requiring client SVIDs that `authorize`
-    /// accepts.
+    /// accepts. The configuration is [rotating](ServerTls::rotating), so
+    /// [`Serve`](crate::Serve) drains the connections accepted under an
+    /// earlier SVID.
     pub fn server_tls(&self, authorize: Authorize) -> Result<ServerTls, SpiffeError> {
         Ok(self.server_tls_with_status(authorize)?.0)
     }
@@ -155,7 +157,8 @@ impl SpiffeIdentity {
             .authorize(authorizer)
             .build_with_status()?;
         let credential = self.follow(status.clone())?;
-        Ok((ClientTls::from_rustls(config).rotating(credential), status))
+        let tls = ClientTls::from_rustls(config).rotating(credential);
+        Ok((tls.with_status(status.clone()), status))
     }
 
     /// As [`SpiffeIdentity::server_tls`], with the configuration's status.
@@ -168,7 +171,9 @@ impl SpiffeIdentity {
             .trust_domain_policy(policy)
             .authorize(authorizer)
             .build_with_status()?;
-        Ok((ServerTls::from_rustls(config), status))
+        let credential = self.follow(status.clone())?;
+        let tls = ServerTls::from_rustls(config).rotating(credential);
+        Ok((tls.with_status(status.clone()), status))
     }
 
     /// The credential handshakes under `status` present: updated when a new
@@ -219,6 +224,22 @@ impl SpiffeIdentity {
                 (TrustDomainPolicy::AnyInBundleSet, Arc::new(accept))
             }
         })
+    }
+}
+
+/// Waits while `status` has a new SVID that it has not applied yet: a
+/// handshake started meanwhile would fail closed (no certificate, no
+/// signature schemes).
+pub(crate) async fn settled(status: &TlsStatus) {
+    let mut status = status.clone();
+    loop {
+        let pending = status
+            .current()
+            .error
+            .is_some_and(|err| matches!(*err, spiffe_rustls::Error::PendingRevision { .. }));
+        if !pending || status.changed().await.is_err() {
+            return;
+        }
     }
 }
 

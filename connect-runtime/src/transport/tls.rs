@@ -123,6 +123,8 @@ pub struct ClientTls {
     roots: Option<Arc<RootCertStore>>,
     server_name: Option<ServerName<'static>>,
     credential: Option<watch::Receiver<Credential>>,
+    #[cfg(feature = "spiffe")]
+    status: Option<spiffe_rustls::TlsStatus>,
 }
 
 /// The certificate a rotating TLS configuration presents in new handshakes:
@@ -160,6 +162,8 @@ impl ClientTls {
             roots: Some(roots),
             server_name: None,
             credential: None,
+            #[cfg(feature = "spiffe")]
+            status: None,
         })
     }
 
@@ -198,6 +202,8 @@ impl ClientTls {
             roots: None,
             server_name: None,
             credential: None,
+            #[cfg(feature = "spiffe")]
+            status: None,
         }
     }
 
@@ -212,6 +218,31 @@ impl ClientTls {
     /// What [`ClientTls::rotating`] was given, if anything.
     pub fn credential(&self) -> Option<&watch::Receiver<Credential>> {
         self.credential.as_ref()
+    }
+
+    /// Handshakes wait while `status` shows a new SVID being applied.
+    #[cfg(feature = "spiffe")]
+    pub(crate) fn with_status(mut self, status: spiffe_rustls::TlsStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Returns once a handshake can present the current certificate.
+    pub(crate) async fn settled(&self) {
+        #[cfg(feature = "spiffe")]
+        if let Some(status) = &self.status {
+            super::spiffe::settled(status).await;
+        }
+    }
+
+    /// Which certificate new handshakes use, if it rotates: it differs
+    /// once a switch to a new one has begun.
+    pub(crate) fn revision(&self) -> Option<u64> {
+        #[cfg(feature = "spiffe")]
+        if let Some(status) = &self.status {
+            return Some(status.current().source_revision);
+        }
+        None
     }
 
     pub(crate) fn connector(&self) -> tokio_rustls::TlsConnector {
@@ -265,6 +296,9 @@ impl fmt::Debug for ClientTls {
 pub struct ServerTls {
     config: Arc<ServerConfig>,
     identity: Option<Identity>,
+    credential: Option<watch::Receiver<Credential>>,
+    #[cfg(feature = "spiffe")]
+    status: Option<spiffe_rustls::TlsStatus>,
 }
 
 impl ServerTls {
@@ -277,6 +311,9 @@ impl ServerTls {
         Ok(Self {
             config: server_alpn(config),
             identity: Some(identity),
+            credential: None,
+            #[cfg(feature = "spiffe")]
+            status: None,
         })
     }
 
@@ -301,6 +338,37 @@ impl ServerTls {
         Self {
             config: server_alpn(config),
             identity: None,
+            credential: None,
+            #[cfg(feature = "spiffe")]
+            status: None,
+        }
+    }
+
+    /// Declares that the configuration's certificate rotates, as
+    /// [`ClientTls::rotating`]: [`Serve`](crate::Serve) drains the
+    /// connections accepted under an earlier one.
+    pub fn rotating(mut self, credential: watch::Receiver<Credential>) -> Self {
+        self.credential = Some(credential);
+        self
+    }
+
+    /// What [`ServerTls::rotating`] was given, if anything.
+    pub fn credential(&self) -> Option<&watch::Receiver<Credential>> {
+        self.credential.as_ref()
+    }
+
+    /// Handshakes wait while `status` shows a new SVID being applied.
+    #[cfg(feature = "spiffe")]
+    pub(crate) fn with_status(mut self, status: spiffe_rustls::TlsStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Returns once a handshake can present the current certificate.
+    pub(crate) async fn settled(&self) {
+        #[cfg(feature = "spiffe")]
+        if let Some(status) = &self.status {
+            super::spiffe::settled(status).await;
         }
     }
 
@@ -316,6 +384,11 @@ fn server_alpn(mut config: ServerConfig) -> Arc<ServerConfig> {
 
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerTls").finish_non_exhaustive()
+        f.debug_struct("ServerTls")
+            .field(
+                "credential",
+                &self.credential.as_ref().map(|c| c.borrow().clone()),
+            )
+            .finish_non_exhaustive()
     }
 }

@@ -20,10 +20,12 @@ usage:
       (all by default), refreshes each once (or --refresh-rounds times),
       then closes them
   connect-bench rotation [--connections 64] [--rotations 5] [--period-ms 1000]
+                         [--side client]
       in one process, refresh --connections connections back to back through
-      connect over SPIFFE mutual TLS, rotating connect's SVID every
-      --period-ms; one JSON line: dials per rotation, how long connections
-      took to move, latencies in steady state and while moving
+      connect over SPIFFE mutual TLS, rotating connect's SVID (--side client)
+      or the remote's (--side server) every --period-ms; one JSON line: dials
+      per rotation, how long connections took to move (to a new client, or
+      off the drained connection), latencies in steady state and meanwhile
   connect-bench compare --remotes FILE [--rounds 5] [--workload ...] [--n ...]
                     [--reps ...] [--iters ...] [--tls]
       run both modes alternately, --rounds times each (as child processes),
@@ -47,6 +49,8 @@ pub(crate) struct Rotation {
     pub(crate) connections: usize,
     pub(crate) rotations: usize,
     pub(crate) period: std::time::Duration,
+    /// Whose SVID rotates: the remote's rather than connect's.
+    pub(crate) server: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,7 +134,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
     let (mut reps, mut iters, mut rounds) = (None, None, None);
     let (mut connections, mut remotes_used, mut concurrency) = (None, None, None);
     let mut refresh_rounds = None;
-    let (mut rotations, mut period_ms) = (None, None);
+    let (mut rotations, mut period_ms, mut server) = (None, None, false);
     let mut tls = false;
     while let Some(arg) = parser.next().map_err(message)? {
         let flag = match arg {
@@ -174,6 +178,13 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
             "--refresh-rounds" => refresh_rounds = Some(number(&flag, &value()?)?),
             "--rotations" => rotations = Some(number(&flag, &value()?)?),
             "--period-ms" => period_ms = Some(number(&flag, &value()?)?),
+            "--side" => {
+                server = match value()?.as_str() {
+                    "client" => false,
+                    "server" => true,
+                    other => return Err(format!("--side is client or server, not `{other}`")),
+                }
+            }
             "--tls" => tls = true,
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -183,6 +194,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
             connections: connections.unwrap_or(64),
             rotations: rotations.unwrap_or(5),
             period: std::time::Duration::from_millis(period_ms.unwrap_or(1000) as u64),
+            server,
         }));
     }
     if sub == "serve" {

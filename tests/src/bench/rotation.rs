@@ -1,7 +1,7 @@
-//! The cost of an SVID rotation to connect's clients: in one process, a
-//! remote serving mutual TLS with a SPIFFE identity, connect dialing it with
-//! an identity of its own from the test Workload API, and a population of
-//! connections refreshed back to back while that identity rotates.
+//! The cost of an SVID rotation: in one process, a remote serving mutual TLS
+//! with a SPIFFE identity, connect dialing it with an identity of its own,
+//! both from the test Workload API, and a population of connections
+//! refreshed back to back while one of the identities rotates.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,16 +90,25 @@ pub(crate) async fn run(options: Rotation) -> Result<(), String> {
     // Each window runs from a rotation until every connection has moved.
     let mut windows = Vec::new();
     tokio::time::sleep(options.period).await;
-    for _ in 0..options.rotations {
+    for rotation in 1..=options.rotations {
         let from = begun.elapsed();
-        let serial = api.rotate().serial_text();
-        connect
-            .wait_for(|stats| {
-                matches!(stats.clients.as_slice(),
-                    [client] if client.serial.as_deref() == Some(serial.as_str())
-                        && client.refs == options.connections)
-            })
-            .await;
+        if options.server {
+            // Until connect has dialed anew and the drained connection closed.
+            remote_api.rotate();
+            let dialed = 1 + rotation as u64;
+            remote
+                .wait_connections(|s| s.accepted == dialed && s.open == 1 && s.retired == 0)
+                .await;
+        } else {
+            let serial = api.rotate().serial_text();
+            connect
+                .wait_for(|stats| {
+                    matches!(stats.clients.as_slice(),
+                        [client] if client.serial.as_deref() == Some(serial.as_str())
+                            && client.refs == options.connections)
+                })
+                .await;
+        }
         windows.push((from, begun.elapsed()));
         tokio::time::sleep(options.period).await;
     }
@@ -133,10 +142,11 @@ pub(crate) async fn run(options: Rotation) -> Result<(), String> {
     moved.sort_unstable();
     let dials = remote.connections().accepted;
     println!(
-        "{{\"connections\":{},\"rotations\":{},\"dials\":{},\"dials_per_rotation\":{:.2},\
+        "{{\"side\":\"{}\",\"connections\":{},\"rotations\":{},\"dials\":{},\"dials_per_rotation\":{:.2},\
          \"moved_us_median\":{},\"moved_us_max\":{},\"steady_calls\":{},\"steady_p50_us\":{},\
          \"steady_p99_us\":{},\"rotating_calls\":{},\"rotating_p50_us\":{},\"rotating_p99_us\":{},\
          \"errors\":{}}}",
+        if options.server { "server" } else { "client" },
         options.connections,
         options.rotations,
         dials,

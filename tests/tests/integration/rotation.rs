@@ -14,6 +14,8 @@ use connect_runtime::{
 use connect_tests::request;
 use connect_tests::workload_api::{Authority, WorkloadApi};
 use tokio_util::sync::CancellationToken;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 /// What the remote saw of its callers' certificates.
 #[derive(Default)]
@@ -57,7 +59,7 @@ fn certificate_check(
 /// plaintext, and a caller dialed to it.
 struct Topology {
     domain: Arc<Authority>,
-    _remote_api: WorkloadApi,
+    remote_api: WorkloadApi,
     remote: ServerHandle,
     seen: Arc<Seen>,
     api: WorkloadApi,
@@ -68,10 +70,15 @@ struct Topology {
 }
 
 impl Topology {
+    /// The passthrough's SVIDs are valid for `lifetime`, the remote's for
+    /// five minutes; both close connections `margin` before an SVID expires.
     async fn start(lifetime: Duration, margin: Duration) -> Self {
+        Self::start_with(Duration::from_secs(300), lifetime, margin).await
+    }
+
+    async fn start_with(remote_lifetime: Duration, lifetime: Duration, margin: Duration) -> Self {
         let domain = Arc::new(Authority::new("example.org"));
-        let long = Duration::from_secs(300);
-        let remote_api = WorkloadApi::start(Arc::clone(&domain), "/nse", long).await;
+        let remote_api = WorkloadApi::start(Arc::clone(&domain), "/nse", remote_lifetime).await;
         let remote_identity = SpiffeIdentity::connect(remote_api.endpoint())
             .await
             .unwrap();
@@ -82,6 +89,7 @@ impl Topology {
                     .server_tls(Authorize::SameTrustDomain)
                     .unwrap(),
             )
+            .expiry_margin(margin)
             .layer(certificate_check(Arc::clone(&seen)))
             .bind(&"tcp://127.0.0.1:0".parse().unwrap())
             .await
@@ -109,7 +117,7 @@ impl Topology {
         let caller = ClientChain::builder().with(GrpcClient::new(conn)).build();
         Self {
             domain,
-            _remote_api: remote_api,
+            remote_api,
             remote,
             seen,
             api,
@@ -286,5 +294,96 @@ async fn a_retired_client_closes_before_its_svid_expires() {
     assert_eq!(topology.connect.stats().records, 2);
     assert_eq!(topology.remote.connections().accepted, 2);
     assert_eq!(topology.seen.expired.load(Ordering::Relaxed), 0);
+    topology.shutdown().await;
+}
+
+/// The remote's SVID rotates three times while traffic flows: each time
+/// the remote drains the connection accepted under the old one (a graceful
+/// GOAWAY), the passthrough's client dials once more, and no call fails.
+#[tokio::test]
+async fn served_connections_drain_when_the_server_svid_rotates() {
+    const CONNECTIONS: usize = 4;
+    let topology = Topology::start(Duration::from_secs(300), Duration::from_secs(5)).await;
+    let ids: Vec<String> = (0..CONNECTIONS).map(|i| format!("conn-{i}")).collect();
+    for id in &ids {
+        topology
+            .caller
+            .request(Context::new(), request(id))
+            .await
+            .unwrap();
+    }
+    assert_eq!(topology.remote.connections().accepted, 1);
+
+    let stop = CancellationToken::new();
+    let flowing = tokio::spawn(traffic(topology.caller.clone(), ids.clone(), stop.clone()));
+    let dialed = topology.connect.stats().clients[0].dials;
+    for rotation in 1..=3u64 {
+        topology.remote_api.rotate_for(Duration::from_secs(300));
+        let remote = topology
+            .remote
+            .wait_connections(|s| s.accepted == 1 + rotation && s.open == 1 && s.retired == 0)
+            .await;
+        assert_eq!(remote.refused, 0, "{remote:?}");
+    }
+    stop.cancel();
+    let (calls, failures) = flowing.await.unwrap();
+    assert!(failures.is_empty(), "calls failed: {failures:?}");
+    assert!(calls > 0);
+    // The same client, not retired (its own SVID never rotated), redialed
+    // once per rotation; every connection still uses it.
+    let serial = topology.identity.credential().unwrap().serial;
+    let stats = topology.connect.stats();
+    assert!(only_current(&stats, &serial, CONNECTIONS), "{stats:?}");
+    assert_eq!(stats.clients[0].dials, dialed + 3, "{stats:?}");
+    assert_eq!(stats.records, CONNECTIONS);
+    topology.shutdown().await;
+}
+
+/// A connection that a long call keeps open after the server's SVID
+/// rotated is closed before that SVID expires, cutting the call; a new
+/// connection is served under the new SVID.
+#[tokio::test]
+async fn a_drained_connection_closes_before_the_server_svid_expires() {
+    let topology = Topology::start_with(
+        Duration::from_secs(3),
+        Duration::from_secs(300),
+        Duration::from_secs(1),
+    )
+    .await;
+    let expires = topology.remote_api.current().not_after();
+    let options = DialOptions::new().tls(
+        topology
+            .identity
+            .client_tls(Authorize::SameTrustDomain)
+            .unwrap(),
+    );
+    let conn = dial(topology.remote.url(), &options).await.unwrap();
+    let mut watching = HealthClient::new(conn)
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    watching
+        .message()
+        .await
+        .unwrap()
+        .expect("the current status");
+
+    topology.remote_api.rotate_for(Duration::from_secs(300));
+    let remote = topology.remote.wait_connections(|s| s.retired == 1).await;
+    assert_eq!(remote.open, 1, "{remote:?}");
+    // The watch keeps its connection open until the margin before expiry.
+    let cut = watching.message().await.expect_err("a cut call");
+    assert!(SystemTime::now() < expires, "closed after its SVID expired");
+    assert_eq!(cut.code(), tonic::Code::Unavailable, "{cut:?}");
+    let remote = topology.remote.wait_connections(|s| s.open == 0).await;
+    assert_eq!(remote.retired, 0, "{remote:?}");
+
+    let conn = dial(topology.remote.url(), &options).await.unwrap();
+    HealthClient::new(conn)
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(topology.remote.connections().accepted, 2);
     topology.shutdown().await;
 }
