@@ -478,6 +478,11 @@ impl Gate {
         self.inner.held.abandoned_calls()
     }
 
+    /// Completes once a held call has been given up.
+    pub async fn cut_off(&self) {
+        self.inner.held.abandoned().await;
+    }
+
     fn take(&self, op: Op) -> bool {
         let mut armed = self.inner.armed.lock().unwrap();
         if *armed == Some(op) {

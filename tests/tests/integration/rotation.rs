@@ -11,6 +11,7 @@ use connect_runtime::{
     ClientChain, ClientStats, ClientUrl, Connect, ConnectStats, Context, DialOptions, GrpcClient,
     Peer, Serve, ServerChain, ServerHandle, dial,
 };
+use connect_tests::elements::{Gate, Op};
 use connect_tests::request;
 use connect_tests::workload_api::{Authority, WorkloadApi};
 use tokio_util::sync::CancellationToken;
@@ -61,6 +62,8 @@ struct Topology {
     domain: Arc<Authority>,
     remote_api: WorkloadApi,
     remote: ServerHandle,
+    /// In the remote's chain: holds a call on demand.
+    gate: Gate,
     seen: Arc<Seen>,
     api: WorkloadApi,
     identity: SpiffeIdentity,
@@ -83,7 +86,8 @@ impl Topology {
             .await
             .unwrap();
         let seen = Arc::new(Seen::default());
-        let remote = Serve::new(ServerChain::default())
+        let gate = Gate::new();
+        let remote = Serve::new(ServerChain::builder().with(gate.clone()).build())
             .tls(
                 remote_identity
                     .server_tls(Authorize::SameTrustDomain)
@@ -103,6 +107,7 @@ impl Topology {
         })
         .dial_options(DialOptions::new().timeout(Duration::from_secs(5)).tls(tls))
         .expiry_margin(margin)
+        .cleanup_timeout(Duration::from_secs(1))
         .build();
         let passthrough = Serve::new(
             ServerChain::builder()
@@ -119,6 +124,7 @@ impl Topology {
             domain,
             remote_api,
             remote,
+            gate,
             seen,
             api,
             identity,
@@ -385,5 +391,65 @@ async fn a_drained_connection_closes_before_the_server_svid_expires() {
         .await
         .unwrap();
     assert_eq!(topology.remote.connections().accepted, 2);
+    topology.shutdown().await;
+}
+
+/// A refresh cut off while it moves its connection to the current client
+/// (the caller gives up while the remote holds the refresh) leaves the
+/// connection on the retired client with exact references; the next
+/// refresh moves it.
+#[tokio::test]
+async fn a_move_cut_off_midway_leaves_references_exact() {
+    let topology = Topology::start(Duration::from_secs(60), Duration::from_secs(5)).await;
+    topology
+        .caller
+        .request(Context::new(), request("moving"))
+        .await
+        .unwrap();
+    let first = topology.current().serial.unwrap();
+    let serial = topology.rotate_for(Duration::from_secs(60));
+    topology
+        .connect
+        .wait_for(|stats| stats.clients.iter().any(|c| c.retired))
+        .await;
+
+    topology.gate.arm(Op::Request);
+    let caller = topology.caller.clone();
+    let refresh =
+        tokio::spawn(async move { caller.request(Context::new(), request("moving")).await });
+    topology.gate.holding().await;
+    // The move has dialed the current client and holds a reference to it.
+    let stats = topology.connect.stats();
+    assert_eq!(stats.clients.len(), 2, "{stats:?}");
+    refresh.abort();
+    // connect finishes the abandoned move on its own, within its cleanup
+    // timeout, which cuts it off at the remote.
+    topology.gate.cut_off().await;
+
+    // The connection stays on the retired client; the current one, unused,
+    // closes.
+    topology
+        .connect
+        .wait_for(|stats| {
+            matches!(stats.clients.as_slice(),
+                [client] if client.retired && client.refs == 1
+                    && client.serial.as_deref() == Some(first.as_str()))
+        })
+        .await;
+    assert_eq!(topology.connect.stats().records, 1);
+
+    let moved = topology
+        .caller
+        .request(Context::new(), request("moving"))
+        .await
+        .unwrap();
+    topology
+        .connect
+        .wait_for(|stats| only_current(stats, &serial, 1))
+        .await;
+    assert_eq!(topology.connect.stats().records, 1);
+    topology.caller.close(Context::new(), moved).await.unwrap();
+    topology.connect.idle().await;
+    assert_eq!(topology.gate.abandoned(), 1);
     topology.shutdown().await;
 }
