@@ -25,7 +25,6 @@ use super::replay::{Ready, whole};
 use super::reply::checked;
 use super::socket::{Io, Stream, Unanswered, connect_tcp, connect_unix};
 use super::target::{Target, UrlError, UrlProblem};
-use super::tls::ClientTls;
 use crate::chain::deadline_after;
 use crate::map::lock;
 use crate::outcome::not_sent;
@@ -225,11 +224,12 @@ async fn connect(
         source,
     };
     let dialing = async {
-        let switch = options.tls.as_ref().and_then(ClientTls::revision);
+        let revision = || options.tls.as_ref().and_then(|t| t.rotation().revision());
+        let switch = revision();
         let mut stream = open(url, target, options).await;
         // A handshake that met the switch to a new certificate failed
         // closed; once more with the new one.
-        let switched = options.tls.as_ref().and_then(ClientTls::revision) != switch;
+        let switched = revision() != switch;
         if stream.is_err() && switched {
             stream = open(url, target, options).await;
         }
@@ -307,7 +307,7 @@ async fn open(url: &Url, target: &Target, options: &DialOptions) -> Result<Strea
         url: url.to_string(),
         source,
     })?;
-    tls.settled().await;
+    tls.rotation().settled().await;
     let stream = tls
         .connector()
         .connect(name, stream)

@@ -7,6 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context as TaskContext, Poll};
@@ -285,9 +286,16 @@ impl<L> Serve<L> {
         let (stats_tx, stats_rx) = watch::channel(ConnectionStats::default());
         let hard_stop = CancellationToken::new();
         let credential = self.tls.as_ref().and_then(|t| t.credential().cloned());
+        let (mut server, routes) = (self.server, self.routes);
+        let start: Start = Box::new(move |connections| {
+            let incoming = UnboundedReceiverStream::new(connections).map(Ok::<_, Infallible>);
+            // A shutdown signal that never fires still makes tonic drain
+            // gracefully once the incoming connections end.
+            let router = server.add_routes(routes.clone());
+            Box::pin(router.serve_with_incoming_shutdown(incoming, std::future::pending()))
+        });
         let serving = Serving {
-            server: self.server,
-            routes: self.routes,
+            start,
             tls: self.tls,
             handshake_timeout: self.handshake_timeout,
             expiry_margin: self.expiry_margin,
@@ -592,9 +600,9 @@ impl Drop for OpenConnection {
 /// A server at work: it accepts connections, counts them, handshakes them
 /// (concurrently, each within the handshake timeout) and hands each to the
 /// generation of the server certificate it was accepted under.
-struct Serving<L> {
-    server: Server<L>,
-    routes: Routes,
+struct Serving {
+    /// Starts a tonic server for the connections the receiver yields.
+    start: Start,
     tls: Option<ServerTls>,
     handshake_timeout: Duration,
     expiry_margin: Duration,
@@ -604,25 +612,20 @@ struct Serving<L> {
     handshakes: JoinSet<io::Result<()>>,
 }
 
-impl<L> Serving<L> {
-    async fn run<ResBody>(
+/// What [`Serve::bind`] gives its serving task: tonic's server for a
+/// stream of connections, draining gracefully once the stream ends.
+type Start = Box<dyn FnMut(mpsc::UnboundedReceiver<Io<Served>>) -> ServerFuture + Send>;
+type ServerFuture = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
+impl Serving {
+    async fn run(
         mut self,
         listener: Listener,
         mut credential: Option<watch::Receiver<Credential>>,
         shutdown: CancellationToken,
         grace: Duration,
         health: HealthReporter,
-    ) where
-        L: Layer<Routes> + Clone + Send + Sync + 'static,
-        L::Service: Service<http::Request<Body>, Response = http::Response<ResBody>>
-            + Clone
-            + Send
-            + 'static,
-        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
-        <L::Service as Service<http::Request<Body>>>::Error: Into<tower::BoxError> + Send,
-        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-        ResBody::Error: Into<tower::BoxError>,
-    {
+    ) {
         let first = credential.as_mut().map(|c| c.borrow_and_update().clone());
         let mut current = self.generation(first);
         loop {
@@ -680,18 +683,7 @@ impl<L> Serving<L> {
     /// `credential`. Once retired and left by every handshake started under
     /// it, it sends its connections a graceful GOAWAY; those still open
     /// `expiry_margin` before `credential` expires are closed.
-    fn generation<ResBody>(&mut self, credential: Option<Credential>) -> Generation
-    where
-        L: Layer<Routes> + Clone + Send + Sync + 'static,
-        L::Service: Service<http::Request<Body>, Response = http::Response<ResBody>>
-            + Clone
-            + Send
-            + 'static,
-        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
-        <L::Service as Service<http::Request<Body>>>::Error: Into<tower::BoxError> + Send,
-        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-        ResBody::Error: Into<tower::BoxError>,
-    {
+    fn generation(&mut self, credential: Option<Credential>) -> Generation {
         let (sender, receiver) = mpsc::unbounded_channel();
         let generation = Generation {
             connections: sender,
@@ -699,13 +691,7 @@ impl<L> Serving<L> {
             retired: CancellationToken::new(),
             counts: Arc::default(),
         };
-        let incoming = UnboundedReceiverStream::new(receiver).map(Ok::<_, Infallible>);
-        // A shutdown signal that never fires still makes tonic drain
-        // gracefully once the incoming connections end.
-        let serving = self
-            .server
-            .add_routes(self.routes.clone())
-            .serve_with_incoming_shutdown(incoming, std::future::pending());
+        let serving = (self.start)(receiver);
         let (close, retired, margin) = (
             generation.close.clone(),
             generation.retired.clone(),
@@ -767,7 +753,7 @@ impl<L> Serving<L> {
         let generation = generation.clone();
         self.handshakes.spawn(async move {
             let handshake = async {
-                tls.settled().await;
+                tls.rotation().settled().await;
                 tls.acceptor().accept(stream).await
             };
             let handshake = tokio::time::timeout_at(deadline, handshake).await;

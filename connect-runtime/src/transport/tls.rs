@@ -122,9 +122,7 @@ pub struct ClientTls {
     config: Arc<ClientConfig>,
     roots: Option<Arc<RootCertStore>>,
     server_name: Option<ServerName<'static>>,
-    credential: Option<watch::Receiver<Credential>>,
-    #[cfg(feature = "spiffe")]
-    status: Option<spiffe_rustls::TlsStatus>,
+    rotation: Rotation,
 }
 
 /// The certificate a rotating TLS configuration presents in new handshakes:
@@ -152,6 +150,37 @@ pub struct Credential {
     pub not_after: SystemTime,
 }
 
+/// How a configuration's certificate rotates, if it does: the credential
+/// new handshakes present and, for a SPIFFE identity, the status that shows
+/// a switch to a new SVID under way.
+#[derive(Clone, Default)]
+pub(crate) struct Rotation {
+    credential: Option<watch::Receiver<Credential>>,
+    #[cfg(feature = "spiffe")]
+    status: Option<spiffe_rustls::TlsStatus>,
+}
+
+impl Rotation {
+    /// Returns once a handshake can present the current certificate
+    /// (spiffe-rustls fails handshakes closed during a switch).
+    pub(crate) async fn settled(&self) {
+        #[cfg(feature = "spiffe")]
+        if let Some(status) = &self.status {
+            super::spiffe::settled(status).await;
+        }
+    }
+
+    /// Which certificate new handshakes use, if it rotates: it differs
+    /// once a switch to a new one has begun.
+    pub(crate) fn revision(&self) -> Option<u64> {
+        #[cfg(feature = "spiffe")]
+        if let Some(status) = &self.status {
+            return Some(status.current().source_revision);
+        }
+        None
+    }
+}
+
 impl ClientTls {
     /// Verifies servers against the PEM CA certificates `ca`.
     pub fn new(ca: impl AsRef<[u8]>) -> Result<Self, TlsError> {
@@ -161,9 +190,7 @@ impl ClientTls {
             config: with_alpn(config),
             roots: Some(roots),
             server_name: None,
-            credential: None,
-            #[cfg(feature = "spiffe")]
-            status: None,
+            rotation: Rotation::default(),
         })
     }
 
@@ -201,9 +228,7 @@ impl ClientTls {
             config: with_alpn(config),
             roots: None,
             server_name: None,
-            credential: None,
-            #[cfg(feature = "spiffe")]
-            status: None,
+            rotation: Rotation::default(),
         }
     }
 
@@ -211,38 +236,23 @@ impl ClientTls {
     /// names the one new handshakes present, changing only once they
     /// present the new one.
     pub fn rotating(mut self, credential: watch::Receiver<Credential>) -> Self {
-        self.credential = Some(credential);
+        self.rotation.credential = Some(credential);
         self
     }
 
     /// What [`ClientTls::rotating`] was given, if anything.
     pub fn credential(&self) -> Option<&watch::Receiver<Credential>> {
-        self.credential.as_ref()
+        self.rotation.credential.as_ref()
     }
 
-    /// Handshakes wait while `status` shows a new SVID being applied.
     #[cfg(feature = "spiffe")]
     pub(crate) fn with_status(mut self, status: spiffe_rustls::TlsStatus) -> Self {
-        self.status = Some(status);
+        self.rotation.status = Some(status);
         self
     }
 
-    /// Returns once a handshake can present the current certificate.
-    pub(crate) async fn settled(&self) {
-        #[cfg(feature = "spiffe")]
-        if let Some(status) = &self.status {
-            super::spiffe::settled(status).await;
-        }
-    }
-
-    /// Which certificate new handshakes use, if it rotates: it differs
-    /// once a switch to a new one has begun.
-    pub(crate) fn revision(&self) -> Option<u64> {
-        #[cfg(feature = "spiffe")]
-        if let Some(status) = &self.status {
-            return Some(status.current().source_revision);
-        }
-        None
+    pub(crate) fn rotation(&self) -> &Rotation {
+        &self.rotation
     }
 
     pub(crate) fn connector(&self) -> tokio_rustls::TlsConnector {
@@ -272,10 +282,7 @@ impl fmt::Debug for ClientTls {
                 "client_auth",
                 &self.config.client_auth_cert_resolver.has_certs(),
             )
-            .field(
-                "credential",
-                &self.credential.as_ref().map(|c| c.borrow().clone()),
-            )
+            .field("credential", &self.credential().map(|c| c.borrow().clone()))
             .finish()
     }
 }
@@ -296,9 +303,7 @@ impl fmt::Debug for ClientTls {
 pub struct ServerTls {
     config: Arc<ServerConfig>,
     identity: Option<Identity>,
-    credential: Option<watch::Receiver<Credential>>,
-    #[cfg(feature = "spiffe")]
-    status: Option<spiffe_rustls::TlsStatus>,
+    rotation: Rotation,
 }
 
 impl ServerTls {
@@ -311,9 +316,7 @@ impl ServerTls {
         Ok(Self {
             config: server_alpn(config),
             identity: Some(identity),
-            credential: None,
-            #[cfg(feature = "spiffe")]
-            status: None,
+            rotation: Rotation::default(),
         })
     }
 
@@ -338,9 +341,7 @@ impl ServerTls {
         Self {
             config: server_alpn(config),
             identity: None,
-            credential: None,
-            #[cfg(feature = "spiffe")]
-            status: None,
+            rotation: Rotation::default(),
         }
     }
 
@@ -348,28 +349,23 @@ impl ServerTls {
     /// [`ClientTls::rotating`]: [`Serve`](crate::Serve) drains the
     /// connections accepted under an earlier one.
     pub fn rotating(mut self, credential: watch::Receiver<Credential>) -> Self {
-        self.credential = Some(credential);
+        self.rotation.credential = Some(credential);
         self
     }
 
     /// What [`ServerTls::rotating`] was given, if anything.
     pub fn credential(&self) -> Option<&watch::Receiver<Credential>> {
-        self.credential.as_ref()
+        self.rotation.credential.as_ref()
     }
 
-    /// Handshakes wait while `status` shows a new SVID being applied.
     #[cfg(feature = "spiffe")]
     pub(crate) fn with_status(mut self, status: spiffe_rustls::TlsStatus) -> Self {
-        self.status = Some(status);
+        self.rotation.status = Some(status);
         self
     }
 
-    /// Returns once a handshake can present the current certificate.
-    pub(crate) async fn settled(&self) {
-        #[cfg(feature = "spiffe")]
-        if let Some(status) = &self.status {
-            super::spiffe::settled(status).await;
-        }
+    pub(crate) fn rotation(&self) -> &Rotation {
+        &self.rotation
     }
 
     pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
@@ -385,10 +381,7 @@ fn server_alpn(mut config: ServerConfig) -> Arc<ServerConfig> {
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerTls")
-            .field(
-                "credential",
-                &self.credential.as_ref().map(|c| c.borrow().clone()),
-            )
+            .field("credential", &self.credential().map(|c| c.borrow().clone()))
             .finish_non_exhaustive()
     }
 }

@@ -134,6 +134,18 @@ impl Topology {
         }
     }
 
+    /// Opens `count` connections through the caller; returns their ids.
+    async fn open(&self, count: usize) -> Vec<String> {
+        let ids: Vec<String> = (0..count).map(|i| format!("conn-{i}")).collect();
+        for id in &ids {
+            self.caller
+                .request(Context::new(), request(id))
+                .await
+                .unwrap();
+        }
+        ids
+    }
+
     /// Rotates the passthrough's SVID to one valid for `lifetime`; returns
     /// its serial.
     fn rotate_for(&self, lifetime: Duration) -> String {
@@ -194,14 +206,7 @@ async fn traffic(
 async fn clients_are_retired_and_connections_move_across_rotations() {
     const CONNECTIONS: usize = 6;
     let topology = Topology::start(Duration::from_secs(60), Duration::from_secs(5)).await;
-    let ids: Vec<String> = (0..CONNECTIONS).map(|i| format!("conn-{i}")).collect();
-    for id in &ids {
-        topology
-            .caller
-            .request(Context::new(), request(id))
-            .await
-            .unwrap();
-    }
+    let ids = topology.open(CONNECTIONS).await;
     let first = topology.identity.credential().unwrap();
     let current = topology.current();
     assert_eq!(current.refs, CONNECTIONS);
@@ -310,14 +315,7 @@ async fn a_retired_client_closes_before_its_svid_expires() {
 async fn served_connections_drain_when_the_server_svid_rotates() {
     const CONNECTIONS: usize = 4;
     let topology = Topology::start(Duration::from_secs(300), Duration::from_secs(5)).await;
-    let ids: Vec<String> = (0..CONNECTIONS).map(|i| format!("conn-{i}")).collect();
-    for id in &ids {
-        topology
-            .caller
-            .request(Context::new(), request(id))
-            .await
-            .unwrap();
-    }
+    let ids = topology.open(CONNECTIONS).await;
     assert_eq!(topology.remote.connections().accepted, 1);
 
     let stop = CancellationToken::new();
