@@ -639,11 +639,14 @@ impl Serving {
                     }
                 }
                 rotated = rotation(&mut credential) => match rotated {
-                    Some(next) => {
+                    Some(next) if current.serial.as_ref() != Some(&next.serial) => {
                         tracing::info!(serial = %next.serial, "server certificate rotated; draining older connections");
                         current.retire(&self.stats);
                         current = self.generation(Some(next));
+                        // Reap the servers that have finished draining.
+                        while self.generations.try_join_next().is_some() {}
                     }
+                    Some(_) => {}
                     None => credential = None,
                 },
                 accepted = std::future::poll_fn(|cx| listener.poll_accept(cx)) => match accepted {
@@ -686,6 +689,7 @@ impl Serving {
     fn generation(&mut self, credential: Option<Credential>) -> Generation {
         let (sender, receiver) = mpsc::unbounded_channel();
         let generation = Generation {
+            serial: credential.as_ref().map(|c| c.serial.clone()),
             connections: sender,
             close: self.hard_stop.child_token(),
             retired: CancellationToken::new(),
@@ -786,6 +790,8 @@ async fn rotation(credential: &mut Option<watch::Receiver<Credential>>) -> Optio
 /// it does not rotate), by one tonic server.
 #[derive(Clone)]
 struct Generation {
+    /// The certificate's serial, if it rotates.
+    serial: Option<String>,
     connections: mpsc::UnboundedSender<Io<Served>>,
     /// Closes every one of its connections.
     close: CancellationToken,

@@ -178,6 +178,14 @@ fn only_current(stats: &ConnectStats, serial: &str, refs: usize) -> bool {
     )
 }
 
+/// `event`, or a failure naming `what` after 30 s rather than a hang.
+async fn soon<T>(what: &str, event: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(30), event).await {
+        Ok(happened) => happened,
+        Err(_) => panic!("{what}: not within 30 s"),
+    }
+}
+
 /// Refreshes `ids` through the caller, round after round, until `stop`;
 /// every failure is kept.
 async fn traffic(
@@ -325,8 +333,8 @@ async fn served_connections_drain_when_the_server_svid_rotates() {
         topology.remote_api.rotate_for(Duration::from_secs(300));
         let remote = topology
             .remote
-            .wait_connections(|s| s.accepted == 1 + rotation && s.open == 1 && s.retired == 0)
-            .await;
+            .wait_connections(|s| s.accepted == 1 + rotation && s.open == 1 && s.retired == 0);
+        let remote = soon("one new connection, the drained one closed", remote).await;
         assert_eq!(remote.refused, 0, "{remote:?}");
     }
     stop.cancel();
@@ -349,9 +357,9 @@ async fn served_connections_drain_when_the_server_svid_rotates() {
 #[tokio::test]
 async fn a_drained_connection_closes_before_the_server_svid_expires() {
     let topology = Topology::start_with(
-        Duration::from_secs(3),
+        Duration::from_secs(6),
         Duration::from_secs(300),
-        Duration::from_secs(1),
+        Duration::from_secs(2),
     )
     .await;
     let expires = topology.remote_api.current().not_after();
@@ -374,10 +382,13 @@ async fn a_drained_connection_closes_before_the_server_svid_expires() {
         .expect("the current status");
 
     topology.remote_api.rotate_for(Duration::from_secs(300));
-    let remote = topology.remote.wait_connections(|s| s.retired == 1).await;
+    let remote = topology.remote.wait_connections(|s| s.retired == 1);
+    let remote = soon("the watch's connection retired", remote).await;
     assert_eq!(remote.open, 1, "{remote:?}");
     // The watch keeps its connection open until the margin before expiry.
-    let cut = watching.message().await.expect_err("a cut call");
+    let cut = soon("the watch cut", watching.message())
+        .await
+        .expect_err("a cut call");
     assert!(SystemTime::now() < expires, "closed after its SVID expired");
     assert_eq!(cut.code(), tonic::Code::Unavailable, "{cut:?}");
     let remote = topology.remote.wait_connections(|s| s.open == 0).await;
