@@ -97,6 +97,11 @@ pub async fn serve(
 /// bounded: [`DEFAULT_MAX_CONCURRENT_STREAMS`] calls per connection,
 /// [`DEFAULT_HANDSHAKE_TIMEOUT`], [`DEFAULT_SERVER_KEEPALIVE`].
 ///
+/// With a [rotating](ServerTls::rotating) certificate (a SPIFFE identity's),
+/// the connections accepted under one are drained once it rotates: a
+/// graceful GOAWAY, then a close [`Serve::expiry_margin`] before it expires
+/// for any a long call still holds open.
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
