@@ -121,6 +121,23 @@ impl Authority {
     }
 }
 
+/// A tower layer for a test server: calls `seen` with the leaf client
+/// certificate (DER) of every call's connection, as it arrives.
+pub fn client_certificates(
+    seen: impl Fn(&[u8]) + Clone + Send + Sync + 'static,
+) -> tower::util::MapRequestLayer<
+    impl Fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> + Clone,
+> {
+    tower::util::MapRequestLayer::new(move |call: http::Request<tonic::body::Body>| {
+        let peer = call
+            .extensions()
+            .get::<connect_runtime::Peer>()
+            .expect("a served call has its Peer");
+        seen(&peer.certificates().expect("a client certificate")[0]);
+        call
+    })
+}
+
 /// A running Workload API server for one workload identity.
 pub struct WorkloadApi {
     authority: Arc<Authority>,

@@ -9,11 +9,11 @@ use std::time::{Duration, SystemTime};
 use connect_runtime::spiffe::{Authorize, SpiffeIdentity};
 use connect_runtime::{
     ClientChain, ClientStats, ClientUrl, Connect, ConnectStats, Context, DialOptions, GrpcClient,
-    Peer, Serve, ServerChain, ServerHandle, dial,
+    Serve, ServerChain, ServerHandle, dial,
 };
 use connect_tests::elements::{Gate, Op};
 use connect_tests::request;
-use connect_tests::workload_api::{Authority, WorkloadApi};
+use connect_tests::workload_api::{Authority, WorkloadApi, client_certificates};
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -35,12 +35,7 @@ fn certificate_check(
 ) -> tower::util::MapRequestLayer<
     impl Fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> + Clone,
 > {
-    tower::util::MapRequestLayer::new(move |call: http::Request<tonic::body::Body>| {
-        let peer = call
-            .extensions()
-            .get::<Peer>()
-            .expect("a served call's Peer");
-        let leaf = &peer.certificates().expect("a client certificate")[0];
+    client_certificates(move |leaf| {
         let (_, cert) = x509_parser::parse_x509_certificate(leaf).unwrap();
         let not_after = SystemTime::UNIX_EPOCH
             + Duration::from_secs(cert.validity().not_after.timestamp() as u64);
@@ -51,7 +46,6 @@ fn certificate_check(
             .lock()
             .unwrap()
             .push(cert.raw_serial_as_string());
-        call
     })
 }
 

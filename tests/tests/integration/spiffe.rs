@@ -6,11 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use connect_runtime::spiffe::{Authorize, SpiffeIdentity, TlsStatus};
-use connect_runtime::{
-    ClientChain, Context, DialOptions, GrpcClient, Peer, Serve, ServerChain, dial,
-};
+use connect_runtime::{ClientChain, Context, DialOptions, GrpcClient, Serve, ServerChain, dial};
 use connect_tests::request;
-use connect_tests::workload_api::{Authority, WorkloadApi};
+use connect_tests::workload_api::{Authority, WorkloadApi, client_certificates};
 use spiffe::{WorkloadApiClient, X509Source};
 
 const WORKLOAD: &str = "/ns/default/sa/connect";
@@ -104,15 +102,7 @@ fn peer_serials(
 ) -> tower::util::MapRequestLayer<
     impl Fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> + Clone,
 > {
-    tower::util::MapRequestLayer::new(move |call: http::Request<tonic::body::Body>| {
-        let peer = call
-            .extensions()
-            .get::<Peer>()
-            .expect("a served call has its Peer");
-        let leaf = &peer.certificates().expect("a client certificate")[0];
-        seen.lock().unwrap().push(serial(leaf));
-        call
-    })
+    client_certificates(move |leaf| seen.lock().unwrap().push(serial(leaf)))
 }
 
 async fn updated(identity: &SpiffeIdentity, serial_now: u64) {
