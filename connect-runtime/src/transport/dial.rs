@@ -19,7 +19,7 @@ use tonic::body::Body;
 use tracing::Instrument;
 use url::Url;
 
-use super::error::{DialError, error_chain};
+use super::error::{DialError, error_chain, source_of};
 use super::options::DialOptions;
 use super::replay::{Ready, whole};
 use super::reply::checked;
@@ -470,17 +470,4 @@ fn refused(err: &hyper::Error) -> bool {
     source_of::<h2::Error>(err).is_some_and(|h2| {
         (h2.is_go_away() && h2.is_remote()) || h2.reason() == Some(h2::Reason::REFUSED_STREAM)
     })
-}
-
-pub(super) fn source_of<'a, E: StdError + 'static>(
-    err: &'a (dyn StdError + 'static),
-) -> Option<&'a E> {
-    let mut source = Some(err);
-    while let Some(cause) = source {
-        if let Some(found) = cause.downcast_ref::<E>() {
-            return Some(found);
-        }
-        source = cause.source();
-    }
-    None
 }

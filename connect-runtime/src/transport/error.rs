@@ -75,3 +75,17 @@ pub(crate) fn error_chain(err: &(dyn StdError + 'static)) -> String {
     }
     text
 }
+
+/// The first error of type `E` in `err`'s chain of causes, `err` included.
+pub(crate) fn source_of<'a, E: StdError + 'static>(
+    err: &'a (dyn StdError + 'static),
+) -> Option<&'a E> {
+    let mut source = Some(err);
+    while let Some(cause) = source {
+        if let Some(found) = cause.downcast_ref::<E>() {
+            return Some(found);
+        }
+        source = cause.source();
+    }
+    None
+}

@@ -45,7 +45,7 @@ pub(super) fn checked(
 fn cut(url: &Url, err: hyper::Error) -> tower::BoxError {
     let broke = err.is_closed()
         || err.is_incomplete_message()
-        || super::dial::source_of::<h2::Error>(&err).is_some_and(h2::Error::is_io);
+        || super::error::source_of::<h2::Error>(&err).is_some_and(h2::Error::is_io);
     if broke {
         let why = format!("the connection to {url} ended during the call: {err}");
         return Box::new(Status::unavailable(why));

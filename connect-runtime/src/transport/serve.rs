@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -38,7 +38,7 @@ use super::options::Keepalive;
 use super::service::ChainService;
 use super::socket::{Io, Stream};
 use super::target::{Target, UrlError};
-use super::tls::{Credential, ServerTls};
+use super::tls::{Credential, Rotation, ServerTls};
 use crate::chain::ServerChain;
 use crate::elements::DEFAULT_EXPIRY_MARGIN;
 
@@ -299,9 +299,10 @@ impl<L> Serve<L> {
             let router = server.add_routes(routes.clone());
             Box::pin(router.serve_with_incoming_shutdown(incoming, std::future::pending()))
         });
+        let tls = self.tls.as_ref();
         let serving = Serving {
             start,
-            tls: self.tls,
+            tls: tls.map(|tls| (tls.acceptor(), tls.rotation().clone())),
             handshake_timeout: self.handshake_timeout,
             expiry_margin: self.expiry_margin,
             hard_stop: hard_stop.clone(),
@@ -595,7 +596,7 @@ impl Drop for OpenConnection {
         self.stats.send_modify(|s| {
             s.open -= 1;
             self.counts.open.fetch_sub(1, Ordering::Relaxed);
-            if self.counts.retired.load(Ordering::Relaxed) {
+            if self.counts.retired.is_cancelled() {
                 s.retired -= 1;
             }
         });
@@ -608,7 +609,8 @@ impl Drop for OpenConnection {
 struct Serving {
     /// Starts a tonic server for the connections the receiver yields.
     start: Start,
-    tls: Option<ServerTls>,
+    /// The TLS acceptor, and how its certificate rotates.
+    tls: Option<(tokio_rustls::TlsAcceptor, Rotation)>,
     handshake_timeout: Duration,
     expiry_margin: Duration,
     hard_stop: CancellationToken,
@@ -697,30 +699,28 @@ impl Serving {
             serial: credential.as_ref().map(|c| c.serial.clone()),
             connections: sender,
             close: self.hard_stop.child_token(),
-            retired: CancellationToken::new(),
             counts: Arc::default(),
         };
         let serving = (self.start)(receiver);
-        let (close, retired, margin) = (
-            generation.close.clone(),
-            generation.retired.clone(),
-            self.expiry_margin,
-        );
+        let close = generation.close.clone();
+        let retired = generation.counts.retired.clone();
+        let closing_at = credential.map(|c| c.not_after.checked_sub(self.expiry_margin));
+        let expiring = async move {
+            let Some(at) = closing_at else {
+                return std::future::pending().await;
+            };
+            retired.cancelled().await;
+            let left = at.and_then(|at| at.duration_since(SystemTime::now()).ok());
+            tokio::time::sleep(left.unwrap_or_default()).await;
+        };
         self.generations.spawn(async move {
             tokio::pin!(serving);
             let outcome = tokio::select! {
                 outcome = &mut serving => outcome,
-                () = retired.cancelled(), if credential.is_some() => {
-                    let expiry = credential.map_or(SystemTime::UNIX_EPOCH, |c| c.not_after);
-                    let left = expiry.checked_sub(margin).and_then(|at| at.duration_since(SystemTime::now()).ok());
-                    tokio::select! {
-                        outcome = &mut serving => outcome,
-                        () = tokio::time::sleep(left.unwrap_or_default()) => {
-                            tracing::info!("closing connections before their certificate expires");
-                            close.cancel();
-                            serving.await
-                        }
-                    }
+                () = expiring => {
+                    tracing::info!("closing connections before their certificate expires");
+                    close.cancel();
+                    serving.await
                 }
             };
             if let Err(err) = outcome {
@@ -737,7 +737,7 @@ impl Serving {
             s.open += 1;
             s.peak_open = s.peak_open.max(s.open);
             counts.open.fetch_add(1, Ordering::Relaxed);
-            if counts.retired.load(Ordering::Relaxed) {
+            if counts.retired.is_cancelled() {
                 s.retired += 1;
             }
         });
@@ -753,7 +753,7 @@ impl Serving {
             let peer = Peer { addr, certificates };
             io.with(Served { peer, _open: open })
         };
-        let Some(tls) = self.tls.clone() else {
+        let Some((acceptor, rotation)) = self.tls.clone() else {
             let _ = generation.connections.send(served(stream, None));
             return;
         };
@@ -762,8 +762,8 @@ impl Serving {
         let generation = generation.clone();
         self.handshakes.spawn(async move {
             let handshake = async {
-                tls.rotation().settled().await;
-                tls.acceptor().accept(stream).await
+                rotation.settled().await;
+                acceptor.accept(stream).await
             };
             let handshake = tokio::time::timeout_at(deadline, handshake).await;
             let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out");
@@ -800,8 +800,6 @@ struct Generation {
     connections: mpsc::UnboundedSender<Io<Served>>,
     /// Closes every one of its connections.
     close: CancellationToken,
-    /// Cancelled once its certificate has rotated.
-    retired: CancellationToken,
     counts: Arc<GenerationCounts>,
 }
 
@@ -810,17 +808,17 @@ impl Generation {
     /// under it is done, as it holds the last other sender.
     fn retire(self, stats: &watch::Sender<ConnectionStats>) {
         stats.send_modify(|s| {
-            self.counts.retired.store(true, Ordering::Relaxed);
+            self.counts.retired.cancel();
             s.retired += self.counts.open.load(Ordering::Relaxed);
         });
-        self.retired.cancel();
     }
 }
 
-/// A generation's share of the connection counts, changed only inside
-/// `send_modify` on the server's stats (so in step with them).
+/// A generation's open connections, and whether its certificate has
+/// rotated: both changed only inside `send_modify` on the server's stats,
+/// so in step with them.
 #[derive(Default)]
 struct GenerationCounts {
     open: AtomicUsize,
-    retired: AtomicBool,
+    retired: CancellationToken,
 }

@@ -230,12 +230,11 @@ async fn a_peer_from_another_trust_domain_is_refused() {
 /// The program with `--spiffe`: a caller → passthrough → endpoint, each a
 /// workload with its own SVIDs from the test Workload API. First one
 /// connection per round with the caller's SVID rotated between rounds; then
-/// one connection throughout while the passthrough's SVID rotates, its
-/// connect retiring its client each time and the connections moving; a
-/// workload of another trust domain is refused by the passthrough. (A new
-/// handshake with a program while it switches to a new SVID fails closed,
-/// and that switch cannot be awaited from outside: so the caller dials
-/// afresh only while the programs' SVIDs stay.)
+/// one connection throughout while the passthrough's SVID rotates: its
+/// connect retires its client each time and the connections move, and its
+/// listener drains the caller's TCP connection, which the caller's channel
+/// dials again. A workload of another trust domain is refused by the
+/// passthrough.
 #[tokio::test]
 async fn the_program_forwards_with_spiffe_identities() {
     use connect_tests::program::Program;
