@@ -16,6 +16,8 @@
 //! assert_eq!(request.connection.unwrap().id, "conn-1");
 //! ```
 
+pub mod codec;
+
 /// `connectioncontext`: IP, DNS and Ethernet context of a connection.
 #[allow(clippy::all, missing_docs, unreachable_pub)]
 #[path = "generated/connectioncontext.rs"]

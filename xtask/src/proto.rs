@@ -18,6 +18,8 @@ struct Set {
     unpackaged: Option<&'static str>,
     /// Message fields generated boxed.
     boxed: &'static [&'static str],
+    /// The codec the clients and servers use, if not tonic's `ProstCodec`.
+    codec: Option<&'static str>,
 }
 
 const SETS: &[Set] = &[
@@ -38,6 +40,8 @@ const SETS: &[Set] = &[
             ".networkservice.NetworkServiceRequest.connection",
             ".connection.Connection.context",
         ],
+        // Buffers sized for NSM's messages; see proto/src/codec.rs.
+        codec: Some("crate::codec::NsmCodec"),
     },
     // The SPIFFE Workload API's X.509 half, served by the tests' Workload
     // API server; its client is for tests of the server itself.
@@ -47,6 +51,7 @@ const SETS: &[Set] = &[
         out: "tests/src/generated",
         unpackaged: Some("workload"),
         boxed: &[],
+        codec: None,
     },
 ];
 
@@ -69,6 +74,9 @@ fn generate_set(root: &Path, set: &Set) -> Result<Vec<Generated>, String> {
         .build_server(true)
         .build_transport(false)
         .emit_rerun_if_changed(false);
+    if let Some(codec) = set.codec {
+        builder = builder.codec_path(codec);
+    }
     for field in set.boxed {
         builder = builder.boxed(field);
     }

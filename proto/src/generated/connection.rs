@@ -216,7 +216,7 @@ pub mod monitor_connection_client {
             self.inner.ready().await.map_err(|e| {
                 tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
             })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::NsmCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/connection.MonitorConnection/MonitorConnections",
             );
@@ -354,7 +354,7 @@ pub mod monitor_connection_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = MonitorConnectionsSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::NsmCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,

@@ -98,7 +98,7 @@ pub mod network_service_client {
             self.inner.ready().await.map_err(|e| {
                 tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
             })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::NsmCodec::default();
             let path =
                 http::uri::PathAndQuery::from_static("/networkservice.NetworkService/Request");
             let mut req = request.into_request();
@@ -114,7 +114,7 @@ pub mod network_service_client {
             self.inner.ready().await.map_err(|e| {
                 tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
             })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::NsmCodec::default();
             let path = http::uri::PathAndQuery::from_static("/networkservice.NetworkService/Close");
             let mut req = request.into_request();
             req.extensions_mut()
@@ -247,7 +247,7 @@ pub mod network_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RequestSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::NsmCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -288,7 +288,7 @@ pub mod network_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = CloseSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::NsmCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,

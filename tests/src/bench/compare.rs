@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::options::{Mode, Run};
 
-/// The fields summarised, with whether lower is better (all are).
+/// The fields summarised, in the table's column order.
 const FIELDS: [&str; 7] = [
     "median_wall_ms",
     "pair_p50_us",
@@ -80,11 +80,20 @@ pub(crate) fn run(run: &Run, rounds: usize) -> Result<(), String> {
         }
         let ratios: Vec<String> = FIELDS
             .iter()
-            .map(|f| format!("{:.2}×", get("connect", f) / get("direct", f)))
+            .map(|f| ratio(get("connect", f), get("direct", f)))
             .collect();
         println!("| {workload} | connect ÷ direct | {} |", ratios.join(" | "));
     }
     Ok(())
+}
+
+/// `connect ÷ direct`, or an empty cell where it means nothing (direct
+/// dials nothing during the measurement).
+fn ratio(connect: f64, direct: f64) -> String {
+    match connect / direct {
+        ratio if ratio.is_finite() => format!("{ratio:.2}×"),
+        _ => String::new(),
+    }
 }
 
 fn median(values: &[f64]) -> f64 {

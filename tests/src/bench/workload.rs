@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
-use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
 use connect_runtime::tls::ClientTls;
 use connect_runtime::{Connect, Context, DialOptions, ServerChain};
 use connect_tests::harness::grpc_only_counting_dials;
 use tokio::sync::Barrier;
 use tonic::Status;
+use tonic::client::Grpc;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use url::Url;
 
@@ -19,6 +19,29 @@ use crate::measure::{Latencies, Report, cpu_time};
 use crate::options::{Mode, Run, Workload};
 
 const WARM_UP_PAIRS: usize = 200;
+
+const REQUEST: &str = "/networkservice.NetworkService/Request";
+const CLOSE: &str = "/networkservice.NetworkService/Close";
+
+/// A direct call as the client tonic generates by default makes it: with
+/// tonic's `ProstCodec` and its default buffers (connect's generated
+/// clients size theirs for NSM's messages).
+async fn unary<M, R>(
+    mut grpc: Grpc<Channel>,
+    path: &'static str,
+    message: M,
+) -> Result<tonic::Response<R>, Status>
+where
+    M: prost::Message + Send + 'static,
+    R: prost::Message + Default + Send + 'static,
+{
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unknown(format!("not ready: {e}")))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    let codec = tonic_prost::ProstCodec::<M, R>::default();
+    grpc.unary(tonic::Request::new(message), path, codec).await
+}
 
 pub(crate) async fn run(run: Run) -> Result<(), String> {
     let text = std::fs::read_to_string(&run.remotes)
@@ -71,7 +94,7 @@ pub(crate) enum Caller {
         dials: Arc<AtomicUsize>,
     },
     Direct {
-        clients: Arc<Vec<NetworkServiceClient<Channel>>>,
+        clients: Arc<Vec<Grpc<Channel>>>,
     },
 }
 
@@ -115,7 +138,7 @@ impl Caller {
                 .connect()
                 .await
                 .map_err(|e| format!("dialing {url}: {e}"))?;
-            clients.push(NetworkServiceClient::new(channel));
+            clients.push(Grpc::new(channel));
         }
         Ok(Self::Direct {
             clients: Arc::new(clients),
@@ -168,8 +191,8 @@ impl Caller {
                 chain.request(ctx, request).await
             }
             Caller::Direct { clients } => {
-                let mut client = clients[remote].clone();
-                Ok(client.request(request).await?.into_inner())
+                let call = unary(clients[remote].clone(), REQUEST, request);
+                Ok(call.await?.into_inner())
             }
         }
     }
@@ -178,8 +201,8 @@ impl Caller {
         match self {
             Caller::Connect { chain, .. } => chain.close(Context::new(), connection).await,
             Caller::Direct { clients } => {
-                let mut client = clients[remote].clone();
-                client.close(connection).await?;
+                let call = unary::<_, ()>(clients[remote].clone(), CLOSE, connection);
+                call.await?;
                 Ok(())
             }
         }
