@@ -19,8 +19,13 @@ use url::Url;
 /// The instant `timeout` from now, saturating at about thirty years (what
 /// tokio's timers treat as never).
 pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    deadline_from(Instant::now(), timeout)
+}
+
+/// `timeout` after `start`, saturating as [`deadline_after`] does.
+pub(crate) fn deadline_from(start: Instant, timeout: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
-    Instant::now() + timeout.min(FAR)
+    start + timeout.min(FAR)
 }
 
 /// Per-call state handed from element to element along a chain.

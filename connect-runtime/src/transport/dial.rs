@@ -42,9 +42,10 @@ use crate::outcome::not_sent;
 ///   failed, keepalive went unanswered), or that new dial fails, the channel
 ///   has ended for good: calls fail with `Unavailable` and
 ///   [`ClientConn::ended`] resolves. It never retries by itself.
-/// - Replies are checked before tonic reads them: one that is not gRPC (by
-///   its `content-type`), or whose status details are not base64, is an
-///   `Internal` error naming the problem.
+/// - Replies are checked before tonic reads them, and answered as grpc-go's
+///   clients answer them: one that is not gRPC (by its `content-type`) is
+///   `Unknown`, one whose status details are not base64 `Internal`, each
+///   naming the problem.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

@@ -24,5 +24,5 @@ pub use serve::{
     DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_SERVER_KEEPALIVE, Peer, Serve, ServeError,
     ServerHandle, serve,
 };
-pub use service::ChainService;
+pub use service::{ArrivalLayer, ChainService};
 pub use target::{Target, UrlError, UrlProblem};

@@ -1,6 +1,7 @@
 //! Replies checked before tonic reads them: one that is not gRPC (by its
-//! `content-type`), or whose status details are not base64 (on which
-//! tonic's status parser panics), becomes `Internal` naming the problem; a
+//! `content-type`) is `Unknown`, one whose status details are not base64
+//! (on which tonic's status parser panics) `Internal`, each naming the
+//! problem, as grpc-go's clients answer them; a
 //! reply cut by its connection's end fails `Unavailable`, as in grpc-go.
 
 use base64::Engine as _;
@@ -19,11 +20,12 @@ pub(super) fn checked(
 ) -> Result<http::Response<Body>, Status> {
     let (mut head, body) = response.into_parts();
     let content_type = head.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
-    let grpc = content_type.is_some_and(|t| t.starts_with(b"application/grpc"));
+    let grpc = content_type.is_some_and(is_grpc);
     if head.status == http::StatusCode::OK && !grpc && !head.headers.contains_key(GRPC_STATUS) {
         let content_type = String::from_utf8_lossy(content_type.unwrap_or(b"none"));
         let why = format!("{url} answered with content-type {content_type}, not gRPC");
-        return Err(Status::internal(why));
+        // As grpc-go: HTTP 200 maps to no gRPC code.
+        return Err(Status::unknown(why));
     }
     sanitize_status(&mut head.headers);
     // Trailers are checked as the headers were.
@@ -51,6 +53,14 @@ fn cut(url: &Url, err: hyper::Error) -> tower::BoxError {
         return Box::new(Status::unavailable(why));
     }
     Box::new(err)
+}
+
+/// `application/grpc`, alone or with a subtype (`+proto`) or parameters,
+/// as grpc-go accepts it.
+fn is_grpc(content_type: &[u8]) -> bool {
+    content_type
+        .strip_prefix(b"application/grpc")
+        .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
 }
 
 const GRPC_STATUS: &str = "grpc-status";

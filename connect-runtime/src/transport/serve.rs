@@ -35,7 +35,7 @@ use tracing::Instrument;
 use url::Url;
 
 use super::options::Keepalive;
-use super::service::ChainService;
+use super::service::{Arrived, ChainService};
 use super::socket::{Io, Stream};
 use super::target::{Target, UrlError};
 use super::tls::{Credential, Rotation, ServerTls};
@@ -247,7 +247,7 @@ impl<L> Serve<L> {
     /// socket file (nobody listening) is replaced; a live one is an error.
     pub async fn bind<ResBody>(self, url: &Url) -> Result<ServerHandle, ServeError>
     where
-        L: Layer<Routes> + Clone + Send + Sync + 'static,
+        L: Layer<Arrived<Routes>> + Clone + Send + Sync + 'static,
         L::Service: Service<http::Request<Body>, Response = http::Response<ResBody>>
             + Clone
             + Send
@@ -291,7 +291,9 @@ impl<L> Serve<L> {
         let (stats_tx, stats_rx) = watch::channel(ConnectionStats::default());
         let hard_stop = CancellationToken::new();
         let credential = self.tls.as_ref().and_then(|t| t.credential().cloned());
-        let (mut server, routes) = (self.server, self.routes);
+        // Innermost, so that it runs as tonic's server starts its own timer.
+        let mut server = self.server.layer(ChainService::arrival_layer());
+        let routes = self.routes;
         let start: Start = Box::new(move |connections| {
             let incoming = UnboundedReceiverStream::new(connections).map(Ok::<_, Infallible>);
             // A shutdown signal that never fires still makes tonic drain
@@ -442,8 +444,11 @@ impl ServerHandle {
     }
 
     async fn join(&mut self) {
-        if let Some(task) = self.task.take() {
+        // Taken only once finished: a wait given up on leaves the task for
+        // `Drop` to stop.
+        if let Some(task) = &mut self.task {
             let _ = task.await;
+            self.task = None;
         }
     }
 }

@@ -3,13 +3,17 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tonic::Extensions;
+use tonic::body::Body;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
+use tower::util::{MapRequest, MapRequestLayer};
 use tracing::Instrument;
 
 use crate::Context;
-use crate::chain::ServerChain;
+use crate::chain::{ServerChain, deadline_from};
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
 use crate::proto::networkservice::network_service_server::{NetworkService, NetworkServiceServer};
@@ -17,9 +21,13 @@ use crate::proto::networkservice::network_service_server::{NetworkService, Netwo
 /// Serves a [`ServerChain`] as the gRPC `networkservice.NetworkService`.
 ///
 /// Each call gets a fresh [`Context`] carrying the call's metadata, whose
-/// deadline is the caller's `grpc-timeout` and whose cancellation token is cancelled when the caller
-/// goes away (tonic drops the handler) or the deadline passes. The chain's
-/// future is dropped at the deadline, and the caller sees `DeadlineExceeded`.
+/// deadline is the caller's `grpc-timeout` and whose cancellation token is
+/// cancelled when the caller goes away (tonic drops the handler) or the
+/// deadline passes. The chain's future is dropped at the deadline, and the
+/// caller sees `DeadlineExceeded`. tonic's server keeps a timer of its own
+/// for the same header, which would answer `Cancelled`; the chain's deadline
+/// counts from when the [arrival layer](ChainService::arrival_layer) saw the
+/// call, a timer tick ahead of tonic's, so that it fires first.
 ///
 /// [`serve`](crate::serve) registers this for you; use it directly to mount
 /// the chain on a tonic server of your own:
@@ -29,7 +37,9 @@ use crate::proto::networkservice::network_service_server::{NetworkService, Netwo
 ///
 /// let chain = ServerChain::builder().with(Passthrough).build();
 /// let service = ChainService::new(chain).into_server();
-/// let _router = tonic::transport::Server::builder().add_service(service);
+/// let _router = tonic::transport::Server::builder()
+///     .layer(ChainService::arrival_layer())
+///     .add_service(service);
 /// ```
 #[derive(Clone, Debug)]
 pub struct ChainService {
@@ -47,7 +57,34 @@ impl ChainService {
         // Message size limits stay tonic's defaults (4 MiB to decode).
         NetworkServiceServer::new(self)
     }
+
+    /// The tower layer that notes when each call arrives, for the chain's
+    /// deadline to count from; add it (last) to a tonic server of your own.
+    pub fn arrival_layer() -> ArrivalLayer {
+        MapRequestLayer::new(arrived as Stamp)
+    }
 }
+
+/// See [`ChainService::arrival_layer`].
+pub type ArrivalLayer = MapRequestLayer<fn(http::Request<Body>) -> http::Request<Body>>;
+
+/// A service wrapped in the [`ArrivalLayer`].
+pub(crate) type Arrived<S> = MapRequest<S, Stamp>;
+
+type Stamp = fn(http::Request<Body>) -> http::Request<Body>;
+
+/// When a call arrived: noted as tonic's server starts its own timer for
+/// the call's `grpc-timeout`, before the request is read.
+#[derive(Clone, Copy)]
+struct Arrival(Instant);
+
+fn arrived(mut request: http::Request<Body>) -> http::Request<Body> {
+    request.extensions_mut().insert(Arrival(Instant::now()));
+    request
+}
+
+/// tokio's timer resolution: deadlines a tick apart can fire together.
+const TIMER_TICK: Duration = Duration::from_millis(1);
 
 #[tonic::async_trait]
 impl NetworkService for ChainService {
@@ -55,8 +92,8 @@ impl NetworkService for ChainService {
         &self,
         request: Request<NetworkServiceRequest>,
     ) -> Result<Response<Connection>, Status> {
-        let (metadata, _, request) = request.into_parts();
-        let (ctx, _cancel_on_drop) = incoming_context(metadata)?;
+        let (metadata, extensions, request) = request.into_parts();
+        let (ctx, _cancel_on_drop) = incoming_context(metadata, &extensions)?;
         let span = tracing::debug_span!(
             "request",
             connection_id = crate::chain::connection_id(&request)
@@ -66,8 +103,8 @@ impl NetworkService for ChainService {
     }
 
     async fn close(&self, request: Request<Connection>) -> Result<Response<()>, Status> {
-        let (metadata, _, connection) = request.into_parts();
-        let (ctx, _cancel_on_drop) = incoming_context(metadata)?;
+        let (metadata, extensions, connection) = request.into_parts();
+        let (ctx, _cancel_on_drop) = incoming_context(metadata, &extensions)?;
         let span = tracing::debug_span!("close", connection_id = connection.id.as_str());
         let chain = self.chain.close(ctx.clone(), connection);
         ctx.run(chain).instrument(span).await.map(Response::new)
@@ -78,6 +115,7 @@ impl NetworkService for ChainService {
 /// when the handler finishes or is dropped.
 fn incoming_context(
     metadata: MetadataMap,
+    extensions: &Extensions,
 ) -> Result<(Context, tokio_util::sync::DropGuard), Status> {
     let token = CancellationToken::new();
     let timeout = grpc_timeout(&metadata)?;
@@ -85,7 +123,12 @@ fn incoming_context(
         .with_cancellation_token(token.clone())
         .with_incoming_metadata(metadata);
     if let Some(timeout) = timeout {
-        ctx = ctx.with_timeout(timeout);
+        // A tick early, so that tonic's timer, started a moment before,
+        // never fires first.
+        let start = extensions
+            .get::<Arrival>()
+            .map_or_else(Instant::now, |a| a.0);
+        ctx = ctx.with_deadline(deadline_from(start, timeout.saturating_sub(TIMER_TICK)));
     }
     Ok((ctx, token.drop_guard()))
 }
@@ -96,8 +139,9 @@ pub(crate) fn grpc_timeout(metadata: &MetadataMap) -> Result<Option<Duration>, S
     let Some(value) = metadata.get("grpc-timeout") else {
         return Ok(None);
     };
+    // grpc-go's servers answer a malformed one with `Internal` too.
     let malformed = || {
-        Status::invalid_argument(format!(
+        Status::internal(format!(
             "malformed grpc-timeout header {:?}: expected up to 8 digits and a unit (H, M, S, m, u, n)",
             value
         ))
@@ -151,7 +195,7 @@ mod tests {
     fn rejects_malformed_values() {
         for bad in ["", "m", "100", "123456789m", "10x", "-1S", "1.5S"] {
             let err = parse(bad).unwrap_err();
-            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad}");
+            assert_eq!(err.code(), tonic::Code::Internal, "{bad}");
             assert!(err.message().contains("grpc-timeout"), "{bad}");
         }
     }

@@ -48,7 +48,7 @@ async fn connect_addr(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
     socket.set_tcp_nodelay(true)?;
     let pending = match socket.connect(&addr.into()) {
         Ok(()) => false,
-        Err(err) if err.raw_os_error() == Some(EINPROGRESS) => true,
+        Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => true,
         Err(err) => return Err(err),
     };
     let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
@@ -60,9 +60,6 @@ async fn connect_addr(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
     }
     Ok(stream)
 }
-
-/// `connect(2)`'s answer for a non-blocking socket still connecting.
-const EINPROGRESS: i32 = 115;
 
 /// Connects to the unix socket at `path`; an error names the path.
 pub(crate) async fn connect_unix(path: &Path) -> io::Result<Stream> {

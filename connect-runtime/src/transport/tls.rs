@@ -43,6 +43,12 @@ pub enum TlsError {
     /// Not a DNS name or IP address to verify a server as.
     #[error("`{0}` is not a server name TLS can verify")]
     ServerName(String),
+    /// A setting that rebuilds the rustls configuration, asked of one
+    /// given as it is (`from_rustls`): set it in that configuration.
+    #[error(
+        "{0} cannot be changed on a configuration given with from_rustls; set it in the rustls configuration"
+    )]
+    FromRustls(&'static str),
 }
 
 /// A certificate chain and its private key, from PEM.
@@ -204,12 +210,14 @@ impl ClientTls {
     }
 
     /// Presents `identity` to servers that ask for a client certificate.
+    /// A configuration given [as it is](Self::from_rustls) cannot take one:
+    /// [`TlsError::FromRustls`].
     pub fn identity(mut self, identity: Identity) -> Result<Self, TlsError> {
-        if let Some(roots) = &self.roots {
-            let config =
-                Self::builder(roots)?.with_client_auth_cert(identity.chain, identity.key)?;
-            self.config = with_alpn(config);
-        }
+        let Some(roots) = &self.roots else {
+            return Err(TlsError::FromRustls("the client identity"));
+        };
+        let config = Self::builder(roots)?.with_client_auth_cert(identity.chain, identity.key)?;
+        self.config = with_alpn(config);
         Ok(self)
     }
 
@@ -321,18 +329,20 @@ impl ServerTls {
     }
 
     /// Requires every client to present a certificate signed by one of the
-    /// PEM CA certificates `ca`; others fail the handshake.
+    /// PEM CA certificates `ca`; others fail the handshake. A configuration
+    /// given [as it is](Self::from_rustls) cannot take one:
+    /// [`TlsError::FromRustls`].
     pub fn client_ca(mut self, ca: impl AsRef<[u8]>) -> Result<Self, TlsError> {
-        if let Some(identity) = &self.identity {
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(roots(ca.as_ref())?, provider())
-                    .build()?;
-            let config = ServerConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()?
-                .with_client_cert_verifier(verifier)
-                .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
-            self.config = server_alpn(config);
-        }
+        let Some(identity) = &self.identity else {
+            return Err(TlsError::FromRustls("client certificate verification"));
+        };
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(roots(ca.as_ref())?, provider()).build()?;
+        let config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+        self.config = server_alpn(config);
         Ok(self)
     }
 

@@ -182,8 +182,30 @@ async fn every_kind_of_failed_answer_gets_the_grpc_code() {
                 data: vec![Bytes::from_static(b"<html><body>hello</body></html>")],
                 trailers: None,
             },
-            Code::Internal,
+            Code::Unknown,
             "content-type text/html, not gRPC",
+        ),
+        (
+            "gRPC-Web, which is not gRPC",
+            Answer {
+                status: 200,
+                headers: vec![("content-type", "application/grpc-web")],
+                data: vec![message.clone()],
+                trailers: None,
+            },
+            Code::Unknown,
+            "content-type application/grpc-web, not gRPC",
+        ),
+        (
+            "gRPC with a subtype and a parameter",
+            Answer {
+                status: 200,
+                headers: vec![("content-type", "application/grpc+proto; charset=utf-8")],
+                data: vec![message.clone()],
+                trailers: Some(vec![("grpc-status", "5"), ("grpc-message", "gone")]),
+            },
+            Code::NotFound,
+            "gone",
         ),
         (
             "a trailers-only status with details that are not base64",

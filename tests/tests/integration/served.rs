@@ -177,9 +177,10 @@ async fn a_malformed_status_is_an_internal_error_and_leaks_nothing() {
 }
 
 /// A reply that is not gRPC at all (an HTML page from a proxy) is an
-/// `Internal` error naming its content type, and leaks nothing.
+/// `Unknown` error naming its content type (grpc-go's answer to HTTP 200
+/// without gRPC), and leaks nothing.
 #[tokio::test]
-async fn a_reply_that_is_not_grpc_is_an_internal_error_and_leaks_nothing() {
+async fn a_reply_that_is_not_grpc_is_an_unknown_error_and_leaks_nothing() {
     let remote = RawRemote::start(Answer {
         status: 200,
         headers: vec![("content-type", "text/html")],
@@ -191,7 +192,7 @@ async fn a_reply_that_is_not_grpc_is_an_internal_error_and_leaks_nothing() {
     let front = Front::new(&connect, remote.url()).await;
 
     let status = front.request("h").await.unwrap_err();
-    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(status.code(), Code::Unknown, "{status:?}");
     assert!(
         status.message().contains("content-type text/html"),
         "{status:?}"

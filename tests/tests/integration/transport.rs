@@ -204,6 +204,44 @@ async fn a_remote_cancelling_at_the_deadline_is_a_deadline_exceeded() {
     server.await.unwrap().unwrap();
 }
 
+/// tonic's server keeps a timer of its own for each call's `grpc-timeout`,
+/// answering `Cancelled` when it fires; the chain's deadline fires first,
+/// so that a caller out of time always hears `DeadlineExceeded`.
+#[tokio::test]
+async fn a_served_call_out_of_time_is_always_deadline_exceeded() {
+    const CALLS: usize = 300;
+    let park = Park::new();
+    let server = start_tcp(ServerChain::builder().with(park.clone()).build()).await;
+    // A caller without a timer of its own (tonic's channel has one, and
+    // answers itself): what it hears is the server's answer.
+    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    let client = NetworkServiceClient::new(conn);
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..CALLS {
+        let mut client = client.clone();
+        calls.spawn(async move {
+            let mut call = tonic::Request::new(request(&format!("late-{n}")));
+            call.metadata_mut()
+                .insert("grpc-timeout", "20m".parse().unwrap());
+            client.request(call).await.unwrap_err()
+        });
+    }
+    let mut other = Vec::new();
+    while let Some(status) = calls.join_next().await {
+        let status = status.unwrap();
+        if status.code() != Code::DeadlineExceeded {
+            other.push(status);
+        }
+    }
+    assert!(
+        other.is_empty(),
+        "{} of {CALLS} calls ended otherwise, as {:?}",
+        other.len(),
+        other[0]
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_service_enforces_the_incoming_grpc_timeout() {
     use connect_runtime::proto::networkservice::network_service_server::NetworkService;
@@ -225,7 +263,7 @@ async fn the_service_enforces_the_incoming_grpc_timeout() {
     grpc.metadata_mut()
         .insert("grpc-timeout", "soon".parse().unwrap());
     let err = service.request(grpc).await.unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(err.code(), Code::Internal, "as grpc-go answers it");
     assert!(err.message().contains("grpc-timeout"), "{err:?}");
 }
 
@@ -372,6 +410,33 @@ async fn health_is_served_and_turns_not_serving_on_shutdown() {
     drop(watch);
     drop(health);
     server.stopped().await;
+}
+
+/// Giving up on waiting for a server (a timeout, a lost `select!`) drops
+/// its handle, and that stops it: its connections close.
+#[tokio::test]
+async fn a_server_whose_wait_is_given_up_on_stops() {
+    let server = serve(
+        &"tcp://127.0.0.1:0".parse().unwrap(),
+        ServerChain::builder().with(Passthrough).build(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    NetworkServiceClient::new(conn.clone())
+        .request(request("a"))
+        .await
+        .unwrap();
+
+    // Polled once, then given up on.
+    let mut stopped = Box::pin(server.stopped());
+    let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(stopped.as_mut().poll(cx)));
+    assert!(polled.await.is_pending());
+    drop(stopped);
+
+    let ended = tokio::time::timeout(Duration::from_secs(30), conn.ended()).await;
+    assert!(ended.is_ok(), "the server still serves its connection");
 }
 
 #[tokio::test]
@@ -582,6 +647,56 @@ async fn keepalive_notices_a_peer_that_stopped_answering() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// A configuration given as it is cannot be rebuilt with a client CA or a
+/// client identity: asking fails, rather than serving without the client
+/// verification asked for.
+#[test]
+fn a_rustls_configuration_given_as_it_is_refuses_settings_that_rebuild_it() {
+    use std::sync::Arc;
+
+    use connect_runtime::tls::{ClientTls, Identity, ServerTls, TlsError};
+    use connect_tests::pki::Pki;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let pki = Pki::new("test CA");
+    let issued = pki.issue(&["localhost"]);
+    let identity = || Identity::from_pem(&issued.cert_pem, &issued.key_pem).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+
+    let refused = ServerTls::from_rustls(server).client_ca(pki.ca_pem());
+    assert!(
+        matches!(refused, Err(TlsError::FromRustls(_))),
+        "client_ca on a given configuration must fail"
+    );
+    let refused = ClientTls::from_rustls(client).identity(identity());
+    let Err(err) = refused else {
+        panic!("identity on a given configuration must fail");
+    };
+    assert!(err.to_string().contains("from_rustls"), "{err}");
+
+    // Built here, both take them.
+    let tls = ServerTls::new(identity()).unwrap();
+    assert!(tls.client_ca(pki.ca_pem()).is_ok());
+    let tls = ClientTls::new(pki.ca_pem()).unwrap();
+    assert!(tls.identity(identity()).is_ok());
 }
 
 #[tokio::test]
