@@ -346,8 +346,8 @@ async fn served_connections_drain_when_the_server_svid_rotates() {
 }
 
 /// A connection that a long call keeps open after the server's SVID
-/// rotated is closed before that SVID expires, cutting the call; a new
-/// connection is served under the new SVID.
+/// rotated is closed before that SVID expires, cutting the call; the
+/// channel's other calls, on a new connection since the GOAWAY, go on.
 #[tokio::test]
 async fn a_drained_connection_closes_before_the_server_svid_expires() {
     let topology = Topology::start_with(
@@ -364,7 +364,7 @@ async fn a_drained_connection_closes_before_the_server_svid_expires() {
             .unwrap(),
     );
     let conn = dial(topology.remote.url(), &options).await.unwrap();
-    let mut watching = HealthClient::new(conn)
+    let mut watching = HealthClient::new(conn.clone())
         .watch(HealthCheckRequest::default())
         .await
         .unwrap()
@@ -379,21 +379,28 @@ async fn a_drained_connection_closes_before_the_server_svid_expires() {
     let remote = topology.remote.wait_connections(|s| s.retired == 1);
     let remote = soon("the watch's connection retired", remote).await;
     assert_eq!(remote.open, 1, "{remote:?}");
+    // Calls on the same channel move to a new connection once the GOAWAY
+    // is in.
+    let mut health = HealthClient::new(conn.clone());
+    let moved = async {
+        while conn.dials() < 2 {
+            health.check(HealthCheckRequest::default()).await.unwrap();
+        }
+    };
+    soon("calls on a new connection", moved).await;
     // The watch keeps its connection open until the margin before expiry.
     let cut = soon("the watch cut", watching.message())
         .await
         .expect_err("a cut call");
     assert!(SystemTime::now() < expires, "closed after its SVID expired");
     assert_eq!(cut.code(), tonic::Code::Unavailable, "{cut:?}");
-    let remote = topology.remote.wait_connections(|s| s.open == 0).await;
+    let remote = topology.remote.wait_connections(|s| s.open == 1).await;
     assert_eq!(remote.retired, 0, "{remote:?}");
 
-    let conn = dial(topology.remote.url(), &options).await.unwrap();
-    HealthClient::new(conn)
-        .check(HealthCheckRequest::default())
-        .await
-        .unwrap();
-    assert_eq!(topology.remote.connections().accepted, 2);
+    // The cut ended only the watch: the channel goes on, on its new
+    // connection.
+    health.check(HealthCheckRequest::default()).await.unwrap();
+    assert_eq!((conn.dials(), remote.accepted), (2, 2), "{conn:?}");
     topology.shutdown().await;
 }
 
