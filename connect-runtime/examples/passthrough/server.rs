@@ -8,8 +8,8 @@ use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::tls::{ClientTls, Identity, ServerTls, TlsError};
 use connect_runtime::{
-    ClientChain, ClientUrl, Connect, Context, DialOptions, Element, GrpcClient, Hooks, Monitor,
-    Next, Serve, ServerChain,
+    ClientChain, ClientUrl, Connect, Context, DEFAULT_CLEANUP_TIMEOUT, DialOptions, Element,
+    GrpcClient, Hooks, Monitor, Next, Serve, ServerChain,
 };
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -45,7 +45,7 @@ pub(crate) async fn passthrough(
         .build();
     // Signals are caught from before the program says it is listening, so
     // that a SIGTERM sent right after never finds the default action.
-    let signals = Signals::install()?;
+    let mut signals = Signals::install()?;
     let stop = CancellationToken::new();
     let server = serving(chain, tls.map(|t| t.server), &stop)
         .bind(&listen)
@@ -57,8 +57,24 @@ pub(crate) async fn passthrough(
     );
     signals.received().await;
     stop.cancel();
-    // In-flight calls finish; then every client is closed.
-    server.stopped().await;
+    // Calls in flight finish (within the grace period), and so does connect's
+    // cleanup of calls their callers gave up on (each within its cleanup
+    // timeout: the call's end, then a close at the remote); then every client
+    // is closed. A second signal closes them at once.
+    let drained = async {
+        server.stopped().await;
+        let cleanup = 2 * DEFAULT_CLEANUP_TIMEOUT;
+        if tokio::time::timeout(cleanup, connect.settled())
+            .await
+            .is_err()
+        {
+            tracing::warn!("cleanups still running after {cleanup:?}; closing every client");
+        }
+    };
+    tokio::select! {
+        () = drained => {}
+        () = signals.received() => tracing::warn!("stopping at once"),
+    }
     let open = connect.stats();
     connect.shutdown();
     tracing::info!(
@@ -74,7 +90,7 @@ pub(crate) async fn passthrough(
 pub(crate) async fn endpoint(listen: Url, tls: Option<TlsSource>) -> Result<(), String> {
     let tls = Tls::from(tls).await?;
     let chain = ServerChain::builder().with(Logged("endpoint")).build();
-    let signals = Signals::install()?;
+    let mut signals = Signals::install()?;
     let stop = CancellationToken::new();
     let server = serving(chain, tls.map(|t| t.server), &stop)
         .bind(&listen)
@@ -83,7 +99,11 @@ pub(crate) async fn endpoint(listen: Url, tls: Option<TlsSource>) -> Result<(), 
     println!("endpoint listening on {}", server.url());
     signals.received().await;
     stop.cancel();
-    server.stopped().await;
+    // A second signal stops at once (dropping the handle closes everything).
+    tokio::select! {
+        () = server.stopped() => {}
+        () = signals.received() => tracing::warn!("stopping at once"),
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -177,7 +197,7 @@ impl Signals {
         })
     }
 
-    async fn received(mut self) {
+    async fn received(&mut self) {
         tokio::select! {
             _ = self.terminate.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = self.interrupt.recv() => tracing::info!("SIGINT: shutting down"),

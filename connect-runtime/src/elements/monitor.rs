@@ -16,16 +16,17 @@ use crate::{Element, Hooks};
 /// Watches the remote's overall gRPC health (`grpc.health.v1.Health/Watch`
 /// for service `""`) over the client's channel, and cancels the client
 /// through its [`ClientCancel`] handle when the remote reports
-/// `NOT_SERVING` or cannot be watched (it cannot be reached). A watch that
-/// ends after hearing from the remote (its connection was recycled by a
-/// GOAWAY, say) is started again, on a new connection if need be. Calls
-/// pass through it unchanged.
+/// `NOT_SERVING` or cannot be reached (the watch fails `UNAVAILABLE`). A
+/// watch that ends after hearing from the remote (its connection was
+/// recycled by a GOAWAY, say) is started again, on a new connection if need
+/// be. Calls pass through it unchanged.
 ///
-/// A remote without the health service (`UNIMPLEMENTED`) is not treated as
-/// dead: the monitor says so once in the log and stays passive. Outside a
-/// `connect` client chain (no cancel handle in the context) it also stays
-/// passive. The watch task stops when the client is cancelled or the
-/// monitor is dropped.
+/// A remote that answers but will not be watched (no health service, a
+/// refusal such as `PERMISSION_DENIED`, a watch ended without a word) is
+/// not treated as dead: the monitor says so once in the log and stays
+/// passive. Outside a `connect` client chain (no cancel handle in the
+/// context) it also stays passive. The watch task stops when the client is
+/// cancelled or the monitor is dropped.
 ///
 /// ```
 /// use connect_runtime::{ClientChain, Connect, Context, GrpcClient, Monitor};
@@ -78,13 +79,13 @@ async fn watch(conn: ClientConn, cancel: ClientCancel) {
         };
         let mut stream = match started {
             Ok(response) => response.into_inner(),
-            Err(status) if status.code() == Code::Unimplemented => {
-                tracing::info!(%url, "the remote has no gRPC health service; not monitoring it");
-                return;
+            Err(status) if status.code() == Code::Unavailable => {
+                tracing::warn!(%url, error = %status.message(), "cannot reach the remote's health; closing the client");
+                break;
             }
             Err(status) => {
-                tracing::warn!(%url, error = %status.message(), "cannot watch the remote's health; closing the client");
-                break;
+                tracing::info!(%url, code = ?status.code(), error = %status.message(), "the remote's health cannot be watched; not monitoring it");
+                return;
             }
         };
         let mut heard = false;
@@ -102,18 +103,24 @@ async fn watch(conn: ClientConn, cancel: ClientCancel) {
                     cancel.cancel();
                     return;
                 }
-                Ok(None) => break "the remote ended the health watch".to_owned(),
-                Err(status) => break format!("the health watch broke: {}", status.message()),
+                Ok(None) => break None,
+                Err(status) => break Some(status),
             }
         };
         // A watch that said something before it ended (its connection was
         // recycled, say) is watched again; one that ended in silence is
         // not, so a remote that drops every watch cannot spin this loop.
-        if !heard {
-            tracing::warn!(%url, why = %ended, "closing the client");
-            break;
+        match ended {
+            _ if heard => tracing::debug!(%url, why = ?ended, "watching the remote's health again"),
+            Some(status) if status.code() == Code::Unavailable => {
+                tracing::warn!(%url, error = %status.message(), "the health watch broke; closing the client");
+                break;
+            }
+            _ => {
+                tracing::info!(%url, why = ?ended, "the remote ended the health watch at once; not monitoring it");
+                return;
+            }
         }
-        tracing::debug!(%url, why = %ended, "watching the remote's health again");
     }
     cancel.cancel();
 }

@@ -424,6 +424,119 @@ async fn a_burst_to_a_remote_that_never_answers_fails_within_the_dial_timeout() 
     assert_no_leaks(&connect, &[]).await;
 }
 
+/// Answers every `grpc.health.v1.Health/Watch` with `PERMISSION_DENIED`, as
+/// a remote authorising each call might; the rest goes on.
+#[derive(Clone)]
+struct DenyWatch<S>(S);
+
+impl<S> tower_service::Service<http::Request<tonic::body::Body>> for DenyWatch<S>
+where
+    S: tower_service::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        >,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if request.uri().path() == "/grpc.health.v1.Health/Watch" {
+            let denied = tonic::Status::permission_denied("no watching here").into_http();
+            return Box::pin(std::future::ready(Ok(denied)));
+        }
+        Box::pin(self.0.call(request))
+    }
+}
+
+/// What the monitor logs, message by message, on this thread (a
+/// current-thread test runtime runs the monitor's task here too).
+fn monitor_log() -> (
+    tracing::subscriber::DefaultGuard,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    struct Messages(tokio::sync::mpsc::UnboundedSender<String>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Messages {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Message(String);
+            impl tracing::field::Visit for Message {
+                fn record_debug(
+                    &mut self,
+                    field: &tracing::field::Field,
+                    value: &dyn std::fmt::Debug,
+                ) {
+                    if field.name() == "message" {
+                        self.0 = format!("{value:?}");
+                    }
+                }
+            }
+            if event.metadata().target() == "connect_runtime::elements::monitor" {
+                let mut message = Message(String::new());
+                event.record(&mut message);
+                let _ = self.0.send(message.0);
+            }
+        }
+    }
+
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let subscriber = tracing_subscriber::registry().with(Messages(sender));
+    (tracing::subscriber::set_default(subscriber), receiver)
+}
+
+/// A remote that answers but will not let its health be watched (here
+/// `PERMISSION_DENIED`) is reachable, not dead: the monitor stays passive
+/// and the client goes on serving its connections.
+#[tokio::test]
+async fn a_remote_refusing_the_health_watch_keeps_its_client() {
+    let (_logging, mut log) = monitor_log();
+    let connect = Connect::builder(|ctx: &Context, conn| {
+        ClientChain::builder()
+            .with(Monitor::new(ctx, conn.clone()))
+            .with(GrpcClient::new(conn))
+            .build()
+    })
+    .dial_timeout(Duration::from_secs(1))
+    .build();
+    let chain = connect_chain(&connect);
+    let server = connect_runtime::Serve::new(ServerChain::default())
+        .layer(tower::layer::layer_fn(DenyWatch))
+        .bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+
+    let first = chain
+        .request(at(server.url()), request("m-1"))
+        .await
+        .unwrap();
+    let decided = settle("the monitor's decision", log.recv()).await.unwrap();
+    assert!(decided.contains("not monitoring"), "{decided}");
+
+    let mut refresh = request("m-1");
+    refresh.connection = Some(Box::new(first));
+    let conn = chain.request(at(server.url()), refresh).await.unwrap();
+    assert_eq!(server.connections().accepted, 1, "the same client");
+    chain.close(Context::new(), conn).await.unwrap();
+    assert_no_leaks(&connect, &[&server]).await;
+}
+
 /// Go's `TestConnect_CancelDuringRequest`: one caller gives up mid-request.
 #[tokio::test]
 async fn a_caller_cancelling_mid_request_does_not_disturb_the_client() {

@@ -148,6 +148,66 @@ async fn sigterm_lets_calls_in_flight_finish_then_closes_every_client() {
     assert_eq!(count.requests(), 2);
 }
 
+/// Takes its time over each close, as a remote tearing down a dataplane
+/// does.
+#[derive(connect_runtime::Element)]
+#[element(server)]
+struct SlowClose(std::time::Duration);
+
+impl connect_runtime::Hooks for SlowClose {
+    async fn close(
+        &self,
+        ctx: connect_runtime::Context,
+        connection: connect_runtime::proto::connection::Connection,
+        next: connect_runtime::Next<'_>,
+    ) -> Result<(), tonic::Status> {
+        tokio::time::sleep(self.0).await;
+        next.close(ctx, connection).await
+    }
+}
+
+/// A close connect makes on its own behalf (here after the remote failed a
+/// request at its deadline) still under way at SIGTERM is done: the program
+/// lets connect's cleanups finish before closing its clients.
+#[tokio::test]
+async fn sigterm_waits_for_connects_own_closes() {
+    use connect_tests::elements::FailAfterDeadline;
+
+    let (gate, count) = (Gate::new(), Count::new());
+    let remote = start_tcp(
+        ServerChain::builder()
+            .with(gate.clone())
+            .with(SlowClose(std::time::Duration::from_millis(500)))
+            .with(count.clone())
+            .with(FailAfterDeadline)
+            .build(),
+    )
+    .await;
+    let passthrough = Program::start(&[
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--connect-to",
+        remote.url().as_str(),
+    ])
+    .await;
+    let mut nsm = client(passthrough.url()).await;
+
+    // The remote fails the request at the caller's deadline; connect closes
+    // the connection there on its own, and the remote takes its time.
+    gate.arm(Op::Close);
+    let mut call = tonic::Request::new(request("abandoned"));
+    call.metadata_mut()
+        .insert("grpc-timeout", "300m".parse().unwrap());
+    let err = nsm.request(call).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    settle("connect's close to reach the remote", gate.holding()).await;
+
+    passthrough.terminate();
+    gate.release();
+    assert!(passthrough.exited().await.success());
+    assert_eq!(count.closes(), 1, "the close was done before exit");
+}
+
 #[tokio::test]
 async fn bad_input_gets_one_line_and_a_non_zero_exit() {
     let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
