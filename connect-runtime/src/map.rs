@@ -4,8 +4,11 @@
 //!
 //! Both are sharded maps behind short, synchronous critical sections: no lock
 //! is ever held across an `.await`, and no user code runs under a lock except
-//! the `make` closure of [`RefCountMap::acquire`]. Declare a named, typed map
-//! over one of them with [`ConcurrentMap`](crate::ConcurrentMap).
+//! the closures that decide an entry atomically: `make` in
+//! [`SyncMap::load_or_store_with`] and [`RefCountMap::acquire`], `condition`
+//! in [`SyncMap::delete_if`]. Those must not touch the same map (its shard's
+//! lock is held). Declare a named, typed map over one of them with
+//! [`ConcurrentMap`](crate::ConcurrentMap).
 
 use std::borrow::Borrow;
 use std::collections::hash_map::RandomState;
@@ -248,7 +251,8 @@ impl<K: Hash + Eq, V: Clone> SyncMap<K, V> {
     }
 
     /// As [`SyncMap::load_or_store`], creating the value only if `key` has
-    /// none (`make` runs under the shard's lock: keep it short).
+    /// none (`make` runs under the shard's lock: keep it short, and do not
+    /// use this map from it).
     pub fn load_or_store_with(&self, key: K, make: impl FnOnce() -> V) -> (V, bool) {
         let mut shard = self.inner.lock(&key);
         let (stored, loaded) = shard.get_or_insert_with(key, make);
@@ -256,7 +260,8 @@ impl<K: Hash + Eq, V: Clone> SyncMap<K, V> {
     }
 
     /// Removes `key` if its value satisfies `condition` (checked and removed
-    /// atomically); returns whether it was removed.
+    /// atomically: `condition` runs under the shard's lock, so it must not
+    /// use this map); returns whether it was removed.
     pub fn delete_if<Q>(&self, key: &Q, condition: impl FnOnce(&V) -> bool) -> bool
     where
         K: Borrow<Q>,

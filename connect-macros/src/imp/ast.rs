@@ -16,6 +16,7 @@ pub(super) struct Element<'a> {
 
 impl<'a> Element<'a> {
     pub(super) fn from_syn(cx: &Ctxt, input: &'a DeriveInput) -> Self {
+        attr::misplaced(cx, &input.data, "element");
         Self {
             ident: &input.ident,
             generics: &input.generics,
@@ -55,6 +56,7 @@ impl<'a> Map<'a> {
     /// struct.
     pub(super) fn from_syn(cx: &Ctxt, input: &'a DeriveInput) -> Option<Self> {
         let attrs = attr::map(cx, &input.attrs);
+        attr::misplaced(cx, &input.data, "map");
         let field = match &input.data {
             syn::Data::Struct(data) => match &data.fields {
                 syn::Fields::Unnamed(fields) if fields.unnamed.len() == 1 => &fields.unnamed[0],

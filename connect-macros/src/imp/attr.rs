@@ -122,6 +122,33 @@ pub(super) fn map(cx: &Ctxt, attrs: &[Attribute]) -> MapAttrs {
     out
 }
 
+/// Reports every `#[name(...)]` on a field or variant: the derive reads
+/// only the type's own attributes.
+pub(super) fn misplaced(cx: &Ctxt, data: &syn::Data, name: &str) {
+    let fields: Vec<&syn::Field> = match data {
+        syn::Data::Struct(data) => data.fields.iter().collect(),
+        syn::Data::Union(data) => data.fields.named.iter().collect(),
+        syn::Data::Enum(data) => {
+            for variant in &data.variants {
+                misplaced_on(cx, &variant.attrs, name, "variant");
+            }
+            data.variants.iter().flat_map(|v| &v.fields).collect()
+        }
+    };
+    for field in fields {
+        misplaced_on(cx, &field.attrs, name, "field");
+    }
+}
+
+fn misplaced_on(cx: &Ctxt, attrs: &[Attribute], name: &str, place: &str) {
+    for attr in attrs.iter().filter(|a| a.path().is_ident(name)) {
+        cx.error_spanned_by(
+            attr,
+            format!("`#[{name}(...)]` goes on the type itself, not on a {place}"),
+        );
+    }
+}
+
 /// Fills `slot` with `value`, or reports that the option came twice.
 fn once<T: ToTokens>(cx: &Ctxt, slot: &mut Option<T>, value: T, option: &str) {
     if slot.is_some() {

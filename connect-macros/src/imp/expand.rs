@@ -17,8 +17,8 @@ pub(super) fn element(element: &Element<'_>) -> TokenStream {
     let ident = element.ident;
     let mut generics = element.generics.clone();
     let (_, ty_generics, _) = element.generics.split_for_impl();
-    // Spanned at the type's name, so that a missing `impl Hooks` is
-    // reported there.
+    // A missing `impl Hooks` is reported at the derive, the type named in
+    // the help that follows (the trait's `on_unimplemented` message).
     let hooks_bound = quote_spanned!(ident.span()=> #ident #ty_generics: #rt::Hooks);
     generics
         .make_where_clause()
@@ -72,8 +72,8 @@ pub(super) fn map(map: &Map<'_>, use_shards: bool) -> TokenStream {
     } = map;
     let (_, ty_generics, _) = map.generics.split_for_impl();
     let mut generics = map.generics.clone();
-    // Spanned at the field, so that a type that is no storage is reported
-    // there.
+    // A field type that is no storage is reported at the derive, naming
+    // the type (the trait's `on_unimplemented` message).
     let storage_bound = quote_spanned!(storage.span()=> #storage: #rt::map::Storage);
     generics
         .make_where_clause()

@@ -19,6 +19,16 @@ const MAX_SHARDS: u64 = 1024;
 
 pub(super) fn map(cx: &Ctxt, map: &Map<'_>) {
     if let Some(shards) = &map.attrs.shards {
+        if !shards.suffix().is_empty() {
+            cx.error_spanned_by(
+                shards,
+                format!(
+                    "`shards` takes an unsuffixed integer: `shards = {}`",
+                    shards.base10_digits()
+                ),
+            );
+            return;
+        }
         match shards.base10_parse::<u64>() {
             Ok(n) if n.is_power_of_two() && n <= MAX_SHARDS => {}
             Ok(n) => cx.error_spanned_by(

@@ -84,6 +84,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Mode, St
     let mut connections = None;
     let (mut cert, mut key, mut ca) = (None, None, None);
     let mut spiffe = false;
+    let mut seen = Vec::new();
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next().map_err(message)? {
         let flag = match arg {
@@ -96,6 +97,10 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Mode, St
                 ));
             }
         };
+        if seen.contains(&flag) {
+            return Err(format!("{flag} is given twice"));
+        }
+        seen.push(flag.clone());
         let mut value = || parser.value().map_err(|_| format!("{flag} needs a value"));
         let text = |value: OsString| {
             value
@@ -128,6 +133,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Mode, St
             other => return Err(format!("unknown argument `{other}` (see --help)")),
         }
     }
+    let log_format = log.is_some();
     let log = log.unwrap_or(LogFormat::Text);
     let tls = match (cert, key, ca) {
         (Some(cert), Some(key), ca) => Some(TlsFiles { cert, key, ca }),
@@ -164,10 +170,12 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Mode, St
         }),
         (false, Some(_), None) => Err("--connect-to URL is required with --listen".into()),
         (false, None, Some(_)) => Err("--listen URL is required with --connect-to".into()),
-        (false, None, None) if dial_timeout.is_none() => Ok(Mode::Demo {
+        (false, None, None) if dial_timeout.is_none() && !log_format => Ok(Mode::Demo {
             connections: connections.unwrap_or(1000),
         }),
-        _ => Err("--connections is for the demo; --dial-timeout for --listen".into()),
+        _ => Err(
+            "--connections is for the demo; --dial-timeout and --log-format for --listen".into(),
+        ),
     }
 }
 

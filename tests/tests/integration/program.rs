@@ -212,7 +212,7 @@ async fn sigterm_waits_for_connects_own_closes() {
 async fn bad_input_gets_one_line_and_a_non_zero_exit() {
     let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let in_use = format!("tcp://{}", taken.local_addr().unwrap());
-    let cases: [(&[&str], &str); 18] = [
+    let cases: [(&[&str], &str); 20] = [
         (
             // `run` leaves SPIFFE_ENDPOINT_SOCKET out.
             &["--endpoint", "--listen", "tcp://127.0.0.1:0", "--spiffe"],
@@ -297,6 +297,21 @@ async fn bad_input_gets_one_line_and_a_non_zero_exit() {
             "--endpoint takes no value, not `yes`",
         ),
         (&["stray"], "unknown argument `stray`"),
+        (
+            &["--log-format", "json"],
+            "--dial-timeout and --log-format for --listen",
+        ),
+        (
+            &[
+                "--listen",
+                "tcp://127.0.0.1:0",
+                "--listen",
+                "tcp://127.0.0.1:1",
+                "--connect-to",
+                "tcp://127.0.0.1:2",
+            ],
+            "--listen is given twice",
+        ),
     ];
     for (args, expected) in cases {
         let output = run(args).await;
