@@ -13,8 +13,9 @@
 //!   ([`GrpcClient`], [`ClientUrl`], [`Passthrough`], [`Monitor`]);
 //! - [`map`]: the sharded concurrent maps `connect` keeps its state in.
 //!
-//! The items most code needs are re-exported here, and all of them by
-//! [`prelude`]. `connect-runtime/examples/custom_element.rs` is a runnable
+//! The items most code needs are re-exported here; [`prelude`] has the ones
+//! elements and chains name (import `dial`, `serve`, `Monitor` or
+//! `ClientConn` from the root). `connect-runtime/examples/custom_element.rs` is a runnable
 //! custom element.
 //!
 //! ```

@@ -3,7 +3,7 @@
 //! NSM endpoints are chains of small elements. Each sees `request` and
 //! `close`, may change them, and passes them on through [`Next`]. The model is
 //! reqwest-middleware's `Middleware`/`Next<'_>`: a chain is a slice of
-//! `Arc<dyn Element>` assembled at run time, and `Next` is a cursor over what
+//! `Arc<dyn ServerElement>` (or `ClientElement`) assembled at run time, and `Next` is a cursor over what
 //! remains of it. Futures behind `dyn` are boxed, one allocation per hop.
 
 use std::future::Future;

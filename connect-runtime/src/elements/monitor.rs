@@ -95,13 +95,18 @@ async fn watch(conn: ClientConn, cancel: ClientCancel) {
                 message = stream.message() => message,
             };
             match message {
-                Ok(Some(update)) if update.status == ServingStatus::Serving as i32 => heard = true,
-                // UNKNOWN is what a server reports before it has decided.
-                Ok(Some(update)) if update.status == ServingStatus::Unknown as i32 => heard = true,
-                Ok(Some(update)) => {
-                    tracing::warn!(%url, status = update.status, "the remote is not serving; closing the client");
+                Ok(Some(update)) if update.status == ServingStatus::NotServing as i32 => {
+                    tracing::warn!(%url, "the remote is not serving; closing the client");
                     cancel.cancel();
                     return;
+                }
+                Ok(Some(update)) if update.status == ServingStatus::Serving as i32 => heard = true,
+                // Not a verdict: UNKNOWN before the remote has decided,
+                // SERVICE_UNKNOWN from one that does not track its overall
+                // health.
+                Ok(Some(update)) => {
+                    tracing::debug!(%url, status = update.status, "no verdict on the remote's health");
+                    heard = true;
                 }
                 Ok(None) => break None,
                 Err(status) => break Some(status),

@@ -18,7 +18,6 @@ use rustls::pki_types::CertificateDer;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +38,7 @@ use super::service::{Arrived, ChainService};
 use super::socket::{Io, Stream};
 use super::target::{Target, UrlError};
 use super::tls::{Credential, Rotation, ServerTls};
-use crate::chain::ServerChain;
+use crate::chain::{ServerChain, deadline_after};
 use crate::elements::DEFAULT_EXPIRY_MARGIN;
 
 /// How long a graceful shutdown waits for open connections to finish their
@@ -172,7 +171,8 @@ impl<L> Serve<L> {
         self
     }
 
-    /// The server's HTTP/2 keepalive; `None` to send no PINGs.
+    /// The server's HTTP/2 keepalive; `None` to send no PINGs. A server
+    /// PINGs idle connections too: `while_idle` is not used here.
     pub fn keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
         self.server = self
             .server
@@ -750,7 +750,7 @@ impl Serving {
             stats: self.stats.clone(),
             counts,
         };
-        let deadline = Instant::now() + self.handshake_timeout;
+        let deadline = deadline_after(self.handshake_timeout);
         let close = generation.close.clone();
         let served = move |stream, certificates| {
             let mut io = Io::new(stream).close_on(close);

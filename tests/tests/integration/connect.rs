@@ -537,6 +537,94 @@ async fn a_remote_refusing_the_health_watch_keeps_its_client() {
     assert_no_leaks(&connect, &[&server]).await;
 }
 
+/// A health service that has no verdict on the overall health: its watch
+/// says `SERVICE_UNKNOWN`, as grpc-go's does for a service it does not
+/// track, and then nothing.
+struct Undecided;
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for Undecided {
+    async fn check(
+        &self,
+        _: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
+        Err(tonic::Status::not_found("no overall health"))
+    }
+
+    type WatchStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<
+                    Item = Result<tonic_health::pb::HealthCheckResponse, tonic::Status>,
+                > + Send,
+        >,
+    >;
+
+    async fn watch(
+        &self,
+        _: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        use tokio_stream::StreamExt;
+        use tonic_health::pb::health_check_response::ServingStatus;
+
+        let unknown = tonic_health::pb::HealthCheckResponse {
+            status: ServingStatus::ServiceUnknown as i32,
+        };
+        let stream = tokio_stream::once(Ok(unknown)).chain(tokio_stream::pending());
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+}
+
+/// `SERVICE_UNKNOWN` is no verdict: the monitor goes on watching and the
+/// client goes on serving (only `NOT_SERVING` or an unreachable remote
+/// closes it).
+#[tokio::test]
+async fn a_remote_without_an_overall_health_keeps_its_client() {
+    let (_logging, mut log) = monitor_log();
+    let connect = Connect::builder(|ctx: &Context, conn| {
+        ClientChain::builder()
+            .with(Monitor::new(ctx, conn.clone()))
+            .with(GrpcClient::new(conn))
+            .build()
+    })
+    .dial_timeout(Duration::from_secs(1))
+    .build();
+    let chain = connect_chain(&connect);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url: Url = format!("tcp://{}", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let remote = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(tonic_health::pb::health_server::HealthServer::new(
+                Undecided,
+            ))
+            .add_service(ChainService::new(ServerChain::default()).into_server())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                stop.clone().cancelled_owned(),
+            ),
+    );
+
+    let first = chain.request(at(&url), request("u-1")).await.unwrap();
+    let heard = settle("the monitor to hear the remote", log.recv())
+        .await
+        .unwrap();
+    assert!(heard.contains("no verdict"), "{heard}");
+
+    let mut refresh = request("u-1");
+    refresh.connection = Some(Box::new(first));
+    let conn = chain.request(at(&url), refresh).await.unwrap();
+    chain.close(Context::new(), conn).await.unwrap();
+    settle(
+        "the client to close with its last connection",
+        connect.idle(),
+    )
+    .await;
+    stop.cancel();
+    remote.await.unwrap().unwrap();
+}
+
 /// Go's `TestConnect_CancelDuringRequest`: one caller gives up mid-request.
 #[tokio::test]
 async fn a_caller_cancelling_mid_request_does_not_disturb_the_client() {

@@ -432,6 +432,20 @@ async fn huge_durations_saturate() {
         .build();
     let ctx = ctx.with_client_url(remote.url().clone());
     let status = chain.request(ctx, request("big")).await.unwrap_err();
+    // A server's bounds saturate too.
+    let patient = connect_runtime::Serve::new(ServerChain::default())
+        .handshake_timeout(Duration::MAX)
+        .bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let conn = connect_runtime::dial(patient.url(), &connect_runtime::DialOptions::new())
+        .await
+        .unwrap();
+    NetworkServiceClient::new(conn)
+        .request(request("patient"))
+        .await
+        .unwrap();
+    patient.shutdown().await;
     assert_eq!(
         status.code(),
         Code::Aborted,

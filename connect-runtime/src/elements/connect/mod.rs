@@ -148,7 +148,10 @@ impl ConnectBuilder {
         self
     }
 
-    /// How clients dial: TLS, keepalive, per-call metadata, timeout.
+    /// How clients dial: TLS, keepalive, timeout. This replaces every dial
+    /// option, a timeout set earlier with [`dial_timeout`](Self::dial_timeout)
+    /// too. Metadata for every call is a tonic interceptor in the factory
+    /// (see [`GrpcClient`](crate::GrpcClient)).
     pub fn dial_options(mut self, options: DialOptions) -> Self {
         self.dial = options;
         self
