@@ -507,14 +507,7 @@ fn monitor_log() -> (
 #[tokio::test]
 async fn a_remote_refusing_the_health_watch_keeps_its_client() {
     let (_logging, mut log) = monitor_log();
-    let connect = Connect::builder(|ctx: &Context, conn| {
-        ClientChain::builder()
-            .with(Monitor::new(ctx, conn.clone()))
-            .with(GrpcClient::new(conn))
-            .build()
-    })
-    .dial_timeout(Duration::from_secs(1))
-    .build();
+    let connect = connect_via(Passthrough);
     let chain = connect_chain(&connect);
     let server = connect_runtime::Serve::new(ServerChain::default())
         .layer(tower::layer::layer_fn(DenyWatch))
@@ -580,14 +573,7 @@ impl tonic_health::pb::health_server::Health for Undecided {
 #[tokio::test]
 async fn a_remote_without_an_overall_health_keeps_its_client() {
     let (_logging, mut log) = monitor_log();
-    let connect = Connect::builder(|ctx: &Context, conn| {
-        ClientChain::builder()
-            .with(Monitor::new(ctx, conn.clone()))
-            .with(GrpcClient::new(conn))
-            .build()
-    })
-    .dial_timeout(Duration::from_secs(1))
-    .build();
+    let connect = connect_via(Passthrough);
     let chain = connect_chain(&connect);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url: Url = format!("tcp://{}", listener.local_addr().unwrap())
