@@ -547,6 +547,7 @@ async fn an_abandoned_call_the_remote_never_finishes_is_given_up() {
         // Never released: after 200 ms connect stops waiting, closes by id and
         // lets go.
         assert_no_leaks(&connect, &[&server]).await;
+        assert_eq!(ledger.closes(), 1, "closed at the remote by id");
         assert!(ledger.open().is_empty());
     }
 }

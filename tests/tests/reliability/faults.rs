@@ -140,6 +140,7 @@ async fn a_remote_that_hangs_gets_the_callers_deadline_and_a_cleanup() {
     // The remote may have acted on it: connect closed it there, in the
     // background, with a deadline of its own.
     assert_no_leaks(&connect, &[&server]).await;
+    assert_eq!(ledger.closes(), 1, "closed at the remote");
     assert!(ledger.open().is_empty());
 }
 
@@ -257,5 +258,6 @@ async fn a_hard_stop_with_calls_in_flight_leaves_nothing() {
     // The handler was dropped mid-call: connect closed at the remote what
     // the call may have created, and let go of its client.
     assert_no_leaks(&connect, &[&remote]).await;
+    assert_eq!(ledger.closes(), 1, "closed at the remote");
     assert!(ledger.open().is_empty());
 }
