@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use connect_runtime::{
-    ClientChain, ClientElement, Connect, ConnectBuilder, Context, GrpcClient, Monitor, ServerHandle,
+    ClientChain, ClientElement, Connect, ConnectBuilder, Context, DialOptions, GrpcClient, Monitor,
+    ServerHandle,
 };
 
 /// How long to wait for an event before calling the test hung. Generous:
@@ -20,6 +21,12 @@ pub async fn settle<F: Future>(what: &str, event: F) -> F::Output {
     tokio::time::timeout(PATIENCE, event)
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Dial options for a test's own dials to a remote it started: a dial
+/// timeout of seconds, not Go's 100 ms, as a loaded CI machine may need.
+pub fn patient() -> DialOptions {
+    DialOptions::new().timeout(PATIENCE)
 }
 
 /// `connect` whose client chain is `element → Monitor → GrpcClient`, with a

@@ -112,7 +112,9 @@ impl Topology {
         .bind(&"tcp://127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-        let conn = dial(passthrough.url(), &DialOptions::new()).await.unwrap();
+        let conn = dial(passthrough.url(), &connect_tests::harness::patient())
+            .await
+            .unwrap();
         let caller = ClientChain::builder().with(GrpcClient::new(conn)).build();
         Self {
             domain,

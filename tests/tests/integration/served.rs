@@ -9,8 +9,8 @@ use std::time::Duration;
 use connect_runtime::proto::connection::{Connection, Mechanism};
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
 use connect_runtime::{
-    ClientChain, ClientUrl, Connect, ConnectStats, Context, DialOptions, GrpcClient, Passthrough,
-    ServerChain, ServerHandle, dial,
+    ClientChain, ClientUrl, Connect, ConnectStats, Context, GrpcClient, Passthrough, ServerChain,
+    ServerHandle, dial,
 };
 use connect_tests::caller::tonic_caller;
 use connect_tests::elements::{
@@ -355,7 +355,9 @@ async fn the_monitor_watches_again_after_a_goaway() {
 #[tokio::test]
 async fn a_call_refused_by_a_goaway_is_unavailable() {
     let refuser = Refuser::start().await;
-    let conn = dial(refuser.url(), &DialOptions::new()).await.unwrap();
+    let conn = dial(refuser.url(), &connect_tests::harness::patient())
+        .await
+        .unwrap();
     let err = NetworkServiceClient::new(conn)
         .request(request("r"))
         .await

@@ -87,7 +87,9 @@ async fn a_call_without_the_security_header_is_refused() {
     )
     .await;
     let url = api.endpoint().parse().unwrap();
-    let channel = dial(&url, &DialOptions::new()).await.unwrap();
+    let channel = dial(&url, &connect_tests::harness::patient())
+        .await
+        .unwrap();
     let err = SpiffeWorkloadApiClient::new(channel)
         .fetch_x509svid(X509svidRequest {})
         .await

@@ -27,7 +27,9 @@ fn edit() -> Edit {
 }
 
 async fn round_trip(server: &connect_runtime::ServerHandle, capture: &Capture) {
-    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    let conn = dial(server.url(), &connect_tests::harness::patient())
+        .await
+        .unwrap();
     let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
 
     let reply = client.request(Context::new(), request("rt")).await.unwrap();
@@ -113,7 +115,9 @@ async fn a_stale_unix_socket_is_replaced_and_a_live_one_is_not() {
     );
 
     // The first server is unharmed.
-    let conn = dial(live.url(), &DialOptions::new()).await.unwrap();
+    let conn = dial(live.url(), &connect_tests::harness::patient())
+        .await
+        .unwrap();
     NetworkServiceClient::new(conn)
         .request(request("still-here"))
         .await
@@ -131,7 +135,9 @@ async fn the_callers_deadline_reaches_the_remote_and_ends_its_call() {
             .build(),
     )
     .await;
-    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    let conn = dial(server.url(), &connect_tests::harness::patient())
+        .await
+        .unwrap();
     let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
 
     let ctx = Context::new().with_timeout(Duration::from_millis(300));
@@ -189,7 +195,9 @@ async fn a_remote_cancelling_at_the_deadline_is_a_deadline_exceeded() {
         );
     let server = tokio::spawn(serving);
 
-    let conn = dial(&url, &DialOptions::new()).await.unwrap();
+    let conn = dial(&url, &connect_tests::harness::patient())
+        .await
+        .unwrap();
     let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
     let ctx = Context::new().with_timeout(Duration::from_millis(200));
     let err = client.request(ctx, request("stalled")).await.unwrap_err();
@@ -214,7 +222,9 @@ async fn a_served_call_out_of_time_is_always_deadline_exceeded() {
     let server = start_tcp(ServerChain::builder().with(park.clone()).build()).await;
     // A caller without a timer of its own (tonic's channel has one, and
     // answers itself): what it hears is the server's answer.
-    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    let conn = dial(server.url(), &connect_tests::harness::patient())
+        .await
+        .unwrap();
     let client = NetworkServiceClient::new(conn);
     let mut calls = tokio::task::JoinSet::new();
     for n in 0..CALLS {
@@ -379,7 +389,9 @@ async fn health_is_served_and_turns_not_serving_on_shutdown() {
     )
     .await
     .unwrap();
-    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    let conn = dial(server.url(), &connect_tests::harness::patient())
+        .await
+        .unwrap();
     let mut health = HealthClient::new(conn);
 
     for service in ["", "networkservice.NetworkService"] {
@@ -423,7 +435,9 @@ async fn a_server_whose_wait_is_given_up_on_stops() {
     )
     .await
     .unwrap();
-    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    let conn = dial(server.url(), &connect_tests::harness::patient())
+        .await
+        .unwrap();
     NetworkServiceClient::new(conn.clone())
         .request(request("a"))
         .await
@@ -442,7 +456,9 @@ async fn a_server_whose_wait_is_given_up_on_stops() {
 #[tokio::test]
 async fn the_server_counts_connections_and_sees_them_close() {
     let server = start_tcp(ServerChain::default()).await;
-    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    let conn = dial(server.url(), &connect_tests::harness::patient())
+        .await
+        .unwrap();
     NetworkServiceClient::new(conn.clone())
         .request(request("a"))
         .await
@@ -460,7 +476,9 @@ async fn the_server_counts_connections_and_sees_them_close() {
 async fn killing_a_server_cuts_calls_in_flight() {
     let park = Park::new();
     let server = start_tcp(ServerChain::builder().with(park.clone()).build()).await;
-    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    let conn = dial(server.url(), &connect_tests::harness::patient())
+        .await
+        .unwrap();
     let call = tokio::spawn(async move {
         NetworkServiceClient::new(conn)
             .request(request("doomed"))
@@ -483,7 +501,9 @@ async fn killing_a_server_cuts_calls_in_flight() {
 #[tokio::test]
 async fn a_plaintext_channel_whose_connection_ended_fails_calls_as_unavailable() {
     let server = start_tcp(ServerChain::default()).await;
-    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    let conn = dial(server.url(), &connect_tests::harness::patient())
+        .await
+        .unwrap();
     let mut client = NetworkServiceClient::new(conn.clone());
     client.request(request("before")).await.unwrap();
 
@@ -498,7 +518,9 @@ async fn a_plaintext_channel_whose_connection_ended_fails_calls_as_unavailable()
     assert!(err.message().contains("has ended"), "{err:?}");
 
     // A new dial reaches the restarted remote.
-    let conn = dial(&url, &DialOptions::new()).await.unwrap();
+    let conn = dial(&url, &connect_tests::harness::patient())
+        .await
+        .unwrap();
     NetworkServiceClient::new(conn)
         .request(request("redialed"))
         .await
@@ -795,7 +817,9 @@ async fn interceptors_and_layers_wrap_both_sides() {
         .await
         .unwrap();
 
-    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    let conn = dial(server.url(), &connect_tests::harness::patient())
+        .await
+        .unwrap();
     // Without the token the server's interceptor refuses the call.
     let bare = ClientChain::builder()
         .with(GrpcClient::new(conn.clone()))
@@ -910,7 +934,9 @@ async fn the_stream_limit_holds_calls_beyond_it() {
     .bind(&"tcp://127.0.0.1:0".parse().unwrap())
     .await
     .unwrap();
-    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+    let conn = dial(server.url(), &connect_tests::harness::patient())
+        .await
+        .unwrap();
     let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
     gate.arm(Op::Request);
     let held = tokio::spawn({

@@ -4,8 +4,8 @@
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
 use connect_runtime::{
-    ClientChain, ClientConn, ClientUrl, Connect, Context, DialOptions, GrpcClient, ServerChain,
-    ServerHandle, Target, dial, serve,
+    ClientChain, ClientConn, ClientUrl, Connect, Context, GrpcClient, ServerChain, ServerHandle,
+    Target, dial, serve,
 };
 use connect_tests::harness::assert_no_leaks;
 use connect_tests::remote::ScratchDir;
@@ -40,7 +40,9 @@ impl Passthrough {
         )
         .await
         .unwrap();
-        let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
+        let conn = dial(server.url(), &connect_tests::harness::patient())
+            .await
+            .unwrap();
         Self {
             connect,
             _server: server,
