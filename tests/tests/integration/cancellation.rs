@@ -396,7 +396,8 @@ async fn abandoned_while_dialing() {
     for how in EVERY_WAY {
         eprintln!("abandoned by: {how:?}");
         let hole = BlackHole::start().await;
-        let connect = grpc_only().dial_timeout(Duration::from_millis(300)).build();
+        // Long enough that the caller gives up first, on a loaded machine.
+        let connect = grpc_only().dial_timeout(Duration::from_secs(1)).build();
         let chain = ServerChain::builder().with(connect.clone()).build();
         let (served, watch) = serve_in_front(hole.url(), &chain).await;
         let front = Front {

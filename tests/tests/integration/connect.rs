@@ -738,7 +738,7 @@ async fn the_close_after_a_failure_has_a_deadline_of_its_own() {
     let remote = Count::new();
     let server = start_tcp(ServerChain::builder().with(remote.clone()).build()).await;
 
-    let caller = at(server.url()).with_timeout(Duration::from_millis(300));
+    let caller = at(server.url()).with_timeout(Duration::from_secs(1));
     let err = chain.request(caller, request("id")).await.unwrap_err();
 
     assert_eq!(err.code(), Code::DeadlineExceeded);

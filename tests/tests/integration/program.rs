@@ -48,6 +48,8 @@ async fn server_mode_on_a_unix_socket_forwards_requests_and_closes() {
         listen.as_str(),
         "--connect-to",
         remote.url().as_str(),
+        "--dial-timeout",
+        "5s",
         "--log-format",
         "json",
     ])
@@ -90,6 +92,8 @@ async fn a_passthrough_process_in_front_of_an_endpoint_process() {
         "tcp://127.0.0.1:0",
         "--connect-to",
         endpoint.url().as_str(),
+        "--dial-timeout",
+        "5s",
     ])
     .await;
     let mut nsm = client(passthrough.url()).await;
@@ -120,6 +124,8 @@ async fn sigterm_lets_calls_in_flight_finish_then_closes_every_client() {
         "tcp://127.0.0.1:0",
         "--connect-to",
         remote.url().as_str(),
+        "--dial-timeout",
+        "5s",
     ])
     .await;
     let mut nsm = client(passthrough.url()).await;
@@ -188,6 +194,8 @@ async fn sigterm_waits_for_connects_own_closes() {
         "tcp://127.0.0.1:0",
         "--connect-to",
         remote.url().as_str(),
+        "--dial-timeout",
+        "5s",
     ])
     .await;
     let mut nsm = client(passthrough.url()).await;
@@ -197,7 +205,7 @@ async fn sigterm_waits_for_connects_own_closes() {
     gate.arm(Op::Close);
     let mut call = tonic::Request::new(request("abandoned"));
     call.metadata_mut()
-        .insert("grpc-timeout", "300m".parse().unwrap());
+        .insert("grpc-timeout", "1000m".parse().unwrap());
     let err = nsm.request(call).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     settle("connect's close to reach the remote", gate.holding()).await;
