@@ -230,7 +230,8 @@ async fn clients_are_retired_and_connections_move_across_rotations() {
         let stats = topology.connect.stats();
         assert_eq!(stats.records, CONNECTIONS, "{stats:?}");
         // One dial per rotation, and the retired one's connection closed.
-        let remote = topology.remote.wait_connections(|s| s.open == 1).await;
+        let remote = topology.remote.wait_connections(|s| s.open == 1);
+        let remote = soon("the retired connection to close", remote).await;
         assert_eq!(remote.accepted, 1 + rotation, "{remote:?}");
     }
     stop.cancel();
@@ -295,7 +296,8 @@ async fn a_retired_client_closes_before_its_svid_expires() {
     assert_eq!(topology.remote.connections().open, 2);
 
     // The retired client's TCP connection closes before its SVID expires.
-    topology.remote.wait_connections(|s| s.open == 1).await;
+    let closed = topology.remote.wait_connections(|s| s.open == 1);
+    soon("the retired client's connection to close", closed).await;
     assert!(SystemTime::now() < expires, "closed after its SVID expired");
 
     // The idle connection moves on its next refresh, on the current client.
@@ -398,7 +400,8 @@ async fn a_drained_connection_closes_before_the_server_svid_expires() {
         .expect_err("a cut call");
     assert!(SystemTime::now() < expires, "closed after its SVID expired");
     assert_eq!(cut.code(), tonic::Code::Unavailable, "{cut:?}");
-    let remote = topology.remote.wait_connections(|s| s.open == 1).await;
+    let remote = topology.remote.wait_connections(|s| s.open == 1);
+    let remote = soon("the drained connection to close", remote).await;
     assert_eq!(remote.retired, 0, "{remote:?}");
 
     // The cut ended only the watch: the channel goes on, on its new

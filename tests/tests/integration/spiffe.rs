@@ -224,7 +224,8 @@ async fn a_peer_from_another_trust_domain_is_refused() {
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     // The server's TLS alert, as the dial saw it.
     assert!(refused.message().contains("alert"), "{refused:?}");
-    let stats = server.wait_connections(|s| s.refused == 1).await;
+    let refusal = server.wait_connections(|s| s.refused == 1);
+    let stats = connect_tests::harness::settle("the refusal to be counted", refusal).await;
     assert_eq!((stats.refused, stats.open), (1, 0));
     server.shutdown().await;
 }

@@ -467,7 +467,8 @@ async fn the_server_counts_connections_and_sees_them_close() {
     assert_eq!((stats.accepted, stats.open), (1, 1));
 
     drop(conn);
-    let stats = server.wait_connections(|s| s.open == 0).await;
+    let closed = server.wait_connections(|s| s.open == 0);
+    let stats = settle("the connection to close", closed).await;
     assert_eq!(stats.accepted, 1);
     server.shutdown().await;
 }
