@@ -20,16 +20,14 @@ const YIELD_THRESHOLD: usize = 32 * 1024;
 /// clients and servers encode and decode with.
 ///
 /// ```
-/// use connect_proto::codec::NsmCodec;
+/// use connect_proto::codec::{BUFFER_SIZE, NsmCodec};
 /// use connect_proto::connection::Connection;
 /// use prost::Message;
-/// use tonic::codec::{Codec, Encoder};
 ///
-/// let mut codec = NsmCodec::<Connection, Connection>::default();
-/// let mut encoder = codec.encoder();
-/// # let _ = &mut encoder;
+/// // What a generated client calls with; a connection fits one buffer.
+/// let _codec = NsmCodec::<Connection, Connection>::default();
 /// let connection = Connection { id: "conn-1".into(), ..Default::default() };
-/// assert!(connection.encoded_len() < connect_proto::codec::BUFFER_SIZE);
+/// assert!(connection.encoded_len() < BUFFER_SIZE);
 /// ```
 #[derive(Debug, Clone)]
 pub struct NsmCodec<T, U>(PhantomData<(T, U)>);

@@ -43,6 +43,20 @@ impl Program {
         Self::start_with_env(args, &[]).await
     }
 
+    /// A passthrough on a free loopback port forwarding to `remote`, dialing
+    /// with seconds to spare (a loaded CI machine).
+    pub async fn passthrough_to(remote: &Url) -> Self {
+        Self::start(&[
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--connect-to",
+            remote.as_str(),
+            "--dial-timeout",
+            "5s",
+        ])
+        .await
+    }
+
     /// As [`Program::start`], with `env` added to its environment. The
     /// program logs at `warn`, or as `PROGRAM_LOG` says (a `RUST_LOG`
     /// filter), to the test's stderr.

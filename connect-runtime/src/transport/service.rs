@@ -66,7 +66,7 @@ impl ChainService {
 }
 
 /// See [`ChainService::arrival_layer`].
-pub type ArrivalLayer = MapRequestLayer<fn(http::Request<Body>) -> http::Request<Body>>;
+pub type ArrivalLayer = MapRequestLayer<Stamp>;
 
 /// A service wrapped in the [`ArrivalLayer`].
 pub(crate) type Arrived<S> = MapRequest<S, Stamp>;

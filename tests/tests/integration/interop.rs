@@ -27,18 +27,6 @@ fn ledger_chain(ledger: &Ledger, gate: &Gate) -> ServerChain {
         .build()
 }
 
-async fn passthrough_to(remote: &url::Url) -> Program {
-    Program::start(&[
-        "--listen",
-        "tcp://127.0.0.1:0",
-        "--connect-to",
-        remote.as_str(),
-        "--dial-timeout",
-        "2s",
-    ])
-    .await
-}
-
 /// A caller that cancels mid-request: the call the program forwarded runs
 /// to its end at the endpoint (whose handler goes on, as grpc-go's do,
 /// until the deadline the caller gave), and only then does the program
@@ -48,7 +36,7 @@ async fn passthrough_to(remote: &url::Url) -> Program {
 async fn a_caller_cancelling_mid_request_leaves_nothing_at_the_endpoint() {
     let (ledger, gate) = (Ledger::new(), Gate::new());
     let endpoint = GoLike::tcp(ledger_chain(&ledger, &gate)).await;
-    let passthrough = passthrough_to(endpoint.url()).await;
+    let passthrough = Program::passthrough_to(endpoint.url()).await;
     let caller = tonic_caller(passthrough.url()).await;
 
     gate.arm(Op::Request);
@@ -95,7 +83,7 @@ async fn an_endpoint_recycling_its_connections_is_served_throughout() {
         behaviour,
     )
     .await;
-    let passthrough = passthrough_to(endpoint.url()).await;
+    let passthrough = Program::passthrough_to(endpoint.url()).await;
     let mut caller = tonic_caller(passthrough.url()).await;
 
     let mut open: Vec<Connection> = Vec::new();
@@ -134,7 +122,7 @@ async fn an_endpoint_recycling_its_connections_is_served_throughout() {
 async fn an_endpoint_answering_malformed_statuses_gets_internal() {
     let (ledger, gate) = (Ledger::new(), Gate::new());
     let endpoint = GoLike::tcp(ledger_chain(&ledger, &gate)).await;
-    let passthrough = passthrough_to(endpoint.url()).await;
+    let passthrough = Program::passthrough_to(endpoint.url()).await;
     let mut caller = tonic_caller(passthrough.url()).await;
 
     endpoint.set_malformed(true);
@@ -162,7 +150,7 @@ async fn an_endpoint_answering_malformed_statuses_gets_internal() {
 async fn sigterm_under_a_stream_of_new_requests() {
     let (ledger, gate) = (Ledger::new(), Gate::new());
     let endpoint = GoLike::tcp(ledger_chain(&ledger, &gate)).await;
-    let passthrough = passthrough_to(endpoint.url()).await;
+    let passthrough = Program::passthrough_to(endpoint.url()).await;
     let caller = tonic_caller(passthrough.url()).await;
 
     let callers: Vec<_> = (0..8)

@@ -87,15 +87,7 @@ async fn a_passthrough_process_in_front_of_an_endpoint_process() {
     let dir = ScratchDir::new();
     let endpoint_url = unix_url(&dir.path().join("endpoint.sock"));
     let endpoint = Program::start(&["--endpoint", "--listen", endpoint_url.as_str()]).await;
-    let passthrough = Program::start(&[
-        "--listen",
-        "tcp://127.0.0.1:0",
-        "--connect-to",
-        endpoint.url().as_str(),
-        "--dial-timeout",
-        "5s",
-    ])
-    .await;
+    let passthrough = Program::passthrough_to(endpoint.url()).await;
     let mut nsm = client(passthrough.url()).await;
 
     let reply = nsm.request(request("topology")).await.unwrap().into_inner();
@@ -119,15 +111,7 @@ async fn sigterm_lets_calls_in_flight_finish_then_closes_every_client() {
             .build(),
     )
     .await;
-    let passthrough = Program::start(&[
-        "--listen",
-        "tcp://127.0.0.1:0",
-        "--connect-to",
-        remote.url().as_str(),
-        "--dial-timeout",
-        "5s",
-    ])
-    .await;
+    let passthrough = Program::passthrough_to(remote.url()).await;
     let mut nsm = client(passthrough.url()).await;
     nsm.request(request("open")).await.unwrap();
 
@@ -189,15 +173,7 @@ async fn sigterm_waits_for_connects_own_closes() {
             .build(),
     )
     .await;
-    let passthrough = Program::start(&[
-        "--listen",
-        "tcp://127.0.0.1:0",
-        "--connect-to",
-        remote.url().as_str(),
-        "--dial-timeout",
-        "5s",
-    ])
-    .await;
+    let passthrough = Program::passthrough_to(remote.url()).await;
     let mut nsm = client(passthrough.url()).await;
 
     // The remote fails the request at the caller's deadline; connect closes
