@@ -239,7 +239,16 @@ impl<X: Unpin> AsyncRead for Io<X> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let polled = self.guard(cx, |stream, cx| stream.poll_read(cx, buf));
+        let polled = match self.guard(cx, |stream, cx| stream.poll_read(cx, buf)) {
+            // A TLS peer that closes without close_notify (rustls's error)
+            // has ended the stream as a TCP peer would: HTTP/2 frames its
+            // own ends, so h2 still tells a truncated stream from a closed
+            // one, and a close after a GOAWAY stays graceful.
+            Poll::Ready(Err(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                Poll::Ready(Ok(()))
+            }
+            polled => polled,
+        };
         if let Poll::Ready(Ok(())) = polled
             && buf.filled().len() > before
             && let Some(first) = self.first.take()

@@ -411,6 +411,54 @@ async fn a_drained_connection_closes_before_the_server_svid_expires() {
     topology.shutdown().await;
 }
 
+/// A TLS connection drained by a GOAWAY while a long call holds it, then
+/// closed by the remote without another call in between, ends only that
+/// connection: the channel's next call dials a new one.
+#[tokio::test]
+async fn a_drained_connection_closed_while_idle_leaves_the_channel_usable() {
+    let topology = Topology::start_with(
+        Duration::from_secs(6),
+        Duration::from_secs(300),
+        Duration::from_secs(2),
+    )
+    .await;
+    let options = DialOptions::new().tls(
+        topology
+            .identity
+            .client_tls(Authorize::SameTrustDomain)
+            .unwrap(),
+    );
+    let conn = dial(topology.remote.url(), &options).await.unwrap();
+    let mut watching = HealthClient::new(conn.clone())
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    watching
+        .message()
+        .await
+        .unwrap()
+        .expect("the current status");
+
+    topology.remote_api.rotate_for(Duration::from_secs(300));
+    let remote = topology.remote.wait_connections(|s| s.retired == 1);
+    soon("the watch's connection retired", remote).await;
+    let cut = soon("the watch cut", watching.message())
+        .await
+        .expect_err("a cut call");
+    assert_eq!(cut.code(), tonic::Code::Unavailable, "{cut:?}");
+    let remote = topology.remote.wait_connections(|s| s.open == 0);
+    soon("the drained connection to close", remote).await;
+
+    HealthClient::new(conn.clone())
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("a call on a new connection");
+    let remote = topology.remote.connections();
+    assert_eq!((conn.dials(), remote.accepted), (2, 2), "{conn:?}");
+    topology.shutdown().await;
+}
+
 /// A refresh cut off while it moves its connection to the current client
 /// (the caller gives up while the remote holds the refresh) leaves the
 /// connection on the retired client with exact references; the next
