@@ -223,10 +223,10 @@ async fn clients_are_retired_and_connections_move_across_rotations() {
     for rotation in 1..=3u64 {
         let serial = topology.rotate_for(Duration::from_secs(60));
         // Every connection has moved; the retired client has gone.
-        topology
+        let waited = topology
             .connect
-            .wait_for(|stats| only_current(stats, &serial, CONNECTIONS))
-            .await;
+            .wait_for(|stats| only_current(stats, &serial, CONNECTIONS));
+        soon("connect's clients to settle", waited).await;
         let stats = topology.connect.stats();
         assert_eq!(stats.records, CONNECTIONS, "{stats:?}");
         // One dial per rotation, and the retired one's connection closed.
@@ -252,7 +252,7 @@ async fn clients_are_retired_and_connections_move_across_rotations() {
             .unwrap();
         topology.caller.close(Context::new(), conn).await.unwrap();
     }
-    topology.connect.idle().await;
+    soon("connect to go idle", topology.connect.idle()).await;
     topology.shutdown().await;
 }
 
@@ -276,10 +276,10 @@ async fn a_retired_client_closes_before_its_svid_expires() {
 
     // The next SVID outlives the first one.
     let serial = topology.rotate_for(Duration::from_secs(60));
-    topology
+    let waited = topology
         .connect
-        .wait_for(|stats| stats.clients.iter().any(|c| c.retired))
-        .await;
+        .wait_for(|stats| stats.clients.iter().any(|c| c.retired));
+    soon("connect's clients to settle", waited).await;
     // A new connection goes to a fresh client; the idle one keeps the
     // retired client open.
     topology
@@ -306,10 +306,10 @@ async fn a_retired_client_closes_before_its_svid_expires() {
         .request(Context::new(), request("idle"))
         .await
         .unwrap();
-    topology
+    let waited = topology
         .connect
-        .wait_for(|stats| only_current(stats, &serial, 2))
-        .await;
+        .wait_for(|stats| only_current(stats, &serial, 2));
+    soon("connect's clients to settle", waited).await;
     assert_eq!(topology.connect.stats().records, 2);
     assert_eq!(topology.remote.connections().accepted, 2);
     assert_eq!(topology.seen.expired.load(Ordering::Relaxed), 0);
@@ -473,10 +473,10 @@ async fn a_move_cut_off_midway_leaves_references_exact() {
         .unwrap();
     let first = topology.current().serial.unwrap();
     let serial = topology.rotate_for(Duration::from_secs(60));
-    topology
+    let waited = topology
         .connect
-        .wait_for(|stats| stats.clients.iter().any(|c| c.retired))
-        .await;
+        .wait_for(|stats| stats.clients.iter().any(|c| c.retired));
+    soon("connect's clients to settle", waited).await;
 
     topology.gate.arm(Op::Request);
     let caller = topology.caller.clone();
@@ -493,14 +493,12 @@ async fn a_move_cut_off_midway_leaves_references_exact() {
 
     // The connection stays on the retired client; the current one, unused,
     // closes.
-    topology
-        .connect
-        .wait_for(|stats| {
-            matches!(stats.clients.as_slice(),
+    let waited = topology.connect.wait_for(|stats| {
+        matches!(stats.clients.as_slice(),
                 [client] if client.retired && client.refs == 1
                     && client.serial.as_deref() == Some(first.as_str()))
-        })
-        .await;
+    });
+    soon("connect's clients to settle", waited).await;
     assert_eq!(topology.connect.stats().records, 1);
 
     let moved = topology
@@ -508,13 +506,13 @@ async fn a_move_cut_off_midway_leaves_references_exact() {
         .request(Context::new(), request("moving"))
         .await
         .unwrap();
-    topology
+    let waited = topology
         .connect
-        .wait_for(|stats| only_current(stats, &serial, 1))
-        .await;
+        .wait_for(|stats| only_current(stats, &serial, 1));
+    soon("connect's clients to settle", waited).await;
     assert_eq!(topology.connect.stats().records, 1);
     topology.caller.close(Context::new(), moved).await.unwrap();
-    topology.connect.idle().await;
+    soon("connect to go idle", topology.connect.idle()).await;
     assert_eq!(topology.gate.abandoned(), 1);
     topology.shutdown().await;
 }

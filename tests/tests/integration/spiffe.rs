@@ -67,7 +67,10 @@ async fn an_x509_source_follows_every_rotation() {
         let seen = updates.last();
         let rotated = api.rotate();
         assert_eq!(rotated.serial, expected);
-        updates.wait_for(|n| *n > seen).await.unwrap();
+        let updated = updates.wait_for(|n| *n > seen);
+        connect_tests::harness::settle("the source to see the rotation", updated)
+            .await
+            .unwrap();
         let svid = source.svid().unwrap();
         assert_eq!(svid.leaf().as_bytes(), rotated.cert_der.as_slice());
         assert_eq!(serial(svid.leaf().as_bytes()), expected);
