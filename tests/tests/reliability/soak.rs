@@ -30,8 +30,9 @@ const REMOTES: usize = 3;
 const FRONTS: usize = 2;
 const CALLERS: usize = 4;
 
-/// How long after a hard restart of a remote began its new requests may
-/// fail (it is down, then being dialed again).
+/// How long after a hard-restarted remote is up again its new requests may
+/// still fail (connect learning the old connection has gone, then dialing
+/// again).
 const NEAR_RESTART: Duration = Duration::from_millis(500);
 
 /// A small deterministic generator (xorshift64*).
@@ -58,8 +59,18 @@ struct Remote {
     url: Url,
     server: Mutex<Option<GoLike>>,
     ledger: Mutex<Ledger>,
+    life: Mutex<Life>,
+}
+
+/// A remote's restarts, as calls see them.
+#[derive(Clone, Copy, Default)]
+struct Life {
     /// Bumped by every hard restart: connections made before are lost.
-    epoch: Mutex<(u64, Option<Instant>)>,
+    epoch: u64,
+    /// A restart has begun and the remote is not up again yet.
+    restarting: bool,
+    /// When the last restart had it up again.
+    up_at: Option<Instant>,
 }
 
 fn behaviour() -> Behaviour {
@@ -81,17 +92,18 @@ impl Remote {
             url: server.url().clone(),
             server: Mutex::new(Some(server)),
             ledger: Mutex::new(ledger),
-            epoch: Mutex::new((0, None)),
+            life: Mutex::default(),
         })
     }
 
     /// Kills the remote and starts it again on its address, with nothing
     /// of its former state.
     async fn restart(&self) {
-        *self.epoch.lock().unwrap() = {
-            let (epoch, _) = *self.epoch.lock().unwrap();
-            (epoch + 1, Some(Instant::now()))
-        };
+        {
+            let mut life = self.life.lock().unwrap();
+            life.epoch += 1;
+            life.restarting = true;
+        }
         let old = self.server.lock().unwrap().take();
         if let Some(old) = old {
             old.kill().await;
@@ -104,16 +116,19 @@ impl Remote {
         let server = GoLike::start(&self.url, chain, behaviour()).await;
         *self.ledger.lock().unwrap() = ledger;
         *self.server.lock().unwrap() = Some(server);
+        let mut life = self.life.lock().unwrap();
+        life.restarting = false;
+        life.up_at = Some(Instant::now());
     }
 
     fn epoch(&self) -> u64 {
-        self.epoch.lock().unwrap().0
+        self.life.lock().unwrap().epoch
     }
 
     /// Whether a call to it that began at `start` may fail for a restart.
     fn near_restart(&self, start: Instant) -> bool {
-        let (_, restarted) = *self.epoch.lock().unwrap();
-        restarted.is_some_and(|at| at + NEAR_RESTART > start)
+        let life = *self.life.lock().unwrap();
+        life.restarting || life.up_at.is_some_and(|at| at + NEAR_RESTART > start)
     }
 }
 
