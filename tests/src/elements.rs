@@ -319,6 +319,7 @@ impl Hooks for Park {
 #[element(server)]
 pub struct Ledger {
     inner: Arc<Mutex<LedgerState>>,
+    changed: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Default)]
@@ -349,6 +350,20 @@ impl Ledger {
         self.inner.lock().unwrap().closes
     }
 
+    /// Waits until `condition` holds of the ledger, re-checking it on every
+    /// request that opens an id and every close.
+    pub async fn until(&self, condition: impl Fn(&Ledger) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if condition(self) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     /// Marks a call for `id` running until the returned guard drops (even
     /// if the call's future is dropped half-way).
     fn enter(&self, id: &str) -> InCall<'_> {
@@ -371,6 +386,8 @@ impl Ledger {
         } else {
             state.open.remove(id);
         }
+        drop(state);
+        self.changed.notify_waiters();
     }
 }
 
@@ -422,6 +439,7 @@ impl Hooks for Ledger {
     ) -> Result<(), Status> {
         let id = connection.id.clone();
         self.inner.lock().unwrap().closes += 1;
+        self.changed.notify_waiters();
         let _call = self.enter(&id);
         tokio::task::yield_now().await;
         let result = next.close(ctx, connection).await;

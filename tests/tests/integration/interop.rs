@@ -52,12 +52,8 @@ async fn a_caller_cancelling_mid_request_leaves_nothing_at_the_endpoint() {
 
     // Never released: the endpoint's call ends at its deadline, and the
     // program's close comes after it.
-    settle("the endpoint to be told to close", async {
-        while ledger.closes() == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    let told = ledger.until(|ledger| ledger.closes() > 0);
+    settle("the endpoint to be told to close", told).await;
     assert_eq!(ledger.overlaps(), 0, "the close overlapped the request");
     assert!(ledger.open().is_empty());
     passthrough.terminate();
@@ -88,24 +84,30 @@ async fn an_endpoint_recycling_its_connections_is_served_throughout() {
 
     let mut open: Vec<Connection> = Vec::new();
     let mut round = 0;
-    while endpoint.connections().accepted < 4 {
-        round += 1;
-        let conn = caller
-            .request(request(&format!("r{round}")))
-            .await
-            .unwrap_or_else(|s| panic!("round {round}: {s:?}"))
-            .into_inner();
-        open.push(conn);
-        if let Some(oldest) = open.first().cloned() {
-            let mut refresh = request(&oldest.id);
-            refresh.connection = Some(Box::new(oldest));
-            open[0] = caller.request(refresh).await.unwrap().into_inner();
+    let traffic = async {
+        while endpoint.connections().accepted < 4 {
+            round += 1;
+            let conn = caller
+                .request(request(&format!("r{round}")))
+                .await
+                .unwrap_or_else(|s| panic!("round {round}: {s:?}"))
+                .into_inner();
+            open.push(conn);
+            if let Some(oldest) = open.first().cloned() {
+                let mut refresh = request(&oldest.id);
+                refresh.connection = Some(Box::new(oldest));
+                open[0] = caller.request(refresh).await.unwrap().into_inner();
+            }
+            if open.len() > 3 {
+                caller.close(open.remove(0)).await.unwrap();
+            }
         }
-        if open.len() > 3 {
-            caller.close(open.remove(0)).await.unwrap();
-        }
-        tokio::task::yield_now().await;
-    }
+    };
+    settle(
+        "the endpoint to recycle its connections three times",
+        traffic,
+    )
+    .await;
     for conn in open {
         caller.close(conn).await.unwrap();
     }
@@ -177,12 +179,8 @@ async fn sigterm_under_a_stream_of_new_requests() {
             })
         })
         .collect();
-    settle("requests to flow", async {
-        while ledger.open().len() < 16 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    let flowing = ledger.until(|ledger| ledger.open().len() >= 16);
+    settle("requests to flow", flowing).await;
     passthrough.terminate();
     for task in callers {
         let (ok, refused) = settle("a caller to get its answer", task).await.unwrap();
