@@ -642,9 +642,11 @@ async fn keepalive_notices_a_peer_that_stopped_answering() {
 
     let server = start_tcp(ServerChain::builder().with(Passthrough).build()).await;
     let relay = FreezingRelay::start(server.url()).await;
+    // A timeout a loaded machine's scheduling cannot reach before the
+    // freeze, far inside the call's deadline after it.
     let keepalive = Keepalive {
-        interval: Duration::from_millis(100),
-        timeout: Duration::from_millis(100),
+        interval: Duration::from_millis(200),
+        timeout: Duration::from_secs(1),
         while_idle: true,
     };
     let options = DialOptions::new()
@@ -659,17 +661,10 @@ async fn keepalive_notices_a_peer_that_stopped_answering() {
 
     relay.freeze();
     // Without keepalive this call would hang until its own 10 s deadline;
-    // with it the connection is declared dead within a few PING periods.
-    let started = Instant::now();
+    // with it the connection is declared dead once a PING goes unanswered.
     let ctx = Context::new().with_timeout(Duration::from_secs(10));
     let err = client.request(ctx, request("frozen")).await.unwrap_err();
-
-    assert_ne!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 }
 
 /// A configuration given as it is cannot be rebuilt with a client CA or a
