@@ -351,18 +351,21 @@ async fn served_connections_drain_when_the_server_svid_rotates() {
     topology.shutdown().await;
 }
 
-/// A connection that a long call keeps open after the server's SVID
-/// rotated is closed before that SVID expires, cutting the call; the
-/// channel's other calls, on a new connection since the GOAWAY, go on.
-#[tokio::test]
-async fn a_drained_connection_closes_before_the_server_svid_expires() {
+/// A topology whose remote's SVID lives 6 s (drained connections close 2 s
+/// before it expires), a TLS channel of the test's own to that remote, and
+/// a health watch on it that has had its first message: a long call
+/// holding its connection.
+async fn a_remote_watched() -> (
+    Topology,
+    connect_runtime::ClientConn,
+    tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+) {
     let topology = Topology::start_with(
         Duration::from_secs(6),
         Duration::from_secs(300),
         Duration::from_secs(2),
     )
     .await;
-    let expires = topology.remote_api.current().not_after();
     let options = DialOptions::new().tls(
         topology
             .identity
@@ -380,6 +383,16 @@ async fn a_drained_connection_closes_before_the_server_svid_expires() {
         .await
         .unwrap()
         .expect("the current status");
+    (topology, conn, watching)
+}
+
+/// A connection that a long call keeps open after the server's SVID
+/// rotated is closed before that SVID expires, cutting the call; the
+/// channel's other calls, on a new connection since the GOAWAY, go on.
+#[tokio::test]
+async fn a_drained_connection_closes_before_the_server_svid_expires() {
+    let (topology, conn, mut watching) = a_remote_watched().await;
+    let expires = topology.remote_api.current().not_after();
 
     topology.remote_api.rotate_for(Duration::from_secs(300));
     let remote = topology.remote.wait_connections(|s| s.retired == 1);
@@ -416,29 +429,7 @@ async fn a_drained_connection_closes_before_the_server_svid_expires() {
 /// connection: the channel's next call dials a new one.
 #[tokio::test]
 async fn a_drained_connection_closed_while_idle_leaves_the_channel_usable() {
-    let topology = Topology::start_with(
-        Duration::from_secs(6),
-        Duration::from_secs(300),
-        Duration::from_secs(2),
-    )
-    .await;
-    let options = DialOptions::new().tls(
-        topology
-            .identity
-            .client_tls(Authorize::SameTrustDomain)
-            .unwrap(),
-    );
-    let conn = dial(topology.remote.url(), &options).await.unwrap();
-    let mut watching = HealthClient::new(conn.clone())
-        .watch(HealthCheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    watching
-        .message()
-        .await
-        .unwrap()
-        .expect("the current status");
+    let (topology, conn, mut watching) = a_remote_watched().await;
 
     topology.remote_api.rotate_for(Duration::from_secs(300));
     let remote = topology.remote.wait_connections(|s| s.retired == 1);
