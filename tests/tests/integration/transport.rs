@@ -1,5 +1,7 @@
 //! Serving chains and dialing them over loopback TCP and unix sockets.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
@@ -575,44 +577,70 @@ async fn dialing_with_tls_verifies_the_server_and_carries_calls() {
     server.shutdown().await;
 }
 
-/// A TCP relay that can stop passing bytes (both ways) without closing
-/// anything: a peer that hangs, or a network path that silently died.
-struct FreezingRelay {
+/// A TCP relay to a server that can stop passing bytes (both ways) without
+/// closing anything, or hang up on its callers with a plain FIN: no GOAWAY,
+/// no TLS `close_notify`, as a proxy or a peer's kernel does.
+struct Relay {
     url: Url,
-    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    frozen: Arc<AtomicBool>,
+    /// Cancelled to hang up on the connections open now.
+    hang_up: Arc<Mutex<CancellationToken>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl FreezingRelay {
+impl Relay {
     async fn start(to: &Url) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = Url::parse(&format!("tcp://{}", listener.local_addr().unwrap())).unwrap();
         let backend = format!("{}:{}", to.host_str().unwrap(), to.port().unwrap());
-        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let gate = std::sync::Arc::clone(&frozen);
+        let frozen = Arc::new(AtomicBool::new(false));
+        let hang_up = Arc::new(Mutex::new(CancellationToken::new()));
+        let (gate, hanging_up) = (Arc::clone(&frozen), Arc::clone(&hang_up));
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 let outbound = tokio::net::TcpStream::connect(&backend).await.unwrap();
                 let (in_read, in_write) = inbound.into_split();
                 let (out_read, out_write) = outbound.into_split();
-                tokio::spawn(pump(in_read, out_write, std::sync::Arc::clone(&gate)));
-                tokio::spawn(pump(out_read, in_write, std::sync::Arc::clone(&gate)));
+                let hang_up = hanging_up.lock().unwrap().clone();
+                let up = pump(in_read, out_write, Arc::clone(&gate), hang_up.clone());
+                let down = pump(out_read, in_write, Arc::clone(&gate), hang_up.clone());
+                tokio::spawn(up);
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = down => {}
+                        () = hang_up.cancelled() => {}
+                    }
+                });
             }
         });
-        Self { url, frozen, task }
+        Self {
+            url,
+            frozen,
+            hang_up,
+            task,
+        }
     }
 
     fn freeze(&self) {
-        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Sends a FIN to every caller connected now, and from then on drops
+    /// what they send (reading it, so that closing sends no reset).
+    fn hang_up(&self) {
+        let mut token = self.hang_up.lock().unwrap();
+        token.cancel();
+        *token = CancellationToken::new();
     }
 }
 
-/// Copies `from` to `to` until either end closes; while frozen, reads and
-/// drops what arrives, answering nothing.
+/// Copies `from` to `to` until `from` ends (then `to` gets a FIN); while
+/// frozen or hung up, reads and drops what arrives.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    frozen: Arc<AtomicBool>,
+    hang_up: CancellationToken,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 16 * 1024];
@@ -621,7 +649,7 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if frozen.load(std::sync::atomic::Ordering::SeqCst) {
+        if frozen.load(Ordering::SeqCst) || hang_up.is_cancelled() {
             continue;
         }
         if to.write_all(&buf[..n]).await.is_err() {
@@ -630,10 +658,54 @@ async fn pump(
     }
 }
 
-impl Drop for FreezingRelay {
+impl Drop for Relay {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A remote that hangs up without a GOAWAY (a plain FIN; over TLS, no
+/// `close_notify` either) has broken the connection, plain or TLS alike:
+/// the channel ends for good and says so, and does not dial again.
+#[tokio::test]
+async fn a_remote_hanging_up_without_a_goaway_ends_the_channel_plain_or_tls() {
+    use connect_runtime::Serve;
+    use connect_runtime::tls::{ClientTls, Identity, ServerTls};
+    use connect_tests::pki::Pki;
+
+    let pki = Pki::new("test CA");
+    let issued = pki.issue(&["localhost"]);
+    let identity = Identity::from_pem(&issued.cert_pem, &issued.key_pem).unwrap();
+    let chain = || ServerChain::builder().with(Passthrough).build();
+    let tls = ClientTls::new(pki.ca_pem())
+        .unwrap()
+        .server_name("localhost")
+        .unwrap();
+    let plain = start_tcp(chain()).await;
+    let secure = Serve::new(chain())
+        .tls(ServerTls::new(identity).unwrap())
+        .bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let cases = [
+        ("plaintext", &plain, connect_tests::harness::patient()),
+        ("TLS", &secure, connect_tests::harness::patient().tls(tls)),
+    ];
+    for (case, server, options) in cases {
+        let relay = Relay::start(server.url()).await;
+        let conn = dial(&relay.url, &options).await.unwrap();
+        let mut client = NetworkServiceClient::new(conn.clone());
+        client.request(request("before")).await.unwrap();
+
+        relay.hang_up();
+        settle("the channel to end", conn.ended()).await;
+        let err = client.request(request("after")).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{case}: {err:?}");
+        assert!(err.message().contains("has ended"), "{case}: {err:?}");
+        assert_eq!(conn.dials(), 1, "{case}: {conn:?}");
+    }
+    plain.shutdown().await;
+    secure.shutdown().await;
 }
 
 #[tokio::test]
@@ -641,7 +713,7 @@ async fn keepalive_notices_a_peer_that_stopped_answering() {
     use connect_runtime::Keepalive;
 
     let server = start_tcp(ServerChain::builder().with(Passthrough).build()).await;
-    let relay = FreezingRelay::start(server.url()).await;
+    let relay = Relay::start(server.url()).await;
     // A timeout a loaded machine's scheduling cannot reach before the
     // freeze, far inside the call's deadline after it.
     let keepalive = Keepalive {
