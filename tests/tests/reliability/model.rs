@@ -38,6 +38,11 @@ const IDS: usize = 20;
 /// The deadline a call to a hanging remote runs out at.
 const HANG: Duration = Duration::from_millis(150);
 
+/// `Hang` steps whose call reached the remote, and those set aside because
+/// it did not in time: a few may be, but not so many that the step stops
+/// testing anything.
+static HANGS: (AtomicU64, AtomicU64) = (AtomicU64::new(0), AtomicU64::new(0));
+
 /// One step of a sequence.
 #[derive(Clone, Debug)]
 enum Step {
@@ -342,8 +347,21 @@ impl World {
                 gate.arm(GateOp::Request);
                 let call = self.request_at(id, r, HANG);
                 let mut caller = self.caller.clone();
-                let task = tokio::spawn(async move { caller.request(call).await });
-                settle("the hanging call to reach the remote", gate.holding()).await;
+                let mut task = tokio::spawn(async move { caller.request(call).await });
+                let reached = settle("the hanging call to reach the remote or end", async {
+                    tokio::select! {
+                        biased;
+                        () = gate.holding() => true,
+                        _ = &mut task => false,
+                    }
+                })
+                .await;
+                // The step's premise is that its deadline covers the way to
+                // the remote, a dial included; a machine too loaded for that
+                // sets the case aside rather than failing it.
+                let tally = if reached { &HANGS.0 } else { &HANGS.1 };
+                tally.fetch_add(1, Ordering::Relaxed);
+                prop_assume!(reached, "the hanging call's deadline passed on its way");
                 let status = task.await.unwrap().map(drop).unwrap_err();
                 prop_assert!(
                     matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
@@ -648,4 +666,12 @@ fn random_sequences_on_the_served_path_agree_with_the_model() {
     if let Err(failure) = outcome {
         panic!("{failure}");
     }
+    let (reached, set_aside) = (
+        HANGS.0.load(Ordering::Relaxed),
+        HANGS.1.load(Ordering::Relaxed),
+    );
+    assert!(
+        reached > 0 && set_aside * 5 <= reached,
+        "{set_aside} Hang steps set aside against {reached} that reached the remote"
+    );
 }
