@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use connect_runtime::{
-    ClientChain, ClientElement, Connect, ConnectBuilder, Context, DialOptions, GrpcClient, Monitor,
-    ServerHandle,
+    ClientChain, ClientConn, ClientElement, Connect, ConnectBuilder, Context, DialOptions,
+    GrpcClient, Monitor, ServerHandle,
 };
 
 /// How long to wait for an event before calling the test hung. Generous:
@@ -27,6 +27,14 @@ pub async fn settle<F: Future>(what: &str, event: F) -> F::Output {
 /// timeout of seconds, not Go's 100 ms, as a loaded CI machine may need.
 pub fn patient() -> DialOptions {
     DialOptions::new().timeout(PATIENCE)
+}
+
+/// Dials `url` with [`patient`] options: a test's own channel to a remote it
+/// started.
+pub async fn dial_patiently(url: &url::Url) -> ClientConn {
+    connect_runtime::dial(url, &patient())
+        .await
+        .unwrap_or_else(|err| panic!("dialing {url}: {err}"))
 }
 
 /// `connect` whose client chain is `element → Monitor → GrpcClient`, with a

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
-use connect_runtime::{ClientChain, Context, GrpcClient, dial};
+use connect_runtime::{ClientChain, Context, GrpcClient};
 use connect_tests::raw::{Answer, RawRemote, framed};
 use connect_tests::{connection, request};
 use prost::Message;
@@ -22,7 +22,7 @@ async fn answering(answer: Answer) -> (Url, RawRemote) {
 }
 
 async fn client(url: &Url) -> ClientChain {
-    let conn = dial(url, &connect_tests::harness::patient()).await.unwrap();
+    let conn = connect_tests::harness::dial_patiently(url).await;
     ClientChain::builder().with(GrpcClient::new(conn)).build()
 }
 

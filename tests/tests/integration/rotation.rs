@@ -112,9 +112,7 @@ impl Topology {
         .bind(&"tcp://127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-        let conn = dial(passthrough.url(), &connect_tests::harness::patient())
-            .await
-            .unwrap();
+        let conn = connect_tests::harness::dial_patiently(passthrough.url()).await;
         let caller = ClientChain::builder().with(GrpcClient::new(conn)).build();
         Self {
             domain,

@@ -10,7 +10,7 @@ use connect_runtime::proto::connection::{Connection, Mechanism};
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
 use connect_runtime::{
     ClientChain, ClientUrl, Connect, ConnectStats, Context, GrpcClient, Passthrough, ServerChain,
-    ServerHandle, dial,
+    ServerHandle,
 };
 use connect_tests::caller::tonic_caller;
 use connect_tests::elements::{
@@ -355,9 +355,7 @@ async fn the_monitor_watches_again_after_a_goaway() {
 #[tokio::test]
 async fn a_call_refused_by_a_goaway_is_unavailable() {
     let refuser = Refuser::start().await;
-    let conn = dial(refuser.url(), &connect_tests::harness::patient())
-        .await
-        .unwrap();
+    let conn = connect_tests::harness::dial_patiently(refuser.url()).await;
     let err = NetworkServiceClient::new(conn)
         .request(request("r"))
         .await

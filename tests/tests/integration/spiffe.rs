@@ -90,9 +90,7 @@ async fn a_call_without_the_security_header_is_refused() {
     )
     .await;
     let url = api.endpoint().parse().unwrap();
-    let channel = dial(&url, &connect_tests::harness::patient())
-        .await
-        .unwrap();
+    let channel = connect_tests::harness::dial_patiently(&url).await;
     let err = SpiffeWorkloadApiClient::new(channel)
         .fetch_x509svid(X509svidRequest {})
         .await

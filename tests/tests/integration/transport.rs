@@ -29,9 +29,7 @@ fn edit() -> Edit {
 }
 
 async fn round_trip(server: &connect_runtime::ServerHandle, capture: &Capture) {
-    let conn = dial(server.url(), &connect_tests::harness::patient())
-        .await
-        .unwrap();
+    let conn = connect_tests::harness::dial_patiently(server.url()).await;
     let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
 
     let reply = client.request(Context::new(), request("rt")).await.unwrap();
@@ -117,9 +115,7 @@ async fn a_stale_unix_socket_is_replaced_and_a_live_one_is_not() {
     );
 
     // The first server is unharmed.
-    let conn = dial(live.url(), &connect_tests::harness::patient())
-        .await
-        .unwrap();
+    let conn = connect_tests::harness::dial_patiently(live.url()).await;
     NetworkServiceClient::new(conn)
         .request(request("still-here"))
         .await
@@ -137,9 +133,7 @@ async fn the_callers_deadline_reaches_the_remote_and_ends_its_call() {
             .build(),
     )
     .await;
-    let conn = dial(server.url(), &connect_tests::harness::patient())
-        .await
-        .unwrap();
+    let conn = connect_tests::harness::dial_patiently(server.url()).await;
     let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
 
     let ctx = Context::new().with_timeout(Duration::from_millis(300));
@@ -197,9 +191,7 @@ async fn a_remote_cancelling_at_the_deadline_is_a_deadline_exceeded() {
         );
     let server = tokio::spawn(serving);
 
-    let conn = dial(&url, &connect_tests::harness::patient())
-        .await
-        .unwrap();
+    let conn = connect_tests::harness::dial_patiently(&url).await;
     let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
     let ctx = Context::new().with_timeout(Duration::from_millis(200));
     let err = client.request(ctx, request("stalled")).await.unwrap_err();
@@ -224,9 +216,7 @@ async fn a_served_call_out_of_time_is_always_deadline_exceeded() {
     let server = start_tcp(ServerChain::builder().with(park.clone()).build()).await;
     // A caller without a timer of its own (tonic's channel has one, and
     // answers itself): what it hears is the server's answer.
-    let conn = dial(server.url(), &connect_tests::harness::patient())
-        .await
-        .unwrap();
+    let conn = connect_tests::harness::dial_patiently(server.url()).await;
     let client = NetworkServiceClient::new(conn);
     let mut calls = tokio::task::JoinSet::new();
     for n in 0..CALLS {
@@ -391,9 +381,7 @@ async fn health_is_served_and_turns_not_serving_on_shutdown() {
     )
     .await
     .unwrap();
-    let conn = dial(server.url(), &connect_tests::harness::patient())
-        .await
-        .unwrap();
+    let conn = connect_tests::harness::dial_patiently(server.url()).await;
     let mut health = HealthClient::new(conn);
 
     for service in ["", "networkservice.NetworkService"] {
@@ -437,9 +425,7 @@ async fn a_server_whose_wait_is_given_up_on_stops() {
     )
     .await
     .unwrap();
-    let conn = dial(server.url(), &connect_tests::harness::patient())
-        .await
-        .unwrap();
+    let conn = connect_tests::harness::dial_patiently(server.url()).await;
     NetworkServiceClient::new(conn.clone())
         .request(request("a"))
         .await
@@ -458,9 +444,7 @@ async fn a_server_whose_wait_is_given_up_on_stops() {
 #[tokio::test]
 async fn the_server_counts_connections_and_sees_them_close() {
     let server = start_tcp(ServerChain::default()).await;
-    let conn = dial(server.url(), &connect_tests::harness::patient())
-        .await
-        .unwrap();
+    let conn = connect_tests::harness::dial_patiently(server.url()).await;
     NetworkServiceClient::new(conn.clone())
         .request(request("a"))
         .await
@@ -479,9 +463,7 @@ async fn the_server_counts_connections_and_sees_them_close() {
 async fn killing_a_server_cuts_calls_in_flight() {
     let park = Park::new();
     let server = start_tcp(ServerChain::builder().with(park.clone()).build()).await;
-    let conn = dial(server.url(), &connect_tests::harness::patient())
-        .await
-        .unwrap();
+    let conn = connect_tests::harness::dial_patiently(server.url()).await;
     let call = tokio::spawn(async move {
         NetworkServiceClient::new(conn)
             .request(request("doomed"))
@@ -504,9 +486,7 @@ async fn killing_a_server_cuts_calls_in_flight() {
 #[tokio::test]
 async fn a_plaintext_channel_whose_connection_ended_fails_calls_as_unavailable() {
     let server = start_tcp(ServerChain::default()).await;
-    let conn = dial(server.url(), &connect_tests::harness::patient())
-        .await
-        .unwrap();
+    let conn = connect_tests::harness::dial_patiently(server.url()).await;
     let mut client = NetworkServiceClient::new(conn.clone());
     client.request(request("before")).await.unwrap();
 
@@ -521,9 +501,7 @@ async fn a_plaintext_channel_whose_connection_ended_fails_calls_as_unavailable()
     assert!(err.message().contains("has ended"), "{err:?}");
 
     // A new dial reaches the restarted remote.
-    let conn = dial(&url, &connect_tests::harness::patient())
-        .await
-        .unwrap();
+    let conn = connect_tests::harness::dial_patiently(&url).await;
     NetworkServiceClient::new(conn)
         .request(request("redialed"))
         .await
@@ -885,9 +863,7 @@ async fn interceptors_and_layers_wrap_both_sides() {
         .await
         .unwrap();
 
-    let conn = dial(server.url(), &connect_tests::harness::patient())
-        .await
-        .unwrap();
+    let conn = connect_tests::harness::dial_patiently(server.url()).await;
     // Without the token the server's interceptor refuses the call.
     let bare = ClientChain::builder()
         .with(GrpcClient::new(conn.clone()))
@@ -1002,9 +978,7 @@ async fn the_stream_limit_holds_calls_beyond_it() {
     .bind(&"tcp://127.0.0.1:0".parse().unwrap())
     .await
     .unwrap();
-    let conn = dial(server.url(), &connect_tests::harness::patient())
-        .await
-        .unwrap();
+    let conn = connect_tests::harness::dial_patiently(server.url()).await;
     let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
     gate.arm(Op::Request);
     let held = tokio::spawn({

@@ -7,11 +7,11 @@ use std::future::{Ready, ready};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 
+use connect_runtime::ServerChain;
 use connect_runtime::proto::connection::{Connection, Mechanism, State};
 use connect_runtime::proto::connectioncontext::{ConnectionContext, Route};
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
-use connect_runtime::{ServerChain, dial};
 use connect_tests::elements::Capture;
 use connect_tests::remote::start_tcp;
 use connect_tests::request;
@@ -66,9 +66,7 @@ async fn the_generated_client_calls_nsm_method_paths() {
 async fn the_server_answers_at_nsm_method_paths() {
     let capture = Capture::new();
     let server = start_tcp(ServerChain::builder().with(capture.clone()).build()).await;
-    let conn = dial(server.url(), &connect_tests::harness::patient())
-        .await
-        .unwrap();
+    let conn = connect_tests::harness::dial_patiently(server.url()).await;
     let mut grpc = tonic::client::Grpc::new(conn);
 
     grpc.ready().await.unwrap();

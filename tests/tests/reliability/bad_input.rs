@@ -5,7 +5,7 @@ use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
 use connect_runtime::{
     ClientChain, ClientConn, ClientUrl, Connect, Context, GrpcClient, ServerChain, ServerHandle,
-    Target, dial, serve,
+    Target, serve,
 };
 use connect_tests::harness::assert_no_leaks;
 use connect_tests::remote::ScratchDir;
@@ -40,9 +40,7 @@ impl Passthrough {
         )
         .await
         .unwrap();
-        let conn = dial(server.url(), &connect_tests::harness::patient())
-            .await
-            .unwrap();
+        let conn = connect_tests::harness::dial_patiently(server.url()).await;
         Self {
             connect,
             _server: server,

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
 use connect_runtime::{
-    ClientChain, ClientUrl, Connect, Context, GrpcClient, Monitor, ServerChain, dial, serve,
+    ClientChain, ClientUrl, Connect, Context, GrpcClient, Monitor, ServerChain, serve,
 };
 use connect_tests::elements::{Count, Faults, Gate, Ledger, Op};
 use connect_tests::harness::{assert_no_leaks, grpc_only, settle};
@@ -196,9 +196,7 @@ async fn a_graceful_shutdown_lets_calls_in_flight_finish() {
     .await;
     let stop = CancellationToken::new();
     let (connect, server) = passthrough(remote.url(), &stop).await;
-    let conn = dial(server.url(), &connect_tests::harness::patient())
-        .await
-        .unwrap();
+    let conn = connect_tests::harness::dial_patiently(server.url()).await;
 
     gate.arm(Op::Request);
     let call = tokio::spawn({
@@ -238,9 +236,7 @@ async fn a_hard_stop_with_calls_in_flight_leaves_nothing() {
     .await;
     let stop = CancellationToken::new();
     let (connect, server) = passthrough(remote.url(), &stop).await;
-    let conn = dial(server.url(), &connect_tests::harness::patient())
-        .await
-        .unwrap();
+    let conn = connect_tests::harness::dial_patiently(server.url()).await;
 
     gate.arm(Op::Request);
     let call = tokio::spawn({
