@@ -4,6 +4,8 @@
 //! problem, as grpc-go's clients answer them; a
 //! reply cut by its connection's end fails `Unavailable`, as in grpc-go.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
 use http_body_util::BodyExt as _;
@@ -15,7 +17,7 @@ use url::Url;
 /// A reply tonic can read safely: gRPC by its content type, with status
 /// details that are base64 (tonic panics on others).
 pub(super) fn checked(
-    url: &Url,
+    url: &Arc<Url>,
     response: http::Response<Incoming>,
 ) -> Result<http::Response<Body>, Status> {
     let (mut head, body) = response.into_parts();
@@ -36,7 +38,7 @@ pub(super) fn checked(
         }
         Err(frame) => frame,
     });
-    let url = url.clone();
+    let url = Arc::clone(url);
     let body = body.map_err(move |err| cut(&url, err));
     Ok(http::Response::from_parts(head, Body::new(body)))
 }

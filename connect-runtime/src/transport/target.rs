@@ -1,6 +1,7 @@
 //! The URLs connect can listen on and dial: `tcp://host:port` and
 //! `unix:///absolute/path`, checked before anything touches the network.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -128,47 +129,25 @@ impl Target {
     /// Validates a parsed URL: `tcp://host:port` or `unix:///path`, with no
     /// user-info, query or fragment.
     pub fn from_url(url: &Url) -> Result<Self, UrlError> {
-        let fail = |problem| UrlError::new(url, problem);
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(fail(UrlProblem::UserInfo));
-        }
-        if url.query().is_some() {
-            return Err(fail(UrlProblem::Query));
-        }
-        if url.fragment().is_some() {
-            return Err(fail(UrlProblem::Fragment));
-        }
-        match url.scheme() {
-            "tcp" => {
-                let host = match url.host() {
-                    Some(url::Host::Domain("")) | None => {
-                        return Err(fail(UrlProblem::MissingHost));
-                    }
-                    Some(url::Host::Domain(name)) => name.to_owned(),
-                    Some(url::Host::Ipv4(ip)) => ip.to_string(),
-                    Some(url::Host::Ipv6(ip)) => ip.to_string(),
-                };
-                let port = url.port().ok_or_else(|| fail(UrlProblem::MissingPort))?;
-                if !matches!(url.path(), "" | "/") {
-                    return Err(fail(UrlProblem::TcpPath));
-                }
-                Ok(Target::Tcp { host, port })
-            }
-            "unix" => {
-                if url.host_str().is_some_and(|h| !h.is_empty()) || url.port().is_some() {
-                    return Err(fail(UrlProblem::UnixHost));
-                }
-                let path = url.path();
-                if !path.starts_with('/') || path == "/" {
-                    return Err(fail(UrlProblem::UnixPath));
-                }
-                let decoded = percent_decode(path).map_err(fail)?;
-                Ok(Target::Unix {
-                    path: PathBuf::from(decoded),
-                })
-            }
-            other => Err(fail(UrlProblem::Scheme(other.to_owned()))),
-        }
+        Ok(match Valid::of(url)? {
+            Valid::Tcp(host, port) => Target::Tcp {
+                host: match host {
+                    url::Host::Domain(name) => name.to_owned(),
+                    url::Host::Ipv4(ip) => ip.to_string(),
+                    url::Host::Ipv6(ip) => ip.to_string(),
+                },
+                port,
+            },
+            Valid::Unix(path) => Target::Unix {
+                path: PathBuf::from(path.into_owned()),
+            },
+        })
+    }
+
+    /// Validates a URL as [`Target::from_url`] does, without building the
+    /// target (for a check on every call).
+    pub(crate) fn check(url: &Url) -> Result<(), UrlError> {
+        Valid::of(url).map(drop)
     }
 
     /// The HTTP/2 `:authority` for calls to this target: `host:port`, or
@@ -199,11 +178,58 @@ impl fmt::Display for Target {
     }
 }
 
+/// A valid URL's target, borrowed from it.
+enum Valid<'a> {
+    Tcp(url::Host<&'a str>, u16),
+    Unix(Cow<'a, str>),
+}
+
+impl<'a> Valid<'a> {
+    fn of(url: &'a Url) -> Result<Self, UrlError> {
+        let fail = |problem| UrlError::new(url, problem);
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(fail(UrlProblem::UserInfo));
+        }
+        if url.query().is_some() {
+            return Err(fail(UrlProblem::Query));
+        }
+        if url.fragment().is_some() {
+            return Err(fail(UrlProblem::Fragment));
+        }
+        match url.scheme() {
+            "tcp" => {
+                let host = match url.host() {
+                    Some(url::Host::Domain("")) | None => {
+                        return Err(fail(UrlProblem::MissingHost));
+                    }
+                    Some(host) => host,
+                };
+                let port = url.port().ok_or_else(|| fail(UrlProblem::MissingPort))?;
+                if !matches!(url.path(), "" | "/") {
+                    return Err(fail(UrlProblem::TcpPath));
+                }
+                Ok(Valid::Tcp(host, port))
+            }
+            "unix" => {
+                if url.host_str().is_some_and(|h| !h.is_empty()) || url.port().is_some() {
+                    return Err(fail(UrlProblem::UnixHost));
+                }
+                let path = url.path();
+                if !path.starts_with('/') || path == "/" {
+                    return Err(fail(UrlProblem::UnixPath));
+                }
+                percent_decode(path).map(Valid::Unix).map_err(fail)
+            }
+            other => Err(fail(UrlProblem::Scheme(other.to_owned()))),
+        }
+    }
+}
+
 /// Undoes the URL's percent-encoding of a path (spaces and the like).
 ///
 /// Every `%` must start an escape of exactly two hex digits: a malformed one
 /// such as `%+f` or `%2` is an error, not a literal `%` nor a guess.
-fn percent_decode(path: &str) -> Result<String, UrlProblem> {
+fn percent_decode(path: &str) -> Result<Cow<'_, str>, UrlProblem> {
     let bytes = path.as_bytes();
     let malformed = bytes.iter().enumerate().any(|(i, &b)| {
         b == b'%'
@@ -216,7 +242,6 @@ fn percent_decode(path: &str) -> Result<String, UrlProblem> {
     }
     percent_encoding::percent_decode(bytes)
         .decode_utf8()
-        .map(|decoded| decoded.into_owned())
         .map_err(|_| UrlProblem::NotUtf8)
 }
 

@@ -59,7 +59,7 @@ impl Shared {
                 "connect: no client URL for connection {id}: put a clienturl element before connect"
             )));
         };
-        if let Err(err) = Target::from_url(&url) {
+        if let Err(err) = Target::check(&url) {
             return Err(Status::invalid_argument(format!(
                 "connect: connection {id}: {err}"
             )));
@@ -201,10 +201,10 @@ impl Shared {
         let client = Arc::clone(lease.client());
         let outgoing = request.clone();
         // From here the remote may have the connection: if this call is
-        // abandoned, the lease closes it there, as sent.
-        lease.may_exist_remotely(Arc::new(
-            outgoing.connection.as_deref().cloned().unwrap_or_default(),
-        ));
+        // abandoned, the lease closes it there, as sent. (The request's own
+        // copy is replaced by the reply before it goes on.)
+        let sent = request.connection.take().map(|c| *c).unwrap_or_default();
+        lease.may_exist_remotely(Arc::new(sent));
         let client_ctx = client_context(&ctx, &client);
         let reply = match lease.request(client_ctx, outgoing).await {
             Ok(reply) => Box::new(reply),
