@@ -84,7 +84,7 @@ impl Shared {
         let instance = record.instance;
         self.records.delete_if(&**id, |r| r.instance == instance);
         let old_url = Arc::clone(record.client.url());
-        let closing = Connection::clone(&record.connection);
+        let closing = Arc::clone(&record.connection);
         let closed = match Lease::reaching(self, record, turn) {
             Ok(mut lease) => {
                 let ctx = self.cleanup_context(lease.client());
@@ -252,6 +252,9 @@ impl Shared {
         next: Next<'_>,
     ) -> Result<(), Status> {
         let id: Arc<str> = Arc::from(connection.id.as_str());
+        // Shared with the lease, which keeps it to close again if abandoned;
+        // a pointer also keeps this future small.
+        let connection = Arc::new(connection);
         let turn = self.turns.take(&id).await;
         let (client_result, _turn) = match self.records.load_and_delete(&*id) {
             Some(record) => {
@@ -259,7 +262,7 @@ impl Shared {
                 let (result, turn) = match Lease::reaching(self, record, turn) {
                     Ok(mut lease) => {
                         let client_ctx = client_context(&ctx, lease.client());
-                        let result = lease.close(client_ctx, connection.clone()).await;
+                        let result = lease.close(client_ctx, Arc::clone(&connection)).await;
                         (result, lease.release())
                     }
                     Err((refused, turn)) => (Err(refused), turn),
@@ -273,7 +276,8 @@ impl Shared {
                 turn,
             ),
         };
-        let next_result = next.close(ctx, connection).await;
+        // The lease has let go of it by now: unwrapped, not copied.
+        let next_result = next.close(ctx, Arc::unwrap_or_clone(connection)).await;
         match (client_result, next_result) {
             (Ok(()), next_result) => next_result,
             (Err(client), Ok(())) => Err(client),

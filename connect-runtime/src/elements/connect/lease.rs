@@ -181,11 +181,12 @@ impl Lease {
     pub(super) async fn close(
         &mut self,
         ctx: Context,
-        connection: Connection,
+        connection: Arc<Connection>,
     ) -> Result<(), Status> {
-        self.remote = Some(Arc::new(connection.clone()));
+        let sent = Connection::clone(&connection);
+        self.remote = Some(connection);
         let client = Arc::clone(&self.client);
-        self.pending = Pending::Close(Box::pin(async move { client.close(ctx, connection).await }));
+        self.pending = Pending::Close(Box::pin(async move { client.close(ctx, sent).await }));
         let result = run_pending(&mut self.pending, |pending| match pending {
             Pending::Close(call) => call,
             _ => unreachable!("the close is pending until it completes"),
@@ -242,11 +243,11 @@ impl Lease {
     /// Returns the close's outcome and the turn.
     pub(super) async fn undo(mut self, ctx: Context) -> (Result<(), Status>, Turn) {
         let connection = match self.remote.take() {
-            Some(connection) => Arc::unwrap_or_clone(connection),
-            None => Connection {
+            Some(connection) => connection,
+            None => Arc::new(Connection {
                 id: self.id().to_owned(),
                 ..Default::default()
-            },
+            }),
         };
         let result = self.close(ctx, connection).await;
         (result, self.release())

@@ -380,30 +380,28 @@ impl fmt::Debug for Connect {
     }
 }
 
+// Not `async fn`s: the caller's bounds wrap the operation's future directly,
+// which keeps the boxed future one chain step allocates small.
 impl Hooks for Connect {
-    async fn request(
-        &self,
+    fn request<'a>(
+        &'a self,
         ctx: Context,
         request: NetworkServiceRequest,
-        next: Next<'_>,
-    ) -> Result<Connection, Status> {
+        next: Next<'a>,
+    ) -> impl Future<Output = Result<Connection, Status>> + Send + 'a {
         // The caller's limits bound what it waits for; an operation cut by
         // them is finished by its lease, as one whose future was dropped.
         let limits = ctx.clone();
-        limits
-            .run(Shared::request(&self.shared, ctx, request, next))
-            .await
+        limits.run(Shared::request(&self.shared, ctx, request, next))
     }
 
-    async fn close(
-        &self,
+    fn close<'a>(
+        &'a self,
         ctx: Context,
         connection: Connection,
-        next: Next<'_>,
-    ) -> Result<(), Status> {
+        next: Next<'a>,
+    ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
         let limits = ctx.clone();
-        limits
-            .run(Shared::close(&self.shared, ctx, connection, next))
-            .await
+        limits.run(Shared::close(&self.shared, ctx, connection, next))
     }
 }
