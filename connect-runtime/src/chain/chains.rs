@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tonic::Status;
 
 use crate::Context;
-use crate::chain::{BoxFuture, ClientElement, Next, ServerElement};
+use crate::chain::{BoxFuture, ClientElement, Next, NextFuture, ServerElement};
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
 
@@ -116,18 +116,19 @@ impl<E: ?Sized + Role> Chain<E> {
         }
     }
 
-    /// Runs a `Request` through the chain.
-    pub async fn request(
+    /// Runs a `Request` through the chain. (The first element's future,
+    /// not one around it: a pointer's size in whatever awaits it.)
+    pub fn request(
         &self,
         ctx: Context,
         request: NetworkServiceRequest,
-    ) -> Result<Connection, Status> {
-        E::cursor(&self.elements, None).request(ctx, request).await
+    ) -> NextFuture<'_, Connection> {
+        E::cursor(&self.elements, None).request(ctx, request)
     }
 
     /// Runs a `Close` through the chain.
-    pub async fn close(&self, ctx: Context, connection: Connection) -> Result<(), Status> {
-        E::cursor(&self.elements, None).close(ctx, connection).await
+    pub fn close(&self, ctx: Context, connection: Connection) -> NextFuture<'_, ()> {
+        E::cursor(&self.elements, None).close(ctx, connection)
     }
 
     /// Number of elements.

@@ -148,8 +148,10 @@ impl ConnectClient {
             .map_or(0, |(_, conn)| conn.dials())
     }
 
+    // Owning their client, these futures are the call a lease boxes, with
+    // no wrapper around them holding second copies of the arguments.
     pub(super) async fn request(
-        &self,
+        self: Arc<Self>,
         ctx: Context,
         request: NetworkServiceRequest,
     ) -> Result<Connection, Status> {
@@ -157,7 +159,11 @@ impl ConnectClient {
         chain.request(ctx, request).await
     }
 
-    pub(super) async fn close(&self, ctx: Context, connection: Connection) -> Result<(), Status> {
+    pub(super) async fn close(
+        self: Arc<Self>,
+        ctx: Context,
+        connection: Connection,
+    ) -> Result<(), Status> {
         let chain = self.chain(&ctx).await?;
         chain.close(ctx, connection).await
     }

@@ -166,8 +166,7 @@ impl Lease {
         request: NetworkServiceRequest,
     ) -> Result<Connection, Status> {
         let client = Arc::clone(&self.client);
-        self.pending =
-            Pending::Request(Box::pin(async move { client.request(ctx, request).await }));
+        self.pending = Pending::Request(Box::pin(client.request(ctx, request)));
         run_pending(&mut self.pending, |pending| match pending {
             Pending::Request(call) => call,
             _ => unreachable!("the request is pending until it completes"),
@@ -186,7 +185,7 @@ impl Lease {
         let sent = Connection::clone(&connection);
         self.remote = Some(connection);
         let client = Arc::clone(&self.client);
-        self.pending = Pending::Close(Box::pin(async move { client.close(ctx, sent).await }));
+        self.pending = Pending::Close(Box::pin(client.close(ctx, sent)));
         let result = run_pending(&mut self.pending, |pending| match pending {
             Pending::Close(call) => call,
             _ => unreachable!("the close is pending until it completes"),
@@ -365,7 +364,8 @@ async fn finish(held: Held, pending: Pending, mut remote: Option<Arc<Connection>
     if let Some(connection) = remote {
         let ctx = held.shared.cleanup_context(&held.client);
         let connection = Arc::unwrap_or_clone(connection);
-        let close = AssertUnwindSafe(held.client.close(ctx, connection)).catch_unwind();
+        let close =
+            AssertUnwindSafe(Arc::clone(&held.client).close(ctx, connection)).catch_unwind();
         match close.await {
             Ok(Ok(())) => {}
             Ok(Err(status)) => tracing::debug!(error = %status.message(), "cleanup close failed"),
