@@ -36,46 +36,52 @@ fn in_context(status: Status, what: &str, id: &str, url: &Url) -> Status {
     )
 }
 
+// `fn`s returning `async move` blocks, not `async fn`s, on the hot path: an
+// `async fn` keeps its arguments twice in its future (as passed, and moved
+// into its body), and these futures are boxed once per call.
+#[allow(clippy::manual_async_fn)]
 impl Shared {
-    pub(super) async fn request(
-        self: &Arc<Self>,
+    pub(super) fn request<'a>(
+        self: &'a Arc<Self>,
         ctx: Context,
         request: NetworkServiceRequest,
-        next: Next<'_>,
-    ) -> Result<Connection, Status> {
-        let Some(connection) = request.connection.as_deref() else {
-            return Err(Status::invalid_argument(
-                "connect: the request has no connection",
-            ));
-        };
-        if connection.id.is_empty() {
-            return Err(Status::invalid_argument(
-                "connect: the request's connection has an empty id",
-            ));
-        }
-        let id: Arc<str> = Arc::from(connection.id.as_str());
-        let Some(url) = ctx.client_url_arc().cloned() else {
-            return Err(Status::invalid_argument(format!(
-                "connect: no client URL for connection {id}: put a clienturl element before connect"
-            )));
-        };
-        if let Err(err) = Target::check(&url) {
-            return Err(Status::invalid_argument(format!(
-                "connect: connection {id}: {err}"
-            )));
-        }
-
-        let turn = self.turns.take(&id).await;
-        let turn = match self.records.load(&*id) {
-            Some(record) if *record.client.url() == url => {
-                return self.refresh(ctx, request, next, record, turn).await;
+        next: Next<'a>,
+    ) -> impl Future<Output = Result<Connection, Status>> + Send + 'a {
+        async move {
+            let Some(connection) = request.connection.as_deref() else {
+                return Err(Status::invalid_argument(
+                    "connect: the request has no connection",
+                ));
+            };
+            if connection.id.is_empty() {
+                return Err(Status::invalid_argument(
+                    "connect: the request's connection has an empty id",
+                ));
             }
-            // The URL changed: close at the old remote, then proceed as new.
-            // Boxed: a cold path that would otherwise swell every request.
-            Some(record) => Box::pin(self.leave(&id, record, turn)).await,
-            None => turn,
-        };
-        self.establish(ctx, request, next, url, id, turn).await
+            let id: Arc<str> = Arc::from(connection.id.as_str());
+            let Some(url) = ctx.client_url_arc().cloned() else {
+                return Err(Status::invalid_argument(format!(
+                    "connect: no client URL for connection {id}: put a clienturl element before connect"
+                )));
+            };
+            if let Err(err) = Target::check(&url) {
+                return Err(Status::invalid_argument(format!(
+                    "connect: connection {id}: {err}"
+                )));
+            }
+
+            let turn = self.turns.take(&id).await;
+            let turn = match self.records.load(&*id) {
+                Some(record) if *record.client.url() == url => {
+                    return self.refresh(ctx, request, next, record, turn).await;
+                }
+                // The URL changed: close at the old remote, then proceed as new.
+                // Boxed: a cold path that would otherwise swell every request.
+                Some(record) => Box::pin(self.leave(&id, record, turn)).await,
+                None => turn,
+            };
+            self.establish(ctx, request, next, url, id, turn).await
+        }
     }
 
     /// Closes `id` at the remote its record names and forgets the record,
@@ -188,103 +194,107 @@ impl Shared {
         next.request(ctx, request).await
     }
 
-    pub(super) async fn establish(
-        self: &Arc<Self>,
+    pub(super) fn establish<'a>(
+        self: &'a Arc<Self>,
         ctx: Context,
         mut request: NetworkServiceRequest,
-        next: Next<'_>,
+        next: Next<'a>,
         url: Arc<Url>,
         id: Arc<str>,
         turn: Turn,
-    ) -> Result<Connection, Status> {
-        let mut lease = self.acquire(&url, turn).map_err(|(status, _)| status)?;
-        let client = Arc::clone(lease.client());
-        let outgoing = request.clone();
-        // From here the remote may have the connection: if this call is
-        // abandoned, the lease closes it there, as sent. (The request's own
-        // copy is replaced by the reply before it goes on.)
-        let sent = request.connection.take().map(|c| *c).unwrap_or_default();
-        lease.may_exist_remotely(Arc::new(sent));
-        let client_ctx = client_context(&ctx, &client);
-        let reply = match lease.request(client_ctx, outgoing).await {
-            Ok(reply) => Box::new(reply),
-            Err(status) => {
-                if may_have_acted(&status) {
-                    // The remote may have it: dropping the armed lease closes
-                    // it there in the background, then releases.
-                    drop(lease);
-                } else {
-                    lease.release();
+    ) -> impl Future<Output = Result<Connection, Status>> + Send + 'a {
+        async move {
+            let mut lease = self.acquire(&url, turn).map_err(|(status, _)| status)?;
+            let client = Arc::clone(lease.client());
+            let outgoing = request.clone();
+            // From here the remote may have the connection: if this call is
+            // abandoned, the lease closes it there, as sent. (The request's own
+            // copy is replaced by the reply before it goes on.)
+            let sent = request.connection.take().map(|c| *c).unwrap_or_default();
+            lease.may_exist_remotely(Arc::new(sent));
+            let client_ctx = client_context(&ctx, &client);
+            let reply = match lease.request(client_ctx, outgoing).await {
+                Ok(reply) => Box::new(reply),
+                Err(status) => {
+                    if may_have_acted(&status) {
+                        // The remote may have it: dropping the armed lease closes
+                        // it there in the background, then releases.
+                        drop(lease);
+                    } else {
+                        lease.release();
+                    }
+                    return Err(in_context(status, "request", &id, &url));
                 }
-                return Err(in_context(status, "request", &id, &url));
-            }
-        };
-        let last_known = Arc::new(Connection::clone(&reply));
-        lease.may_exist_remotely(Arc::clone(&last_known));
-        lease.record(id, last_known);
-        request.connection = Some(reply);
-        match next.request(ctx, request).await {
-            Ok(connection) => {
-                drop(lease.keep());
-                Ok(connection)
-            }
-            Err(status) => {
-                // Undo, with a deadline of its own: the caller's may be gone.
-                let cleanup = self.cleanup_context(&client);
-                let (closed, turn) = Box::pin(lease.undo(cleanup)).await;
-                if let Err(close) = closed {
-                    tracing::warn!(
-                        connection_id = %turn.id(),
-                        url = %url,
-                        error = %close.message(),
-                        "closing after the rest of the chain failed also failed"
-                    );
+            };
+            let last_known = Arc::new(Connection::clone(&reply));
+            lease.may_exist_remotely(Arc::clone(&last_known));
+            lease.record(id, last_known);
+            request.connection = Some(reply);
+            match next.request(ctx, request).await {
+                Ok(connection) => {
+                    drop(lease.keep());
+                    Ok(connection)
                 }
-                Err(status)
+                Err(status) => {
+                    // Undo, with a deadline of its own: the caller's may be gone.
+                    let cleanup = self.cleanup_context(&client);
+                    let (closed, turn) = Box::pin(lease.undo(cleanup)).await;
+                    if let Err(close) = closed {
+                        tracing::warn!(
+                            connection_id = %turn.id(),
+                            url = %url,
+                            error = %close.message(),
+                            "closing after the rest of the chain failed also failed"
+                        );
+                    }
+                    Err(status)
+                }
             }
         }
     }
 
-    pub(super) async fn close(
-        self: &Arc<Self>,
+    pub(super) fn close<'a>(
+        self: &'a Arc<Self>,
         ctx: Context,
         connection: Connection,
-        next: Next<'_>,
-    ) -> Result<(), Status> {
-        let id: Arc<str> = Arc::from(connection.id.as_str());
-        // Shared with the lease, which keeps it to close again if abandoned;
-        // a pointer also keeps this future small.
-        let connection = Arc::new(connection);
-        let turn = self.turns.take(&id).await;
-        let (client_result, _turn) = match self.records.load_and_delete(&*id) {
-            Some(record) => {
-                let url = Arc::clone(record.client.url());
-                let (result, turn) = match Lease::reaching(self, record, turn) {
-                    Ok(mut lease) => {
-                        let client_ctx = client_context(&ctx, lease.client());
-                        let result = lease.close(client_ctx, Arc::clone(&connection)).await;
-                        (result, lease.release())
-                    }
-                    Err((refused, turn)) => (Err(refused), turn),
-                };
-                (result.map_err(|s| in_context(s, "close", &id, &url)), turn)
+        next: Next<'a>,
+    ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
+        async move {
+            let id: Arc<str> = Arc::from(connection.id.as_str());
+            // Shared with the lease, which keeps it to close again if abandoned;
+            // a pointer also keeps this future small.
+            let connection = Arc::new(connection);
+            let turn = self.turns.take(&id).await;
+            let (client_result, _turn) = match self.records.load_and_delete(&*id) {
+                Some(record) => {
+                    let url = Arc::clone(record.client.url());
+                    let (result, turn) = match Lease::reaching(self, record, turn) {
+                        Ok(mut lease) => {
+                            let client_ctx = client_context(&ctx, lease.client());
+                            let result = lease.close(client_ctx, Arc::clone(&connection)).await;
+                            (result, lease.release())
+                        }
+                        Err((refused, turn)) => (Err(refused), turn),
+                    };
+                    (result.map_err(|s| in_context(s, "close", &id, &url)), turn)
+                }
+                None => (
+                    Err(Status::not_found(format!(
+                        "connect: no client found for connection {id}"
+                    ))),
+                    turn,
+                ),
+            };
+            // The lease has let go of it by now: unwrapped, not copied.
+            let next_result = next.close(ctx, Arc::unwrap_or_clone(connection)).await;
+            match (client_result, next_result) {
+                (Ok(()), next_result) => next_result,
+                (Err(client), Ok(())) => Err(client),
+                (Err(client), Err(next)) => Err(Status::new(
+                    next.code(),
+                    format!("{} (and {})", next.message(), client.message()),
+                )),
             }
-            None => (
-                Err(Status::not_found(format!(
-                    "connect: no client found for connection {id}"
-                ))),
-                turn,
-            ),
-        };
-        // The lease has let go of it by now: unwrapped, not copied.
-        let next_result = next.close(ctx, Arc::unwrap_or_clone(connection)).await;
-        match (client_result, next_result) {
-            (Ok(()), next_result) => next_result,
-            (Err(client), Ok(())) => Err(client),
-            (Err(client), Err(next)) => Err(Status::new(
-                next.code(),
-                format!("{} (and {})", next.message(), client.message()),
-            )),
         }
     }
 }
