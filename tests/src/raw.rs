@@ -1,7 +1,7 @@
 //! Raw HTTP/2 endpoints, for answers no gRPC server would give on its own:
 //! canned replies on hyper's HTTP/2 server (exactly the status line,
 //! headers, DATA frames and trailers a test asks for), and a peer that
-//! refuses every call with a GOAWAY.
+//! refuses calls with a GOAWAY.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -175,34 +175,32 @@ const FRAME_SETTINGS: u8 = 4;
 const PREFACE_LEN: usize = 24;
 
 impl Refuser {
+    /// Refuses every call on every connection.
     pub async fn start() -> Self {
+        Self::serve(None).await
+    }
+
+    /// Refuses the calls on the first connection only, and relays every
+    /// later connection to `remote`: a remote that restarted gracefully.
+    pub async fn once_then(remote: &Url) -> Self {
+        Self::serve(Some(remote.clone())).await
+    }
+
+    async fn serve(then: Option<Url>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = Url::parse(&format!("tcp://{}", listener.local_addr().unwrap())).unwrap();
         let task = tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
+            let mut first = true;
+            while let Ok((socket, _)) = listener.accept().await {
+                let relay_to = then
+                    .as_ref()
+                    .filter(|_| !first)
+                    .map(|url| format!("{}:{}", url.host_str().unwrap(), url.port().unwrap()));
+                first = false;
                 tokio::spawn(async move {
-                    let mut preface = [0u8; PREFACE_LEN];
-                    socket.read_exact(&mut preface).await?;
-                    socket.write_all(&SETTINGS).await?;
-                    loop {
-                        let mut header = [0u8; 9];
-                        socket.read_exact(&mut header).await?;
-                        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
-                        let mut payload = vec![0u8; len];
-                        socket.read_exact(&mut payload).await?;
-                        match header[3] {
-                            FRAME_SETTINGS if header[4] & 1 == 0 => {
-                                socket.write_all(&SETTINGS_ACK).await?
-                            }
-                            FRAME_HEADERS => {
-                                socket.write_all(&GOAWAY_NOTHING_PROCESSED).await?;
-                                // Held open until the client lets go.
-                                let mut rest = Vec::new();
-                                let _ = socket.read_to_end(&mut rest).await;
-                                return Ok::<_, std::io::Error>(());
-                            }
-                            _ => {}
-                        }
+                    match relay_to {
+                        Some(addr) => relay(socket, &addr).await,
+                        None => refuse(socket).await,
                     }
                 });
             }
@@ -213,6 +211,38 @@ impl Refuser {
     pub fn url(&self) -> &Url {
         &self.url
     }
+}
+
+/// Answers the HTTP/2 preface, then the first call with a GOAWAY saying
+/// nothing was processed.
+async fn refuse(mut socket: tokio::net::TcpStream) -> std::io::Result<()> {
+    let mut preface = [0u8; PREFACE_LEN];
+    socket.read_exact(&mut preface).await?;
+    socket.write_all(&SETTINGS).await?;
+    loop {
+        let mut header = [0u8; 9];
+        socket.read_exact(&mut header).await?;
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        socket.read_exact(&mut payload).await?;
+        match header[3] {
+            FRAME_SETTINGS if header[4] & 1 == 0 => socket.write_all(&SETTINGS_ACK).await?,
+            FRAME_HEADERS => {
+                socket.write_all(&GOAWAY_NOTHING_PROCESSED).await?;
+                // Held open until the client lets go.
+                let mut rest = Vec::new();
+                let _ = socket.read_to_end(&mut rest).await;
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn relay(mut socket: tokio::net::TcpStream, addr: &str) -> std::io::Result<()> {
+    let mut remote = tokio::net::TcpStream::connect(addr).await?;
+    tokio::io::copy_bidirectional(&mut socket, &mut remote).await?;
+    Ok(())
 }
 
 impl Drop for Refuser {

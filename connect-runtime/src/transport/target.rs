@@ -303,7 +303,15 @@ mod tests {
             let err = Target::parse(url).unwrap_err();
             assert!(err.to_string().contains(reason), "{url}: {err}");
             assert!(err.to_string().contains(url), "{url}: {err}");
+            // The per-call check says the same as building the target.
+            if let Ok(parsed) = Url::parse(url) {
+                let checked = Target::check(&parsed).unwrap_err();
+                assert_eq!(checked.to_string(), err.to_string());
+            }
             assert_eq!(Status::from(err).code(), tonic::Code::InvalidArgument);
+        }
+        for url in ["tcp://[::1]:7", "tcp://h:1", "unix:///tmp/a%20b.sock"] {
+            assert!(Target::check(&Url::parse(url).unwrap()).is_ok(), "{url}");
         }
     }
 }

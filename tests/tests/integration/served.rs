@@ -24,6 +24,8 @@ use connect_tests::raw::{Answer, RawRemote, Refuser};
 use connect_tests::remote::start_tcp;
 use connect_tests::request;
 use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use url::Url;
@@ -368,6 +370,39 @@ async fn a_call_refused_by_a_goaway_is_unavailable() {
     let status = front.request("r").await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_no_leaks(&connect, &[]).await;
+}
+
+/// A call the remote refused as it went away (nothing processed) goes once
+/// more on a new connection, as grpc-go's clients send it: the same call,
+/// with its metadata and its deadline.
+#[tokio::test]
+async fn a_call_refused_by_a_goaway_goes_again_with_its_metadata() {
+    let capture = Capture::new();
+    let remote = start_tcp(ServerChain::builder().with(capture.clone()).build()).await;
+    let restarting = Refuser::once_then(remote.url()).await;
+    let conn = connect_tests::harness::dial_patiently(restarting.url()).await;
+    let with_token = InterceptedService::new(conn.clone(), |mut call: tonic::Request<()>| {
+        let token = MetadataValue::from_static("Bearer t0ken");
+        call.metadata_mut().insert("authorization", token);
+        Ok(call)
+    });
+    let mut call = tonic::Request::new(request("again"));
+    call.set_timeout(Duration::from_secs(60));
+    let reply = NetworkServiceClient::new(with_token)
+        .request(call)
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_eq!(reply.id, "again");
+    assert_eq!(conn.dials(), 2, "one new connection after the GOAWAY");
+    let seen = capture.seen();
+    assert_eq!(seen.authorization.as_deref(), Some("Bearer t0ken"));
+    let left = seen.remaining.expect("the deadline went with the call");
+    assert!(
+        left > Duration::ZERO && left <= Duration::from_secs(60),
+        "{left:?}"
+    );
 }
 
 /// The closes connect makes on its own behalf (a connection moving to
