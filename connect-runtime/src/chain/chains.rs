@@ -116,8 +116,9 @@ impl<E: ?Sized + Role> Chain<E> {
         }
     }
 
-    /// Runs a `Request` through the chain. (The first element's future,
-    /// not one around it: a pointer's size in whatever awaits it.)
+    /// Runs a `Request` through the chain. Returns the first element's
+    /// future itself, so that whatever awaits it holds a few words rather
+    /// than a copy of the call's arguments.
     pub fn request(
         &self,
         ctx: Context,
