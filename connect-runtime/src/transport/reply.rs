@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
+use http::header::{CONTENT_TYPE, HeaderName};
+use http::{HeaderMap, HeaderValue};
 use http_body_util::BodyExt as _;
 use hyper::body::{Frame, Incoming};
 use tonic::Status;
@@ -23,7 +24,7 @@ pub(super) fn checked(
     let (mut head, body) = response.into_parts();
     let content_type = head.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
     let grpc = content_type.is_some_and(is_grpc);
-    if head.status == http::StatusCode::OK && !grpc && !head.headers.contains_key(GRPC_STATUS) {
+    if head.status == http::StatusCode::OK && !grpc && !head.headers.contains_key(&GRPC_STATUS) {
         let content_type = String::from_utf8_lossy(content_type.unwrap_or(b"none"));
         let why = format!("{url} answered with content-type {content_type}, not gRPC");
         // As grpc-go: HTTP 200 maps to no gRPC code.
@@ -65,13 +66,14 @@ fn is_grpc(content_type: &[u8]) -> bool {
         .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
 }
 
-const GRPC_STATUS: &str = "grpc-status";
-const GRPC_STATUS_DETAILS: &str = "grpc-status-details-bin";
+// Names, not strings: a lookup by string parses the name every time.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_STATUS_DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
 
 /// Replaces a status whose details are not base64 by `Internal` saying so.
 fn sanitize_status(headers: &mut HeaderMap) {
     use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-    let Some(details) = headers.get(GRPC_STATUS_DETAILS) else {
+    let Some(details) = headers.get(&GRPC_STATUS_DETAILS) else {
         return;
     };
     // How tonic decodes: the standard alphabet, padding optional.
@@ -84,12 +86,12 @@ fn sanitize_status(headers: &mut HeaderMap) {
         return;
     }
     let code = headers
-        .get(GRPC_STATUS)
+        .get(&GRPC_STATUS)
         .map_or("none".into(), |c| String::from_utf8_lossy(c.as_bytes()));
     let message = format!(
         "the remote's status (grpc-status {code}) has malformed grpc-status-details-bin: not base64"
     );
-    headers.remove(GRPC_STATUS_DETAILS);
+    headers.remove(&GRPC_STATUS_DETAILS);
     headers.insert(GRPC_STATUS, HeaderValue::from_static("13"));
     let message = HeaderValue::from_str(&message).expect("an ASCII message");
     headers.insert("grpc-message", message);
