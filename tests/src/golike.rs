@@ -238,6 +238,10 @@ async fn accept(
                 Err(_) => continue,
             },
         };
+        // Subscribed to recycling before it is counted: a recycle that
+        // sees the connection in the counts reaches it.
+        let (mut recycled, stop, kill) = (recycled.clone(), stop.clone(), kill.clone());
+        recycled.mark_unchanged();
         stats.send_modify(|s| {
             s.accepted += 1;
             s.open += 1;
@@ -245,8 +249,6 @@ async fn accept(
         });
         let open = Open(stats.clone());
         let (routes, behaviour) = (routes.clone(), behaviour.clone());
-        let (mut recycled, stop, kill) = (recycled.clone(), stop.clone(), kill.clone());
-        recycled.mark_unchanged();
         connections.spawn(async move {
             let _open = open;
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());

@@ -385,7 +385,16 @@ impl World {
             }
             Step::Recycle { r } => {
                 if let Some(server) = &self.remotes[r].server {
+                    // Done once every connection accepted before it has
+                    // closed: a call racing the hard close after the grace
+                    // period may or may not reach the remote (as with
+                    // grpc-go's), which no model can predict. Calls racing
+                    // a GOAWAY have deterministic tests in served.rs.
+                    let before = server.connections().accepted;
                     server.recycle();
+                    server
+                        .wait_connections(|c| c.accepted - c.open as u64 >= before)
+                        .await;
                 }
             }
             Step::Stop { r, kill } => {
