@@ -177,16 +177,23 @@ const PREFACE_LEN: usize = 24;
 impl Refuser {
     /// Refuses every call on every connection.
     pub async fn start() -> Self {
-        Self::serve(None).await
+        Self::serve(None, false).await
     }
 
     /// Refuses the calls on the first connection only, and relays every
     /// later connection to `remote`: a remote that restarted gracefully.
     pub async fn once_then(remote: &Url) -> Self {
-        Self::serve(Some(remote.clone())).await
+        Self::serve(Some(remote.clone()), false).await
     }
 
-    async fn serve(then: Option<Url>) -> Self {
+    /// As [`Refuser::once_then`], but the first connection sends its GOAWAY
+    /// right after its SETTINGS, before any call, and stays open: a remote
+    /// that began draining while the client was idle.
+    pub async fn draining_then(remote: &Url) -> Self {
+        Self::serve(Some(remote.clone()), true).await
+    }
+
+    async fn serve(then: Option<Url>, at_once: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = Url::parse(&format!("tcp://{}", listener.local_addr().unwrap())).unwrap();
         let task = tokio::spawn(async move {
@@ -200,7 +207,7 @@ impl Refuser {
                 tokio::spawn(async move {
                     match relay_to {
                         Some(addr) => relay(socket, &addr).await,
-                        None => refuse(socket).await,
+                        None => refuse(socket, at_once).await,
                     }
                 });
             }
@@ -213,12 +220,15 @@ impl Refuser {
     }
 }
 
-/// Answers the HTTP/2 preface, then the first call with a GOAWAY saying
-/// nothing was processed.
-async fn refuse(mut socket: tokio::net::TcpStream) -> std::io::Result<()> {
+/// Answers the HTTP/2 preface, then the first call (or, `at_once`, the
+/// preface itself) with a GOAWAY saying nothing was processed.
+async fn refuse(mut socket: tokio::net::TcpStream, at_once: bool) -> std::io::Result<()> {
     let mut preface = [0u8; PREFACE_LEN];
     socket.read_exact(&mut preface).await?;
     socket.write_all(&SETTINGS).await?;
+    if at_once {
+        socket.write_all(&GOAWAY_NOTHING_PROCESSED).await?;
+    }
     loop {
         let mut header = [0u8; 9];
         socket.read_exact(&mut header).await?;

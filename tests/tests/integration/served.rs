@@ -405,6 +405,23 @@ async fn a_call_refused_by_a_goaway_goes_again_with_its_metadata() {
     );
 }
 
+/// A call made while the connection drains after a GOAWAY (received before
+/// the call, the connection not yet closed) goes over a new connection.
+#[tokio::test]
+async fn a_call_on_a_draining_connection_goes_over_a_new_one() {
+    let capture = Capture::new();
+    let remote = start_tcp(ServerChain::builder().with(capture.clone()).build()).await;
+    let draining = Refuser::draining_then(remote.url()).await;
+    let conn = connect_tests::harness::dial_patiently(draining.url()).await;
+    let mut client = NetworkServiceClient::new(conn.clone());
+    for id in ["first", "second"] {
+        let reply = client.request(request(id)).await.unwrap().into_inner();
+        assert_eq!(reply.id, id);
+    }
+    assert_eq!(conn.dials(), 2, "one new connection after the GOAWAY");
+    assert_eq!(capture.request().unwrap().connection.unwrap().id, "second");
+}
+
 /// The closes connect makes on its own behalf (a connection moving to
 /// another remote, a call abandoned before its reply) carry the connection
 /// as last known: with its path and mechanism, not just its id.
