@@ -216,13 +216,20 @@ impl Context {
     where
         F: Future<Output = Result<T, Status>>,
     {
+        self.run_until(self.deadline, work)
+    }
+
+    /// As [`Context::run`], but cut off at `deadline` rather than the
+    /// context's own.
+    pub(crate) fn run_until<T, F>(&self, deadline: Option<Instant>, work: F) -> Bounded<F>
+    where
+        F: Future<Output = Result<T, Status>>,
+    {
         Bounded {
             work,
             // Registered with the token only if `work` ever has to wait.
             cancelled: self.cancel.clone().map(|t| Box::pin(t.cancelled_owned())),
-            deadline: self
-                .deadline
-                .map(|at| Box::pin(tokio::time::sleep_until(at))),
+            deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::client::GrpcService;
@@ -107,13 +108,15 @@ where
             Ok(prepared) => prepared,
             Err(status) => return Box::pin(std::future::ready(Err(status))),
         };
+        let deadline = ctx.deadline();
         // The tonic call is boxed where it is made: its future is large,
         // and kept inline it would be copied with every move of this one.
-        Box::pin(async move {
-            let call = Box::pin(client.request(request));
-            let answer = backstop(&ctx).run(call).await;
-            past_deadline(&ctx, answer).map(tonic::Response::into_inner)
-        })
+        let call = ctx.run_until(backstop(deadline), async move {
+            Box::pin(client.request(request)).await
+        });
+        Box::pin(
+            async move { past_deadline(deadline, call.await).map(tonic::Response::into_inner) },
+        )
     }
 
     fn close<'a>(
@@ -126,29 +129,28 @@ where
             Ok(prepared) => prepared,
             Err(status) => return Box::pin(std::future::ready(Err(status))),
         };
-        Box::pin(async move {
-            let call = Box::pin(client.close(request));
-            let answer = backstop(&ctx).run(call).await;
-            past_deadline(&ctx, answer).map(drop)
-        })
+        let deadline = ctx.deadline();
+        let call = ctx.run_until(backstop(deadline), async move {
+            Box::pin(client.close(request)).await
+        });
+        Box::pin(async move { past_deadline(deadline, call.await).map(drop) })
     }
 }
 
-/// The limits a call is cut off by here: the context's token, and its
-/// deadline plus [`DEADLINE_GRACE`].
-fn backstop(ctx: &Context) -> Context {
-    let deadline = ctx.deadline().map(|d| d + DEADLINE_GRACE);
-    ctx.clone().with_fresh_deadline(deadline)
+/// When a call is cut off here, besides the context's token: its deadline
+/// plus [`DEADLINE_GRACE`].
+fn backstop(deadline: Option<Instant>) -> Option<Instant> {
+    deadline.map(|d| d + DEADLINE_GRACE)
 }
 
 /// A call cancelled once its deadline has passed failed by the deadline, as
 /// grpc-go's clients report it: tonic's server answers a `grpc-timeout`
 /// that runs out with `Cancelled`.
-fn past_deadline<T>(ctx: &Context, answer: Result<T, Status>) -> Result<T, Status> {
+fn past_deadline<T>(deadline: Option<Instant>, answer: Result<T, Status>) -> Result<T, Status> {
     match answer {
         Err(status)
             if status.code() == tonic::Code::Cancelled
-                && ctx.remaining().is_some_and(|left| left.is_zero()) =>
+                && deadline.is_some_and(|d| d <= Instant::now()) =>
         {
             Err(Status::deadline_exceeded(format!(
                 "the call's deadline passed (the remote answered: {})",

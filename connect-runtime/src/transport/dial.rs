@@ -21,7 +21,7 @@ use url::Url;
 
 use super::error::{DialError, error_chain, source_of};
 use super::options::DialOptions;
-use super::replay::{Ready, whole};
+use super::replay::{Outgoing, Ready, whole};
 use super::reply::checked;
 use super::socket::{Io, Stream, Unanswered, connect_tcp, connect_unix};
 use super::target::{Target, UrlError, UrlProblem};
@@ -69,7 +69,7 @@ struct Shared {
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     /// The connection calls go over now, and how many came before it.
-    live: Mutex<(SendRequest<Body>, u64)>,
+    live: Mutex<(SendRequest<Outgoing>, u64)>,
     /// Held while a new connection is dialed, so that a crowd shares one.
     redialing: tokio::sync::Mutex<()>,
     /// How the channel ended for good, once it has.
@@ -209,6 +209,9 @@ impl Unanswered {
     }
 }
 
+/// How a new connection's first bytes went.
+type Answered = oneshot::Receiver<Result<(), Unanswered>>;
+
 /// One connection to `target`: socket, TLS and the HTTP/2 handshake within
 /// the dial timeout; the remote's SETTINGS by then too, or the connection
 /// fails (the receiver says how). If it later breaks (rather than being
@@ -218,7 +221,7 @@ async fn connect(
     target: &Target,
     options: &DialOptions,
     ending: &Arc<Ending>,
-) -> Result<(SendRequest<Body>, oneshot::Receiver<Result<(), Unanswered>>), DialError> {
+) -> Result<(SendRequest<Outgoing>, Answered), DialError> {
     let deadline = deadline_after(options.timeout);
     let failed = |source| DialError::Connect {
         url: url.to_string(),
@@ -343,6 +346,12 @@ impl Ending {
         self.on_end.as_ref().inspect(|t| t.cancel());
     }
 
+    /// Whether it has ended: an atomic load, where the token's own check
+    /// takes a lock on every call.
+    fn has_ended(&self) -> bool {
+        self.why.get().is_some()
+    }
+
     /// Why calls fail now.
     fn status(&self, url: &Url) -> Status {
         let why = self.why.get().cloned();
@@ -362,7 +371,7 @@ impl Shared {
         let (head, body) = request.into_parts();
         let (body, again) = match Ready::read(body)? {
             Ready::Whole(bytes) => (whole(bytes.clone()), Some((resendable(&head), bytes))),
-            Ready::Streaming(body) => (body, None),
+            Ready::Streaming(body) => (Outgoing::Streaming(body), None),
         };
         let (mut send, generation) = self.connection(None).await?;
         let (unsent, err) = match send
@@ -387,7 +396,7 @@ impl Shared {
     async fn resend(
         &self,
         generation: u64,
-        request: http::Request<Body>,
+        request: http::Request<Outgoing>,
     ) -> Result<http::Response<Body>, TransportError> {
         let (mut send, _) = self.connection(Some(generation)).await?;
         match send.try_send_request(request).await {
@@ -398,7 +407,7 @@ impl Shared {
 
     /// The live connection, unless it has ended or is `stale`; else a new
     /// one.
-    async fn connection(&self, stale: Option<u64>) -> Result<(SendRequest<Body>, u64), Status> {
+    async fn connection(&self, stale: Option<u64>) -> Result<(SendRequest<Outgoing>, u64), Status> {
         match self.live(stale) {
             Some(live) => Ok(live),
             // Boxed: a dial's future is large, and every call would carry it.
@@ -408,12 +417,12 @@ impl Shared {
 
     /// A new connection, dialed once for every caller that finds the live
     /// one ended or `stale`.
-    async fn redial(&self, stale: Option<u64>) -> Result<(SendRequest<Body>, u64), Status> {
+    async fn redial(&self, stale: Option<u64>) -> Result<(SendRequest<Outgoing>, u64), Status> {
         let _dialing = self.redialing.lock().await;
         if let Some(live) = self.live(stale) {
             return Ok(live);
         }
-        if self.ending.token.is_cancelled() {
+        if self.ending.has_ended() {
             return Err(not_sent(self.ending.status(&self.url)));
         }
         match connect(&self.url, &self.target, &self.options, &self.ending).await {
@@ -434,10 +443,9 @@ impl Shared {
         }
     }
 
-    fn live(&self, stale: Option<u64>) -> Option<(SendRequest<Body>, u64)> {
+    fn live(&self, stale: Option<u64>) -> Option<(SendRequest<Outgoing>, u64)> {
         let live = lock(&self.live);
-        let usable =
-            !self.ending.token.is_cancelled() && !live.0.is_closed() && Some(live.1) != stale;
+        let usable = !self.ending.has_ended() && !live.0.is_closed() && Some(live.1) != stale;
         usable.then(|| live.clone())
     }
 
@@ -450,7 +458,7 @@ impl Shared {
         if Unanswered::of(&err).is_some() {
             return Box::new(not_sent(self.ending.status(url)));
         }
-        if self.ending.token.is_cancelled() {
+        if self.ending.has_ended() {
             return Box::new(self.ending.status(url));
         }
         if refused(&err) {

@@ -7,8 +7,8 @@ use std::task::{Context as TaskContext, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt as _, stream};
-use http_body_util::{BodyStream, Full, StreamBody};
-use hyper::body::{Body as HttpBody, Frame};
+use http_body_util::{BodyStream, StreamBody};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tonic::Status;
 use tonic::body::Body;
 
@@ -46,9 +46,49 @@ impl Ready {
     }
 }
 
+/// A call's body as it goes out: one whole message, held inline so that
+/// sending it boxes nothing, or a client stream.
+pub(crate) enum Outgoing {
+    /// The message, until it is sent.
+    Whole(Option<Bytes>),
+    /// A client stream.
+    Streaming(Body),
+}
+
+impl HttpBody for Outgoing {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        match self.get_mut() {
+            Self::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Self::Streaming(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Whole(bytes) => bytes.is_none(),
+            Self::Streaming(body) => body.is_end_stream(),
+        }
+    }
+
+    /// Never exact for a whole message: hyper would send it as a
+    /// `content-length`, which gRPC requests do not carry.
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Whole(_) => SizeHint::default(),
+            Self::Streaming(body) => body.size_hint(),
+        }
+    }
+}
+
 /// A body of `bytes`, to send (again).
-pub(crate) fn whole(bytes: Bytes) -> Body {
-    Body::new(Full::new(bytes))
+pub(crate) fn whole(bytes: Bytes) -> Outgoing {
+    Outgoing::Whole(Some(bytes))
 }
 
 /// `more` after what was `read`, copying only if both hold bytes.
@@ -66,7 +106,7 @@ fn join(read: Option<Bytes>, more: Bytes) -> Bytes {
 
 #[cfg(test)]
 mod tests {
-    use http_body_util::BodyExt as _;
+    use http_body_util::{BodyExt as _, Full};
     use tokio::sync::mpsc;
 
     use super::*;
@@ -78,6 +118,7 @@ mod tests {
             panic!("a ready body is whole");
         };
         let again = whole(bytes.clone()).collect().await.unwrap().to_bytes();
+        assert_eq!(whole(bytes.clone()).size_hint().exact(), None);
         assert_eq!(
             (&bytes[..], &again[..]),
             (&b"one message"[..], &b"one message"[..])

@@ -908,6 +908,47 @@ async fn interceptors_and_layers_wrap_both_sides() {
     server.shutdown().await;
 }
 
+/// A unary call's request carries the headers a grpc-go client sends, and
+/// no `content-length`, which grpc-go never sends.
+#[tokio::test]
+async fn a_call_goes_out_with_grpc_gos_headers_and_no_content_length() {
+    use connect_runtime::Serve;
+    use tower::util::MapRequestLayer;
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recording = Arc::clone(&seen);
+    let server = Serve::new(ServerChain::builder().with(Capture::new()).build())
+        .layer(MapRequestLayer::new(
+            move |call: http::Request<tonic::body::Body>| {
+                recording.lock().unwrap().push(call.headers().clone());
+                call
+            },
+        ))
+        .bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let conn = connect_tests::harness::dial_patiently(server.url()).await;
+    let mut client = NetworkServiceClient::new(conn);
+    let reply = client
+        .request(request("headers"))
+        .await
+        .unwrap()
+        .into_inner();
+    client.close(reply).await.unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "request and close");
+    for headers in seen {
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert_eq!(headers["te"], "trailers");
+        assert!(
+            headers.get("content-length").is_none(),
+            "a gRPC request carries no content-length: {headers:?}"
+        );
+    }
+    server.shutdown().await;
+}
+
 /// A connection that sends nothing is closed once the handshake timeout
 /// passes, plain or TLS; its slot is not held forever.
 #[tokio::test]
