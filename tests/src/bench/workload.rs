@@ -20,15 +20,17 @@ use crate::options::{Mode, Run, Workload};
 
 const WARM_UP_PAIRS: usize = 200;
 
-const REQUEST: &str = "/networkservice.NetworkService/Request";
-const CLOSE: &str = "/networkservice.NetworkService/Close";
+const SERVICE: &str = "networkservice.NetworkService";
+const REQUEST: (&str, &str) = ("/networkservice.NetworkService/Request", "Request");
+const CLOSE: (&str, &str) = ("/networkservice.NetworkService/Close", "Close");
 
 /// A direct call as the client tonic generates by default makes it: with
 /// tonic's `ProstCodec` and its default buffers (connect's generated
-/// clients size theirs for NSM's messages).
+/// clients size theirs for NSM's messages), and the `GrpcMethod`
+/// extension it puts on every call.
 async fn unary<M, R>(
     mut grpc: Grpc<Channel>,
-    path: &'static str,
+    (path, method): (&'static str, &'static str),
     message: M,
 ) -> Result<tonic::Response<R>, Status>
 where
@@ -40,7 +42,11 @@ where
         .map_err(|e| Status::unknown(format!("not ready: {e}")))?;
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
     let codec = tonic_prost::ProstCodec::<M, R>::default();
-    grpc.unary(tonic::Request::new(message), path, codec).await
+    let mut request = tonic::Request::new(message);
+    request
+        .extensions_mut()
+        .insert(tonic::GrpcMethod::new(SERVICE, method));
+    grpc.unary(request, path, codec).await
 }
 
 pub(crate) async fn run(run: Run) -> Result<(), String> {
