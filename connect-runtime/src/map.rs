@@ -11,13 +11,17 @@
 //! [`ConcurrentMap`](crate::ConcurrentMap).
 
 use std::borrow::Borrow;
-use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use hashbrown::HashTable;
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+/// Keys are hashed with a seed of each map's own, as Go's maps are: fast
+/// (foldhash), not a cryptographic hash as std's `RandomState` is, whose
+/// cost showed on every call's lookups.
+type RandomState = DefaultHashBuilder;
 
 /// Shards when none are asked for: enough to keep 2–64 cores from queueing
 /// on one lock, small enough that `len` and `range` stay cheap.
@@ -146,7 +150,7 @@ impl<K: Hash + Eq, T> Shards<K, T> {
             "shard count must be a power of two, not {shards}"
         );
         Self {
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             shards: (0..shards).map(|_| Mutex::default()).collect(),
         }
     }

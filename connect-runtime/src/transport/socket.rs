@@ -4,7 +4,11 @@
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
-use std::task::{Context as TaskContext, Poll};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context as TaskContext, Poll, Wake, Waker};
+
+use futures_util::task::AtomicWaker;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
@@ -116,6 +120,70 @@ impl Unanswered {
     }
 }
 
+/// A token's cancellation, learned without taking the token's lock on
+/// every read and write: the token wakes a tripwire, which marks itself
+/// and wakes the stream's task.
+struct Closer {
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    tripwire: Arc<Tripwire>,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Tripwire {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Tripwire {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl Closer {
+    fn new(token: CancellationToken) -> Self {
+        let mut closer = Self {
+            cancelled: Box::pin(token.cancelled_owned()),
+            tripwire: Arc::default(),
+            closed: false,
+        };
+        closer.arm();
+        closer
+    }
+
+    /// Waits for the token on the tripwire's behalf, unless it is
+    /// cancelled already.
+    fn arm(&mut self) {
+        let waker = Waker::from(Arc::clone(&self.tripwire));
+        let ready = self
+            .cancelled
+            .as_mut()
+            .poll(&mut TaskContext::from_waker(&waker));
+        self.closed = ready.is_ready();
+    }
+
+    /// Whether the token is cancelled: looked at only once it woke the
+    /// tripwire.
+    fn is_closed(&mut self) -> bool {
+        if !self.closed && self.tripwire.woken.swap(false, Ordering::Acquire) {
+            self.arm();
+        }
+        self.closed
+    }
+
+    /// Has `cx`'s task woken when the token is cancelled; whether it is.
+    fn wake_on_close(&mut self, cx: &TaskContext<'_>) -> bool {
+        self.tripwire.task.register(cx.waker());
+        self.is_closed()
+    }
+}
+
 /// What the peer's first bytes must be, and by when.
 struct FirstBytes {
     by: Pin<Box<Sleep>>,
@@ -129,7 +197,7 @@ struct FirstBytes {
 /// as long as it lives.
 pub(crate) struct Io<X = ()> {
     stream: Stream,
-    close: Option<(CancellationToken, Pin<Box<WaitForCancellationFutureOwned>>)>,
+    close: Option<Closer>,
     first: Option<FirstBytes>,
     failed: Option<Unanswered>,
     pub(crate) extra: X,
@@ -150,8 +218,7 @@ impl Io {
 impl<X> Io<X> {
     /// Closes the stream when `token` is cancelled.
     pub(crate) fn close_on(mut self, token: CancellationToken) -> Self {
-        let cancelled = Box::pin(token.clone().cancelled_owned());
-        self.close = Some((token, cancelled));
+        self.close = Some(Closer::new(token));
         self
     }
 
@@ -205,11 +272,7 @@ impl<X> Io<X> {
                 "the connection was closed",
             )
         };
-        if self
-            .close
-            .as_ref()
-            .is_some_and(|(token, _)| token.is_cancelled())
-        {
+        if self.close.as_mut().is_some_and(Closer::is_closed) {
             return Poll::Ready(Err(closed()));
         }
         if let Some(why) = self.failed {
@@ -217,8 +280,8 @@ impl<X> Io<X> {
         }
         let polled = operation(Pin::new(&mut self.stream), cx);
         if polled.is_pending() {
-            if let Some((_, cancelled)) = &mut self.close
-                && cancelled.as_mut().poll(cx).is_ready()
+            if let Some(close) = &mut self.close
+                && close.wake_on_close(cx)
             {
                 return Poll::Ready(Err(closed()));
             }
@@ -292,5 +355,60 @@ impl<X: Unpin> AsyncWrite for Io<X> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_waiting_when_the_token_is_cancelled_fails() {
+        let (ours, _peer) = tokio::io::duplex(64);
+        let token = CancellationToken::new();
+        let mut io = Io::new(Box::new(ours)).close_on(token.clone());
+        let (waiting, waits) = oneshot::channel();
+        let reading = tokio::spawn(async move {
+            let mut buf = [0; 8];
+            let mut read = std::pin::pin!(io.read(&mut buf));
+            let pending = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+            let _ = waiting.send(pending.is_pending());
+            read.await
+        });
+        assert!(waits.await.unwrap(), "the read waits for data");
+        token.cancel();
+        // Bounded only so that a cancel that never wakes the read fails.
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(10), reading).await;
+        let err = woken
+            .expect("the cancel woke the read")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+    }
+
+    #[tokio::test]
+    async fn every_operation_after_the_cancel_fails_even_one_that_could_go_on() {
+        let (ours, mut peer) = tokio::io::duplex(64);
+        let token = CancellationToken::new();
+        let mut io = Io::new(Box::new(ours)).close_on(token.clone());
+        io.write_all(b"before").await.unwrap();
+        peer.write_all(b"ready to read").await.unwrap();
+        token.cancel();
+        let read = io.read(&mut [0; 8]).await.unwrap_err();
+        let write = io.write_all(b"after").await.unwrap_err();
+        assert_eq!(read.kind(), io::ErrorKind::ConnectionAborted);
+        assert_eq!(write.kind(), io::ErrorKind::ConnectionAborted);
+    }
+
+    #[tokio::test]
+    async fn a_token_cancelled_before_the_stream_closes_it_at_once() {
+        let (ours, _peer) = tokio::io::duplex(64);
+        let token = CancellationToken::new();
+        token.cancel();
+        let mut io = Io::new(Box::new(ours)).close_on(token);
+        let err = io.write_all(b"x").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
     }
 }
