@@ -401,7 +401,7 @@ impl Shared {
                 self.release(url, acquired.instance);
                 if self.clients.evict(url, acquired.instance).is_some() {
                     acquired.value.shut();
-                    self.clients_changed.notify_waiters();
+                    self.clients_changed.notify();
                 }
                 continue;
             }

@@ -5,6 +5,7 @@
 mod client;
 mod forward;
 mod lease;
+mod signal;
 mod state;
 mod turns;
 
@@ -12,13 +13,13 @@ use std::fmt;
 use std::sync::{Arc, Once};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use url::Url;
 
 pub use self::client::ClientFactory;
 use self::client::ConnectClient;
+use self::signal::Signal;
 use self::state::{Clients, ConnectionRecords, Retired, Shared};
 use self::turns::Turns;
 use crate::chain::ClientChain;
@@ -197,7 +198,7 @@ impl ConnectBuilder {
                 retired: Retired::default(),
                 expiry_margin: self.expiry_margin,
                 following: Once::new(),
-                clients_changed: Notify::new(),
+                clients_changed: Signal::default(),
                 turns: Turns::default(),
             }),
         }
@@ -323,11 +324,13 @@ impl Connect {
 
     /// Re-checks `condition` whenever turns change or a client leaves the map.
     async fn wait_until_clients(&self, condition: impl Fn(&Shared) -> bool) {
+        let turns = self.shared.turns.changed().watch();
+        let clients = self.shared.clients_changed.watch();
         loop {
-            let turns_changed = self.shared.turns.changed().notified();
+            let turns_changed = turns.changed();
             tokio::pin!(turns_changed);
             turns_changed.as_mut().enable();
-            let clients_changed = self.shared.clients_changed.notified();
+            let clients_changed = clients.changed();
             tokio::pin!(clients_changed);
             clients_changed.as_mut().enable();
             if condition(&self.shared) {

@@ -7,11 +7,11 @@ use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::client::{ClientFactory, ConnectClient};
+use super::signal::Signal;
 use super::turns::{Turn, Turns};
 use crate::ConcurrentMap;
 use crate::chain::{ClientCancel, Context};
@@ -61,7 +61,7 @@ pub(crate) struct Shared {
     /// Starts the task that retires clients when the credential rotates.
     pub(super) following: Once,
     /// Woken when a client leaves the map.
-    pub(super) clients_changed: Notify,
+    pub(super) clients_changed: Signal,
     pub(super) turns: Turns,
 }
 
@@ -101,7 +101,7 @@ impl Shared {
             if let Some(shared) = shared.upgrade()
                 && shared.clients.evict(watched.url(), instance).is_some()
             {
-                shared.clients_changed.notify_waiters();
+                shared.clients_changed.notify();
             }
         });
         client
@@ -188,7 +188,7 @@ impl Shared {
             retired.insert(client.instance(), (client, refs));
         }
         drop(retired);
-        self.clients_changed.notify_waiters();
+        self.clients_changed.notify();
     }
 
     /// Forgets `record`, which `turn`'s id holds, and releases its reference.
@@ -220,7 +220,7 @@ impl Shared {
             }
         };
         last.shut();
-        self.clients_changed.notify_waiters();
+        self.clients_changed.notify();
     }
 
     /// A context for closes `connect` makes on its own behalf: the client's

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use super::signal::Signal;
 use crate::ConcurrentMap;
 use crate::map::{Instance, RefCountMap};
 
@@ -19,14 +20,14 @@ pub(super) struct TurnLocks(RefCountMap<Arc<str>, Arc<Mutex<()>>>);
 pub(super) struct Turns {
     locks: Arc<TurnLocks>,
     /// Woken whenever a call starts waiting for a turn or a turn ends.
-    changed: Arc<Notify>,
+    changed: Arc<Signal>,
 }
 
 /// The right to act on one connection id; the next caller for that id goes
 /// when this is dropped. Owned, so it can move into background cleanup.
 pub(super) struct Turn {
     locks: Arc<TurnLocks>,
-    changed: Arc<Notify>,
+    changed: Arc<Signal>,
     id: Arc<str>,
     instance: Instance,
     guard: Option<OwnedMutexGuard<()>>,
@@ -40,7 +41,7 @@ impl Turns {
         let acquired = self
             .locks
             .acquire(Arc::clone(id), |_| Arc::new(Mutex::new(())));
-        self.changed.notify_waiters();
+        self.changed.notify();
         // Built before waiting, so that its drop releases the count of a
         // caller that gives up while queued.
         let mut turn = Turn {
@@ -70,7 +71,7 @@ impl Turns {
     }
 
     /// The signal that a call started waiting for a turn or a turn ended.
-    pub(super) fn changed(&self) -> &Notify {
+    pub(super) fn changed(&self) -> &Signal {
         &self.changed
     }
 }
@@ -86,7 +87,7 @@ impl Drop for Turn {
     fn drop(&mut self) {
         drop(self.guard.take());
         self.locks.release(&*self.id, self.instance);
-        self.changed.notify_waiters();
+        self.changed.notify();
     }
 }
 

@@ -1,0 +1,69 @@
+//! A change signal that costs its notifiers nothing while nobody watches:
+//! every call ends a turn, and few have an observer waiting.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
+
+/// Wakes the tasks watching for a change. A notifier changes the state
+/// under a lock before [`Signal::notify`]; a watcher starts watching, then
+/// looks at that state under the same lock. So a notifier that sees no
+/// watcher made its change before any watcher looked, and the watcher sees
+/// it.
+#[derive(Debug, Default)]
+pub(super) struct Signal {
+    notify: Notify,
+    watchers: AtomicUsize,
+}
+
+impl Signal {
+    /// Wakes every task watching now.
+    pub(super) fn notify(&self) {
+        if self.watchers.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Counts the caller as watching until the result is dropped.
+    pub(super) fn watch(&self) -> Watching<'_> {
+        self.watchers.fetch_add(1, Ordering::SeqCst);
+        Watching(self)
+    }
+}
+
+/// A watcher of a [`Signal`].
+pub(super) struct Watching<'a>(&'a Signal);
+
+impl Watching<'_> {
+    /// The next change: enable it before looking at the state.
+    pub(super) fn changed(&self) -> Notified<'_> {
+        self.0.notify.notified()
+    }
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_watcher_hears_a_change_and_stops_counting_when_dropped() {
+        let signal = Signal::default();
+        {
+            let watching = signal.watch();
+            let changed = watching.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            assert_eq!(signal.watchers.load(Ordering::SeqCst), 1);
+            signal.notify();
+            changed.await;
+        }
+        assert_eq!(signal.watchers.load(Ordering::SeqCst), 0);
+    }
+}
