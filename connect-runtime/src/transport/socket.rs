@@ -4,11 +4,7 @@
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context as TaskContext, Poll, Wake, Waker};
-
-use futures_util::task::AtomicWaker;
+use std::task::{Context as TaskContext, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
@@ -120,70 +116,6 @@ impl Unanswered {
     }
 }
 
-/// A token's cancellation, learned without taking the token's lock on
-/// every read and write: the token wakes a tripwire, which marks itself
-/// and wakes the stream's task.
-struct Closer {
-    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
-    tripwire: Arc<Tripwire>,
-    closed: bool,
-}
-
-#[derive(Default)]
-struct Tripwire {
-    woken: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Wake for Tripwire {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
-
-impl Closer {
-    fn new(token: CancellationToken) -> Self {
-        let mut closer = Self {
-            cancelled: Box::pin(token.cancelled_owned()),
-            tripwire: Arc::default(),
-            closed: false,
-        };
-        closer.arm();
-        closer
-    }
-
-    /// Waits for the token on the tripwire's behalf, unless it is
-    /// cancelled already.
-    fn arm(&mut self) {
-        let waker = Waker::from(Arc::clone(&self.tripwire));
-        let ready = self
-            .cancelled
-            .as_mut()
-            .poll(&mut TaskContext::from_waker(&waker));
-        self.closed = ready.is_ready();
-    }
-
-    /// Whether the token is cancelled: looked at only once it woke the
-    /// tripwire.
-    fn is_closed(&mut self) -> bool {
-        if !self.closed && self.tripwire.woken.swap(false, Ordering::Acquire) {
-            self.arm();
-        }
-        self.closed
-    }
-
-    /// Has `cx`'s task woken when the token is cancelled; whether it is.
-    fn wake_on_close(&mut self, cx: &TaskContext<'_>) -> bool {
-        self.tripwire.task.register(cx.waker());
-        self.is_closed()
-    }
-}
-
 /// What the peer's first bytes must be, and by when.
 struct FirstBytes {
     by: Pin<Box<Sleep>>,
@@ -197,7 +129,7 @@ struct FirstBytes {
 /// as long as it lives.
 pub(crate) struct Io<X = ()> {
     stream: Stream,
-    close: Option<Closer>,
+    close: Option<(CancellationToken, Pin<Box<WaitForCancellationFutureOwned>>)>,
     first: Option<FirstBytes>,
     failed: Option<Unanswered>,
     pub(crate) extra: X,
@@ -218,7 +150,8 @@ impl Io {
 impl<X> Io<X> {
     /// Closes the stream when `token` is cancelled.
     pub(crate) fn close_on(mut self, token: CancellationToken) -> Self {
-        self.close = Some(Closer::new(token));
+        let cancelled = Box::pin(token.clone().cancelled_owned());
+        self.close = Some((token, cancelled));
         self
     }
 
@@ -272,7 +205,11 @@ impl<X> Io<X> {
                 "the connection was closed",
             )
         };
-        if self.close.as_mut().is_some_and(Closer::is_closed) {
+        if self
+            .close
+            .as_ref()
+            .is_some_and(|(token, _)| token.is_cancelled())
+        {
             return Poll::Ready(Err(closed()));
         }
         if let Some(why) = self.failed {
@@ -280,8 +217,8 @@ impl<X> Io<X> {
         }
         let polled = operation(Pin::new(&mut self.stream), cx);
         if polled.is_pending() {
-            if let Some(close) = &mut self.close
-                && close.wake_on_close(cx)
+            if let Some((_, cancelled)) = &mut self.close
+                && cancelled.as_mut().poll(cx).is_ready()
             {
                 return Poll::Ready(Err(closed()));
             }
