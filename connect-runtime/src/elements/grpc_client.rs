@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use tokio::time::Instant;
 use tonic::Status;
 use tonic::body::Body;
@@ -114,8 +115,12 @@ where
         let call = ctx.run_until(backstop(deadline), async move {
             Box::pin(client.request(request)).await
         });
+        // Mapped, not awaited in an `async` block, which would hold the call
+        // twice (as captured, and as awaited).
         Box::pin(
-            async move { past_deadline(deadline, call.await).map(tonic::Response::into_inner) },
+            call.map(move |answer| {
+                past_deadline(deadline, answer).map(tonic::Response::into_inner)
+            }),
         )
     }
 
@@ -133,7 +138,7 @@ where
         let call = ctx.run_until(backstop(deadline), async move {
             Box::pin(client.close(request)).await
         });
-        Box::pin(async move { past_deadline(deadline, call.await).map(drop) })
+        Box::pin(call.map(move |answer| past_deadline(deadline, answer).map(drop)))
     }
 }
 
