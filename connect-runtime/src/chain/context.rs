@@ -229,7 +229,8 @@ impl Context {
             work,
             // Registered with the token only if `work` ever has to wait.
             cancelled: self.cancel.clone().map(|t| Box::pin(t.cancelled_owned())),
-            deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            deadline,
+            timer: None,
         }
     }
 }
@@ -239,15 +240,17 @@ pin_project_lite::pin_project! {
     /// context's cancellation or deadline.
     ///
     /// Polls `work` first, so a result that is ready wins; the cancellation
-    /// token and the timer are only registered when `work` has to wait. The
-    /// work itself is kept inline (no allocation); the cancellation and timer
-    /// futures, when there are any, are boxed to keep this future small.
+    /// token and the timer are only registered when `work` has to wait (so
+    /// it can be made outside a runtime). The work itself is kept inline (no
+    /// allocation); the cancellation and timer futures, when there are any,
+    /// are boxed to keep this future small.
     #[must_use = "futures do nothing unless polled"]
     pub struct Bounded<F> {
         #[pin]
         work: F,
         cancelled: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        deadline: Option<Instant>,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 }
 
@@ -267,8 +270,13 @@ where
         {
             return Poll::Ready(Err(Status::cancelled("the call was cancelled")));
         }
-        if let Some(deadline) = this.deadline.as_mut()
-            && deadline.as_mut().poll(cx).is_ready()
+        if let Some(at) = *this.deadline
+            && this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+                .as_mut()
+                .poll(cx)
+                .is_ready()
         {
             return Poll::Ready(Err(Status::deadline_exceeded("the call's deadline passed")));
         }
@@ -346,5 +354,28 @@ impl ClientCancel {
     /// The underlying token, to derive child tokens for the client's tasks.
     pub fn token(&self) -> &CancellationToken {
         &self.token
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bounded future can be made outside a runtime (as a chain's call
+    /// can) and run in one later.
+    #[test]
+    fn a_bounded_future_made_outside_a_runtime_runs_in_one() {
+        let ctx = Context::new()
+            .with_timeout(Duration::from_secs(60))
+            .with_cancellation_token(CancellationToken::new());
+        let bounded = ctx.run(async {
+            tokio::task::yield_now().await;
+            Ok::<_, Status>(7)
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        assert_eq!(runtime.block_on(bounded).unwrap(), 7);
     }
 }

@@ -66,4 +66,50 @@ mod tests {
         }
         assert_eq!(signal.watchers.load(Ordering::SeqCst), 0);
     }
+
+    /// A notifier that sees no watcher skips `Notify`; a watcher that was
+    /// starting meanwhile still sees the change, made under the lock it
+    /// reads. Raced many times over two workers.
+    #[test]
+    fn a_watcher_never_misses_a_change_made_under_the_lock_it_reads() {
+        use std::sync::{Arc, Mutex};
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            for _ in 0..500 {
+                let shared = Arc::new((Signal::default(), Mutex::new(false)));
+                let watcher = tokio::spawn({
+                    let shared = Arc::clone(&shared);
+                    async move {
+                        let (signal, done) = &*shared;
+                        let watching = signal.watch();
+                        loop {
+                            let changed = watching.changed();
+                            tokio::pin!(changed);
+                            changed.as_mut().enable();
+                            if *done.lock().unwrap() {
+                                return;
+                            }
+                            changed.await;
+                        }
+                    }
+                });
+                let notifier = tokio::spawn({
+                    let shared = Arc::clone(&shared);
+                    async move {
+                        let (signal, done) = &*shared;
+                        *done.lock().unwrap() = true;
+                        signal.notify();
+                    }
+                });
+                notifier.await.unwrap();
+                // Bounded only so that a missed wake-up fails.
+                let seen = tokio::time::timeout(std::time::Duration::from_secs(10), watcher).await;
+                seen.expect("the watcher saw the change").unwrap();
+            }
+        });
+    }
 }
