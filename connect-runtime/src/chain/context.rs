@@ -229,8 +229,7 @@ impl Context {
             work,
             // Registered with the token only if `work` ever has to wait.
             cancelled: self.cancel.clone().map(|t| Box::pin(t.cancelled_owned())),
-            deadline,
-            timer: None,
+            deadline: deadline.map(|at| Box::pin(Timer::At { at })),
         }
     }
 }
@@ -249,8 +248,20 @@ pin_project_lite::pin_project! {
         #[pin]
         work: F,
         cancelled: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-        deadline: Option<Instant>,
-        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        deadline: Option<Pin<Box<Timer>>>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A [`Bounded`] call's deadline, whose timer is made the first time
+    /// the call waits.
+    #[project = TimerProj]
+    enum Timer {
+        At { at: Instant },
+        Running {
+            #[pin]
+            sleep: tokio::time::Sleep,
+        },
     }
 }
 
@@ -270,15 +281,16 @@ where
         {
             return Poll::Ready(Err(Status::cancelled("the call was cancelled")));
         }
-        if let Some(at) = *this.deadline
-            && this
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
-                .as_mut()
-                .poll(cx)
-                .is_ready()
-        {
-            return Poll::Ready(Err(Status::deadline_exceeded("the call's deadline passed")));
+        if let Some(timer) = this.deadline.as_mut() {
+            if let TimerProj::At { at } = timer.as_mut().project() {
+                let sleep = tokio::time::sleep_until(*at);
+                timer.set(Timer::Running { sleep });
+            }
+            if let TimerProj::Running { sleep } = timer.as_mut().project()
+                && sleep.poll(cx).is_ready()
+            {
+                return Poll::Ready(Err(Status::deadline_exceeded("the call's deadline passed")));
+            }
         }
         Poll::Pending
     }
