@@ -110,58 +110,60 @@ impl Shared {
         closed.1
     }
 
-    pub(super) async fn refresh(
-        self: &Arc<Self>,
+    pub(super) fn refresh<'a>(
+        self: &'a Arc<Self>,
         ctx: Context,
         mut request: NetworkServiceRequest,
-        next: Next<'_>,
+        next: Next<'a>,
         record: Record,
         turn: Turn,
-    ) -> Result<Connection, Status> {
-        let client = Arc::clone(&record.client);
-        if client.is_retired() {
-            // Boxed: a cold path, once per connection per rotation.
-            return Box::pin(self.migrate(ctx, request, next, record, turn)).await;
-        }
-        if client.is_cancelled() {
-            // Its monitor (or a heal element) gave up on the remote: forget
-            // the connection; the next request for it dials afresh.
-            self.forget(&turn, &record);
-            return Err(in_context(
-                Status::unavailable("its client was closed; request again to reconnect"),
-                "refresh",
-                turn.id(),
-                client.url(),
-            ));
-        }
-        let mut lease = Lease::borrow(Arc::clone(self), &record, turn);
-        let client_ctx = client_context(&ctx, &client);
-        let reply = match lease.request(client_ctx, request.clone()).await {
-            Ok(reply) => reply,
-            Err(status) => {
-                let status = in_context(status, "refresh", lease.id(), client.url());
-                let turn = lease.keep();
-                if client.is_cancelled() && !client.is_retired() {
-                    // The remote could not be reached again: forget the
-                    // connection; the next request for it dials afresh.
-                    // (One bound to a retired client moves on its next
-                    // refresh instead.)
-                    self.forget(&turn, &record);
-                }
-                return Err(status);
+    ) -> impl Future<Output = Result<Connection, Status>> + Send + 'a {
+        async move {
+            let client = Arc::clone(&record.client);
+            if client.is_retired() {
+                // Boxed: a cold path, once per connection per rotation.
+                return Box::pin(self.migrate(ctx, request, next, record, turn)).await;
             }
-        };
-        let turn = lease.keep();
-        let reply = Arc::new(reply);
-        self.records.store(
-            Arc::from(turn.id()),
-            Record {
-                connection: Arc::clone(&reply),
-                ..record
-            },
-        );
-        request.connection = Some(Box::new(Connection::clone(&reply)));
-        next.request(ctx, request).await
+            if client.is_cancelled() {
+                // Its monitor (or a heal element) gave up on the remote: forget
+                // the connection; the next request for it dials afresh.
+                self.forget(&turn, &record);
+                return Err(in_context(
+                    Status::unavailable("its client was closed; request again to reconnect"),
+                    "refresh",
+                    turn.id(),
+                    client.url(),
+                ));
+            }
+            let mut lease = Lease::borrow(Arc::clone(self), &record, turn);
+            let client_ctx = client_context(&ctx, &client);
+            let reply = match lease.request(client_ctx, request.clone()).await {
+                Ok(reply) => reply,
+                Err(status) => {
+                    let status = in_context(status, "refresh", lease.id(), client.url());
+                    let turn = lease.keep();
+                    if client.is_cancelled() && !client.is_retired() {
+                        // The remote could not be reached again: forget the
+                        // connection; the next request for it dials afresh.
+                        // (One bound to a retired client moves on its next
+                        // refresh instead.)
+                        self.forget(&turn, &record);
+                    }
+                    return Err(status);
+                }
+            };
+            let turn = lease.keep();
+            let reply = Arc::new(reply);
+            self.records.store(
+                Arc::from(turn.id()),
+                Record {
+                    connection: Arc::clone(&reply),
+                    ..record
+                },
+            );
+            request.connection = Some(Box::new(Connection::clone(&reply)));
+            next.request(ctx, request).await
+        }
     }
 
     /// Refreshes a connection bound to a retired client through the URL's
@@ -230,26 +232,27 @@ impl Shared {
             lease.may_exist_remotely(Arc::clone(&last_known));
             lease.record(id, last_known);
             request.connection = Some(reply);
-            match next.request(ctx, request).await {
+            // Taken apart before the undo's await, so that the future does
+            // not keep the whole result (a `Connection`) across it.
+            let status = match next.request(ctx, request).await {
                 Ok(connection) => {
                     drop(lease.keep());
-                    Ok(connection)
+                    return Ok(connection);
                 }
-                Err(status) => {
-                    // Undo, with a deadline of its own: the caller's may be gone.
-                    let cleanup = self.cleanup_context(&client);
-                    let (closed, turn) = Box::pin(lease.undo(cleanup)).await;
-                    if let Err(close) = closed {
-                        tracing::warn!(
-                            connection_id = %turn.id(),
-                            url = %url,
-                            error = %close.message(),
-                            "closing after the rest of the chain failed also failed"
-                        );
-                    }
-                    Err(status)
-                }
+                Err(status) => status,
+            };
+            // Undo, with a deadline of its own: the caller's may be gone.
+            let cleanup = self.cleanup_context(&client);
+            let (closed, turn) = Box::pin(lease.undo(cleanup)).await;
+            if let Err(close) = closed {
+                tracing::warn!(
+                    connection_id = %turn.id(),
+                    url = %url,
+                    error = %close.message(),
+                    "closing after the rest of the chain failed also failed"
+                );
             }
+            Err(status)
         }
     }
 
@@ -259,16 +262,20 @@ impl Shared {
         connection: Connection,
         next: Next<'a>,
     ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
+        // Shared with the lease, which keeps it to close again if abandoned;
+        // a pointer, taken before the future, also keeps the future small.
+        let connection = Arc::new(connection);
         async move {
             let id: Arc<str> = Arc::from(connection.id.as_str());
-            // Shared with the lease, which keeps it to close again if abandoned;
-            // a pointer also keeps this future small.
-            let connection = Arc::new(connection);
             let turn = self.turns.take(&id).await;
-            let (client_result, _turn) = match self.records.load_and_delete(&*id) {
+            // Bound before matching: a match's scrutinee would be kept
+            // across the awaits in its arms.
+            let record = self.records.load_and_delete(&*id);
+            let (client_result, _turn) = match record {
                 Some(record) => {
                     let url = Arc::clone(record.client.url());
-                    let (result, turn) = match Lease::reaching(self, record, turn) {
+                    let reaching = Lease::reaching(self, record, turn);
+                    let (result, turn) = match reaching {
                         Ok(mut lease) => {
                             let client_ctx = client_context(&ctx, lease.client());
                             let result = lease.close(client_ctx, Arc::clone(&connection)).await;
