@@ -372,15 +372,39 @@ async fn a_call_refused_by_a_goaway_is_unavailable() {
     assert_no_leaks(&connect, &[]).await;
 }
 
+/// A capturing remote behind a [`Refuser`] that turns away its first
+/// connection (at its first call, or at once if `draining`) and relays the
+/// later ones; and a channel dialed to the refuser. Held whole for the
+/// test: dropping it stops the remote and the refuser.
+struct Restarting {
+    capture: Capture,
+    conn: connect_runtime::ClientConn,
+    _remote: ServerHandle,
+    _front: Refuser,
+}
+
+async fn restarting(draining: bool) -> Restarting {
+    let capture = Capture::new();
+    let remote = start_tcp(ServerChain::builder().with(capture.clone()).build()).await;
+    let front = match draining {
+        true => Refuser::draining_then(remote.url()).await,
+        false => Refuser::once_then(remote.url()).await,
+    };
+    let conn = connect_tests::harness::dial_patiently(front.url()).await;
+    Restarting {
+        capture,
+        conn,
+        _remote: remote,
+        _front: front,
+    }
+}
+
 /// A call the remote refused as it went away (nothing processed) goes once
 /// more on a new connection, as grpc-go's clients send it: the same call,
 /// with its metadata and its deadline.
 #[tokio::test]
 async fn a_call_refused_by_a_goaway_goes_again_with_its_metadata() {
-    let capture = Capture::new();
-    let remote = start_tcp(ServerChain::builder().with(capture.clone()).build()).await;
-    let restarting = Refuser::once_then(remote.url()).await;
-    let conn = connect_tests::harness::dial_patiently(restarting.url()).await;
+    let Restarting { capture, conn, .. } = &restarting(false).await;
     let with_token = InterceptedService::new(conn.clone(), |mut call: tonic::Request<()>| {
         let token = MetadataValue::from_static("Bearer t0ken");
         call.metadata_mut().insert("authorization", token);
@@ -409,10 +433,7 @@ async fn a_call_refused_by_a_goaway_goes_again_with_its_metadata() {
 /// the call, the connection not yet closed) goes over a new connection.
 #[tokio::test]
 async fn a_call_on_a_draining_connection_goes_over_a_new_one() {
-    let capture = Capture::new();
-    let remote = start_tcp(ServerChain::builder().with(capture.clone()).build()).await;
-    let draining = Refuser::draining_then(remote.url()).await;
-    let conn = connect_tests::harness::dial_patiently(draining.url()).await;
+    let Restarting { capture, conn, .. } = &restarting(true).await;
     let mut client = NetworkServiceClient::new(conn.clone());
     for id in ["first", "second"] {
         let reply = client.request(request(id)).await.unwrap().into_inner();
