@@ -11,9 +11,9 @@ use connect_runtime::{
     ClientChain, ClientStats, ClientUrl, Connect, ConnectStats, Context, DialOptions, GrpcClient,
     Serve, ServerChain, ServerHandle, dial,
 };
-use connect_tests::elements::{Gate, Op};
-use connect_tests::request;
+use connect_tests::elements::{Gate, Ledger, Op};
 use connect_tests::workload_api::{Authority, WorkloadApi, client_certificates};
+use connect_tests::{connection, request};
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -62,6 +62,10 @@ struct Topology {
     api: WorkloadApi,
     identity: SpiffeIdentity,
     connect: Connect,
+    /// In the passthrough's chain after connect: what reached the rest of
+    /// the chain, and a call held there on demand.
+    after: Ledger,
+    after_gate: Gate,
     passthrough: ServerHandle,
     caller: ClientChain,
 }
@@ -103,10 +107,13 @@ impl Topology {
         .expiry_margin(margin)
         .cleanup_timeout(Duration::from_secs(1))
         .build();
+        let (after, after_gate) = (Ledger::new(), Gate::new());
         let passthrough = Serve::new(
             ServerChain::builder()
                 .with(ClientUrl::new(remote.url().clone()))
                 .with(connect.clone())
+                .with(after.clone())
+                .with(after_gate.clone())
                 .build(),
         )
         .bind(&"tcp://127.0.0.1:0".parse().unwrap())
@@ -123,6 +130,8 @@ impl Topology {
             api,
             identity,
             connect,
+            after,
+            after_gate,
             passthrough,
             caller,
         }
@@ -503,5 +512,54 @@ async fn a_move_cut_off_midway_leaves_references_exact() {
     topology.caller.close(Context::new(), moved).await.unwrap();
     soon("connect to go idle", topology.connect.idle()).await;
     assert_eq!(topology.gate.abandoned(), 1);
+    topology.shutdown().await;
+}
+
+/// A refresh that moves its connection to the current client keeps the
+/// connection's turn until the rest of the chain has it: a close for the
+/// same id waits, and never overtakes it there.
+#[tokio::test]
+async fn a_close_waits_for_a_move_to_reach_the_rest_of_the_chain() {
+    let topology = Topology::start(Duration::from_secs(60), Duration::from_secs(5)).await;
+    topology
+        .caller
+        .request(Context::new(), request("moving"))
+        .await
+        .unwrap();
+    topology.rotate_for(Duration::from_secs(60));
+    let waited = topology
+        .connect
+        .wait_for(|stats| stats.clients.iter().any(|c| c.retired));
+    soon("connect's clients to settle", waited).await;
+
+    topology.after_gate.arm(Op::Request);
+    let caller = topology.caller.clone();
+    let refresh =
+        tokio::spawn(async move { caller.request(Context::new(), request("moving")).await });
+    soon(
+        "the move to reach the rest of the chain",
+        topology.after_gate.holding(),
+    )
+    .await;
+    let caller = topology.caller.clone();
+    let close =
+        tokio::spawn(async move { caller.close(Context::new(), connection("moving")).await });
+    let queued = topology.connect.wait_for(|stats| stats.waiting == 1);
+    let overtook = topology.after.until(|ledger| ledger.closes() > 0);
+    tokio::select! {
+        () = soon("the close to queue behind the move", queued) => {}
+        () = overtook => panic!("the close reached the chain while the move was held there"),
+    }
+    assert_eq!(topology.after.closes(), 0);
+
+    topology.after_gate.release();
+    refresh.await.unwrap().unwrap();
+    close.await.unwrap().unwrap();
+    assert_eq!(topology.after.overlaps(), 0);
+    assert!(topology.after.open().is_empty());
+    let stats = topology.connect.stats();
+    assert_eq!(stats.records, 0, "{stats:?}");
+    soon("connect to go idle", topology.connect.idle()).await;
+    assert!(topology.connect.stats().clients.is_empty());
     topology.shutdown().await;
 }

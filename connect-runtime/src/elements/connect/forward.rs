@@ -190,7 +190,9 @@ impl Shared {
             }
         };
         lease.record(id, Arc::clone(&reply));
-        drop(lease.keep());
+        // Held through `next`, as a refresh holds it: a close for the id
+        // waits until the rest of the chain has the refresh.
+        let _turn = lease.keep();
         self.release(&url, record.instance);
         request.connection = Some(Box::new(Connection::clone(&reply)));
         next.request(ctx, request).await
