@@ -38,6 +38,9 @@ pub struct Behaviour {
     /// Close a recycled connection this long after its GOAWAY, calls or not
     /// (grpc-go's `MaxConnectionAgeGrace`); without it, it drains.
     pub grace: Option<Duration>,
+    /// Calls (HTTP/2 streams) each connection serves at once (grpc-go's
+    /// `MaxConcurrentStreams`); hyper's default without it.
+    pub max_concurrent_streams: Option<u32>,
 }
 
 /// A grpc-go-like remote serving an NSM chain and gRPC health.
@@ -253,6 +256,9 @@ async fn accept(
             let _open = open;
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             builder.timer(TokioTimer::new());
+            if let Some(max) = behaviour.max_concurrent_streams {
+                builder.max_concurrent_streams(max);
+            }
             let conn =
                 builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(routes));
             tokio::pin!(conn);

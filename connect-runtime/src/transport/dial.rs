@@ -23,7 +23,7 @@ use url::Url;
 use super::error::{DialError, error_chain, source_of};
 use super::options::DialOptions;
 use super::replay::{Outgoing, Ready, whole};
-use super::reply::checked;
+use super::reply::{broke, checked};
 use super::socket::{Io, Stream, Unanswered, connect_tcp, connect_unix};
 use super::target::{Target, UrlError, UrlProblem};
 use crate::chain::deadline_after;
@@ -45,8 +45,10 @@ use crate::outcome::not_sent;
 ///   [`ClientConn::ended`] resolves. It never retries by itself.
 /// - Replies are checked before tonic reads them, and answered as grpc-go's
 ///   clients answer them: one that is not gRPC (by its `content-type`) is
-///   `Unknown`, one whose status details are not base64 `Internal`, each
-///   naming the problem.
+///   `Unknown` with HTTP 200, else mapped from its HTTP status (a proxy's
+///   503 is `Unavailable`); one whose status details are not base64
+///   `Internal`, naming the problem; one cut by its connection's end
+///   `Unavailable`.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -391,7 +393,7 @@ impl Shared {
             };
             let request = match (unsent, again) {
                 (Some(unsent), _) => unsent,
-                (None, Some((head, bytes))) if refused(&err) => {
+                (None, Some((head, bytes))) if refused(&err) || dropped_unsent(&err) => {
                     http::Request::from_parts(head, whole(bytes))
                 }
                 _ => return Err(self.failed(err)),
@@ -474,7 +476,7 @@ impl Shared {
             let why = format!("{url} is going away (HTTP/2 GOAWAY) and refused the call: {err}");
             return Box::new(Status::unavailable(why));
         }
-        if err.is_canceled() || err.is_closed() {
+        if err.is_canceled() || broke(&err) {
             let why = format!("the connection to {url} has ended: {err}");
             return Box::new(Status::unavailable(why));
         }
@@ -492,6 +494,13 @@ fn resendable(head: &http::request::Parts) -> http::request::Parts {
     *again.version_mut() = head.version;
     *again.headers_mut() = head.headers.clone();
     again.into_parts().0
+}
+
+/// A whole call hyper dropped unsent as its connection ended, while it
+/// waited for a stream the remote's limit had not yet freed: for a whole
+/// body, which cannot fail, the only user error hyper gives.
+fn dropped_unsent(err: &hyper::Error) -> bool {
+    err.is_user()
 }
 
 /// A call the remote refused as it went away: past its GOAWAY's last

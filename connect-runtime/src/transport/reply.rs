@@ -1,8 +1,9 @@
-//! Replies checked before tonic reads them: one that is not gRPC (by its
-//! `content-type`) is `Unknown`, one whose status details are not base64
-//! (on which tonic's status parser panics) `Internal`, each naming the
-//! problem, as grpc-go's clients answer them; a
-//! reply cut by its connection's end fails `Unavailable`, as in grpc-go.
+//! Replies checked before tonic reads them, and answered as grpc-go's
+//! clients answer them: one that is not gRPC (by its `content-type`) is
+//! `Unknown` with HTTP 200, else mapped from its HTTP status; one whose
+//! status details are not base64 (on which tonic's status parser panics)
+//! `Internal`, naming the problem; one cut by its connection's end
+//! `Unavailable`.
 
 use std::sync::Arc;
 
@@ -24,7 +25,12 @@ pub(super) fn checked(
     let (mut head, body) = response.into_parts();
     let content_type = head.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
     let grpc = content_type.is_some_and(is_grpc);
-    if head.status == http::StatusCode::OK && !grpc && !head.headers.contains_key(&GRPC_STATUS) {
+    if !grpc && !head.headers.contains_key(&GRPC_STATUS) {
+        if head.status != http::StatusCode::OK {
+            // tonic maps the HTTP status as grpc-go does, once it is not
+            // handed a body that is not gRPC to decode.
+            return Ok(http::Response::from_parts(head, Body::empty()));
+        }
         let content_type = String::from_utf8_lossy(content_type.unwrap_or(b"none"));
         let why = format!("{url} answered with content-type {content_type}, not gRPC");
         // As grpc-go: HTTP 200 maps to no gRPC code.
@@ -48,14 +54,21 @@ pub(super) fn checked(
 /// (tonic would say `Unknown`); the rest, such as a stream reset with a
 /// reason, is tonic's to map.
 fn cut(url: &Url, err: hyper::Error) -> tower::BoxError {
-    let broke = err.is_closed()
-        || err.is_incomplete_message()
-        || super::error::source_of::<h2::Error>(&err).is_some_and(h2::Error::is_io);
-    if broke {
+    if broke(&err) {
         let why = format!("the connection to {url} ended during the call: {err}");
         return Box::new(Status::unavailable(why));
     }
     Box::new(err)
+}
+
+/// Whether a call failed because its connection broke: closed, or an I/O
+/// error (which hyper takes out of h2's).
+pub(super) fn broke(err: &hyper::Error) -> bool {
+    use super::error::source_of;
+    err.is_closed()
+        || err.is_incomplete_message()
+        || source_of::<std::io::Error>(err).is_some()
+        || source_of::<h2::Error>(err).is_some_and(h2::Error::is_io)
 }
 
 /// `application/grpc`, alone or with a subtype (`+proto`) or parameters,

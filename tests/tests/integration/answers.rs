@@ -113,6 +113,28 @@ async fn every_kind_of_failed_answer_gets_the_grpc_code() {
             "HTTP status code 503",
         ),
         (
+            "HTTP 503 from a proxy, with a page of its own",
+            Answer {
+                status: 503,
+                headers: vec![("content-type", "text/plain")],
+                data: vec![Bytes::from_static(b"no healthy upstream")],
+                trailers: None,
+            },
+            Code::Unavailable,
+            "HTTP status code 503",
+        ),
+        (
+            "HTTP 403 with an HTML page",
+            Answer {
+                status: 403,
+                headers: vec![("content-type", "text/html")],
+                data: vec![Bytes::from_static(b"<html><body>no</body></html>")],
+                trailers: None,
+            },
+            Code::PermissionDenied,
+            "HTTP status code 403",
+        ),
+        (
             "HTTP 500",
             Answer {
                 status: 500,

@@ -72,6 +72,7 @@ async fn an_endpoint_recycling_its_connections_is_served_throughout() {
     let behaviour = Behaviour {
         connection_age: Some(Duration::from_millis(100)),
         grace: None,
+        ..Behaviour::default()
     };
     let endpoint = GoLike::start(
         &"tcp://127.0.0.1:0".parse().unwrap(),

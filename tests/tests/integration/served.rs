@@ -312,6 +312,48 @@ async fn a_call_in_flight_across_a_goaway_finishes() {
     assert_no_leaks(&connect, &[]).await;
 }
 
+/// A call waiting for a stream (the remote's limit reached) when the remote
+/// recycles its connection was never sent: it goes on the new connection,
+/// as grpc-go's clients send it.
+#[tokio::test]
+async fn a_call_waiting_for_a_stream_across_a_goaway_goes_on_the_new_connection() {
+    let (ledger, gate) = (Ledger::new(), Gate::new());
+    let behaviour = Behaviour {
+        max_concurrent_streams: Some(1),
+        ..Behaviour::default()
+    };
+    let remote = GoLike::start(
+        &"tcp://127.0.0.1:0".parse().unwrap(),
+        ledger_chain(&ledger, &gate),
+        behaviour,
+    )
+    .await;
+    let conn = connect_tests::harness::dial_patiently(remote.url()).await;
+    let client = NetworkServiceClient::new(conn.clone());
+
+    gate.arm(Op::Request);
+    let mut caller = client.clone();
+    let held = tokio::spawn(async move { caller.request(request("held")).await });
+    settle("the call to be held", gate.holding()).await;
+    let mut caller = client.clone();
+    let waiting = tokio::spawn(async move { caller.request(request("waiting")).await });
+    // Nothing marks the call queued behind the limit in hyper; these turns
+    // of the runtime let it get there before the GOAWAY.
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    remote.recycle();
+    let waiting = settle("the waiting call", waiting).await.unwrap();
+    let waiting = waiting.expect("a call the old connection never sent goes on a new one");
+    gate.release();
+    held.await.unwrap().unwrap();
+
+    assert_eq!(waiting.get_ref().id, "waiting");
+    assert_eq!((conn.dials(), remote.connections().accepted), (2, 2));
+    assert_eq!(ledger.overlaps(), 0);
+    assert_eq!(ledger.open(), ["held", "waiting"]);
+}
+
 /// The health monitor watches again on the new connection when the remote
 /// recycles the old one (here cutting the watch after a grace period), and
 /// does not close the client.
@@ -321,6 +363,7 @@ async fn the_monitor_watches_again_after_a_goaway() {
     let behaviour = Behaviour {
         connection_age: None,
         grace: Some(Duration::from_millis(50)),
+        ..Behaviour::default()
     };
     let remote = GoLike::start(
         &"tcp://127.0.0.1:0".parse().unwrap(),

@@ -180,6 +180,7 @@ fn behaviour() -> Behaviour {
     Behaviour {
         connection_age: None,
         grace: Some(Duration::from_millis(20)),
+        ..Behaviour::default()
     }
 }
 

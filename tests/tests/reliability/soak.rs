@@ -77,6 +77,7 @@ fn behaviour() -> Behaviour {
     Behaviour {
         connection_age: Some(Duration::from_secs(3)),
         grace: Some(Duration::from_secs(1)),
+        ..Behaviour::default()
     }
 }
 
