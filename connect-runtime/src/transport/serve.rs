@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -274,10 +274,7 @@ impl<L> Serve<L> {
             }
             Target::Unix { path } => {
                 let listener = bind_unix(path).await.map_err(bind_error)?;
-                let file = SocketFile {
-                    path: path.clone(),
-                    inode: std::fs::metadata(path).map_err(bind_error)?.ino(),
-                };
+                let file = SocketFile::new(path).map_err(bind_error)?;
                 (
                     Listener::Unix(listener, file.clone()),
                     url.clone(),
@@ -476,16 +473,31 @@ impl std::fmt::Debug for ServerHandle {
     }
 }
 
-/// The socket file a unix listener created.
+/// The socket file a unix listener created; its clones (the listener's and
+/// the handle's) remove it once between them.
 #[derive(Clone)]
 struct SocketFile {
     path: PathBuf,
     inode: u64,
+    removed: Arc<AtomicBool>,
 }
 
 impl SocketFile {
-    /// Removes the file, unless a newer server has already replaced it.
+    fn new(path: &Path) -> io::Result<Self> {
+        Ok(Self {
+            path: path.to_owned(),
+            inode: std::fs::metadata(path)?.ino(),
+            removed: Arc::default(),
+        })
+    }
+
+    /// Removes the file, unless it was removed already or a newer server
+    /// has replaced it. (Once removed, the inode number may be reused for
+    /// a newer server's file.)
     fn remove(&self) {
+        if self.removed.swap(true, Ordering::AcqRel) {
+            return;
+        }
         if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
             let _ = std::fs::remove_file(&self.path);
         }
@@ -512,11 +524,19 @@ async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
                     format!("{} exists and is not a socket", path.display()),
                 ));
             }
-            if UnixStream::connect(path).await.is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("another server is listening on {}", path.display()),
-                ));
+            // Stale only if refused: a full backlog or no permission to
+            // connect says nothing of whether someone listens.
+            let in_use = |why: String| io::Error::new(io::ErrorKind::AddrInUse, why);
+            match UnixStream::connect(path).await {
+                Ok(_) => {
+                    let why = format!("another server is listening on {}", path.display());
+                    return Err(in_use(why));
+                }
+                Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {}
+                Err(err) => {
+                    let why = format!("{} is in use (connecting to it: {err})", path.display());
+                    return Err(in_use(why));
+                }
             }
             std::fs::remove_file(path)?;
             UnixListener::bind(path)
@@ -826,4 +846,64 @@ impl Generation {
 struct GenerationCounts {
     open: AtomicUsize,
     retired: CancellationToken,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty directory of this test's own.
+    fn scratch(name: &str) -> PathBuf {
+        let pid = std::process::id();
+        let dir = std::env::temp_dir().join(format!("connect-serve-{pid}-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_socket_file_is_removed_once_even_if_its_inode_number_comes_back() {
+        let path = scratch("once").join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let file = SocketFile::new(&path).unwrap();
+        let handles = file.clone();
+        file.remove();
+        drop(listener);
+        assert!(!path.exists());
+
+        let _newer = UnixListener::bind(&path).unwrap();
+        // As a filesystem that reuses inode numbers may give it.
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        SocketFile { inode, ..handles }.remove();
+        assert!(path.exists(), "the newer server's file stays");
+    }
+
+    #[tokio::test]
+    async fn a_socket_whose_backlog_is_full_is_not_taken_for_stale() {
+        let path = scratch("backlog").join("s.sock");
+        let socket =
+            socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&socket2::SockAddr::unix(&path).unwrap())
+            .unwrap();
+        socket.listen(0).unwrap();
+        // Never accepted: connections queue until the backlog is full.
+        let mut queued = Vec::new();
+        let full = loop {
+            match UnixStream::connect(&path).await {
+                Ok(stream) if queued.len() < 1024 => queued.push(stream),
+                Ok(_) => panic!("the backlog never filled"),
+                Err(err) => break err,
+            }
+        };
+        assert_eq!(full.kind(), io::ErrorKind::WouldBlock, "{full}");
+
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        let err = bind_unix(&path).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+        assert!(err.to_string().contains("is in use"), "{err}");
+        let now = std::fs::metadata(&path).unwrap().ino();
+        assert_eq!(now, inode, "the file is still the listener's");
+        drop(queued);
+    }
 }

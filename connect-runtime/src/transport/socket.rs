@@ -290,8 +290,10 @@ impl<X: Unpin> AsyncWrite for Io<X> {
         self.guard(cx, |stream, cx| stream.poll_flush(cx))
     }
 
+    /// Guarded too: under TLS a shutdown writes (close_notify), and a peer
+    /// that reads nothing more would hold it forever.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        self.guard(cx, |stream, cx| stream.poll_shutdown(cx))
     }
 }
 
@@ -337,6 +339,58 @@ mod tests {
         let write = io.write_all(b"after").await.unwrap_err();
         assert_eq!(read.kind(), io::ErrorKind::ConnectionAborted);
         assert_eq!(write.kind(), io::ErrorKind::ConnectionAborted);
+    }
+
+    /// A peer that takes nothing: every write, and so a TLS shutdown's
+    /// close_notify, waits forever.
+    struct Stuck;
+
+    impl AsyncRead for Stuck {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut TaskContext<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Stuck {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut TaskContext<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_stuck_on_its_peer_fails_when_the_token_is_cancelled() {
+        let token = CancellationToken::new();
+        let mut io = Io::new(Box::new(Stuck)).close_on(token.clone());
+        let (waiting, waits) = oneshot::channel();
+        let shutdown = tokio::spawn(async move {
+            let mut shutdown = std::pin::pin!(io.shutdown());
+            let pending = std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx))).await;
+            let _ = waiting.send(pending.is_pending());
+            shutdown.await
+        });
+        assert!(waits.await.unwrap(), "the shutdown waits for the peer");
+        token.cancel();
+        // Bounded only so that a cancel that never wakes it fails.
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(10), shutdown).await;
+        let err = woken
+            .expect("the cancel woke the shutdown")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
     }
 
     #[tokio::test]
