@@ -436,17 +436,23 @@ impl<K: Hash + Eq, V: Clone> RefCountMap<K, V> {
     /// from it.
     pub fn acquire(&self, key: K, make: impl FnOnce(Instance) -> V) -> Acquired<V> {
         let mut shard = self.inner.lock(&key);
+        // Copied before anything is counted or inserted: a `clone` that
+        // panics leaves the map as it was.
+        let mut made = None;
         let (counted, existed) = shard.get_or_insert_with(key, || {
             let instance = Instance::next();
+            let value = make(instance);
+            made = Some(value.clone());
             Counted {
-                value: make(instance),
+                value,
                 instance,
                 refs: 0,
             }
         });
+        let value = made.unwrap_or_else(|| counted.value.clone());
         counted.refs += 1;
         Acquired {
-            value: counted.value.clone(),
+            value,
             instance: counted.instance,
             created: !existed,
         }
@@ -598,6 +604,44 @@ mod tests {
             calls < 3
         });
         assert_eq!(calls, 3);
+    }
+
+    /// A value whose `clone` panics while `fail` is set.
+    struct Brittle {
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Clone for Brittle {
+        fn clone(&self) -> Self {
+            assert!(
+                !self.fail.load(std::sync::atomic::Ordering::Relaxed),
+                "clone failed"
+            );
+            Self {
+                fail: Arc::clone(&self.fail),
+            }
+        }
+    }
+
+    #[test]
+    fn a_clone_that_panics_counts_nothing_and_creates_nothing() {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let map: RefCountMap<&str, Brittle> = RefCountMap::new();
+        let make = |_| Brittle {
+            fail: Arc::clone(&fail),
+        };
+        let acquired = catch_unwind(AssertUnwindSafe(|| map.acquire("k", make)));
+        assert!(acquired.is_err());
+        assert_eq!((map.refs("k"), map.len()), (None, 0));
+
+        fail.store(false, std::sync::atomic::Ordering::Relaxed);
+        let held = map.acquire("k", make);
+        fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        let acquired = catch_unwind(AssertUnwindSafe(|| map.acquire("k", make)));
+        assert!(acquired.is_err());
+        assert_eq!(map.refs("k"), Some(1));
+        assert!(matches!(map.release("k", held.instance), Released::Last(_)));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use proc_macro2::TokenStream;
 use quote::{ToTokens, quote};
+use syn::ext::IdentExt as _;
 use syn::{DeriveInput, Generics, Ident, Visibility};
 
 use super::attr::{self, ElementAttrs, MapAttrs};
@@ -29,7 +30,7 @@ impl<'a> Element<'a> {
         self.attrs
             .name
             .as_ref()
-            .map_or_else(|| self.ident.to_string(), |n| n.value())
+            .map_or_else(|| self.ident.unraw().to_string(), |n| n.value())
     }
 
     /// The runtime crate's path: `crate = "..."`, or `::connect_runtime`.

@@ -5,6 +5,7 @@
 
 use proc_macro2::TokenStream;
 use quote::{ToTokens, quote, quote_spanned};
+use syn::ext::IdentExt as _;
 use syn::spanned::Spanned;
 
 use super::ast::{Element, Map};
@@ -27,14 +28,18 @@ pub(super) fn element(element: &Element<'_>) -> TokenStream {
     let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
     let span_name = element.span_name();
     let p = quote!(#rt::__private);
+    // Named so that no generic parameter or item of the user's can be
+    // taken for them.
+    let role = quote!(__connect_role);
+    let connection_id = quote!(__connect_connection_id);
     let mut out = quote! {
         #[automatically_derived]
         impl #impl_generics #rt::Element for #ident #ty_generics #where_clause {
-            fn span(&self, role: &'static str, connection_id: &str) -> #p::tracing::Span {
+            fn span(&self, #role: &'static str, #connection_id: &str) -> #p::tracing::Span {
                 #p::tracing::debug_span!(
                     #span_name,
-                    role,
-                    connection_id,
+                    role = #role,
+                    connection_id = #connection_id,
                     code = #p::tracing::field::Empty,
                     error_message = #p::tracing::field::Empty,
                 )
@@ -85,7 +90,7 @@ pub(super) fn map(map: &Map<'_>, use_shards: bool) -> TokenStream {
         (Some(shards), true) => shards.to_token_stream(),
         _ => quote!(#rt::map::DEFAULT_SHARDS),
     };
-    let name = ident.to_string();
+    let name = ident.unraw().to_string();
     quote! {
         #[automatically_derived]
         impl #deref_generics #p::Deref for #ident #ty_generics #deref_where {
