@@ -145,7 +145,7 @@ where
 /// When a call is cut off here, besides the context's token: its deadline
 /// plus [`DEADLINE_GRACE`].
 fn backstop(deadline: Option<Instant>) -> Option<Instant> {
-    deadline.map(|d| d + DEADLINE_GRACE)
+    deadline.map(|d| d.checked_add(DEADLINE_GRACE).unwrap_or(d))
 }
 
 /// A call cancelled once its deadline has passed failed by the deadline, as
@@ -204,5 +204,20 @@ mod tests {
         assert_eq!(value(Duration::from_secs(200_000)), "200000S");
         assert_eq!(value(Duration::from_secs(200_000_000)), "3333334M");
         assert_eq!(value(Duration::MAX), "99999999H");
+    }
+
+    #[test]
+    fn a_deadline_at_the_end_of_the_clock_has_a_backstop() {
+        // The latest instant the clock can hold.
+        let (mut last, mut step) = (Instant::now(), Duration::MAX);
+        while !step.is_zero() {
+            match last.checked_add(step) {
+                Some(later) => last = later,
+                None => step /= 2,
+            }
+        }
+        assert_eq!(backstop(Some(last)), Some(last));
+        let soon = Instant::now();
+        assert_eq!(backstop(Some(soon)), Some(soon + DEADLINE_GRACE));
     }
 }
