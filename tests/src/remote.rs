@@ -2,8 +2,7 @@
 //! and a black hole that accepts connections and never answers.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use connect_runtime::{ServerChain, ServerHandle, serve};
 use tokio::net::TcpListener;
@@ -79,7 +78,7 @@ impl Drop for ScratchDir {
 /// a byte: what a hung process or a wrong port looks like.
 pub struct BlackHole {
     url: Url,
-    accepted: Arc<AtomicUsize>,
+    accepted: tokio::sync::watch::Receiver<usize>,
     task: JoinHandle<()>,
 }
 
@@ -87,13 +86,12 @@ impl BlackHole {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = Url::parse(&format!("tcp://{}", listener.local_addr().unwrap())).unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&accepted);
+        let (counter, accepted) = tokio::sync::watch::channel(0);
         let task = tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((socket, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
                 held.push(socket);
+                counter.send_modify(|n| *n += 1);
             }
         });
         Self {
@@ -109,7 +107,15 @@ impl BlackHole {
 
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
+        *self.accepted.borrow()
+    }
+
+    /// Waits (within the harness's patience) until it has accepted a
+    /// connection.
+    pub async fn first_accepted(&self) {
+        let mut accepted = self.accepted.clone();
+        let waited = crate::harness::settle("a connection", accepted.wait_for(|&n| n > 0)).await;
+        waited.expect("the counts outlive the listener");
     }
 }
 

@@ -407,12 +407,7 @@ async fn abandoned_while_dialing() {
             watch: &watch,
         };
         let caller = front.start(Op::Request, "d", how).await;
-        settle("the dial to connect", async {
-            while hole.accepted() == 0 {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
+        hole.first_accepted().await;
         caller.abandon().await;
         assert_no_leaks(&connect, &[]).await;
     }

@@ -55,9 +55,9 @@ async fn a_caller_cancelling_mid_request_leaves_nothing_at_the_endpoint() {
     let told = ledger.until(|ledger| ledger.closes() > 0);
     settle("the endpoint to be told to close", told).await;
     assert_eq!(ledger.overlaps(), 0, "the close overlapped the request");
-    assert!(ledger.open().is_empty());
     passthrough.terminate();
     assert!(passthrough.exited().await.success());
+    assert_eq!(ledger.closes(), 1, "one close, never repeated");
     endpoint.wait_connections(|c| c.open == 0).await;
 }
 

@@ -337,8 +337,10 @@ async fn a_call_waiting_for_a_stream_across_a_goaway_goes_on_the_new_connection(
     settle("the call to be held", gate.holding()).await;
     let mut caller = client.clone();
     let waiting = tokio::spawn(async move { caller.request(request("waiting")).await });
-    // Nothing marks the call queued behind the limit in hyper; these turns
-    // of the runtime let it get there before the GOAWAY.
+    // Nothing outside hyper marks the call queued behind the limit: these
+    // turns of the single-threaded runtime let hyper's connection task take
+    // it there before the GOAWAY. (Without the resend of such calls, this
+    // test failed every run.)
     for _ in 0..20 {
         tokio::task::yield_now().await;
     }

@@ -221,7 +221,7 @@ async fn a_graceful_shutdown_lets_calls_in_flight_finish() {
     assert_no_leaks(&connect, &[&remote]).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hard_stop_with_calls_in_flight_leaves_nothing() {
     let (ledger, gate) = (Ledger::new(), Gate::new());
     let remote = start_tcp(
@@ -244,13 +244,7 @@ async fn a_hard_stop_with_calls_in_flight_leaves_nothing() {
     server.kill().await;
 
     let err = settle("the cut call", call).await.unwrap().unwrap_err();
-    assert!(
-        matches!(
-            err.code(),
-            Code::Unavailable | Code::Unknown | Code::Cancelled
-        ),
-        "{err:?}"
-    );
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     // The handler was dropped mid-call: connect closed at the remote what
     // the call may have created, and let go of its client.
     assert_no_leaks(&connect, &[&remote]).await;

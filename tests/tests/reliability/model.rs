@@ -198,22 +198,29 @@ struct World {
 /// Reads `stats()` in a loop for as long as it lives.
 struct Observer {
     stop: CancellationToken,
-    looks: Arc<AtomicU64>,
 }
 
 impl Observer {
-    fn start(connect: &Connect) -> Self {
-        let (stop, looks) = (CancellationToken::new(), Arc::new(AtomicU64::new(0)));
-        let (connect, until, count) = (connect.clone(), stop.clone(), Arc::clone(&looks));
+    /// Starts reading, and returns once it has read once.
+    async fn start(connect: &Connect) -> Self {
+        let stop = CancellationToken::new();
+        let (connect, until) = (connect.clone(), stop.clone());
+        let (looked, first_look) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
+            let mut looked = Some(looked);
             while !until.is_cancelled() {
                 let stats = connect.stats();
                 std::hint::black_box(stats);
-                count.fetch_add(1, Ordering::Relaxed);
+                if let Some(looked) = looked.take() {
+                    let _ = looked.send(());
+                }
                 tokio::task::yield_now().await;
             }
         });
-        Self { stop, looks }
+        settle("the observer's first look", first_look)
+            .await
+            .unwrap();
+        Self { stop }
     }
 }
 
@@ -269,11 +276,8 @@ impl World {
         )
         .await;
         let caller = tonic_caller(front.url()).await;
-        let observer = Observer::start(&connect);
         // It is reading before the first step.
-        while observer.looks.load(Ordering::Relaxed) == 0 {
-            tokio::task::yield_now().await;
-        }
+        let observer = Observer::start(&connect).await;
         Self {
             connect,
             _front: front,

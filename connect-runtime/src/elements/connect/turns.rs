@@ -95,6 +95,20 @@ impl Drop for Turn {
 mod tests {
     use super::*;
 
+    /// Waits until `n` calls are waiting for their turn.
+    async fn until_waiting(turns: &Turns, n: usize) {
+        let watching = turns.changed().watch();
+        loop {
+            let changed = watching.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if turns.waiting() >= n {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     #[tokio::test]
     async fn turns_for_one_id_are_taken_in_arrival_order() {
         let turns = Turns::default();
@@ -109,9 +123,7 @@ mod tests {
                 order.lock().unwrap().push(n);
             }));
             // Each waiter is queued before the next one starts.
-            while turns.waiting() < n + 1 {
-                tokio::task::yield_now().await;
-            }
+            until_waiting(&turns, n + 1).await;
         }
         let other = turns.take(&Arc::from("b")).await; // a different id does not wait
         drop(other);
@@ -147,16 +159,21 @@ mod tests {
         runtime.block_on(async {
             let turns = Turns::default();
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (looking, looks) = std::sync::mpsc::channel();
             let observer = {
                 let (turns, stop) = (turns.clone(), Arc::clone(&stop));
                 std::thread::spawn(move || {
-                    let mut looks = 0u64;
+                    let _ = looking.send(());
+                    // The most turns it saw in use at once.
+                    let mut busiest = 0;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        looks += turns.waiting() as u64 + turns.len() as u64;
+                        busiest = busiest.max(turns.waiting() + turns.len());
                     }
-                    looks
+                    busiest
                 })
             };
+            // Looking before the calls start, and until they have ended.
+            looks.recv().unwrap();
             let mut calls = Vec::new();
             for n in 0..20_000 {
                 let turns = turns.clone();
@@ -171,7 +188,8 @@ mod tests {
                 call.await.unwrap();
             }
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            observer.join().unwrap();
+            let busiest = observer.join().unwrap();
+            assert!(busiest > 0, "the observer saw turns in use");
             assert_eq!(turns.len(), 0, "turn entries outlived their calls");
             assert_eq!(turns.waiting(), 0);
         });
