@@ -136,12 +136,12 @@ impl GoLike {
 
     /// A plain remote on a free loopback port.
     pub async fn tcp(chain: ServerChain) -> Self {
-        Self::start(
-            &"tcp://127.0.0.1:0".parse().unwrap(),
-            chain,
-            Behaviour::default(),
-        )
-        .await
+        Self::tcp_behaving(chain, Behaviour::default()).await
+    }
+
+    /// A remote on a free loopback port that behaves as `behaviour` says.
+    pub async fn tcp_behaving(chain: ServerChain, behaviour: Behaviour) -> Self {
+        Self::start(&"tcp://127.0.0.1:0".parse().unwrap(), chain, behaviour).await
     }
 
     pub fn url(&self) -> &Url {

@@ -74,12 +74,7 @@ async fn an_endpoint_recycling_its_connections_is_served_throughout() {
         grace: None,
         ..Behaviour::default()
     };
-    let endpoint = GoLike::start(
-        &"tcp://127.0.0.1:0".parse().unwrap(),
-        ledger_chain(&ledger, &gate),
-        behaviour,
-    )
-    .await;
+    let endpoint = GoLike::tcp_behaving(ledger_chain(&ledger, &gate), behaviour).await;
     let passthrough = Program::passthrough_to(endpoint.url()).await;
     let mut caller = tonic_caller(passthrough.url()).await;
 

@@ -149,6 +149,23 @@ impl Topology {
         ids
     }
 
+    /// Opens `id`, rotates the passthrough's SVID and waits until the
+    /// client `id` uses is retired; returns the first SVID's serial and
+    /// the new one's.
+    async fn open_and_rotate(&self, id: &str) -> (String, String) {
+        self.caller
+            .request(Context::new(), request(id))
+            .await
+            .unwrap();
+        let first = self.current().serial.unwrap();
+        let serial = self.rotate_for(Duration::from_secs(60));
+        let waited = self
+            .connect
+            .wait_for(|stats| stats.clients.iter().any(|c| c.retired));
+        soon("connect's clients to settle", waited).await;
+        (first, serial)
+    }
+
     /// Rotates the passthrough's SVID to one valid for `lifetime`; returns
     /// its serial.
     fn rotate_for(&self, lifetime: Duration) -> String {
@@ -464,17 +481,7 @@ async fn a_drained_connection_closed_while_idle_leaves_the_channel_usable() {
 #[tokio::test]
 async fn a_move_cut_off_midway_leaves_references_exact() {
     let topology = Topology::start(Duration::from_secs(60), Duration::from_secs(5)).await;
-    topology
-        .caller
-        .request(Context::new(), request("moving"))
-        .await
-        .unwrap();
-    let first = topology.current().serial.unwrap();
-    let serial = topology.rotate_for(Duration::from_secs(60));
-    let waited = topology
-        .connect
-        .wait_for(|stats| stats.clients.iter().any(|c| c.retired));
-    soon("connect's clients to settle", waited).await;
+    let (first, serial) = topology.open_and_rotate("moving").await;
 
     topology.gate.arm(Op::Request);
     let caller = topology.caller.clone();
@@ -521,16 +528,7 @@ async fn a_move_cut_off_midway_leaves_references_exact() {
 #[tokio::test]
 async fn a_close_waits_for_a_move_to_reach_the_rest_of_the_chain() {
     let topology = Topology::start(Duration::from_secs(60), Duration::from_secs(5)).await;
-    topology
-        .caller
-        .request(Context::new(), request("moving"))
-        .await
-        .unwrap();
-    topology.rotate_for(Duration::from_secs(60));
-    let waited = topology
-        .connect
-        .wait_for(|stats| stats.clients.iter().any(|c| c.retired));
-    soon("connect's clients to settle", waited).await;
+    topology.open_and_rotate("moving").await;
 
     topology.after_gate.arm(Op::Request);
     let caller = topology.caller.clone();

@@ -322,12 +322,7 @@ async fn a_call_waiting_for_a_stream_across_a_goaway_goes_on_the_new_connection(
         max_concurrent_streams: Some(1),
         ..Behaviour::default()
     };
-    let remote = GoLike::start(
-        &"tcp://127.0.0.1:0".parse().unwrap(),
-        ledger_chain(&ledger, &gate),
-        behaviour,
-    )
-    .await;
+    let remote = GoLike::tcp_behaving(ledger_chain(&ledger, &gate), behaviour).await;
     let conn = connect_tests::harness::dial_patiently(remote.url()).await;
     let client = NetworkServiceClient::new(conn.clone());
 
@@ -367,12 +362,7 @@ async fn the_monitor_watches_again_after_a_goaway() {
         grace: Some(Duration::from_millis(50)),
         ..Behaviour::default()
     };
-    let remote = GoLike::start(
-        &"tcp://127.0.0.1:0".parse().unwrap(),
-        ledger_chain(&ledger, &gate),
-        behaviour,
-    )
-    .await;
+    let remote = GoLike::tcp_behaving(ledger_chain(&ledger, &gate), behaviour).await;
     let connect = connect_via(Passthrough);
     let front = Front::new(&connect, remote.url()).await;
     let conn = front.request("w").await.unwrap();
