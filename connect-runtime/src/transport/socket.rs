@@ -303,27 +303,38 @@ mod tests {
 
     use super::*;
 
+    /// Runs `operation` on `io` until it waits, then cancels `token`; the
+    /// operation's error.
+    async fn cancelled_while_waiting<F>(
+        io: Io,
+        token: CancellationToken,
+        operation: impl FnOnce(Io) -> F + Send + 'static,
+    ) -> io::Error
+    where
+        F: Future<Output = io::Result<()>> + Send + 'static,
+    {
+        let (waiting, waits) = oneshot::channel();
+        let running = tokio::spawn(async move {
+            let mut operation = std::pin::pin!(operation(io));
+            let polled = std::future::poll_fn(|cx| Poll::Ready(operation.as_mut().poll(cx))).await;
+            let _ = waiting.send(polled.is_pending());
+            operation.await
+        });
+        assert!(waits.await.unwrap(), "the operation waits");
+        token.cancel();
+        // Bounded only so that a cancel that never wakes it fails.
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(10), running).await;
+        let ended = woken.expect("the cancel woke the operation").unwrap();
+        ended.unwrap_err()
+    }
+
     #[tokio::test]
     async fn a_read_waiting_when_the_token_is_cancelled_fails() {
         let (ours, _peer) = tokio::io::duplex(64);
         let token = CancellationToken::new();
-        let mut io = Io::new(Box::new(ours)).close_on(token.clone());
-        let (waiting, waits) = oneshot::channel();
-        let reading = tokio::spawn(async move {
-            let mut buf = [0; 8];
-            let mut read = std::pin::pin!(io.read(&mut buf));
-            let pending = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
-            let _ = waiting.send(pending.is_pending());
-            read.await
-        });
-        assert!(waits.await.unwrap(), "the read waits for data");
-        token.cancel();
-        // Bounded only so that a cancel that never wakes the read fails.
-        let woken = tokio::time::timeout(std::time::Duration::from_secs(10), reading).await;
-        let err = woken
-            .expect("the cancel woke the read")
-            .unwrap()
-            .unwrap_err();
+        let io = Io::new(Box::new(ours)).close_on(token.clone());
+        let read = |mut io: Io| async move { io.read(&mut [0; 8]).await.map(drop) };
+        let err = cancelled_while_waiting(io, token, read).await;
         assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
     }
 
@@ -374,22 +385,9 @@ mod tests {
     #[tokio::test]
     async fn a_shutdown_stuck_on_its_peer_fails_when_the_token_is_cancelled() {
         let token = CancellationToken::new();
-        let mut io = Io::new(Box::new(Stuck)).close_on(token.clone());
-        let (waiting, waits) = oneshot::channel();
-        let shutdown = tokio::spawn(async move {
-            let mut shutdown = std::pin::pin!(io.shutdown());
-            let pending = std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx))).await;
-            let _ = waiting.send(pending.is_pending());
-            shutdown.await
-        });
-        assert!(waits.await.unwrap(), "the shutdown waits for the peer");
-        token.cancel();
-        // Bounded only so that a cancel that never wakes it fails.
-        let woken = tokio::time::timeout(std::time::Duration::from_secs(10), shutdown).await;
-        let err = woken
-            .expect("the cancel woke the shutdown")
-            .unwrap()
-            .unwrap_err();
+        let io = Io::new(Box::new(Stuck)).close_on(token.clone());
+        let shutdown = |mut io: Io| async move { io.shutdown().await };
+        let err = cancelled_while_waiting(io, token, shutdown).await;
         assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
     }
 
