@@ -561,3 +561,63 @@ async fn a_close_waits_for_a_move_to_reach_the_rest_of_the_chain() {
     assert!(topology.connect.stats().clients.is_empty());
     topology.shutdown().await;
 }
+
+/// A request polled outside any runtime fails (it cannot dial there), and
+/// leaves connect able to follow its credential's rotations once called in
+/// one.
+#[test]
+fn a_request_outside_a_runtime_leaves_rotation_following_intact() {
+    use connect_runtime::tls::{ClientTls, Credential, Identity, ServerTls};
+    use connect_tests::pki::Pki;
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pki = Pki::new("test CA");
+    let issued = pki.issue(&["localhost"]);
+    let identity = Identity::from_pem(&issued.cert_pem, &issued.key_pem).unwrap();
+    let remote = runtime.block_on(async {
+        Serve::new(ServerChain::default())
+            .tls(ServerTls::new(identity).unwrap())
+            .bind(&"tcp://127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap()
+    });
+    let credential = |serial: &str| Credential {
+        serial: serial.into(),
+        not_after: SystemTime::now() + Duration::from_secs(3600),
+    };
+    let (rotate, rotating) = tokio::sync::watch::channel(credential("01"));
+    let tls = ClientTls::new(pki.ca_pem())
+        .unwrap()
+        .server_name("localhost")
+        .unwrap()
+        .rotating(rotating);
+    let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
+    let connect = connect_tests::harness::grpc_only()
+        .dial_options(options)
+        .build();
+    let chain = ServerChain::builder().with(connect.clone()).build();
+    let url = Arc::new(remote.url().clone());
+    let at = || Context::new().with_client_url(Arc::clone(&url));
+
+    let outside = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut call = std::pin::pin!(chain.request(at(), request("outside")));
+        let waker = std::task::Waker::noop();
+        call.as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+            .is_ready()
+    }));
+    assert!(outside.is_err(), "a request outside a runtime cannot dial");
+
+    runtime.block_on(async {
+        let inside = chain.request(at(), request("inside")).await.unwrap();
+        rotate.send(credential("02")).unwrap();
+        let retired = connect.wait_for(|stats| {
+            matches!(stats.clients.as_slice(),
+                [client] if client.retired && client.serial.as_deref() == Some("01"))
+        });
+        soon("the client dialed under 01 to be retired", retired).await;
+        chain.close(Context::new(), inside).await.unwrap();
+        soon("connect to go idle", connect.idle()).await;
+        remote.shutdown().await;
+    });
+}

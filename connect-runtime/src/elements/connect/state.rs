@@ -138,11 +138,16 @@ impl Shared {
         let Some(credential) = self.dial.credential() else {
             return;
         };
+        // Outside a runtime the call fails anyway (it cannot dial); the
+        // task starts with the first call made in one.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         self.following.call_once(|| {
             let mut credential = credential.clone();
             let shared = Arc::downgrade(self);
             let root = self.root.clone();
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 loop {
                     tokio::select! {
                         changed = credential.changed() => if changed.is_err() { return },
