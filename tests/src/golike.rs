@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::HealthReporter;
 use url::Url;
 
@@ -41,6 +43,40 @@ pub struct Behaviour {
     /// Calls (HTTP/2 streams) each connection serves at once (grpc-go's
     /// `MaxConcurrentStreams`); hyper's default without it.
     pub max_concurrent_streams: Option<u32>,
+    /// Health watches are accepted and never answered (a remote slow to
+    /// say how it is); `Check` answers `SERVING`.
+    pub silent_health: bool,
+}
+
+/// The health service of a remote with [`Behaviour::silent_health`]: it
+/// counts the watches it has taken.
+#[derive(Clone)]
+struct SilentHealth(Arc<watch::Sender<usize>>);
+
+type Watching =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<HealthCheckResponse, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Health for SilentHealth {
+    async fn check(
+        &self,
+        _: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+        let status = tonic_health::pb::health_check_response::ServingStatus::Serving;
+        Ok(tonic::Response::new(HealthCheckResponse {
+            status: status as i32,
+        }))
+    }
+
+    type WatchStream = Watching;
+
+    async fn watch(
+        &self,
+        _: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<Watching>, tonic::Status> {
+        self.0.send_modify(|watches| *watches += 1);
+        Ok(tonic::Response::new(Box::pin(tokio_stream::pending())))
+    }
 }
 
 /// A grpc-go-like remote serving an NSM chain and gRPC health.
@@ -50,6 +86,8 @@ pub struct GoLike {
     unix: Option<PathBuf>,
     health: HealthReporter,
     stats: watch::Receiver<ConnectionStats>,
+    /// Health watches taken, with [`Behaviour::silent_health`].
+    watches: watch::Receiver<usize>,
     recycle: watch::Sender<u64>,
     stop: CancellationToken,
     kill: CancellationToken,
@@ -102,7 +140,12 @@ impl GoLike {
                 ServingStatus::Serving,
             )
             .await;
-        let routes = Routes::new(health_service)
+        let (silent_watches, watches) = watch::channel(0);
+        let routes = match behaviour.silent_health {
+            true => Routes::new(HealthServer::new(SilentHealth(Arc::new(silent_watches)))),
+            false => Routes::new(health_service),
+        };
+        let routes = routes
             .add_service(ChainService::new(chain).into_server())
             .prepare();
         let (stats_tx, stats) = watch::channel(ConnectionStats::default());
@@ -127,6 +170,7 @@ impl GoLike {
             unix,
             health,
             stats,
+            watches,
             recycle,
             stop,
             kill,
@@ -150,6 +194,17 @@ impl GoLike {
 
     pub fn health(&self) -> &HealthReporter {
         &self.health
+    }
+
+    /// Waits (within the harness's patience) until it has taken `count`
+    /// health watches, with [`Behaviour::silent_health`].
+    pub async fn wait_watches(&self, count: usize) {
+        let mut watches = self.watches.clone();
+        let waited = settle(
+            "the remote's health watches",
+            watches.wait_for(|&n| n >= count),
+        );
+        waited.await.expect("the counts outlive the remote");
     }
 
     pub fn connections(&self) -> ConnectionStats {

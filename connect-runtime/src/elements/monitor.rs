@@ -19,7 +19,8 @@ use crate::{Element, Hooks};
 /// `NOT_SERVING` or cannot be reached (the watch fails `UNAVAILABLE`). A
 /// watch that ends after hearing from the remote (its connection was
 /// recycled by a GOAWAY, say) is started again, on a new connection if need
-/// be. Calls pass through it unchanged.
+/// be; so is one cut before the remote said anything, but not twice in a
+/// row. Calls pass through it unchanged.
 ///
 /// A remote that answers but will not be watched (no health service, a
 /// refusal such as `PERMISSION_DENIED`, a watch ended without a word) is
@@ -69,6 +70,8 @@ impl Hooks for Monitor {}
 async fn watch(conn: ClientConn, cancel: ClientCancel) {
     let url: Url = conn.url().clone();
     let mut health = HealthClient::new(conn);
+    // Whether the last watch was cut before it said anything.
+    let mut cut_silent = false;
     loop {
         let request = HealthCheckRequest {
             service: String::new(),
@@ -113,10 +116,20 @@ async fn watch(conn: ClientConn, cancel: ClientCancel) {
             }
         };
         // A watch that said something before it ended (its connection was
-        // recycled, say) is watched again; one that ended in silence is
-        // not, so a remote that drops every watch cannot spin this loop.
+        // recycled, say) is watched again. One cut in silence may have been
+        // recycled before the remote answered: it is watched once more,
+        // and the next watch fails to start if the remote is gone. Two in
+        // a row, or one the remote ended, and a remote that drops every
+        // watch could spin this loop.
         match ended {
-            _ if heard => tracing::debug!(%url, why = ?ended, "watching the remote's health again"),
+            _ if heard => {
+                cut_silent = false;
+                tracing::debug!(%url, why = ?ended, "watching the remote's health again");
+            }
+            Some(status) if status.code() == Code::Unavailable && !cut_silent => {
+                cut_silent = true;
+                tracing::debug!(%url, error = %status.message(), "the health watch was cut before it said anything; watching again");
+            }
             Some(status) if status.code() == Code::Unavailable => {
                 tracing::warn!(%url, error = %status.message(), "the health watch broke; closing the client");
                 break;

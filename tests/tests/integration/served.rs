@@ -351,6 +351,43 @@ async fn a_call_waiting_for_a_stream_across_a_goaway_goes_on_the_new_connection(
     assert_eq!(ledger.open(), ["held", "waiting"]);
 }
 
+/// A health watch cut by a recycle before the remote said anything (a
+/// remote slow to answer its watches) is watched again, over a new
+/// connection: the remote is alive, and its client stays.
+#[tokio::test]
+async fn a_watch_cut_in_silence_by_a_goaway_is_watched_again() {
+    let (ledger, gate) = (Ledger::new(), Gate::new());
+    let behaviour = Behaviour {
+        grace: Some(Duration::from_millis(50)),
+        silent_health: true,
+        ..Behaviour::default()
+    };
+    let remote = GoLike::tcp_behaving(ledger_chain(&ledger, &gate), behaviour).await;
+    let connect = connect_via(Passthrough);
+    let front = Front::new(&connect, remote.url()).await;
+    let conn = front.request("w").await.unwrap();
+    remote.wait_watches(1).await;
+
+    remote.recycle();
+    remote.wait_watches(2).await;
+    let seen = remote.wait_connections(|c| c.open == 1).await;
+    assert_eq!(
+        seen.accepted, 2,
+        "the watch came back over one new connection"
+    );
+    let stats = connect.stats();
+    assert!(
+        matches!(stats.clients.as_slice(), [client] if client.dials == 2 && client.refs == 1),
+        "{stats:?}"
+    );
+
+    let conn = front.refresh(&conn).await.unwrap();
+    front.close(conn).await.unwrap();
+    assert_eq!(remote.connections().accepted, 2);
+    assert!(ledger.open().is_empty());
+    assert_no_leaks(&connect, &[]).await;
+}
+
 /// The health monitor watches again on the new connection when the remote
 /// recycles the old one (here cutting the watch after a grace period), and
 /// does not close the client.
