@@ -1,5 +1,7 @@
 //! `compare`: both modes, alternately, several rounds, summarised as medians
-//! and ratios. Alternating spreads the machine's drift over both modes.
+//! and ratios. Alternating (and swapping which mode goes first each round)
+//! spreads the machine's drift over both modes. Each workload runs in a
+//! process of its own, so that its peak RSS is its own.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -25,13 +27,17 @@ pub(crate) fn run(run: &Run, rounds: usize) -> Result<(), String> {
     // (workload, mode) -> field -> samples
     let mut samples: BTreeMap<(String, String), BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
     for round in 0..rounds {
-        for mode in [Mode::Direct, Mode::Connect] {
-            eprintln!("round {}/{rounds}: {}", round + 1, mode.name());
+        let modes = match round % 2 {
+            0 => [Mode::Direct, Mode::Connect],
+            _ => [Mode::Connect, Mode::Direct],
+        };
+        for (workload, mode) in workloads.iter().flat_map(|w| modes.map(|m| (w, m))) {
+            eprintln!("round {}/{rounds}: {workload} {}", round + 1, mode.name());
             let output = Command::new(&me)
                 .arg("run")
                 .arg("--remotes")
                 .arg(&run.remotes)
-                .args(["--mode", mode.name(), "--workload", &workloads.join(",")])
+                .args(["--mode", mode.name(), "--workload", workload])
                 .args(["--n", &run.n.to_string(), "--reps", &run.reps.to_string()])
                 .args(["--iters", &run.iters.to_string()])
                 .args(run.tls.then_some("--tls"))
@@ -60,7 +66,7 @@ pub(crate) fn run(run: &Run, rounds: usize) -> Result<(), String> {
         }
     }
     println!(
-        "| workload | mode | wall ms | pair p50 µs | pair p99 µs | req p50 µs | CPU µs/pair | peak RSS KiB | dials |"
+        "| workload | mode | wall ms | pair p50 µs | pair p99 µs | req p50 µs | CPU µs/pair | peak RSS KiB | dials in the run |"
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for workload in &workloads {

@@ -216,6 +216,12 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
             workloads.unwrap_or_else(|| vec![Workload::A, Workload::B, Workload::C, Workload::W]),
         ),
     };
+    if sub == "compare" && workloads.contains(&Workload::S) {
+        return Err(
+            "compare runs workloads a, b, c and w: run s with `run --workload s` in each mode"
+                .into(),
+        );
+    }
     let run = Run {
         remotes,
         mode,
@@ -339,7 +345,7 @@ mod tests {
 
     #[test]
     fn mistakes_name_the_flag() {
-        let cases: [(&[&str], &str); 12] = [
+        let cases: [(&[&str], &str); 13] = [
             (&[], "a sub-command is required"),
             (&["--tls"], "a sub-command is required"),
             (&["bench"], "unknown sub-command `bench`"),
@@ -361,6 +367,10 @@ mod tests {
             ),
             (&["run", "--tls=yes"], "--tls takes no value, not `yes`"),
             (&["serve", "-n", "3"], "serve needs --addr-file FILE"),
+            (
+                &["compare", "--remotes", "r.txt", "--workload", "a,s"],
+                "compare runs workloads a, b, c and w",
+            ),
         ];
         for (args, expected) in cases {
             let err = parse(args)

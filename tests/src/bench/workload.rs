@@ -292,34 +292,32 @@ async fn concurrent(run: &Run, workload: Workload, remotes: &[Arc<Url>]) -> Resu
             .collect();
         let cpu_before = cpu_time();
         barrier.wait().await;
-        // The wall runs from the first pair's start to the last pair's end.
-        // Not from `Instant::now()` here: this task is woken with the others
-        // and may run after hundreds of them have started, or finished,
-        // their pairs.
-        let mut span: Option<(Instant, Instant)> = None;
+        // The burst is released when its first pair starts: not at
+        // `Instant::now()` here, as this task is woken with the others and
+        // may run after hundreds of them have started, or finished, their
+        // pairs. The wall runs from there to the last pair's end, and each
+        // pair's latency from there too, waiting for its first turn
+        // included, as its caller would see it.
+        let mut timings = Vec::with_capacity(run.n);
         for task in tasks {
             match task.await {
-                Ok(Ok(timing)) => {
-                    span = Some(match span {
-                        None => (timing.started, timing.finished),
-                        Some((first, last)) => {
-                            (first.min(timing.started), last.max(timing.finished))
-                        }
-                    });
-                    if measured {
-                        report.request.push(timing.request);
-                        report.close.push(timing.close);
-                        report.pair.push(timing.request + timing.close);
-                    }
-                }
+                Ok(Ok(timing)) => timings.push(timing),
                 _ if measured => report.errors += 1,
                 _ => {}
             }
         }
+        let released = timings.iter().map(|t| t.started).min();
+        let ended = timings.iter().map(|t| t.finished).max();
+        if measured && let (Some(released), Some(ended)) = (released, ended) {
+            for timing in &timings {
+                let requested = timing.started + timing.request;
+                report.request.push(requested - released);
+                report.close.push(timing.close);
+                report.pair.push(timing.finished - released);
+            }
+            report.wall.push(ended - released);
+        }
         if measured {
-            report
-                .wall
-                .push(span.map_or(Duration::ZERO, |(first, last)| last - first));
             report.cpu += cpu_time().saturating_sub(cpu_before);
             report.pairs += run.n;
             report.dials += caller.dials();
