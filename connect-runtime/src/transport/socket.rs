@@ -120,6 +120,8 @@ impl Unanswered {
 struct FirstBytes {
     by: Pin<Box<Sleep>>,
     settings: bool,
+    /// Bytes read so far, ahead of the frame type octet.
+    seen: usize,
     answered: Option<oneshot::Sender<Result<(), Unanswered>>>,
 }
 
@@ -168,6 +170,7 @@ impl<X> Io<X> {
         self.first = Some(FirstBytes {
             by,
             settings,
+            seen: 0,
             answered: Some(sender),
         });
         receiver
@@ -251,12 +254,23 @@ impl<X: Unpin> AsyncRead for Io<X> {
         };
         if let Poll::Ready(Ok(())) = polled
             && buf.filled().len() > before
-            && let Some(first) = self.first.take()
+            && let Some(mut first) = self.first.take()
         {
-            let frame_type = buf.filled()[before..].get(FRAME_TYPE_OFFSET);
-            if first.settings && frame_type.is_some_and(|&t| t != FRAME_TYPE_SETTINGS) {
-                self.first = Some(first);
-                return Poll::Ready(Err(self.fail(Unanswered::NotHttp2)));
+            if first.settings {
+                let read = &buf.filled()[before..];
+                // The type octet may come in a later read than the first.
+                match read.get(FRAME_TYPE_OFFSET - first.seen) {
+                    None => {
+                        first.seen += read.len();
+                        self.first = Some(first);
+                        return polled;
+                    }
+                    Some(&frame_type) if frame_type != FRAME_TYPE_SETTINGS => {
+                        self.first = Some(first);
+                        return Poll::Ready(Err(self.fail(Unanswered::NotHttp2)));
+                    }
+                    Some(_) => {}
+                }
             }
             if let Some(answered) = first.answered {
                 let _ = answered.send(Ok(()));
@@ -389,6 +403,29 @@ mod tests {
         let shutdown = |mut io: Io| async move { io.shutdown().await };
         let err = cancelled_while_waiting(io, token, shutdown).await;
         assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+    }
+
+    #[tokio::test]
+    async fn a_servers_first_frame_type_is_checked_however_its_bytes_are_split() {
+        for (frame_type, http2) in [(FRAME_TYPE_SETTINGS, true), (0x7, false)] {
+            let (ours, mut peer) = tokio::io::duplex(64);
+            let mut io = Io::new(Box::new(ours));
+            let deadline = Instant::now() + std::time::Duration::from_secs(10);
+            let mut answered = io.first_bytes_by(deadline, true);
+            let mut buf = [0; 16];
+            peer.write_all(&[0, 0]).await.unwrap();
+            assert_eq!(io.read(&mut buf).await.unwrap(), 2);
+            assert!(answered.try_recv().is_err(), "no verdict before the type");
+            peer.write_all(&[0, frame_type, 0]).await.unwrap();
+            let read = io.read(&mut buf).await;
+            if http2 {
+                assert_eq!(read.unwrap(), 3);
+                assert_eq!(answered.await.unwrap(), Ok(()));
+            } else {
+                assert_eq!(read.unwrap_err().kind(), io::ErrorKind::InvalidData);
+                assert_eq!(answered.await.unwrap(), Err(Unanswered::NotHttp2));
+            }
+        }
     }
 
     #[tokio::test]
