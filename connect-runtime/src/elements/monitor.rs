@@ -118,9 +118,8 @@ async fn watch(conn: ClientConn, cancel: ClientCancel) {
         // A watch that said something before it ended (its connection was
         // recycled, say) is watched again. One cut in silence may have been
         // recycled before the remote answered: it is watched once more,
-        // and the next watch fails to start if the remote is gone. Two in
-        // a row, or one the remote ended, and a remote that drops every
-        // watch could spin this loop.
+        // and the next watch fails to start if the remote is gone. No more
+        // than that: a remote that drops every watch would spin this loop.
         match ended {
             _ if heard => {
                 cut_silent = false;
