@@ -1,6 +1,11 @@
 //! Network Service Mesh's `networkservice` API, wire-compatible with NSM's api
-//! repository at tag v0.5.0: the same packages, messages, field names and
-//! numbers, so a Go or Python NSM peer reads what we write.
+//! repository at the release [`API_VERSION`] names: the same packages,
+//! messages, field names and numbers, so a Go or Python NSM peer reads what we
+//! write.
+//!
+//! Every message keeps the fields it does not know and writes them back when
+//! encoded, as Go's protobuf does, so a passthrough forwards a newer peer's
+//! fields intact: see [`unknown`].
 //!
 //! The modules below are generated from `proto/api/*.proto` by
 //! `cargo xtask codegen` and checked in; building needs no `protoc`.
@@ -17,6 +22,11 @@
 //! ```
 
 pub mod codec;
+pub mod unknown;
+
+/// The networkservicemesh/api release whose messages and fields
+/// `proto/api/*.proto` follow (recorded in `proto/api/UPSTREAM`).
+pub const API_VERSION: &str = include_str!("../api/UPSTREAM").trim_ascii();
 
 /// `connectioncontext`: IP, DNS and Ethernet context of a connection.
 #[allow(clippy::all, missing_docs, unreachable_pub)]

@@ -3,6 +3,8 @@
 //! ```text
 //! cargo xtask codegen          # rewrite every checked-in generated file
 //! cargo xtask codegen --check  # fail if any of them is stale
+//! cargo xtask api-table CLONE  # rewrite proto/api/upstream-fields.txt from
+//!                              # a clone of networkservicemesh/api
 //! ```
 
 use std::process::ExitCode;
@@ -13,8 +15,9 @@ fn main() -> ExitCode {
     let mode = match args.as_slice() {
         ["codegen"] => xtask::Mode::Write,
         ["codegen", "--check"] => xtask::Mode::Check,
+        ["api-table", clone] => return api_table(clone),
         _ => {
-            eprintln!("usage: cargo xtask codegen [--check]");
+            eprintln!("usage: cargo xtask codegen [--check] | cargo xtask api-table CLONE");
             return ExitCode::from(2);
         }
     };
@@ -26,6 +29,23 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn api_table(clone: &str) -> ExitCode {
+    let root = xtask::workspace_root();
+    match xtask::api_table::write_upstream(&root, std::path::Path::new(clone)) {
+        Ok(release) => {
+            println!(
+                "wrote {} from {clone} at {release}",
+                xtask::api_table::TABLE
+            );
+            ExitCode::SUCCESS
         }
         Err(err) => {
             eprintln!("error: {err}");

@@ -2,6 +2,9 @@
 //! clients and servers, generated without a system `protoc` (protox parses
 //! the files).
 
+mod fields;
+mod message;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -20,6 +23,11 @@ struct Set {
     boxed: &'static [&'static str],
     /// The codec the clients and servers use, if not tonic's `ProstCodec`.
     codec: Option<&'static str>,
+    /// Whether to generate tonic clients and servers.
+    services: bool,
+    /// The type that keeps each message's unknown fields, if the messages
+    /// keep them (see `message.rs`); plain prost drops them.
+    unknown_fields: Option<&'static str>,
 }
 
 const SETS: &[Set] = &[
@@ -42,6 +50,45 @@ const SETS: &[Set] = &[
         ],
         // Buffers sized for NSM's messages; see proto/src/codec.rs.
         codec: Some("crate::codec::NsmCodec"),
+        services: true,
+        // A passthrough forwards what it does not understand.
+        unknown_fields: Some("crate::unknown::UnknownFields"),
+    },
+    // The same API as plain prost generates it (unknown fields dropped):
+    // the baseline the tests and the codec benchmark compare with.
+    Set {
+        dir: "proto/api",
+        files: &[
+            "connectioncontext.proto",
+            "connection.proto",
+            "networkservice.proto",
+        ],
+        out: "tests/src/generated/plain",
+        unpackaged: None,
+        boxed: &[
+            ".networkservice.NetworkServiceRequest.connection",
+            ".connection.Connection.context",
+        ],
+        codec: None,
+        services: false,
+        unknown_fields: None,
+    },
+    // A newer peer's API: the same messages with fields no release has,
+    // of every wire type and at several depths. The tests' callers and
+    // remotes speak it to see that connect forwards what it does not know.
+    Set {
+        dir: "tests/proto/future",
+        files: &[
+            "connectioncontext.proto",
+            "connection.proto",
+            "networkservice.proto",
+        ],
+        out: "tests/src/generated/future",
+        unpackaged: None,
+        boxed: &[],
+        codec: None,
+        services: true,
+        unknown_fields: None,
     },
     // The SPIFFE Workload API's X.509 half, served by the tests' Workload
     // API server; its client is for tests of the server itself.
@@ -52,6 +99,8 @@ const SETS: &[Set] = &[
         unpackaged: Some("workload"),
         boxed: &[],
         codec: None,
+        services: true,
+        unknown_fields: None,
     },
 ];
 
@@ -70,8 +119,8 @@ fn generate_set(root: &Path, set: &Set) -> Result<Vec<Generated>, String> {
 
     let out = scratch_dir()?;
     let mut builder = tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
+        .build_client(set.services)
+        .build_server(set.services)
         .build_transport(false)
         .emit_rerun_if_changed(false);
     if let Some(codec) = set.codec {
@@ -99,7 +148,10 @@ fn collect(out: &Path, set: &Set) -> Result<Vec<Generated>, String> {
             .and_then(|n| n.to_str())
             .ok_or_else(|| format!("unexpected output file {}", path.display()))?
             .to_owned();
-        let body = fs::read_to_string(&path).map_err(|e| format!("reading {name}: {e}"))?;
+        let mut body = fs::read_to_string(&path).map_err(|e| format!("reading {name}: {e}"))?;
+        if let Some(unknown) = set.unknown_fields {
+            body = keep_unknown_fields(&body, unknown).map_err(|e| format!("{name}: {e}"))?;
+        }
         let (origin, name) = match (name.strip_suffix(".rs"), set.unpackaged) {
             (Some("_"), Some(file)) => (
                 "the protos without a package".to_owned(),
@@ -123,6 +175,17 @@ fn collect(out: &Path, set: &Set) -> Result<Vec<Generated>, String> {
         });
     }
     Ok(generated)
+}
+
+fn keep_unknown_fields(body: &str, unknown: &str) -> Result<String, String> {
+    let mut file =
+        syn::parse_file(body).map_err(|e| format!("parsing prost-build's output: {e}"))?;
+    let unknown = syn::parse_str(unknown).map_err(|e| format!("`{unknown}`: {e}"))?;
+    message::keep_unknown_fields(&mut file, &unknown)?;
+    Ok(format!(
+        "// Messages keep their unknown fields: see `xtask/src/proto/message.rs`.\n\n{}",
+        prettyplease::unparse(&file)
+    ))
 }
 
 fn scratch_dir() -> Result<PathBuf, String> {
