@@ -774,6 +774,7 @@ impl Hooks for SetPath {
                 name: self.0.to_owned(),
                 ..Default::default()
             }],
+            ..Default::default()
         });
         next.request(ctx, request).await
     }

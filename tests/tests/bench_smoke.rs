@@ -161,3 +161,48 @@ async fn every_workload_runs_in_both_modes_without_errors() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `codec` reports both message kinds for both inputs, and the bytes it
+/// measured: the newer peer's request is the larger.
+#[tokio::test]
+async fn the_codec_workload_reports_both_kinds_of_message() {
+    let output = Command::new(env!("CARGO_BIN_EXE_connect-bench"))
+        .args(["codec", "--iters", "50", "--rounds", "2"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    let seen: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["input"].as_str().unwrap(),
+                l["messages"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("plain", "prost"),
+            ("plain", "connect-proto"),
+            ("unknown", "prost"),
+            ("unknown", "connect-proto"),
+        ]
+    );
+    for line in &lines {
+        for field in ["decode_ns", "encode_ns", "decode_ns_min", "encode_ns_min"] {
+            assert!(line[field].as_f64().unwrap() > 0.0, "{field} in {line}");
+        }
+    }
+    assert!(lines[2]["bytes"].as_u64() > lines[0]["bytes"].as_u64());
+}

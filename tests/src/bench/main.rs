@@ -6,8 +6,10 @@
 //! connect-bench run --remotes FILE --mode connect|direct --workload a,b,c,w,s
 //!                   [--n 1000] [--reps 5] [--iters 2000]
 //!                   [--connections N] [--remotes-used M] [--concurrency C]
+//! connect-bench codec [--iters 100000] [--rounds 7]
 //! ```
 
+mod codec;
 mod compare;
 mod measure;
 mod options;
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
             .block_on(runtime.spawn(workload::run(run)))
             .unwrap_or_else(|panic| Err(format!("the workload panicked: {panic}"))),
         options::Command::Compare { run, rounds } => compare::run(&run, rounds),
+        options::Command::Codec { iters, rounds } => codec::run(iters, rounds),
         options::Command::Rotation(rotation) => runtime
             .block_on(runtime.spawn(rotation::run(rotation)))
             .unwrap_or_else(|panic| Err(format!("the rotation run panicked: {panic}"))),

@@ -29,7 +29,11 @@ usage:
   connect-bench compare --remotes FILE [--rounds 5] [--workload ...] [--n ...]
                     [--reps ...] [--iters ...] [--tls]
       run both modes alternately, --rounds times each (as child processes),
-      and print the medians and connect/direct ratios as a Markdown table";
+      and print the medians and connect/direct ratios as a Markdown table
+  connect-bench codec [--iters 100000] [--rounds 7]
+      decode and encode a typical NetworkServiceRequest, without and with a
+      newer peer's fields, with connect-proto's messages and plain prost's;
+      one JSON line each, nanoseconds per operation (median of the rounds)";
 
 pub(crate) enum Command {
     Serve {
@@ -43,6 +47,10 @@ pub(crate) enum Command {
         rounds: usize,
     },
     Rotation(Rotation),
+    Codec {
+        iters: usize,
+        rounds: usize,
+    },
 }
 
 pub(crate) struct Rotation {
@@ -118,12 +126,17 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
     let sub = match parser.next().map_err(message)? {
         Some(Arg::Value(sub)) => sub.to_string_lossy().into_owned(),
         _ => {
-            return Err("a sub-command is required first: serve, run, compare or rotation".into());
+            return Err(
+                "a sub-command is required first: serve, run, compare, rotation or codec".into(),
+            );
         }
     };
-    if !matches!(sub.as_str(), "serve" | "run" | "compare" | "rotation") {
+    if !matches!(
+        sub.as_str(),
+        "serve" | "run" | "compare" | "rotation" | "codec"
+    ) {
         return Err(format!(
-            "unknown sub-command `{sub}`: serve, run, compare or rotation"
+            "unknown sub-command `{sub}`: serve, run, compare, rotation or codec"
         ));
     }
     let mut n = None;
@@ -196,6 +209,12 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
             period: std::time::Duration::from_millis(period_ms.unwrap_or(1000) as u64),
             server,
         }));
+    }
+    if sub == "codec" {
+        return Ok(Command::Codec {
+            iters: iters.unwrap_or(100_000),
+            rounds: rounds.unwrap_or(7),
+        });
     }
     if sub == "serve" {
         return Ok(Command::Serve {

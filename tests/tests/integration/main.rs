@@ -12,4 +12,5 @@ mod served;
 mod spans;
 mod spiffe;
 mod transport;
+mod unknown_fields;
 mod wire;

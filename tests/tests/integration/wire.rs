@@ -1,5 +1,6 @@
 //! The wire format: gRPC method paths and protobuf field numbers must be
-//! NSM's (api v0.5.0), or a Go NSM peer cannot talk to us.
+//! NSM's (the api release in proto/api/UPSTREAM), or a Go NSM peer cannot
+//! talk to us.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -118,6 +119,7 @@ fn connection_fields_have_nsm_numbers() {
             cls: "c".into(),
             r#type: "t".into(),
             parameters: HashMap::new(),
+            ..Default::default()
         }),
         context: Some(Box::new(ConnectionContext {
             mtu: 9,
@@ -171,6 +173,7 @@ fn request_and_context_fields_have_nsm_numbers() {
             cls: "c".into(),
             ..Default::default()
         }],
+        ..Default::default()
     };
     let expected = [
         key(1, 2),
@@ -189,6 +192,7 @@ fn request_and_context_fields_have_nsm_numbers() {
     let route = Route {
         prefix: "p".into(),
         next_hop: "h".into(),
+        ..Default::default()
     };
     assert_eq!(
         route.encode_to_vec(),
