@@ -50,7 +50,9 @@
 extern crate self as connect_runtime;
 
 pub mod chain;
+mod deadline;
 pub mod elements;
+mod grpc_timeout;
 pub mod map;
 mod outcome;
 pub mod prelude;
@@ -74,9 +76,10 @@ pub use elements::{
 pub use transport::spiffe;
 pub use transport::{
     ChainService, ClientConn, ConnectionStats, DEFAULT_DIAL_TIMEOUT, DEFAULT_GRACE_PERIOD,
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_SERVER_KEEPALIVE, DialError,
-    DialOptions, Keepalive, Peer, ResponseFuture, Serve, ServeError, ServerHandle, Target,
-    TransportError, UrlError, dial, serve, tls,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_SERVER_KEEPALIVE, DialError, DialOptions, Keepalive, MIN_KEEPALIVE_INTERVAL, Peer,
+    ResponseFuture, Serve, ServeError, ServerHandle, Target, TransportError, UrlError, dial, serve,
+    tls,
 };
 
 /// Makes a type a chain element whose logic is its [`Hooks`] impl: one

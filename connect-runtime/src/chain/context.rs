@@ -16,17 +16,7 @@ use tonic::Status;
 use tonic::metadata::MetadataMap;
 use url::Url;
 
-/// The instant `timeout` from now, saturating at about thirty years (what
-/// tokio's timers treat as never).
-pub(crate) fn deadline_after(timeout: Duration) -> Instant {
-    deadline_from(Instant::now(), timeout)
-}
-
-/// `timeout` after `start`, saturating as [`deadline_after`] does.
-pub(crate) fn deadline_from(start: Instant, timeout: Duration) -> Instant {
-    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
-    start + timeout.min(FAR)
-}
+use crate::deadline::deadline_after;
 
 /// Per-call state handed from element to element along a chain.
 ///
@@ -317,8 +307,9 @@ impl fmt::Debug for Context {
 /// `connect` puts this handle in the context its client chain runs with
 /// (see [`Context::client_cancel`]); a monitor or heal element calls
 /// [`ClientCancel::cancel`] when it sees that the remote is gone. Connections
-/// still bound to the cancelled client fail their next request, which drops
-/// their record, and the request after that dials afresh.
+/// still bound to the cancelled client keep their records; their next
+/// request or close goes through the URL's current client, dialing one if
+/// there is none.
 ///
 /// ```
 /// use connect_runtime::ClientCancel;

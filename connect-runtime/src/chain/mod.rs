@@ -11,7 +11,6 @@ mod hooks;
 
 pub use chains::{Chain, ChainBuilder, ClientChain, IntoElement, Role, ServerChain};
 pub use context::{Bounded, ClientCancel, Context};
-pub(crate) use context::{deadline_after, deadline_from};
 pub use element::{BoxFuture, ClientElement, Next, NextFuture, ServerElement};
 pub(crate) use hooks::connection_id;
 pub use hooks::{ClientRole, Element, Hooks, Recorded, ServerRole};

@@ -7,10 +7,11 @@ use tokio::time::Instant;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::client::GrpcService;
-use tonic::metadata::{Ascii, MetadataValue};
+use tonic::metadata::MetadataValue;
 
 use crate::Context;
 use crate::chain::{BoxFuture, ClientElement, Next};
+use crate::grpc_timeout;
 use crate::outcome::not_sent;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
@@ -84,9 +85,9 @@ where
                     Status::deadline_exceeded("the call's deadline passed before it was sent");
                 return Err(not_sent(late));
             }
-            request
-                .metadata_mut()
-                .insert("grpc-timeout", grpc_timeout(left));
+            let value =
+                MetadataValue::try_from(grpc_timeout::text(left)).expect("digits and a letter");
+            request.metadata_mut().insert(grpc_timeout::HEADER, value);
         }
         Ok((self.client.clone(), request))
     }
@@ -166,45 +167,9 @@ fn past_deadline<T>(deadline: Option<Instant>, answer: Result<T, Status>) -> Res
     }
 }
 
-/// A `grpc-timeout` value: at most eight digits and a unit, rounded up so
-/// that the remote never sees less time than the caller has, and saturating
-/// at the largest value the format holds.
-fn grpc_timeout(timeout: Duration) -> MetadataValue<Ascii> {
-    const MAX_DIGITS: u128 = 99_999_999;
-    const UNITS: [(u128, char); 6] = [
-        (1, 'n'),
-        (1_000, 'u'),
-        (1_000_000, 'm'),
-        (1_000_000_000, 'S'),
-        (60_000_000_000, 'M'),
-        (3_600_000_000_000, 'H'),
-    ];
-    let nanos = timeout.as_nanos();
-    let (value, unit) = UNITS
-        .iter()
-        .find_map(|&(per, unit)| {
-            let value = nanos.div_ceil(per);
-            (value <= MAX_DIGITS).then_some((value, unit))
-        })
-        .unwrap_or((MAX_DIGITS, 'H'));
-    MetadataValue::try_from(format!("{value}{unit}")).expect("digits and a letter")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grpc_timeouts_fit_eight_digits_and_round_up() {
-        let value = |d| grpc_timeout(d).to_str().unwrap().to_owned();
-        assert_eq!(value(Duration::from_nanos(5)), "5n");
-        assert_eq!(value(Duration::from_millis(250)), "250000u");
-        assert_eq!(value(Duration::from_nanos(100_000_001)), "100001u");
-        assert_eq!(value(Duration::from_secs(5)), "5000000u");
-        assert_eq!(value(Duration::from_secs(200_000)), "200000S");
-        assert_eq!(value(Duration::from_secs(200_000_000)), "3333334M");
-        assert_eq!(value(Duration::MAX), "99999999H");
-    }
 
     #[test]
     fn a_deadline_at_the_end_of_the_clock_has_a_backstop() {
