@@ -4,7 +4,7 @@
 
 use std::error::Error as StdError;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -13,7 +13,8 @@ use std::{fmt, io};
 use bytes::Bytes;
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::body::Body;
@@ -24,25 +25,31 @@ use super::error::{DialError, error_chain, source_of};
 use super::options::DialOptions;
 use super::replay::{Outgoing, Ready, whole};
 use super::reply::{broke, checked};
-use super::socket::{Io, Stream, Unanswered, connect_tcp, connect_unix};
+use super::socket::{Expect, Io, Stream, Unanswered, connect_tcp, connect_unix};
 use super::target::{Target, UrlError, UrlProblem};
-use crate::chain::deadline_after;
+use crate::deadline::deadline_after;
+use crate::grpc_timeout;
 use crate::map::lock;
 use crate::outcome::not_sent;
 
 /// A dialed channel to a remote, which tonic's clients call through. Cheap
 /// to clone; clones share one HTTP/2 connection at a time.
 ///
-/// - When the remote ends the connection with a graceful GOAWAY
-///   (connection-age limits, a graceful restart, a proxy recycling
-///   connections), calls in flight finish on it and the next call dials one
-///   new connection, within the dial timeout, for every clone. A call the
-///   old connection never sent goes on the new one; one the remote refused
-///   unprocessed (above the GOAWAY's last stream) fails with `Unavailable`.
-/// - When the connection breaks instead (the remote died, the network
-///   failed, keepalive went unanswered), or that new dial fails, the channel
-///   has ended for good: calls fail with `Unavailable` and
-///   [`ClientConn::ended`] resolves. It never retries by itself.
+/// As grpc-go's channel does, it outlives its connections:
+/// - When a connection ends, however it ends (a GOAWAY of any code, from
+///   connection-age limits, graceful restarts, proxies, or grpc-go's
+///   `too_many_pings`; a reset after a GOAWAY; a remote that restarted or
+///   a network that failed), calls in flight on it finish or fail there,
+///   and the next call dials one new connection, within the dial timeout,
+///   for every clone. A call the old connection never sent, or that the
+///   remote refused unprocessed (past a GOAWAY's last stream), goes on the
+///   new one, with the time it has left as its `grpc-timeout`.
+/// - When that new dial fails, the channel has ended for good: calls fail
+///   with `Unavailable` and [`ClientConn::ended`] resolves. It never dials
+///   again by itself.
+/// - Keepalive is grpc-go's: PINGs at least 10 s apart, the interval
+///   doubled each time the remote ends a connection with
+///   `ENHANCE_YOUR_CALM` (its answer to pings it finds too frequent).
 /// - Replies are checked before tonic reads them, and answered as grpc-go's
 ///   clients answer them: one that is not gRPC (by its `content-type`) is
 ///   `Unknown` with HTTP 200, else mapped from its HTTP status (a proxy's
@@ -78,6 +85,17 @@ struct Shared {
     /// How the channel ended for good, once it has.
     ending: Arc<Ending>,
     dials: AtomicU64,
+    /// What the connections' tasks tell the channel.
+    heard: Arc<Heard>,
+}
+
+/// What a channel hears from its connections' tasks.
+#[derive(Default)]
+struct Heard {
+    /// How many times the remote asked for fewer keepalive PINGs.
+    calmed: AtomicU32,
+    /// How many of its connections have ended.
+    ended: watch::Sender<u64>,
 }
 
 impl ClientConn {
@@ -87,13 +105,28 @@ impl ClientConn {
     }
 
     /// Connections this channel has made: the first, and one more each time
-    /// a call found the last one ended by the remote's GOAWAY.
+    /// a call found the last one ended.
     pub fn dials(&self) -> u64 {
         self.shared.dials.load(Ordering::Relaxed)
     }
 
-    /// Resolves once the channel has ended for good; every call fails with
-    /// `Unavailable` after that.
+    /// How many of its connections have ended (by a GOAWAY, a reset, a
+    /// restart of the remote); the channel goes on past each.
+    pub fn ended_connections(&self) -> u64 {
+        *self.shared.heard.ended.borrow()
+    }
+
+    /// Waits until `count` of its connections have ended. For tests that
+    /// must know the channel has seen a connection end before their next
+    /// call.
+    #[cfg(feature = "test-util")]
+    pub async fn connections_ended(&self, count: u64) {
+        let mut ended = self.shared.heard.ended.subscribe();
+        let _ = ended.wait_for(|ended| *ended >= count).await;
+    }
+
+    /// Resolves once the channel has ended for good (a new connection could
+    /// not be made); every call fails with `Unavailable` after that.
     ///
     /// ```no_run
     /// # async fn demo(conn: connect_runtime::ClientConn) {
@@ -111,6 +144,7 @@ impl fmt::Debug for ClientConn {
         f.debug_struct("ClientConn")
             .field("url", &self.shared.url.as_str())
             .field("dials", &self.dials())
+            .field("ended_connections", &self.ended_connections())
             .field("ended", &self.shared.ending.token.is_cancelled())
             .finish()
     }
@@ -148,7 +182,14 @@ impl tower_service::Service<http::Request<Body>> for ClientConn {
         // cache (see BENCHMARKS.md).
         let (head, body) = request.into_parts();
         let (body, again) = match Ready::read(body) {
-            Ok(Ready::Whole(bytes)) => (whole(bytes.clone()), Some((resendable(&head), bytes))),
+            Ok(Ready::Whole(bytes)) => (
+                whole(bytes.clone()),
+                Some(Again {
+                    head: resendable(&head),
+                    body: bytes,
+                    sent_at: Instant::now(),
+                }),
+            ),
             Ok(Ready::Streaming(body)) => (Outgoing::Streaming(body), None),
             Err(status) => return Box::pin(std::future::ready(Err(status.into()))),
         };
@@ -179,22 +220,8 @@ pub async fn dial(url: &Url, options: &DialOptions) -> Result<ClientConn, DialEr
         why: OnceLock::new(),
         on_end: options.on_end.clone(),
     });
-    let (send, answered) = connect(&url, &target, options, &ending).await?;
-    match answered.await {
-        Ok(Ok(())) => {}
-        Ok(Err(why)) => return Err(why.dial_error(&url, options.timeout)),
-        Err(_) => {
-            // The connection's task has said why by now (a TLS alert, say).
-            let why = ending.why.get().map(|why| why.message().to_owned());
-            let why = why.unwrap_or_else(|| "closed before answering".to_owned());
-            let closed = io::Error::new(io::ErrorKind::UnexpectedEof, why);
-            let url = url.to_string();
-            return Err(DialError::Connect {
-                url,
-                source: closed,
-            });
-        }
-    }
+    let heard = Arc::new(Heard::default());
+    let send = connect(&url, &target, options, &heard).await?;
     let shared = Shared {
         url,
         target,
@@ -205,6 +232,7 @@ pub async fn dial(url: &Url, options: &DialOptions) -> Result<ClientConn, DialEr
         redialing: tokio::sync::Mutex::new(()),
         ending,
         dials: AtomicU64::new(1),
+        heard,
     };
     Ok(ClientConn {
         shared: Arc::new(shared),
@@ -222,20 +250,18 @@ impl Unanswered {
     }
 }
 
-/// How a new connection's first bytes went.
-type Answered = oneshot::Receiver<Result<(), Unanswered>>;
-
-/// One connection to `target`: socket, TLS and the HTTP/2 handshake within
-/// the dial timeout; the remote's SETTINGS by then too, or the connection
-/// fails (the receiver says how). If it later breaks (rather than being
-/// ended by a GOAWAY), the channel ends with it.
+/// One connection to `target`: socket, TLS, the HTTP/2 handshake and the
+/// remote's SETTINGS, all within the dial timeout, so that nothing is sent
+/// to a remote that has not answered. When the connection ends later, it
+/// ends alone: the channel's next call dials another.
 async fn connect(
     url: &Arc<Url>,
     target: &Target,
     options: &DialOptions,
-    ending: &Arc<Ending>,
-) -> Result<(SendRequest<Outgoing>, Answered), DialError> {
+    heard: &Arc<Heard>,
+) -> Result<SendRequest<Outgoing>, DialError> {
     let deadline = deadline_after(options.timeout);
+    let timeout = options.timeout;
     let failed = |source| DialError::Connect {
         url: url.to_string(),
         source,
@@ -252,13 +278,14 @@ async fn connect(
         }
         let stream = stream?;
         let mut io = Io::new(stream);
-        let answered = io.first_bytes_by(deadline, true);
+        let answered = io.first_bytes_by(deadline, Expect::ServerSettings);
         if let Some(token) = &options.close_on {
             io = io.close_on(token.clone());
         }
         let mut builder = Builder::new(Boxing);
         builder.timer(TokioTimer::new());
         if let Some(keepalive) = options.keepalive {
+            let keepalive = keepalive.as_client(heard.calmed.load(Ordering::Relaxed));
             builder
                 .keep_alive_interval(keepalive.interval)
                 .keep_alive_timeout(keepalive.timeout)
@@ -266,39 +293,61 @@ async fn connect(
         }
         let handshake = builder.handshake(TokioIo::new(io)).await;
         let (send, connection) = handshake.map_err(|err| failed(io::Error::other(err)))?;
-        let (ending, url, timeout) = (Arc::clone(ending), Arc::clone(url), options.timeout);
+        let (ended, why_ended) = oneshot::channel();
+        let heard = Arc::clone(heard);
+        let on_connection_end = options.on_connection_end.clone();
         tokio::spawn(
             async move {
-                // hyper ends a connection's task with `Ok` when the remote
-                // sent a graceful GOAWAY (calls in flight go on), and with an
-                // error when it broke or closed without one.
-                match connection.await {
-                    Ok(()) => tracing::debug!("the remote is ending the connection (GOAWAY)"),
+                // hyper ends a connection's task with `Ok` when it closed
+                // cleanly (a GOAWAY without an error code among the ways),
+                // and with an error otherwise. Either way the channel goes
+                // on: its next call dials again.
+                let outcome = connection.await;
+                heard.ended.send_modify(|ended| *ended += 1);
+                if let Some(hook) = &on_connection_end {
+                    (hook.0)();
+                }
+                match outcome {
+                    Ok(()) => tracing::debug!("the connection ended"),
                     Err(err) => {
-                        tracing::debug!(error = %error_chain(&err), "the connection broke");
-                        let why = match Unanswered::of(&err) {
-                            Some(why) => why.dial_error(&url, timeout).into(),
-                            None => Status::unavailable(format!(
-                                "the connection to {url} has ended: {}",
-                                error_chain(&err)
-                            )),
-                        };
-                        ending.end(why);
+                        if asks_for_fewer_pings(&err) {
+                            let times = heard.calmed.fetch_add(1, Ordering::Relaxed) + 1;
+                            tracing::info!(times, "the remote ended the connection with ENHANCE_YOUR_CALM; keepalive PINGs go at half the rate");
+                        }
+                        tracing::debug!(error = %error_chain(&err), "the connection ended");
+                        let _ = ended.send(error_chain(&err));
                     }
                 }
             }
             .in_current_span(),
         );
-        Ok((send, answered))
+        match answered.await {
+            Ok(Ok(())) => Ok(send),
+            Ok(Err(why)) => Err(why.dial_error(url, timeout)),
+            // The connection's task has ended: it says why (a TLS alert, say).
+            Err(_) => {
+                let why = why_ended.await;
+                let why = why.unwrap_or_else(|_| "closed before answering".to_owned());
+                Err(failed(io::Error::new(io::ErrorKind::UnexpectedEof, why)))
+            }
+        }
     };
     let span = tracing::debug_span!("dial", url = %url, timeout = ?options.timeout);
     let within = tokio::time::timeout_at(deadline, dialing.instrument(span));
-    let timeout = options.timeout;
     within.await.unwrap_or_else(|_| {
         Err(DialError::Timeout {
             url: url.to_string(),
             timeout,
         })
+    })
+}
+
+/// Whether a connection ended with the remote's GOAWAY `ENHANCE_YOUR_CALM`:
+/// what grpc-go sends a client whose PINGs come more often than its policy
+/// allows (with `too_many_pings`, which h2 does not show).
+fn asks_for_fewer_pings(err: &hyper::Error) -> bool {
+    source_of::<h2::Error>(err).is_some_and(|h2| {
+        h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
     })
 }
 
@@ -383,7 +432,7 @@ impl Shared {
     fn send(
         self: Arc<Self>,
         request: http::Request<Outgoing>,
-        again: Option<(http::request::Parts, Bytes)>,
+        again: Option<Again>,
     ) -> impl Future<Output = Result<http::Response<Body>, TransportError>> + Send + 'static {
         async move {
             let (mut send, generation) = self.connection(None).await?;
@@ -391,28 +440,40 @@ impl Shared {
                 Ok(response) => return Ok(checked(&self.url, response)?),
                 Err(mut err) => (err.take_message(), err.into_error()),
             };
-            let request = match (unsent, again) {
-                (Some(unsent), _) => unsent,
-                (None, Some((head, bytes))) if refused(&err) || dropped_unsent(&err) => {
-                    http::Request::from_parts(head, whole(bytes))
-                }
-                _ => return Err(self.failed(err)),
+            let Some(request) = unsent_or_refused(unsent, &err, again.as_ref()) else {
+                return Err(self.failed(err));
             };
             // Boxed: rare, and every call would carry its space.
-            Box::pin(self.resend(generation, request)).await
+            Box::pin(self.resend(generation, request, again)).await
         }
     }
 
-    /// Sends `request` again, on a connection newer than `generation`.
+    /// Sends `request` again, on a connection newer than `generation`, with
+    /// the time it has left since it was first sent as its `grpc-timeout`
+    /// (grpc-go counts each attempt's from the call's deadline too). A
+    /// connection may end before it sends anything, again: a few tries.
     async fn resend(
         &self,
-        generation: u64,
-        request: http::Request<Outgoing>,
+        mut generation: u64,
+        mut request: http::Request<Outgoing>,
+        again: Option<Again>,
     ) -> Result<http::Response<Body>, TransportError> {
-        let (mut send, _) = self.connection(Some(generation)).await?;
-        match send.try_send_request(request).await {
-            Ok(response) => Ok(checked(&self.url, response)?),
-            Err(err) => Err(self.failed(err.into_error())),
+        let mut tries = 1;
+        loop {
+            let (mut send, current) = self.connection(Some(generation)).await?;
+            generation = current;
+            if let Some(again) = &again {
+                time_left(&mut request, again.sent_at)?;
+            }
+            let (unsent, err) = match send.try_send_request(request).await {
+                Ok(response) => return Ok(checked(&self.url, response)?),
+                Err(mut err) => (err.take_message(), err.into_error()),
+            };
+            request = match unsent_or_refused(unsent, &err, again.as_ref()) {
+                Some(request) if tries < MAX_RESENDS => request,
+                _ => return Err(self.failed(err)),
+            };
+            tries += 1;
         }
     }
 
@@ -436,10 +497,10 @@ impl Shared {
         if self.ending.has_ended() {
             return Err(not_sent(self.ending.status(&self.url)));
         }
-        match connect(&self.url, &self.target, &self.options, &self.ending).await {
-            Ok((send, _)) => {
+        match connect(&self.url, &self.target, &self.options, &self.heard).await {
+            Ok(send) => {
                 let dials = self.dials.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::debug!(url = %self.url, dials, "dialed again after a GOAWAY");
+                tracing::debug!(url = %self.url, dials, "dialed again");
                 let mut live = lock(&self.live);
                 *live = (send, live.1 + 1);
                 Ok(live.clone())
@@ -477,11 +538,59 @@ impl Shared {
             return Box::new(Status::unavailable(why));
         }
         if err.is_canceled() || broke(&err) {
-            let why = format!("the connection to {url} has ended: {err}");
+            let why = format!("the connection to {url} has ended: {}", error_chain(&err));
             return Box::new(Status::unavailable(why));
         }
         Box::new(err)
     }
+}
+
+/// What a whole call needs to be sent again: its head and body, and when it
+/// was first sent.
+struct Again {
+    head: http::request::Parts,
+    body: Bytes,
+    sent_at: Instant,
+}
+
+/// How many times a call that never reached a remote is sent again.
+const MAX_RESENDS: u32 = 3;
+
+/// The call to send again after `err`: the one hyper gave back unsent, or,
+/// if the remote refused it unprocessed or hyper dropped it unsent, a copy
+/// of a whole one. `None` if it may have been processed, or cannot be
+/// sent again.
+fn unsent_or_refused(
+    unsent: Option<http::Request<Outgoing>>,
+    err: &hyper::Error,
+    again: Option<&Again>,
+) -> Option<http::Request<Outgoing>> {
+    match (unsent, again) {
+        (Some(unsent), _) => Some(unsent),
+        (None, Some(again)) if refused(err) || dropped_unsent(err) => Some(
+            http::Request::from_parts(resendable(&again.head), whole(again.body.clone())),
+        ),
+        _ => None,
+    }
+}
+
+/// Rewrites `request`'s `grpc-timeout` to what is left of it since
+/// `sent_at`; `DeadlineExceeded`, sending nothing, if nothing is.
+fn time_left(request: &mut http::Request<Outgoing>, sent_at: Instant) -> Result<(), Status> {
+    let headers = request.headers_mut();
+    let Some(timeout) = headers
+        .get(grpc_timeout::HEADER)
+        .and_then(grpc_timeout::parse)
+    else {
+        return Ok(());
+    };
+    let left = timeout.saturating_sub(sent_at.elapsed());
+    if left.is_zero() {
+        let late = "the call's deadline passed before it could be sent again";
+        return Err(not_sent(Status::deadline_exceeded(late)));
+    }
+    headers.insert(grpc_timeout::HEADER, grpc_timeout::format(left));
+    Ok(())
 }
 
 /// The head of a call to send again: as sent, but without its extensions,

@@ -18,11 +18,12 @@ pub mod tls;
 
 pub use dial::{ClientConn, ResponseFuture, TransportError, dial};
 pub use error::DialError;
-pub use options::{DEFAULT_DIAL_TIMEOUT, DialOptions, Keepalive};
+pub(crate) use options::Hook;
+pub use options::{DEFAULT_DIAL_TIMEOUT, DialOptions, Keepalive, MIN_KEEPALIVE_INTERVAL};
 pub use serve::{
     ConnectionStats, DEFAULT_GRACE_PERIOD, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_SERVER_KEEPALIVE, Peer, Serve, ServeError,
-    ServerHandle, serve,
+    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, DEFAULT_SERVER_KEEPALIVE, Peer, Serve,
+    ServeError, ServerHandle, serve,
 };
 pub use service::{ArrivalLayer, ChainService};
 pub use target::{Target, UrlError, UrlProblem};

@@ -5,6 +5,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::tls::{ClientTls, Credential};
+use crate::deadline::{FAR, saturated};
 
 /// The dial timeout when none is given: 100 ms, as in Go's connect v0.5.0.
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_millis(100);
@@ -28,10 +29,30 @@ pub struct DialOptions {
     pub(super) keepalive: Option<Keepalive>,
     pub(super) close_on: Option<CancellationToken>,
     pub(super) on_end: Option<CancellationToken>,
+    pub(super) on_connection_end: Option<Hook>,
 }
+
+/// Something to call when an event happens.
+#[derive(Clone)]
+pub(crate) struct Hook(pub(crate) std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
+}
+
+/// The shortest keepalive interval a client uses, as in grpc-go: a
+/// shorter one is raised to it.
+pub const MIN_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// HTTP/2 keepalive: a PING every `interval`; the connection is dropped if
 /// no answer comes within `timeout`.
+///
+/// A dialed channel uses it as grpc-go's clients do: the interval is at
+/// least [`MIN_KEEPALIVE_INTERVAL`], and doubles each time a remote ends a
+/// connection with `ENHANCE_YOUR_CALM` (grpc-go's `too_many_pings`).
+/// Durations too large for the clock saturate on both sides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Keepalive {
     /// Time between PINGs.
@@ -54,6 +75,35 @@ impl Keepalive {
     }
 }
 
+impl Keepalive {
+    /// What a client's connection uses after the remote has asked for fewer
+    /// PINGs `calmed` times.
+    pub(crate) fn as_client(self, calmed: u32) -> Self {
+        let doubled = 2u32
+            .checked_pow(calmed)
+            .and_then(|factor| {
+                self.interval
+                    .max(MIN_KEEPALIVE_INTERVAL)
+                    .checked_mul(factor)
+            })
+            .unwrap_or(FAR);
+        Self {
+            interval: saturated(doubled),
+            timeout: saturated(self.timeout),
+            while_idle: self.while_idle,
+        }
+    }
+
+    /// What a server uses: durations saturated.
+    pub(crate) fn as_server(self) -> Self {
+        Self {
+            interval: saturated(self.interval),
+            timeout: saturated(self.timeout),
+            while_idle: self.while_idle,
+        }
+    }
+}
+
 impl Default for DialOptions {
     fn default() -> Self {
         Self {
@@ -62,6 +112,7 @@ impl Default for DialOptions {
             keepalive: None,
             close_on: None,
             on_end: None,
+            on_connection_end: None,
         }
     }
 }
@@ -114,5 +165,33 @@ impl DialOptions {
     pub(crate) fn on_end(mut self, token: CancellationToken) -> Self {
         self.on_end = Some(token);
         self
+    }
+
+    /// Calls `hook` each time one of the channel's connections ends.
+    pub(crate) fn on_connection_end(mut self, hook: Hook) -> Self {
+        self.on_connection_end = Some(hook);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clients_keepalive_is_clamped_doubled_and_saturated() {
+        let secs = Duration::from_secs;
+        let tiny = Keepalive::new(Duration::ZERO, secs(1));
+        assert_eq!(tiny.as_client(0).interval, MIN_KEEPALIVE_INTERVAL);
+        assert_eq!(tiny.as_client(1).interval, secs(20));
+        assert_eq!(tiny.as_client(3).interval, secs(80));
+        let huge = Keepalive::new(Duration::MAX, Duration::MAX);
+        assert_eq!(huge.as_client(0).interval, FAR);
+        assert_eq!(huge.as_client(0).timeout, FAR);
+        assert_eq!(huge.as_client(40).interval, FAR);
+        assert_eq!(tiny.as_client(u32::MAX).interval, FAR);
+        assert_eq!(huge.as_server().interval, FAR);
+        let plain = Keepalive::new(secs(60), secs(20));
+        assert_eq!(plain.as_server(), plain);
     }
 }

@@ -55,18 +55,22 @@ pub(super) fn checked(
 /// reason, is tonic's to map.
 fn cut(url: &Url, err: hyper::Error) -> tower::BoxError {
     if broke(&err) {
-        let why = format!("the connection to {url} ended during the call: {err}");
+        let why = format!(
+            "the connection to {url} ended during the call: {}",
+            super::error::error_chain(&err)
+        );
         return Box::new(Status::unavailable(why));
     }
     Box::new(err)
 }
 
-/// Whether a call failed because its connection broke: closed, or an I/O
-/// error (which hyper takes out of h2's).
+/// Whether a call failed because its connection broke: closed, an I/O
+/// error (which hyper takes out of h2's), or a keepalive PING unanswered.
 pub(super) fn broke(err: &hyper::Error) -> bool {
     use super::error::source_of;
     err.is_closed()
         || err.is_incomplete_message()
+        || err.is_timeout()
         || source_of::<std::io::Error>(err).is_some()
         || source_of::<h2::Error>(err).is_some_and(h2::Error::is_io)
 }

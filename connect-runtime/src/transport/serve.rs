@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use rustls::pki_types::CertificateDer;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -35,10 +35,11 @@ use url::Url;
 
 use super::options::Keepalive;
 use super::service::{Arrived, ChainService};
-use super::socket::{Io, Stream};
+use super::socket::{Expect, Io, Stream, Unanswered};
 use super::target::{Target, UrlError};
 use super::tls::{Credential, Rotation, ServerTls};
-use crate::chain::{ServerChain, deadline_after};
+use crate::chain::ServerChain;
+use crate::deadline::deadline_after;
 use crate::elements::DEFAULT_EXPIRY_MARGIN;
 
 /// How long a graceful shutdown waits for open connections to finish their
@@ -50,8 +51,12 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
 
 /// How long a new connection has by default to finish its TLS handshake and
-/// send its first HTTP/2 bytes before it is closed.
+/// send HTTP/2's connection preface and its SETTINGS before it is closed.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections served at once by default, handshakes included; more wait
+/// in the listen backlog until one closes.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// The server's HTTP/2 keepalive by default: a PING every minute, and a
 /// connection whose peer leaves one unanswered for 20 s is closed.
@@ -93,8 +98,11 @@ pub async fn serve(
 /// `grpc.health.v1.Health` (overall status `""` and
 /// `networkservice.NetworkService`, both `SERVING` until shutdown begins),
 /// plus any service added with [`Serve::add_service`]. Its defaults are
-/// bounded: [`DEFAULT_MAX_CONCURRENT_STREAMS`] calls per connection,
-/// [`DEFAULT_HANDSHAKE_TIMEOUT`], [`DEFAULT_SERVER_KEEPALIVE`].
+/// bounded against hostile peers: [`DEFAULT_MAX_CONNECTIONS`] connections
+/// at once, [`DEFAULT_MAX_CONCURRENT_STREAMS`] calls per connection,
+/// [`DEFAULT_HANDSHAKE_TIMEOUT`] for TLS, the HTTP/2 preface and SETTINGS
+/// (whatever bytes a connection sends, it is closed if it has not sent
+/// those by then), [`DEFAULT_SERVER_KEEPALIVE`].
 ///
 /// With a [rotating](ServerTls::rotating) certificate (a SPIFFE identity's),
 /// the connections accepted under one are drained once it rotates: a
@@ -122,6 +130,7 @@ pub struct Serve<L = Identity> {
     shutdown: CancellationToken,
     grace: Duration,
     handshake_timeout: Duration,
+    max_connections: Option<usize>,
     tls: Option<ServerTls>,
     expiry_margin: Duration,
     health: HealthReporter,
@@ -144,6 +153,7 @@ impl Serve {
             shutdown: CancellationToken::new(),
             grace: DEFAULT_GRACE_PERIOD,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_connections: Some(DEFAULT_MAX_CONNECTIONS),
             tls: None,
             expiry_margin: DEFAULT_EXPIRY_MARGIN,
             health,
@@ -172,8 +182,10 @@ impl<L> Serve<L> {
     }
 
     /// The server's HTTP/2 keepalive; `None` to send no PINGs. A server
-    /// PINGs idle connections too: `while_idle` is not used here.
+    /// PINGs idle connections too: `while_idle` is not used here. Durations
+    /// too large for the clock saturate.
     pub fn keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
+        let keepalive = keepalive.map(Keepalive::as_server);
         self.server = self
             .server
             .http2_keepalive_interval(keepalive.map(|k| k.interval))
@@ -182,9 +194,18 @@ impl<L> Serve<L> {
     }
 
     /// How long a new connection has to finish its TLS handshake and send
-    /// its first bytes.
+    /// HTTP/2's connection preface and its SETTINGS; it is closed otherwise,
+    /// whatever it sent.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How many connections are served at once, handshakes included; `None`
+    /// for no limit. At the limit the server stops accepting: new
+    /// connections wait in the listen backlog until one closes.
+    pub fn max_connections(mut self, max: Option<usize>) -> Self {
+        self.max_connections = max;
         self
     }
 
@@ -236,6 +257,7 @@ impl<L> Serve<L> {
             shutdown: self.shutdown,
             grace: self.grace,
             handshake_timeout: self.handshake_timeout,
+            max_connections: self.max_connections,
             tls: self.tls,
             expiry_margin: self.expiry_margin,
             health: self.health,
@@ -303,6 +325,9 @@ impl<L> Serve<L> {
             start,
             tls: tls.map(|tls| (tls.acceptor(), tls.rotation().clone())),
             handshake_timeout: self.handshake_timeout,
+            slots: self
+                .max_connections
+                .map(|max| Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)))),
             expiry_margin: self.expiry_margin,
             hard_stop: hard_stop.clone(),
             stats: stats_tx,
@@ -338,6 +363,7 @@ impl<L> std::fmt::Debug for Serve<L> {
         f.debug_struct("Serve")
             .field("grace", &self.grace)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_connections", &self.max_connections)
             .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
@@ -362,6 +388,7 @@ pub enum ServeError {
 
 /// Counts of the transport connections a server has accepted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConnectionStats {
     /// Connections accepted since the server started.
     pub accepted: u64,
@@ -369,10 +396,17 @@ pub struct ConnectionStats {
     pub open: usize,
     /// The most connections open at once since the server started.
     pub peak_open: usize,
-    /// Connections closed during their TLS handshake: no client certificate
-    /// where one is required, an untrusted one, a failed or timed-out
-    /// handshake.
+    /// Connections whose TLS handshake failed: no client certificate where
+    /// one is required, an untrusted one, a peer that is not TLS.
     pub refused: u64,
+    /// Connections closed because they had not finished TLS and sent the
+    /// HTTP/2 preface and SETTINGS within the handshake timeout.
+    pub timed_out: u64,
+    /// Connections closed because their first bytes were not HTTP/2's.
+    pub not_http2: u64,
+    /// How many times the server stopped accepting because it served
+    /// `max_connections` already (new ones waited in the listen backlog).
+    pub at_limit: u64,
     /// Connections open under a server certificate that has since rotated:
     /// sent a graceful GOAWAY, they finish their calls and close, at the
     /// latest the expiry margin before that certificate expires.
@@ -610,10 +644,12 @@ impl Connected for Io<Served> {
     }
 }
 
-/// Counts a connection open for as long as it lives.
+/// Counts a connection open for as long as it lives, and holds its slot
+/// under the connection limit.
 struct OpenConnection {
     stats: watch::Sender<ConnectionStats>,
     counts: Arc<GenerationCounts>,
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for OpenConnection {
@@ -637,6 +673,8 @@ struct Serving {
     /// The TLS acceptor, and how its certificate rotates.
     tls: Option<(tokio_rustls::TlsAcceptor, Rotation)>,
     handshake_timeout: Duration,
+    /// One permit per connection served, if their number is limited.
+    slots: Option<Arc<Semaphore>>,
     expiry_margin: Duration,
     hard_stop: CancellationToken,
     stats: watch::Sender<ConnectionStats>,
@@ -660,14 +698,39 @@ impl Serving {
     ) {
         let first = credential.as_mut().map(|c| c.borrow_and_update().clone());
         let mut current = self.generation(first);
+        // The slot the next connection takes, when their number is limited.
+        let mut slot: Option<OwnedSemaphorePermit> = None;
+        let mut warned: Option<tokio::time::Instant> = None;
         loop {
+            let limited = self.slots.clone();
+            if slot.is_none()
+                && let Some(slots) = &limited
+            {
+                match Arc::clone(slots).try_acquire_owned() {
+                    Ok(permit) => slot = Some(permit),
+                    Err(_) => {
+                        // Said once a minute at most: a flood hits it often.
+                        if warned.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                            tracing::warn!(
+                                "at the connection limit; new connections wait until one closes"
+                            );
+                            warned = Some(tokio::time::Instant::now());
+                        }
+                        self.stats.send_modify(|s| s.at_limit += 1);
+                    }
+                }
+            }
+            let waiting = slot.is_none() && limited.is_some();
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.hard_stop.cancelled() => return,
                 Some(joined) = self.handshakes.join_next() => {
                     if let Some(err) = joined.map_or_else(|e| Some(e.into()), Result::err) {
                         tracing::debug!(error = %err, "TLS handshake failed");
-                        self.stats.send_modify(|s| s.refused += 1);
+                        self.stats.send_modify(|s| match err.kind() {
+                            io::ErrorKind::TimedOut => s.timed_out += 1,
+                            _ => s.refused += 1,
+                        });
                     }
                 }
                 rotated = rotation(&mut credential) => match rotated {
@@ -681,8 +744,11 @@ impl Serving {
                     Some(_) => {}
                     None => credential = None,
                 },
-                accepted = std::future::poll_fn(|cx| listener.poll_accept(cx)) => match accepted {
-                    Ok((stream, addr)) => self.accepted(stream, addr, &current),
+                permit = async { limited.expect("waiting only when limited").acquire_owned().await }, if waiting => {
+                    slot = permit.ok();
+                }
+                accepted = std::future::poll_fn(|cx| listener.poll_accept(cx)), if !waiting => match accepted {
+                    Ok((stream, addr)) => self.accepted(stream, addr, &current, slot.take()),
                     Err(err) => {
                         // Out of file descriptors, say: a pause, not a spin.
                         tracing::warn!(error = %err, "accept failed");
@@ -755,7 +821,13 @@ impl Serving {
         generation
     }
 
-    fn accepted(&mut self, stream: Stream, addr: Option<SocketAddr>, generation: &Generation) {
+    fn accepted(
+        &mut self,
+        stream: Stream,
+        addr: Option<SocketAddr>,
+        generation: &Generation,
+        slot: Option<OwnedSemaphorePermit>,
+    ) {
         let counts = Arc::clone(&generation.counts);
         self.stats.send_modify(|s| {
             s.accepted += 1;
@@ -769,12 +841,16 @@ impl Serving {
         let open = OpenConnection {
             stats: self.stats.clone(),
             counts,
+            _slot: slot,
         };
+        // One deadline for TLS, the preface and SETTINGS together.
         let deadline = deadline_after(self.handshake_timeout);
         let close = generation.close.clone();
+        let stats = self.stats.clone();
         let served = move |stream, certificates| {
             let mut io = Io::new(stream).close_on(close);
-            drop(io.first_bytes_by(deadline, false));
+            let answered = io.first_bytes_by(deadline, Expect::ClientPreface);
+            tokio::spawn(count_unanswered(answered, stats));
             let peer = Peer { addr, certificates };
             io.with(Served { peer, _open: open })
         };
@@ -800,6 +876,24 @@ impl Serving {
                 .connections
                 .send(served(Box::new(tls_stream), certificates));
             Ok(())
+        });
+    }
+}
+
+/// Counts a served connection closed for its first bytes: too slow, or
+/// not HTTP/2.
+async fn count_unanswered(
+    answered: oneshot::Receiver<Result<(), Unanswered>>,
+    stats: watch::Sender<ConnectionStats>,
+) {
+    if let Ok(Err(why)) = answered.await {
+        tracing::debug!(
+            ?why,
+            "closing a connection that did not begin HTTP/2 in time"
+        );
+        stats.send_modify(|s| match why {
+            Unanswered::Silent => s.timed_out += 1,
+            Unanswered::NotHttp2 => s.not_http2 += 1,
         });
     }
 }

@@ -13,7 +13,8 @@ use tower::util::{MapRequest, MapRequestLayer};
 use tracing::Instrument;
 
 use crate::Context;
-use crate::chain::{ServerChain, deadline_from};
+use crate::chain::ServerChain;
+use crate::deadline::deadline_from;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
 use crate::proto::networkservice::network_service_server::{NetworkService, NetworkServiceServer};

@@ -72,17 +72,41 @@ pub(crate) async fn connect_unix(path: &Path) -> io::Result<Stream> {
     }
 }
 
-/// An HTTP/2 frame header's type octet (after the 24-bit length), and the
-/// type a server's first frame must have.
+/// A frame header's length (24 bits) and type octet, the type the first
+/// frame each way must have, and the client's connection preface.
+const FRAME_HEADER_LEN: usize = 9;
 const FRAME_TYPE_OFFSET: usize = 3;
 const FRAME_TYPE_SETTINGS: u8 = 0x4;
+const CLIENT_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The largest first SETTINGS frame a peer may send (HTTP/2's initial
+/// maximum frame size).
+const MAX_FIRST_FRAME: usize = 16_384;
+
+/// What a peer's first bytes must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Expect {
+    /// A server's: a frame whose type is SETTINGS.
+    ServerSettings,
+    /// A client's: the connection preface, then a whole SETTINGS frame.
+    ClientPreface,
+}
+
+impl Expect {
+    /// Where the first frame's header starts.
+    fn header_at(self) -> usize {
+        match self {
+            Self::ServerSettings => 0,
+            Self::ClientPreface => CLIENT_PREFACE.len(),
+        }
+    }
+}
 
 /// Why a peer's first bytes failed a stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Unanswered {
-    /// Nothing came by the deadline.
+    /// Not enough came by the deadline.
     Silent,
-    /// A server's first bytes were not an HTTP/2 SETTINGS frame.
+    /// The first bytes were not HTTP/2's (the preface and a SETTINGS frame).
     NotHttp2,
 }
 
@@ -119,10 +143,62 @@ impl Unanswered {
 /// What the peer's first bytes must be, and by when.
 struct FirstBytes {
     by: Pin<Box<Sleep>>,
-    settings: bool,
-    /// Bytes read so far, ahead of the frame type octet.
+    expect: Expect,
+    /// Bytes read so far.
     seen: usize,
+    /// The first frame's header, as far as it has come.
+    header: [u8; FRAME_HEADER_LEN],
+    /// How many bytes make the whole of what is expected, once known.
+    whole: Option<usize>,
     answered: Option<oneshot::Sender<Result<(), Unanswered>>>,
+}
+
+/// How the first bytes stand after a read.
+enum Progress {
+    More,
+    Done,
+    Wrong,
+}
+
+impl FirstBytes {
+    /// Takes in the next bytes the peer sent.
+    fn feed(&mut self, read: &[u8]) -> Progress {
+        let header_at = self.expect.header_at();
+        for &byte in read {
+            let at = self.seen;
+            self.seen += 1;
+            if at < header_at {
+                if byte != CLIENT_PREFACE[at] {
+                    return Progress::Wrong;
+                }
+                continue;
+            }
+            let in_header = at - header_at;
+            if in_header < FRAME_HEADER_LEN {
+                self.header[in_header] = byte;
+            }
+            if in_header == FRAME_TYPE_OFFSET {
+                if byte != FRAME_TYPE_SETTINGS {
+                    return Progress::Wrong;
+                }
+                if self.expect == Expect::ServerSettings {
+                    return Progress::Done;
+                }
+            }
+            if in_header + 1 == FRAME_HEADER_LEN {
+                let h = self.header;
+                let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                if len > MAX_FIRST_FRAME {
+                    return Progress::Wrong;
+                }
+                self.whole = Some(header_at + FRAME_HEADER_LEN + len);
+            }
+            if self.whole.is_some_and(|whole| self.seen >= whole) {
+                return Progress::Done;
+            }
+        }
+        Progress::More
+    }
 }
 
 /// A stream that fails every operation once a token is cancelled, or once
@@ -157,20 +233,22 @@ impl<X> Io<X> {
         self
     }
 
-    /// Fails the stream if the peer sends nothing by `deadline` (or, with
-    /// `settings`, anything but an HTTP/2 SETTINGS frame first). The
-    /// receiver hears how the first bytes went.
+    /// Fails the stream unless the peer's first bytes are what `expect`
+    /// says, all of them by `deadline` (whatever else it sent). The receiver
+    /// hears how they went.
     pub(crate) fn first_bytes_by(
         &mut self,
         deadline: Instant,
-        settings: bool,
+        expect: Expect,
     ) -> oneshot::Receiver<Result<(), Unanswered>> {
         let (sender, receiver) = oneshot::channel();
         let by = Box::pin(tokio::time::sleep_until(deadline));
         self.first = Some(FirstBytes {
             by,
-            settings,
+            expect,
             seen: 0,
+            header: [0; FRAME_HEADER_LEN],
+            whole: None,
             answered: Some(sender),
         });
         receiver
@@ -256,24 +334,17 @@ impl<X: Unpin> AsyncRead for Io<X> {
             && buf.filled().len() > before
             && let Some(mut first) = self.first.take()
         {
-            if first.settings {
-                let read = &buf.filled()[before..];
-                // The type octet may come in a later read than the first.
-                match read.get(FRAME_TYPE_OFFSET - first.seen) {
-                    None => {
-                        first.seen += read.len();
-                        self.first = Some(first);
-                        return polled;
-                    }
-                    Some(&frame_type) if frame_type != FRAME_TYPE_SETTINGS => {
-                        self.first = Some(first);
-                        return Poll::Ready(Err(self.fail(Unanswered::NotHttp2)));
-                    }
-                    Some(_) => {}
+            match first.feed(&buf.filled()[before..]) {
+                Progress::More => self.first = Some(first),
+                Progress::Wrong => {
+                    self.first = Some(first);
+                    return Poll::Ready(Err(self.fail(Unanswered::NotHttp2)));
                 }
-            }
-            if let Some(answered) = first.answered {
-                let _ = answered.send(Ok(()));
+                Progress::Done => {
+                    if let Some(answered) = first.answered {
+                        let _ = answered.send(Ok(()));
+                    }
+                }
             }
         }
         polled
@@ -411,7 +482,7 @@ mod tests {
             let (ours, mut peer) = tokio::io::duplex(64);
             let mut io = Io::new(Box::new(ours));
             let deadline = Instant::now() + std::time::Duration::from_secs(10);
-            let mut answered = io.first_bytes_by(deadline, true);
+            let mut answered = io.first_bytes_by(deadline, Expect::ServerSettings);
             let mut buf = [0; 16];
             peer.write_all(&[0, 0]).await.unwrap();
             assert_eq!(io.read(&mut buf).await.unwrap(), 2);
@@ -425,6 +496,88 @@ mod tests {
                 assert_eq!(read.unwrap_err().kind(), io::ErrorKind::InvalidData);
                 assert_eq!(answered.await.unwrap(), Err(Unanswered::NotHttp2));
             }
+        }
+    }
+
+    /// The client's preface and a SETTINGS frame, `len` bytes of payload.
+    fn client_hello(len: usize) -> Vec<u8> {
+        let mut hello = CLIENT_PREFACE.to_vec();
+        hello.extend_from_slice(&[
+            0,
+            (len >> 8) as u8,
+            len as u8,
+            FRAME_TYPE_SETTINGS,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ]);
+        hello.extend(std::iter::repeat_n(0, len));
+        hello
+    }
+
+    #[tokio::test]
+    async fn a_clients_preface_and_settings_answer_whole_however_split() {
+        let hello = client_hello(12);
+        for at in 1..hello.len() {
+            let (ours, mut peer) = tokio::io::duplex(256);
+            let mut io = Io::new(Box::new(ours));
+            let deadline = Instant::now() + std::time::Duration::from_secs(10);
+            let mut answered = io.first_bytes_by(deadline, Expect::ClientPreface);
+            let mut buf = [0; 256];
+            peer.write_all(&hello[..at]).await.unwrap();
+            let _ = io.read(&mut buf).await.unwrap();
+            assert!(answered.try_recv().is_err(), "answered after {at} bytes");
+            peer.write_all(&hello[at..]).await.unwrap();
+            while answered.try_recv().is_err() {
+                let _ = io.read(&mut buf).await.unwrap();
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_inside_its_preface_or_settings_is_cut_at_the_deadline() {
+        let hello = client_hello(12);
+        for sent in [1, 23, 24, 30, hello.len() - 1] {
+            let (ours, mut peer) = tokio::io::duplex(256);
+            let mut io = Io::new(Box::new(ours));
+            let deadline = Instant::now() + std::time::Duration::from_secs(10);
+            let answered = io.first_bytes_by(deadline, Expect::ClientPreface);
+            peer.write_all(&hello[..sent]).await.unwrap();
+            let mut buf = [0; 256];
+            let err = loop {
+                match io.read(&mut buf).await {
+                    Ok(_) => continue,
+                    Err(err) => break err,
+                }
+            };
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut, "after {sent} bytes");
+            assert_eq!(answered.await.unwrap(), Err(Unanswered::Silent));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_is_not_http2_is_cut_at_once() {
+        let mut wrong_frame = client_hello(0);
+        wrong_frame[24 + FRAME_TYPE_OFFSET] = 0x1;
+        let mut huge = client_hello(0);
+        huge[24] = 1; // a first frame of 64 KiB
+        for bytes in [b"GET / HTTP/1.1\r\n".to_vec(), wrong_frame, huge] {
+            let (ours, mut peer) = tokio::io::duplex(256);
+            let mut io = Io::new(Box::new(ours));
+            let deadline = Instant::now() + std::time::Duration::from_secs(10);
+            let answered = io.first_bytes_by(deadline, Expect::ClientPreface);
+            peer.write_all(&bytes).await.unwrap();
+            let mut buf = [0; 256];
+            let err = loop {
+                match io.read(&mut buf).await {
+                    Ok(_) => continue,
+                    Err(err) => break err,
+                }
+            };
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            assert_eq!(answered.await.unwrap(), Err(Unanswered::NotHttp2));
         }
     }
 
