@@ -2,6 +2,9 @@
 //! seed's "Monitoring": a client element using the gRPC health API and the
 //! client's cancel handle).
 
+use std::time::Duration;
+
+use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -18,9 +21,11 @@ use crate::{Element, Hooks};
 /// through its [`ClientCancel`] handle when the remote reports
 /// `NOT_SERVING` or cannot be reached (the watch fails `UNAVAILABLE`). A
 /// watch that ends after hearing from the remote (its connection was
-/// recycled by a GOAWAY, say) is started again, on a new connection if need
-/// be; so is one cut before the remote said anything, but not twice in a
-/// row. Calls pass through it unchanged.
+/// recycled by a GOAWAY, or the remote restarted) is started again, on a
+/// new connection if need be (a new connection that cannot be made closes
+/// the client); so is one cut before the remote said anything, but not
+/// twice in a row. Watches that end as soon as they begin are started again
+/// after a pause that doubles, up to 5 s. Calls pass through it unchanged.
 ///
 /// A remote that answers but will not be watched (no health service, a
 /// refusal such as `PERMISSION_DENIED`, a watch ended without a word) is
@@ -67,12 +72,28 @@ impl Monitor {
 
 impl Hooks for Monitor {}
 
+/// A watch that ends sooner than this after it began makes the next one wait.
+const QUICK_END: Duration = Duration::from_secs(1);
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+
 async fn watch(conn: ClientConn, cancel: ClientCancel) {
     let url: Url = conn.url().clone();
     let mut health = HealthClient::new(conn);
     // Whether the last watch was cut before it said anything.
     let mut cut_silent = false;
+    // How long to wait before watching again after a watch that ended at
+    // once: a remote that answers and then drops every connection would
+    // otherwise have this loop dial as fast as it can.
+    let mut pause = Duration::ZERO;
     loop {
+        if !pause.is_zero() {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        let began = Instant::now();
         let request = HealthCheckRequest {
             service: String::new(),
         };
@@ -120,6 +141,10 @@ async fn watch(conn: ClientConn, cancel: ClientCancel) {
         // recycled before the remote answered: it is watched once more,
         // and the next watch fails to start if the remote is gone. No more
         // than that: a remote that drops every watch would spin this loop.
+        pause = match began.elapsed() < QUICK_END {
+            true => (pause * 2).clamp(FIRST_PAUSE, MAX_PAUSE),
+            false => Duration::ZERO,
+        };
         match ended {
             _ if heard => {
                 cut_silent = false;

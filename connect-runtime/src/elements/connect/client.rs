@@ -65,7 +65,7 @@ impl ConnectClient {
         instance: Instance,
         cancel: ClientCancel,
         factory: Arc<dyn ClientFactory>,
-        dial_options: &DialOptions,
+        dial_options: DialOptions,
     ) -> Arc<Self> {
         let ctx = Context::new()
             .with_client_url(Arc::clone(&url))
@@ -74,10 +74,10 @@ impl ConnectClient {
         Arc::new(Self {
             // Cancelling the client closes its connection, even while clones
             // of the channel live on in the chain; and the channel ending
-            // for good (the remote cannot be reached) cancels the client, so
-            // that it leaves the map and the next request dials afresh.
+            // for good (a new connection to the remote could not be made)
+            // cancels the client, so that it leaves the map and the next
+            // call for its connections dials afresh.
             dial_options: dial_options
-                .clone()
                 .close_on(cancel.token().clone())
                 .on_end(cancel.token().clone()),
             url,
@@ -148,6 +148,13 @@ impl ConnectClient {
             .map_or(0, |(_, conn)| conn.dials())
     }
 
+    /// Its connections that have ended.
+    pub(super) fn ended_connections(&self) -> u64 {
+        lock(&self.chain)
+            .as_ref()
+            .map_or(0, |(_, conn)| conn.ended_connections())
+    }
+
     // Owning their client, these futures are the call a lease boxes, with
     // no wrapper around them holding second copies of the arguments.
     pub(super) async fn request(
@@ -203,7 +210,16 @@ impl ConnectClient {
         }
         let conn = tokio::select! {
             biased;
-            dialed = dial(&self.url, &self.dial_options) => dialed?,
+            dialed = dial(&self.url, &self.dial_options) => match dialed {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // The calls that shared this dial fail with it; the
+                    // client closes, so that a later call dials afresh
+                    // rather than meet the same failure.
+                    self.cancel.cancel();
+                    return Err(err.into());
+                }
+            },
             () = self.cancel.cancelled() => return Err(self.cancelled()),
         };
         let factory = AssertUnwindSafe(|| self.factory.client(&self.ctx, conn.clone()));
@@ -226,7 +242,7 @@ impl ConnectClient {
 
     fn cancelled(&self) -> Status {
         Status::unavailable(format!(
-            "the client for {} was closed; the next request dials afresh",
+            "the client for {} was closed; the next call dials afresh",
             self.url
         ))
     }

@@ -77,7 +77,7 @@ impl Shared {
                 }
                 // The URL changed: close at the old remote, then proceed as new.
                 // Boxed: a cold path that would otherwise swell every request.
-                Some(record) => Box::pin(self.leave(&id, record, turn)).await,
+                Some(record) => Box::pin(self.leave(&ctx, &id, record, turn)).await,
                 None => turn,
             };
             self.establish(ctx, request, next, url, id, turn).await
@@ -86,14 +86,20 @@ impl Shared {
 
     /// Closes `id` at the remote its record names and forgets the record,
     /// before the connection moves elsewhere. A failure is only logged.
-    pub(super) async fn leave(self: &Arc<Self>, id: &Arc<str>, record: Record, turn: Turn) -> Turn {
+    pub(super) async fn leave(
+        self: &Arc<Self>,
+        origin: &Context,
+        id: &Arc<str>,
+        record: Record,
+        turn: Turn,
+    ) -> Turn {
         let instance = record.instance;
         self.records.delete_if(&**id, |r| r.instance == instance);
         let old_url = Arc::clone(record.client.url());
         let closing = Arc::clone(&record.connection);
         let closed = match Lease::reaching(self, record, turn) {
             Ok(mut lease) => {
-                let ctx = self.cleanup_context(lease.client());
+                let ctx = self.cleanup_context(origin, lease.client());
                 let closed = lease.close(ctx, closing).await;
                 (closed, lease.release())
             }
@@ -120,35 +126,22 @@ impl Shared {
     ) -> impl Future<Output = Result<Connection, Status>> + Send + 'a {
         async move {
             let client = Arc::clone(&record.client);
-            if client.is_retired() {
-                // Boxed: a cold path, once per connection per rotation.
+            if client.is_retired() || client.is_cancelled() {
+                // Its client was retired by a rotation, or closed (its remote
+                // could not be reached, or stopped serving): the refresh goes
+                // through the URL's current client, dialing one if need be.
+                // Boxed: a cold path.
                 return Box::pin(self.migrate(ctx, request, next, record, turn)).await;
-            }
-            if client.is_cancelled() {
-                // Its monitor (or a heal element) gave up on the remote: forget
-                // the connection; the next request for it dials afresh.
-                self.forget(&turn, &record);
-                return Err(in_context(
-                    Status::unavailable("its client was closed; request again to reconnect"),
-                    "refresh",
-                    turn.id(),
-                    client.url(),
-                ));
             }
             let mut lease = Lease::borrow(Arc::clone(self), &record, turn);
             let client_ctx = client_context(&ctx, &client);
             let reply = match lease.request(client_ctx, request.clone()).await {
                 Ok(reply) => reply,
                 Err(status) => {
+                    // The record stays: if the client was closed meanwhile,
+                    // the next refresh goes through a new one.
                     let status = in_context(status, "refresh", lease.id(), client.url());
-                    let turn = lease.keep();
-                    if client.is_cancelled() && !client.is_retired() {
-                        // The remote could not be reached again: forget the
-                        // connection; the next request for it dials afresh.
-                        // (One bound to a retired client moves on its next
-                        // refresh instead.)
-                        self.forget(&turn, &record);
-                    }
+                    drop(lease.keep());
                     return Err(status);
                 }
             };
@@ -166,10 +159,11 @@ impl Shared {
         }
     }
 
-    /// Refreshes a connection bound to a retired client through the URL's
-    /// current client, which then holds the connection's reference in its
-    /// stead. The remote sees a refresh; if it fails, the connection stays
-    /// where it was and moves on its next refresh.
+    /// Refreshes a connection bound to a retired or closed client through
+    /// the URL's current client (one dial for a burst of them), which then
+    /// holds the connection's reference in its stead. The remote sees a
+    /// refresh; if it fails (the remote is still unreachable, say), the
+    /// connection stays where it was and moves on its next refresh.
     async fn migrate(
         self: &Arc<Self>,
         ctx: Context,
@@ -244,8 +238,7 @@ impl Shared {
                 Err(status) => status,
             };
             // Undo, with a deadline of its own: the caller's may be gone.
-            let cleanup = self.cleanup_context(&client);
-            let (closed, turn) = Box::pin(lease.undo(cleanup)).await;
+            let (closed, turn) = Box::pin(lease.undo()).await;
             if let Err(close) = closed {
                 tracing::warn!(
                     connection_id = %turn.id(),

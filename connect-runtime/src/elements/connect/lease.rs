@@ -61,6 +61,8 @@ pub(super) struct Lease {
     remote: Option<Arc<Connection>>,
     /// Whether this operation stored the id's record.
     recorded: bool,
+    /// The context of the client call, whose values a cleanup close keeps.
+    origin: Option<Context>,
     armed: bool,
 }
 
@@ -112,6 +114,7 @@ impl Lease {
             pending: Pending::Nothing,
             remote: None,
             recorded: false,
+            origin: None,
             armed: true,
         }
     }
@@ -123,14 +126,15 @@ impl Lease {
 
     /// A lease on a client that can reach the remote a record (already
     /// gone) names, to close the connection there: the record's own client,
-    /// or, if that one was retired and has since closed, the URL's current
-    /// client, whose reference replaces the record's.
+    /// or, if that one has closed (retired and drained, or its remote was
+    /// unreachable for a while), the URL's current client, whose reference
+    /// replaces the record's.
     pub(super) fn reaching(
         shared: &Arc<Shared>,
         record: Record,
         turn: Turn,
     ) -> Result<Self, (Status, Turn)> {
-        if record.client.is_retired() && record.client.is_cancelled() {
+        if record.client.is_cancelled() {
             shared.release(record.client.url(), record.instance);
             return shared.acquire(record.client.url(), turn);
         }
@@ -166,6 +170,7 @@ impl Lease {
         request: NetworkServiceRequest,
     ) -> Result<Connection, Status> {
         let client = Arc::clone(&self.client);
+        self.origin = Some(ctx.clone());
         self.pending = Pending::Request(Box::pin(client.request(ctx, request)));
         run_pending(&mut self.pending, |pending| match pending {
             Pending::Request(call) => call,
@@ -185,6 +190,7 @@ impl Lease {
         let sent = Connection::clone(&connection);
         self.remote = Some(connection);
         let client = Arc::clone(&self.client);
+        self.origin = Some(ctx.clone());
         self.pending = Pending::Close(Box::pin(client.close(ctx, sent)));
         let result = run_pending(&mut self.pending, |pending| match pending {
             Pending::Close(call) => call,
@@ -239,8 +245,11 @@ impl Lease {
 
     /// Closes what the operation created on the remote (the connection as
     /// last known), then forgets the record and releases the reference.
-    /// Returns the close's outcome and the turn.
-    pub(super) async fn undo(mut self, ctx: Context) -> (Result<(), Status>, Turn) {
+    /// The close has a deadline of its own and the values of the call's
+    /// context. Returns the close's outcome and the turn.
+    pub(super) async fn undo(mut self) -> (Result<(), Status>, Turn) {
+        let origin = self.origin.take().unwrap_or_default();
+        let ctx = self.shared.cleanup_context(&origin, &self.client);
         let connection = match self.remote.take() {
             Some(connection) => connection,
             None => Arc::new(Connection {
@@ -278,6 +287,7 @@ impl Drop for Lease {
         };
         let pending = std::mem::replace(&mut self.pending, Pending::Nothing);
         let remote = self.remote.take();
+        let origin = self.origin.take().unwrap_or_default();
         if matches!(pending, Pending::Nothing) && remote.is_none() {
             // Nothing on the remote to wait for or undo.
             return;
@@ -291,7 +301,7 @@ impl Drop for Lease {
             url = %self.client.url(),
             "call abandoned; finishing it and undoing what it did"
         );
-        runtime.spawn(finish(held, pending, remote));
+        runtime.spawn(finish(held, pending, remote, origin));
     }
 }
 
@@ -318,7 +328,12 @@ impl Drop for Held {
 
 /// The background half of an abandoned operation: the call in flight run
 /// to its end, then a close of what it may have left at the remote.
-async fn finish(held: Held, pending: Pending, mut remote: Option<Arc<Connection>>) {
+async fn finish(
+    held: Held,
+    pending: Pending,
+    mut remote: Option<Arc<Connection>>,
+    origin: Context,
+) {
     let limit = held.shared.cleanup_timeout;
     let outcome = |result: Result<Result<Result<(), Status>, _>, _>| match result {
         Ok(Ok(Ok(()))) => Some(Ok(())),
@@ -362,7 +377,7 @@ async fn finish(held: Held, pending: Pending, mut remote: Option<Arc<Connection>
         }
     }
     if let Some(connection) = remote {
-        let ctx = held.shared.cleanup_context(&held.client);
+        let ctx = held.shared.cleanup_context(&origin, &held.client);
         let connection = Arc::unwrap_or_clone(connection);
         let close =
             AssertUnwindSafe(Arc::clone(&held.client).close(ctx, connection)).catch_unwind();

@@ -70,10 +70,16 @@ pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 ///   [`expiry_margin`](ConnectBuilder::expiry_margin) before its
 ///   certificate expires, whichever comes first. Connections still bound to
 ///   it then move on their next refresh all the same.
-/// - Cancelling a client through its [`ClientCancel`](crate::ClientCancel) handle (a
-///   [`Monitor`](crate::Monitor) does when the remote dies) closes it at
-///   once; connections bound to it fail their next request, and the request
-///   after that dials afresh.
+/// - A remote's connection ending (a GOAWAY of any code, a restart) costs
+///   nothing but a new connection on the next call. Cancelling a client
+///   through its [`ClientCancel`](crate::ClientCancel) handle (a
+///   [`Monitor`](crate::Monitor) does when the remote stops serving, and a
+///   new connection that cannot be made does it too) closes it at once and
+///   takes it out of the map; the connections bound to it keep their
+///   records, and their next request or close goes through the URL's
+///   current client, dialing one if there is none (one dial for a burst).
+///   While the remote is unreachable that call fails `Unavailable` within
+///   the dial timeout, and a refresh leaves the record for the next try.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -207,6 +213,7 @@ impl ConnectBuilder {
 
 /// What a [`Connect`] holds right now: for tests, logs and health endpoints.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConnectStats {
     /// Connections it has forwarded and not yet closed.
     pub records: usize,
@@ -220,6 +227,7 @@ pub struct ConnectStats {
 
 /// One client in [`ConnectStats`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClientStats {
     /// The remote's URL.
     pub url: String,
@@ -228,8 +236,11 @@ pub struct ClientStats {
     /// Whether its dial has completed.
     pub dialed: bool,
     /// Connections it has made to the remote: its dial, and one more each
-    /// time the remote ended a connection (a GOAWAY) and a call needed one.
+    /// time a connection had ended and a call needed one.
     pub dials: u64,
+    /// Its connections that have ended (a GOAWAY of any code, a reset, a
+    /// restart of the remote); it goes on past each.
+    pub ended_connections: u64,
     /// Whether it was retired: its dial presented a certificate that has
     /// since rotated, so new requests go to a fresh client.
     pub retired: bool,
@@ -316,8 +327,8 @@ impl Connect {
     }
 
     /// Waits until `condition` holds of [`Connect::stats`], re-checking it
-    /// whenever a call starts waiting for its turn, a call ends, or a client
-    /// leaves the map (no polling).
+    /// whenever a call starts waiting for its turn, a call ends, a client
+    /// leaves the map, or one of a client's connections ends (no polling).
     pub async fn wait_for(&self, condition: impl Fn(&ConnectStats) -> bool) {
         self.wait_until_clients(|_| condition(&self.stats())).await;
     }
@@ -352,6 +363,7 @@ impl Connect {
                 refs,
                 dialed: client.is_dialed(),
                 dials: client.dials(),
+                ended_connections: client.ended_connections(),
                 retired: client.is_retired(),
                 serial: credential.as_ref().map(|c| c.serial.clone()),
                 expires: credential.map(|c| c.not_after),

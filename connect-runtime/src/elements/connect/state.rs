@@ -12,13 +12,14 @@ use url::Url;
 
 use super::client::{ClientFactory, ConnectClient};
 use super::signal::Signal;
-use super::turns::{Turn, Turns};
+use super::turns::Turns;
 use crate::ConcurrentMap;
 use crate::chain::{ClientCancel, Context};
+use crate::deadline::deadline_after;
 use crate::map::{Instance, RefCountMap, Released, SyncMap, lock};
 use crate::proto::connection::Connection;
 use crate::tls::Credential;
-use crate::transport::DialOptions;
+use crate::transport::{DialOptions, Hook};
 
 /// Connection id → where it was forwarded (Go's `connectionInfoMap`).
 #[derive(ConcurrentMap)]
@@ -82,9 +83,16 @@ impl Shared {
         instance: Instance,
     ) -> Arc<ConnectClient> {
         let cancel = ClientCancel::from_token(self.root.child_token());
-        let client =
-            ConnectClient::new(url, instance, cancel, Arc::clone(&self.factory), &self.dial);
         let shared: Weak<Shared> = Arc::downgrade(self);
+        // Observers of `stats()` hear when one of its connections ends.
+        let observed = Weak::clone(&shared);
+        let ended = Hook(Arc::new(move || {
+            if let Some(shared) = observed.upgrade() {
+                shared.clients_changed.notify();
+            }
+        }));
+        let dial = self.dial.clone().on_connection_end(ended);
+        let client = ConnectClient::new(url, instance, cancel, Arc::clone(&self.factory), dial);
         let watched = Arc::clone(&client);
         let margin = self.expiry_margin;
         tokio::spawn(async move {
@@ -196,17 +204,6 @@ impl Shared {
         self.clients_changed.notify();
     }
 
-    /// Forgets `record`, which `turn`'s id holds, and releases its reference.
-    pub(super) fn forget(&self, turn: &Turn, record: &Record) {
-        let instance = record.instance;
-        if self
-            .records
-            .delete_if(turn.id(), |r| r.instance == instance)
-        {
-            self.release(record.client.url(), instance);
-        }
-    }
-
     /// Drops one reference; the last one closes the client, retired or not.
     pub(super) fn release(&self, url: &Url, instance: Instance) {
         let last = match self.clients.release(url, instance) {
@@ -228,12 +225,17 @@ impl Shared {
         self.clients_changed.notify();
     }
 
-    /// A context for closes `connect` makes on its own behalf: the client's
-    /// URL and cancel handle, and a fresh deadline.
-    pub(super) fn cleanup_context(&self, client: &ConnectClient) -> Context {
-        Context::new()
+    /// A context for closes `connect` makes on its own behalf, from the
+    /// context of the call that caused them: its values and metadata (as
+    /// Go's `postpone.ContextWithValues` keeps them: a token, say), but a
+    /// fresh deadline and no cancellation; the client's URL and cancel
+    /// handle.
+    pub(super) fn cleanup_context(&self, origin: &Context, client: &ConnectClient) -> Context {
+        origin
+            .clone()
+            .without_cancellation_token()
+            .with_fresh_deadline(Some(deadline_after(self.cleanup_timeout)))
             .with_client_url(Arc::clone(client.url()))
             .with_client_cancel(client.cancel_handle().clone())
-            .with_timeout(self.cleanup_timeout)
     }
 }
