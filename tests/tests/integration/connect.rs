@@ -262,7 +262,10 @@ async fn when_next_fails_the_client_side_is_closed() {
     assert_no_leaks(&connect, &[&server]).await;
 }
 
-/// Go's `TestConnectServer_RemoteRestarted`.
+/// Go's `TestConnectServer_RemoteRestarted`, with its monitor: the remote
+/// stops (health `NOT_SERVING`, then gone) and its client closes; a refresh
+/// while it is gone fails `Unavailable` within the dial timeout and keeps
+/// the record; the first refresh once it is back goes through a new client.
 #[tokio::test]
 async fn a_restarted_remote_is_reconnected() {
     let connect = connect_via(Passthrough);
@@ -288,25 +291,28 @@ async fn a_restarted_remote_is_reconnected() {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert_eq!(
         connect.stats().records,
-        0,
-        "the failed refresh forgot the connection"
+        1,
+        "the record stays for the next try"
     );
 
-    // Restart on the same port: the next request dials afresh.
+    // Restart on the same port: the next refresh dials afresh and goes on.
     let restarted = start_at(&url, ServerChain::builder().with(remote.clone()).build()).await;
     let conn = chain.request(at(&url), refresh).await.unwrap();
     assert_eq!(remote.requests(), 2);
+    let stats = connect.stats();
+    assert_eq!((stats.records, stats.clients.len()), (1, 1), "{stats:?}");
+    assert_eq!(stats.clients[0].refs, 1, "{stats:?}");
 
     chain.close(Context::new(), conn).await.unwrap();
     assert_eq!(remote.closes(), 1);
     assert_no_leaks(&connect, &[&restarted]).await;
 }
 
-/// Without a monitor: the client's connection ending is enough for the
-/// client to leave the map, and for the connection's next request but one
-/// to reach the restarted remote.
+/// A hard restart (the remote dies without a GOAWAY and comes back, empty)
+/// costs nothing but a new connection: the first refresh after it is back
+/// goes over a new connection of the same client, and so does the close.
 #[tokio::test]
-async fn a_client_whose_connection_ended_leaves_and_the_remote_is_redialed() {
+async fn the_first_refresh_after_a_hard_restart_goes_through() {
     let connect = grpc_only().build();
     let chain = connect_chain(&connect);
     let remote = Count::new();
@@ -315,23 +321,106 @@ async fn a_client_whose_connection_ended_leaves_and_the_remote_is_redialed() {
     let conn = chain.request(at(&url), request("id")).await.unwrap();
 
     server.kill().await;
+    let restarted = start_at(&url, ServerChain::builder().with(remote.clone()).build()).await;
+    let mut refresh = request("id");
+    refresh.connection = Some(Box::new(conn));
+    let conn = chain.request(at(&url), refresh).await.unwrap();
+    assert_eq!(remote.requests(), 2);
+    let stats = connect.stats();
+    assert_eq!(stats.clients.len(), 1, "{stats:?}");
+    assert_eq!(stats.clients[0].dials, 2, "one new connection: {stats:?}");
+
+    chain.close(Context::new(), conn).await.unwrap();
+    assert_eq!(remote.closes(), 1);
+    assert_no_leaks(&connect, &[&restarted]).await;
+}
+
+/// Connections bound to a client that closed because its remote could not
+/// be reached keep their records. While the remote is down their refreshes
+/// fail `Unavailable`; once it is back, a burst of them moves to one new
+/// client (one dial), and their closes reach it.
+#[tokio::test]
+async fn connections_of_a_closed_client_move_together_to_one_new_client() {
+    const CONNECTIONS: usize = 8;
+    let (connect, dials) = grpc_only_counting_dials();
+    let connect = connect.dial_timeout(Duration::from_secs(1)).build();
+    let chain = connect_chain(&connect);
+    let remote = Count::new();
+    let server = start_tcp(ServerChain::builder().with(remote.clone()).build()).await;
+    let url = server.url().clone();
+    let mut conns = Vec::new();
+    for k in 0..CONNECTIONS {
+        conns.push(
+            chain
+                .request(at(&url), request(&format!("c{k}")))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(dials.load(Ordering::SeqCst), 1);
+
+    // Down: the next call's new connection fails, which closes the client.
+    server.kill().await;
+    let mut refresh = request("c0");
+    refresh.connection = Some(Box::new(conns[0].clone()));
+    let err = chain.request(at(&url), refresh).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     settle(
-        "the client to leave once its connection ended",
+        "the closed client to leave",
+        connect.wait_for(|stats| stats.clients.is_empty()),
+    )
+    .await;
+    assert_eq!(connect.stats().records, CONNECTIONS);
+
+    // Back: every connection refreshes at once, over one new dial.
+    let restarted = start_at(&url, ServerChain::builder().with(remote.clone()).build()).await;
+    let refreshes = conns.iter().map(|conn| {
+        let mut refresh = request(&conn.id);
+        refresh.connection = Some(Box::new(conn.clone()));
+        chain.request(at(&url), refresh)
+    });
+    let refreshed: Vec<_> = futures_util::future::join_all(refreshes).await;
+    for result in &refreshed {
+        assert!(result.is_ok(), "{result:?}");
+    }
+    assert_eq!(dials.load(Ordering::SeqCst), 2, "one dial for the burst");
+    let stats = connect.stats();
+    assert_eq!(stats.clients.len(), 1, "{stats:?}");
+    assert_eq!(stats.clients[0].refs, CONNECTIONS, "{stats:?}");
+
+    for conn in refreshed {
+        chain.close(Context::new(), conn.unwrap()).await.unwrap();
+    }
+    assert_eq!(remote.closes(), CONNECTIONS);
+    assert_no_leaks(&connect, &[&restarted]).await;
+}
+
+/// The close of a connection whose client has closed goes through the URL's
+/// current client to the remote, and always on through the chain.
+#[tokio::test]
+async fn a_close_after_its_client_closed_reaches_the_remote() {
+    let connect = grpc_only().dial_timeout(Duration::from_secs(1)).build();
+    let chain = connect_chain(&connect);
+    let remote = Count::new();
+    let server = start_tcp(ServerChain::builder().with(remote.clone()).build()).await;
+    let url = server.url().clone();
+    let kept = chain.request(at(&url), request("kept")).await.unwrap();
+    let probe = chain.request(at(&url), request("probe")).await.unwrap();
+
+    server.kill().await;
+    let mut refresh = request("probe");
+    refresh.connection = Some(Box::new(probe.clone()));
+    chain.request(at(&url), refresh).await.unwrap_err();
+    settle(
+        "the closed client to leave",
         connect.wait_for(|stats| stats.clients.is_empty()),
     )
     .await;
 
     let restarted = start_at(&url, ServerChain::builder().with(remote.clone()).build()).await;
-    let mut refresh = request("id");
-    refresh.connection = Some(Box::new(conn));
-    let err = chain.request(at(&url), refresh.clone()).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert_eq!(connect.stats().records, 0, "the failed refresh forgot it");
-
-    let conn = chain.request(at(&url), refresh).await.unwrap();
-    assert_eq!(remote.requests(), 2);
-    chain.close(Context::new(), conn).await.unwrap();
-    assert_eq!(remote.closes(), 1);
+    chain.close(Context::new(), kept).await.unwrap();
+    chain.close(Context::new(), probe).await.unwrap();
+    assert_eq!(remote.closes(), 2);
     assert_no_leaks(&connect, &[&restarted]).await;
 }
 
@@ -923,11 +1012,14 @@ async fn dropping_connect_closes_every_client() {
     .await;
 }
 
+/// A remote reporting `NOT_SERVING` has its client closed; once it serves
+/// again, the connection's refresh goes through a new client.
 #[tokio::test]
 async fn the_monitor_cancels_the_client_when_the_remote_stops_serving() {
     let connect = connect_via(Passthrough);
     let chain = connect_chain(&connect);
-    let server = start_tcp(ServerChain::default()).await;
+    let remote = Count::new();
+    let server = start_tcp(ServerChain::builder().with(remote.clone()).build()).await;
     let conn = chain
         .request(at(server.url()), request("id"))
         .await
@@ -947,11 +1039,26 @@ async fn the_monitor_cancels_the_client_when_the_remote_stops_serving() {
         connect.wait_for(|stats| stats.clients.is_empty()),
     )
     .await;
+    assert_eq!(
+        connect.stats().records,
+        1,
+        "the connection keeps its record"
+    );
 
+    server
+        .health()
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     let mut refresh = request("id");
     refresh.connection = Some(Box::new(conn));
-    let err = chain.request(at(server.url()), refresh).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable);
+    let conn = chain.request(at(server.url()), refresh).await.unwrap();
+    assert_eq!(remote.requests(), 2);
+    assert_eq!(
+        server.connections().accepted,
+        2,
+        "a new client, a new connection"
+    );
+    chain.close(Context::new(), conn).await.unwrap();
     assert_no_leaks(&connect, &[&server]).await;
 }
 

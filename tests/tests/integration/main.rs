@@ -6,6 +6,7 @@ mod chain;
 mod connect;
 mod fixtures;
 mod interop;
+mod peers;
 mod program;
 mod rotation;
 mod served;

@@ -99,7 +99,8 @@ fn step() -> impl Strategy<Value = Step> {
 struct Binding {
     remote: usize,
     /// Its client was cancelled (remote stopped, client cancelled, connect
-    /// shut down): the record remains until the next request or close.
+    /// shut down): the record remains, and the next request or close goes
+    /// through the URL's current client.
     stale: bool,
 }
 
@@ -134,26 +135,21 @@ impl Model {
     }
 
     /// The close connect makes at `binding`'s remote before moving `id`
-    /// elsewhere, or on a Close.
+    /// elsewhere, or on a Close: through its client, or, if that one was
+    /// cancelled, the URL's current client.
     fn close_at(&mut self, id: usize, binding: Binding) -> bool {
         let r = binding.remote;
-        let closed = !binding.stale && !self.down[r] && !self.faults[r].1;
+        let closed = !self.shut && !self.down[r] && !self.faults[r].1;
         if closed {
             self.remote_open[r].remove(&id);
         }
         closed
     }
 
-    /// Whether a request for `id` at `r` reaches the remote's chain (to be
-    /// held there).
-    fn reaches(&self, id: usize, r: usize) -> bool {
-        !self.shut
-            && !self.down[r]
-            && !self.malformed[r]
-            && self
-                .bound
-                .get(&id)
-                .is_none_or(|b| b.remote != r || !b.stale)
+    /// Whether a request at `r` reaches the remote's chain (to be held
+    /// there).
+    fn reaches(&self, r: usize) -> bool {
+        !self.shut && !self.down[r] && !self.malformed[r]
     }
 }
 
@@ -322,7 +318,7 @@ impl World {
                 check_outcome(step, result.map(drop), expected)?;
             }
             Step::Abandon { id, r } => {
-                if !model.reaches(id, r) {
+                if !model.reaches(r) {
                     return Ok(());
                 }
                 let gate = self.remotes[r].gate.clone();
@@ -345,7 +341,7 @@ impl World {
                 expect_abandon(model, id, r, true);
             }
             Step::Hang { id, r } => {
-                if !model.reaches(id, r) {
+                if !model.reaches(r) {
                     return Ok(());
                 }
                 let gate = self.remotes[r].gate.clone();
@@ -567,17 +563,24 @@ impl World {
 /// What a Request of `id` at `r` must return, applying it to the model.
 fn expect_request(model: &mut Model, id: usize, r: usize) -> Result<(), Code> {
     match model.bound.get(&id).copied() {
-        Some(binding) if binding.remote == r && binding.stale => {
-            model.bound.remove(&id);
-            Err(Code::Unavailable)
-        }
         Some(binding) if binding.remote == r => {
-            // A refresh; a failure keeps the record.
-            if model.malformed[r] {
+            // A refresh (through the URL's current client if its own was
+            // cancelled); a failure keeps the record as it was.
+            if model.shut || model.down[r] {
+                Err(Code::Unavailable)
+            } else if model.malformed[r] {
                 Err(Code::Internal)
             } else if model.faults[r].0 {
                 Err(Code::Unavailable)
             } else {
+                model.bound.insert(
+                    id,
+                    Binding {
+                        remote: r,
+                        stale: false,
+                    },
+                );
+                model.remote_open[r].insert(id);
                 Ok(())
             }
         }
@@ -606,12 +609,19 @@ fn expect_request(model: &mut Model, id: usize, r: usize) -> Result<(), Code> {
 }
 
 /// A request whose caller went away (`completes`: the remote finished it)
-/// or whose remote hung past its deadline: a refresh leaves everything as
+/// or whose remote hung past its deadline: a refresh leaves the record as
 /// it was; a new connection (or a move) ends unbound, with the remote told
 /// to close it.
 fn expect_abandon(model: &mut Model, id: usize, r: usize, completes: bool) {
     match model.bound.get(&id).copied() {
-        Some(binding) if binding.remote == r => {}
+        // A refresh; one through a new client (its own was cancelled) that
+        // the remote finished has it open there again (a restart may have
+        // lost it), while the record stays with the cancelled client.
+        Some(binding) if binding.remote == r => {
+            if binding.stale && completes && !model.faults[r].0 {
+                model.remote_open[r].insert(id);
+            }
+        }
         previous => {
             if let Some(binding) = previous {
                 model.bound.remove(&id);
