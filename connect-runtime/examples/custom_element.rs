@@ -85,7 +85,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let endpoint = ServerChain::builder()
         .with(Quota::new("endpoint-count", 3))
         .build();
-    let server = serve(&"tcp://127.0.0.1:0".parse()?, endpoint, shutdown.clone()).await?;
+    let server = serve("tcp://127.0.0.1:0", endpoint, shutdown.clone()).await?;
 
     let conn = dial(server.url(), &DialOptions::new()).await?;
     let client = ClientChain::builder()

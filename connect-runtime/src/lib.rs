@@ -28,7 +28,7 @@
 //! // A remote NSM endpoint, served on a free loopback port.
 //! let stop = CancellationToken::new();
 //! let endpoint = ServerChain::builder().with(Passthrough).build();
-//! let server = serve(&"tcp://127.0.0.1:0".parse()?, endpoint, stop.clone()).await?;
+//! let server = serve("tcp://127.0.0.1:0", endpoint, stop.clone()).await?;
 //!
 //! // A client chain calling it.
 //! let conn = dial(server.url(), &DialOptions::new()).await?;
@@ -56,6 +56,8 @@ mod grpc_timeout;
 pub mod map;
 mod outcome;
 pub mod prelude;
+pub mod server;
+mod sync;
 pub mod transport;
 
 /// The NSM wire API (`connect-proto`), re-exported.
@@ -64,22 +66,24 @@ pub use connect_proto as proto;
 pub use tonic::Status;
 
 pub use chain::{
-    BoxFuture, Chain, ChainBuilder, ClientCancel, ClientChain, ClientElement, ClientRole, Context,
-    Element, Hooks, IntoElement, Next, NextFuture, Role, ServerChain, ServerElement, ServerRole,
-    adapters,
+    BoxFuture, Chain, ChainBuilder, ClientCancel, ClientChain, Context, Element, Hooks, Next,
+    NextFuture, ServerChain,
 };
 pub use elements::{
     ClientFactory, ClientStats, ClientUrl, Connect, ConnectBuilder, ConnectStats, DEADLINE_GRACE,
-    DEFAULT_CLEANUP_TIMEOUT, DEFAULT_EXPIRY_MARGIN, GrpcClient, Monitor, Passthrough,
+    DEFAULT_CLEANUP_TIMEOUT, GrpcClient, Monitor, Passthrough,
+};
+pub use server::{
+    ChainService, ConnectionStats, DEFAULT_GRACE_PERIOD, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, DEFAULT_SERVER_KEEPALIVE, Peer, Serve,
+    ServeError, ServerHandle, serve,
 };
 #[cfg(feature = "spiffe")]
 pub use transport::spiffe;
+pub use transport::tls::DEFAULT_EXPIRY_MARGIN;
 pub use transport::{
-    ChainService, ClientConn, ConnectionStats, DEFAULT_DIAL_TIMEOUT, DEFAULT_GRACE_PERIOD,
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_SERVER_KEEPALIVE, DialError, DialOptions, Keepalive, MIN_KEEPALIVE_INTERVAL, Peer,
-    ResponseFuture, Serve, ServeError, ServerHandle, Target, TransportError, UrlError, dial, serve,
-    tls,
+    ClientConn, DEFAULT_DIAL_TIMEOUT, DialError, DialOptions, Keepalive, MIN_KEEPALIVE_INTERVAL,
+    ResponseFuture, Target, TransportError, UrlError, dial, tls,
 };
 
 /// Makes a type a chain element whose logic is its [`Hooks`] impl: one
@@ -185,8 +189,11 @@ pub mod __private {
     pub use std::default::Default;
     pub use std::fmt;
     pub use std::ops::Deref;
+    pub use std::result::Result;
 
     pub use tracing;
+
+    pub use crate::chain::{close_in, request_in};
 }
 
 /// The README's Rust snippets, compiled and run as doctests.

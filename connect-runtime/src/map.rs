@@ -18,6 +18,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
+use crate::sync::lock;
+
 /// Keys are hashed with a seed of each map's own, as Go's maps are: fast
 /// (foldhash), not a cryptographic hash as std's `RandomState` is, whose
 /// cost showed on every call's lookups.
@@ -187,15 +189,6 @@ impl<K: Hash + Eq, T> Shards<K, T> {
 
 /// Where in the 64-bit hash the shard index is taken from.
 const SHARD_BITS_AT: u32 = 32;
-
-/// A panic while holding a shard lock cannot leave a map entry half-written
-/// (every critical section is a single `HashMap` call), so poisoning is
-/// ignored rather than spread to every later caller.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// A concurrent map with the verbs of Go's `sync.Map`.
 ///

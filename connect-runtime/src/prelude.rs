@@ -16,6 +16,9 @@
 pub use crate::proto::connection::Connection;
 pub use crate::proto::networkservice::NetworkServiceRequest;
 pub use crate::{
-    ClientChain, ClientElement, ClientUrl, ConcurrentMap, Connect, Context, DialOptions, Element,
-    GrpcClient, Hooks, Next, Passthrough, Serve, ServerChain, ServerElement, Status,
+    ClientChain, ClientUrl, ConcurrentMap, Connect, Context, DialOptions, GrpcClient, Hooks, Next,
+    Passthrough, Serve, ServerChain, Status,
 };
+/// The derive only: the [`Element`](crate::Element) trait's methods would
+/// make `element.request(...)` ambiguous beside [`Hooks`]'.
+pub use connect_macros::Element;

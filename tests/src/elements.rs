@@ -808,3 +808,12 @@ impl Hooks for RouteByMetadata {
         next.request(ctx, request).await
     }
 }
+
+/// A remote's chain: a [`Ledger`] of what it holds, then a [`Gate`] that can
+/// hold its calls.
+pub fn ledger_chain(ledger: &Ledger, gate: &Gate) -> connect_runtime::ServerChain {
+    connect_runtime::ServerChain::builder()
+        .with(ledger.clone())
+        .with(gate.clone())
+        .build()
+}

@@ -6,10 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use connect_runtime::chain::{Client, Joins};
+use connect_runtime::proto::connection::Connection;
+use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
 use connect_runtime::{
-    ClientChain, ClientConn, ClientElement, Connect, ConnectBuilder, Context, DialOptions,
-    GrpcClient, Monitor, ServerHandle,
+    ClientChain, ClientConn, Connect, ConnectBuilder, Context, DialOptions, GrpcClient, Monitor,
+    ServerHandle,
 };
+use tonic::Status;
 
 /// How long to wait for an event before calling the test hung. Generous:
 /// the events come in milliseconds; this only turns a bug into a failure
@@ -39,7 +43,7 @@ pub async fn dial_patiently(url: &url::Url) -> ClientConn {
 
 /// `connect` whose client chain is `element → Monitor → GrpcClient`, with a
 /// one-second dial timeout (loopback under a loaded CI machine).
-pub fn connect_via(element: impl ClientElement + Clone) -> Connect {
+pub fn connect_via(element: impl Joins<Client> + Clone) -> Connect {
     Connect::builder(move |ctx: &Context, conn| {
         ClientChain::builder()
             .with(element.clone())
@@ -82,5 +86,68 @@ pub async fn assert_no_leaks(connect: &Connect, remotes: &[&ServerHandle]) {
         )
         .await;
         assert_eq!(seen.open, 0, "{} still has connections", remote.url());
+    }
+}
+
+/// A context whose client URL is `url`, for calling `connect` in-process.
+pub fn at(url: &url::Url) -> Context {
+    Context::new().with_client_url(url.clone())
+}
+
+/// A server chain of just `connect`.
+pub fn connect_chain(connect: &Connect) -> connect_runtime::ServerChain {
+    connect_runtime::ServerChain::builder()
+        .with(connect.clone())
+        .build()
+}
+
+/// `connect` served over gRPC in front of one remote, and a tonic caller of
+/// it (its `caller`): the served path in one value.
+pub struct Front {
+    _served: ServerHandle,
+    pub caller: NetworkServiceClient<tonic::transport::Channel>,
+}
+
+impl Front {
+    /// `clienturl(remote) → connect`, served on a free loopback port.
+    pub async fn new(connect: &Connect, remote: &url::Url) -> Self {
+        let served = crate::remote::start_tcp(
+            connect_runtime::ServerChain::builder()
+                .with(connect_runtime::ClientUrl::new(remote.clone()))
+                .with(connect.clone())
+                .build(),
+        )
+        .await;
+        let caller = crate::caller::tonic_caller(served.url()).await;
+        Self {
+            _served: served,
+            caller,
+        }
+    }
+
+    /// A new connection `id`.
+    pub async fn request(&self, id: &str) -> Result<Connection, Status> {
+        let mut caller = self.caller.clone();
+        caller
+            .request(crate::request(id))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// A refresh of `conn`.
+    pub async fn refresh(&self, conn: &Connection) -> Result<Connection, Status> {
+        let mut refresh = crate::request(&conn.id);
+        refresh.connection = Some(Box::new(conn.clone()));
+        let mut caller = self.caller.clone();
+        caller
+            .request(refresh)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// A close of `conn`.
+    pub async fn close(&self, conn: Connection) -> Result<(), Status> {
+        let mut caller = self.caller.clone();
+        caller.close(conn).await.map(drop)
     }
 }

@@ -10,6 +10,7 @@ pub mod pki;
 pub mod population;
 pub mod program;
 pub mod raw;
+pub mod relay;
 pub mod remote;
 pub mod workload_api;
 

@@ -10,9 +10,10 @@ use syn::spanned::Spanned;
 
 use super::ast::{Element, Map};
 
-/// `impl Element`, and the role markers for the chains it may join. The
-/// element exists wherever its `Hooks` impl does, so a generic element's
-/// hooks may need bounds its type lacks.
+/// `impl Element` (each call its hook, in a span named after the type), and
+/// `Joins` for the roles of the chains it may join. The element exists
+/// wherever its `Hooks` impl does, so a generic element's hooks may need
+/// bounds its type lacks.
 pub(super) fn element(element: &Element<'_>) -> TokenStream {
     let rt = element.runtime();
     let ident = element.ident;
@@ -30,36 +31,67 @@ pub(super) fn element(element: &Element<'_>) -> TokenStream {
     let p = quote!(#rt::__private);
     // Named so that no generic parameter or item of the user's can be
     // taken for them.
-    let role = quote!(__connect_role);
-    let connection_id = quote!(__connect_connection_id);
+    let (role, connection_id) = (quote!(__connect_role), quote!(__connect_connection_id));
+    let (ctx, call, next) = (
+        quote!(__connect_ctx),
+        quote!(__connect_call),
+        quote!(__connect_next),
+    );
+    let lt = quote!('__connect);
     let mut out = quote! {
+        // A function of no generics, so that a generic element's spans share
+        // one callsite.
+        fn __connect_span(#role: &'static str, #connection_id: &str) -> #p::tracing::Span {
+            #p::tracing::debug_span!(
+                #span_name,
+                role = #role,
+                connection_id = #connection_id,
+                code = #p::tracing::field::Empty,
+                error_message = #p::tracing::field::Empty,
+            )
+        }
+
         #[automatically_derived]
         impl #impl_generics #rt::Element for #ident #ty_generics #where_clause {
-            fn span(&self, #role: &'static str, #connection_id: &str) -> #p::tracing::Span {
-                #p::tracing::debug_span!(
-                    #span_name,
-                    role = #role,
-                    connection_id = #connection_id,
-                    code = #p::tracing::field::Empty,
-                    error_message = #p::tracing::field::Empty,
-                )
+            fn request<#lt>(
+                &#lt self,
+                #ctx: #rt::Context,
+                #call: #rt::proto::networkservice::NetworkServiceRequest,
+                #next: #rt::Next<#lt>,
+            ) -> #rt::BoxFuture<#lt, #p::Result<#rt::proto::connection::Connection, #rt::Status>> {
+                #p::request_in(self, __connect_span, #ctx, #call, #next)
+            }
+
+            fn close<#lt>(
+                &#lt self,
+                #ctx: #rt::Context,
+                #call: #rt::proto::connection::Connection,
+                #next: #rt::Next<#lt>,
+            ) -> #rt::BoxFuture<#lt, #p::Result<(), #rt::Status>> {
+                #p::close_in(self, __connect_span, #ctx, #call, #next)
             }
         }
     };
     let (server, client) = (&element.attrs.server, &element.attrs.client);
     let roles = [
-        (client.is_none() || server.is_some(), quote!(ServerRole)),
-        (server.is_none() || client.is_some(), quote!(ClientRole)),
+        (client.is_none() || server.is_some(), quote!(Server)),
+        (server.is_none() || client.is_some(), quote!(Client)),
     ];
     for (plays, role) in roles {
         if plays {
             out.extend(quote! {
                 #[automatically_derived]
-                impl #impl_generics #rt::#role for #ident #ty_generics #where_clause {}
+                impl #impl_generics #rt::chain::Joins<#rt::chain::#role> for #ident #ty_generics #where_clause {}
             });
         }
     }
-    out
+    // In a block of its own: the span function is no item of the user's
+    // module.
+    quote! {
+        const _: () = {
+            #out
+        };
+    }
 }
 
 /// `Deref` to the storage, plus `new`, `Default` and a `Debug` showing the

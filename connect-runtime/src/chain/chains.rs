@@ -1,17 +1,70 @@
-//! Chains: ordered, shareable lists of elements, runnable on their own or
-//! nested as one element of a larger chain.
+//! Chains: ordered, shareable lists of elements of one role, runnable on
+//! their own or nested as one element of a larger chain of that role.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use tonic::Status;
 
-use crate::Context;
-use crate::chain::{BoxFuture, ClientElement, Next, NextFuture, ServerElement};
+use super::{BoxFuture, Context, Element, Next, NextFuture};
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
 
-/// An ordered list of elements of one role: [`ServerChain`] or [`ClientChain`].
+/// Which side of the wire a chain runs on: [`Server`] or [`Client`].
+/// Sealed: there are only these two.
+pub trait Role: role::Sealed + Send + Sync + 'static {
+    /// `"server"` or `"client"`, as spans and [`Next::role`] say it.
+    const NAME: &'static str;
+}
+
+/// The role of the chain a gRPC server runs for each incoming call.
+#[derive(Debug)]
+pub enum Server {}
+
+/// The role of the chain a call takes out to a remote.
+#[derive(Debug)]
+pub enum Client {}
+
+impl Role for Server {
+    const NAME: &'static str = "server";
+}
+
+impl Role for Client {
+    const NAME: &'static str = "client";
+}
+
+mod role {
+    pub trait Sealed {}
+    impl Sealed for super::Server {}
+    impl Sealed for super::Client {}
+}
+
+/// An [`Element`] that may join chains of role `R`: checked where it is
+/// added. `#[derive(Element)]` implements it for both roles, or for the one
+/// `#[element(server)]` or `#[element(client)]` names.
+///
+/// ```compile_fail
+/// use connect_runtime::prelude::*;
+///
+/// #[derive(Element)]
+/// #[element(server)]
+/// struct ServerOnly;
+///
+/// impl Hooks for ServerOnly {}
+///
+/// let chain = ClientChain::builder().with(ServerOnly).build(); // not a client element
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot join a chain of role `{R}`",
+    label = "not an element of this kind of chain",
+    note = "an element derives `Element` and implements `Hooks`; one marked \
+            `#[element(server)]` or `#[element(client)]` joins that kind of chain only"
+)]
+pub trait Joins<R: Role>: Element {}
+
+/// An ordered list of elements of one role: [`ServerChain`] or
+/// [`ClientChain`].
 ///
 /// Cheap to clone (one reference count). A chain is itself an element of its
 /// role: nested in another chain, it runs its elements and then continues
@@ -35,84 +88,31 @@ use crate::proto::networkservice::NetworkServiceRequest;
 /// chain.close(Context::new(), conn).await.unwrap();
 /// # }
 /// ```
-pub struct Chain<E: ?Sized + Role> {
-    elements: Arc<[Arc<E>]>,
+pub struct Chain<R: Role> {
+    elements: Arc<[Arc<dyn Element>]>,
+    role: PhantomData<fn() -> R>,
 }
 
 /// What a gRPC server runs for every incoming call; ends by answering with
 /// the request's connection.
-pub type ServerChain = Chain<dyn ServerElement>;
+pub type ServerChain = Chain<Server>;
 
 /// The path a call takes out to a remote server, usually ending in
-/// [`GrpcClient`](crate::GrpcClient).
-pub type ClientChain = Chain<dyn ClientElement>;
+/// [`GrpcClient`](crate::elements::GrpcClient).
+pub type ClientChain = Chain<Client>;
 
 /// Builds a [`Chain`] element by element.
-pub struct ChainBuilder<E: ?Sized + Role> {
-    elements: Vec<Arc<E>>,
+pub struct ChainBuilder<R: Role> {
+    elements: Vec<Arc<dyn Element>>,
+    role: PhantomData<fn() -> R>,
 }
 
-/// The two element roles, `dyn ServerElement` and `dyn ClientElement`.
-/// Sealed: chains exist only for these.
-pub trait Role: role::Sealed + Send + Sync + 'static {
-    #[doc(hidden)]
-    fn cursor<'a>(elements: &'a [Arc<Self>], then: Option<&'a Next<'a>>) -> Next<'a>;
-}
-
-/// Turns an element into the shared form a chain of role `E` stores.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot join a chain of `{E}`",
-    label = "not an element of this kind of chain",
-    note = "an element derives `Element` and implements `Hooks`; one marked \
-            `#[element(server)]` or `#[element(client)]` joins that kind of chain only"
-)]
-pub trait IntoElement<E: ?Sized + Role> {
-    /// Wraps `self` for a chain.
-    fn into_element(self) -> Arc<E>;
-}
-
-mod role {
-    pub trait Sealed {}
-    impl Sealed for dyn super::ServerElement {}
-    impl Sealed for dyn super::ClientElement {}
-}
-
-impl Role for dyn ServerElement {
-    fn cursor<'a>(elements: &'a [Arc<Self>], then: Option<&'a Next<'a>>) -> Next<'a> {
-        Next::server(elements, then)
-    }
-}
-
-impl Role for dyn ClientElement {
-    fn cursor<'a>(elements: &'a [Arc<Self>], then: Option<&'a Next<'a>>) -> Next<'a> {
-        Next::client(elements, then)
-    }
-}
-
-impl<T: ServerElement> IntoElement<dyn ServerElement> for T {
-    fn into_element(self) -> Arc<dyn ServerElement> {
-        Arc::new(self)
-    }
-}
-
-impl<T: ClientElement> IntoElement<dyn ClientElement> for T {
-    fn into_element(self) -> Arc<dyn ClientElement> {
-        Arc::new(self)
-    }
-}
-
-impl<E: ?Sized + Role> Chain<E> {
-    /// A chain of the given elements, run in order.
-    pub fn new(elements: impl IntoIterator<Item = Arc<E>>) -> Self {
-        Self {
-            elements: elements.into_iter().collect(),
-        }
-    }
-
+impl<R: Role> Chain<R> {
     /// Starts a builder.
-    pub fn builder() -> ChainBuilder<E> {
+    pub fn builder() -> ChainBuilder<R> {
         ChainBuilder {
             elements: Vec::new(),
+            role: PhantomData,
         }
     }
 
@@ -124,12 +124,12 @@ impl<E: ?Sized + Role> Chain<E> {
         ctx: Context,
         request: NetworkServiceRequest,
     ) -> NextFuture<'_, Connection> {
-        E::cursor(&self.elements, None).request(ctx, request)
+        Next::new(&self.elements, R::NAME, None).request(ctx, request)
     }
 
     /// Runs a `Close` through the chain.
     pub fn close(&self, ctx: Context, connection: Connection) -> NextFuture<'_, ()> {
-        E::cursor(&self.elements, None).close(ctx, connection)
+        Next::new(&self.elements, R::NAME, None).close(ctx, connection)
     }
 
     /// Number of elements.
@@ -142,118 +142,92 @@ impl<E: ?Sized + Role> Chain<E> {
     pub fn is_empty(&self) -> bool {
         self.elements.is_empty()
     }
+}
 
-    fn nested_request<'a>(
+impl<R: Role> ChainBuilder<R> {
+    /// Appends an element of this role.
+    pub fn with(mut self, element: impl Joins<R>) -> Self {
+        self.elements.push(Arc::new(element));
+        self
+    }
+
+    /// Appends an element of this role that is already shared.
+    pub fn with_arc<E: Joins<R>>(mut self, element: Arc<E>) -> Self {
+        self.elements.push(element);
+        self
+    }
+
+    /// Finishes the chain.
+    pub fn build(self) -> Chain<R> {
+        Chain {
+            elements: self.elements.into(),
+            role: PhantomData,
+        }
+    }
+}
+
+impl<R: Role> Element for Chain<R> {
+    fn request<'a>(
         &'a self,
         ctx: Context,
         request: NetworkServiceRequest,
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<Connection, Status>> {
         Box::pin(async move {
-            E::cursor(&self.elements, Some(&next))
+            Next::new(&self.elements, R::NAME, Some(&next))
                 .request(ctx, request)
                 .await
         })
     }
 
-    fn nested_close<'a>(
+    fn close<'a>(
         &'a self,
         ctx: Context,
         connection: Connection,
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<(), Status>> {
         Box::pin(async move {
-            E::cursor(&self.elements, Some(&next))
+            Next::new(&self.elements, R::NAME, Some(&next))
                 .close(ctx, connection)
                 .await
         })
     }
 }
 
-impl<E: ?Sized + Role> ChainBuilder<E> {
-    /// Appends an element.
-    pub fn with(mut self, element: impl IntoElement<E>) -> Self {
-        self.elements.push(element.into_element());
-        self
-    }
+/// A chain nests in a chain of its own role.
+impl<R: Role> Joins<R> for Chain<R> {}
 
-    /// Appends an element that is already shared.
-    pub fn with_arc(mut self, element: Arc<E>) -> Self {
-        self.elements.push(element);
-        self
-    }
+/// A shared element joins the chains it would join itself.
+impl<R: Role, E: Joins<R> + ?Sized> Joins<R> for Arc<E> {}
 
-    /// Finishes the chain.
-    pub fn build(self) -> Chain<E> {
-        Chain::new(self.elements)
-    }
-}
-
-impl ServerElement for ServerChain {
-    fn request<'a>(
-        &'a self,
-        ctx: Context,
-        request: NetworkServiceRequest,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<Connection, Status>> {
-        self.nested_request(ctx, request, next)
-    }
-
-    fn close<'a>(
-        &'a self,
-        ctx: Context,
-        connection: Connection,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<(), Status>> {
-        self.nested_close(ctx, connection, next)
-    }
-}
-
-impl ClientElement for ClientChain {
-    fn request<'a>(
-        &'a self,
-        ctx: Context,
-        request: NetworkServiceRequest,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<Connection, Status>> {
-        self.nested_request(ctx, request, next)
-    }
-
-    fn close<'a>(
-        &'a self,
-        ctx: Context,
-        connection: Connection,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<(), Status>> {
-        self.nested_close(ctx, connection, next)
-    }
-}
-
-impl<E: ?Sized + Role> Clone for Chain<E> {
+impl<R: Role> Clone for Chain<R> {
     fn clone(&self) -> Self {
         Self {
             elements: Arc::clone(&self.elements),
+            role: PhantomData,
         }
     }
 }
 
-impl<E: ?Sized + Role> Default for Chain<E> {
+impl<R: Role> Default for Chain<R> {
     fn default() -> Self {
-        Self::new([])
+        Self::builder().build()
     }
 }
 
-impl<E: ?Sized + Role> fmt::Debug for ChainBuilder<E> {
+impl<R: Role> fmt::Debug for ChainBuilder<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChainBuilder")
+            .field("role", &R::NAME)
             .field("elements", &self.elements.len())
             .finish()
     }
 }
 
-impl<E: ?Sized + Role> fmt::Debug for Chain<E> {
+impl<R: Role> fmt::Debug for Chain<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Chain")
+            .field("role", &R::NAME)
             .field("elements", &self.elements.len())
             .finish()
     }

@@ -1,10 +1,13 @@
-//! Chain elements and the [`Next`] cursor that links them.
+//! The one trait chains hold, [`Element`], and the [`Next`] cursor that
+//! links elements.
 //!
 //! NSM endpoints are chains of small elements. Each sees `request` and
 //! `close`, may change them, and passes them on through [`Next`]. The model is
 //! reqwest-middleware's `Middleware`/`Next<'_>`: a chain is a slice of
-//! `Arc<dyn ServerElement>` (or `ClientElement`) assembled at run time, and `Next` is a cursor over what
+//! `Arc<dyn Element>` assembled at run time, and `Next` is a cursor over what
 //! remains of it. Futures behind `dyn` are boxed, one allocation per hop.
+//! Which chains an element may join is a compile-time matter, checked where
+//! it is added (see [`Joins`](super::Joins)).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,31 +16,30 @@ use std::task::{Context as TaskContext, Poll};
 
 use tonic::Status;
 
-use crate::Context;
+use super::Context;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
 
 /// A boxed, `Send` future borrowing for `'a`: what `dyn` elements return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// An element of a *server* chain: the chain a gRPC server runs for each
-/// incoming `Request` and `Close`. The end of a server chain returns the
-/// request's connection.
+/// A chain element, as chains hold it: object-safe, its futures boxed.
 ///
-/// Both hooks default to passing the call on unchanged, so an element writes
-/// only what it needs. Most elements get this from `#[derive(Element)]` and
-/// an `impl` [`Hooks`](crate::Hooks) instead; write it by hand for an element
-/// that needs no span, or that boxes its own futures.
+/// Most elements get this from `#[derive(Element)]` and an `impl`
+/// [`Hooks`](super::Hooks), which also runs each call in a `tracing` span.
+/// Write it by hand for an element that needs no span or boxes its own
+/// futures; then implement [`Joins`](super::Joins) for the chains it may
+/// join. Both hooks default to passing the call on unchanged.
 ///
 /// ```
-/// use std::sync::Arc;
-/// use connect_runtime::{BoxFuture, Context, Next, ServerChain, ServerElement};
+/// use connect_runtime::chain::{BoxFuture, Element, Joins, Server};
+/// use connect_runtime::{Context, Next, ServerChain};
 /// use connect_runtime::proto::{connection::Connection, networkservice::NetworkServiceRequest};
 ///
 /// /// Labels every connection it sees.
 /// struct Label;
 ///
-/// impl ServerElement for Label {
+/// impl Element for Label {
 ///     fn request<'a>(
 ///         &'a self,
 ///         ctx: Context,
@@ -51,9 +53,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///     }
 /// }
 ///
+/// impl Joins<Server> for Label {}
+///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let chain = ServerChain::new([Arc::new(Label) as Arc<dyn ServerElement>]);
+/// let chain = ServerChain::builder().with(Label).build();
 /// let request = NetworkServiceRequest {
 ///     connection: Some(Box::new(Connection { id: "1".into(), ..Default::default() })),
 ///     ..Default::default()
@@ -62,36 +66,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// assert_eq!(conn.labels["seen-by"], "label");
 /// # }
 /// ```
-pub trait ServerElement: Send + Sync + 'static {
-    /// Handles a `Request`; call `next.request` to continue down the chain.
-    fn request<'a>(
-        &'a self,
-        ctx: Context,
-        request: NetworkServiceRequest,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<Connection, Status>> {
-        Box::pin(next.request(ctx, request))
-    }
-
-    /// Handles a `Close`; call `next.close` to continue down the chain.
-    fn close<'a>(
-        &'a self,
-        ctx: Context,
-        connection: Connection,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<(), Status>> {
-        Box::pin(next.close(ctx, connection))
-    }
-}
-
-/// An element of a *client* chain: the chain a call takes on its way out to a
-/// remote NSM server. A client chain usually ends in
-/// [`GrpcClient`](crate::GrpcClient), which makes the gRPC call.
-///
-/// Same shape as [`ServerElement`]; the two are kept apart so that a chain's
-/// type says which side of the wire it runs on. [`adapters`](crate::adapters)
-/// turn one into the other.
-pub trait ClientElement: Send + Sync + 'static {
+pub trait Element: Send + Sync + 'static {
     /// Handles a `Request`; call `next.request` to continue down the chain.
     fn request<'a>(
         &'a self,
@@ -121,14 +96,9 @@ pub trait ClientElement: Send + Sync + 'static {
 /// request had none) and `close` returns `Ok(())`, as Go's tail elements do.
 #[derive(Clone, Copy)]
 pub struct Next<'a> {
-    rest: Rest<'a>,
+    rest: &'a [Arc<dyn Element>],
+    role: &'static str,
     then: Option<&'a (dyn Continuation + 'a)>,
-}
-
-#[derive(Clone, Copy)]
-enum Rest<'a> {
-    Server(&'a [Arc<dyn ServerElement>]),
-    Client(&'a [Arc<dyn ClientElement>]),
 }
 
 /// What runs once a nested chain is exhausted: the enclosing chain's `Next`.
@@ -148,28 +118,24 @@ impl Continuation for Next<'_> {
 }
 
 impl<'a> Next<'a> {
-    /// A cursor over a server chain's elements; once they are done it
-    /// continues into `then` (the enclosing chain of a nested chain) or, with
-    /// no `then`, answers as the end of a chain does.
-    pub(crate) fn server(
-        elements: &'a [Arc<dyn ServerElement>],
+    /// A cursor over a chain's elements, for chains of `role`; once they are
+    /// done it continues into `then` (the enclosing chain of a nested chain)
+    /// or, with no `then`, answers as the end of a chain does.
+    pub(crate) fn new(
+        elements: &'a [Arc<dyn Element>],
+        role: &'static str,
         then: Option<&'a Next<'a>>,
     ) -> Self {
         Self {
-            rest: Rest::Server(elements),
+            rest: elements,
+            role,
             then: then.map(|n| n as &dyn Continuation),
         }
     }
 
-    /// As [`Next::server`], over a client chain's elements.
-    pub(crate) fn client(
-        elements: &'a [Arc<dyn ClientElement>],
-        then: Option<&'a Next<'a>>,
-    ) -> Self {
-        Self {
-            rest: Rest::Client(elements),
-            then: then.map(|n| n as &dyn Continuation),
-        }
+    /// The role of the chain being run: `"server"` or `"client"`.
+    pub fn role(&self) -> &'static str {
+        self.role
     }
 
     /// Passes a `Request` to the rest of the chain.
@@ -179,24 +145,16 @@ impl<'a> Next<'a> {
         request: NetworkServiceRequest,
     ) -> NextFuture<'a, Connection> {
         match self.rest {
-            Rest::Server([head, rest @ ..]) => NextFuture::boxed(head.request(
+            [head, rest @ ..] => NextFuture::boxed(head.request(
                 ctx,
                 request,
                 Next {
-                    rest: Rest::Server(rest),
+                    rest,
+                    role: self.role,
                     then: self.then,
                 },
             )),
-            Rest::Client([head, rest @ ..]) => NextFuture::boxed(ClientElement::request(
-                &**head,
-                ctx,
-                request,
-                Next {
-                    rest: Rest::Client(rest),
-                    then: self.then,
-                },
-            )),
-            _ => match self.then {
+            [] => match self.then {
                 Some(then) => then.request(ctx, request),
                 None => NextFuture::ready(Ok(request.connection.unwrap_or_default())),
             },
@@ -206,24 +164,16 @@ impl<'a> Next<'a> {
     /// Passes a `Close` to the rest of the chain.
     pub fn close(self, ctx: Context, connection: Connection) -> NextFuture<'a, ()> {
         match self.rest {
-            Rest::Server([head, rest @ ..]) => NextFuture::boxed(head.close(
+            [head, rest @ ..] => NextFuture::boxed(head.close(
                 ctx,
                 connection,
                 Next {
-                    rest: Rest::Server(rest),
+                    rest,
+                    role: self.role,
                     then: self.then,
                 },
             )),
-            Rest::Client([head, rest @ ..]) => NextFuture::boxed(ClientElement::close(
-                &**head,
-                ctx,
-                connection,
-                Next {
-                    rest: Rest::Client(rest),
-                    then: self.then,
-                },
-            )),
-            _ => match self.then {
+            [] => match self.then {
                 Some(then) => then.close(ctx, connection),
                 None => NextFuture::ready(Ok(Box::new(()))),
             },
@@ -233,16 +183,14 @@ impl<'a> Next<'a> {
     /// How many elements of this chain are still to run (not counting any
     /// enclosing chain).
     pub fn remaining(&self) -> usize {
-        match self.rest {
-            Rest::Server(rest) => rest.len(),
-            Rest::Client(rest) => rest.len(),
-        }
+        self.rest.len()
     }
 }
 
 impl std::fmt::Debug for Next<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Next")
+            .field("role", &self.role)
             .field("remaining", &self.remaining())
             .field("nested", &self.then.is_some())
             .finish()
@@ -311,27 +259,7 @@ impl<T> Future for NextFuture<'_, T> {
 
 // Shared elements: the same instance may sit in several chains (a capture
 // element a test inspects, say), or in both a server and a client chain.
-impl<T: ServerElement + ?Sized> ServerElement for Arc<T> {
-    fn request<'a>(
-        &'a self,
-        ctx: Context,
-        request: NetworkServiceRequest,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<Connection, Status>> {
-        (**self).request(ctx, request, next)
-    }
-
-    fn close<'a>(
-        &'a self,
-        ctx: Context,
-        connection: Connection,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<(), Status>> {
-        (**self).close(ctx, connection, next)
-    }
-}
-
-impl<T: ClientElement + ?Sized> ClientElement for Arc<T> {
+impl<T: Element + ?Sized> Element for Arc<T> {
     fn request<'a>(
         &'a self,
         ctx: Context,

@@ -1,6 +1,6 @@
-//! Writing an element: its [`Hooks`] as plain `async fn`s, and the
-//! [`Element`] the derive adds (a tracing span per call, which chains it
-//! may join).
+//! Writing an element: its [`Hooks`] as plain `async fn`s; the derive
+//! turns them into an [`Element`](super::Element) whose calls each run in a
+//! tracing span.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,14 +10,16 @@ use tonic::Status;
 use tracing::instrument::Instrumented;
 use tracing::{Instrument, Span};
 
-use super::{BoxFuture, ClientElement, Context, Next, ServerElement};
+use super::{BoxFuture, Context, Next};
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
 
 /// An element's `request` and `close` logic, as plain `async fn`s in an
 /// ordinary `impl` block. Write only the hooks the element needs; the others
 /// pass calls on unchanged. Derive [`Element`](macro@crate::Element) on the
-/// type to make it a chain element.
+/// type to make it a chain element: each call then runs in a `debug` span
+/// named after the type, with fields `role`, `connection_id`, and, when the
+/// call fails, `code` and `error_message`.
 ///
 /// ```
 /// use connect_runtime::prelude::*;
@@ -71,87 +73,35 @@ pub trait Hooks: Send + Sync + 'static {
     }
 }
 
-/// A chain element written as [`Hooks`]: what `#[derive(Element)]`
-/// implements. It joins server and client chains (see [`ServerRole`] and
-/// [`ClientRole`]), and each call runs in a `debug` span named after the
-/// type, with fields `role`, `connection_id`, and, when the call fails,
-/// `code` and `error_message`.
-pub trait Element: Hooks {
-    /// The span a call runs in; `role` is `"server"` or `"client"`.
-    fn span(&self, role: &'static str, connection_id: &str) -> Span;
-}
-
-/// An [`Element`] that may join server chains: every derived element,
-/// unless it says `#[element(client)]`.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot join a server chain",
-    label = "not a server element",
-    note = "a derived element marked `#[element(client)]` joins client chains only; \
-            `ClientToServer` adapts a client element"
-)]
-pub trait ServerRole: Element {}
-
-/// An [`Element`] that may join client chains: every derived element,
-/// unless it says `#[element(server)]`.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot join a client chain",
-    label = "not a client element",
-    note = "a derived element marked `#[element(server)]` joins server chains only; \
-            `ServerToClient` adapts a server element"
-)]
-pub trait ClientRole: Element {}
-
-impl<E: ServerRole> ServerElement for E {
-    fn request<'a>(
-        &'a self,
-        ctx: Context,
-        request: NetworkServiceRequest,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<Connection, Status>> {
-        request_in(self, "server", ctx, request, next)
-    }
-
-    fn close<'a>(
-        &'a self,
-        ctx: Context,
-        connection: Connection,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<(), Status>> {
-        close_in(self, "server", ctx, connection, next)
-    }
-}
-
-impl<E: ClientRole> ClientElement for E {
-    fn request<'a>(
-        &'a self,
-        ctx: Context,
-        request: NetworkServiceRequest,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<Connection, Status>> {
-        request_in(self, "client", ctx, request, next)
-    }
-
-    fn close<'a>(
-        &'a self,
-        ctx: Context,
-        connection: Connection,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<(), Status>> {
-        close_in(self, "client", ctx, connection, next)
-    }
-}
-
-/// An element's `request` hook, in its span for `role`.
-fn request_in<'a, E: Element>(
+/// A derived element's `request`: its hook, in the span `span` makes for
+/// the chain's role and the connection's id. For the derive's expansion.
+#[doc(hidden)]
+pub fn request_in<'a, E: Hooks>(
     element: &'a E,
-    role: &'static str,
+    span: fn(&'static str, &str) -> Span,
     ctx: Context,
     request: NetworkServiceRequest,
     next: Next<'a>,
 ) -> BoxFuture<'a, Result<Connection, Status>> {
-    let span = element.span(role, connection_id(&request));
+    let span = span(next.role(), connection_id(&request));
     Box::pin(Recorded::new(
         Hooks::request(element, ctx, request, next),
+        span,
+    ))
+}
+
+/// A derived element's `close`, as [`request_in`].
+#[doc(hidden)]
+pub fn close_in<'a, E: Hooks>(
+    element: &'a E,
+    span: fn(&'static str, &str) -> Span,
+    ctx: Context,
+    connection: Connection,
+    next: Next<'a>,
+) -> BoxFuture<'a, Result<(), Status>> {
+    let span = span(next.role(), &connection.id);
+    Box::pin(Recorded::new(
+        Hooks::close(element, ctx, connection, next),
         span,
     ))
 }
@@ -159,21 +109,6 @@ fn request_in<'a, E: Element>(
 /// The id of a request's connection, for spans; empty if it has none.
 pub(crate) fn connection_id(request: &NetworkServiceRequest) -> &str {
     request.connection.as_deref().map_or("", |c| c.id.as_str())
-}
-
-/// An element's `close` hook, in its span for `role`.
-fn close_in<'a, E: Element>(
-    element: &'a E,
-    role: &'static str,
-    ctx: Context,
-    connection: Connection,
-    next: Next<'a>,
-) -> BoxFuture<'a, Result<(), Status>> {
-    let span = element.span(role, &connection.id);
-    Box::pin(Recorded::new(
-        Hooks::close(element, ctx, connection, next),
-        span,
-    ))
 }
 
 pin_project_lite::pin_project! {

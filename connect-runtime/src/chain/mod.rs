@@ -1,16 +1,18 @@
 //! The chain model: what a call carries ([`Context`]), the elements a chain
-//! is made of ([`Element`] and [`Hooks`] for your own, [`ServerElement`] and
-//! [`ClientElement`] underneath), the [`Next`] cursor that links them, and
-//! the chains themselves.
+//! is made of ([`Hooks`] and `#[derive(Element)]` for your own, the
+//! [`Element`] trait chains hold underneath), which chains an element may
+//! join ([`Joins`] a [`Role`]), the [`Next`] cursor that links them, and the
+//! chains themselves.
 
-pub mod adapters;
 mod chains;
 mod context;
 mod element;
 mod hooks;
 
-pub use chains::{Chain, ChainBuilder, ClientChain, IntoElement, Role, ServerChain};
+pub use chains::{Chain, ChainBuilder, Client, ClientChain, Joins, Role, Server, ServerChain};
 pub use context::{Bounded, ClientCancel, Context};
-pub use element::{BoxFuture, ClientElement, Next, NextFuture, ServerElement};
+pub use element::{BoxFuture, Element, Next, NextFuture};
 pub(crate) use hooks::connection_id;
-pub use hooks::{ClientRole, Element, Hooks, Recorded, ServerRole};
+pub use hooks::{Hooks, Recorded};
+#[doc(hidden)]
+pub use hooks::{close_in, request_in};

@@ -8,7 +8,9 @@ use url::Url;
 use crate::chain::Next;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
-use crate::{Context, Element, Hooks};
+use connect_macros::Element;
+
+use crate::chain::{Context, Hooks};
 
 /// Sets the client URL for everything after it (Go's `clienturl.NewServer`).
 ///

@@ -9,8 +9,7 @@ use tonic::body::Body;
 use tonic::client::GrpcService;
 use tonic::metadata::MetadataValue;
 
-use crate::Context;
-use crate::chain::{BoxFuture, ClientElement, Next};
+use crate::chain::{BoxFuture, Client, Context, Element, Joins, Next};
 use crate::grpc_timeout;
 use crate::outcome::not_sent;
 use crate::proto::connection::Connection;
@@ -40,7 +39,7 @@ pub const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 /// use connect_runtime::proto::networkservice::NetworkServiceRequest;
 /// use tonic::service::interceptor::InterceptedService;
 ///
-/// let conn = dial(&"unix:///run/nsm/nse.sock".parse()?, &DialOptions::new()).await?;
+/// let conn = dial("unix:///run/nsm/nse.sock", &DialOptions::new()).await?;
 /// // A per-call token, added by a tonic interceptor.
 /// let with_token = InterceptedService::new(conn, |mut call: tonic::Request<()>| {
 ///     call.metadata_mut().insert("authorization", "Bearer t0ken".parse().unwrap());
@@ -93,7 +92,7 @@ where
     }
 }
 
-impl<C> ClientElement for GrpcClient<C>
+impl<C> Element for GrpcClient<C>
 where
     C: GrpcService<Body> + Clone + Send + Sync + 'static,
     C::Future: Send,
@@ -141,6 +140,16 @@ where
         });
         Box::pin(call.map(move |answer| past_deadline(deadline, answer).map(drop)))
     }
+}
+
+/// The end of a client chain.
+impl<C> Joins<Client> for GrpcClient<C>
+where
+    C: GrpcService<Body> + Clone + Send + Sync + 'static,
+    C::Future: Send,
+    C::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <C::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
 }
 
 /// When a call is cut off here, besides the context's token: its deadline

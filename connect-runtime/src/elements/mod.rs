@@ -11,7 +11,6 @@ mod passthrough;
 pub use clienturl::ClientUrl;
 pub use connect::{
     ClientFactory, ClientStats, Connect, ConnectBuilder, ConnectStats, DEFAULT_CLEANUP_TIMEOUT,
-    DEFAULT_EXPIRY_MARGIN,
 };
 pub use grpc_client::{DEADLINE_GRACE, GrpcClient};
 pub use monitor::Monitor;

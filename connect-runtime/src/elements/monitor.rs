@@ -14,7 +14,9 @@ use url::Url;
 
 use crate::chain::{ClientCancel, Context};
 use crate::transport::ClientConn;
-use crate::{Element, Hooks};
+use connect_macros::Element;
+
+use crate::chain::Hooks;
 
 /// Watches the remote's overall gRPC health (`grpc.health.v1.Health/Watch`
 /// for service `""`) over the client's channel, and cancels the client
@@ -54,7 +56,12 @@ pub struct Monitor {
 impl Monitor {
     /// Starts watching the remote behind `conn` on behalf of the client whose
     /// context `ctx` is (the one a [`ClientFactory`](crate::ClientFactory)
-    /// is given). Must be called within a tokio runtime.
+    /// is given).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (the watch is a task spawned on it). A
+    /// factory runs within one: connect builds clients as calls need them.
     pub fn new(ctx: &Context, conn: ClientConn) -> Self {
         let Some(cancel) = ctx.client_cancel().cloned() else {
             tracing::warn!(

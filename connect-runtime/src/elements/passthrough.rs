@@ -1,6 +1,8 @@
 //! The element that does nothing (Go's `null`).
 
-use crate::{Element, Hooks};
+use connect_macros::Element;
+
+use crate::chain::Hooks;
 
 /// Passes every call on unchanged; usable in server and client chains.
 ///

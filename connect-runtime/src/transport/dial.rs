@@ -22,15 +22,17 @@ use tracing::Instrument;
 use url::Url;
 
 use super::error::{DialError, error_chain, source_of};
+use super::first_bytes::{Expect, Unanswered};
+use super::io::Io;
 use super::options::DialOptions;
 use super::replay::{Outgoing, Ready, whole};
 use super::reply::{broke, checked};
-use super::socket::{Expect, Io, Stream, Unanswered, connect_tcp, connect_unix};
-use super::target::{Target, UrlError, UrlProblem};
+use super::socket::{Stream, connect_tcp, connect_unix};
+use super::target::{self, IntoUrl, Target, UrlError, UrlProblem};
 use crate::deadline::deadline_after;
 use crate::grpc_timeout;
-use crate::map::lock;
 use crate::outcome::not_sent;
+use crate::sync::lock;
 
 /// A dialed channel to a remote, which tonic's clients call through. Cheap
 /// to clone; clones share one HTTP/2 connection at a time.
@@ -62,7 +64,7 @@ use crate::outcome::not_sent;
 /// use connect_runtime::{DialOptions, dial};
 /// use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
 ///
-/// let conn = dial(&"tcp://127.0.0.1:5002".parse()?, &DialOptions::new()).await?;
+/// let conn = dial("tcp://127.0.0.1:5002", &DialOptions::new()).await?;
 /// let mut client = NetworkServiceClient::new(conn);
 /// # let _ = &mut client;
 /// # Ok(()) }
@@ -202,8 +204,27 @@ impl tower_service::Service<http::Request<Body>> for ClientConn {
 /// connection is up, TLS (if asked for) is done, and the remote has sent
 /// its HTTP/2 SETTINGS, all within the options' timeout. A listener that
 /// accepts but never speaks HTTP/2 fails with [`DialError::Timeout`].
-pub async fn dial(url: &Url, options: &DialOptions) -> Result<ClientConn, DialError> {
-    let target = Target::from_url(url)?;
+///
+/// # Errors
+///
+/// [`DialError::Url`] for a URL that is not `tcp://host:port` or
+/// `unix:///path`; [`DialError::Tls`] when the TLS options cannot dial it
+/// (no name to verify); [`DialError::Connect`] when the socket, TLS or the
+/// HTTP/2 handshake fails (refused, unreachable, a certificate not
+/// trusted); [`DialError::Timeout`] when the remote has not answered in
+/// time; [`DialError::NotHttp2`] when what answers is not HTTP/2.
+///
+/// # Panics
+///
+/// Outside a tokio runtime (the connection's task is spawned on it).
+///
+/// # Cancel safety
+///
+/// Dropping the future closes whatever it had opened; nothing is left
+/// behind.
+pub async fn dial(url: impl IntoUrl, options: &DialOptions) -> Result<ClientConn, DialError> {
+    let (url, target) = target::checked(url)?;
+    let url = &url;
     let scheme = match options.tls {
         Some(_) => http::uri::Scheme::HTTPS,
         None => http::uri::Scheme::HTTP,
@@ -580,7 +601,7 @@ fn time_left(request: &mut http::Request<Outgoing>, sent_at: Instant) -> Result<
     let headers = request.headers_mut();
     let Some(timeout) = headers
         .get(grpc_timeout::HEADER)
-        .and_then(grpc_timeout::parse)
+        .and_then(|value| grpc_timeout::parse(value.as_bytes()))
     else {
         return Ok(());
     };

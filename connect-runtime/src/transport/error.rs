@@ -11,6 +11,7 @@ use super::tls::TlsError;
 
 /// Why a dial failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DialError {
     /// The URL is not one connect can dial.
     #[error(transparent)]

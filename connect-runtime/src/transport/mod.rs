@@ -1,16 +1,17 @@
-//! gRPC on the wire, on tonic, hyper and rustls: where to listen and dial
-//! ([`Target`]), the bounded dial and the channel tonic's clients call
-//! through ([`dial`], [`ClientConn`]), TLS ([`tls`]), and the server that
-//! runs a chain ([`serve`], [`Serve`], [`ChainService`]).
+//! The dialing side of gRPC on the wire, on tonic, hyper and rustls, below
+//! everything else of this crate: where to dial and listen ([`Target`]),
+//! the bounded dial and the channel tonic's clients call through
+//! ([`dial`], [`ClientConn`]), and TLS ([`tls`], and SPIFFE identities).
+//! The serving side, which runs chains, is [`crate::server`].
 
 mod dial;
 mod error;
-mod options;
+pub(crate) mod first_bytes;
+pub(crate) mod io;
+pub(crate) mod options;
 mod replay;
 mod reply;
-mod serve;
-mod service;
-mod socket;
+pub(crate) mod socket;
 #[cfg(feature = "spiffe")]
 pub mod spiffe;
 mod target;
@@ -20,10 +21,5 @@ pub use dial::{ClientConn, ResponseFuture, TransportError, dial};
 pub use error::DialError;
 pub(crate) use options::Hook;
 pub use options::{DEFAULT_DIAL_TIMEOUT, DialOptions, Keepalive, MIN_KEEPALIVE_INTERVAL};
-pub use serve::{
-    ConnectionStats, DEFAULT_GRACE_PERIOD, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, DEFAULT_SERVER_KEEPALIVE, Peer, Serve,
-    ServeError, ServerHandle, serve,
-};
-pub use service::{ArrivalLayer, ChainService};
-pub use target::{Target, UrlError, UrlProblem};
+pub(crate) use target::checked;
+pub use target::{IntoUrl, Target, UrlError, UrlProblem};

@@ -21,6 +21,7 @@ use super::tls::{ClientTls, Credential, ServerTls};
 
 /// Why a SPIFFE identity could not be had or used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SpiffeError {
     /// No Workload API was named.
     #[error("SPIFFE_ENDPOINT_SOCKET is not set (it names the Workload API's socket)")]
@@ -37,7 +38,7 @@ pub enum SpiffeError {
     Certificate(String),
 }
 
-/// How long [`SpiffeIdentity::from_env`] and [`SpiffeIdentity::connect`]
+/// How long [`SpiffeIdentity::from_env`] and [`SpiffeIdentity::from_endpoint`]
 /// wait for the Workload API's first SVID.
 pub const WORKLOAD_API_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -79,7 +80,7 @@ impl fmt::Debug for Authorize {
 /// let dial = DialOptions::new().tls(identity.client_tls(Authorize::SameTrustDomain)?);
 /// let server = Serve::new(ServerChain::builder().with(Passthrough).build())
 ///     .tls(identity.server_tls(Authorize::SameTrustDomain)?)
-///     .bind(&"tcp://0.0.0.0:5002".parse()?)
+///     .bind("tcp://0.0.0.0:5002")
 ///     .await?;
 /// # let _ = (dial, server); Ok(()) }
 /// ```
@@ -93,12 +94,12 @@ impl SpiffeIdentity {
     /// has sent an SVID (within [`WORKLOAD_API_TIMEOUT`]).
     pub async fn from_env() -> Result<Self, SpiffeError> {
         let endpoint = std::env::var("SPIFFE_ENDPOINT_SOCKET");
-        Self::connect(&endpoint.map_err(|_| SpiffeError::NoEndpoint)?).await
+        Self::from_endpoint(&endpoint.map_err(|_| SpiffeError::NoEndpoint)?).await
     }
 
     /// Reads the Workload API at `endpoint` (`unix:///run/spire/agent.sock`),
     /// returning once it has sent an SVID (within [`WORKLOAD_API_TIMEOUT`]).
-    pub async fn connect(endpoint: &str) -> Result<Self, SpiffeError> {
+    pub async fn from_endpoint(endpoint: &str) -> Result<Self, SpiffeError> {
         let source = X509Source::builder()
             .endpoint(endpoint)
             .initial_sync_timeout(WORKLOAD_API_TIMEOUT)
@@ -224,22 +225,6 @@ impl SpiffeIdentity {
                 (TrustDomainPolicy::AnyInBundleSet, Arc::new(accept))
             }
         })
-    }
-}
-
-/// Waits while `status` has a new SVID that it has not applied yet: a
-/// handshake started meanwhile would fail closed (no certificate, no
-/// signature schemes).
-pub(crate) async fn settled(status: &TlsStatus) {
-    let mut status = status.clone();
-    loop {
-        let pending = status
-            .current()
-            .error
-            .is_some_and(|err| matches!(*err, spiffe_rustls::Error::PendingRevision { .. }));
-        if !pending || status.changed().await.is_err() {
-            return;
-        }
     }
 }
 

@@ -119,6 +119,75 @@ impl From<UrlError> for Status {
     }
 }
 
+/// What [`dial`](crate::dial), [`serve`](crate::serve) and
+/// [`Serve::bind`](crate::Serve::bind) take as where to go: a `&str` or
+/// `String` (`"tcp://127.0.0.1:5002"`, `"unix:///run/nsm/nse.sock"`), or a
+/// [`Url`], owned or borrowed. Sealed: it has no methods of its own to
+/// implement.
+///
+/// ```
+/// use connect_runtime::transport::IntoUrl;
+///
+/// fn takes(url: impl IntoUrl) {}
+/// takes("tcp://127.0.0.1:5002");
+/// takes(url::Url::parse("unix:///run/nsm/nse.sock").unwrap());
+/// ```
+pub trait IntoUrl: into_url::Sealed {}
+
+mod into_url {
+    use url::Url;
+
+    use super::{UrlError, UrlProblem};
+
+    pub trait Sealed {
+        /// The URL, parsed but not yet checked.
+        fn into_url(self) -> Result<Url, UrlError>;
+    }
+
+    impl Sealed for &str {
+        fn into_url(self) -> Result<Url, UrlError> {
+            Url::parse(self).map_err(|e| UrlError::new(self, UrlProblem::Parse(e)))
+        }
+    }
+
+    impl Sealed for String {
+        fn into_url(self) -> Result<Url, UrlError> {
+            self.as_str().into_url()
+        }
+    }
+
+    impl Sealed for &String {
+        fn into_url(self) -> Result<Url, UrlError> {
+            self.as_str().into_url()
+        }
+    }
+
+    impl Sealed for Url {
+        fn into_url(self) -> Result<Url, UrlError> {
+            Ok(self)
+        }
+    }
+
+    impl Sealed for &Url {
+        fn into_url(self) -> Result<Url, UrlError> {
+            Ok(self.clone())
+        }
+    }
+}
+
+impl IntoUrl for &str {}
+impl IntoUrl for String {}
+impl IntoUrl for &String {}
+impl IntoUrl for Url {}
+impl IntoUrl for &Url {}
+
+/// The URL `url` names, checked as a [`Target`].
+pub(crate) fn checked(url: impl IntoUrl) -> Result<(Url, Target), UrlError> {
+    let url = into_url::Sealed::into_url(url)?;
+    let target = Target::from_url(&url)?;
+    Ok((url, target))
+}
+
 impl Target {
     /// Parses and validates a URL string.
     pub fn parse(url: &str) -> Result<Self, UrlError> {

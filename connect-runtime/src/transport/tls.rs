@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -12,11 +12,18 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::sync::watch;
 
+/// How long before a rotating certificate expires the connections made or
+/// accepted under it are closed, once it has rotated: by default for
+/// [`ConnectBuilder::expiry_margin`](crate::ConnectBuilder::expiry_margin)
+/// and [`Serve::expiry_margin`](crate::Serve::expiry_margin).
+pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(5);
+
 /// What ALPN must agree on: gRPC runs over HTTP/2 only.
 const H2: &[u8] = b"h2";
 
 /// Why a TLS configuration could not be made.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsError {
     /// A PEM input could not be read.
     #[error("reading the {what}: {source}")]
@@ -167,12 +174,21 @@ pub(crate) struct Rotation {
 }
 
 impl Rotation {
-    /// Returns once a handshake can present the current certificate
-    /// (spiffe-rustls fails handshakes closed during a switch).
+    /// Returns once a handshake can present the current certificate:
+    /// spiffe-rustls fails handshakes closed (no certificate, no signature
+    /// schemes) while a new SVID is not yet applied.
     pub(crate) async fn settled(&self) {
         #[cfg(feature = "spiffe")]
         if let Some(status) = &self.status {
-            super::spiffe::settled(status).await;
+            let mut status = status.clone();
+            loop {
+                let pending = status.current().error.is_some_and(|err| {
+                    matches!(*err, spiffe_rustls::Error::PendingRevision { .. })
+                });
+                if !pending || status.changed().await.is_err() {
+                    return;
+                }
+            }
         }
     }
 

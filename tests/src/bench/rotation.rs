@@ -30,7 +30,7 @@ pub(crate) async fn run(options: Rotation) -> Result<(), String> {
     let domain = Arc::new(Authority::new("example.org"));
     let hour = Duration::from_secs(3600);
     let remote_api = WorkloadApi::start(Arc::clone(&domain), "/nse", hour).await;
-    let remote_identity = SpiffeIdentity::connect(remote_api.endpoint())
+    let remote_identity = SpiffeIdentity::from_endpoint(remote_api.endpoint())
         .await
         .map_err(|e| format!("the remote's identity: {e}"))?;
     let remote_tls = remote_identity
@@ -38,12 +38,12 @@ pub(crate) async fn run(options: Rotation) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let remote = Serve::new(ServerChain::builder().with(Passthrough).build())
         .tls(remote_tls)
-        .bind(&"tcp://127.0.0.1:0".parse().expect("a URL"))
+        .bind("tcp://127.0.0.1:0")
         .await
         .map_err(|e| format!("serving the remote: {e}"))?;
 
     let api = WorkloadApi::start(Arc::clone(&domain), "/passthrough", hour).await;
-    let identity = SpiffeIdentity::connect(api.endpoint())
+    let identity = SpiffeIdentity::from_endpoint(api.endpoint())
         .await
         .map_err(|e| format!("connect's identity: {e}"))?;
     let tls = identity

@@ -10,7 +10,7 @@ use std::time::Duration;
 use connect_runtime::ServerChain;
 use connect_runtime::proto::connection::Connection;
 use connect_tests::caller::{golike_unix_caller, tonic_caller, tonic_uri};
-use connect_tests::elements::{Gate, Ledger, Op};
+use connect_tests::elements::{Gate, Ledger, Op, ledger_chain};
 use connect_tests::golike::{Behaviour, GoLike};
 use connect_tests::harness::settle;
 use connect_tests::pki::{Issued, Pki};
@@ -19,13 +19,6 @@ use connect_tests::remote::{ScratchDir, unix_url};
 use connect_tests::request;
 use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-
-fn ledger_chain(ledger: &Ledger, gate: &Gate) -> ServerChain {
-    ServerChain::builder()
-        .with(ledger.clone())
-        .with(gate.clone())
-        .build()
-}
 
 /// A caller that cancels mid-request: the call the program forwarded runs
 /// to its end at the endpoint (whose handler goes on, as grpc-go's do,

@@ -1,17 +1,14 @@
 //! Integration tests: real tonic servers on loopback TCP and unix sockets.
+//! Laid out as the runtime is, so that the test of a guarantee is found
+//! where the guarantee lives: `chain/`, `transport/` (the dialing side),
+//! `server/` (the serving side), `elements/`, `proto/` (the wire API); the
+//! derives' fixtures; and the release program between independent peers.
 
-mod answers;
-mod cancellation;
 mod chain;
-mod connect;
+mod elements;
 mod fixtures;
 mod interop;
-mod peers;
 mod program;
-mod rotation;
-mod served;
-mod spans;
-mod spiffe;
+mod proto;
+mod server;
 mod transport;
-mod unknown_fields;
-mod wire;

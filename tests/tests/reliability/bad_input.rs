@@ -33,13 +33,9 @@ impl Passthrough {
             chain = chain.with(ClientUrl::new(Url::parse(to).unwrap()));
         }
         let chain = chain.with(connect.clone()).build();
-        let server = serve(
-            &"tcp://127.0.0.1:0".parse().unwrap(),
-            chain,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let server = serve("tcp://127.0.0.1:0", chain, CancellationToken::new())
+            .await
+            .unwrap();
         let conn = connect_tests::harness::dial_patiently(server.url()).await;
         Self {
             connect,

@@ -175,7 +175,7 @@ async fn passthrough(
         .with(ClientUrl::new(remote.clone()))
         .with(connect.clone())
         .build();
-    let server = serve(&"tcp://127.0.0.1:0".parse().unwrap(), chain, stop.clone())
+    let server = serve("tcp://127.0.0.1:0", chain, stop.clone())
         .await
         .unwrap();
     (connect, server)

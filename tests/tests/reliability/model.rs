@@ -390,7 +390,7 @@ impl World {
                     // closed: a call racing the hard close after the grace
                     // period may or may not reach the remote (as with
                     // grpc-go's), which no model can predict. Calls racing
-                    // a GOAWAY have deterministic tests in served.rs.
+                    // a GOAWAY have deterministic tests in integration/transport/conn.rs.
                     let before = server.connections().accepted;
                     server.recycle();
                     server

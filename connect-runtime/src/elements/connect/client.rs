@@ -12,11 +12,12 @@ use url::Url;
 use crate::chain::BoxFuture;
 use crate::chain::ClientChain;
 use crate::chain::{ClientCancel, Context};
-use crate::map::{Instance, lock};
+use crate::map::Instance;
 use crate::outcome::not_sent;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
-use crate::tls::Credential;
+use crate::sync::lock;
+use crate::transport::tls::Credential;
 use crate::transport::{ClientConn, DialOptions, dial};
 
 /// Builds the client chain for a newly dialed remote (Go's `ClientFactory`).
@@ -210,7 +211,7 @@ impl ConnectClient {
         }
         let conn = tokio::select! {
             biased;
-            dialed = dial(&self.url, &self.dial_options) => match dialed {
+            dialed = dial(&*self.url, &self.dial_options) => match dialed {
                 Ok(conn) => conn,
                 Err(err) => {
                     // The calls that shared this dial fail with it; the

@@ -2,10 +2,10 @@
 //! client, to the server its client URL names, keeping one client per URL
 //! for exactly as long as connections use it.
 
+mod changes;
 mod client;
 mod forward;
 mod lease;
-mod signal;
 mod state;
 mod turns;
 
@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use url::Url;
 
+use self::changes::Changes;
 pub use self::client::ClientFactory;
 use self::client::ConnectClient;
-use self::signal::Signal;
 use self::state::{Clients, ConnectionRecords, Retired, Shared};
 use self::turns::Turns;
 use crate::chain::ClientChain;
@@ -27,16 +27,15 @@ use crate::chain::Context;
 use crate::chain::Next;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
+use crate::transport::tls::DEFAULT_EXPIRY_MARGIN;
 use crate::transport::{ClientConn, DialOptions};
-use crate::{Element, Hooks, map};
+use connect_macros::Element;
+
+use crate::chain::Hooks;
 
 /// How long the closes `connect` makes on its own behalf may take: after a
 /// failure, on a URL change, and for calls abandoned half-way.
 pub const DEFAULT_CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long before the certificate it dialed with expires a client is
-/// closed, when the dial's TLS rotates (see [`ConnectBuilder::expiry_margin`]).
-pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 
 /// The `connect` server element (Go's `connect.NewServer`).
 ///
@@ -93,7 +92,7 @@ pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 ///
 /// // A remote endpoint.
 /// let endpoint = serve(
-///     &"tcp://127.0.0.1:0".parse()?,
+///     "tcp://127.0.0.1:0",
 ///     ServerChain::builder().with(Passthrough).build(),
 ///     CancellationToken::new(),
 /// )
@@ -132,6 +131,7 @@ pub struct Connect {
 pub struct ConnectBuilder {
     factory: Arc<dyn ClientFactory>,
     dial: DialOptions,
+    dial_timeout: Option<Duration>,
     cleanup_timeout: Duration,
     expiry_margin: Duration,
     shutdown: Option<CancellationToken>,
@@ -141,6 +141,7 @@ impl fmt::Debug for ConnectBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnectBuilder")
             .field("dial", &self.dial)
+            .field("dial_timeout", &self.dial_timeout)
             .field("cleanup_timeout", &self.cleanup_timeout)
             .field("expiry_margin", &self.expiry_margin)
             .field("shutdown", &self.shutdown)
@@ -149,16 +150,18 @@ impl fmt::Debug for ConnectBuilder {
 }
 
 impl ConnectBuilder {
-    /// Bounds each dial (default [`DEFAULT_DIAL_TIMEOUT`](crate::DEFAULT_DIAL_TIMEOUT), 100 ms).
+    /// Bounds each dial (default [`DEFAULT_DIAL_TIMEOUT`](crate::DEFAULT_DIAL_TIMEOUT),
+    /// 100 ms), over the timeout of the [`dial_options`](Self::dial_options),
+    /// whichever is called first.
     pub fn dial_timeout(mut self, timeout: Duration) -> Self {
-        self.dial = self.dial.timeout(timeout);
+        self.dial_timeout = Some(timeout);
         self
     }
 
-    /// How clients dial: TLS, keepalive, timeout. This replaces every dial
-    /// option, a timeout set earlier with [`dial_timeout`](Self::dial_timeout)
-    /// too. Metadata for every call is a tonic interceptor in the factory
-    /// (see [`GrpcClient`](crate::GrpcClient)).
+    /// How clients dial: TLS, keepalive, timeout (unless
+    /// [`dial_timeout`](Self::dial_timeout) sets one). Metadata for every
+    /// call is a tonic interceptor in the factory (see
+    /// [`GrpcClient`](crate::GrpcClient)).
     pub fn dial_options(mut self, options: DialOptions) -> Self {
         self.dial = options;
         self
@@ -193,10 +196,14 @@ impl ConnectBuilder {
             Some(token) => token.child_token(),
             None => CancellationToken::new(),
         };
+        let dial = match self.dial_timeout {
+            Some(timeout) => self.dial.timeout(timeout),
+            None => self.dial,
+        };
         Connect {
             shared: Arc::new(Shared {
                 factory: self.factory,
-                dial: self.dial,
+                dial,
                 cleanup_timeout: self.cleanup_timeout,
                 root,
                 records: ConnectionRecords::new(),
@@ -204,7 +211,7 @@ impl ConnectBuilder {
                 retired: Retired::default(),
                 expiry_margin: self.expiry_margin,
                 following: Once::new(),
-                clients_changed: Signal::default(),
+                clients_changed: Changes::default(),
                 turns: Turns::default(),
             }),
         }
@@ -279,6 +286,7 @@ impl Connect {
         ConnectBuilder {
             factory: Arc::new(factory),
             dial: DialOptions::new(),
+            dial_timeout: None,
             cleanup_timeout: DEFAULT_CLEANUP_TIMEOUT,
             expiry_margin: DEFAULT_EXPIRY_MARGIN,
             shutdown: None,
@@ -374,7 +382,7 @@ impl Connect {
             clients.push(client_stats(client, refs));
             true
         });
-        for (client, refs) in map::lock(&self.shared.retired).values() {
+        for (client, refs) in crate::sync::lock(&self.shared.retired).values() {
             clients.push(client_stats(client, *refs));
         }
         clients.sort_by(|a, b| (&a.url, a.retired).cmp(&(&b.url, b.retired)));
@@ -398,6 +406,23 @@ impl fmt::Debug for Connect {
 // Not `async fn`s: the caller's bounds wrap the operation's future directly,
 // which keeps the boxed future one chain step allocates small.
 impl Hooks for Connect {
+    /// Forwards the request to the client for the context's client URL, and
+    /// the reply on through the rest of the chain (see [`Connect`]).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for a request without a connection, an id or a
+    /// client URL, or with a URL connect cannot dial; `Unavailable` when the
+    /// remote cannot be reached or connect is shut down; the remote's own
+    /// status, in context, when it refuses; the rest of the chain's
+    /// status, after the connection it made at the remote is closed again.
+    ///
+    /// # Cancel safety
+    ///
+    /// A future dropped at any await (the caller went away) leaks no
+    /// reference, record or task: a client call already sent runs to its
+    /// end in the background, within the cleanup timeout, holding the id's
+    /// turn, and what it made at the remote is then closed.
     fn request<'a>(
         &'a self,
         ctx: Context,
@@ -410,6 +435,19 @@ impl Hooks for Connect {
         limits.run(Shared::request(&self.shared, ctx, request, next))
     }
 
+    /// Closes the connection at its remote, forgets it, and always passes
+    /// the close on through the rest of the chain.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` for an id connect does not know; the remote's status, in
+    /// context, when its close fails; the rest of the chain's status (with
+    /// the remote's, when both fail).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`request`](Hooks::request): a close already sent runs to its
+    /// end in the background, and is sent again if its outcome is unknown.
     fn close<'a>(
         &'a self,
         ctx: Context,

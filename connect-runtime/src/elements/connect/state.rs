@@ -10,15 +10,17 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use super::changes::Changes;
 use super::client::{ClientFactory, ConnectClient};
-use super::signal::Signal;
 use super::turns::Turns;
-use crate::ConcurrentMap;
+use connect_macros::ConcurrentMap;
+
 use crate::chain::{ClientCancel, Context};
 use crate::deadline::deadline_after;
-use crate::map::{Instance, RefCountMap, Released, SyncMap, lock};
+use crate::map::{Instance, RefCountMap, Released, SyncMap};
 use crate::proto::connection::Connection;
-use crate::tls::Credential;
+use crate::sync::lock;
+use crate::transport::tls::Credential;
 use crate::transport::{DialOptions, Hook};
 
 /// Connection id → where it was forwarded (Go's `connectionInfoMap`).
@@ -62,7 +64,7 @@ pub(crate) struct Shared {
     /// Starts the task that retires clients when the credential rotates.
     pub(super) following: Once,
     /// Woken when a client leaves the map.
-    pub(super) clients_changed: Signal,
+    pub(super) clients_changed: Changes,
     pub(super) turns: Turns,
 }
 

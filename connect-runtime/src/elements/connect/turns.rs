@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use super::signal::Signal;
-use crate::ConcurrentMap;
+use super::changes::Changes;
+use connect_macros::ConcurrentMap;
+
 use crate::map::{Instance, RefCountMap};
 
 /// Connection id → the lock its calls queue on, counted once per call that
@@ -20,14 +21,14 @@ pub(super) struct TurnLocks(RefCountMap<Arc<str>, Arc<Mutex<()>>>);
 pub(super) struct Turns {
     locks: Arc<TurnLocks>,
     /// Woken whenever a call starts waiting for a turn or a turn ends.
-    changed: Arc<Signal>,
+    changed: Arc<Changes>,
 }
 
 /// The right to act on one connection id; the next caller for that id goes
 /// when this is dropped. Owned, so it can move into background cleanup.
 pub(super) struct Turn {
     locks: Arc<TurnLocks>,
-    changed: Arc<Signal>,
+    changed: Arc<Changes>,
     id: Arc<str>,
     instance: Instance,
     guard: Option<OwnedMutexGuard<()>>,
@@ -71,7 +72,7 @@ impl Turns {
     }
 
     /// The signal that a call started waiting for a turn or a turn ended.
-    pub(super) fn changed(&self) -> &Signal {
+    pub(super) fn changed(&self) -> &Changes {
         &self.changed
     }
 }

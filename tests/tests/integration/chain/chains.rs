@@ -1,10 +1,9 @@
-//! Chain order, mutation, nesting and the server↔client adapters.
+//! Chain order, mutation, nesting, and which chain an element runs in.
 
 use std::sync::{Arc, Mutex};
 
-use connect_runtime::adapters::{ClientToServer, ServerToClient};
+use connect_runtime::prelude::*;
 use connect_runtime::proto::connection::Mechanism;
-use connect_runtime::{ClientChain, ClientUrl, Context, Passthrough, ServerChain};
 use connect_tests::elements::{Capture, Edit, InjectError, Record};
 use connect_tests::{connection, request};
 use tonic::Code;
@@ -139,33 +138,39 @@ async fn a_nested_chain_continues_into_its_enclosing_chain() {
     );
 }
 
+/// Notes the role of each chain a request runs in.
+#[derive(Clone, Default, Element)]
+struct Roles(Arc<Mutex<Vec<&'static str>>>);
+
+impl Hooks for Roles {
+    async fn request(
+        &self,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        self.0.lock().unwrap().push(next.role());
+        next.request(ctx, request).await
+    }
+}
+
+/// An element of both roles runs in server and client chains, and knows
+/// which it is in; a client chain nested in a client chain continues into
+/// it.
 #[tokio::test]
-async fn server_elements_run_in_client_chains_and_back() {
-    let log = log();
-    // server element → client chain → nested as a server element again.
+async fn an_element_of_both_roles_runs_in_either_chain_and_knows_which() {
+    let roles = Roles::default();
+    let server = ServerChain::builder().with(roles.clone()).build();
+    let inner = ClientChain::builder().with(roles.clone()).build();
     let client = ClientChain::builder()
-        .with(ServerToClient(Record::new("s-in-c", &log)))
-        .with(Passthrough)
-        .build();
-    let server = ServerChain::builder()
-        .with(Record::new("server", &log))
-        .with(ClientToServer(client))
-        .with(Record::new("tail", &log))
+        .with(inner)
+        .with(roles.clone())
         .build();
 
-    let reply = server.request(Context::new(), request("x")).await.unwrap();
-    assert_eq!(reply.id, "x");
-    assert_eq!(
-        entries(&log),
-        [
-            "server:request",
-            "s-in-c:request",
-            "tail:request",
-            "tail:reply",
-            "s-in-c:reply",
-            "server:reply",
-        ]
-    );
+    server.request(Context::new(), request("s")).await.unwrap();
+    let reply = client.request(Context::new(), request("c")).await.unwrap();
+    assert_eq!(reply.id, "c");
+    assert_eq!(*roles.0.lock().unwrap(), ["server", "client", "client"]);
 }
 
 #[tokio::test]

@@ -1,17 +1,16 @@
-//! What `GrpcClient` sends, and how it reads every kind of answer a gRPC
-//! server (or something in front of one) can give. The server here is plain
-//! hyper HTTP/2 with canned answers, so that each answer is exactly what the
-//! test says, not what tonic's server happens to produce.
-
-use std::time::Duration;
+//! Replies as grpc-go's clients read them (`transport::reply`): every kind
+//! of failed answer gets its gRPC code, a malformed status is `Internal`, a
+//! reply that is not gRPC is `Unknown`; nothing leaks on the served path.
 
 use bytes::Bytes;
 use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::{ClientChain, Context, GrpcClient};
+use connect_tests::harness::{Front, assert_no_leaks, grpc_only};
 use connect_tests::raw::{Answer, RawRemote, framed};
 use connect_tests::{connection, request};
 use prost::Message;
+use std::time::Duration;
 use tonic::Code;
 use url::Url;
 
@@ -282,4 +281,60 @@ async fn every_kind_of_failed_answer_gets_the_grpc_code() {
             "{what}: {err:?} should say {says:?}"
         );
     }
+}
+
+/// A remote's reply whose status details are not base64 is an `Internal`
+/// error naming the problem, never a panic, and leaves no client and no
+/// connection behind (tonic's status parsing panics on such details).
+#[tokio::test]
+async fn a_malformed_status_is_an_internal_error_and_leaks_nothing() {
+    let grpc = ("content-type", "application/grpc");
+    let remote = RawRemote::start(Answer {
+        status: 200,
+        headers: vec![
+            grpc,
+            ("grpc-status", "13"),
+            ("grpc-status-details-bin", "%%% not base64 %%%"),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let connect = grpc_only().dial_timeout(Duration::from_secs(1)).build();
+    let front = Front::new(&connect, remote.url()).await;
+
+    let status = front.request("m").await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(
+        status.message().contains("grpc-status-details-bin"),
+        "{status:?}"
+    );
+    assert_no_leaks(&connect, &[]).await;
+    remote
+        .wait_connections(|c| c.accepted == 1 && c.open == 0)
+        .await;
+}
+
+/// A reply that is not gRPC at all (an HTML page from a proxy) is an
+/// `Unknown` error naming its content type (grpc-go's answer to HTTP 200
+/// without gRPC), and leaks nothing.
+#[tokio::test]
+async fn a_reply_that_is_not_grpc_is_an_unknown_error_and_leaks_nothing() {
+    let remote = RawRemote::start(Answer {
+        status: 200,
+        headers: vec![("content-type", "text/html")],
+        data: vec![bytes::Bytes::from_static(b"<html>hello</html>")],
+        trailers: None,
+    })
+    .await;
+    let connect = grpc_only().dial_timeout(Duration::from_secs(1)).build();
+    let front = Front::new(&connect, remote.url()).await;
+
+    let status = front.request("h").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unknown, "{status:?}");
+    assert!(
+        status.message().contains("content-type text/html"),
+        "{status:?}"
+    );
+    assert_no_leaks(&connect, &[]).await;
+    remote.wait_connections(|c| c.open == 0).await;
 }

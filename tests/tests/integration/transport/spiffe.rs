@@ -131,10 +131,10 @@ async fn dial_and_serve_use_the_current_svids_across_rotations() {
     let lifetime = Duration::from_secs(30);
     let server_api = WorkloadApi::start(Arc::clone(&domain), "/nse", lifetime).await;
     let client_api = WorkloadApi::start(Arc::clone(&domain), "/passthrough", lifetime).await;
-    let server_identity = SpiffeIdentity::connect(server_api.endpoint())
+    let server_identity = SpiffeIdentity::from_endpoint(server_api.endpoint())
         .await
         .unwrap();
-    let client_identity = SpiffeIdentity::connect(client_api.endpoint())
+    let client_identity = SpiffeIdentity::from_endpoint(client_api.endpoint())
         .await
         .unwrap();
     assert_eq!(
@@ -149,7 +149,7 @@ async fn dial_and_serve_use_the_current_svids_across_rotations() {
     let server = Serve::new(ServerChain::default())
         .tls(server_tls)
         .layer(peer_serials(Arc::clone(&seen)))
-        .bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        .bind("tcp://127.0.0.1:0")
         .await
         .unwrap();
     let (tls, mut client_status) = client_identity
@@ -183,7 +183,7 @@ async fn stranger(home: &Authority) -> (WorkloadApi, DialOptions) {
     let other = Arc::new(Authority::new("other.org"));
     let lifetime = Duration::from_secs(30);
     let api = WorkloadApi::federated(other, "/intruder", lifetime, &[home]).await;
-    let identity = SpiffeIdentity::connect(api.endpoint()).await.unwrap();
+    let identity = SpiffeIdentity::from_endpoint(api.endpoint()).await.unwrap();
     let domain = home.trust_domain().to_owned();
     let accept = Authorize::predicate(move |id| id.trust_domain().to_string() == domain);
     let tls = identity.client_tls(accept).unwrap();
@@ -198,7 +198,7 @@ async fn a_peer_from_another_trust_domain_is_refused() {
     let home = Arc::new(Authority::new("example.org"));
     let lifetime = Duration::from_secs(30);
     let server_api = WorkloadApi::start(Arc::clone(&home), "/nse", lifetime).await;
-    let server_identity = SpiffeIdentity::connect(server_api.endpoint())
+    let server_identity = SpiffeIdentity::from_endpoint(server_api.endpoint())
         .await
         .unwrap();
     let (_stranger_api, options) = stranger(&home).await;
@@ -209,7 +209,7 @@ async fn a_peer_from_another_trust_domain_is_refused() {
                 .server_tls(Authorize::SameTrustDomain)
                 .unwrap(),
         )
-        .bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        .bind("tcp://127.0.0.1:0")
         .await
         .unwrap();
     let refused = match dial(server.url(), &options).await {
@@ -268,7 +268,7 @@ async fn the_program_forwards_with_spiffe_identities() {
     )
     .await;
 
-    let caller = SpiffeIdentity::connect(caller_api.endpoint())
+    let caller = SpiffeIdentity::from_endpoint(caller_api.endpoint())
         .await
         .unwrap();
     let (tls, mut status) = caller

@@ -80,7 +80,7 @@ impl Topology {
     async fn start_with(remote_lifetime: Duration, lifetime: Duration, margin: Duration) -> Self {
         let domain = Arc::new(Authority::new("example.org"));
         let remote_api = WorkloadApi::start(Arc::clone(&domain), "/nse", remote_lifetime).await;
-        let remote_identity = SpiffeIdentity::connect(remote_api.endpoint())
+        let remote_identity = SpiffeIdentity::from_endpoint(remote_api.endpoint())
             .await
             .unwrap();
         let seen = Arc::new(Seen::default());
@@ -93,12 +93,12 @@ impl Topology {
             )
             .expiry_margin(margin)
             .layer(certificate_check(Arc::clone(&seen)))
-            .bind(&"tcp://127.0.0.1:0".parse().unwrap())
+            .bind("tcp://127.0.0.1:0")
             .await
             .unwrap();
 
         let api = WorkloadApi::start(Arc::clone(&domain), "/passthrough", lifetime).await;
-        let identity = SpiffeIdentity::connect(api.endpoint()).await.unwrap();
+        let identity = SpiffeIdentity::from_endpoint(api.endpoint()).await.unwrap();
         let tls = identity.client_tls(Authorize::SameTrustDomain).unwrap();
         let connect = Connect::builder(|_: &Context, conn| {
             ClientChain::builder().with(GrpcClient::new(conn)).build()
@@ -116,7 +116,7 @@ impl Topology {
                 .with(after_gate.clone())
                 .build(),
         )
-        .bind(&"tcp://127.0.0.1:0".parse().unwrap())
+        .bind("tcp://127.0.0.1:0")
         .await
         .unwrap();
         let conn = connect_tests::harness::dial_patiently(passthrough.url()).await;
@@ -577,7 +577,7 @@ fn a_request_outside_a_runtime_leaves_rotation_following_intact() {
     let remote = runtime.block_on(async {
         Serve::new(ServerChain::default())
             .tls(ServerTls::new(identity).unwrap())
-            .bind(&"tcp://127.0.0.1:0".parse().unwrap())
+            .bind("tcp://127.0.0.1:0")
             .await
             .unwrap()
     });

@@ -9,12 +9,11 @@ use tonic::Extensions;
 use tonic::body::Body;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
-use tower::util::{MapRequest, MapRequestLayer};
 use tracing::Instrument;
 
-use crate::Context;
-use crate::chain::ServerChain;
+use crate::chain::{Context, ServerChain};
 use crate::deadline::deadline_from;
+use crate::grpc_timeout;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
 use crate::proto::networkservice::network_service_server::{NetworkService, NetworkServiceServer};
@@ -27,8 +26,8 @@ use crate::proto::networkservice::network_service_server::{NetworkService, Netwo
 /// deadline passes. The chain's future is dropped at the deadline, and the
 /// caller sees `DeadlineExceeded`. tonic's server keeps a timer of its own
 /// for the same header, which would answer `Cancelled`; the chain's deadline
-/// counts from when the [arrival layer](ChainService::arrival_layer) saw the
-/// call, a timer tick ahead of tonic's, so that it fires first.
+/// counts from the moment the call reached [`ChainServer`], a timer tick
+/// ahead of tonic's, so that it fires first.
 ///
 /// [`serve`](crate::serve) registers this for you; use it directly to mount
 /// the chain on a tonic server of your own:
@@ -37,10 +36,8 @@ use crate::proto::networkservice::network_service_server::{NetworkService, Netwo
 /// use connect_runtime::{ChainService, Passthrough, ServerChain};
 ///
 /// let chain = ServerChain::builder().with(Passthrough).build();
-/// let service = ChainService::new(chain).into_server();
 /// let _router = tonic::transport::Server::builder()
-///     .layer(ChainService::arrival_layer())
-///     .add_service(service);
+///     .add_service(ChainService::new(chain).into_server());
 /// ```
 #[derive(Clone, Debug)]
 pub struct ChainService {
@@ -54,35 +51,50 @@ impl ChainService {
     }
 
     /// The tonic service to register with a server.
-    pub fn into_server(self) -> NetworkServiceServer<Self> {
+    pub fn into_server(self) -> ChainServer {
         // Message size limits stay tonic's defaults (4 MiB to decode).
-        NetworkServiceServer::new(self)
-    }
-
-    /// The tower layer that notes when each call arrives, for the chain's
-    /// deadline to count from; add it (last) to a tonic server of your own.
-    pub fn arrival_layer() -> ArrivalLayer {
-        MapRequestLayer::new(arrived as Stamp)
+        ChainServer {
+            inner: NetworkServiceServer::new(self),
+        }
     }
 }
 
-/// See [`ChainService::arrival_layer`].
-pub type ArrivalLayer = MapRequestLayer<Stamp>;
+/// A [`ChainService`] as a tonic server registers it: it notes when each
+/// call arrives, for the chain's deadline to count from.
+#[derive(Clone, Debug)]
+pub struct ChainServer {
+    inner: NetworkServiceServer<ChainService>,
+}
 
-/// A service wrapped in the [`ArrivalLayer`].
-pub(crate) type Arrived<S> = MapRequest<S, Stamp>;
+impl tonic::server::NamedService for ChainServer {
+    const NAME: &'static str = crate::proto::NETWORK_SERVICE;
+}
 
-type Stamp = fn(http::Request<Body>) -> http::Request<Body>;
+impl tower::Service<http::Request<Body>> for ChainServer {
+    type Response =
+        <NetworkServiceServer<ChainService> as tower::Service<http::Request<Body>>>::Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        <NetworkServiceServer<ChainService> as tower::Service<http::Request<Body>>>::Future;
 
-/// When a call arrived: noted as tonic's server starts its own timer for
-/// the call's `grpc-timeout`, before the request is read.
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower::Service::<http::Request<Body>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        request.extensions_mut().insert(Arrival(Instant::now()));
+        tower::Service::<http::Request<Body>>::call(&mut self.inner, request)
+    }
+}
+
+/// When a call arrived: noted before its request is read, as soon after
+/// tonic's server started its own timer for the call's `grpc-timeout` as
+/// the call can be seen.
 #[derive(Clone, Copy)]
 struct Arrival(Instant);
-
-fn arrived(mut request: http::Request<Body>) -> http::Request<Body> {
-    request.extensions_mut().insert(Arrival(Instant::now()));
-    request
-}
 
 /// tokio's timer resolution: deadlines a tick apart can fire together.
 const TIMER_TICK: Duration = Duration::from_millis(1);
@@ -134,37 +146,17 @@ fn incoming_context(
     Ok((ctx, token.drop_guard()))
 }
 
-/// Parses the caller's `grpc-timeout` header: at most eight digits and a
-/// unit (`H`, `M`, `S`, `m`, `u`, `n`), per the gRPC HTTP/2 protocol.
+/// Parses the caller's `grpc-timeout` header, per the gRPC HTTP/2 protocol.
 pub(crate) fn grpc_timeout(metadata: &MetadataMap) -> Result<Option<Duration>, Status> {
-    let Some(value) = metadata.get("grpc-timeout") else {
+    let Some(value) = metadata.get(grpc_timeout::HEADER) else {
         return Ok(None);
     };
     // grpc-go's servers answer a malformed one with `Internal` too.
-    let malformed = || {
+    let timeout = grpc_timeout::parse(value.as_bytes()).ok_or_else(|| {
         Status::internal(format!(
-            "malformed grpc-timeout header {:?}: expected up to 8 digits and a unit (H, M, S, m, u, n)",
-            value
+            "malformed grpc-timeout header {value:?}: expected up to 8 digits and a unit (H, M, S, m, u, n)"
         ))
-    };
-    let text = value.to_str().map_err(|_| malformed())?;
-    if text.len() < 2 || text.len() > 9 {
-        return Err(malformed());
-    }
-    let (digits, unit) = text.split_at(text.len() - 1);
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(malformed());
-    }
-    let amount: u64 = digits.parse().map_err(|_| malformed())?;
-    let timeout = match unit {
-        "H" => Duration::from_secs(amount * 3600),
-        "M" => Duration::from_secs(amount * 60),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return Err(malformed()),
-    };
+    })?;
     Ok(Some(timeout))
 }
 

@@ -144,13 +144,9 @@ async fn a_served_call_that_fails_records_its_status_on_both_sides() {
     let _guard = spans.install();
     let stop = CancellationToken::new();
     let endpoint = ServerChain::builder().with(Refuse).build();
-    let server = serve(
-        &"tcp://127.0.0.1:0".parse().unwrap(),
-        endpoint,
-        stop.clone(),
-    )
-    .await
-    .expect("serves");
+    let server = serve("tcp://127.0.0.1:0", endpoint, stop.clone())
+        .await
+        .expect("serves");
     let conn = dial(server.url(), &DialOptions::new())
         .await
         .expect("dials");

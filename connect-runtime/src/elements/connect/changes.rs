@@ -7,17 +7,17 @@ use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
 /// Wakes the tasks watching for a change. A notifier changes the state
-/// under a lock before [`Signal::notify`]; a watcher starts watching, then
+/// under a lock before [`Changes::notify`]; a watcher starts watching, then
 /// looks at that state under the same lock. So a notifier that sees no
 /// watcher made its change before any watcher looked, and the watcher sees
 /// it.
 #[derive(Debug, Default)]
-pub(super) struct Signal {
+pub(super) struct Changes {
     notify: Notify,
     watchers: AtomicUsize,
 }
 
-impl Signal {
+impl Changes {
     /// Wakes every task watching now.
     pub(super) fn notify(&self) {
         if self.watchers.load(Ordering::SeqCst) > 0 {
@@ -32,8 +32,8 @@ impl Signal {
     }
 }
 
-/// A watcher of a [`Signal`].
-pub(super) struct Watching<'a>(&'a Signal);
+/// A watcher of a [`Changes`].
+pub(super) struct Watching<'a>(&'a Changes);
 
 impl Watching<'_> {
     /// The next change: enable it before looking at the state.
@@ -54,7 +54,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_watcher_hears_a_change_and_stops_counting_when_dropped() {
-        let signal = Signal::default();
+        let signal = Changes::default();
         {
             let watching = signal.watch();
             let changed = watching.changed();
@@ -80,7 +80,7 @@ mod tests {
             .unwrap();
         runtime.block_on(async {
             for _ in 0..500 {
-                let shared = Arc::new((Signal::default(), Mutex::new(false)));
+                let shared = Arc::new((Changes::default(), Mutex::new(false)));
                 let watcher = tokio::spawn({
                     let shared = Arc::clone(&shared);
                     async move {

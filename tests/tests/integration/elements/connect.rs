@@ -1,24 +1,35 @@
 //! The `connect` element against real remotes: the Go v0.5.0 suite ported,
 //! the Go defects we fix, and the rest of the semantics in DESIGN.md.
+//!
+//! On the served path too: connect served over gRPC, called by tonic
+//! callers, before remotes that behave like grpc-go.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
-
-use connect_runtime::proto::connection::Mechanism;
+use connect_runtime::proto::connection::{Connection, Mechanism};
 use connect_runtime::proto::connectioncontext::ConnectionContext;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
+use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
 use connect_runtime::{
-    ChainService, ClientChain, Connect, Context, GrpcClient, Monitor, Passthrough, ServerChain,
-    ServerHandle,
+    ClientChain, ClientUrl, Connect, ConnectStats, Context, DialOptions, Element, GrpcClient,
+    Hooks, Monitor, Next, Passthrough, ServerChain, ServerHandle,
 };
-use connect_tests::elements::{Capture, Count, Edit, FailAfterDeadline, Gate, InjectError, Op};
+use connect_tests::caller::tonic_caller;
+use connect_tests::elements::{
+    Capture, Count, Edit, FailAfterDeadline, Gate, InjectError, Ledger, Op, Panic, SetPath,
+    ledger_chain,
+};
+use connect_tests::golike::GoLike;
 use connect_tests::harness::{
-    assert_no_leaks, connect_via, grpc_only, grpc_only_counting_dials, settle,
+    Front, PATIENCE, assert_no_leaks, at, connect_chain, connect_via, grpc_only,
+    grpc_only_counting_dials, settle,
 };
+use connect_tests::raw::{After, ENHANCE_YOUR_CALM, GoAwayRelay, NO_ERROR};
 use connect_tests::remote::{BlackHole, ScratchDir, start_at, start_tcp, start_unix};
 use connect_tests::{connection, request};
-use tonic::Code;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
 use url::Url;
 
 fn mechanism(kind: &str) -> Mechanism {
@@ -53,10 +64,6 @@ async fn editing_remote(
     )
     .await;
     (seen, server)
-}
-
-fn at(url: &Url) -> Context {
-    Context::new().with_client_url(url.clone())
 }
 
 /// Go's `TestConnectServer_Request`: A, then the same id to B, then close.
@@ -230,10 +237,6 @@ async fn a_failing_client_chain_leaves_nothing() {
     assert!(err.message().contains("connection id"), "{err:?}");
     assert!(err.message().contains("injected request error"), "{err:?}");
     assert_no_leaks(&connect, &[&server]).await;
-}
-
-fn connect_chain(connect: &Connect) -> ServerChain {
-    ServerChain::builder().with(connect.clone()).build()
 }
 
 /// Go's `TestConnectServer_RequestNextServerError`: the client side is closed.
@@ -448,6 +451,31 @@ async fn a_remote_that_never_answers_fails_within_the_dial_timeout() {
     assert_no_leaks(&connect, &[]).await;
 }
 
+/// The dial timeout set on the builder holds whether it was set before or
+/// after the dial options, whose own timeout it overrides.
+#[tokio::test]
+async fn the_builders_dial_timeout_holds_whatever_the_order() {
+    let hole = BlackHole::start().await;
+    let patient = DialOptions::new().timeout(Duration::from_secs(30));
+    let before = grpc_only()
+        .dial_timeout(Duration::from_millis(100))
+        .dial_options(patient.clone())
+        .build();
+    let after = grpc_only()
+        .dial_options(patient)
+        .dial_timeout(Duration::from_millis(100))
+        .build();
+    for connect in [before, after] {
+        let err = connect_chain(&connect)
+            .request(at(hole.url()), request("id"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(err.message().contains("within 100ms"), "{err:?}");
+        assert_no_leaks(&connect, &[]).await;
+    }
+}
+
 /// More new connections at once than hyper opens streams before the remote's
 /// SETTINGS arrive (100): the calls beyond that wait in hyper for the
 /// SETTINGS, and all of them get through on the one dial.
@@ -509,193 +537,6 @@ async fn a_burst_to_a_remote_that_never_answers_fails_within_the_dial_timeout() 
     );
     assert_eq!(hole.accepted(), 1);
     assert_no_leaks(&connect, &[]).await;
-}
-
-/// Answers every `grpc.health.v1.Health/Watch` with `PERMISSION_DENIED`, as
-/// a remote authorising each call might; the rest goes on.
-#[derive(Clone)]
-struct DenyWatch<S>(S);
-
-impl<S> tower_service::Service<http::Request<tonic::body::Body>> for DenyWatch<S>
-where
-    S: tower_service::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-        >,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), S::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        if request.uri().path() == "/grpc.health.v1.Health/Watch" {
-            let denied = tonic::Status::permission_denied("no watching here").into_http();
-            return Box::pin(std::future::ready(Ok(denied)));
-        }
-        Box::pin(self.0.call(request))
-    }
-}
-
-/// What the monitor logs, message by message, on this thread (a
-/// current-thread test runtime runs the monitor's task here too).
-fn monitor_log() -> (
-    tracing::subscriber::DefaultGuard,
-    tokio::sync::mpsc::UnboundedReceiver<String>,
-) {
-    use tracing_subscriber::layer::SubscriberExt;
-
-    struct Messages(tokio::sync::mpsc::UnboundedSender<String>);
-
-    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Messages {
-        fn on_event(
-            &self,
-            event: &tracing::Event<'_>,
-            _: tracing_subscriber::layer::Context<'_, S>,
-        ) {
-            struct Message(String);
-            impl tracing::field::Visit for Message {
-                fn record_debug(
-                    &mut self,
-                    field: &tracing::field::Field,
-                    value: &dyn std::fmt::Debug,
-                ) {
-                    if field.name() == "message" {
-                        self.0 = format!("{value:?}");
-                    }
-                }
-            }
-            if event.metadata().target() == "connect_runtime::elements::monitor" {
-                let mut message = Message(String::new());
-                event.record(&mut message);
-                let _ = self.0.send(message.0);
-            }
-        }
-    }
-
-    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-    let subscriber = tracing_subscriber::registry().with(Messages(sender));
-    (tracing::subscriber::set_default(subscriber), receiver)
-}
-
-/// A remote that answers but will not let its health be watched (here
-/// `PERMISSION_DENIED`) is reachable, not dead: the monitor stays passive
-/// and the client goes on serving its connections.
-#[tokio::test]
-async fn a_remote_refusing_the_health_watch_keeps_its_client() {
-    let (_logging, mut log) = monitor_log();
-    let connect = connect_via(Passthrough);
-    let chain = connect_chain(&connect);
-    let server = connect_runtime::Serve::new(ServerChain::default())
-        .layer(tower::layer::layer_fn(DenyWatch))
-        .bind(&"tcp://127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-
-    let first = chain
-        .request(at(server.url()), request("m-1"))
-        .await
-        .unwrap();
-    let decided = settle("the monitor's decision", log.recv()).await.unwrap();
-    assert!(decided.contains("not monitoring"), "{decided}");
-
-    let mut refresh = request("m-1");
-    refresh.connection = Some(Box::new(first));
-    let conn = chain.request(at(server.url()), refresh).await.unwrap();
-    assert_eq!(server.connections().accepted, 1, "the same client");
-    chain.close(Context::new(), conn).await.unwrap();
-    assert_no_leaks(&connect, &[&server]).await;
-}
-
-/// A health service that has no verdict on the overall health: its watch
-/// says `SERVICE_UNKNOWN`, as grpc-go's does for a service it does not
-/// track, and then nothing.
-struct Undecided;
-
-#[tonic::async_trait]
-impl tonic_health::pb::health_server::Health for Undecided {
-    async fn check(
-        &self,
-        _: tonic::Request<tonic_health::pb::HealthCheckRequest>,
-    ) -> Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
-        Err(tonic::Status::not_found("no overall health"))
-    }
-
-    type WatchStream = std::pin::Pin<
-        Box<
-            dyn tokio_stream::Stream<
-                    Item = Result<tonic_health::pb::HealthCheckResponse, tonic::Status>,
-                > + Send,
-        >,
-    >;
-
-    async fn watch(
-        &self,
-        _: tonic::Request<tonic_health::pb::HealthCheckRequest>,
-    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
-        use tokio_stream::StreamExt;
-        use tonic_health::pb::health_check_response::ServingStatus;
-
-        let unknown = tonic_health::pb::HealthCheckResponse {
-            status: ServingStatus::ServiceUnknown as i32,
-        };
-        let stream = tokio_stream::once(Ok(unknown)).chain(tokio_stream::pending());
-        Ok(tonic::Response::new(Box::pin(stream)))
-    }
-}
-
-/// `SERVICE_UNKNOWN` is no verdict: the monitor goes on watching and the
-/// client goes on serving (only `NOT_SERVING` or an unreachable remote
-/// closes it).
-#[tokio::test]
-async fn a_remote_without_an_overall_health_keeps_its_client() {
-    let (_logging, mut log) = monitor_log();
-    let connect = connect_via(Passthrough);
-    let chain = connect_chain(&connect);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url: Url = format!("tcp://{}", listener.local_addr().unwrap())
-        .parse()
-        .unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let remote = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(tonic_health::pb::health_server::HealthServer::new(
-                Undecided,
-            ))
-            .add_service(ChainService::new(ServerChain::default()).into_server())
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                stop.clone().cancelled_owned(),
-            ),
-    );
-
-    let first = chain.request(at(&url), request("u-1")).await.unwrap();
-    let heard = settle("the monitor to hear the remote", log.recv())
-        .await
-        .unwrap();
-    assert!(heard.contains("no verdict"), "{heard}");
-
-    let mut refresh = request("u-1");
-    refresh.connection = Some(Box::new(first));
-    let conn = chain.request(at(&url), refresh).await.unwrap();
-    chain.close(Context::new(), conn).await.unwrap();
-    settle(
-        "the client to close with its last connection",
-        connect.idle(),
-    )
-    .await;
-    stop.cancel();
-    remote.await.unwrap().unwrap();
 }
 
 /// Go's `TestConnect_CancelDuringRequest`: one caller gives up mid-request.
@@ -1012,96 +853,6 @@ async fn dropping_connect_closes_every_client() {
     .await;
 }
 
-/// A remote reporting `NOT_SERVING` has its client closed; once it serves
-/// again, the connection's refresh goes through a new client.
-#[tokio::test]
-async fn the_monitor_cancels_the_client_when_the_remote_stops_serving() {
-    let connect = connect_via(Passthrough);
-    let chain = connect_chain(&connect);
-    let remote = Count::new();
-    let server = start_tcp(ServerChain::builder().with(remote.clone()).build()).await;
-    let conn = chain
-        .request(at(server.url()), request("id"))
-        .await
-        .unwrap();
-
-    server
-        .health()
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
-    settle(
-        "the client's connection to close",
-        server.wait_connections(|c| c.open == 0),
-    )
-    .await;
-    settle(
-        "the client to go",
-        connect.wait_for(|stats| stats.clients.is_empty()),
-    )
-    .await;
-    assert_eq!(
-        connect.stats().records,
-        1,
-        "the connection keeps its record"
-    );
-
-    server
-        .health()
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-    let mut refresh = request("id");
-    refresh.connection = Some(Box::new(conn));
-    let conn = chain.request(at(server.url()), refresh).await.unwrap();
-    assert_eq!(remote.requests(), 2);
-    assert_eq!(
-        server.connections().accepted,
-        2,
-        "a new client, a new connection"
-    );
-    chain.close(Context::new(), conn).await.unwrap();
-    assert_no_leaks(&connect, &[&server]).await;
-}
-
-#[tokio::test]
-async fn the_monitor_stays_passive_when_the_remote_has_no_health_service() {
-    // A remote on tonic's own server, with the chain but no health service.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = Url::parse(&format!("tcp://{}", listener.local_addr().unwrap())).unwrap();
-    let remote = Count::new();
-    let service = ChainService::new(ServerChain::builder().with(remote.clone()).build());
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service.into_server())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-
-    let (_logging, mut log) = monitor_log();
-    let connect = connect_via(Passthrough);
-    let chain = connect_chain(&connect);
-    let mut req = request("id");
-    let conn = chain.request(at(&url), req.clone()).await.unwrap();
-    req.connection = Some(Box::new(conn));
-    let decided = settle("the monitor's decision", log.recv()).await.unwrap();
-    assert!(decided.contains("not monitoring"), "{decided}");
-    for _ in 0..4 {
-        let conn = chain.request(at(&url), req.clone()).await.unwrap();
-        req.connection = Some(Box::new(conn));
-    }
-    assert_eq!(remote.requests(), 5);
-    assert_eq!(
-        connect.stats().clients.len(),
-        1,
-        "the client was not cancelled"
-    );
-
-    chain
-        .close(Context::new(), *req.connection.unwrap())
-        .await
-        .unwrap();
-    assert_no_leaks(&connect, &[]).await;
-    server.abort();
-}
-
 #[tokio::test]
 async fn bad_requests_are_refused_before_anything_is_dialed() {
     let connect = connect_via(Passthrough);
@@ -1164,4 +915,437 @@ async fn a_panicking_factory_is_an_error_not_a_crash() {
         assert!(err.message().contains("factory exploded"), "{err:?}");
     }
     assert_no_leaks(&connect, &[&server]).await;
+}
+
+/// How `connect` is told to shut down.
+#[derive(Clone, Copy, Debug)]
+enum ShutDown {
+    Method,
+    Token,
+}
+
+/// A request after shutdown is answered at once with `Unavailable`, and
+/// leaves nothing behind, on a current-thread runtime too (where a request
+/// that spins would hang the whole server). Run on a thread of its own so
+/// that a hang fails the test instead of stalling the suite.
+#[test]
+fn a_request_after_shutdown_is_refused_at_once() {
+    for how in [ShutDown::Method, ShutDown::Token] {
+        let (done, outcome) = mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let result = runtime.block_on(async {
+                let remote = start_tcp(ServerChain::default()).await;
+                let token = CancellationToken::new();
+                let connect = grpc_only()
+                    .dial_timeout(Duration::from_secs(1))
+                    .shutdown_on(token.clone())
+                    .build();
+                let served = start_tcp(
+                    ServerChain::builder()
+                        .with(ClientUrl::new(remote.url().clone()))
+                        .with(connect.clone())
+                        .build(),
+                )
+                .await;
+                let mut caller = tonic_caller(served.url()).await;
+                match how {
+                    ShutDown::Method => connect.shutdown(),
+                    ShutDown::Token => token.cancel(),
+                }
+                let status = caller.request(request("late")).await.unwrap_err();
+                let stats: ConnectStats = connect.stats();
+                (
+                    status.code(),
+                    status.message().to_owned(),
+                    stats,
+                    remote.connections().accepted,
+                )
+            });
+            let _ = done.send(result);
+        });
+        let (code, message, stats, accepted) = outcome
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("{how:?}: a request after shutdown hung"));
+        assert_eq!(code, Code::Unavailable, "{how:?}: {message}");
+        assert!(
+            message.contains("connect is shut down"),
+            "{how:?}: {message}"
+        );
+        assert!(stats.is_idle(), "{how:?}: {stats:?}");
+        assert_eq!(accepted, 0, "{how:?}: nothing was dialed");
+    }
+}
+
+/// A client-chain element that panics on a request, or on the cleanup
+/// close after the rest of the chain failed, leaks no reference, record,
+/// turn or connection.
+#[tokio::test]
+async fn a_panicking_element_leaks_nothing() {
+    for op in [Op::Request, Op::Close] {
+        let (ledger, gate) = (Ledger::new(), Gate::new());
+        let remote = GoLike::tcp(ledger_chain(&ledger, &gate)).await;
+        let panic = Panic::new();
+        let element = panic.clone();
+        let connect = Connect::builder(move |_: &Context, conn| {
+            ClientChain::builder()
+                .with(element.clone())
+                .with(GrpcClient::new(conn))
+                .build()
+        })
+        .dial_timeout(Duration::from_secs(1))
+        .build();
+        // The rest of the server chain fails, so that connect closes.
+        let served = start_tcp(
+            ServerChain::builder()
+                .with(ClientUrl::new(remote.url().clone()))
+                .with(connect.clone())
+                .with(InjectError {
+                    on_request: (op == Op::Close).then_some(Code::Aborted),
+                    on_close: None,
+                })
+                .build(),
+        )
+        .await;
+        let mut caller = tonic_caller(served.url()).await;
+
+        panic.arm(op);
+        let status = caller.request(request("p")).await.unwrap_err();
+        assert_ne!(status.code(), Code::Ok, "{op:?}");
+        assert_no_leaks(&connect, &[]).await;
+        remote.wait_connections(|c| c.open == 0).await;
+        assert_eq!(ledger.overlaps(), 0);
+    }
+}
+
+/// A graceful GOAWAY (a remote recycling its connections) is not a dead
+/// remote: records and references stay, and the next calls go over one new
+/// connection, counted as the client's second dial.
+#[tokio::test]
+async fn a_graceful_goaway_keeps_records_and_goes_over_one_new_connection() {
+    let (ledger, gate) = (Ledger::new(), Gate::new());
+    let remote = GoLike::tcp(ledger_chain(&ledger, &gate)).await;
+    let (builder, factory_runs) = grpc_only_counting_dials();
+    let connect = builder.dial_timeout(Duration::from_secs(1)).build();
+    let front = Front::new(&connect, remote.url()).await;
+    let a = front.request("a").await.unwrap();
+    let b = front.request("b").await.unwrap();
+
+    remote.recycle();
+    remote.wait_connections(|c| c.open == 0).await;
+
+    let (a, b) = (
+        front.refresh(&a).await.unwrap(),
+        front.refresh(&b).await.unwrap(),
+    );
+    let stats = connect.stats();
+    assert_eq!(stats.records, 2, "{stats:?}");
+    assert_eq!(
+        (stats.clients[0].refs, stats.clients[0].dials),
+        (2, 2),
+        "{stats:?}"
+    );
+    assert_eq!(factory_runs.load(Ordering::SeqCst), 1, "the same client");
+    assert_eq!(remote.connections().accepted, 2);
+
+    front.close(a).await.unwrap();
+    front.close(b).await.unwrap();
+    assert!(ledger.open().is_empty());
+    assert_no_leaks(&connect, &[]).await;
+    remote.wait_connections(|c| c.open == 0).await;
+}
+
+/// The closes connect makes on its own behalf (a connection moving to
+/// another remote, a call abandoned before its reply) carry the connection
+/// as last known: with its path and mechanism, not just its id.
+#[tokio::test]
+async fn closes_on_connects_own_behalf_carry_the_connection_as_last_known() {
+    let seen_at_a = Capture::new();
+    let kernel = Mechanism {
+        r#type: "KERNEL".into(),
+        ..Default::default()
+    };
+    let a = start_tcp(
+        ServerChain::builder()
+            .with(seen_at_a.clone())
+            .with(SetPath("remote-a"))
+            .with(Edit {
+                key: "at",
+                value: "a",
+                mechanism: Some(kernel.clone()),
+            })
+            .build(),
+    )
+    .await;
+    let b = start_tcp(ServerChain::default()).await;
+    let connect = grpc_only().dial_timeout(Duration::from_secs(1)).build();
+    let chain = ServerChain::builder().with(connect.clone()).build();
+    let at = |url: &Url| Context::new().with_client_url(url.clone());
+
+    let on_a = chain.request(at(a.url()), request("c")).await.unwrap();
+    // The move asks B for a bare connection; A must get what it returned.
+    let moved = chain.request(at(b.url()), request("c")).await.unwrap();
+    let closed = seen_at_a.seen().closed.expect("A saw a close");
+    assert_eq!(
+        closed, on_a,
+        "A's close carried the connection as A returned it"
+    );
+    assert_eq!(closed.mechanism, Some(kernel));
+    assert_eq!(closed.path.unwrap().path_segments[0].name, "remote-a");
+
+    chain.close(Context::new(), moved).await.unwrap();
+    assert_no_leaks(&connect, &[&a, &b]).await;
+}
+
+/// Durations too large for the clock saturate instead of panicking: a
+/// caller's timeout, connect's cleanup timeout and dial timeout.
+#[tokio::test]
+async fn huge_durations_saturate() {
+    let ctx = Context::new().with_timeout(Duration::MAX);
+    assert!(ctx.remaining().unwrap() > Duration::from_secs(86_400 * 365));
+    let remote = start_tcp(ServerChain::default()).await;
+    let connect = grpc_only()
+        .dial_timeout(Duration::MAX)
+        .cleanup_timeout(Duration::MAX)
+        .build();
+    let chain = ServerChain::builder()
+        .with(connect.clone())
+        .with(InjectError {
+            on_request: Some(Code::Aborted),
+            on_close: None,
+        })
+        .build();
+    let ctx = ctx.with_client_url(remote.url().clone());
+    let status = chain.request(ctx, request("big")).await.unwrap_err();
+    // A server's bounds saturate too.
+    let patient = connect_runtime::Serve::new(ServerChain::default())
+        .handshake_timeout(Duration::MAX)
+        .bind("tcp://127.0.0.1:0")
+        .await
+        .unwrap();
+    let conn = connect_runtime::dial(patient.url(), &connect_runtime::DialOptions::new())
+        .await
+        .unwrap();
+    NetworkServiceClient::new(conn)
+        .request(request("patient"))
+        .await
+        .unwrap();
+    patient.shutdown().await;
+    assert_eq!(
+        status.code(),
+        Code::Aborted,
+        "next's error, after the cleanup close"
+    );
+    assert_no_leaks(&connect, &[&remote]).await;
+}
+
+/// A call whose deadline passed before anything was sent sends nothing:
+/// no request, and no cleanup Close either.
+#[tokio::test]
+async fn a_call_whose_deadline_passed_before_sending_sends_no_close() {
+    let count = Count::new();
+    let remote = start_tcp(ServerChain::builder().with(count.clone()).build()).await;
+    let connect = grpc_only().dial_timeout(Duration::from_secs(1)).build();
+    let chain = ServerChain::builder().with(connect.clone()).build();
+    let at = || Context::new().with_client_url(remote.url().clone());
+    let kept = chain.request(at(), request("kept")).await.unwrap();
+
+    let late = at().with_timeout(Duration::ZERO);
+    let status = chain.request(late, request("late")).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    settle("connect to settle", connect.settled()).await;
+    assert_eq!(
+        (count.requests(), count.closes()),
+        (1, 0),
+        "nothing more was sent"
+    );
+
+    chain.close(Context::new(), kept).await.unwrap();
+    assert_no_leaks(&connect, &[&remote]).await;
+}
+
+/// The same on the served path, as the issue saw it: five connections
+/// through a served connect to an endpoint that sends `ENHANCE_YOUR_CALM`
+/// (or resets after a graceful GOAWAY); every refresh and every close
+/// reaches the endpoint over a new connection.
+#[tokio::test]
+async fn refreshes_and_closes_go_on_after_an_endpoint_ends_connections_rudely() {
+    for (code, after) in [(ENHANCE_YOUR_CALM, After::Close), (NO_ERROR, After::Reset)] {
+        let ledger = Ledger::new();
+        let endpoint = GoLike::tcp(ServerChain::builder().with(ledger.clone()).build()).await;
+        let relay = GoAwayRelay::start(endpoint.url()).await;
+        let connect = grpc_only().dial_timeout(Duration::from_secs(5)).build();
+        let served = start_tcp(
+            ServerChain::builder()
+                .with(ClientUrl::new(relay.url().clone()))
+                .with(connect.clone())
+                .build(),
+        )
+        .await;
+        let mut caller = tonic_caller(served.url()).await;
+        let mut conns = Vec::new();
+        for k in 0..5 {
+            let reply = caller.request(request(&format!("c{k}"))).await.unwrap();
+            conns.push(reply.into_inner());
+        }
+
+        relay.go_away(code, "too_many_pings", after);
+        let ended = connect.wait_for(|s| s.clients.iter().any(|c| c.ended_connections == 1));
+        settle("connect's client to see its connection end", ended).await;
+        for conn in &mut conns {
+            let mut refresh = request(&conn.id);
+            refresh.connection = Some(Box::new(conn.clone()));
+            let reply = caller.request(refresh).await;
+            let reply = reply.unwrap_or_else(|s| panic!("{code} {after:?}: {s:?}"));
+            *conn = reply.into_inner();
+        }
+        for conn in conns {
+            caller.close(conn).await.unwrap();
+        }
+        assert!(ledger.open().is_empty(), "{:?}", ledger.open());
+        assert_eq!(ledger.closes(), 5);
+        assert_eq!(relay.accepted(), 2, "one new connection");
+        served.shutdown().await;
+        assert_no_leaks(&connect, &[]).await;
+        endpoint.stop().await;
+    }
+}
+
+/// A caller's credential, as a value in its context.
+#[derive(Clone, Debug, PartialEq)]
+struct Token(&'static str);
+
+/// A client element that refuses a call whose context lacks the caller's
+/// [`Token`], as an element that needs one for the remote would.
+#[derive(Clone, Default, Element)]
+#[element(client)]
+struct NeedsToken;
+
+impl Hooks for NeedsToken {
+    async fn request(
+        &self,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        match ctx.value::<Token>() {
+            Some(_) => next.request(ctx, request).await,
+            None => Err(Status::unauthenticated("no token in the context")),
+        }
+    }
+
+    async fn close(
+        &self,
+        ctx: Context,
+        connection: Connection,
+        next: Next<'_>,
+    ) -> Result<(), Status> {
+        match ctx.value::<Token>() {
+            Some(_) => next.close(ctx, connection).await,
+            None => Err(Status::unauthenticated("no token in the context")),
+        }
+    }
+}
+
+/// Sets the caller's [`Token`] in the context, as an authenticating
+/// element in front of connect would.
+#[derive(Clone, Default, Element)]
+#[element(server)]
+struct SetToken;
+
+impl Hooks for SetToken {
+    async fn request(
+        &self,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        next.request(ctx.with_value(Token("t0ken")), request).await
+    }
+
+    async fn close(
+        &self,
+        ctx: Context,
+        connection: Connection,
+        next: Next<'_>,
+    ) -> Result<(), Status> {
+        next.close(ctx.with_value(Token("t0ken")), connection).await
+    }
+}
+
+/// The closes connect sends on its own behalf keep the values of the call
+/// that caused them (Go's `postpone.ContextWithValues`), without its
+/// deadline or cancellation: after the rest of the chain failed, after a
+/// move, and after the caller went away.
+#[tokio::test]
+async fn cleanup_closes_keep_the_callers_context_values() {
+    let ledger = Ledger::new();
+    let gate = Gate::new();
+    let remote = start_tcp(
+        ServerChain::builder()
+            .with(ledger.clone())
+            .with(gate.clone())
+            .build(),
+    )
+    .await;
+    let other = start_tcp(ServerChain::default()).await;
+    let connect = Connect::builder(|_: &Context, conn| {
+        ClientChain::builder()
+            .with(NeedsToken)
+            .with(GrpcClient::new(conn))
+            .build()
+    })
+    .dial_timeout(Duration::from_secs(5))
+    .build();
+    let with = |url: &url::Url| {
+        ServerChain::builder()
+            .with(SetToken)
+            .with(ClientUrl::new(url.clone()))
+    };
+
+    // The rest of the chain fails: the undo's close reaches the remote.
+    let failing = with(remote.url())
+        .with(connect.clone())
+        .with(InjectError {
+            on_request: Some(Code::Aborted),
+            on_close: None,
+        })
+        .build();
+    let err = failing
+        .request(Context::new(), request("undone"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+    settle("the undo's close", ledger.until(|l| l.closes() == 1)).await;
+
+    // A move: the close at the old remote.
+    let chain = with(remote.url()).with(connect.clone()).build();
+    let moved = chain
+        .request(Context::new(), request("moving"))
+        .await
+        .unwrap();
+    let elsewhere = with(other.url()).with(connect.clone()).build();
+    let mut again = request("moving");
+    again.connection = Some(Box::new(moved));
+    let moved = elsewhere.request(Context::new(), again).await.unwrap();
+    settle("the move's close", ledger.until(|l| l.closes() == 2)).await;
+
+    // A caller gone mid-request: the close after its call finishes.
+    gate.arm(Op::Request);
+    let abandoned = tokio::spawn({
+        let chain = chain.clone();
+        async move { chain.request(Context::new(), request("abandoned")).await }
+    });
+    settle("the request to be held", gate.holding()).await;
+    abandoned.abort();
+    gate.release();
+    // Had a close lacked the token, the client chain would have refused to
+    // send it: the ledger would be left with an open connection.
+    let all_closed = ledger.until(|l| l.closes() == 3 && l.open().is_empty());
+    settle("the abandoned call's close", all_closed).await;
+    elsewhere.close(Context::new(), moved).await.unwrap();
+    assert_no_leaks(&connect, &[&remote, &other]).await;
 }

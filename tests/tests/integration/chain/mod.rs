@@ -1,0 +1,4 @@
+//! Chains and elements: `connect_runtime::chain`.
+
+mod chains;
+mod hooks;

@@ -1,0 +1,6 @@
+//! The elements: `connect_runtime::elements`.
+
+mod cancellation;
+mod connect;
+mod monitor;
+mod rotation;

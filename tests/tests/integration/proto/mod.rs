@@ -1,0 +1,4 @@
+//! The wire API: `connect_proto`.
+
+mod unknown_fields;
+mod wire;

@@ -1,0 +1,4 @@
+//! The serving side: `connect_runtime::server`.
+
+mod limits;
+mod serve;
