@@ -38,17 +38,11 @@ where
     results.into_iter().map(|(_, result)| result).collect()
 }
 
-/// A fixed permutation of `0..n` for each `seed` (xorshift: the order only
-/// has to differ from the opening order, and be the same every run).
+/// A fixed permutation of `0..n` for each `seed`: the order only has to
+/// differ from the opening order, and be the same every run.
 pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    for i in (1..n).rev() {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        order.swap(i, (state % (i as u64 + 1)) as usize);
-    }
+    fastrand::Rng::with_seed(seed).shuffle(&mut order);
     order
 }
 

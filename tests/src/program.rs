@@ -61,7 +61,7 @@ impl Program {
     /// program logs at `warn`, or as `PROGRAM_LOG` says (a `RUST_LOG`
     /// filter), to the test's stderr.
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(binary())
+        let mut child = command()
             .args(args)
             .envs(env.iter().copied())
             .env(
@@ -108,6 +108,18 @@ impl Program {
     }
 }
 
+/// The program, without the options this test's own environment might set
+/// (`NSM_*`).
+fn command() -> Command {
+    let mut command = Command::new(binary());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("NSM_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 fn signal_terminate(pid: u32) {
     let pid = Pid::from_raw(i32::try_from(pid).expect("a pid fits pid_t"));
     kill(pid, Signal::SIGTERM).expect("kill(SIGTERM) failed");
@@ -115,7 +127,7 @@ fn signal_terminate(pid: u32) {
 
 /// Runs the program with `args` to the end and returns what it printed.
 pub async fn run(args: &[&str]) -> Output {
-    let child = Command::new(binary())
+    let child = command()
         .args(args)
         .env("RUST_LOG", "warn")
         // `--spiffe` must not find a Workload API by accident.

@@ -1,8 +1,7 @@
 //! Real servers for tests: NSM endpoints on loopback TCP and unix sockets,
 //! and a black hole that accepts connections and never answers.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use connect_runtime::{ServerChain, ServerHandle, serve};
 use tokio::net::TcpListener;
@@ -27,8 +26,8 @@ pub async fn start_at(url: &Url, chain: ServerChain) -> ServerHandle {
 }
 
 /// Serves `chain` on a unix socket named `name` inside `dir`.
-pub async fn start_unix(dir: &ScratchDir, name: &str, chain: ServerChain) -> ServerHandle {
-    let url = unix_url(&dir.path().join(name));
+pub async fn start_unix(dir: &Path, name: &str, chain: ServerChain) -> ServerHandle {
+    let url = unix_url(&dir.join(name));
     serve(&url, chain, CancellationToken::new())
         .await
         .expect("serving on a unix socket")
@@ -37,41 +36,6 @@ pub async fn start_unix(dir: &ScratchDir, name: &str, chain: ServerChain) -> Ser
 /// `unix://<path>`.
 pub fn unix_url(path: &Path) -> Url {
     Url::parse(&format!("unix://{}", path.display())).unwrap()
-}
-
-/// A directory removed when dropped, for unix sockets.
-pub struct ScratchDir {
-    path: PathBuf,
-}
-
-impl ScratchDir {
-    pub fn new() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "connect-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Self { path }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Default for ScratchDir {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
 }
 
 /// A TCP listener that accepts connections, holds them open and never sends

@@ -24,7 +24,7 @@ use crate::generated::workload::spiffe_workload_api_server::{
 use crate::generated::workload::{
     X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest, X509svidResponse,
 };
-use crate::remote::ScratchDir;
+use tempfile::TempDir;
 
 /// The metadata every Workload API call must carry (SPIFFE's guard against
 /// a server-side request forgery reaching the API).
@@ -146,7 +146,7 @@ pub struct WorkloadApi {
     current: watch::Sender<Arc<Svid>>,
     endpoint: String,
     stop: CancellationToken,
-    _dir: ScratchDir,
+    _dir: TempDir,
 }
 
 impl WorkloadApi {
@@ -170,7 +170,7 @@ impl WorkloadApi {
             .collect();
         let first = authority.issue(path, 1, lifetime);
         let (current, watching) = watch::channel(Arc::new(first));
-        let dir = ScratchDir::new();
+        let dir = TempDir::new().unwrap();
         let socket = dir.path().join("agent.sock");
         let listener = UnixListener::bind(&socket).unwrap();
         let stop = CancellationToken::new();

@@ -51,10 +51,8 @@ const SCALE_FIELDS: [&str; 18] = [
 #[tokio::test]
 async fn every_workload_runs_in_both_modes_without_errors() {
     let bench = env!("CARGO_BIN_EXE_connect-bench");
-    let dir = std::env::temp_dir().join(format!("connect-bench-smoke-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let addr_file = dir.join("remotes.txt");
-    let _ = std::fs::remove_file(&addr_file);
+    let dir = tempfile::tempdir().unwrap();
+    let addr_file = dir.path().join("remotes.txt");
 
     let mut serve = Command::new(bench)
         .args(["serve", "-n", "3", "--addr-file"])
@@ -159,7 +157,6 @@ async fn every_workload_runs_in_both_modes_without_errors() {
         assert_eq!(line["errors"], 0, "{line}");
         assert!(line["rss_kb_at_n"].as_u64().unwrap() > 0);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `codec` reports both message kinds for both inputs, and the bytes it

@@ -150,12 +150,9 @@ pub fn write_upstream(root: &Path, clone: &Path) -> Result<String, String> {
         .map_err(|e| format!("reading {UPSTREAM}: {e}"))?
         .trim()
         .to_owned();
-    let scratch = std::env::temp_dir().join(format!("connect-api-table-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&scratch);
-    fs::create_dir_all(&scratch).map_err(|e| format!("creating {}: {e}", scratch.display()))?;
-    let result = extract(clone, &release, &scratch).and_then(|()| render(&scratch));
-    let _ = fs::remove_dir_all(&scratch);
-    let table = result?;
+    let scratch = tempfile::tempdir().map_err(|e| format!("making a scratch directory: {e}"))?;
+    extract(clone, &release, scratch.path())?;
+    let table = render(scratch.path())?;
     fs::write(root.join(TABLE), &table).map_err(|e| format!("writing {TABLE}: {e}"))?;
     Ok(release)
 }

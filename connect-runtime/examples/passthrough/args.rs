@@ -1,38 +1,70 @@
-//! Command-line parsing, on `lexopt`: strict enough that every mistake gets a
-//! one-line error naming it.
+//! The command line, on clap: `--help` as every Rust CLI has it, and every
+//! mistake a one-line error naming it.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lexopt::Arg;
+use clap::{Parser, ValueEnum};
 use url::Url;
 
 use connect_runtime::Target;
 
-pub(crate) const USAGE: &str = "\
-usage:
-  passthrough                                   run the demo on loopback and report
-  passthrough --connections N                   the demo with N connections (default 1000)
-  passthrough --listen URL --connect-to URL     forward every request to URL
-              [--dial-timeout DURATION] [--log-format text|json] [TLS]
-  passthrough --endpoint --listen URL           a minimal NSM endpoint
-              [--log-format text|json] [TLS]
+const AFTER_HELP: &str = "\
+With no options it runs the demo: two NSM endpoints and a passthrough on
+loopback, --connections connections through it, and a report.
 
-TLS: --tls-cert FILE --tls-key FILE [--tls-ca FILE]
-  The listener serves with that certificate and key (PEM); with a CA it
-  requires client certificates signed by it. A passthrough dials
-  --connect-to with the same identity and verifies the remote against the
-  CA, which it then needs.
- or --spiffe
-  Mutual TLS with this workload's SPIFFE identity, from the Workload API at
-  SPIFFE_ENDPOINT_SOCKET (rotations followed), for the listener and for
-  --connect-to; peers must be of the same trust domain. (Builds with the
-  connect-runtime feature `spiffe`.)
+Each option but --connections may instead come from the environment variable
+shown beside it; an option given on the command line wins.
 
 URLs are tcp://host:port (port 0 picks one) or unix:///path. Durations are
-like 100ms, 2s or 1.5s. RUST_LOG sets the log level (default info).";
+like 100ms, 2s or 1.5s. RUST_LOG sets the log level (default info).
 
+TLS: with --tls-cert and --tls-key the listener serves that certificate; with
+--tls-ca it requires client certificates signed by that CA, and a passthrough
+dials --connect-to with the same identity, verifying the remote against it.
+--spiffe instead takes this workload's SPIFFE identity from the Workload API
+at SPIFFE_ENDPOINT_SOCKET (rotations followed), for both; peers must be of
+the same trust domain (builds with the connect-runtime feature `spiffe`).";
+
+/// Network Service Mesh's connect chain element: a passthrough forwarding
+/// every request to one remote, a minimal NSM endpoint, or the demo.
+#[derive(Debug, Parser)]
+#[command(name = "passthrough", after_help = AFTER_HELP)]
+struct Cli {
+    /// Where to serve the NetworkService API and gRPC health.
+    #[arg(long, env = "NSM_LISTEN_ON", value_name = "URL", value_parser = url)]
+    listen: Option<Url>,
+    /// Forward every request to this NSM server (a passthrough).
+    #[arg(long, env = "NSM_CONNECT_TO", value_name = "URL", value_parser = url)]
+    connect_to: Option<Url>,
+    /// Serve a minimal NSM endpoint instead.
+    #[arg(long, env = "NSM_ENDPOINT")]
+    endpoint: bool,
+    /// How long a dial to --connect-to may take (default 100ms).
+    #[arg(long, env = "NSM_DIAL_TIMEOUT", value_name = "DURATION", value_parser = duration)]
+    dial_timeout: Option<Duration>,
+    /// Log lines as text or JSON (default text).
+    #[arg(long, env = "NSM_LOG_FORMAT", value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+    /// How many connections the demo drives (default 1000).
+    #[arg(long, value_name = "N", value_parser = positive)]
+    connections: Option<usize>,
+    /// The listener's certificate chain (PEM).
+    #[arg(long, env = "NSM_TLS_CERT", value_name = "FILE", help_heading = "TLS")]
+    tls_cert: Option<PathBuf>,
+    /// The listener's private key (PEM).
+    #[arg(long, env = "NSM_TLS_KEY", value_name = "FILE", help_heading = "TLS")]
+    tls_key: Option<PathBuf>,
+    /// The CA that signs peers' certificates (PEM): mutual TLS.
+    #[arg(long, env = "NSM_TLS_CA", value_name = "FILE", help_heading = "TLS")]
+    tls_ca: Option<PathBuf>,
+    /// This workload's SPIFFE identity, from the Workload API.
+    #[arg(long, env = "NSM_SPIFFE", help_heading = "TLS")]
+    spiffe: bool,
+}
+
+/// What the program was asked to do.
 #[derive(Debug)]
 pub(crate) enum Mode {
     Demo {
@@ -50,7 +82,8 @@ pub(crate) enum Mode {
         log: LogFormat,
         tls: Option<TlsSource>,
     },
-    Help,
+    /// `--help`: what to print.
+    Help(String),
 }
 
 /// Where the TLS identity comes from.
@@ -69,123 +102,94 @@ pub(crate) struct TlsFiles {
     pub(crate) ca: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum LogFormat {
     Text,
     Json,
 }
 
+/// The mode `args` (without the program's name) ask for, or a one-line
+/// error naming the mistake.
 pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Mode, String> {
-    let mut listen = None;
-    let mut connect_to = None;
-    let mut dial_timeout = None;
-    let mut log = None;
-    let mut endpoint = false;
-    let mut connections = None;
-    let (mut cert, mut key, mut ca) = (None, None, None);
-    let mut spiffe = false;
-    let mut seen = Vec::new();
-    let mut parser = lexopt::Parser::from_args(args);
-    while let Some(arg) = parser.next().map_err(message)? {
-        let flag = match arg {
-            Arg::Short(c) => format!("-{c}"),
-            Arg::Long(name) => format!("--{name}"),
-            Arg::Value(value) => {
-                return Err(format!(
-                    "unknown argument `{}` (see --help)",
-                    value.display()
-                ));
-            }
-        };
-        if seen.contains(&flag) {
-            return Err(format!("{flag} is given twice"));
+    let args = std::iter::once(OsString::from("passthrough")).chain(args);
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(err) if err.kind() == clap::error::ErrorKind::DisplayHelp => {
+            return Ok(Mode::Help(err.render().to_string()));
         }
-        seen.push(flag.clone());
-        let mut value = || parser.value().map_err(|_| format!("{flag} needs a value"));
-        let text = |value: OsString| {
-            value
-                .into_string()
-                .map_err(|value| format!("{flag} takes text, not `{}`", value.display()))
-        };
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(Mode::Help),
-            "--endpoint" => endpoint = true,
-            "--listen" => listen = Some(url(&text(value()?)?)?),
-            "--connect-to" => connect_to = Some(url(&text(value()?)?)?),
-            "--dial-timeout" => dial_timeout = Some(duration(&text(value()?)?)?),
-            "--tls-cert" => cert = Some(PathBuf::from(value()?)),
-            "--tls-key" => key = Some(PathBuf::from(value()?)),
-            "--tls-ca" => ca = Some(PathBuf::from(value()?)),
-            "--spiffe" => spiffe = true,
-            "--log-format" => {
-                log = Some(match text(value()?)?.as_str() {
-                    "text" => LogFormat::Text,
-                    "json" => LogFormat::Json,
-                    other => return Err(format!("--log-format is text or json, not `{other}`")),
-                })
-            }
-            "--connections" => {
-                let text = text(value()?)?;
-                connections = Some(text.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(
-                    || format!("--connections takes a positive number, not `{text}`"),
-                )?)
-            }
-            other => return Err(format!("unknown argument `{other}` (see --help)")),
-        }
-    }
-    let log_format = log.is_some();
-    let log = log.unwrap_or(LogFormat::Text);
-    let tls = match (cert, key, ca) {
-        (Some(cert), Some(key), ca) => Some(TlsFiles { cert, key, ca }),
-        (None, None, None) => None,
-        (None, None, Some(_)) => return Err("--tls-ca needs --tls-cert and --tls-key".into()),
-        _ => return Err("--tls-cert and --tls-key go together".into()),
+        Err(err) => return Err(one_line(&err)),
     };
-    if connect_to.is_some() && tls.as_ref().is_some_and(|t| t.ca.is_none()) {
-        return Err("--tls-ca is needed to verify the remote --connect-to names".into());
-    }
-    let tls = match (tls, spiffe) {
-        (Some(_), true) => return Err("--spiffe and the --tls-* files are alternatives".into()),
-        (Some(files), false) => Some(TlsSource::Files(files)),
-        (None, true) => Some(TlsSource::Spiffe),
-        (None, false) => None,
-    };
-    if listen.is_none() && tls.is_some() {
-        return Err("the TLS options are for --listen".into());
-    }
-    match (endpoint, listen, connect_to) {
-        (true, Some(listen), None) if dial_timeout.is_none() && connections.is_none() => {
-            Ok(Mode::Endpoint { listen, log, tls })
-        }
-        (true, None, _) => Err("--endpoint needs --listen URL".into()),
-        (true, Some(_), _) => {
-            Err("--endpoint takes only --listen, --log-format and the TLS options".into())
-        }
-        (false, Some(listen), Some(connect_to)) if connections.is_none() => Ok(Mode::Passthrough {
-            listen,
-            connect_to,
-            dial_timeout: dial_timeout.unwrap_or(connect_runtime::DEFAULT_DIAL_TIMEOUT),
-            log,
-            tls,
-        }),
-        (false, Some(_), None) => Err("--connect-to URL is required with --listen".into()),
-        (false, None, Some(_)) => Err("--listen URL is required with --connect-to".into()),
-        (false, None, None) if dial_timeout.is_none() && !log_format => Ok(Mode::Demo {
-            connections: connections.unwrap_or(1000),
-        }),
-        _ => Err(
-            "--connections is for the demo; --dial-timeout and --log-format for --listen".into(),
-        ),
-    }
+    cli.mode()
 }
 
-/// The parser's own errors, worded like ours.
-fn message(err: lexopt::Error) -> String {
-    match err {
-        lexopt::Error::UnexpectedValue { option, value } => {
-            format!("{option} takes no value, not `{}`", value.display())
+/// clap's error on one line: its message, and its hints after a `;`.
+fn one_line(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let lines: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more"))
+        .collect();
+    let text = lines.join("; ");
+    let text = text.strip_prefix("error: ").unwrap_or(&text).to_owned();
+    format!("{text} (see --help)")
+}
+
+impl Cli {
+    fn mode(self) -> Result<Mode, String> {
+        let log_format = self.log_format.is_some();
+        let log = self.log_format.unwrap_or(LogFormat::Text);
+        let tls = match (self.tls_cert, self.tls_key, self.tls_ca) {
+            (Some(cert), Some(key), ca) => Some(TlsFiles { cert, key, ca }),
+            (None, None, None) => None,
+            (None, None, Some(_)) => return Err("--tls-ca needs --tls-cert and --tls-key".into()),
+            _ => return Err("--tls-cert and --tls-key go together".into()),
+        };
+        if self.connect_to.is_some() && tls.as_ref().is_some_and(|t| t.ca.is_none()) {
+            return Err("--tls-ca is needed to verify the remote --connect-to names".into());
         }
-        other => other.to_string(),
+        let tls = match (tls, self.spiffe) {
+            (Some(_), true) => {
+                return Err("--spiffe and the --tls-* files are alternatives".into());
+            }
+            (Some(files), false) => Some(TlsSource::Files(files)),
+            (None, true) => Some(TlsSource::Spiffe),
+            (None, false) => None,
+        };
+        if self.listen.is_none() && tls.is_some() {
+            return Err("the TLS options are for --listen".into());
+        }
+        match (self.endpoint, self.listen, self.connect_to) {
+            (true, Some(listen), None)
+                if self.dial_timeout.is_none() && self.connections.is_none() =>
+            {
+                Ok(Mode::Endpoint { listen, log, tls })
+            }
+            (true, None, _) => Err("--endpoint needs --listen URL".into()),
+            (true, Some(_), _) => {
+                Err("--endpoint takes only --listen, --log-format and the TLS options".into())
+            }
+            (false, Some(listen), Some(connect_to)) if self.connections.is_none() => {
+                Ok(Mode::Passthrough {
+                    listen,
+                    connect_to,
+                    dial_timeout: self
+                        .dial_timeout
+                        .unwrap_or(connect_runtime::DEFAULT_DIAL_TIMEOUT),
+                    log,
+                    tls,
+                })
+            }
+            (false, Some(_), None) => Err("--connect-to URL is required with --listen".into()),
+            (false, None, Some(_)) => Err("--listen URL is required with --connect-to".into()),
+            (false, None, None) if self.dial_timeout.is_none() && !log_format => Ok(Mode::Demo {
+                connections: self.connections.unwrap_or(1000),
+            }),
+            _ => Err(
+                "--connections is for the demo; --dial-timeout and --log-format for --listen"
+                    .into(),
+            ),
+        }
     }
 }
 
@@ -194,6 +198,13 @@ fn url(text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
     Target::from_url(&url).map_err(|e| e.to_string())?;
     Ok(url)
+}
+
+fn positive(text: &str) -> Result<usize, String> {
+    text.parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("a positive number is needed, not `{text}`"))
 }
 
 pub(crate) fn duration(text: &str) -> Result<Duration, String> {

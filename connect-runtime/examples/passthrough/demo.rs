@@ -14,6 +14,7 @@ use connect_runtime::{
     ClientChain, ClientConn, ClientUrl, Connect, Context, DialOptions, Element, GrpcClient, Hooks,
     Monitor, Next, ServerChain, ServerHandle, dial, serve,
 };
+use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -75,18 +76,36 @@ fn loopback() -> Url {
     Url::parse("tcp://127.0.0.1:0").expect("a valid URL")
 }
 
-/// Latencies of one kind of call.
-#[derive(Default)]
-struct Latencies(Vec<Duration>);
+/// Ten minutes, in microseconds.
+const HIGHEST_US: u64 = 600_000_000;
+
+/// Latencies of one kind of call, in microseconds, to three significant
+/// figures; any longer than [`HIGHEST_US`] count as that.
+struct Latencies(Histogram<u64>);
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies(
+            Histogram::new_with_bounds(1, HIGHEST_US, 3)
+                .expect("1 µs to 10 minutes at 3 significant figures is a valid range"),
+        )
+    }
+}
 
 impl Latencies {
-    fn percentile(&mut self, p: f64) -> Duration {
-        self.0.sort_unstable();
-        if self.0.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((self.0.len() as f64 * p).ceil() as usize).clamp(1, self.0.len());
-        self.0[rank - 1]
+    fn push(&mut self, took: Duration) {
+        self.0
+            .saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    fn merge(&mut self, other: &Latencies) {
+        self.0
+            .add(&other.0)
+            .expect("histograms of the same bounds add up");
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        Duration::from_micros(self.0.value_at_quantile(p))
     }
 }
 
@@ -117,7 +136,7 @@ async fn phase<T: Send + 'static>(
         done += 1;
         match joined {
             Ok((index, took, Ok(value))) => {
-                latencies.0.push(took);
+                latencies.push(took);
                 results[index] = Some(value);
             }
             Ok((_, _, Err(status))) => {
@@ -228,14 +247,14 @@ pub(crate) async fn run(connections: usize) -> Result<(), String> {
 
     let refresh = made.iter().map(|conn| send(&via_a, with(conn))).collect();
     let (refreshed, more_latency, refresh_errors) = phase("refresh", refresh).await;
-    request_latency.0.extend(more_latency.0);
+    request_latency.merge(&more_latency);
     errors += refresh_errors;
 
     // Every fourth connection moves from A to B.
     let movers: Vec<_> = refreshed.iter().step_by(4).cloned().collect();
     let move_calls = movers.iter().map(|conn| send(&via_b, with(conn))).collect();
     let (moved, more_latency, move_errors) = phase("move A → B", move_calls).await;
-    request_latency.0.extend(more_latency.0);
+    request_latency.merge(&more_latency);
     errors += move_errors;
 
     let moved_ids: std::collections::HashSet<&str> = moved.iter().map(|c| c.id.as_str()).collect();
@@ -259,7 +278,7 @@ pub(crate) async fn run(connections: usize) -> Result<(), String> {
             }
         })
         .collect();
-    let (closed, mut close_latency, close_errors) = phase("close", closes).await;
+    let (closed, close_latency, close_errors) = phase("close", closes).await;
     errors += close_errors;
     let elapsed = started.elapsed();
 

@@ -39,8 +39,8 @@ fn main() -> ExitCode {
         }
     };
     let outcome = match mode {
-        Mode::Help => {
-            println!("{}", args::USAGE);
+        Mode::Help(help) => {
+            print!("{help}");
             return ExitCode::SUCCESS;
         }
         Mode::Demo { connections } => {

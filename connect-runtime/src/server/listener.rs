@@ -120,29 +120,10 @@ impl Drop for Listener {
 mod tests {
     use super::*;
 
-    /// An empty directory of this test's own, removed when dropped.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(name: &str) -> Self {
-            let pid = std::process::id();
-            let dir = std::env::temp_dir().join(format!("connect-serve-{pid}-{name}"));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     #[tokio::test]
     async fn a_socket_file_is_removed_once_even_if_its_inode_number_comes_back() {
-        let dir = Scratch::new("once");
-        let path = dir.0.join("s.sock");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let file = SocketFile::new(&path).unwrap();
         let handles = file.clone();
@@ -159,8 +140,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_socket_whose_backlog_is_full_is_not_taken_for_stale() {
-        let dir = Scratch::new("backlog");
-        let path = dir.0.join("s.sock");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
         let socket =
             socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
         socket

@@ -1,13 +1,7 @@
 //! `connect-bench`: measures `connect` against a direct tonic call to the
 //! same NSM remotes. See BENCHMARKS.md for the commands and the numbers.
 //!
-//! ```text
-//! connect-bench serve -n N --addr-file FILE
-//! connect-bench run --remotes FILE --mode connect|direct --workload a,b,c,w,s
-//!                   [--n 1000] [--reps 5] [--iters 2000]
-//!                   [--connections N] [--remotes-used M] [--concurrency C]
-//! connect-bench codec [--iters 100000] [--rounds 7]
-//! ```
+//! `connect-bench --help` lists the subcommands and their options.
 
 mod codec;
 mod compare;
@@ -23,10 +17,9 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let command = match options::parse(std::env::args_os().skip(1)) {
         Ok(command) => command,
-        Err(err) => {
-            eprintln!("connect-bench: {err}\n\n{}", options::USAGE);
-            return ExitCode::from(2);
-        }
+        // clap prints help and version to stdout with status 0, and
+        // mistakes to stderr with status 2.
+        Err(err) => err.exit(),
     };
     raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

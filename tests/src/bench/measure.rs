@@ -3,28 +3,36 @@
 
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use nix::sys::resource::{UsageWho, getrusage};
 use nix::sys::time::TimeVal;
 use serde::Serialize;
 
-/// Latencies of one kind of call, in microseconds.
-#[derive(Default)]
-pub(crate) struct Latencies(Vec<u64>);
+/// Ten minutes, in microseconds.
+const HIGHEST_US: u64 = 600_000_000;
+
+/// Latencies of one kind of call, in microseconds, to three significant
+/// figures; any longer than [`HIGHEST_US`] count as that.
+pub(crate) struct Latencies(Histogram<u64>);
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies(
+            Histogram::new_with_bounds(1, HIGHEST_US, 3)
+                .expect("1 µs to 10 minutes at 3 significant figures is a valid range"),
+        )
+    }
+}
 
 impl Latencies {
     pub(crate) fn push(&mut self, took: Duration) {
         self.0
-            .push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+            .saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
     }
 
-    /// The `p`-th percentile (nearest rank); 0 when empty.
-    pub(crate) fn percentile(&mut self, p: f64) -> u64 {
-        self.0.sort_unstable();
-        if self.0.is_empty() {
-            return 0;
-        }
-        let rank = ((self.0.len() as f64 * p).ceil() as usize).clamp(1, self.0.len());
-        self.0[rank - 1]
+    /// The `p`-th quantile (0 to 1); 0 when empty.
+    pub(crate) fn percentile(&self, p: f64) -> u64 {
+        self.0.value_at_quantile(p)
     }
 }
 
@@ -104,7 +112,7 @@ struct Line {
 }
 
 impl Report {
-    pub(crate) fn json(mut self) -> String {
+    pub(crate) fn json(self) -> String {
         let mut walls: Vec<f64> = self.wall.iter().map(|w| w.as_secs_f64() * 1e3).collect();
         let wall_ms = walls.iter().map(|&w| round(w, 3)).collect();
         walls.sort_by(f64::total_cmp);

@@ -1,39 +1,126 @@
-//! The command line.
+//! The command line, on clap.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use lexopt::Arg;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub(crate) const USAGE: &str = "\
-usage:
-  connect-bench serve -n N --addr-file FILE [--tls]
-      start N null NSM endpoints on loopback; write their tcp:// URLs to FILE
-      (with --tls, serving TLS; the CA that signed them goes to FILE.ca.pem)
-  connect-bench run --remotes FILE --mode connect|direct --workload a,b,c,w,s
-                    [--n 1000] [--reps 5] [--iters 2000] [--tls]
-                    [--connections 10000] [--remotes-used M] [--concurrency 64]
-                    [--refresh-rounds 1]
-      drive the remotes listed in FILE; one JSON line per workload
-      (with --tls, over TLS, verifying them against FILE.ca.pem);
-      s holds --connections live connections over the first M remotes
-      (all by default), refreshes each once (or --refresh-rounds times),
-      then closes them
-  connect-bench rotation [--connections 64] [--rotations 5] [--period-ms 1000]
-                         [--side client]
-      in one process, refresh --connections connections back to back through
-      connect over SPIFFE mutual TLS, rotating connect's SVID (--side client)
-      or the remote's (--side server) every --period-ms; one JSON line: dials
-      per rotation, how long connections took to move (to a new client, or
-      off the drained connection), latencies in steady state and meanwhile
-  connect-bench compare --remotes FILE [--rounds 5] [--workload ...] [--n ...]
-                    [--reps ...] [--iters ...] [--tls]
-      run both modes alternately, --rounds times each (as child processes),
-      and print the medians and connect/direct ratios as a Markdown table
-  connect-bench codec [--iters 100000] [--rounds 7]
-      decode and encode a typical NetworkServiceRequest, without and with a
-      newer peer's fields, with connect-proto's messages and plain prost's;
-      one JSON line each, nanoseconds per operation (median of the rounds)";
+/// connect-bench: measures `connect` against a direct tonic call to the same
+/// NSM remotes (see BENCHMARKS.md).
+#[derive(Debug, Parser)]
+#[command(name = "connect-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Start N null NSM endpoints on loopback and write their tcp:// URLs to
+    /// FILE (with --tls, serving TLS; the CA that signed them goes to
+    /// FILE.ca.pem).
+    Serve {
+        /// How many endpoints.
+        #[arg(short = 'n', long = "n", value_name = "N", value_parser = positive)]
+        n: usize,
+        /// Where their URLs go, one per line.
+        #[arg(long, value_name = "FILE")]
+        addr_file: PathBuf,
+        /// Serve TLS.
+        #[arg(long)]
+        tls: bool,
+    },
+    /// Drive the remotes listed in FILE; one JSON line per workload.
+    Run {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Through `connect`, or over a pre-dialed tonic channel.
+        #[arg(long, value_enum)]
+        mode: Mode,
+        /// The workloads, comma-separated.
+        #[arg(long, value_enum, value_delimiter = ',', required = true)]
+        workload: Vec<Workload>,
+    },
+    /// Both modes alternately, --rounds times each (as child processes),
+    /// summarised as medians and connect/direct ratios in a Markdown table.
+    Compare {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Rounds of each mode.
+        #[arg(long, default_value_t = 5, value_parser = positive)]
+        rounds: usize,
+        /// The workloads, comma-separated (a, b, c and w).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "a,b,c,w")]
+        workload: Vec<Workload>,
+    },
+    /// In one process, refresh --connections connections back to back
+    /// through connect over SPIFFE mutual TLS, rotating connect's SVID (or
+    /// the remote's) every --period-ms; one JSON line.
+    Rotation {
+        /// Connections refreshed.
+        #[arg(long, default_value_t = 64, value_parser = positive)]
+        connections: usize,
+        /// Rotations.
+        #[arg(long, default_value_t = 5, value_parser = positive)]
+        rotations: usize,
+        /// Milliseconds between rotations.
+        #[arg(long, default_value_t = 1000, value_parser = positive)]
+        period_ms: usize,
+        /// Whose SVID rotates.
+        #[arg(long, value_enum, default_value = "client")]
+        side: Side,
+    },
+    /// Decode and encode a typical NetworkServiceRequest, without and with a
+    /// newer peer's fields, with connect-proto's messages and plain prost's;
+    /// one JSON line each, nanoseconds per operation.
+    Codec {
+        /// Operations per round.
+        #[arg(long, default_value_t = 100_000, value_parser = positive)]
+        iters: usize,
+        /// Measured rounds (the median is reported).
+        #[arg(long, default_value_t = 7, value_parser = positive)]
+        rounds: usize,
+    },
+}
+
+/// What `run` and `compare` share.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The remotes' URLs, one per line (what `serve` writes).
+    #[arg(long, value_name = "FILE")]
+    remotes: PathBuf,
+    /// Connections in workloads a and b.
+    #[arg(long = "n", default_value_t = 1000, value_parser = positive)]
+    n: usize,
+    /// Measured repetitions of a and b.
+    #[arg(long, default_value_t = 5, value_parser = positive)]
+    reps: usize,
+    /// Pairs in workloads c and w.
+    #[arg(long, default_value_t = 2000, value_parser = positive)]
+    iters: usize,
+    /// Over TLS, verifying the remotes against FILE.ca.pem.
+    #[arg(long)]
+    tls: bool,
+    /// Workload s: live connections.
+    #[arg(long, default_value_t = 10_000, value_parser = positive)]
+    connections: usize,
+    /// Workload s: the remotes they use (all listed, by default).
+    #[arg(long, value_parser = positive)]
+    remotes_used: Option<usize>,
+    /// Workload s: calls at once.
+    #[arg(long, default_value_t = 64, value_parser = positive)]
+    concurrency: usize,
+    /// Workload s: how many times every connection is refreshed.
+    #[arg(long, default_value_t = 1, value_parser = positive)]
+    refresh_rounds: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Side {
+    Client,
+    Server,
+}
 
 pub(crate) enum Command {
     Serve {
@@ -56,12 +143,12 @@ pub(crate) enum Command {
 pub(crate) struct Rotation {
     pub(crate) connections: usize,
     pub(crate) rotations: usize,
-    pub(crate) period: std::time::Duration,
+    pub(crate) period: Duration,
     /// Whose SVID rotates: the remote's rather than connect's.
     pub(crate) server: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Mode {
     /// Through the `connect` element, in process.
     Connect,
@@ -78,7 +165,7 @@ impl Mode {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Workload {
     /// N concurrent connections to the first remote.
     A,
@@ -121,173 +208,72 @@ pub(crate) struct Run {
     pub(crate) refresh_rounds: usize,
 }
 
-pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
-    let mut parser = lexopt::Parser::from_args(args);
-    let sub = match parser.next().map_err(message)? {
-        Some(Arg::Value(sub)) => sub.to_string_lossy().into_owned(),
-        _ => {
-            return Err(
-                "a sub-command is required first: serve, run, compare, rotation or codec".into(),
-            );
-        }
-    };
-    if !matches!(
-        sub.as_str(),
-        "serve" | "run" | "compare" | "rotation" | "codec"
-    ) {
-        return Err(format!(
-            "unknown sub-command `{sub}`: serve, run, compare, rotation or codec"
-        ));
-    }
-    let mut n = None;
-    let mut addr_file = None;
-    let mut remotes = None;
-    let mut mode = None;
-    let mut workloads = None;
-    let (mut reps, mut iters, mut rounds) = (None, None, None);
-    let (mut connections, mut remotes_used, mut concurrency) = (None, None, None);
-    let mut refresh_rounds = None;
-    let (mut rotations, mut period_ms, mut server) = (None, None, false);
-    let mut tls = false;
-    while let Some(arg) = parser.next().map_err(message)? {
-        let flag = match arg {
-            Arg::Short(c) => format!("-{c}"),
-            Arg::Long(name) => format!("--{name}"),
-            Arg::Value(value) => return Err(format!("unknown argument `{}`", value.display())),
-        };
-        let mut value = || text(&mut parser, &flag);
-        match flag.as_str() {
-            "-n" | "--n" => n = Some(number(&flag, &value()?)?),
-            "--addr-file" => addr_file = Some(PathBuf::from(value()?)),
-            "--remotes" => remotes = Some(PathBuf::from(value()?)),
-            "--mode" => {
-                mode = Some(match value()?.as_str() {
-                    "connect" => Mode::Connect,
-                    "direct" => Mode::Direct,
-                    other => return Err(format!("--mode is connect or direct, not `{other}`")),
-                })
-            }
-            "--workload" => {
-                workloads = Some(
-                    value()?
-                        .split(',')
-                        .map(|w| match w.trim() {
-                            "a" => Ok(Workload::A),
-                            "b" => Ok(Workload::B),
-                            "c" => Ok(Workload::C),
-                            "w" => Ok(Workload::W),
-                            "s" => Ok(Workload::S),
-                            other => Err(format!("unknown workload `{other}`: a, b, c, w or s")),
-                        })
-                        .collect::<Result<Vec<_>, _>>()?,
-                )
-            }
-            "--reps" => reps = Some(number(&flag, &value()?)?),
-            "--iters" => iters = Some(number(&flag, &value()?)?),
-            "--rounds" => rounds = Some(number(&flag, &value()?)?),
-            "--connections" => connections = Some(number(&flag, &value()?)?),
-            "--remotes-used" => remotes_used = Some(number(&flag, &value()?)?),
-            "--concurrency" => concurrency = Some(number(&flag, &value()?)?),
-            "--refresh-rounds" => refresh_rounds = Some(number(&flag, &value()?)?),
-            "--rotations" => rotations = Some(number(&flag, &value()?)?),
-            "--period-ms" => period_ms = Some(number(&flag, &value()?)?),
-            "--side" => {
-                server = match value()?.as_str() {
-                    "client" => false,
-                    "server" => true,
-                    other => return Err(format!("--side is client or server, not `{other}`")),
-                }
-            }
-            "--tls" => tls = true,
-            other => return Err(format!("unknown argument `{other}`")),
+impl RunArgs {
+    fn into_run(self, mode: Mode, workloads: Vec<Workload>) -> Run {
+        Run {
+            remotes: self.remotes,
+            mode,
+            workloads,
+            n: self.n,
+            reps: self.reps,
+            iters: self.iters,
+            tls: self.tls,
+            connections: self.connections,
+            remotes_used: self.remotes_used,
+            concurrency: self.concurrency,
+            refresh_rounds: self.refresh_rounds,
         }
     }
-    if sub == "rotation" {
-        return Ok(Command::Rotation(Rotation {
-            connections: connections.unwrap_or(64),
-            rotations: rotations.unwrap_or(5),
-            period: std::time::Duration::from_millis(period_ms.unwrap_or(1000) as u64),
-            server,
-        }));
-    }
-    if sub == "codec" {
-        return Ok(Command::Codec {
-            iters: iters.unwrap_or(100_000),
-            rounds: rounds.unwrap_or(7),
-        });
-    }
-    if sub == "serve" {
-        return Ok(Command::Serve {
-            n: n.ok_or("serve needs -n N")?,
-            addr_file: addr_file.ok_or("serve needs --addr-file FILE")?,
-            tls,
-        });
-    }
-    let (remotes, mode, workloads) = match sub.as_str() {
-        "run" => (
-            remotes.ok_or("run needs --remotes FILE")?,
-            mode.ok_or("run needs --mode connect|direct")?,
-            workloads.ok_or("run needs --workload a,b,c,w,s")?,
-        ),
-        _ => (
-            remotes.ok_or("compare needs --remotes FILE")?,
-            Mode::Connect,
-            workloads.unwrap_or_else(|| vec![Workload::A, Workload::B, Workload::C, Workload::W]),
-        ),
-    };
-    if sub == "compare" && workloads.contains(&Workload::S) {
-        return Err(
-            "compare runs workloads a, b, c and w: run s with `run --workload s` in each mode"
-                .into(),
-        );
-    }
-    let run = Run {
-        remotes,
-        mode,
-        workloads,
-        n: n.unwrap_or(1000),
-        reps: reps.unwrap_or(5),
-        iters: iters.unwrap_or(2000),
-        tls,
-        connections: connections.unwrap_or(10_000),
-        remotes_used,
-        concurrency: concurrency.unwrap_or(64),
-        refresh_rounds: refresh_rounds.unwrap_or(1),
-    };
-    Ok(match sub.as_str() {
-        "run" => Command::Run(run),
-        _ => Command::Compare {
+}
+
+/// What to do, or clap's error (`--help` among them) to print as it says.
+pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, clap::Error> {
+    let args = std::iter::once(OsString::from("connect-bench")).chain(args);
+    let cli = Cli::try_parse_from(args)?;
+    Ok(match cli.command {
+        Sub::Serve { n, addr_file, tls } => Command::Serve { n, addr_file, tls },
+        Sub::Run {
             run,
-            rounds: rounds.unwrap_or(5),
-        },
+            mode,
+            workload,
+        } => Command::Run(run.into_run(mode, workload)),
+        Sub::Compare {
+            run,
+            rounds,
+            workload,
+        } => {
+            if workload.contains(&Workload::S) {
+                let why = "compare runs workloads a, b, c and w: run s with `run --workload s` in each mode";
+                return Err(clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    why,
+                ));
+            }
+            Command::Compare {
+                run: run.into_run(Mode::Connect, workload),
+                rounds,
+            }
+        }
+        Sub::Rotation {
+            connections,
+            rotations,
+            period_ms,
+            side,
+        } => Command::Rotation(Rotation {
+            connections,
+            rotations,
+            period: Duration::from_millis(period_ms as u64),
+            server: side == Side::Server,
+        }),
+        Sub::Codec { iters, rounds } => Command::Codec { iters, rounds },
     })
 }
 
-/// The parser's own errors, worded like ours.
-fn message(err: lexopt::Error) -> String {
-    match err {
-        lexopt::Error::UnexpectedValue { option, value } => {
-            format!("{option} takes no value, not `{}`", value.display())
-        }
-        other => other.to_string(),
-    }
-}
-
-/// The value of `flag`, which was just seen, as text.
-fn text(parser: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
-    let value = parser
-        .value()
-        .map_err(|_| format!("{flag} needs a value"))?;
-    value
-        .into_string()
-        .map_err(|value| format!("{flag} takes text, not `{}`", value.display()))
-}
-
-fn number(flag: &str, text: &str) -> Result<usize, String> {
+fn positive(text: &str) -> Result<usize, String> {
     text.parse::<usize>()
         .ok()
         .filter(|n| *n > 0)
-        .ok_or_else(|| format!("{flag} takes a positive number, not `{text}`"))
+        .ok_or_else(|| format!("a positive number is needed, not `{text}`"))
 }
 
 #[cfg(test)]
@@ -295,7 +281,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Command, String> {
-        super::parse(args.iter().map(OsString::from))
+        super::parse(args.iter().map(OsString::from)).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -313,7 +299,7 @@ mod tests {
             "r.txt",
             "--mode=direct",
             "--workload",
-            "a, c",
+            "a,c",
             "--n",
             "20",
             "--tls",
@@ -364,28 +350,32 @@ mod tests {
 
     #[test]
     fn mistakes_name_the_flag() {
-        let cases: [(&[&str], &str); 13] = [
-            (&[], "a sub-command is required"),
-            (&["--tls"], "a sub-command is required"),
-            (&["bench"], "unknown sub-command `bench`"),
-            (&["serve", "-n", "0"], "-n takes a positive number, not `0`"),
+        let cases: [(&[&str], &str); 11] = [
+            (&[], "Usage: connect-bench <COMMAND>"),
+            (&["bench"], "unrecognized subcommand 'bench'"),
+            (
+                &["serve", "-n", "0"],
+                "a positive number is needed, not `0`",
+            ),
             (
                 &["run", "--reps", "x"],
-                "--reps takes a positive number, not `x`",
+                "a positive number is needed, not `x`",
             ),
-            (&["run", "--remotes"], "--remotes needs a value"),
+            (
+                &["run", "--remotes"],
+                "a value is required for '--remotes <FILE>'",
+            ),
             (
                 &["run", "--mode", "fast"],
-                "--mode is connect or direct, not `fast`",
+                "invalid value 'fast' for '--mode <MODE>'",
             ),
-            (&["run", "--workload", "a,z"], "unknown workload `z`"),
-            (&["run", "--verbose"], "unknown argument `--verbose`"),
             (
-                &["run", "--remotes-used", "0"],
-                "--remotes-used takes a positive number, not `0`",
+                &["run", "--workload", "a,z"],
+                "invalid value 'z' for '--workload <WORKLOAD>'",
             ),
-            (&["run", "--tls=yes"], "--tls takes no value, not `yes`"),
-            (&["serve", "-n", "3"], "serve needs --addr-file FILE"),
+            (&["run", "--verbose"], "unexpected argument '--verbose'"),
+            (&["run", "--tls=yes"], "unexpected value 'yes' for '--tls'"),
+            (&["serve", "-n", "3"], "--addr-file <FILE>"),
             (
                 &["compare", "--remotes", "r.txt", "--workload", "a,s"],
                 "compare runs workloads a, b, c and w",

@@ -15,8 +15,9 @@ use connect_tests::golike::{Behaviour, GoLike};
 use connect_tests::harness::settle;
 use connect_tests::pki::{Issued, Pki};
 use connect_tests::program::{Program, run};
-use connect_tests::remote::{ScratchDir, unix_url};
+use connect_tests::remote::unix_url;
 use connect_tests::request;
+use tempfile::TempDir;
 use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
@@ -184,7 +185,7 @@ async fn sigterm_under_a_stream_of_new_requests() {
 /// does, is served.
 #[tokio::test]
 async fn a_unix_socket_caller_sending_localhost_is_served() {
-    let dir = ScratchDir::new();
+    let dir = TempDir::new().unwrap();
     let endpoint = GoLike::tcp(ServerChain::default()).await;
     let listen = unix_url(&dir.path().join("passthrough.sock"));
     let passthrough = Program::start(&[
@@ -229,12 +230,12 @@ async fn the_demo_runs_twice_at_once_and_passes() {
 
 /// PEM files for the TLS topology, in `dir`.
 struct Files {
-    dir: ScratchDir,
+    dir: TempDir,
 }
 
 impl Files {
     fn new(pki: &Pki, names: &[(&str, &Issued)]) -> Self {
-        let dir = ScratchDir::new();
+        let dir = TempDir::new().unwrap();
         std::fs::write(dir.path().join("ca.pem"), pki.ca_pem()).unwrap();
         for (name, issued) in names {
             std::fs::write(dir.path().join(format!("{name}.pem")), &issued.cert_pem).unwrap();

@@ -6,8 +6,9 @@ use connect_runtime::{ClientConn, DialOptions, ServerChain, dial};
 use connect_tests::elements::{Capture, Count, Gate, Op};
 use connect_tests::harness::settle;
 use connect_tests::program::{Program, run};
-use connect_tests::remote::{ScratchDir, start_tcp, unix_url};
+use connect_tests::remote::{start_tcp, unix_url};
 use connect_tests::request;
+use tempfile::TempDir;
 use tonic::Code;
 use url::Url;
 
@@ -32,7 +33,7 @@ async fn endpoint_mode_answers_request_and_close_and_stops_on_sigterm() {
 
 #[tokio::test]
 async fn server_mode_on_a_unix_socket_forwards_requests_and_closes() {
-    let dir = ScratchDir::new();
+    let dir = TempDir::new().unwrap();
     let seen = Capture::new();
     let count = Count::new();
     let remote = start_tcp(
@@ -80,11 +81,55 @@ async fn server_mode_on_a_unix_socket_forwards_requests_and_closes() {
     assert!(passthrough.exited().await.success());
 }
 
+/// The options a pod's manifest sets: every one from the environment, and a
+/// flag beside its variable wins.
+#[tokio::test]
+async fn options_come_from_the_environment_and_flags_win() {
+    let remote = start_tcp(ServerChain::builder().with(Count::new()).build()).await;
+    let passthrough = Program::start_with_env(
+        &[],
+        &[
+            ("NSM_LISTEN_ON", "tcp://127.0.0.1:0"),
+            ("NSM_CONNECT_TO", remote.url().as_str()),
+            ("NSM_DIAL_TIMEOUT", "5s"),
+            ("NSM_LOG_FORMAT", "json"),
+        ],
+    )
+    .await;
+    let mut nsm = client(passthrough.url()).await;
+    let reply = nsm.request(request("env")).await.unwrap().into_inner();
+    nsm.close(reply).await.unwrap();
+    assert_eq!(
+        remote.connections().accepted,
+        1,
+        "it forwarded to NSM_CONNECT_TO"
+    );
+    passthrough.terminate();
+    assert!(passthrough.exited().await.success());
+
+    let dir = TempDir::new().unwrap();
+    let flag = unix_url(&dir.path().join("flag.sock"));
+    let endpoint = Program::start_with_env(
+        &["--listen", flag.as_str()],
+        &[
+            ("NSM_ENDPOINT", "true"),
+            ("NSM_LISTEN_ON", "tcp://127.0.0.1:0"),
+        ],
+    )
+    .await;
+    assert_eq!(endpoint.url(), &flag, "--listen wins over NSM_LISTEN_ON");
+    let mut nsm = client(endpoint.url()).await;
+    let reply = nsm.request(request("endpoint")).await.unwrap().into_inner();
+    assert_eq!(reply.id, "endpoint");
+    endpoint.terminate();
+    assert!(endpoint.exited().await.success());
+}
+
 /// The three-process topology from the README: client → passthrough (TCP)
 /// → endpoint (unix socket).
 #[tokio::test]
 async fn a_passthrough_process_in_front_of_an_endpoint_process() {
-    let dir = ScratchDir::new();
+    let dir = TempDir::new().unwrap();
     let endpoint_url = unix_url(&dir.path().join("endpoint.sock"));
     let endpoint = Program::start(&["--endpoint", "--listen", endpoint_url.as_str()]).await;
     let passthrough = Program::passthrough_to(endpoint.url()).await;
@@ -250,12 +295,12 @@ async fn bad_input_gets_one_line_and_a_non_zero_exit() {
             &["--endpoint", "--listen", "tcp://127.0.0.1"],
             "missing port",
         ),
-        (&["--verbose"], "unknown argument `--verbose`"),
-        (&["--listen"], "--listen needs a value"),
+        (&["--verbose"], "unexpected argument '--verbose' found"),
+        (&["--listen"], "a value is required for '--listen <URL>'"),
         (&["--endpoint"], "--endpoint needs --listen"),
         (
             &["--log-format", "xml"],
-            "--log-format is text or json, not `xml`",
+            "invalid value 'xml' for '--log-format <FORMAT>'; [possible values: text, json]",
         ),
         (
             &[
@@ -270,17 +315,17 @@ async fn bad_input_gets_one_line_and_a_non_zero_exit() {
         ),
         (
             &["--connections", "0"],
-            "--connections takes a positive number, not `0`",
+            "invalid value '0' for '--connections <N>': a positive number is needed, not `0`",
         ),
         (
             &["--connections=-3"],
-            "--connections takes a positive number, not `-3`",
+            "a positive number is needed, not `-3`",
         ),
         (
             &["--endpoint=yes", "--listen", "tcp://127.0.0.1:0"],
-            "--endpoint takes no value, not `yes`",
+            "unexpected value 'yes' for '--endpoint' found",
         ),
-        (&["stray"], "unknown argument `stray`"),
+        (&["stray"], "unexpected argument 'stray' found"),
         (
             &["--log-format", "json"],
             "--dial-timeout and --log-format for --listen",
@@ -294,7 +339,7 @@ async fn bad_input_gets_one_line_and_a_non_zero_exit() {
                 "--connect-to",
                 "tcp://127.0.0.1:2",
             ],
-            "--listen is given twice",
+            "the argument '--listen <URL>' cannot be used multiple times",
         ),
     ];
     for (args, expected) in cases {
@@ -328,7 +373,7 @@ async fn the_demo_drives_its_connections_and_passes_its_checks() {
 #[tokio::test]
 async fn a_request_the_passthrough_cannot_forward_gets_a_clear_status() {
     // Nothing listens at the target: the dial fails, quickly and clearly.
-    let dir = ScratchDir::new();
+    let dir = TempDir::new().unwrap();
     let nowhere = unix_url(&dir.path().join("nobody-home.sock"));
     let passthrough = Program::start(&[
         "--listen",
@@ -368,4 +413,29 @@ async fn a_huge_dial_timeout_is_accepted() {
         passthrough.terminate();
         assert!(passthrough.exited().await.success(), "{timeout}");
     }
+}
+
+/// `--help` is clap's: usage, every option with its value's name, the TLS
+/// options under their own heading, and what the program does without any.
+#[tokio::test]
+async fn help_lists_every_option() {
+    let output = run(&["--help"]).await;
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("Usage: passthrough [OPTIONS]"), "{help}");
+    for option in [
+        "--listen <URL>",
+        "--connect-to <URL>",
+        "--endpoint",
+        "--dial-timeout <DURATION>",
+        "--log-format <FORMAT>",
+        "--connections <N>",
+        "--tls-cert <FILE>",
+        "--spiffe",
+    ] {
+        assert!(help.contains(option), "{option} missing from {help}");
+    }
+    assert!(help.contains("[env: NSM_CONNECT_TO=]"), "{help}");
+    assert!(help.contains("TLS:"), "{help}");
+    assert!(help.contains("runs the demo"), "{help}");
 }

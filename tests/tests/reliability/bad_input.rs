@@ -8,8 +8,8 @@ use connect_runtime::{
     Target, serve,
 };
 use connect_tests::harness::assert_no_leaks;
-use connect_tests::remote::ScratchDir;
 use connect_tests::request;
+use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use url::Url;
@@ -161,7 +161,7 @@ async fn an_oversized_request() {
 
 #[tokio::test]
 async fn a_unix_socket_that_does_not_exist() {
-    let dir = ScratchDir::new();
+    let dir = TempDir::new().unwrap();
     let path = dir.path().join("nobody-home.sock");
     let url = format!("unix://{}", path.display());
     let mut passthrough = Passthrough::new(Some(&url)).await;

@@ -11,31 +11,15 @@ use connect_runtime::{
 };
 use connect_tests::elements::Ledger;
 use connect_tests::harness::{assert_no_leaks, settle};
-use connect_tests::remote::{ScratchDir, start_tcp, start_unix};
+use connect_tests::remote::{start_tcp, start_unix};
 use connect_tests::{connection, request};
+use tempfile::TempDir;
 use url::Url;
 
 const REMOTES: usize = 3;
 const IDS: u64 = 20;
 const TASKS: usize = 60;
 const ROUNDS: usize = 100;
-
-/// A small deterministic generator (xorshift), so a failing round can be
-/// replayed from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Action {
@@ -54,16 +38,16 @@ enum Action {
     },
 }
 
-fn action(rng: &mut Rng) -> Action {
-    let id = rng.below(IDS);
-    let r = rng.below(REMOTES as u64) as usize;
-    match rng.below(10) {
+fn action(rng: &mut fastrand::Rng) -> Action {
+    let id = rng.u64(..IDS);
+    let r = rng.u64(..REMOTES as u64) as usize;
+    match rng.u64(..10) {
         0..=4 => Action::Request { id, r },
         5..=7 => Action::Close { id },
         _ => Action::Cut {
             id,
             r,
-            micros: rng.below(800),
+            micros: rng.u64(..800),
         },
     }
 }
@@ -128,14 +112,14 @@ fn check_agreement(round: usize, connect: &Connect, urls: &[Url], ledgers: &[Led
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_operations_leave_connect_and_remotes_in_agreement() {
-    let dir = ScratchDir::new();
+    let dir = TempDir::new().unwrap();
     let mut ledgers = Vec::new();
     let mut servers = Vec::new();
     for r in 0..REMOTES {
         let ledger = Ledger::new();
         let chain = ServerChain::builder().with(ledger.clone()).build();
         servers.push(if r == 0 {
-            start_unix(&dir, "interleave.sock", chain).await
+            start_unix(dir.path(), "interleave.sock", chain).await
         } else {
             start_tcp(chain).await
         });
@@ -156,7 +140,7 @@ async fn concurrent_operations_leave_connect_and_remotes_in_agreement() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x1eaf_5eed_u64);
-    let mut rng = Rng(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     for round in 0..ROUNDS {
         let tasks: Vec<_> = (0..TASKS)
             .map(|_| tokio::spawn(perform(chain.clone(), Arc::clone(&urls), action(&mut rng))))

@@ -24,10 +24,11 @@ use connect_tests::elements::{
 };
 use connect_tests::golike::{Behaviour, GoLike};
 use connect_tests::harness::settle;
-use connect_tests::remote::{ScratchDir, start_tcp, unix_url};
+use connect_tests::remote::{start_tcp, unix_url};
 use connect_tests::{connection, request};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
+use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -188,7 +189,7 @@ struct World {
     remotes: Vec<Remote>,
     cancels: Arc<Mutex<HashMap<Url, ClientCancel>>>,
     _observer: Observer,
-    _dir: ScratchDir,
+    _dir: TempDir,
 }
 
 /// Reads `stats()` in a loop for as long as it lives.
@@ -228,7 +229,7 @@ impl Drop for Observer {
 
 impl World {
     async fn new() -> Self {
-        let dir = ScratchDir::new();
+        let dir = TempDir::new().unwrap();
         let mut remotes = Vec::new();
         for r in 0..REMOTES {
             let (ledger, gate, faults) = (Ledger::new(), Gate::new(), Faults::new());

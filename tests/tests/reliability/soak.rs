@@ -32,18 +32,6 @@ const REMOTES: usize = 3;
 const FRONTS: usize = 2;
 const CALLERS: usize = 4;
 
-/// A small deterministic generator (xorshift64*).
-struct Dice(u64);
-
-impl Dice {
-    fn roll(&mut self, sides: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % sides
-    }
-}
-
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -170,19 +158,20 @@ async fn caller(
     seed: u64,
     tally: Arc<Mutex<Tally>>,
 ) {
-    let mut dice = Dice(seed ^ (k as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut dice =
+        fastrand::Rng::with_seed(seed ^ (k as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let client = tonic_caller(&front).await;
     let mut held: HashMap<String, Held> = HashMap::new();
     let mut next_id = 0;
     while Instant::now() < until {
         let started = Instant::now();
         let mut caller = client.clone();
-        let choice = dice.roll(10);
+        let choice = dice.usize(..10);
         let (id, outcome, remote, lost) = if held.is_empty() || choice < 4 {
             // A new connection.
             next_id += 1;
             let id = format!("c{k}-{next_id}");
-            let r = dice.roll(REMOTES);
+            let r = dice.usize(..REMOTES);
             let epoch = remotes[r].epoch();
             let mut call = tonic::Request::new(request(&id));
             call.metadata_mut()
@@ -201,7 +190,7 @@ async fn caller(
             });
             (id, outcome, r, false)
         } else {
-            let id = held.keys().nth(dice.roll(held.len())).unwrap().clone();
+            let id = held.keys().nth(dice.usize(..held.len())).unwrap().clone();
             let entry = &held[&id];
             let (r, lost) = (entry.remote, entry.epoch != remotes[entry.remote].epoch());
             if choice < 7 {
@@ -292,12 +281,12 @@ fn a_soak_of_served_connects_before_recycling_and_restarting_remotes() {
             })
             .collect();
         // Now and then a remote dies and comes back, empty.
-        let mut dice = Dice(seed);
+        let mut dice = fastrand::Rng::with_seed(seed);
         let mut restarts = 0;
         while Instant::now() + Duration::from_secs(3) < until {
-            tokio::time::sleep(Duration::from_millis(2500 + 500 * dice.roll(4) as u64)).await;
+            tokio::time::sleep(Duration::from_millis(2500 + 500 * dice.usize(..4) as u64)).await;
             let connects: Vec<Connect> = fronts.iter().map(|(c, _)| c.clone()).collect();
-            remotes[dice.roll(REMOTES)].restart(&connects).await;
+            remotes[dice.usize(..REMOTES)].restart(&connects).await;
             restarts += 1;
         }
         for task in callers {

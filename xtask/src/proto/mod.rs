@@ -117,7 +117,7 @@ fn generate_set(root: &Path, set: &Set) -> Result<Vec<Generated>, String> {
     let descriptors = protox::compile(set.files, [&dir])
         .map_err(|e| format!("compiling protos in {}: {e}", set.dir))?;
 
-    let out = scratch_dir()?;
+    let out = tempfile::tempdir().map_err(|e| format!("making a scratch directory: {e}"))?;
     let mut builder = tonic_prost_build::configure()
         .build_client(set.services)
         .build_server(set.services)
@@ -129,13 +129,11 @@ fn generate_set(root: &Path, set: &Set) -> Result<Vec<Generated>, String> {
     for field in set.boxed {
         builder = builder.boxed(field);
     }
-    let result = builder
-        .out_dir(&out)
+    builder
+        .out_dir(out.path())
         .compile_fds(descriptors)
-        .map_err(|e| format!("generating Rust from protos: {e}"))
-        .and_then(|()| collect(&out, set));
-    let _ = fs::remove_dir_all(&out);
-    result
+        .map_err(|e| format!("generating Rust from protos: {e}"))?;
+    collect(out.path(), set)
 }
 
 fn collect(out: &Path, set: &Set) -> Result<Vec<Generated>, String> {
@@ -186,11 +184,4 @@ fn keep_unknown_fields(body: &str, unknown: &str) -> Result<String, String> {
         "// Messages keep their unknown fields: see `xtask/src/proto/message.rs`.\n\n{}",
         prettyplease::unparse(&file)
     ))
-}
-
-fn scratch_dir() -> Result<PathBuf, String> {
-    let dir = std::env::temp_dir().join(format!("connect-xtask-proto-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    Ok(dir)
 }

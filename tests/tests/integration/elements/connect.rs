@@ -23,11 +23,12 @@ use connect_tests::harness::{
     grpc_only_counting_dials, settle,
 };
 use connect_tests::raw::{After, ENHANCE_YOUR_CALM, GoAwayRelay, NO_ERROR};
-use connect_tests::remote::{BlackHole, ScratchDir, start_at, start_tcp, start_unix};
+use connect_tests::remote::{BlackHole, start_at, start_tcp, start_unix};
 use connect_tests::{connection, request};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
+use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 use url::Url;
@@ -769,14 +770,14 @@ async fn a_refresh_reuses_the_client_and_adds_no_reference() {
 
 #[tokio::test]
 async fn unix_socket_remotes_and_a_move_from_tcp_to_unix() {
-    let dir = ScratchDir::new();
+    let dir = TempDir::new().unwrap();
     let connect = connect_via(Passthrough);
     let chain = connect_chain(&connect);
     let tcp_remote = Count::new();
     let tcp = start_tcp(ServerChain::builder().with(tcp_remote.clone()).build()).await;
     let unix_remote = Count::new();
     let unix = start_unix(
-        &dir,
+        dir.path(),
         "remote.sock",
         ServerChain::builder().with(unix_remote.clone()).build(),
     )

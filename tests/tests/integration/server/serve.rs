@@ -8,9 +8,10 @@ use connect_runtime::{
 };
 use connect_tests::elements::{Capture, Edit, Park};
 use connect_tests::harness::settle;
-use connect_tests::remote::{ScratchDir, start_tcp, start_unix, unix_url};
+use connect_tests::remote::{start_tcp, start_unix, unix_url};
 use connect_tests::{connection, request};
 use std::time::Duration;
+use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -64,10 +65,10 @@ async fn request_and_close_round_trip_over_tcp() {
 
 #[tokio::test]
 async fn request_and_close_round_trip_over_a_unix_socket() {
-    let dir = ScratchDir::new();
+    let dir = TempDir::new().unwrap();
     let capture = Capture::new();
     let server = start_unix(
-        &dir,
+        dir.path(),
         "remote.sock",
         ServerChain::builder()
             .with(capture.clone())
@@ -85,7 +86,7 @@ async fn request_and_close_round_trip_over_a_unix_socket() {
 
 #[tokio::test]
 async fn a_stale_unix_socket_is_replaced_and_a_live_one_is_not() {
-    let dir = ScratchDir::new();
+    let dir = TempDir::new().unwrap();
     let path = dir.path().join("stale.sock");
     // A socket file nobody listens on, as a crashed server leaves behind.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());

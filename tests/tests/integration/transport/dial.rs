@@ -2,8 +2,9 @@
 //! that is not HTTP/2, a missing socket, URLs connect cannot use.
 
 use connect_runtime::{Context, DialError, DialOptions, ServeError, ServerChain, dial, serve};
-use connect_tests::remote::{BlackHole, ScratchDir, start_tcp, unix_url};
+use connect_tests::remote::{BlackHole, start_tcp, unix_url};
 use std::time::{Duration, Instant};
+use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use url::Url;
@@ -56,7 +57,7 @@ async fn a_server_that_is_not_http2_is_reported_as_such() {
 
 #[tokio::test]
 async fn dialing_a_missing_unix_socket_names_the_path() {
-    let dir = ScratchDir::new();
+    let dir = TempDir::new().unwrap();
     let path = dir.path().join("nobody.sock");
     let err = dial(&unix_url(&path), &DialOptions::new())
         .await
