@@ -10,7 +10,8 @@
 //!   tonic's server and client, plain or TLS, with health checking, bounded
 //!   dials and graceful shutdown ([`serve`], [`dial`]);
 //! - [`elements`]: [`Connect`], and the small elements every chain needs
-//!   ([`GrpcClient`], [`ClientUrl`], [`Passthrough`], [`Monitor`]);
+//!   ([`GrpcClient`], [`ClientUrl`], [`Passthrough`], [`Monitor`], and
+//!   [`UpdatePath`] and [`Expire`], which every NSM hop runs);
 //! - [`map`]: the sharded concurrent maps `connect` keeps its state in.
 //!
 //! The items most code needs are re-exported here; [`prelude`] has the ones
@@ -71,7 +72,8 @@ pub use chain::{
 };
 pub use elements::{
     ClientFactory, ClientStats, ClientUrl, Connect, ConnectBuilder, ConnectStats, DEADLINE_GRACE,
-    DEFAULT_CLEANUP_TIMEOUT, GrpcClient, Monitor, Passthrough,
+    DEFAULT_CLEANUP_TIMEOUT, DEFAULT_MAX_TOKEN_LIFETIME, Expire, ExpireStats, GrpcClient, Monitor,
+    Passthrough, UpdatePath,
 };
 pub use server::{
     ChainService, ConnectionStats, DEFAULT_GRACE_PERIOD, DEFAULT_HANDSHAKE_TIMEOUT,

@@ -18,7 +18,7 @@ Each option but --connections may instead come from the environment variable
 shown beside it; an option given on the command line wins.
 
 URLs are tcp://host:port (port 0 picks one) or unix:///path. Durations are
-like 100ms, 2s or 1.5s. RUST_LOG sets the log level (default info).
+like 100ms, 1.5s, 10m or 1h. RUST_LOG sets the log level (default info).
 
 TLS: with --tls-cert and --tls-key the listener serves that certificate; with
 --tls-ca it requires client certificates signed by that CA, and a passthrough
@@ -44,6 +44,15 @@ struct Cli {
     /// How long a dial to --connect-to may take (default 100ms).
     #[arg(long, env = "NSM_DIAL_TIMEOUT", value_name = "DURATION", value_parser = duration)]
     dial_timeout: Option<Duration>,
+    /// This hop's name in each connection's path (default: the host name,
+    /// which in Kubernetes is the pod's).
+    #[arg(long, env = "NSM_NAME", value_name = "NAME")]
+    name: Option<String>,
+    /// The latest this hop's path segment expires, from each request; and
+    /// how long a connection whose caller set no expiry lives unrefreshed
+    /// (default 10m).
+    #[arg(long, env = "NSM_MAX_TOKEN_LIFETIME", value_name = "DURATION", value_parser = duration)]
+    max_token_lifetime: Option<Duration>,
     /// Log lines as text or JSON (default text).
     #[arg(long, env = "NSM_LOG_FORMAT", value_enum, value_name = "FORMAT")]
     log_format: Option<LogFormat>,
@@ -74,16 +83,25 @@ pub(crate) enum Mode {
         listen: Url,
         connect_to: Url,
         dial_timeout: Duration,
+        hop: Hop,
         log: LogFormat,
         tls: Option<TlsSource>,
     },
     Endpoint {
         listen: Url,
+        hop: Hop,
         log: LogFormat,
         tls: Option<TlsSource>,
     },
     /// `--help`: what to print.
     Help(String),
+}
+
+/// This hop in connections' paths: `--name` and `--max-token-lifetime`.
+#[derive(Clone, Debug)]
+pub(crate) struct Hop {
+    pub(crate) name: String,
+    pub(crate) max_lifetime: Duration,
 }
 
 /// Where the TLS identity comes from.
@@ -159,15 +177,33 @@ impl Cli {
         if self.listen.is_none() && tls.is_some() {
             return Err("the TLS options are for --listen".into());
         }
+        if self.listen.is_none() && (self.name.is_some() || self.max_token_lifetime.is_some()) {
+            return Err("--name and --max-token-lifetime are for --listen".into());
+        }
+        let hop = Hop {
+            name: match self.name {
+                Some(name) if name.is_empty() => return Err("--name must not be empty".into()),
+                Some(name) => name,
+                None => host_name(),
+            },
+            max_lifetime: self
+                .max_token_lifetime
+                .unwrap_or(connect_runtime::DEFAULT_MAX_TOKEN_LIFETIME),
+        };
         match (self.endpoint, self.listen, self.connect_to) {
             (true, Some(listen), None)
                 if self.dial_timeout.is_none() && self.connections.is_none() =>
             {
-                Ok(Mode::Endpoint { listen, log, tls })
+                Ok(Mode::Endpoint {
+                    listen,
+                    hop,
+                    log,
+                    tls,
+                })
             }
             (true, None, _) => Err("--endpoint needs --listen URL".into()),
             (true, Some(_), _) => {
-                Err("--endpoint takes only --listen, --log-format and the TLS options".into())
+                Err("--endpoint takes only --listen, --name, --max-token-lifetime, --log-format and the TLS options".into())
             }
             (false, Some(listen), Some(connect_to)) if self.connections.is_none() => {
                 Ok(Mode::Passthrough {
@@ -176,6 +212,7 @@ impl Cli {
                     dial_timeout: self
                         .dial_timeout
                         .unwrap_or(connect_runtime::DEFAULT_DIAL_TIMEOUT),
+                    hop,
                     log,
                     tls,
                 })
@@ -193,6 +230,15 @@ impl Cli {
     }
 }
 
+/// This machine's name: the pod's in Kubernetes, as NSM's `NSM_NAME` is.
+fn host_name() -> String {
+    gethostname::gethostname()
+        .into_string()
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "passthrough".to_owned())
+}
+
 /// A URL the program can listen on or dial, checked up front.
 fn url(text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
@@ -208,7 +254,7 @@ fn positive(text: &str) -> Result<usize, String> {
 }
 
 pub(crate) fn duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("`{text}` is not a duration like 100ms, 2s or 1.5s");
+    let bad = || format!("`{text}` is not a duration like 100ms, 1.5s, 10m or 1h");
     // The unit is the trailing letters, so that `1e3s` is a number of seconds.
     let at = text
         .trim_end_matches(|c: char| c.is_ascii_alphabetic())
@@ -219,6 +265,7 @@ pub(crate) fn duration(text: &str) -> Result<Duration, String> {
         "ms" => number / 1000.0,
         "s" => number,
         "m" => number * 60.0,
+        "h" => number * 3600.0,
         _ => return Err(bad()),
     };
     Duration::try_from_secs_f64(seconds)

@@ -51,15 +51,27 @@ fn main() -> ExitCode {
             listen,
             connect_to,
             dial_timeout,
+            hop,
             log,
             tls,
         } => {
             init_logging(log, "info");
-            runtime.block_on(server::passthrough(listen, connect_to, dial_timeout, tls))
+            runtime.block_on(server::passthrough(
+                listen,
+                connect_to,
+                dial_timeout,
+                hop,
+                tls,
+            ))
         }
-        Mode::Endpoint { listen, log, tls } => {
+        Mode::Endpoint {
+            listen,
+            hop,
+            log,
+            tls,
+        } => {
             init_logging(log, "info");
-            runtime.block_on(server::endpoint(listen, tls))
+            runtime.block_on(server::endpoint(listen, hop, tls))
         }
     };
     match outcome {

@@ -9,20 +9,22 @@ use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::tls::{ClientTls, Identity, ServerTls, TlsError};
 use connect_runtime::{
     ClientChain, ClientUrl, Connect, Context, DEFAULT_CLEANUP_TIMEOUT, DialOptions, Element,
-    GrpcClient, Hooks, Monitor, Next, Serve, ServerChain,
+    Expire, GrpcClient, Hooks, Monitor, Next, Serve, ServerChain, UpdatePath,
 };
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use url::Url;
 
-use crate::args::{TlsFiles, TlsSource};
+use crate::args::{Hop, TlsFiles, TlsSource};
 
-/// clienturl(`connect_to`) → connect, served on `listen`.
+/// updatepath → expire(clienturl(`connect_to`) → connect), served on
+/// `listen`.
 pub(crate) async fn passthrough(
     listen: Url,
     connect_to: Url,
     dial_timeout: Duration,
+    hop: Hop,
     tls: Option<TlsSource>,
 ) -> Result<(), String> {
     let tls = Tls::from(tls).await?;
@@ -38,10 +40,14 @@ pub(crate) async fn passthrough(
     })
     .dial_options(dial)
     .build();
-    let chain = ServerChain::builder()
-        .with(Logged("passthrough"))
+    let rest = ServerChain::builder()
         .with(ClientUrl::new(connect_to.clone()))
         .with(connect.clone())
+        .build();
+    let chain = ServerChain::builder()
+        .with(Logged("passthrough"))
+        .with(UpdatePath::new(hop.name.as_str()).max_lifetime(hop.max_lifetime))
+        .with(Expire::new(rest).max_lifetime(hop.max_lifetime))
         .build();
     // Signals are caught from before the program says it is listening, so
     // that a SIGTERM sent right after never finds the default action.
@@ -87,9 +93,13 @@ pub(crate) async fn passthrough(
 
 /// A minimal NSM endpoint: answers Request with the request's connection and
 /// Close with empty.
-pub(crate) async fn endpoint(listen: Url, tls: Option<TlsSource>) -> Result<(), String> {
+pub(crate) async fn endpoint(listen: Url, hop: Hop, tls: Option<TlsSource>) -> Result<(), String> {
     let tls = Tls::from(tls).await?;
-    let chain = ServerChain::builder().with(Logged("endpoint")).build();
+    let chain = ServerChain::builder()
+        .with(Logged("endpoint"))
+        .with(UpdatePath::new(hop.name.as_str()).max_lifetime(hop.max_lifetime))
+        .with(Expire::new(ServerChain::default()).max_lifetime(hop.max_lifetime))
+        .build();
     let mut signals = Signals::install()?;
     let stop = CancellationToken::new();
     let server = serving(chain, tls.map(|t| t.server), &stop)

@@ -1,9 +1,13 @@
 //! The passthrough program as a real process: endpoint and server modes over
 //! TCP and unix sockets, SIGTERM, bad input, and the demo.
 
+use std::time::{Duration, SystemTime};
+
+use connect_runtime::proto::connection::{Path, PathSegment};
+use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
 use connect_runtime::{ClientConn, DialOptions, ServerChain, dial};
-use connect_tests::elements::{Capture, Count, Gate, Op};
+use connect_tests::elements::{Capture, Count, Gate, Ledger, Op};
 use connect_tests::harness::settle;
 use connect_tests::program::{Program, run};
 use connect_tests::remote::{start_tcp, unix_url};
@@ -145,6 +149,97 @@ async fn a_passthrough_process_in_front_of_an_endpoint_process() {
     assert!(endpoint.exited().await.success());
 }
 
+/// Callers that vanish without refresh or close: the passthrough closes
+/// each connection at the endpoint once its caller's segment expires, then
+/// drains its TCP connections to it; a connection refreshed in time stays.
+#[tokio::test]
+async fn connections_whose_callers_vanish_are_closed_at_the_endpoint() {
+    let ledger = Ledger::new();
+    let remote = start_tcp(ServerChain::builder().with(ledger.clone()).build()).await;
+    let passthrough = Program::start(&[
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--connect-to",
+        remote.url().as_str(),
+        "--dial-timeout",
+        "5s",
+        "--name",
+        "passthrough-under-test",
+    ])
+    .await;
+    let ttl = Duration::from_secs(1);
+    {
+        let mut nsm = client(passthrough.url()).await;
+        for n in 0..20 {
+            let reply = nsm
+                .request(expiring(&format!("gone-{n}"), 2 * ttl))
+                .await
+                .unwrap()
+                .into_inner();
+            let path = reply.path.unwrap();
+            assert_eq!(path.path_segments[1].name, "passthrough-under-test");
+        }
+        // The caller goes away here, its channel closed.
+    }
+    assert_eq!(ledger.open().len(), 20);
+    settle(
+        "every connection to be closed at the endpoint",
+        ledger.until(|l| l.open().is_empty()),
+    )
+    .await;
+    assert_eq!(ledger.closes(), 20, "each closed once");
+    settle(
+        "the passthrough to drain its connections to the endpoint",
+        remote.wait_connections(|c| c.open == 0),
+    )
+    .await;
+
+    // One refreshed before each expiry stays open.
+    let mut nsm = client(passthrough.url()).await;
+    let mut conn = nsm
+        .request(expiring("kept", ttl))
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..6 {
+        tokio::time::sleep(ttl / 4).await;
+        let index = conn.path.as_ref().unwrap().index as usize;
+        conn.path.as_mut().unwrap().path_segments[index].expires =
+            Some((SystemTime::now() + ttl).into());
+        let refresh = NetworkServiceRequest {
+            connection: Some(Box::new(conn)),
+            ..Default::default()
+        };
+        conn = nsm.request(refresh).await.unwrap().into_inner();
+    }
+    assert_eq!(
+        ledger.closes(),
+        20,
+        "the refreshed connection was not closed"
+    );
+    nsm.close(conn).await.unwrap();
+    assert_eq!(ledger.closes(), 21);
+    passthrough.terminate();
+    assert!(passthrough.exited().await.success());
+}
+
+/// A new connection `id` whose caller's segment expires in `ttl`.
+fn expiring(id: &str, ttl: Duration) -> NetworkServiceRequest {
+    let caller = PathSegment {
+        name: "vanishing-nsc".into(),
+        id: id.into(),
+        expires: Some((SystemTime::now() + ttl).into()),
+        ..Default::default()
+    };
+    let mut request = request(id);
+    request.connection.as_mut().unwrap().path = Some(Path {
+        index: 0,
+        path_segments: vec![caller],
+        ..Default::default()
+    });
+    request
+}
+
 #[tokio::test]
 async fn sigterm_lets_calls_in_flight_finish_then_closes_every_client() {
     let gate = Gate::new();
@@ -241,7 +336,7 @@ async fn sigterm_waits_for_connects_own_closes() {
 async fn bad_input_gets_one_line_and_a_non_zero_exit() {
     let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let in_use = format!("tcp://{}", taken.local_addr().unwrap());
-    let cases: [(&[&str], &str); 20] = [
+    let cases: [(&[&str], &str); 22] = [
         (
             // `run` leaves SPIFFE_ENDPOINT_SOCKET out.
             &["--endpoint", "--listen", "tcp://127.0.0.1:0", "--spiffe"],
@@ -311,7 +406,7 @@ async fn bad_input_gets_one_line_and_a_non_zero_exit() {
                 "--dial-timeout",
                 "soon",
             ],
-            "`soon` is not a duration like 100ms, 2s or 1.5s",
+            "`soon` is not a duration like 100ms, 1.5s, 10m or 1h",
         ),
         (
             &["--connections", "0"],
@@ -326,6 +421,14 @@ async fn bad_input_gets_one_line_and_a_non_zero_exit() {
             "unexpected value 'yes' for '--endpoint' found",
         ),
         (&["stray"], "unexpected argument 'stray' found"),
+        (
+            &["--endpoint", "--listen", "tcp://127.0.0.1:0", "--name", ""],
+            "--name must not be empty",
+        ),
+        (
+            &["--name", "hop"],
+            "--name and --max-token-lifetime are for --listen",
+        ),
         (
             &["--log-format", "json"],
             "--dial-timeout and --log-format for --listen",
@@ -432,9 +535,13 @@ async fn help_lists_every_option() {
         "--connections <N>",
         "--tls-cert <FILE>",
         "--spiffe",
+        "--name <NAME>",
+        "--max-token-lifetime <DURATION>",
     ] {
         assert!(help.contains(option), "{option} missing from {help}");
     }
+    assert!(help.contains("[env: NSM_NAME=]"), "{help}");
+    assert!(help.contains("[env: NSM_MAX_TOKEN_LIFETIME=]"), "{help}");
     assert!(help.contains("[env: NSM_CONNECT_TO=]"), "{help}");
     assert!(help.contains("TLS:"), "{help}");
     assert!(help.contains("runs the demo"), "{help}");

@@ -15,9 +15,9 @@ use url::Url;
 
 use super::client::{ConnectClient, panic_message};
 use super::state::{Record, Shared};
-use super::turns::Turn;
 use crate::chain::BoxFuture;
 use crate::chain::Context;
+use crate::elements::turns::Turn;
 use crate::map::Instance;
 use crate::outcome::sent_nothing;
 use crate::proto::connection::Connection;

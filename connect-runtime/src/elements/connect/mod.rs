@@ -2,12 +2,10 @@
 //! client, to the server its client URL names, keeping one client per URL
 //! for exactly as long as connections use it.
 
-mod changes;
 mod client;
 mod forward;
 mod lease;
 mod state;
-mod turns;
 
 use std::fmt;
 use std::sync::{Arc, Once};
@@ -17,14 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use url::Url;
 
-use self::changes::Changes;
 pub use self::client::ClientFactory;
 use self::client::ConnectClient;
 use self::state::{Clients, ConnectionRecords, Retired, Shared};
-use self::turns::Turns;
 use crate::chain::ClientChain;
 use crate::chain::Context;
 use crate::chain::Next;
+use crate::elements::changes::Changes;
+use crate::elements::turns::Turns;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
 use crate::transport::tls::DEFAULT_EXPIRY_MARGIN;

@@ -10,9 +10,9 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use super::changes::Changes;
 use super::client::{ClientFactory, ConnectClient};
-use super::turns::Turns;
+use crate::elements::changes::Changes;
+use crate::elements::turns::Turns;
 use connect_macros::ConcurrentMap;
 
 use crate::chain::{ClientCancel, Context};

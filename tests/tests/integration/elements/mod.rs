@@ -2,5 +2,6 @@
 
 mod cancellation;
 mod connect;
+mod expire;
 mod monitor;
 mod rotation;

@@ -531,14 +531,25 @@ async fn connects_own_closes_carry_the_endpoints_fields() {
 #[tokio::test]
 async fn the_program_forwards_a_newer_peers_fields_both_ways() {
     let endpoint = FutureEndpoint::start().await;
-    let passthrough = Program::passthrough_to(endpoint.url()).await;
+    let passthrough = Program::start(&[
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--connect-to",
+        endpoint.url().as_str(),
+        "--dial-timeout",
+        "5s",
+        "--name",
+        HOP,
+    ])
+    .await;
     let mut caller = future_caller(passthrough.url()).await;
 
     let sent = full_request("through-the-program");
     let reply = caller.request(sent.clone()).await.unwrap().into_inner();
     let mut expected = sent.connection.clone().unwrap();
     endpoint_marks(&mut expected);
-    assert_eq!(reply, expected);
+    let (answered, hop_id) = without_hop(&reply);
+    assert_eq!(answered, expected);
     let refresh = future::networkservice::NetworkServiceRequest {
         connection: Some(reply.clone()),
         ..sent.clone()
@@ -546,9 +557,23 @@ async fn the_program_forwards_a_newer_peers_fields_both_ways() {
     caller.request(refresh.clone()).await.unwrap();
     caller.close(reply.clone()).await.unwrap();
 
+    // The endpoint got everything, with the program's segment added.
     let received = endpoint.received();
-    assert_eq!(received.requests, [sent, refresh]);
-    assert_eq!(received.closes, [reply]);
+    let requests: Vec<_> = received
+        .requests
+        .into_iter()
+        .map(|mut r| {
+            let (conn, id) = without_hop(r.connection.as_ref().unwrap());
+            assert_eq!(id, hop_id, "one id of the program's for the connection");
+            r.connection = Some(conn);
+            r
+        })
+        .collect();
+    let mut refreshed = refresh.clone();
+    refreshed.connection = Some(without_hop(&reply).0);
+    assert_eq!(requests, [sent, refreshed]);
+    let closes: Vec<_> = received.closes.iter().map(|c| without_hop(c).0).collect();
+    assert_eq!(closes, [without_hop(&reply).0]);
     settle(
         "the program to close its connection to the endpoint",
         endpoint.all_closed(),
@@ -557,4 +582,24 @@ async fn the_program_forwards_a_newer_peers_fields_both_ways() {
 
     passthrough.terminate();
     assert!(passthrough.exited().await.success());
+}
+
+/// The program's name in paths, in the test that runs it.
+const HOP: &str = "program-under-test";
+
+/// `conn` without the program's path segment, as its caller sees it (the
+/// caller's id and index), and that segment's id.
+fn without_hop(conn: &future::connection::Connection) -> (future::connection::Connection, String) {
+    let mut conn = conn.clone();
+    let path = conn.path.as_mut().expect("a path");
+    let at = path
+        .path_segments
+        .iter()
+        .position(|s| s.name == HOP)
+        .expect("the program's path segment");
+    let hop = path.path_segments.remove(at);
+    let caller = &path.path_segments[at - 1];
+    conn.id.clone_from(&caller.id);
+    path.index = (at - 1) as u32;
+    (conn, hop.id)
 }

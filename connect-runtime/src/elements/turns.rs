@@ -15,10 +15,10 @@ use crate::map::{Instance, RefCountMap};
 /// entry lives exactly while some call for its id holds or awaits a turn,
 /// whatever observers do meanwhile.
 #[derive(ConcurrentMap)]
-pub(super) struct TurnLocks(RefCountMap<Arc<str>, Arc<Mutex<()>>>);
+pub(crate) struct TurnLocks(RefCountMap<Arc<str>, Arc<Mutex<()>>>);
 
 #[derive(Clone, Default)]
-pub(super) struct Turns {
+pub(crate) struct Turns {
     locks: Arc<TurnLocks>,
     /// Woken whenever a call starts waiting for a turn or a turn ends.
     changed: Arc<Changes>,
@@ -26,7 +26,7 @@ pub(super) struct Turns {
 
 /// The right to act on one connection id; the next caller for that id goes
 /// when this is dropped. Owned, so it can move into background cleanup.
-pub(super) struct Turn {
+pub(crate) struct Turn {
     locks: Arc<TurnLocks>,
     changed: Arc<Changes>,
     id: Arc<str>,
@@ -38,7 +38,7 @@ impl Turns {
     /// Waits for `id`'s turn. tokio's mutex is fair, so turns are taken in
     /// the order callers arrived. Dropping the future while it waits leaves
     /// nothing behind.
-    pub(super) async fn take(&self, id: &Arc<str>) -> Turn {
+    pub(crate) async fn take(&self, id: &Arc<str>) -> Turn {
         let acquired = self
             .locks
             .acquire(Arc::clone(id), |_| Arc::new(Mutex::new(())));
@@ -57,12 +57,12 @@ impl Turns {
     }
 
     /// Ids with a call holding or awaiting its turn.
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.locks.len()
     }
 
     /// Calls queued behind another call for the same id.
-    pub(super) fn waiting(&self) -> usize {
+    pub(crate) fn waiting(&self) -> usize {
         let mut waiting = 0;
         self.locks.range(|_, _, calls| {
             waiting += calls.saturating_sub(1);
@@ -72,14 +72,14 @@ impl Turns {
     }
 
     /// The signal that a call started waiting for a turn or a turn ended.
-    pub(super) fn changed(&self) -> &Changes {
+    pub(crate) fn changed(&self) -> &Changes {
         &self.changed
     }
 }
 
 impl Turn {
     /// The connection id this turn is for.
-    pub(super) fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.id
     }
 }

@@ -12,32 +12,32 @@ use tokio::sync::futures::Notified;
 /// watcher made its change before any watcher looked, and the watcher sees
 /// it.
 #[derive(Debug, Default)]
-pub(super) struct Changes {
+pub(crate) struct Changes {
     notify: Notify,
     watchers: AtomicUsize,
 }
 
 impl Changes {
     /// Wakes every task watching now.
-    pub(super) fn notify(&self) {
+    pub(crate) fn notify(&self) {
         if self.watchers.load(Ordering::SeqCst) > 0 {
             self.notify.notify_waiters();
         }
     }
 
     /// Counts the caller as watching until the result is dropped.
-    pub(super) fn watch(&self) -> Watching<'_> {
+    pub(crate) fn watch(&self) -> Watching<'_> {
         self.watchers.fetch_add(1, Ordering::SeqCst);
         Watching(self)
     }
 }
 
 /// A watcher of a [`Changes`].
-pub(super) struct Watching<'a>(&'a Changes);
+pub(crate) struct Watching<'a>(&'a Changes);
 
 impl Watching<'_> {
     /// The next change: enable it before looking at the state.
-    pub(super) fn changed(&self) -> Notified<'_> {
+    pub(crate) fn changed(&self) -> Notified<'_> {
         self.0.notify.notified()
     }
 }

@@ -1,0 +1,372 @@
+//! Expiry: NSM's `timeout` server element, the mesh's garbage collector.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::future::poll_fn;
+use tokio::sync::mpsc;
+use tokio_util::time::{DelayQueue, delay_queue};
+use tonic::{Code, Status};
+
+use crate::chain::{BoxFuture, Context, Element, Joins, Next, Server, ServerChain};
+use crate::elements::DEFAULT_CLEANUP_TIMEOUT;
+use crate::elements::changes::Changes;
+use crate::elements::turns::Turns;
+use crate::elements::updatepath::DEFAULT_MAX_TOKEN_LIFETIME;
+use crate::proto::connection::Connection;
+use crate::proto::networkservice::NetworkServiceRequest;
+use crate::sync::lock;
+
+/// The longest a timer is set for, whatever expiry a caller claims: within
+/// what the timer wheel holds (about two years).
+const LONGEST_TIMER: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Closes connections their callers stopped refreshing, as NSM's `timeout`
+/// server element does: when the caller's path segment `expires` (the
+/// segment before this hop's, so [`UpdatePath`](super::UpdatePath) runs
+/// before it) passes with no refresh, the connection is closed through the
+/// chain `Expire` wraps, as last returned by it. A caller that died, was
+/// evicted or lost its network so leaves nothing behind: connect releases
+/// its client and the remote gets the Close.
+///
+/// - The close starts early by the request's timeout, so that it finishes
+///   before the expiry; it may take that long (or
+///   [`DEFAULT_CLEANUP_TIMEOUT`] for a request with no deadline).
+/// - A refresh moves the expiry; a Close cancels it, unless it ran out of
+///   time or was cancelled (the expiry then closes again).
+/// - A request whose caller set no expiry gets [`max_lifetime`](Self::max_lifetime)
+///   (NSM refuses such requests; simple callers work here).
+/// - Calls for one connection id take turns, in arrival order, with each
+///   other and with the expiry's close: an expiry never overlaps a refresh
+///   or a Close, and never closes a connection twice.
+/// - One task and one timer wheel serve every connection; the task starts
+///   with the first request and ends when the element is dropped.
+///
+/// ```
+/// use std::time::Duration;
+/// use connect_runtime::prelude::*;
+/// use connect_runtime::{Expire, UpdatePath};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let rest = ServerChain::builder().with(Passthrough).build();
+/// let expire = Expire::new(rest).max_lifetime(Duration::from_secs(60));
+/// let chain = ServerChain::builder()
+///     .with(UpdatePath::new("passthrough-1"))
+///     .with(expire.clone())
+///     .build();
+/// let request = NetworkServiceRequest {
+///     connection: Some(Box::new(Connection { id: "c-1".into(), ..Default::default() })),
+///     ..Default::default()
+/// };
+/// let conn = chain.request(Context::new(), request).await.unwrap();
+/// assert_eq!(expire.stats().connections, 1);
+/// chain.close(Context::new(), conn).await.unwrap();
+/// assert_eq!(expire.stats().connections, 0);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Expire {
+    shared: Arc<Shared>,
+}
+
+/// What an [`Expire`] holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExpireStats {
+    /// Connections with an expiry set.
+    pub connections: usize,
+    /// Connections it has closed because they expired.
+    pub expired: u64,
+    /// Expiries that found the connection refreshed or closed first, and
+    /// left it alone.
+    pub superseded: u64,
+    /// Calls waiting for another call for the same connection to end,
+    /// expiry closes included.
+    pub waiting: usize,
+}
+
+struct Shared {
+    rest: ServerChain,
+    max_lifetime: Duration,
+    turns: Turns,
+    live: Mutex<HashMap<Arc<str>, Live>>,
+    timer: OnceLock<mpsc::UnboundedSender<Command>>,
+    generations: AtomicU64,
+    expired: AtomicU64,
+    superseded: AtomicU64,
+    /// Woken when a connection's expiry is set, cleared or met.
+    changed: Changes,
+}
+
+/// A connection with an expiry set: what its expiry closes.
+struct Live {
+    /// Which request set it; an expiry armed by an earlier one is stale.
+    generation: u64,
+    conn: Connection,
+    close_timeout: Duration,
+}
+
+enum Command {
+    Arm {
+        id: Arc<str>,
+        generation: u64,
+        at: Instant,
+    },
+    Disarm(Arc<str>),
+}
+
+impl Expire {
+    /// Expiry for the connections that pass through `rest`, which it runs
+    /// (and then whatever follows it in the enclosing chain); expiry closes
+    /// go through `rest` alone.
+    pub fn new(rest: ServerChain) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                rest,
+                max_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
+                turns: Turns::default(),
+                live: Mutex::default(),
+                timer: OnceLock::new(),
+                generations: AtomicU64::new(0),
+                expired: AtomicU64::new(0),
+                superseded: AtomicU64::new(0),
+                changed: Changes::default(),
+            }),
+        }
+    }
+
+    /// How long a connection lives unrefreshed if its caller set no expiry
+    /// ([`DEFAULT_MAX_TOKEN_LIFETIME`] unless set). Call it before the
+    /// element is shared.
+    ///
+    /// # Panics
+    ///
+    /// If the element has been cloned already.
+    pub fn max_lifetime(mut self, max_lifetime: Duration) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("max_lifetime is set before the element is shared")
+            .max_lifetime = max_lifetime;
+        self
+    }
+
+    /// A snapshot of what it holds.
+    pub fn stats(&self) -> ExpireStats {
+        ExpireStats {
+            connections: lock(&self.shared.live).len(),
+            expired: self.shared.expired.load(Ordering::Relaxed),
+            superseded: self.shared.superseded.load(Ordering::Relaxed),
+            waiting: self.shared.turns.waiting(),
+        }
+    }
+
+    /// Waits until `condition` holds of [`Expire::stats`], re-checking it
+    /// whenever an expiry is set, cleared or met, or a call starts waiting
+    /// for its turn or ends one (no polling).
+    pub async fn wait_for(&self, condition: impl Fn(&ExpireStats) -> bool) -> ExpireStats {
+        let turns = self.shared.turns.changed().watch();
+        let expiries = self.shared.changed.watch();
+        loop {
+            let turns_changed = turns.changed();
+            tokio::pin!(turns_changed);
+            turns_changed.as_mut().enable();
+            let expiries_changed = expiries.changed();
+            tokio::pin!(expiries_changed);
+            expiries_changed.as_mut().enable();
+            let stats = self.stats();
+            if condition(&stats) {
+                return stats;
+            }
+            tokio::select! {
+                () = turns_changed => {}
+                () = expiries_changed => {}
+            }
+        }
+    }
+}
+
+impl Shared {
+    async fn request(
+        &self,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        next: Next<'_>,
+    ) -> Result<Connection, Status> {
+        let Some(id) = request
+            .connection
+            .as_deref()
+            .filter(|c| !c.id.is_empty())
+            .map(|c| Arc::<str>::from(c.id.as_str()))
+        else {
+            return Element::request(&self.rest, ctx, request, next).await;
+        };
+        let lives = self.lifetime(caller_expiry(&request));
+        let early = ctx.remaining().unwrap_or_default();
+        let _turn = self.turns.take(&id).await;
+        let conn = Element::request(&self.rest, ctx, request, next).await?;
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let live = Live {
+            generation,
+            conn: conn.clone(),
+            close_timeout: if early.is_zero() {
+                DEFAULT_CLEANUP_TIMEOUT
+            } else {
+                early
+            },
+        };
+        lock(&self.live).insert(Arc::clone(&id), live);
+        self.changed.notify();
+        let at = Instant::now() + lives.saturating_sub(early);
+        self.send(Command::Arm { id, generation, at });
+        Ok(conn)
+    }
+
+    async fn close(&self, ctx: Context, conn: Connection, next: Next<'_>) -> Result<(), Status> {
+        if conn.id.is_empty() {
+            return Element::close(&self.rest, ctx, conn, next).await;
+        }
+        let id = Arc::<str>::from(conn.id.as_str());
+        let _turn = self.turns.take(&id).await;
+        let result = Element::close(&self.rest, ctx, conn, next).await;
+        let retry = matches!(&result, Err(s) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled));
+        if !retry && lock(&self.live).remove(&id).is_some() {
+            self.changed.notify();
+            self.send(Command::Disarm(id));
+        }
+        result
+    }
+
+    /// Closes `id` if the request that armed this expiry was its last.
+    async fn expire(&self, id: Arc<str>, generation: u64) {
+        let _turn = self.turns.take(&id).await;
+        let live = {
+            let mut live = lock(&self.live);
+            match live.get(&id) {
+                Some(l) if l.generation == generation => live.remove(&id),
+                _ => None,
+            }
+        };
+        let Some(live) = live else {
+            self.superseded.fetch_add(1, Ordering::Relaxed);
+            self.changed.notify();
+            return;
+        };
+        let ctx = Context::new().with_timeout(live.close_timeout);
+        match self.rest.close(ctx, live.conn).await {
+            Ok(()) => tracing::info!(connection_id = %id, "closed an expired connection"),
+            Err(status) => tracing::warn!(
+                connection_id = %id,
+                code = ?status.code(),
+                error = status.message(),
+                "closing an expired connection failed"
+            ),
+        }
+        self.expired.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify();
+    }
+
+    /// How long a connection lives from now without a refresh.
+    fn lifetime(&self, expires: Option<SystemTime>) -> Duration {
+        expires
+            .map_or(self.max_lifetime, |at| {
+                at.duration_since(SystemTime::now()).unwrap_or_default()
+            })
+            .min(LONGEST_TIMER)
+    }
+
+    fn send(self: &Shared, command: Command) {
+        // Only `Expire`'s own calls get here, within a runtime.
+        let timer = self
+            .timer
+            .get()
+            .expect("the timer starts with the first request");
+        // The receiver lives as long as this element.
+        let _ = timer.send(command);
+    }
+}
+
+/// The caller's segment's `expires`: the one before this hop's.
+fn caller_expiry(request: &NetworkServiceRequest) -> Option<SystemTime> {
+    let path = request.connection.as_deref()?.path.as_ref()?;
+    let caller = (path.index as usize).checked_sub(1)?;
+    let expires = path.path_segments.get(caller)?.expires?;
+    SystemTime::try_from(expires).ok()
+}
+
+impl Expire {
+    /// Starts the timer task, once.
+    fn start_timer(&self) {
+        self.shared.timer.get_or_init(|| {
+            let (commands, received) = mpsc::unbounded_channel();
+            tokio::spawn(run_timer(Arc::downgrade(&self.shared), received));
+            commands
+        });
+    }
+}
+
+/// The one task behind every connection's expiry: a timer wheel of
+/// (id, generation), each id armed at most once.
+async fn run_timer(shared: Weak<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
+    let mut wheel: DelayQueue<(Arc<str>, u64)> = DelayQueue::new();
+    let mut keys: HashMap<Arc<str>, delay_queue::Key> = HashMap::new();
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                // The element is gone.
+                None => return,
+                Some(Command::Arm { id, generation, at }) => {
+                    if let Some(key) = keys.remove(&id) {
+                        wheel.remove(&key);
+                    }
+                    let key = wheel.insert_at((Arc::clone(&id), generation), at.into());
+                    keys.insert(id, key);
+                }
+                Some(Command::Disarm(id)) => {
+                    if let Some(key) = keys.remove(&id) {
+                        wheel.remove(&key);
+                    }
+                }
+            },
+            Some(expired) = poll_fn(|cx| wheel.poll_expired(cx)) => {
+                let (id, generation) = expired.into_inner();
+                keys.remove(&id);
+                let Some(shared) = shared.upgrade() else { return };
+                tokio::spawn(async move { shared.expire(id, generation).await });
+            }
+        }
+    }
+}
+
+impl Element for Expire {
+    fn request<'a>(
+        &'a self,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<Connection, Status>> {
+        self.start_timer();
+        Box::pin(self.shared.request(ctx, request, next))
+    }
+
+    fn close<'a>(
+        &'a self,
+        ctx: Context,
+        connection: Connection,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<(), Status>> {
+        Box::pin(self.shared.close(ctx, connection, next))
+    }
+}
+
+impl Joins<Server> for Expire {}
+
+impl std::fmt::Debug for Expire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Expire")
+            .field("max_lifetime", &self.shared.max_lifetime)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
