@@ -75,6 +75,7 @@ pub use elements::{
     DEFAULT_CLEANUP_TIMEOUT, DEFAULT_MAX_TOKEN_LIFETIME, Expire, ExpireStats, GrpcClient, Monitor,
     Passthrough, UpdatePath,
 };
+pub use map::PerConnection;
 pub use server::{
     ChainService, ConnectionStats, DEFAULT_GRACE_PERIOD, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, DEFAULT_SERVER_KEEPALIVE, Peer, Serve,
@@ -101,7 +102,15 @@ pub use transport::{
 /// - `name = "..."`: the `tracing` span's name (the type's name by default).
 ///   The span's fields are `role`, `connection_id`, and on failure `code`
 ///   and `error_message`;
+/// - `entries = "method"`: a method `fn(&self) -> usize` counting the
+///   per-connection entries the element keeps itself (`Connect`'s records),
+///   for [`Chain::stats`];
 /// - `crate = "..."`: the runtime's path, for users who renamed the crate.
+///
+/// Per-connection state goes in fields of type [`PerConnection`] (or marked
+/// `#[element(state)]`, for any [`map::ConnectionState`]): the element
+/// releases a connection's entries when the connection ends there (see
+/// [`map::ConnectionState`]), and reports them to [`Chain::stats`].
 ///
 /// Generic types work: the element exists wherever its hooks do.
 ///
@@ -195,7 +204,8 @@ pub mod __private {
 
     pub use tracing;
 
-    pub use crate::chain::{close_in, request_in};
+    pub use crate::chain::{States, close_in, close_tracked, entries, request_in, request_tracked};
+    pub use crate::map::ConnectionState;
 }
 
 /// The README's Rust snippets, compiled and run as doctests.

@@ -17,7 +17,7 @@ pub use crate::proto::connection::Connection;
 pub use crate::proto::networkservice::NetworkServiceRequest;
 pub use crate::{
     ClientChain, ClientUrl, ConcurrentMap, Connect, Context, DialOptions, GrpcClient, Hooks, Next,
-    Passthrough, Serve, ServerChain, Status,
+    Passthrough, PerConnection, Serve, ServerChain, Status,
 };
 /// The derive only: the [`Element`](crate::Element) trait's methods would
 /// make `element.request(...)` ambiguous beside [`Hooks`]'.

@@ -203,3 +203,44 @@ async fn the_codec_workload_reports_both_kinds_of_message() {
     }
     assert!(lines[2]["bytes"].as_u64() > lines[0]["bytes"].as_u64());
 }
+
+/// `expiry` abandons its connections, sees every one expire, and leaves
+/// the hop holding nothing, round after round.
+#[tokio::test]
+async fn the_expiry_workload_expires_everything_it_opened() {
+    let output = Command::new(env!("CARGO_BIN_EXE_connect-bench"))
+        .args([
+            "expiry",
+            "--connections",
+            "200",
+            "--remotes",
+            "3",
+            "--ttl-ms",
+            "1000",
+            "--rounds",
+            "2",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for (round, line) in lines.iter().enumerate() {
+        assert_eq!(line["round"], round + 1);
+        assert_eq!(line["expired"], 200, "{line}");
+        assert_eq!(line["errors"], 0, "{line}");
+        for held in ["entries_after", "clients_after", "records_after"] {
+            assert_eq!(line[held], 0, "{held} in {line}");
+        }
+        assert!(line["heap_kb_at_n"].as_u64() > line["heap_kb_after"].as_u64());
+    }
+}

@@ -63,6 +63,9 @@ fn expand_file(source: &str) -> Result<String, String> {
                 let derives = take_our_derives(&mut item.attrs);
                 let expansions = expand_derives(&derives, item.to_token_stream())?;
                 item.attrs.retain(|a| !is_helper(a));
+                for field in item.fields.iter_mut() {
+                    field.attrs.retain(|a| !is_helper(a));
+                }
                 items.push(syn::Item::Struct(item));
                 items.extend(expansions);
             }

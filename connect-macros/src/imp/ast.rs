@@ -3,7 +3,7 @@
 use proc_macro2::TokenStream;
 use quote::{ToTokens, quote};
 use syn::ext::IdentExt as _;
-use syn::{DeriveInput, Generics, Ident, Visibility};
+use syn::{DeriveInput, Generics, Ident, Index, Member, Visibility};
 
 use super::attr::{self, ElementAttrs, MapAttrs};
 use super::ctxt::Ctxt;
@@ -13,15 +13,41 @@ pub(super) struct Element<'a> {
     pub(super) ident: &'a Ident,
     pub(super) generics: &'a Generics,
     pub(super) attrs: ElementAttrs,
+    /// Its fields of per-connection state, which the chain releases.
+    pub(super) states: Vec<State<'a>>,
+}
+
+/// A field of per-connection state: of type `PerConnection<...>`, or marked
+/// `#[element(state)]`.
+pub(super) struct State<'a> {
+    pub(super) member: Member,
+    pub(super) ty: &'a syn::Type,
 }
 
 impl<'a> Element<'a> {
     pub(super) fn from_syn(cx: &Ctxt, input: &'a DeriveInput) -> Self {
-        attr::misplaced(cx, &input.data, "element");
+        attr::misplaced(cx, &input.data, "element", false);
+        let mut states = Vec::new();
+        if let syn::Data::Struct(data) = &input.data {
+            for (index, field) in data.fields.iter().enumerate() {
+                let marked = attr::element_field(cx, &field.attrs);
+                if marked || is_per_connection(&field.ty) {
+                    let member = field
+                        .ident
+                        .clone()
+                        .map_or_else(|| Member::Unnamed(Index::from(index)), Member::Named);
+                    states.push(State {
+                        member,
+                        ty: &field.ty,
+                    });
+                }
+            }
+        }
         Self {
             ident: &input.ident,
             generics: &input.generics,
             attrs: attr::element(cx, &input.attrs),
+            states,
         }
     }
 
@@ -57,7 +83,7 @@ impl<'a> Map<'a> {
     /// struct.
     pub(super) fn from_syn(cx: &Ctxt, input: &'a DeriveInput) -> Option<Self> {
         let attrs = attr::map(cx, &input.attrs);
-        attr::misplaced(cx, &input.data, "map");
+        attr::misplaced(cx, &input.data, "map", true);
         let field = match &input.data {
             syn::Data::Struct(data) => match &data.fields {
                 syn::Fields::Unnamed(fields) if fields.unnamed.len() == 1 => &fields.unnamed[0],
@@ -87,6 +113,19 @@ impl<'a> Map<'a> {
     /// The runtime crate's path: `crate = "..."`, or `::connect_runtime`.
     pub(super) fn runtime(&self) -> TokenStream {
         runtime(self.attrs.krate.as_ref())
+    }
+}
+
+/// Whether `ty` is named `PerConnection<...>` (by any path): the state type
+/// the derive finds without being told.
+fn is_per_connection(ty: &syn::Type) -> bool {
+    match ty {
+        syn::Type::Path(path) if path.qself.is_none() => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "PerConnection"),
+        _ => false,
     }
 }
 

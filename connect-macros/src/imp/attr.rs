@@ -13,6 +13,9 @@ pub(super) struct ElementAttrs {
     pub(super) client: Option<syn::Path>,
     pub(super) name: Option<LitStr>,
     pub(super) krate: Option<syn::Path>,
+    /// A method `fn(&self) -> usize`: per-connection entries the element
+    /// keeps itself, reported beside its state fields'.
+    pub(super) entries: Option<syn::Path>,
 }
 
 /// What `#[map(...)]` attributes say.
@@ -22,8 +25,8 @@ pub(super) struct MapAttrs {
     pub(super) krate: Option<syn::Path>,
 }
 
-const ELEMENT_OPTIONS: &str =
-    "expected `server`, `client`, `name = \"...\"` or `crate = \"path::to::connect_runtime\"`";
+const ELEMENT_OPTIONS: &str = "expected `server`, `client`, `name = \"...\"`, \
+     `entries = \"method\"` or `crate = \"path::to::connect_runtime\"`";
 
 pub(super) fn element(cx: &Ctxt, attrs: &[Attribute]) -> ElementAttrs {
     let mut out = ElementAttrs::default();
@@ -66,6 +69,22 @@ pub(super) fn element(cx: &Ctxt, attrs: &[Attribute]) -> ElementAttrs {
                 Ok(())
             } else if path.is_ident("crate") {
                 crate_path(cx, &meta, &mut out.krate)
+            } else if path.is_ident("entries") {
+                let Some(lit) = literal::<LitStr>(&meta)? else {
+                    cx.error_spanned_by(
+                        &path,
+                        "`entries` takes a string literal naming a method: `entries = \"held\"`",
+                    );
+                    return Ok(());
+                };
+                match lit.parse::<syn::Path>() {
+                    Ok(method) => once(cx, &mut out.entries, method, "entries"),
+                    Err(_) => cx.error_spanned_by(
+                        &lit,
+                        format!("`{}` is not a method's name", lit.value()),
+                    ),
+                }
+                Ok(())
             } else {
                 cx.error_spanned_by(
                     &path,
@@ -122,10 +141,53 @@ pub(super) fn map(cx: &Ctxt, attrs: &[Attribute]) -> MapAttrs {
     out
 }
 
+/// Whether `#[element(state)]` marks a struct's field: per-connection
+/// state of a type the derive does not recognise by name.
+pub(super) fn element_field(cx: &Ctxt, attrs: &[Attribute]) -> bool {
+    let mut state: Option<syn::Path> = None;
+    for attr in attrs.iter().filter(|a| a.path().is_ident("element")) {
+        if !matches!(attr.meta, syn::Meta::List(_)) {
+            cx.error_spanned_by(attr, "expected `#[element(state)]` on a field");
+            continue;
+        }
+        let parsed = attr.parse_nested_meta(|meta| {
+            let path = meta.path.clone();
+            if path.is_ident("state") {
+                if meta.input.peek(Token![=]) || meta.input.peek(syn::token::Paren) {
+                    cx.error_spanned_by(&path, "`state` takes no value");
+                    skip_value(&meta)?;
+                }
+                once(cx, &mut state, path, "state");
+            } else {
+                let option = path_text(&path);
+                let why = if ["server", "client", "name", "crate", "entries"]
+                    .contains(&option.as_str())
+                {
+                    format!("`{option}` goes on the type itself, not on a field")
+                } else {
+                    format!("unknown field option `{option}`")
+                };
+                cx.error_spanned_by(
+                    &path,
+                    format!("{why}: on a field, `#[element(state)]` marks per-connection state"),
+                );
+                skip_value(&meta)?;
+            }
+            Ok(())
+        });
+        if let Err(err) = parsed {
+            cx.syn_error(err);
+        }
+    }
+    state.is_some()
+}
+
 /// Reports every `#[name(...)]` on a field or variant: the derive reads
-/// only the type's own attributes.
-pub(super) fn misplaced(cx: &Ctxt, data: &syn::Data, name: &str) {
+/// only the type's own attributes (and, for elements, a struct's fields'
+/// `#[element(state)]`, which `fields_too` leaves to [`element_field`]).
+pub(super) fn misplaced(cx: &Ctxt, data: &syn::Data, name: &str, fields_too: bool) {
     let fields: Vec<&syn::Field> = match data {
+        syn::Data::Struct(_) if !fields_too => Vec::new(),
         syn::Data::Struct(data) => data.fields.iter().collect(),
         syn::Data::Union(data) => data.fields.named.iter().collect(),
         syn::Data::Enum(data) => {
@@ -135,16 +197,28 @@ pub(super) fn misplaced(cx: &Ctxt, data: &syn::Data, name: &str) {
             data.variants.iter().flat_map(|v| &v.fields).collect()
         }
     };
+    // Fields of a struct an element derive reads itself: these are the
+    // others.
+    let place = if fields_too {
+        "field"
+    } else {
+        "variant's or union's field"
+    };
     for field in fields {
-        misplaced_on(cx, &field.attrs, name, "field");
+        misplaced_on(cx, &field.attrs, name, place);
     }
 }
 
 fn misplaced_on(cx: &Ctxt, attrs: &[Attribute], name: &str, place: &str) {
+    let state = if name == "element" && place != "variant" {
+        " (`#[element(state)]` goes on a struct's field)"
+    } else {
+        ""
+    };
     for attr in attrs.iter().filter(|a| a.path().is_ident(name)) {
         cx.error_spanned_by(
             attr,
-            format!("`#[{name}(...)]` goes on the type itself, not on a {place}"),
+            format!("`#[{name}(...)]` goes on the type itself, not on a {place}{state}"),
         );
     }
 }

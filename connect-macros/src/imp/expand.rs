@@ -38,6 +38,30 @@ pub(super) fn element(element: &Element<'_>) -> TokenStream {
         quote!(__connect_next),
     );
     let lt = quote!('__connect);
+    // An element with per-connection state has its entries released as its
+    // connections end, and reports them.
+    let (request_in, close_in) = if element.states.is_empty() {
+        (quote!(request_in), quote!(close_in))
+    } else {
+        (quote!(request_tracked), quote!(close_tracked))
+    };
+    let counts = element
+        .attrs
+        .entries
+        .iter()
+        .map(|method| quote!(Self::#method(self)))
+        .chain((!element.states.is_empty()).then(|| quote!(#p::entries(self))));
+    let counts: Vec<TokenStream> = counts.collect();
+    let entries = if counts.is_empty() {
+        quote!()
+    } else {
+        let f = quote!(__connect_report);
+        quote! {
+            fn connection_entries(&self, #f: &mut dyn FnMut(&'static str, usize)) {
+                #f(#span_name, #(#counts)+*);
+            }
+        }
+    };
     let mut out = quote! {
         // A function of no generics, so that a generic element's spans share
         // one callsite.
@@ -59,7 +83,7 @@ pub(super) fn element(element: &Element<'_>) -> TokenStream {
                 #call: #rt::proto::networkservice::NetworkServiceRequest,
                 #next: #rt::Next<#lt>,
             ) -> #rt::BoxFuture<#lt, #p::Result<#rt::proto::connection::Connection, #rt::Status>> {
-                #p::request_in(self, __connect_span, #ctx, #call, #next)
+                #p::#request_in(self, __connect_span, #ctx, #call, #next)
             }
 
             fn close<#lt>(
@@ -68,10 +92,30 @@ pub(super) fn element(element: &Element<'_>) -> TokenStream {
                 #call: #rt::proto::connection::Connection,
                 #next: #rt::Next<#lt>,
             ) -> #rt::BoxFuture<#lt, #p::Result<(), #rt::Status>> {
-                #p::close_in(self, __connect_span, #ctx, #call, #next)
+                #p::#close_in(self, __connect_span, #ctx, #call, #next)
             }
+            #entries
         }
     };
+    if !element.states.is_empty() {
+        // Each field is coerced where it is named, so that a type that is
+        // no state is reported once, at the field's type.
+        let each = element.states.iter().map(|state| {
+            let (member, ty) = (&state.member, state.ty);
+            quote_spanned!(ty.span()=> __connect_each(&self.#member);)
+        });
+        out.extend(quote! {
+            #[automatically_derived]
+            impl #impl_generics #p::States for #ident #ty_generics #where_clause {
+                fn each_state(
+                    &self,
+                    __connect_each: &mut dyn FnMut(&dyn #p::ConnectionState),
+                ) {
+                    #(#each)*
+                }
+            }
+        });
+    }
     let (server, client) = (&element.attrs.server, &element.attrs.client);
     let roles = [
         (client.is_none() || server.is_some(), quote!(Server)),

@@ -132,6 +132,15 @@ impl<R: Role> Chain<R> {
         Next::new(&self.elements, R::NAME, None).close(ctx, connection)
     }
 
+    /// What its elements hold per connection.
+    pub fn stats(&self) -> ChainStats {
+        let mut connection_entries = Vec::new();
+        Element::connection_entries(self, &mut |name, entries| {
+            connection_entries.push((name, entries));
+        });
+        ChainStats { connection_entries }
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         self.elements.len()
@@ -191,6 +200,34 @@ impl<R: Role> Element for Chain<R> {
                 .close(ctx, connection)
                 .await
         })
+    }
+
+    fn connection_entries(&self, f: &mut dyn FnMut(&'static str, usize)) {
+        for element in self.elements.iter() {
+            element.connection_entries(f);
+        }
+    }
+}
+
+/// What a chain's elements hold: see [`Chain::stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChainStats {
+    /// Each element that keeps state per connection (those of nested
+    /// chains included), in chain order: its name, and the entries it
+    /// holds (over all its state fields). A leak shows here as a number
+    /// that only grows.
+    pub connection_entries: Vec<(&'static str, usize)>,
+}
+
+impl ChainStats {
+    /// The entries the element `name` holds (the first of that name), if
+    /// it is in the chain.
+    pub fn entries_of(&self, name: &str) -> Option<usize> {
+        self.connection_entries
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, entries)| *entries)
     }
 }
 

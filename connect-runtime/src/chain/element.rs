@@ -86,6 +86,15 @@ pub trait Element: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), Status>> {
         Box::pin(next.close(ctx, connection))
     }
+
+    /// Tells `f` how many per-connection entries this element holds, as
+    /// `f(name, entries)`, and does the same for any element it contains
+    /// (a nested chain's). What [`Chain::stats`](super::Chain::stats)
+    /// reports. The default reports nothing; derived elements report their
+    /// [`PerConnection`](crate::PerConnection) fields.
+    fn connection_entries(&self, f: &mut dyn FnMut(&'static str, usize)) {
+        let _ = f;
+    }
 }
 
 /// The rest of the chain after the current element.
@@ -276,5 +285,9 @@ impl<T: Element + ?Sized> Element for Arc<T> {
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<(), Status>> {
         (**self).close(ctx, connection, next)
+    }
+
+    fn connection_entries(&self, f: &mut dyn FnMut(&'static str, usize)) {
+        (**self).connection_entries(f);
     }
 }

@@ -11,6 +11,7 @@ use tracing::instrument::Instrumented;
 use tracing::{Instrument, Span};
 
 use super::{BoxFuture, Context, Next};
+use crate::map::ConnectionState;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
 
@@ -104,6 +105,113 @@ pub fn close_in<'a, E: Hooks>(
         Hooks::close(element, ctx, connection, next),
         span,
     ))
+}
+
+/// The per-connection state of a derived element: its fields that implement
+/// [`ConnectionState`]. For the derive's expansion.
+#[doc(hidden)]
+pub trait States {
+    /// Calls `f` on each state field, in declaration order.
+    fn each_state(&self, f: &mut dyn FnMut(&dyn ConnectionState));
+}
+
+/// As [`request_in`], for an element with per-connection state: a request
+/// for an id that had no entry in a state field, and that fails or is given
+/// up, leaves none there.
+#[doc(hidden)]
+pub fn request_tracked<'a, E: Hooks + States>(
+    element: &'a E,
+    span: fn(&'static str, &str) -> Span,
+    ctx: Context,
+    request: NetworkServiceRequest,
+    next: Next<'a>,
+) -> BoxFuture<'a, Result<Connection, Status>> {
+    let id = connection_id(&request);
+    let span = span(next.role(), id);
+    let (mut fresh, mut field) = (0u64, 0);
+    element.each_state(&mut |state| {
+        if field < u64::BITS && !state.contains(id) {
+            fresh |= 1 << field;
+        }
+        field += 1;
+    });
+    let release = Release::new(element, id, fresh);
+    Box::pin(Recorded::new(
+        async move {
+            // Moved in whole, so that it drops with the call.
+            let mut release = release;
+            let result = Hooks::request(element, ctx, request, next).await;
+            if result.is_ok() {
+                release.fields = 0;
+            }
+            result
+        },
+        span,
+    ))
+}
+
+/// As [`close_in`], for an element with per-connection state: the
+/// connection's entries are removed once the close has run through the
+/// element (or was given up).
+#[doc(hidden)]
+pub fn close_tracked<'a, E: Hooks + States>(
+    element: &'a E,
+    span: fn(&'static str, &str) -> Span,
+    ctx: Context,
+    connection: Connection,
+    next: Next<'a>,
+) -> BoxFuture<'a, Result<(), Status>> {
+    let span = span(next.role(), &connection.id);
+    let release = Release::new(element, &connection.id, u64::MAX);
+    Box::pin(Recorded::new(
+        async move {
+            let _release = release;
+            Hooks::close(element, ctx, connection, next).await
+        },
+        span,
+    ))
+}
+
+/// The total of a derived element's state entries, for
+/// [`Element::connection_entries`](super::Element::connection_entries).
+#[doc(hidden)]
+pub fn entries<E: States>(element: &E) -> usize {
+    let mut total = 0;
+    element.each_state(&mut |state| total += state.len());
+    total
+}
+
+/// Removes an id's entry from the state fields whose bits are set, when
+/// dropped: after the call, or with it if its caller gives it up.
+struct Release<'a, E: States> {
+    element: &'a E,
+    id: Box<str>,
+    fields: u64,
+}
+
+impl<'a, E: States> Release<'a, E> {
+    fn new(element: &'a E, id: &str, fields: u64) -> Self {
+        Self {
+            element,
+            id: id.into(),
+            fields,
+        }
+    }
+}
+
+impl<E: States> Drop for Release<'_, E> {
+    fn drop(&mut self) {
+        if self.fields == 0 {
+            return;
+        }
+        let mut field = 0;
+        self.element.each_state(&mut |state| {
+            if field >= u64::BITS || self.fields & (1 << field) != 0 {
+                state.release(&self.id);
+            }
+            field += 1;
+        });
+    }
 }
 
 /// The id of a request's connection, for spans; empty if it has none.

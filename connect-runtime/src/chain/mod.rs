@@ -9,10 +9,12 @@ mod context;
 mod element;
 mod hooks;
 
-pub use chains::{Chain, ChainBuilder, Client, ClientChain, Joins, Role, Server, ServerChain};
+pub use chains::{
+    Chain, ChainBuilder, ChainStats, Client, ClientChain, Joins, Role, Server, ServerChain,
+};
 pub use context::{Bounded, ClientCancel, Context};
 pub use element::{BoxFuture, Element, Next, NextFuture};
 pub(crate) use hooks::connection_id;
 pub use hooks::{Hooks, Recorded};
 #[doc(hidden)]
-pub use hooks::{close_in, request_in};
+pub use hooks::{States, close_in, close_tracked, entries, request_in, request_tracked};

@@ -2,11 +2,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::poll_fn;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_util::time::{DelayQueue, delay_queue};
 use tonic::{Code, Status};
 
@@ -15,13 +16,17 @@ use crate::elements::DEFAULT_CLEANUP_TIMEOUT;
 use crate::elements::changes::Changes;
 use crate::elements::turns::Turns;
 use crate::elements::updatepath::DEFAULT_MAX_TOKEN_LIFETIME;
+use crate::map::PerConnection;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
-use crate::sync::lock;
 
 /// The longest a timer is set for, whatever expiry a caller claims: within
 /// what the timer wheel holds (about two years).
 const LONGEST_TIMER: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Expiry closes running at once, at most: a burst of connections that
+/// expire together is closed at this pace, not all at once.
+const CLOSING_AT_ONCE: usize = 256;
 
 /// Closes connections their callers stopped refreshing, as NSM's `timeout`
 /// server element does: when the caller's path segment `expires` (the
@@ -42,7 +47,9 @@ const LONGEST_TIMER: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 ///   other and with the expiry's close: an expiry never overlaps a refresh
 ///   or a Close, and never closes a connection twice.
 /// - One task and one timer wheel serve every connection; the task starts
-///   with the first request and ends when the element is dropped.
+///   with the first request and ends when the element is dropped. At most
+///   256 expiry closes run at once: a burst that expires together is
+///   closed at that pace.
 ///
 /// ```
 /// use std::time::Duration;
@@ -92,7 +99,8 @@ struct Shared {
     rest: ServerChain,
     max_lifetime: Duration,
     turns: Turns,
-    live: Mutex<HashMap<Arc<str>, Live>>,
+    /// Boxed: a table's empty slots cost a pointer, not a connection.
+    live: PerConnection<Box<Live>>,
     timer: OnceLock<mpsc::UnboundedSender<Command>>,
     generations: AtomicU64,
     expired: AtomicU64,
@@ -128,7 +136,7 @@ impl Expire {
                 rest,
                 max_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
                 turns: Turns::default(),
-                live: Mutex::default(),
+                live: PerConnection::new(),
                 timer: OnceLock::new(),
                 generations: AtomicU64::new(0),
                 expired: AtomicU64::new(0),
@@ -155,7 +163,7 @@ impl Expire {
     /// A snapshot of what it holds.
     pub fn stats(&self) -> ExpireStats {
         ExpireStats {
-            connections: lock(&self.shared.live).len(),
+            connections: self.shared.live.len(),
             expired: self.shared.expired.load(Ordering::Relaxed),
             superseded: self.shared.superseded.load(Ordering::Relaxed),
             waiting: self.shared.turns.waiting(),
@@ -216,7 +224,7 @@ impl Shared {
                 early
             },
         };
-        lock(&self.live).insert(Arc::clone(&id), live);
+        self.live.set(&id, Box::new(live));
         self.changed.notify();
         let at = Instant::now() + lives.saturating_sub(early);
         self.send(Command::Arm { id, generation, at });
@@ -231,7 +239,7 @@ impl Shared {
         let _turn = self.turns.take(&id).await;
         let result = Element::close(&self.rest, ctx, conn, next).await;
         let retry = matches!(&result, Err(s) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled));
-        if !retry && lock(&self.live).remove(&id).is_some() {
+        if !retry && self.live.take_if(&id, |_| true).is_some() {
             self.changed.notify();
             self.send(Command::Disarm(id));
         }
@@ -241,13 +249,7 @@ impl Shared {
     /// Closes `id` if the request that armed this expiry was its last.
     async fn expire(&self, id: Arc<str>, generation: u64) {
         let _turn = self.turns.take(&id).await;
-        let live = {
-            let mut live = lock(&self.live);
-            match live.get(&id) {
-                Some(l) if l.generation == generation => live.remove(&id),
-                _ => None,
-            }
-        };
+        let live = self.live.take_if(&id, |l| l.generation == generation);
         let Some(live) = live else {
             self.superseded.fetch_add(1, Ordering::Relaxed);
             self.changed.notify();
@@ -311,6 +313,7 @@ impl Expire {
 async fn run_timer(shared: Weak<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
     let mut wheel: DelayQueue<(Arc<str>, u64)> = DelayQueue::new();
     let mut keys: HashMap<Arc<str>, delay_queue::Key> = HashMap::new();
+    let closing = Arc::new(Semaphore::new(CLOSING_AT_ONCE));
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -320,22 +323,56 @@ async fn run_timer(shared: Weak<Shared>, mut commands: mpsc::UnboundedReceiver<C
                     if let Some(key) = keys.remove(&id) {
                         wheel.remove(&key);
                     }
-                    let key = wheel.insert_at((Arc::clone(&id), generation), at.into());
+                    let key = wheel.insert_at((Arc::clone(&id), generation), at);
                     keys.insert(id, key);
                 }
                 Some(Command::Disarm(id)) => {
                     if let Some(key) = keys.remove(&id) {
                         wheel.remove(&key);
+                        give_back(&mut wheel, &mut keys);
                     }
                 }
             },
-            Some(expired) = poll_fn(|cx| wheel.poll_expired(cx)) => {
+            Some((expired, permit)) = next_expired(&mut wheel, &closing) => {
                 let (id, generation) = expired.into_inner();
                 keys.remove(&id);
+                give_back(&mut wheel, &mut keys);
                 let Some(shared) = shared.upgrade() else { return };
-                tokio::spawn(async move { shared.expire(id, generation).await });
+                tokio::spawn(async move {
+                    shared.expire(id, generation).await;
+                    drop(permit);
+                });
             }
         }
+    }
+}
+
+/// The next expiry, once fewer than [`CLOSING_AT_ONCE`] closes are running:
+/// the permit is the right to run its close.
+async fn next_expired(
+    wheel: &mut DelayQueue<(Arc<str>, u64)>,
+    closing: &Arc<Semaphore>,
+) -> Option<(delay_queue::Expired<(Arc<str>, u64)>, OwnedSemaphorePermit)> {
+    let permit = Arc::clone(closing).acquire_owned().await.ok()?;
+    let expired = poll_fn(|cx| wheel.poll_expired(cx)).await?;
+    Some((expired, permit))
+}
+
+/// Returns the room of expiries gone to the allocator once three quarters
+/// of it is empty, so that a burst of connections that all ended leaves
+/// nothing behind (amortised: the room at least halves each time).
+fn give_back(
+    wheel: &mut DelayQueue<(Arc<str>, u64)>,
+    keys: &mut HashMap<Arc<str>, delay_queue::Key>,
+) {
+    const MIN_ROOM: usize = 64;
+    if keys.capacity() > MIN_ROOM && keys.len() * 4 < keys.capacity() {
+        keys.shrink_to(keys.len() * 2);
+    }
+    if wheel.is_empty() && wheel.capacity() > MIN_ROOM {
+        *wheel = DelayQueue::new();
+    } else if wheel.capacity() > MIN_ROOM && wheel.len() * 4 < wheel.capacity() {
+        wheel.shrink_to_fit();
     }
 }
 
@@ -357,6 +394,11 @@ impl Element for Expire {
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<(), Status>> {
         Box::pin(self.shared.close(ctx, connection, next))
+    }
+
+    fn connection_entries(&self, f: &mut dyn FnMut(&'static str, usize)) {
+        f("Expire", self.shared.live.len());
+        self.shared.rest.connection_entries(f);
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod codec;
 mod compare;
+mod expiry;
 mod measure;
 mod options;
 mod rotation;
@@ -43,6 +44,9 @@ fn main() -> ExitCode {
             .unwrap_or_else(|panic| Err(format!("the workload panicked: {panic}"))),
         options::Command::Compare { run, rounds } => compare::run(&run, rounds),
         options::Command::Codec { iters, rounds } => codec::run(iters, rounds),
+        options::Command::Expiry(expiry) => runtime
+            .block_on(runtime.spawn(expiry::run(expiry)))
+            .unwrap_or_else(|panic| Err(format!("the expiry run panicked: {panic}"))),
         options::Command::Rotation(rotation) => runtime
             .block_on(runtime.spawn(rotation::run(rotation)))
             .unwrap_or_else(|panic| Err(format!("the rotation run panicked: {panic}"))),

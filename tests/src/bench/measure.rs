@@ -156,6 +156,17 @@ pub(crate) fn round(value: f64, decimals: i32) -> f64 {
     (value * scale).round() / scale
 }
 
+/// This process's resident set now (`VmRSS`), in KiB.
+pub(crate) fn rss_kb() -> Result<u64, String> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("reading /proc/self/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no VmRSS in /proc/self/status".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,6 +71,27 @@ enum Sub {
         #[arg(long, value_enum, default_value = "client")]
         side: Side,
     },
+    /// Connections whose callers vanish, through updatepath, expire and
+    /// connect in one process before null remotes: the heap in use before,
+    /// with all live, and once all expired; one JSON line.
+    Expiry {
+        /// Connections opened and then abandoned.
+        #[arg(long, default_value_t = 100_000, value_parser = positive)]
+        connections: usize,
+        /// Remotes they spread over.
+        #[arg(long, default_value_t = 100, value_parser = positive)]
+        remotes: usize,
+        /// Requests in flight at once while opening.
+        #[arg(long, default_value_t = 64, value_parser = positive)]
+        concurrency: usize,
+        /// Milliseconds each connection's caller segment lives: longer than
+        /// opening them all takes.
+        #[arg(long, default_value_t = 30_000, value_parser = positive)]
+        ttl_ms: usize,
+        /// Populations, one after another: a leak grows round over round.
+        #[arg(long, default_value_t = 2, value_parser = positive)]
+        rounds: usize,
+    },
     /// Decode and encode a typical NetworkServiceRequest, without and with a
     /// newer peer's fields, with connect-proto's messages and plain prost's;
     /// one JSON line each, nanoseconds per operation.
@@ -134,10 +155,19 @@ pub(crate) enum Command {
         rounds: usize,
     },
     Rotation(Rotation),
+    Expiry(Expiry),
     Codec {
         iters: usize,
         rounds: usize,
     },
+}
+
+pub(crate) struct Expiry {
+    pub(crate) connections: usize,
+    pub(crate) remotes: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) ttl: Duration,
+    pub(crate) rounds: usize,
 }
 
 pub(crate) struct Rotation {
@@ -264,6 +294,19 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
             rotations,
             period: Duration::from_millis(period_ms as u64),
             server: side == Side::Server,
+        }),
+        Sub::Expiry {
+            connections,
+            remotes,
+            concurrency,
+            ttl_ms,
+            rounds,
+        } => Command::Expiry(Expiry {
+            connections,
+            remotes,
+            concurrency,
+            ttl: Duration::from_millis(ttl_ms as u64),
+            rounds,
         }),
         Sub::Codec { iters, rounds } => Command::Codec { iters, rounds },
     })

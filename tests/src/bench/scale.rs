@@ -13,7 +13,7 @@ use url::Url;
 
 use connect_tests::population::{each, shuffled};
 
-use crate::measure::{Latencies, cpu_time, round};
+use crate::measure::{Latencies, cpu_time, round, rss_kb};
 use crate::options::{Mode, Run};
 use crate::workload::Caller;
 
@@ -180,15 +180,4 @@ pub(crate) async fn run(run: &Run, remotes: &[Arc<Url>]) -> Result<String, Strin
         errors: population.errors.load(Ordering::Relaxed),
     };
     Ok(serde_json::to_string(&line).expect("a report serialises"))
-}
-
-/// This process's resident set now (`VmRSS`), in KiB.
-fn rss_kb() -> Result<u64, String> {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| format!("reading /proc/self/status: {e}"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| "no VmRSS in /proc/self/status".to_owned())
 }

@@ -31,6 +31,7 @@ fixture!(server_element);
 fixture!(client_element);
 fixture!(both_roles);
 fixture!(generic_element);
+fixture!(stateful_element);
 
 use connect_runtime::map::{Released, SyncMap};
 use connect_runtime::{ClientChain, Context, ServerChain};
@@ -140,5 +141,23 @@ async fn elements_behave_the_same_derived_and_expanded() {
         let chain = ServerChain::builder().with(m::Tag { value: 42u16 }).build();
         let reply = chain.request(Context::new(), request("1")).await.unwrap();
         assert_eq!(reply.labels["tag"], "42");
+    });
+    both!(stateful_element, |m| {
+        let seen = std::sync::Arc::new(m::Seen {
+            limit: 1,
+            ..Default::default()
+        });
+        let chain = ServerChain::builder().with(seen.clone()).build();
+        let reply = chain.request(Context::new(), request("1")).await.unwrap();
+        assert_eq!(chain.stats().entries_of("Seen"), Some(2));
+        // Over the limit: a refresh fails, and keeps its entries.
+        assert!(chain.request(Context::new(), request("1")).await.is_err());
+        assert_eq!(chain.stats().entries_of("Seen"), Some(2));
+        // A close leaves nothing of the state; what the element counts
+        // itself is added.
+        chain.close(Context::new(), reply).await.unwrap();
+        assert_eq!(chain.stats().entries_of("Seen"), Some(0));
+        seen.reserved.store(5, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(chain.stats().entries_of("Seen"), Some(5));
     });
 }

@@ -120,7 +120,7 @@ pub const DEFAULT_CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Element)]
-#[element(server, name = "connect")]
+#[element(server, name = "connect", entries = "records_held")]
 pub struct Connect {
     shared: Arc<Shared>,
 }
@@ -358,6 +358,12 @@ impl Connect {
                 () = clients_changed => {}
             }
         }
+    }
+
+    /// Its connection records, for [`Chain::stats`](crate::Chain::stats):
+    /// they end with the remote's close, so connect keeps them itself.
+    fn records_held(&self) -> usize {
+        self.shared.records.len()
     }
 
     /// A snapshot of its connections and clients.

@@ -19,6 +19,7 @@ use url::Url;
 
 /// A served hop before `remote`, and a caller of it.
 struct Hop {
+    chain: ServerChain,
     connect: Connect,
     expire: Expire,
     caller: NetworkServiceClient<Channel>,
@@ -33,15 +34,14 @@ impl Hop {
             .with(connect.clone())
             .build();
         let expire = Expire::new(rest).max_lifetime(max_lifetime);
-        let served = start_tcp(
-            ServerChain::builder()
-                .with(UpdatePath::new("hop").max_lifetime(max_lifetime))
-                .with(expire.clone())
-                .build(),
-        )
-        .await;
+        let chain = ServerChain::builder()
+            .with(UpdatePath::new("hop").max_lifetime(max_lifetime))
+            .with(expire.clone())
+            .build();
+        let served = start_tcp(chain.clone()).await;
         let caller = tonic_caller(served.url()).await;
         Self {
+            chain,
             connect,
             expire,
             caller,
@@ -109,7 +109,10 @@ async fn callers_that_vanish_have_every_connection_closed_at_the_remote() {
         hop.request(conn).await.unwrap();
     }
     assert_eq!(ledger.open().len(), 20);
-    assert_eq!(hop.expire.stats().connections, 20);
+    assert_eq!(
+        hop.chain.stats().connection_entries,
+        [("Expire", 20), ("connect", 20)]
+    );
     // Nobody refreshes or closes.
     let stats = settle(
         "every connection to expire",
@@ -125,6 +128,10 @@ async fn callers_that_vanish_have_every_connection_closed_at_the_remote() {
     assert_eq!(ledger.closes(), 20, "each connection closed once");
     assert_eq!(ledger.overlaps(), 0);
     assert_no_leaks(&hop.connect, &[&remote]).await;
+    assert_eq!(
+        hop.chain.stats().connection_entries,
+        [("Expire", 0), ("connect", 0)]
+    );
 }
 
 #[tokio::test]

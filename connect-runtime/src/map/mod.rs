@@ -9,6 +9,9 @@
 //! in [`SyncMap::delete_if`]. Those must not touch the same map (its shard's
 //! lock is held). Declare a named, typed map over one of them with
 //! [`ConcurrentMap`](crate::ConcurrentMap).
+//!
+//! [`PerConnection`] is the third: an element's state for each connection,
+//! whose entries the chain removes when their connection ends there.
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -19,6 +22,10 @@ use std::sync::{Mutex, MutexGuard};
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 use crate::sync::lock;
+
+mod per_connection;
+
+pub use per_connection::{ConnectionState, PerConnection};
 
 /// Keys are hashed with a seed of each map's own, as Go's maps are: fast
 /// (foldhash), not a cryptographic hash as std's `RandomState` is, whose
@@ -106,14 +113,24 @@ impl<K: Hash + Eq, T> Locked<'_, K, T> {
             .map(|(_, t)| t)
     }
 
+    /// Removes `key`. A table left three-quarters empty gives memory back,
+    /// so that a map that once held many entries does not keep their room
+    /// (amortised: the table at least halves each time).
     fn remove<Q: Eq + ?Sized>(&mut self, key: &Q) -> Option<T>
     where
         K: Borrow<Q>,
     {
-        self.table
+        let removed = self
+            .table
             .find_entry(self.hash, |(k, _)| k.borrow() == key)
             .ok()
-            .map(|entry| entry.remove().0.1)
+            .map(|entry| entry.remove().0.1);
+        let (len, capacity) = (self.table.len(), self.table.capacity());
+        if capacity > MIN_SHRINK_CAPACITY && len * 4 < capacity {
+            let hasher = self.hasher;
+            self.table.shrink_to(len * 2, |(k, _)| hasher.hash_one(k));
+        }
+        removed
     }
 
     /// The value for `key`, inserting `make()`'s if there is none; and
@@ -186,6 +203,9 @@ impl<K: Hash + Eq, T> Shards<K, T> {
         }
     }
 }
+
+/// A shard's table smaller than this keeps its room when entries go.
+const MIN_SHRINK_CAPACITY: usize = 64;
 
 /// Where in the 64-bit hash the shard index is taken from.
 const SHARD_BITS_AT: u32 = 32;
