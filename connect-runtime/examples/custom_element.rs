@@ -150,7 +150,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for n in 0..20 {
         let id = format!("abandoned-{n}");
         vanishing
-            .request(Context::new(), request(&id, Duration::from_millis(500)))
+            .request(Context::new(), request(&id, Duration::from_secs(2)))
             .await?;
     }
     println!("abandoned: endpoint holds {:?}", endpoint.stats());

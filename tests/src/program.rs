@@ -15,16 +15,22 @@ use crate::harness::settle;
 /// The example binary `cargo test --workspace` builds beside the test
 /// binaries (`target/<profile>/examples/passthrough`).
 pub fn binary() -> PathBuf {
+    example("passthrough")
+}
+
+/// The runtime's example `name`, as `cargo test --workspace` builds it
+/// (`target/<profile>/examples/<name>`).
+pub fn example(name: &str) -> PathBuf {
     let test_binary = std::env::current_exe().expect("the test binary's path");
     let profile_dir = test_binary
         .parent()
         .and_then(|deps| deps.parent())
         .expect("test binaries live in target/<profile>/deps");
-    let path = profile_dir.join("examples").join("passthrough");
+    let path = profile_dir.join("examples").join(name);
     assert!(
         path.exists(),
         "{} is missing: run the tests with `cargo test --workspace` (which builds the examples) \
-         or build it with `cargo build -p connect-runtime --example passthrough`",
+         or build it with `cargo build -p connect-runtime --example {name}`",
         path.display()
     );
     path

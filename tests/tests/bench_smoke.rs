@@ -244,3 +244,38 @@ async fn the_expiry_workload_expires_everything_it_opened() {
         assert!(line["heap_kb_at_n"].as_u64() > line["heap_kb_after"].as_u64());
     }
 }
+
+/// `elements` reports every chain it compares.
+#[tokio::test]
+async fn the_elements_workload_reports_each_chain() {
+    let output = Command::new(env!("CARGO_BIN_EXE_connect-bench"))
+        .args(["elements", "--connections", "50", "--rounds", "1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let chains: Vec<String> = stdout
+        .lines()
+        .map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).expect("one JSON object");
+            assert!(line["ns_per_connection"].as_f64().unwrap() > 0.0, "{line}");
+            line["chain"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        chains,
+        [
+            "passthrough",
+            "updatepath",
+            "expire",
+            "updatepath+expire",
+            "plain-state",
+            "per-connection-state"
+        ]
+    );
+}

@@ -185,7 +185,8 @@ pub fn entries<E: States>(element: &E) -> usize {
 /// dropped: after the call, or with it if its caller gives it up.
 struct Release<'a, E: States> {
     element: &'a E,
-    id: Box<str>,
+    /// Copied only if there is something to release (not for a refresh).
+    id: Option<Box<str>>,
     fields: u64,
 }
 
@@ -193,7 +194,7 @@ impl<'a, E: States> Release<'a, E> {
     fn new(element: &'a E, id: &str, fields: u64) -> Self {
         Self {
             element,
-            id: id.into(),
+            id: (fields != 0).then(|| id.into()),
             fields,
         }
     }
@@ -201,13 +202,13 @@ impl<'a, E: States> Release<'a, E> {
 
 impl<E: States> Drop for Release<'_, E> {
     fn drop(&mut self) {
-        if self.fields == 0 {
+        let Some(id) = self.id.as_deref().filter(|_| self.fields != 0) else {
             return;
-        }
+        };
         let mut field = 0;
         self.element.each_state(&mut |state| {
             if field >= u64::BITS || self.fields & (1 << field) != 0 {
-                state.release(&self.id);
+                state.release(id);
             }
             field += 1;
         });

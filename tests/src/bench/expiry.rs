@@ -96,6 +96,18 @@ struct Hop {
     chain: ServerChain,
     expire: Expire,
     connect: Connect,
+    remotes: Vec<ServerHandle>,
+}
+
+impl Hop {
+    /// Until connect holds nothing and every remote has seen its
+    /// connection from connect close: nothing is still being torn down.
+    async fn settled(&self) {
+        self.connect.idle().await;
+        for remote in &self.remotes {
+            remote.wait_connections(|c| c.open == 0).await;
+        }
+    }
 }
 
 impl Hop {
@@ -129,7 +141,7 @@ impl Hop {
             .wait_for(|s| s.expired >= expired_before + live)
             .await;
         let expiry_ms = first_due.elapsed().as_secs_f64() * 1e3;
-        self.connect.idle().await;
+        self.settled().await;
         let stats = self.chain.stats();
         let entries_after = stats.connection_entries.iter().map(|(_, e)| e).sum();
         let connect_stats = self.connect.stats();
@@ -225,13 +237,14 @@ pub(crate) async fn run(options: Expiry) -> Result<(), String> {
             .await
             .map_err(|s| format!("warming up: {}", s.message()))?;
     }
-    connect.idle().await;
-    let heap_kb_at_zero = heap_kb();
     let hop = Hop {
         chain,
         expire,
         connect,
+        remotes: servers,
     };
+    hop.settled().await;
+    let heap_kb_at_zero = heap_kb();
     for round in 1..=options.rounds {
         let line = hop.round(&options, round, heap_kb_at_zero).await?;
         println!(
@@ -240,7 +253,7 @@ pub(crate) async fn run(options: Expiry) -> Result<(), String> {
         );
     }
     stop.cancel();
-    for server in servers {
+    for server in hop.remotes {
         server.stopped().await;
     }
     Ok(())

@@ -5,6 +5,7 @@
 
 mod codec;
 mod compare;
+mod elements;
 mod expiry;
 mod measure;
 mod options;
@@ -44,6 +45,10 @@ fn main() -> ExitCode {
             .unwrap_or_else(|panic| Err(format!("the workload panicked: {panic}"))),
         options::Command::Compare { run, rounds } => compare::run(&run, rounds),
         options::Command::Codec { iters, rounds } => codec::run(iters, rounds),
+        options::Command::Elements {
+            connections,
+            rounds,
+        } => elements::run(connections, rounds),
         options::Command::Expiry(expiry) => runtime
             .block_on(runtime.spawn(expiry::run(expiry)))
             .unwrap_or_else(|panic| Err(format!("the expiry run panicked: {panic}"))),

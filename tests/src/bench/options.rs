@@ -92,6 +92,18 @@ enum Sub {
         #[arg(long, default_value_t = 2, value_parser = positive)]
         rounds: usize,
     },
+    /// What the hop's own elements cost: connections opened, refreshed and
+    /// closed in process through chains that differ by one element
+    /// (updatepath, expire, per-connection state); one JSON line each,
+    /// nanoseconds per connection.
+    Elements {
+        /// Connections per round.
+        #[arg(long, default_value_t = 20_000, value_parser = positive)]
+        connections: usize,
+        /// Measured rounds (the median is reported).
+        #[arg(long, default_value_t = 7, value_parser = positive)]
+        rounds: usize,
+    },
     /// Decode and encode a typical NetworkServiceRequest, without and with a
     /// newer peer's fields, with connect-proto's messages and plain prost's;
     /// one JSON line each, nanoseconds per operation.
@@ -156,6 +168,10 @@ pub(crate) enum Command {
     },
     Rotation(Rotation),
     Expiry(Expiry),
+    Elements {
+        connections: usize,
+        rounds: usize,
+    },
     Codec {
         iters: usize,
         rounds: usize,
@@ -308,6 +324,13 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
             ttl: Duration::from_millis(ttl_ms as u64),
             rounds,
         }),
+        Sub::Elements {
+            connections,
+            rounds,
+        } => Command::Elements {
+            connections,
+            rounds,
+        },
         Sub::Codec { iters, rounds } => Command::Codec { iters, rounds },
     })
 }

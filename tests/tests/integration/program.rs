@@ -9,7 +9,7 @@ use connect_runtime::proto::networkservice::network_service_client::NetworkServi
 use connect_runtime::{ClientConn, DialOptions, ServerChain, dial};
 use connect_tests::elements::{Capture, Count, Gate, Ledger, Op};
 use connect_tests::harness::settle;
-use connect_tests::program::{Program, run};
+use connect_tests::program::{Program, example, run};
 use connect_tests::remote::{start_tcp, unix_url};
 use connect_tests::request;
 use tempfile::TempDir;
@@ -545,4 +545,33 @@ async fn help_lists_every_option() {
     assert!(help.contains("[env: NSM_CONNECT_TO=]"), "{help}");
     assert!(help.contains("TLS:"), "{help}");
     assert!(help.contains("runs the demo"), "{help}");
+}
+
+/// The element users copy: after a refused request, a close, and 20
+/// connections whose callers vanished, its state is empty again on both
+/// sides of the wire.
+#[tokio::test]
+async fn the_custom_element_example_ends_holding_nothing() {
+    let output = settle(
+        "the custom element example to finish",
+        tokio::process::Command::new(example("custom_element"))
+            .env("RUST_LOG", "off")
+            .output(),
+    )
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let line = |start: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no `{start}` line in {stdout}"))
+            .to_owned()
+    };
+    assert!(line("attempt 3: refused: ResourceExhausted").contains("c-1"));
+    assert!(line("after the close: client holds").contains(r#"[("Quota", 0)]"#));
+    assert!(line("after the close: endpoint holds").contains(r#"[("Expire", 0), ("Quota", 0)]"#));
+    assert!(line("abandoned: endpoint holds").contains(r#"[("Expire", 20), ("Quota", 20)]"#));
+    assert!(line("expired: endpoint holds").contains(r#"[("Expire", 0), ("Quota", 0)]"#));
 }
