@@ -20,10 +20,10 @@
 
 use std::time::Duration;
 
+use connect_runtime::CancellationToken;
 use connect_runtime::prelude::*;
 use connect_runtime::proto::connection::{Path, PathSegment};
 use connect_runtime::{Expire, UpdatePath, dial, serve};
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::fmt::format::FmtSpan;
 
 /// Admits at most `limit` requests per connection id.

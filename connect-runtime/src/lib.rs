@@ -24,7 +24,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use connect_runtime::prelude::*;
 //! use connect_runtime::{dial, serve};
-//! use tokio_util::sync::CancellationToken;
+//! use connect_runtime::CancellationToken;
 //!
 //! // A remote NSM endpoint, served on a free loopback port.
 //! let stop = CancellationToken::new();
@@ -63,8 +63,15 @@ pub mod transport;
 
 /// The NSM wire API (`connect-proto`), re-exported.
 pub use connect_proto as proto;
+/// What stops a server (`serve`, `Serve::shutdown_on`) and a `connect`
+/// element (`ConnectBuilder::shutdown_on`), re-exported from tokio-util so
+/// that no other dependency is needed to call them.
+pub use tokio_util::sync::CancellationToken;
 /// The error every hook returns, re-exported from tonic.
 pub use tonic::Status;
+/// The URLs remotes and listeners are named by (`tcp://host:port`,
+/// `unix:///path`), re-exported from the `url` crate.
+pub use url::Url;
 
 pub use chain::{
     BoxFuture, Chain, ChainBuilder, ClientCancel, ClientChain, Context, Element, Hooks, Next,

@@ -16,8 +16,8 @@
 pub use crate::proto::connection::Connection;
 pub use crate::proto::networkservice::NetworkServiceRequest;
 pub use crate::{
-    ClientChain, ClientUrl, ConcurrentMap, Connect, Context, DialOptions, GrpcClient, Hooks, Next,
-    Passthrough, PerConnection, Serve, ServerChain, Status,
+    CancellationToken, ClientChain, ClientUrl, ConcurrentMap, Connect, Context, DialOptions,
+    GrpcClient, Hooks, Next, Passthrough, PerConnection, Serve, ServerChain, Status,
 };
 /// The derive only: the [`Element`](crate::Element) trait's methods would
 /// make `element.request(...)` ambiguous beside [`Hooks`]'.

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -36,10 +37,16 @@ pub fn example(name: &str) -> PathBuf {
     path
 }
 
-/// A running program that has said where it listens.
+/// A running program that has said where it listens. Its stderr is kept,
+/// and printed only if the test fails: tests that provoke failures on
+/// purpose stay quiet.
 pub struct Program {
     child: Child,
     url: Url,
+    /// The line that said where it listens.
+    announcement: String,
+    logs: Arc<Mutex<Vec<String>>>,
+    reading: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Program {
@@ -65,34 +72,67 @@ impl Program {
 
     /// As [`Program::start`], with `env` added to its environment. The
     /// program logs at `warn`, or as `PROGRAM_LOG` says (a `RUST_LOG`
-    /// filter), to the test's stderr.
+    /// filter) unless `env` sets `RUST_LOG`; see [`Program::logs`].
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = command()
             .args(args)
-            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("PROGRAM_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("the program starts");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let reading = {
+            let stderr = child.stderr.take().expect("stderr is piped");
+            let logs = Arc::clone(&logs);
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    logs.lock().unwrap().push(line);
+                }
+            })
+        };
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
         let line = settle("the program to say where it listens", lines.next_line())
             .await
             .expect("reading the program's stdout")
             .expect("the program printed a line");
-        let url = line
-            .split_once("listening on ")
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .and_then(|url| Url::parse(url).ok())
-            .unwrap_or_else(|| panic!("no URL in {line:?}"));
+        // `<role> listening on <url> …`, or in JSON mode an object whose
+        // `listening_on` is the URL.
+        let url = match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(json) => json["listening_on"].as_str().map(str::to_owned),
+            Err(_) => line
+                .split_once("listening on ")
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .map(str::to_owned),
+        }
+        .and_then(|url| Url::parse(&url).ok())
+        .unwrap_or_else(|| panic!("no URL in {line:?}"));
         // Keep draining stdout so the program never blocks writing to it.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, url }
+        Self {
+            child,
+            url,
+            announcement: line,
+            logs,
+            reading: Some(reading),
+        }
+    }
+
+    /// The line on stdout that said where it listens.
+    pub fn announcement(&self) -> &str {
+        &self.announcement
+    }
+
+    /// What the program has written to stderr so far, a line each.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
     }
 
     /// Where the program listens (with the port it bound).
@@ -107,10 +147,32 @@ impl Program {
     }
 
     /// Waits for the program to exit.
-    pub async fn exited(mut self) -> ExitStatus {
-        settle("the program to exit", self.child.wait())
+    pub async fn exited(self) -> ExitStatus {
+        self.exited_with_logs().await.0
+    }
+
+    /// Waits for the program to exit, and returns everything it wrote to
+    /// stderr.
+    pub async fn exited_with_logs(mut self) -> (ExitStatus, Vec<String>) {
+        let status = settle("the program to exit", self.child.wait())
             .await
-            .expect("waiting for the program")
+            .expect("waiting for the program");
+        if let Some(reading) = self.reading.take() {
+            settle("the program's stderr to end", reading)
+                .await
+                .expect("reading stderr");
+        }
+        (status, self.logs())
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for line in self.logs.lock().unwrap().iter() {
+                eprintln!("program: {line}");
+            }
+        }
     }
 }
 

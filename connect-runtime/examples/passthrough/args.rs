@@ -164,7 +164,10 @@ impl Cli {
             _ => return Err("--tls-cert and --tls-key go together".into()),
         };
         if self.connect_to.is_some() && tls.as_ref().is_some_and(|t| t.ca.is_none()) {
-            return Err("--tls-ca is needed to verify the remote --connect-to names".into());
+            return Err(
+                "a passthrough with TLS checks the remote it dials against a CA: add --tls-ca FILE"
+                    .into(),
+            );
         }
         let tls = match (tls, self.spiffe) {
             (Some(_), true) => {
@@ -241,9 +244,8 @@ fn host_name() -> String {
 
 /// A URL the program can listen on or dial, checked up front.
 fn url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
-    Target::from_url(&url).map_err(|e| e.to_string())?;
-    Ok(url)
+    Target::parse(text).map_err(|e| e.to_string())?;
+    Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))
 }
 
 fn positive(text: &str) -> Result<usize, String> {

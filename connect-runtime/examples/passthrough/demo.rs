@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use connect_runtime::CancellationToken;
 use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
@@ -16,7 +17,6 @@ use connect_runtime::{
 };
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use url::Url;
 

@@ -61,6 +61,7 @@ fn main() -> ExitCode {
                 connect_to,
                 dial_timeout,
                 hop,
+                log,
                 tls,
             ))
         }
@@ -71,7 +72,7 @@ fn main() -> ExitCode {
             tls,
         } => {
             init_logging(log, "info");
-            runtime.block_on(server::endpoint(listen, hop, tls))
+            runtime.block_on(server::endpoint(listen, hop, log, tls))
         }
     };
     match outcome {
@@ -88,8 +89,13 @@ fn init_logging(format: LogFormat, default: &str) {
     use tracing_subscriber::EnvFilter;
 
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colour only for a person at a terminal, and never under NO_COLOR
+    // (no-color.org: set and not empty).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use connect_runtime::CancellationToken;
 use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::tls::{ClientTls, Identity, ServerTls, TlsError};
@@ -12,11 +13,10 @@ use connect_runtime::{
     Expire, GrpcClient, Hooks, Monitor, Next, Serve, ServerChain, UpdatePath,
 };
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use url::Url;
 
-use crate::args::{Hop, TlsFiles, TlsSource};
+use crate::args::{Hop, LogFormat, TlsFiles, TlsSource};
 
 /// updatepath → expire(clienturl(`connect_to`) → connect), served on
 /// `listen`.
@@ -25,6 +25,7 @@ pub(crate) async fn passthrough(
     connect_to: Url,
     dial_timeout: Duration,
     hop: Hop,
+    log: LogFormat,
     tls: Option<TlsSource>,
 ) -> Result<(), String> {
     let tls = Tls::from(tls).await?;
@@ -57,9 +58,11 @@ pub(crate) async fn passthrough(
         .bind(&listen)
         .await
         .map_err(|e| e.to_string())?;
-    println!(
-        "passthrough listening on {} forwarding to {connect_to}",
-        server.url()
+    announce(
+        log,
+        "passthrough",
+        server.url(),
+        &[("forwarding_to", connect_to.as_str())],
     );
     signals.received().await;
     stop.cancel();
@@ -93,7 +96,12 @@ pub(crate) async fn passthrough(
 
 /// A minimal NSM endpoint: answers Request with the request's connection and
 /// Close with empty.
-pub(crate) async fn endpoint(listen: Url, hop: Hop, tls: Option<TlsSource>) -> Result<(), String> {
+pub(crate) async fn endpoint(
+    listen: Url,
+    hop: Hop,
+    log: LogFormat,
+    tls: Option<TlsSource>,
+) -> Result<(), String> {
     let tls = Tls::from(tls).await?;
     let chain = ServerChain::builder()
         .with(Logged("endpoint"))
@@ -106,7 +114,7 @@ pub(crate) async fn endpoint(listen: Url, hop: Hop, tls: Option<TlsSource>) -> R
         .bind(&listen)
         .await
         .map_err(|e| e.to_string())?;
-    println!("endpoint listening on {}", server.url());
+    announce(log, "endpoint", server.url(), &[]);
     signals.received().await;
     stop.cancel();
     // A second signal stops at once (dropping the handle closes everything).
@@ -116,6 +124,34 @@ pub(crate) async fn endpoint(listen: Url, hop: Hop, tls: Option<TlsSource>) -> R
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Says on stdout where the program listens: `<role> listening on <url>`
+/// (and `forwarding to <url>` for a passthrough) as text, or as one JSON
+/// object in JSON mode.
+fn announce(log: LogFormat, role: &str, url: &Url, extra: &[(&str, &str)]) {
+    match log {
+        LogFormat::Text => {
+            let rest: String = extra
+                .iter()
+                .map(|(key, value)| format!(" {} {value}", key.replace('_', " ")))
+                .collect();
+            println!("{role} listening on {url}{rest}");
+        }
+        LogFormat::Json => {
+            let mut line = serde_json::Map::new();
+            line.insert(
+                "message".into(),
+                format!("{role} listening on {url}").into(),
+            );
+            line.insert("role".into(), role.into());
+            line.insert("listening_on".into(), url.as_str().into());
+            for (key, value) in extra {
+                line.insert((*key).into(), (*value).into());
+            }
+            println!("{}", serde_json::Value::Object(line));
+        }
+    }
 }
 
 /// A server for `chain`, with TLS if given, stopping when `stop` is.
@@ -179,7 +215,14 @@ impl Tls {
         let identity = Identity::from_pem(cert, key)
             .map_err(|e| format!("{} and {}: {e}", files.cert.display(), files.key.display()))?;
         let in_file = |path: &Path, e: TlsError| format!("{}: {e}", path.display());
-        let mut server = ServerTls::new(identity.clone()).map_err(|e| in_file(&files.cert, e))?;
+        let mut server = ServerTls::new(identity.clone()).map_err(|e| match e {
+            TlsError::Rustls(rustls::Error::InconsistentKeys(_)) => format!(
+                "{} does not match the certificate {}: give the key it was issued for",
+                files.key.display(),
+                files.cert.display()
+            ),
+            e => in_file(&files.cert, e),
+        })?;
         let mut client = None;
         if let Some(ca_path) = &files.ca {
             let ca = read(ca_path)?;

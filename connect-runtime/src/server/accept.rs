@@ -19,6 +19,7 @@ use tonic_health::server::HealthReporter;
 
 use super::handle::ConnectionStats;
 use super::listener::Listener;
+use super::refusal::Refusal;
 use crate::deadline::deadline_after;
 use crate::transport::first_bytes::{Expect, Unanswered};
 use crate::transport::io::Io;
@@ -94,7 +95,8 @@ pub(super) struct AcceptLoop {
     hard_stop: CancellationToken,
     stats: watch::Sender<ConnectionStats>,
     generations: JoinSet<()>,
-    handshakes: JoinSet<io::Result<()>>,
+    /// Handshakes under way; a failed one says who the caller was.
+    handshakes: JoinSet<Result<(), (Option<SocketAddr>, io::Error)>>,
 }
 
 /// What [`Serve::bind`] gives its serving task: tonic's server for a
@@ -164,12 +166,18 @@ impl AcceptLoop {
                 () = shutdown.cancelled() => break,
                 () = self.hard_stop.cancelled() => return,
                 Some(joined) = self.handshakes.join_next() => {
-                    if let Some(err) = joined.map_or_else(|e| Some(e.into()), Result::err) {
-                        tracing::debug!(error = %err, "TLS handshake failed");
-                        self.stats.send_modify(|s| match err.kind() {
-                            io::ErrorKind::TimedOut => s.timed_out += 1,
-                            _ => s.refused += 1,
-                        });
+                    let failed = match joined {
+                        Ok(result) => result.err(),
+                        Err(panicked) => Some((None, panicked.into())),
+                    };
+                    if let Some((peer, err)) = failed {
+                        let refusal = Refusal::of(&err);
+                        let peer = peer.map(tracing::field::display);
+                        match refusal {
+                            Refusal::TimedOut => tracing::debug!(peer, error = %err, "TLS handshake timed out"),
+                            _ => tracing::warn!(peer, "refused a connection: {}", refusal.explain()),
+                        }
+                        self.stats.send_modify(|s| refusal.count(s));
                     }
                 }
                 rotated = rotation(&mut credential) => match rotated {
@@ -307,7 +315,10 @@ impl AcceptLoop {
             };
             let handshake = tokio::time::timeout_at(deadline, handshake).await;
             let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out");
-            let tls_stream = handshake.map_err(|_| timed_out())??;
+            let tls_stream = handshake
+                .map_err(|_| timed_out())
+                .and_then(|accepted| accepted)
+                .map_err(|err| (addr, err))?;
             let chain = tls_stream.get_ref().1.peer_certificates();
             let certificates =
                 chain.map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());

@@ -71,7 +71,7 @@ pub const DEFAULT_SERVER_KEEPALIVE: Keepalive = Keepalive {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use connect_runtime::{Passthrough, ServerChain, serve};
-/// use tokio_util::sync::CancellationToken;
+/// use connect_runtime::CancellationToken;
 ///
 /// let chain = ServerChain::builder().with(Passthrough).build();
 /// let shutdown = CancellationToken::new();
@@ -355,7 +355,8 @@ impl<L> Serve<L> {
                 )
                 .instrument(tracing::info_span!("serve", url = %bound)),
         );
-        tracing::info!(url = %bound, "serving");
+        let security = self.tls.as_ref().map_or("plaintext", |tls| tls.security());
+        tracing::info!(url = %bound, security, "serving");
         Ok(ServerHandle::new(
             bound,
             self.shutdown,

@@ -20,8 +20,17 @@ pub struct ConnectionStats {
     /// The most connections open at once since the server started.
     pub peak_open: usize,
     /// Connections whose TLS handshake failed: no client certificate where
-    /// one is required, an untrusted one, a peer that is not TLS.
+    /// one is required, an untrusted one, a peer that is not TLS. Each is
+    /// logged at warn with its cause and what to do about it.
     pub refused: u64,
+    /// Of those, callers that spoke plaintext to a TLS listener.
+    pub plaintext: u64,
+    /// Of those, callers with no client certificate where mutual TLS needs
+    /// one.
+    pub no_client_certificate: u64,
+    /// Of those, callers whose certificate another CA signed, or that has
+    /// expired or is not valid yet.
+    pub untrusted_certificate: u64,
     /// Connections closed because they had not finished TLS and sent the
     /// HTTP/2 preface and SETTINGS within the handshake timeout.
     pub timed_out: u64,

@@ -173,7 +173,9 @@ impl SpiffeIdentity {
             .authorize(authorizer)
             .build_with_status()?;
         let credential = self.follow(status.clone())?;
-        let tls = ServerTls::from_rustls(config).rotating(credential);
+        let tls = ServerTls::from_rustls(config)
+            .rotating(credential)
+            .described(format!("SPIFFE mutual TLS as {}", self.spiffe_id()?));
         Ok((tls.with_status(status.clone()), status))
     }
 

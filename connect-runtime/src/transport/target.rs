@@ -66,6 +66,10 @@ pub enum UrlProblem {
     /// It does not parse as a URL.
     #[error(transparent)]
     Parse(#[from] url::ParseError),
+    /// No `scheme://`; for what looks like `host:port`, the `tcp://` URL
+    /// that was probably meant.
+    #[error("{}", no_scheme(.0.as_deref()))]
+    NoScheme(Option<String>),
     /// A scheme other than `tcp` or `unix`.
     #[error("unsupported scheme `{0}`: expected tcp://host:port or unix:///path")]
     Scheme(String),
@@ -104,6 +108,13 @@ pub enum UrlProblem {
     Authority(String),
 }
 
+fn no_scheme(meant: Option<&str>) -> String {
+    match meant {
+        Some(url) => format!("no scheme: did you mean {url}?"),
+        None => "no scheme: expected tcp://host:port or unix:///path".to_owned(),
+    }
+}
+
 impl UrlError {
     pub(crate) fn new(url: impl fmt::Display, problem: UrlProblem) -> Self {
         Self {
@@ -137,7 +148,7 @@ pub trait IntoUrl: into_url::Sealed {}
 mod into_url {
     use url::Url;
 
-    use super::{UrlError, UrlProblem};
+    use super::UrlError;
 
     pub trait Sealed {
         /// The URL, parsed but not yet checked.
@@ -146,7 +157,7 @@ mod into_url {
 
     impl Sealed for &str {
         fn into_url(self) -> Result<Url, UrlError> {
-            Url::parse(self).map_err(|e| UrlError::new(self, UrlProblem::Parse(e)))
+            super::parse(self)
         }
     }
 
@@ -181,6 +192,27 @@ impl IntoUrl for &String {}
 impl IntoUrl for Url {}
 impl IntoUrl for &Url {}
 
+/// Parses `text` as a URL; text with no `scheme://` (which every URL we
+/// take has) gets a hint instead of the parser's error, or instead of
+/// `host` read as the scheme of `host:port`.
+fn parse(text: &str) -> Result<Url, UrlError> {
+    let host_port = !text.contains('/')
+        && text
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    let no_scheme = || {
+        let meant = host_port.then(|| format!("tcp://{text}"));
+        UrlError::new(text, UrlProblem::NoScheme(meant))
+    };
+    match Url::parse(text) {
+        // `localhost:5002` parses, with `localhost` as its scheme.
+        Ok(url) if host_port && !matches!(url.scheme(), "tcp" | "unix") => Err(no_scheme()),
+        Ok(url) => Ok(url),
+        Err(_) if !text.contains(':') || host_port => Err(no_scheme()),
+        Err(e) => Err(UrlError::new(text, UrlProblem::Parse(e))),
+    }
+}
+
 /// The URL `url` names, checked as a [`Target`].
 pub(crate) fn checked(url: impl IntoUrl) -> Result<(Url, Target), UrlError> {
     let url = into_url::Sealed::into_url(url)?;
@@ -191,8 +223,7 @@ pub(crate) fn checked(url: impl IntoUrl) -> Result<(Url, Target), UrlError> {
 impl Target {
     /// Parses and validates a URL string.
     pub fn parse(url: &str) -> Result<Self, UrlError> {
-        let parsed = Url::parse(url).map_err(|e| UrlError::new(url, e.into()))?;
-        Self::from_url(&parsed)
+        Self::from_url(&parse(url)?)
     }
 
     /// Validates a parsed URL: `tcp://host:port` or `unix:///path`, with no
@@ -360,7 +391,19 @@ mod tests {
             ("tcp://h:1/p", "no path"),
             ("unix://host/tmp/x", "names no host"),
             ("unix:///", "absolute socket path"),
-            ("not a url", "relative URL without a base"),
+            (
+                "not a url",
+                "no scheme: expected tcp://host:port or unix:///path",
+            ),
+            (
+                "127.0.0.1:5002",
+                "no scheme: did you mean tcp://127.0.0.1:5002?",
+            ),
+            (
+                "localhost:5002",
+                "no scheme: did you mean tcp://localhost:5002?",
+            ),
+            ("/run/nse.sock", "no scheme: expected"),
             ("unix:///tmp/%+f.sock", "malformed percent-encoding"),
             ("unix:///tmp/%-1.sock", "malformed percent-encoding"),
             ("unix:///tmp/%zz.sock", "malformed percent-encoding"),
@@ -373,7 +416,7 @@ mod tests {
             assert!(err.to_string().contains(reason), "{url}: {err}");
             assert!(err.to_string().contains(url), "{url}: {err}");
             // The per-call check says the same as building the target.
-            if let Ok(parsed) = Url::parse(url) {
+            if let Some(parsed) = Url::parse(url).ok().filter(|_| url.contains("://")) {
                 let checked = Target::check(&parsed).unwrap_err();
                 assert_eq!(checked.to_string(), err.to_string());
             }

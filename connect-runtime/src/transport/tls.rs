@@ -41,8 +41,9 @@ pub enum TlsError {
         what: &'static str,
     },
     /// rustls refused the configuration (a key that does not match its
-    /// certificate, a CA certificate it cannot use, ...).
-    #[error("TLS configuration: {0}")]
+    /// certificate, a CA certificate it cannot use, ...). Said with what to
+    /// do where the cause is a usual one.
+    #[error("{}", explain(.0))]
     Rustls(#[from] rustls::Error),
     /// The client verifier could not be built from the CA certificates.
     #[error("TLS client verification: {0}")]
@@ -56,6 +57,25 @@ pub enum TlsError {
         "{0} cannot be changed on a configuration given with from_rustls; set it in the rustls configuration"
     )]
     FromRustls(&'static str),
+}
+
+/// rustls's refusal of a configuration, with the remedy for the causes
+/// people meet: certificates made by plain `openssl x509 -req` (X.509 v1,
+/// no subjectAltName), and a key from another certificate.
+fn explain(err: &rustls::Error) -> String {
+    let detail = format!("{err:?}");
+    if matches!(err, rustls::Error::InconsistentKeys(_)) {
+        "the private key does not match the certificate: give the key the certificate was \
+         issued for"
+            .into()
+    } else if detail.contains("UnsupportedCertVersion") {
+        "the certificate is X.509 v1; TLS needs v3 with a subjectAltName (DNS:name or \
+         IP:address) naming where it is dialed: with openssl, sign it with -extfile holding \
+         `subjectAltName=DNS:...,IP:...` (README: TLS certificates with openssl)"
+            .into()
+    } else {
+        format!("TLS configuration: {err}")
+    }
 }
 
 /// A certificate chain and its private key, from PEM.
@@ -110,6 +130,17 @@ fn roots(ca_pem: &[u8]) -> Result<Arc<RootCertStore>, TlsError> {
         roots.add(cert)?;
     }
     Ok(Arc::new(roots))
+}
+
+/// The common name (OID 2.5.4.3) in a DER-encoded X.509 name, if it has
+/// one as a short UTF-8, printable or IA5 string: what a person calls a CA.
+fn common_name(name: &[u8]) -> Option<String> {
+    const CN: [u8; 5] = [0x06, 0x03, 0x55, 0x04, 0x03];
+    let at = name.windows(CN.len()).position(|w| w == CN)? + CN.len();
+    let (&tag, rest) = name.get(at..)?.split_first()?;
+    let (&len, rest) = rest.split_first()?;
+    let value = rest.get(..usize::from(len)).filter(|_| len < 0x80)?;
+    matches!(tag, 0x0c | 0x13 | 0x16).then(|| String::from_utf8_lossy(value).into_owned())
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -328,6 +359,7 @@ pub struct ServerTls {
     config: Arc<ServerConfig>,
     identity: Option<Identity>,
     rotation: Rotation,
+    security: Arc<str>,
 }
 
 impl ServerTls {
@@ -341,6 +373,7 @@ impl ServerTls {
             config: server_alpn(config),
             identity: Some(identity),
             rotation: Rotation::default(),
+            security: "TLS, any client".into(),
         })
     }
 
@@ -352,8 +385,14 @@ impl ServerTls {
         let Some(identity) = &self.identity else {
             return Err(TlsError::FromRustls("client certificate verification"));
         };
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(roots(ca.as_ref())?, provider()).build()?;
+        let roots = roots(ca.as_ref())?;
+        let names: Vec<String> = roots
+            .roots
+            .iter()
+            .map(|anchor| common_name(&anchor.subject).unwrap_or_else(|| "(no CN)".into()))
+            .collect();
+        self.security = format!("mutual TLS, clients certified by CA {}", names.join(", ")).into();
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider()).build()?;
         let config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
@@ -368,7 +407,20 @@ impl ServerTls {
             config: server_alpn(config),
             identity: None,
             rotation: Rotation::default(),
+            security: "TLS (a rustls configuration)".into(),
         }
+    }
+
+    /// What callers must bring, in words: `TLS, any client`, `mutual TLS,
+    /// clients certified by CA <its CN>`, or (from a SPIFFE identity)
+    /// `SPIFFE mutual TLS as <SPIFFE ID>`. The server says it when it starts.
+    pub fn security(&self) -> &str {
+        &self.security
+    }
+
+    pub(crate) fn described(mut self, security: String) -> Self {
+        self.security = security.into();
+        self
     }
 
     /// Declares that the configuration's certificate rotates, as
@@ -409,5 +461,23 @@ impl fmt::Debug for ServerTls {
         f.debug_struct("ServerTls")
             .field("credential", &self.credential().map(|c| c.borrow().clone()))
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::common_name;
+
+    #[test]
+    fn a_names_common_name_is_found() {
+        // SEQUENCE { SET { SEQUENCE { O = "NSM" } }, SET { SEQUENCE { CN = "test CA" } } }
+        let name = [
+            0x30, 0x21, 0x31, 0x0c, 0x30, 0x0a, 0x06, 0x03, 0x55, 0x04, 0x0a, 0x0c, 0x03, b'N',
+            b'S', b'M', 0x31, 0x11, 0x30, 0x0f, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x07, b't',
+            b'e', b's', b't', b' ', b'C', b'A',
+        ];
+        assert_eq!(common_name(&name).as_deref(), Some("test CA"));
+        assert_eq!(common_name(&name[..12]), None);
+        assert_eq!(common_name(&[]), None);
     }
 }

@@ -336,7 +336,7 @@ async fn sigterm_waits_for_connects_own_closes() {
 async fn bad_input_gets_one_line_and_a_non_zero_exit() {
     let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let in_use = format!("tcp://{}", taken.local_addr().unwrap());
-    let cases: [(&[&str], &str); 22] = [
+    let cases: [(&[&str], &str); 24] = [
         (
             // `run` leaves SPIFFE_ENDPOINT_SOCKET out.
             &["--endpoint", "--listen", "tcp://127.0.0.1:0", "--spiffe"],
@@ -358,7 +358,16 @@ async fn bad_input_gets_one_line_and_a_non_zero_exit() {
         (&["--spiffe"], "the TLS options are for --listen"),
         (
             &["--listen", "not a url", "--connect-to", "tcp://127.0.0.1:1"],
-            "is not a URL",
+            "invalid URL `not a url`: no scheme: expected tcp://host:port or unix:///path",
+        ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:5002",
+                "--connect-to",
+                "tcp://127.0.0.1:1",
+            ],
+            "invalid URL `127.0.0.1:5002`: no scheme: did you mean tcp://127.0.0.1:5002?",
         ),
         (
             &[
@@ -421,6 +430,19 @@ async fn bad_input_gets_one_line_and_a_non_zero_exit() {
             "unexpected value 'yes' for '--endpoint' found",
         ),
         (&["stray"], "unexpected argument 'stray' found"),
+        (
+            &[
+                "--listen",
+                "tcp://127.0.0.1:0",
+                "--connect-to",
+                "tcp://127.0.0.1:1",
+                "--tls-cert",
+                "pt.pem",
+                "--tls-key",
+                "pt.key",
+            ],
+            "a passthrough with TLS checks the remote it dials against a CA: add --tls-ca FILE",
+        ),
         (
             &["--endpoint", "--listen", "tcp://127.0.0.1:0", "--name", ""],
             "--name must not be empty",
@@ -574,4 +596,162 @@ async fn the_custom_element_example_ends_holding_nothing() {
     assert!(line("after the close: endpoint holds").contains(r#"[("Expire", 0), ("Quota", 0)]"#));
     assert!(line("abandoned: endpoint holds").contains(r#"[("Expire", 20), ("Quota", 20)]"#));
     assert!(line("expired: endpoint holds").contains(r#"[("Expire", 0), ("Quota", 0)]"#));
+}
+
+/// Logs fit the pipeline: no colour codes when stderr is not a terminal,
+/// and in JSON mode every line, the one that says where it listens
+/// included, is a JSON object.
+#[tokio::test]
+async fn logs_are_plain_off_a_terminal_and_all_json_in_json_mode() {
+    for format in ["text", "json"] {
+        let endpoint = Program::start_with_env(
+            &[
+                "--endpoint",
+                "--listen",
+                "tcp://127.0.0.1:0",
+                "--log-format",
+                format,
+            ],
+            &[("RUST_LOG", "info")],
+        )
+        .await;
+        if format == "json" {
+            let said: serde_json::Value = serde_json::from_str(endpoint.announcement()).unwrap();
+            assert_eq!(said["listening_on"], endpoint.url().as_str());
+            assert_eq!(said["role"], "endpoint");
+        } else {
+            assert!(
+                endpoint
+                    .announcement()
+                    .starts_with("endpoint listening on tcp://")
+            );
+        }
+        let mut nsm = client(endpoint.url()).await;
+        let reply = nsm.request(request("logged")).await.unwrap().into_inner();
+        nsm.close(reply).await.unwrap();
+        endpoint.terminate();
+        let (status, logs) = endpoint.exited_with_logs().await;
+        assert!(status.success());
+        assert!(!logs.is_empty(), "info lines were written");
+        assert!(
+            logs.iter()
+                .any(|l| l.contains("serving") && l.contains("plaintext")),
+            "the startup line says the security mode: {logs:?}"
+        );
+        for line in &logs {
+            assert!(!line.contains('\u{1b}'), "a colour code in {line:?}");
+            if format == "json" {
+                let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
+                assert!(parsed.is_ok(), "not JSON: {line:?}");
+            }
+        }
+    }
+}
+
+/// The README's client: the `client` example requests, refreshes and
+/// closes a connection through a passthrough process and an endpoint
+/// process, each adding its own segment to the path.
+#[tokio::test]
+async fn the_client_example_goes_through_a_passthrough_to_an_endpoint() {
+    let dir = TempDir::new().unwrap();
+    let endpoint_url = unix_url(&dir.path().join("endpoint.sock"));
+    let endpoint = Program::start(&[
+        "--endpoint",
+        "--listen",
+        endpoint_url.as_str(),
+        "--name",
+        "nse",
+    ])
+    .await;
+    let passthrough = Program::start(&[
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--connect-to",
+        endpoint.url().as_str(),
+        "--dial-timeout",
+        "5s",
+        "--name",
+        "pt",
+    ])
+    .await;
+    let output = settle(
+        "the client example to finish",
+        tokio::process::Command::new(example("client"))
+            .arg(passthrough.url().as_str())
+            .output(),
+    )
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(lines[0].starts_with("requested: example-"), "{stdout}");
+    assert!(
+        lines[0].ends_with("via example-client → pt → nse"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].ends_with("via example-client → pt → nse"),
+        "{stdout}"
+    );
+    assert!(lines[2].starts_with("closed: example-"), "{stdout}");
+    passthrough.terminate();
+    endpoint.terminate();
+    assert!(passthrough.exited().await.success());
+    assert!(endpoint.exited().await.success());
+}
+
+/// TLS files that cannot work get a message naming the file and the fix:
+/// a certificate made by plain `openssl x509 -req` (X.509 v1), and a key
+/// from another certificate.
+#[tokio::test]
+async fn tls_files_that_cannot_work_say_why_and_what_to_do() {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/openssl-v1");
+    let (v1_cert, v1_key) = (data.join("nse.pem"), data.join("nse.key"));
+    let output = run(&[
+        "--endpoint",
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--tls-cert",
+        v1_cert.to_str().unwrap(),
+        "--tls-key",
+        v1_key.to_str().unwrap(),
+    ])
+    .await;
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("nse.pem: the certificate is X.509 v1"),
+        "{said}"
+    );
+    assert!(said.contains("subjectAltName"), "{said}");
+
+    let dir = TempDir::new().unwrap();
+    let pki = connect_tests::pki::Pki::new("test CA");
+    let (ours, other) = (pki.issue(&["localhost"]), pki.issue(&["localhost"]));
+    let (cert, key) = (dir.path().join("nse.pem"), dir.path().join("other.key"));
+    std::fs::write(&cert, &ours.cert_pem).unwrap();
+    std::fs::write(&key, &other.key_pem).unwrap();
+    let output = run(&[
+        "--endpoint",
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("other.key does not match the certificate")
+            && said.contains("nse.pem: give the key it was issued for"),
+        "{said}"
+    );
 }

@@ -115,9 +115,14 @@ async fn mutual_tls_requires_a_client_certificate_signed_by_the_ca() {
     let (pki, stranger) = (Pki::new("test CA"), Pki::new("another CA"));
     let server_id = pki.issue(&["localhost"]);
     let tls = ServerTls::new(Identity::from_pem(&server_id.cert_pem, &server_id.key_pem).unwrap())
-        .unwrap()
-        .client_ca(pki.ca_pem())
         .unwrap();
+    assert_eq!(tls.security(), "TLS, any client");
+    let tls = tls.client_ca(pki.ca_pem()).unwrap();
+    // What the server says it serves, when it starts.
+    assert_eq!(
+        tls.security(),
+        "mutual TLS, clients certified by CA test CA"
+    );
     let server = Serve::new(ServerChain::builder().with(Passthrough).build())
         .tls(tls)
         .bind("tcp://127.0.0.1:0")
@@ -164,5 +169,34 @@ async fn mutual_tls_requires_a_client_certificate_signed_by_the_ca() {
         .await;
         assert_eq!(seen.accepted, n as u64 + 2);
     }
+    // A caller speaking plaintext to the TLS port.
+    let plaintext = dial(
+        server.url(),
+        &DialOptions::new().timeout(Duration::from_secs(5)),
+    )
+    .await;
+    if let Ok(conn) = plaintext {
+        assert!(
+            NetworkServiceClient::new(conn)
+                .request(request("x"))
+                .await
+                .is_err()
+        );
+    }
+    // Each refusal is counted by its cause (and logged at warn with it).
+    let seen = settle(
+        "the server to count the plaintext caller",
+        server.wait_connections(|c| c.refused == 3),
+    )
+    .await;
+    assert_eq!(
+        (
+            seen.no_client_certificate,
+            seen.untrusted_certificate,
+            seen.plaintext
+        ),
+        (1, 1, 1),
+        "{seen:?}"
+    );
     server.shutdown().await;
 }
