@@ -38,6 +38,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // In JSON mode even the last words are a JSON line.
+    let json = matches!(
+        &mode,
+        Mode::Passthrough {
+            log: LogFormat::Json,
+            ..
+        } | Mode::Endpoint {
+            log: LogFormat::Json,
+            ..
+        }
+    );
     let outcome = match mode {
         Mode::Help(help) => {
             print!("{help}");
@@ -77,6 +88,12 @@ fn main() -> ExitCode {
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if json => {
+            let line =
+                serde_json::json!({ "level": "ERROR", "message": format!("passthrough: {err}") });
+            eprintln!("{line}");
+            ExitCode::FAILURE
+        }
         Err(err) => {
             eprintln!("passthrough: {err}");
             ExitCode::FAILURE

@@ -23,6 +23,7 @@ use super::refusal::Refusal;
 use crate::deadline::deadline_after;
 use crate::transport::first_bytes::{Expect, Unanswered};
 use crate::transport::io::Io;
+use crate::transport::resets::Resets;
 use crate::transport::socket::Stream;
 use crate::transport::tls::{Credential, Rotation, ServerTls};
 
@@ -296,6 +297,7 @@ impl AcceptLoop {
         let stats = self.stats.clone();
         let served = move |stream, certificates| {
             let mut io = Io::new(stream).close_on(close);
+            io.watch_resets(malformed_streams(stats.clone(), addr));
             let answered = io.first_bytes_by(deadline, Expect::ClientPreface);
             tokio::spawn(count_unanswered(answered, stats));
             let peer = Peer { addr, certificates };
@@ -328,6 +330,25 @@ impl AcceptLoop {
             Ok(())
         });
     }
+}
+
+/// Counts the streams a connection's caller sent that h2 reset as
+/// malformed, and says why once per connection: the usual cause is
+/// grpcio on a unix socket, whose `:authority` h2 refuses.
+fn malformed_streams(stats: watch::Sender<ConnectionStats>, peer: Option<SocketAddr>) -> Resets {
+    let mut warned = false;
+    Resets::new(move || {
+        stats.send_modify(|s| s.malformed_streams += 1);
+        if !std::mem::replace(&mut warned, true) {
+            let peer = peer.map(tracing::field::display);
+            tracing::warn!(
+                peer,
+                "reset a caller's call as malformed (HTTP/2 PROTOCOL_ERROR), before it reached \
+                 the chain: grpcio on a unix socket sends the socket path as :authority, which \
+                 is refused; give it the channel option grpc.default_authority=localhost"
+            );
+        }
+    })
 }
 
 /// Counts a served connection closed for its first bytes: too slow, or

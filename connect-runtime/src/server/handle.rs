@@ -31,6 +31,11 @@ pub struct ConnectionStats {
     /// Of those, callers whose certificate another CA signed, or that has
     /// expired or is not valid yet.
     pub untrusted_certificate: u64,
+    /// Calls reset as malformed (HTTP/2 `PROTOCOL_ERROR`) before they
+    /// reached the chain: a grpcio caller on a unix socket without
+    /// `grpc.default_authority=localhost`, most often. Logged at warn once
+    /// per connection.
+    pub malformed_streams: u64,
     /// Connections closed because they had not finished TLS and sent the
     /// HTTP/2 preface and SETTINGS within the handshake timeout.
     pub timed_out: u64,

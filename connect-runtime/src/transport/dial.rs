@@ -395,11 +395,12 @@ async fn open(url: &Url, target: &Target, options: &DialOptions) -> Result<Strea
         source,
     })?;
     tls.rotation().settled().await;
+    let verified_as = name.to_str().into_owned();
     let stream = tls
         .connector()
         .connect(name, stream)
         .await
-        .map_err(failed)?;
+        .map_err(|err| failed(super::tls::explain_handshake(err, &verified_as)))?;
     Ok(Box::new(stream))
 }
 

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::first_bytes::{Expect, FirstBytes, Progress, Unanswered};
+use super::resets::Resets;
 use super::socket::Stream;
 
 /// A stream that fails every operation once a token is cancelled, or once
@@ -23,6 +24,7 @@ pub(crate) struct Io<X = ()> {
     close: Option<(CancellationToken, Pin<Box<WaitForCancellationFutureOwned>>)>,
     first: Option<FirstBytes>,
     failed: Option<Unanswered>,
+    resets: Option<Resets>,
     pub(crate) extra: X,
 }
 
@@ -33,6 +35,7 @@ impl Io {
             close: None,
             first: None,
             failed: None,
+            resets: None,
             extra: (),
         }
     }
@@ -59,6 +62,12 @@ impl<X> Io<X> {
         answered
     }
 
+    /// Watches what is written for streams reset as malformed (see
+    /// [`Resets`]).
+    pub(crate) fn watch_resets(&mut self, resets: Resets) {
+        self.resets = Some(resets);
+    }
+
     /// Keeps `extra` with the stream.
     pub(crate) fn with<Y>(self, extra: Y) -> Io<Y> {
         Io {
@@ -66,6 +75,7 @@ impl<X> Io<X> {
             close: self.close,
             first: self.first,
             failed: self.failed,
+            resets: self.resets,
             extra,
         }
     }
@@ -161,7 +171,11 @@ impl<X: Unpin> AsyncWrite for Io<X> {
         cx: &mut TaskContext<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.guard(cx, |stream, cx| stream.poll_write(cx, data))
+        let polled = self.guard(cx, |stream, cx| stream.poll_write(cx, data));
+        if let (Poll::Ready(Ok(n)), Some(resets)) = (&polled, &mut self.resets) {
+            resets.written(&data[..*n]);
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -169,7 +183,19 @@ impl<X: Unpin> AsyncWrite for Io<X> {
         cx: &mut TaskContext<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.guard(cx, |stream, cx| stream.poll_write_vectored(cx, bufs))
+        let polled = self.guard(cx, |stream, cx| stream.poll_write_vectored(cx, bufs));
+        if let (Poll::Ready(Ok(n)), Some(resets)) = (&polled, &mut self.resets) {
+            let mut left = *n;
+            for buf in bufs {
+                let taken = left.min(buf.len());
+                resets.written(&buf[..taken]);
+                left -= taken;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

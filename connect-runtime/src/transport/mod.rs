@@ -11,6 +11,7 @@ pub(crate) mod io;
 pub(crate) mod options;
 mod replay;
 mod reply;
+pub(crate) mod resets;
 pub(crate) mod socket;
 #[cfg(feature = "spiffe")]
 pub mod spiffe;

@@ -78,6 +78,48 @@ fn explain(err: &rustls::Error) -> String {
     }
 }
 
+/// A dial's failed TLS handshake with `host`, said as whose certificate is
+/// wrong and what to do; the error's kind is kept.
+pub(crate) fn explain_handshake(err: std::io::Error, host: &str) -> std::io::Error {
+    use rustls::CertificateError as Cert;
+    let Some(tls) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
+        return err;
+    };
+    let why = match tls {
+        rustls::Error::InvalidCertificate(Cert::UnknownIssuer) => {
+            "the remote's certificate is not signed by the CA given to dial it: dial with \
+             the CA that signed it"
+                .to_owned()
+        }
+        rustls::Error::InvalidCertificate(
+            Cert::NotValidForName | Cert::NotValidForNameContext { .. },
+        ) => format!(
+            "the remote's certificate does not name `{host}`: it needs subjectAltName \
+             DNS:{host} or IP:{host}"
+        ),
+        rustls::Error::InvalidCertificate(
+            Cert::Expired
+            | Cert::ExpiredContext { .. }
+            | Cert::NotValidYet
+            | Cert::NotValidYetContext { .. },
+        ) => "the remote's certificate has expired or is not valid yet: renew it, or check \
+              the clocks"
+            .to_owned(),
+        rustls::Error::AlertReceived(alert) => format!(
+            "the remote refused this side's certificate ({alert:?}): it needs one signed by \
+             the CA it trusts"
+        ),
+        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+            "the remote does not speak TLS: dial it without TLS".to_owned()
+        }
+        _ => return err,
+    };
+    std::io::Error::new(err.kind(), format!("{why} ({tls})"))
+}
+
 /// A certificate chain and its private key, from PEM.
 pub struct Identity {
     chain: Vec<CertificateDer<'static>>,
@@ -418,6 +460,7 @@ impl ServerTls {
         &self.security
     }
 
+    #[cfg(feature = "spiffe")]
     pub(crate) fn described(mut self, security: String) -> Self {
         self.security = security.into();
         self

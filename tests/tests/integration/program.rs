@@ -706,6 +706,23 @@ async fn the_client_example_goes_through_a_passthrough_to_an_endpoint() {
     assert!(endpoint.exited().await.success());
 }
 
+/// In JSON mode, a failure's one line is JSON too.
+#[tokio::test]
+async fn in_json_mode_a_failure_is_a_json_line() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let in_use = format!("tcp://{}", taken.local_addr().unwrap());
+    let output = run(&["--endpoint", "--listen", &in_use, "--log-format", "json"]).await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().expect("a line");
+    let line: serde_json::Value = serde_json::from_str(last).expect("a JSON line");
+    assert_eq!(line["level"], "ERROR");
+    assert!(
+        line["message"].as_str().unwrap().contains(&in_use),
+        "{line}"
+    );
+}
+
 /// TLS files that cannot work get a message naming the file and the fix:
 /// a certificate made by plain `openssl x509 -req` (X.509 v1), and a key
 /// from another certificate.

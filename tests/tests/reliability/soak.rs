@@ -39,6 +39,9 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The fronts' dial timeout.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// One remote and what the soak knows of its life.
 struct Remote {
     url: Url,
@@ -124,9 +127,13 @@ impl Remote {
     }
 
     /// Whether a call to it that ran from `start` to `end` was under way
-    /// while it restarted (from the kill until it was up again).
+    /// while it restarted (from the kill until it was up again). A call
+    /// may wait on a dial another call began up to a dial timeout before
+    /// it (a burst shares one dial), so a restart that ended that shortly
+    /// before the call started counts too.
     fn restarted_during(&self, start: Instant, end: Instant) -> bool {
         let life = self.life.lock().unwrap();
+        let start = start.checked_sub(DIAL_TIMEOUT).unwrap_or(start);
         life.restarts
             .iter()
             .any(|&(killed, up)| start <= up.unwrap_or(end) && killed <= end)
@@ -256,7 +263,7 @@ fn a_soak_of_served_connects_before_recycling_and_restarting_remotes() {
                     .with(GrpcClient::new(conn))
                     .build()
             })
-            .dial_timeout(Duration::from_secs(1))
+            .dial_timeout(DIAL_TIMEOUT)
             .build();
             let chain = ServerChain::builder()
                 .with(RouteByMetadata)

@@ -175,3 +175,52 @@ async fn at_the_connection_limit_new_connections_wait_until_one_closes() {
     drop(third);
     server.shutdown().await;
 }
+
+/// A call h2 refuses before it reaches the chain (here, grpcio's unix
+/// socket `:authority`, the socket's path) is counted, and said once per
+/// connection at warn with the fix; the connection stays usable.
+#[tokio::test]
+async fn a_call_with_a_malformed_authority_is_counted() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let server = connect_tests::remote::start_unix(
+        dir.path(),
+        "nse.sock",
+        ServerChain::builder().with(Passthrough).build(),
+    )
+    .await;
+    let path = dir.path().join("nse.sock");
+    let mut caller = tokio::net::UnixStream::connect(&path).await.unwrap();
+    // The client preface, empty SETTINGS, then two calls' HEADERS (streams
+    // 1 and 3) whose `:authority` is a path, as grpcio sends it.
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend([0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    for stream in [1u8, 3] {
+        let literal = |index: u8, value: &str| {
+            let mut field = vec![index, value.len() as u8];
+            field.extend(value.as_bytes());
+            field
+        };
+        let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
+        block.extend(literal(0x04, "/networkservice.NetworkService/Request"));
+        block.extend(literal(0x01, path.to_str().unwrap()));
+        block.extend([0x0f, 0x10, 16]); // content-type
+        block.extend(b"application/grpc");
+        block.extend([0x00, 2]);
+        block.extend(b"te");
+        block.extend([8]);
+        block.extend(b"trailers");
+        let len = block.len();
+        bytes.extend([(len >> 16) as u8, (len >> 8) as u8, len as u8, 0x1, 0x4]);
+        bytes.extend([0, 0, 0, stream]);
+        bytes.extend(block);
+    }
+    caller.write_all(&bytes).await.unwrap();
+    let seen = settle(
+        "the server to count both calls as malformed",
+        server.wait_connections(|c| c.malformed_streams == 2),
+    )
+    .await;
+    assert_eq!(seen.open, 1, "the connection stays open: {seen:?}");
+    drop(caller);
+    server.shutdown().await;
+}

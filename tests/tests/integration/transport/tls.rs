@@ -52,7 +52,25 @@ async fn dialing_with_tls_verifies_the_server_and_carries_calls() {
     );
     let err = dial(server.url(), &untrusted).await.unwrap_err();
     assert!(matches!(err, DialError::Connect { .. }), "{err:?}");
-    assert!(err.to_string().contains("certificate"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("the remote's certificate is not signed by the CA given to dial it"),
+        "{err}"
+    );
+    // One that does not name what was dialed, with what it needs.
+    let misnamed = DialOptions::new().timeout(Duration::from_secs(5)).tls(
+        ClientTls::new(pki.ca_pem())
+            .unwrap()
+            .server_name("nsmgr.example")
+            .unwrap(),
+    );
+    let err = dial(server.url(), &misnamed).await.unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "the remote's certificate does not name `nsmgr.example`: it needs subjectAltName DNS:nsmgr.example"
+        ),
+        "{err}"
+    );
     server.shutdown().await;
 }
 
