@@ -38,7 +38,9 @@ pub mod generated {
     }
 }
 
-use connect_runtime::proto::connection::Connection;
+use std::time::{Duration, SystemTime};
+
+use connect_runtime::proto::connection::{Connection, Path, PathSegment};
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
 
 /// A request for a connection with the given id and nothing else.
@@ -56,6 +58,44 @@ pub fn request(id: &str) -> NetworkServiceRequest {
 pub fn connection(id: &str) -> Connection {
     Connection {
         id: id.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// A caller's new connection `id`: a path of one segment, the caller's
+/// (named `caller`), expiring in `ttl` (never, if `None`), as NSM clients
+/// send it.
+pub fn from_caller(caller: &str, id: &str, ttl: Option<Duration>) -> Connection {
+    let segment = PathSegment {
+        name: caller.into(),
+        id: id.into(),
+        expires: ttl.map(|ttl| (SystemTime::now() + ttl).into()),
+        ..Default::default()
+    };
+    Connection {
+        id: id.into(),
+        path: Some(Path {
+            index: 0,
+            path_segments: vec![segment],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `conn` as its caller refreshes it: the caller's segment (at the path's
+/// index) now expiring in `ttl`.
+pub fn refreshed(mut conn: Connection, ttl: Duration) -> Connection {
+    let path = conn.path.as_mut().expect("a path");
+    let index = path.index as usize;
+    path.path_segments[index].expires = Some((SystemTime::now() + ttl).into());
+    conn
+}
+
+/// The request for `conn`.
+pub fn request_for(conn: Connection) -> NetworkServiceRequest {
+    NetworkServiceRequest {
+        connection: Some(Box::new(conn)),
         ..Default::default()
     }
 }

@@ -59,15 +59,22 @@ impl Program {
     /// A passthrough on a free loopback port forwarding to `remote`, dialing
     /// with seconds to spare (a loaded CI machine).
     pub async fn passthrough_to(remote: &Url) -> Self {
-        Self::start(&[
+        Self::passthrough_named(remote, None).await
+    }
+
+    /// As [`Program::passthrough_to`], its hop named `name` (`--name`) if
+    /// given.
+    pub async fn passthrough_named(remote: &Url, name: Option<&str>) -> Self {
+        let mut args = vec![
             "--listen",
             "tcp://127.0.0.1:0",
             "--connect-to",
             remote.as_str(),
             "--dial-timeout",
             "5s",
-        ])
-        .await
+        ];
+        args.extend(name.into_iter().flat_map(|name| ["--name", name]));
+        Self::start(&args).await
     }
 
     /// As [`Program::start`], with `env` added to its environment. The

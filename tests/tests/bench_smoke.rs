@@ -48,6 +48,30 @@ const SCALE_FIELDS: [&str; 18] = [
     "errors",
 ];
 
+/// Runs connect-bench with `args`, checks it succeeded, and returns its
+/// stdout as the JSON objects it holds, one per line.
+async fn bench_lines<I, S>(args: I) -> Vec<serde_json::Value>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let output = Command::new(env!("CARGO_BIN_EXE_connect-bench"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect()
+}
+
 #[tokio::test]
 async fn every_workload_runs_in_both_modes_without_errors() {
     let bench = env!("CARGO_BIN_EXE_connect-bench");
@@ -75,25 +99,24 @@ async fn every_workload_runs_in_both_modes_without_errors() {
     );
 
     for mode in ["connect", "direct"] {
-        let output = Command::new(bench)
-            .args(["run", "--remotes"])
-            .arg(&addr_file)
-            .args(["--mode", mode, "--workload", "a,b,c,w"])
-            .args(["--n", "20", "--reps", "2", "--iters", "10"])
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let stdout = String::from_utf8(output.stdout).unwrap();
-        let lines: Vec<serde_json::Value> = stdout
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
-            .collect();
-        assert_eq!(lines.len(), 4, "{stdout}");
+        let remotes = addr_file.to_str().unwrap();
+        let lines = bench_lines([
+            "run",
+            "--remotes",
+            remotes,
+            "--mode",
+            mode,
+            "--workload",
+            "a,b,c,w",
+            "--n",
+            "20",
+            "--reps",
+            "2",
+            "--iters",
+            "10",
+        ])
+        .await;
+        assert_eq!(lines.len(), 4, "{lines:?}");
         for (line, workload) in lines.iter().zip(["a", "b", "c", "w"]) {
             for field in FIELDS {
                 assert!(line.get(field).is_some(), "{field} missing from {line}");
@@ -123,28 +146,27 @@ async fn every_workload_runs_in_both_modes_without_errors() {
         }
 
         // The scale workload: 60 connections over the first 2 remotes.
-        let output = Command::new(bench)
-            .args(["run", "--remotes"])
-            .arg(&addr_file)
-            .args(["--mode", mode, "--workload", "s", "--connections", "60"])
-            .args([
-                "--remotes-used",
-                "2",
-                "--concurrency",
-                "8",
-                "--refresh-rounds",
-                "2",
-            ])
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let stdout = String::from_utf8(output.stdout).unwrap();
-        let line: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+        let lines = bench_lines([
+            "run",
+            "--remotes",
+            remotes,
+            "--mode",
+            mode,
+            "--workload",
+            "s",
+            "--connections",
+            "60",
+            "--remotes-used",
+            "2",
+            "--concurrency",
+            "8",
+            "--refresh-rounds",
+            "2",
+        ])
+        .await;
+        let [line] = &lines[..] else {
+            panic!("one JSON line: {lines:?}");
+        };
         for field in SCALE_FIELDS {
             assert!(line.get(field).is_some(), "{field} missing from {line}");
         }
@@ -163,21 +185,7 @@ async fn every_workload_runs_in_both_modes_without_errors() {
 /// measured: the newer peer's request is the larger.
 #[tokio::test]
 async fn the_codec_workload_reports_both_kinds_of_message() {
-    let output = Command::new(env!("CARGO_BIN_EXE_connect-bench"))
-        .args(["codec", "--iters", "50", "--rounds", "2"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
-        .collect();
+    let lines = bench_lines(["codec", "--iters", "50", "--rounds", "2"]).await;
     let seen: Vec<(&str, &str)> = lines
         .iter()
         .map(|l| {
@@ -208,31 +216,18 @@ async fn the_codec_workload_reports_both_kinds_of_message() {
 /// the hop holding nothing, round after round.
 #[tokio::test]
 async fn the_expiry_workload_expires_everything_it_opened() {
-    let output = Command::new(env!("CARGO_BIN_EXE_connect-bench"))
-        .args([
-            "expiry",
-            "--connections",
-            "200",
-            "--remotes",
-            "3",
-            "--ttl-ms",
-            "1000",
-            "--rounds",
-            "2",
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
-        .collect();
+    let lines = bench_lines([
+        "expiry",
+        "--connections",
+        "200",
+        "--remotes",
+        "3",
+        "--ttl-ms",
+        "1000",
+        "--rounds",
+        "2",
+    ])
+    .await;
     assert_eq!(lines.len(), 2);
     for (round, line) in lines.iter().enumerate() {
         assert_eq!(line["round"], round + 1);
@@ -248,21 +243,10 @@ async fn the_expiry_workload_expires_everything_it_opened() {
 /// `elements` reports every chain it compares.
 #[tokio::test]
 async fn the_elements_workload_reports_each_chain() {
-    let output = Command::new(env!("CARGO_BIN_EXE_connect-bench"))
-        .args(["elements", "--connections", "50", "--rounds", "1"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let chains: Vec<String> = stdout
-        .lines()
+    let lines = bench_lines(["elements", "--connections", "50", "--rounds", "1"]).await;
+    let chains: Vec<String> = lines
+        .iter()
         .map(|line| {
-            let line: serde_json::Value = serde_json::from_str(line).expect("one JSON object");
             assert!(line["ns_per_connection"].as_f64().unwrap() > 0.0, "{line}");
             line["chain"].as_str().unwrap().to_owned()
         })

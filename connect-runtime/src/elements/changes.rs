@@ -42,6 +42,28 @@ impl Watching<'_> {
     }
 }
 
+/// Waits until `done` holds, re-checking it whenever `a` or `b` changes
+/// (no polling). `done` reads state that the notifiers change under a lock
+/// before they notify, as [`Changes`] requires.
+pub(crate) async fn until(a: &Changes, b: &Changes, mut done: impl FnMut() -> bool) {
+    let (a, b) = (a.watch(), b.watch());
+    loop {
+        let a_changed = a.changed();
+        tokio::pin!(a_changed);
+        a_changed.as_mut().enable();
+        let b_changed = b.changed();
+        tokio::pin!(b_changed);
+        b_changed.as_mut().enable();
+        if done() {
+            return;
+        }
+        tokio::select! {
+            () = a_changed => {}
+            () = b_changed => {}
+        }
+    }
+}
+
 impl Drop for Watching<'_> {
     fn drop(&mut self) {
         self.0.watchers.fetch_sub(1, Ordering::SeqCst);

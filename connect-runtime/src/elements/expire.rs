@@ -13,9 +13,9 @@ use tonic::{Code, Status};
 
 use crate::chain::{BoxFuture, Context, Element, Joins, Next, Server, ServerChain};
 use crate::elements::DEFAULT_CLEANUP_TIMEOUT;
-use crate::elements::changes::Changes;
+use crate::elements::changes::{self, Changes};
 use crate::elements::turns::Turns;
-use crate::elements::updatepath::DEFAULT_MAX_TOKEN_LIFETIME;
+use crate::elements::updatepath::{DEFAULT_MAX_TOKEN_LIFETIME, caller_expiry};
 use crate::map::PerConnection;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
@@ -174,24 +174,14 @@ impl Expire {
     /// whenever an expiry is set, cleared or met, or a call starts waiting
     /// for its turn or ends one (no polling).
     pub async fn wait_for(&self, condition: impl Fn(&ExpireStats) -> bool) -> ExpireStats {
-        let turns = self.shared.turns.changed().watch();
-        let expiries = self.shared.changed.watch();
-        loop {
-            let turns_changed = turns.changed();
-            tokio::pin!(turns_changed);
-            turns_changed.as_mut().enable();
-            let expiries_changed = expiries.changed();
-            tokio::pin!(expiries_changed);
-            expiries_changed.as_mut().enable();
-            let stats = self.stats();
-            if condition(&stats) {
-                return stats;
-            }
-            tokio::select! {
-                () = turns_changed => {}
-                () = expiries_changed => {}
-            }
-        }
+        let mut stats = self.stats();
+        let shared = &self.shared;
+        changes::until(shared.turns.changed(), &shared.changed, || {
+            stats = self.stats();
+            condition(&stats)
+        })
+        .await;
+        stats
     }
 }
 
@@ -210,7 +200,7 @@ impl Shared {
         else {
             return Element::request(&self.rest, ctx, request, next).await;
         };
-        let lives = self.lifetime(caller_expiry(&request));
+        let lives = self.lifetime(request.connection.as_deref().and_then(caller_expiry));
         let early = ctx.remaining().unwrap_or_default();
         let _turn = self.turns.take(&id).await;
         let conn = Element::request(&self.rest, ctx, request, next).await?;
@@ -287,14 +277,6 @@ impl Shared {
         // The receiver lives as long as this element.
         let _ = timer.send(command);
     }
-}
-
-/// The caller's segment's `expires`: the one before this hop's.
-fn caller_expiry(request: &NetworkServiceRequest) -> Option<SystemTime> {
-    let path = request.connection.as_deref()?.path.as_ref()?;
-    let caller = (path.index as usize).checked_sub(1)?;
-    let expires = path.path_segments.get(caller)?.expires?;
-    SystemTime::try_from(expires).ok()
 }
 
 impl Expire {

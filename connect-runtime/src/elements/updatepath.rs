@@ -168,19 +168,22 @@ fn update(conn: &mut Connection, name: &str) -> Result<u32, Status> {
 /// This hop's segment expires with the caller's, but no later than
 /// `latest`.
 fn set_own_expiry(conn: &mut Connection, latest: SystemTime) {
+    let expires = caller_expiry(conn).map_or(latest, |c| c.min(latest));
     let Some(path) = conn.path.as_mut() else {
         return;
     };
-    let index = path.index as usize;
-    let caller = index
-        .checked_sub(1)
-        .and_then(|i| path.path_segments.get(i))
-        .and_then(|s| s.expires)
-        .and_then(|t| SystemTime::try_from(t).ok());
-    let expires = caller.map_or(latest, |c| c.min(latest));
-    if let Some(own) = path.path_segments.get_mut(index) {
+    if let Some(own) = path.path_segments.get_mut(path.index as usize) {
         own.expires = Some(expires.into());
     }
+}
+
+/// When the caller's segment (the one before this hop's, at the path's
+/// index) expires, if it says.
+pub(crate) fn caller_expiry(conn: &Connection) -> Option<SystemTime> {
+    let path = conn.path.as_ref()?;
+    let caller = (path.index as usize).checked_sub(1)?;
+    let expires = path.path_segments.get(caller)?.expires?;
+    SystemTime::try_from(expires).ok()
 }
 
 fn segment(name: &str, id: String) -> PathSegment {

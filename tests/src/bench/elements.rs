@@ -6,14 +6,15 @@
 //! `connect`), and per-connection state in a derived element.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use connect_runtime::proto::connection::{Connection, Path, PathSegment};
+use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::{
     Context, Element, Expire, Hooks, Next, Passthrough, PerConnection, ServerChain, Status,
     UpdatePath,
 };
+use connect_tests::{from_caller, request_for};
 use serde::Serialize;
 
 use crate::measure::round;
@@ -108,24 +109,8 @@ fn chains() -> Vec<(&'static str, ServerChain)> {
 }
 
 fn request(k: usize) -> NetworkServiceRequest {
-    let caller = PathSegment {
-        name: "nsc".into(),
-        id: format!("c-{k}"),
-        expires: Some((SystemTime::now() + Duration::from_secs(600)).into()),
-        ..Default::default()
-    };
-    NetworkServiceRequest {
-        connection: Some(Box::new(Connection {
-            id: format!("c-{k}"),
-            path: Some(Path {
-                index: 0,
-                path_segments: vec![caller],
-                ..Default::default()
-            }),
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
+    let ttl = Duration::from_secs(600);
+    request_for(from_caller("nsc", &format!("c-{k}"), Some(ttl)))
 }
 
 /// Each chain in turn, `rounds` times, `connections` connections a round:

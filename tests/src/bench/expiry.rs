@@ -5,9 +5,9 @@
 //! allocator's retained pages do not hide a leak) returns to its baseline.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use connect_runtime::proto::connection::{Connection, Path, PathSegment};
+use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::{
     ClientChain, Connect, Context, DialOptions, Element, Expire, GrpcClient, Hooks, Next,
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use connect_tests::population::each;
+use connect_tests::{from_caller, request_for};
 
 use crate::measure::{round as round_to, rss_kb};
 use crate::options::Expiry;
@@ -175,27 +176,10 @@ impl Hop {
 }
 
 fn request(k: usize, remotes: usize, ttl: Duration) -> NetworkServiceRequest {
-    let caller = PathSegment {
-        name: "vanishing-nsc".into(),
-        id: format!("x-{k}"),
-        expires: Some((SystemTime::now() + ttl).into()),
-        ..Default::default()
-    };
-    let mut conn = Connection {
-        id: format!("x-{k}"),
-        path: Some(Path {
-            index: 0,
-            path_segments: vec![caller],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let mut conn = from_caller("vanishing-nsc", &format!("x-{k}"), Some(ttl));
     conn.labels
         .insert("remote".into(), (k % remotes).to_string());
-    NetworkServiceRequest {
-        connection: Some(Box::new(conn)),
-        ..Default::default()
-    }
+    request_for(conn)
 }
 
 pub(crate) async fn run(options: Expiry) -> Result<(), String> {

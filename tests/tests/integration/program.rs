@@ -1,17 +1,15 @@
 //! The passthrough program as a real process: endpoint and server modes over
 //! TCP and unix sockets, SIGTERM, bad input, and the demo.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use connect_runtime::proto::connection::{Path, PathSegment};
-use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
 use connect_runtime::{ClientConn, DialOptions, ServerChain, dial};
 use connect_tests::elements::{Capture, Count, Gate, Ledger, Op};
 use connect_tests::harness::settle;
 use connect_tests::program::{Program, example, run};
 use connect_tests::remote::{start_tcp, unix_url};
-use connect_tests::request;
+use connect_tests::{from_caller, refreshed, request, request_for};
 use tempfile::TempDir;
 use tonic::Code;
 use url::Url;
@@ -156,23 +154,18 @@ async fn a_passthrough_process_in_front_of_an_endpoint_process() {
 async fn connections_whose_callers_vanish_are_closed_at_the_endpoint() {
     let ledger = Ledger::new();
     let remote = start_tcp(ServerChain::builder().with(ledger.clone()).build()).await;
-    let passthrough = Program::start(&[
-        "--listen",
-        "tcp://127.0.0.1:0",
-        "--connect-to",
-        remote.url().as_str(),
-        "--dial-timeout",
-        "5s",
-        "--name",
-        "passthrough-under-test",
-    ])
-    .await;
+    let passthrough =
+        Program::passthrough_named(remote.url(), Some("passthrough-under-test")).await;
     let ttl = Duration::from_secs(1);
     {
         let mut nsm = client(passthrough.url()).await;
         for n in 0..20 {
             let reply = nsm
-                .request(expiring(&format!("gone-{n}"), 2 * ttl))
+                .request(request_for(from_caller(
+                    "vanishing-nsc",
+                    &format!("gone-{n}"),
+                    Some(2 * ttl),
+                )))
                 .await
                 .unwrap()
                 .into_inner();
@@ -196,20 +189,11 @@ async fn connections_whose_callers_vanish_are_closed_at_the_endpoint() {
 
     // One refreshed before each expiry stays open.
     let mut nsm = client(passthrough.url()).await;
-    let mut conn = nsm
-        .request(expiring("kept", ttl))
-        .await
-        .unwrap()
-        .into_inner();
+    let kept = from_caller("vanishing-nsc", "kept", Some(ttl));
+    let mut conn = nsm.request(request_for(kept)).await.unwrap().into_inner();
     for _ in 0..6 {
         tokio::time::sleep(ttl / 4).await;
-        let index = conn.path.as_ref().unwrap().index as usize;
-        conn.path.as_mut().unwrap().path_segments[index].expires =
-            Some((SystemTime::now() + ttl).into());
-        let refresh = NetworkServiceRequest {
-            connection: Some(Box::new(conn)),
-            ..Default::default()
-        };
+        let refresh = request_for(refreshed(conn, ttl));
         conn = nsm.request(refresh).await.unwrap().into_inner();
     }
     assert_eq!(
@@ -221,23 +205,6 @@ async fn connections_whose_callers_vanish_are_closed_at_the_endpoint() {
     assert_eq!(ledger.closes(), 21);
     passthrough.terminate();
     assert!(passthrough.exited().await.success());
-}
-
-/// A new connection `id` whose caller's segment expires in `ttl`.
-fn expiring(id: &str, ttl: Duration) -> NetworkServiceRequest {
-    let caller = PathSegment {
-        name: "vanishing-nsc".into(),
-        id: id.into(),
-        expires: Some((SystemTime::now() + ttl).into()),
-        ..Default::default()
-    };
-    let mut request = request(id);
-    request.connection.as_mut().unwrap().path = Some(Path {
-        index: 0,
-        path_segments: vec![caller],
-        ..Default::default()
-    });
-    request
 }
 
 #[tokio::test]
@@ -663,17 +630,7 @@ async fn the_client_example_goes_through_a_passthrough_to_an_endpoint() {
         "nse",
     ])
     .await;
-    let passthrough = Program::start(&[
-        "--listen",
-        "tcp://127.0.0.1:0",
-        "--connect-to",
-        endpoint.url().as_str(),
-        "--dial-timeout",
-        "5s",
-        "--name",
-        "pt",
-    ])
-    .await;
+    let passthrough = Program::passthrough_named(endpoint.url(), Some("pt")).await;
     let output = settle(
         "the client example to finish",
         tokio::process::Command::new(example("client"))
@@ -728,20 +685,17 @@ async fn in_json_mode_a_failure_is_a_json_line() {
 /// from another certificate.
 #[tokio::test]
 async fn tls_files_that_cannot_work_say_why_and_what_to_do() {
+    /// What an endpoint serving `cert` and `key` says as it fails.
+    async fn refused(cert: &std::path::Path, key: &std::path::Path) -> String {
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let args = ["--endpoint", "--listen", "tcp://127.0.0.1:0"];
+        let output = run(&[&args[..], &["--tls-cert", cert, "--tls-key", key]].concat()).await;
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/openssl-v1");
-    let (v1_cert, v1_key) = (data.join("nse.pem"), data.join("nse.key"));
-    let output = run(&[
-        "--endpoint",
-        "--listen",
-        "tcp://127.0.0.1:0",
-        "--tls-cert",
-        v1_cert.to_str().unwrap(),
-        "--tls-key",
-        v1_key.to_str().unwrap(),
-    ])
-    .await;
-    assert!(!output.status.success());
-    let said = String::from_utf8_lossy(&output.stderr);
+    let said = refused(&data.join("nse.pem"), &data.join("nse.key")).await;
     assert!(
         said.contains("nse.pem: the certificate is X.509 v1"),
         "{said}"
@@ -754,18 +708,7 @@ async fn tls_files_that_cannot_work_say_why_and_what_to_do() {
     let (cert, key) = (dir.path().join("nse.pem"), dir.path().join("other.key"));
     std::fs::write(&cert, &ours.cert_pem).unwrap();
     std::fs::write(&key, &other.key_pem).unwrap();
-    let output = run(&[
-        "--endpoint",
-        "--listen",
-        "tcp://127.0.0.1:0",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ])
-    .await;
-    assert!(!output.status.success());
-    let said = String::from_utf8_lossy(&output.stderr);
+    let said = refused(&cert, &key).await;
     assert!(
         said.contains("other.key does not match the certificate")
             && said.contains("nse.pem: give the key it was issued for"),

@@ -21,7 +21,7 @@ use self::state::{Clients, ConnectionRecords, Retired, Shared};
 use crate::chain::ClientChain;
 use crate::chain::Context;
 use crate::chain::Next;
-use crate::elements::changes::Changes;
+use crate::elements::changes::{self, Changes};
 use crate::elements::turns::Turns;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
@@ -341,23 +341,11 @@ impl Connect {
 
     /// Re-checks `condition` whenever turns change or a client leaves the map.
     async fn wait_until_clients(&self, condition: impl Fn(&Shared) -> bool) {
-        let turns = self.shared.turns.changed().watch();
-        let clients = self.shared.clients_changed.watch();
-        loop {
-            let turns_changed = turns.changed();
-            tokio::pin!(turns_changed);
-            turns_changed.as_mut().enable();
-            let clients_changed = clients.changed();
-            tokio::pin!(clients_changed);
-            clients_changed.as_mut().enable();
-            if condition(&self.shared) {
-                return;
-            }
-            tokio::select! {
-                () = turns_changed => {}
-                () = clients_changed => {}
-            }
-        }
+        let shared = &self.shared;
+        changes::until(shared.turns.changed(), &shared.clients_changed, || {
+            condition(shared)
+        })
+        .await;
     }
 
     /// Its connection records, for [`Chain::stats`](crate::Chain::stats):

@@ -5,14 +5,14 @@
 
 use std::time::{Duration, SystemTime};
 
-use connect_runtime::proto::connection::{Connection, Path, PathSegment};
-use connect_runtime::proto::networkservice::NetworkServiceRequest;
+use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
 use connect_runtime::{ClientUrl, Connect, Expire, ServerChain, ServerHandle, UpdatePath};
 use connect_tests::caller::tonic_caller;
 use connect_tests::elements::{Gate, Ledger, Op, ledger_chain};
 use connect_tests::harness::{assert_no_leaks, grpc_only, settle};
 use connect_tests::remote::start_tcp;
+use connect_tests::{from_caller, refreshed, request_for};
 use tonic::Code;
 use tonic::transport::Channel;
 use url::Url;
@@ -50,13 +50,9 @@ impl Hop {
     }
 
     async fn request(&self, conn: Connection) -> Result<Connection, tonic::Status> {
-        let request = NetworkServiceRequest {
-            connection: Some(Box::new(conn)),
-            ..Default::default()
-        };
         let mut caller = self.caller.clone();
         caller
-            .request(request)
+            .request(request_for(conn))
             .await
             .map(tonic::Response::into_inner)
     }
@@ -65,34 +61,6 @@ impl Hop {
         let mut caller = self.caller.clone();
         caller.close(conn).await.map(drop)
     }
-}
-
-/// A caller's new connection `id`, its segment (named `caller`) expiring in
-/// `ttl` (never, if `None`).
-fn new_connection(caller: &str, id: &str, ttl: Option<Duration>) -> Connection {
-    let segment = PathSegment {
-        name: caller.into(),
-        id: id.into(),
-        expires: ttl.map(|ttl| (SystemTime::now() + ttl).into()),
-        ..Default::default()
-    };
-    Connection {
-        id: id.into(),
-        path: Some(Path {
-            index: 0,
-            path_segments: vec![segment],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// `conn` as its caller refreshes it: its segment now expiring in `ttl`.
-fn refreshed(mut conn: Connection, ttl: Duration) -> Connection {
-    let path = conn.path.as_mut().expect("a path");
-    let index = path.index as usize;
-    path.path_segments[index].expires = Some((SystemTime::now() + ttl).into());
-    conn
 }
 
 async fn remote(ledger: &Ledger, gate: &Gate) -> ServerHandle {
@@ -105,7 +73,7 @@ async fn callers_that_vanish_have_every_connection_closed_at_the_remote() {
     let remote = remote(&ledger, &gate).await;
     let hop = Hop::new(remote.url(), Duration::from_secs(600)).await;
     for n in 0..20 {
-        let conn = new_connection("nsc", &format!("c-{n}"), Some(Duration::from_millis(1500)));
+        let conn = from_caller("nsc", &format!("c-{n}"), Some(Duration::from_millis(1500)));
         hop.request(conn).await.unwrap();
     }
     assert_eq!(ledger.open().len(), 20);
@@ -141,7 +109,7 @@ async fn a_connection_refreshed_before_each_expiry_stays_open() {
     let hop = Hop::new(remote.url(), Duration::from_secs(600)).await;
     let ttl = Duration::from_secs(1);
     let mut conn = hop
-        .request(new_connection("nsc", "kept", Some(ttl)))
+        .request(from_caller("nsc", "kept", Some(ttl)))
         .await
         .unwrap();
     // Refreshes a quarter of the lifetime apart, for one and a half
@@ -165,20 +133,14 @@ async fn a_refresh_racing_the_expiry_keeps_the_connection() {
     let remote = remote(&ledger, &gate).await;
     let hop = Hop::new(remote.url(), Duration::from_secs(600)).await;
     let conn = hop
-        .request(new_connection("nsc", "raced", Some(Duration::from_secs(1))))
+        .request(from_caller("nsc", "raced", Some(Duration::from_secs(1))))
         .await
         .unwrap();
     // The refresh is held at the remote while the expiry comes due.
     gate.arm(Op::Request);
     let refresh = {
         let (caller, conn) = (hop.caller.clone(), refreshed(conn, Duration::from_secs(60)));
-        tokio::spawn(async move {
-            let request = NetworkServiceRequest {
-                connection: Some(Box::new(conn)),
-                ..Default::default()
-            };
-            caller.clone().request(request).await
-        })
+        tokio::spawn(async move { caller.clone().request(request_for(conn)).await })
     };
     settle("the refresh to reach the remote", gate.holding()).await;
     settle(
@@ -207,11 +169,7 @@ async fn a_close_racing_the_expiry_is_the_only_close() {
     let remote = remote(&ledger, &gate).await;
     let hop = Hop::new(remote.url(), Duration::from_secs(600)).await;
     let conn = hop
-        .request(new_connection(
-            "nsc",
-            "closing",
-            Some(Duration::from_secs(1)),
-        ))
+        .request(from_caller("nsc", "closing", Some(Duration::from_secs(1))))
         .await
         .unwrap();
     gate.arm(Op::Close);
@@ -244,7 +202,7 @@ async fn a_caller_that_sets_no_expiry_gets_the_maximum_lifetime() {
     let remote = remote(&ledger, &gate).await;
     let hop = Hop::new(remote.url(), Duration::from_millis(300)).await;
     let conn = hop
-        .request(new_connection("nsc", "no-expiry", None))
+        .request(from_caller("nsc", "no-expiry", None))
         .await
         .unwrap();
     // This hop vouches for it no longer than its maximum lifetime.
@@ -264,11 +222,11 @@ async fn two_callers_reusing_one_id_get_a_connection_each() {
     let hop = Hop::new(remote.url(), Duration::from_secs(600)).await;
     let ttl = Some(Duration::from_secs(600));
     let a = hop
-        .request(new_connection("nsc-a", "same", ttl))
+        .request(from_caller("nsc-a", "same", ttl))
         .await
         .unwrap();
     let b = hop
-        .request(new_connection("nsc-b", "same", ttl))
+        .request(from_caller("nsc-b", "same", ttl))
         .await
         .unwrap();
     // Each caller gets its own id back, and the remote saw two connections
@@ -294,9 +252,9 @@ async fn a_malformed_path_is_refused_before_it_reaches_anything() {
     let (ledger, gate) = (Ledger::new(), Gate::new());
     let remote = remote(&ledger, &gate).await;
     let hop = Hop::new(remote.url(), Duration::from_secs(600)).await;
-    let mut past_the_end = new_connection("nsc", "c", None);
+    let mut past_the_end = from_caller("nsc", "c", None);
     past_the_end.path.as_mut().unwrap().index = 3;
-    let mut not_the_callers = new_connection("nsc", "c", None);
+    let mut not_the_callers = from_caller("nsc", "c", None);
     not_the_callers.id = "other".into();
     for conn in [past_the_end, not_the_callers] {
         let status = hop.request(conn.clone()).await.unwrap_err();

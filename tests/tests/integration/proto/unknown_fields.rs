@@ -531,17 +531,7 @@ async fn connects_own_closes_carry_the_endpoints_fields() {
 #[tokio::test]
 async fn the_program_forwards_a_newer_peers_fields_both_ways() {
     let endpoint = FutureEndpoint::start().await;
-    let passthrough = Program::start(&[
-        "--listen",
-        "tcp://127.0.0.1:0",
-        "--connect-to",
-        endpoint.url().as_str(),
-        "--dial-timeout",
-        "5s",
-        "--name",
-        HOP,
-    ])
-    .await;
+    let passthrough = Program::passthrough_named(endpoint.url(), Some(HOP)).await;
     let mut caller = future_caller(passthrough.url()).await;
 
     let sent = full_request("through-the-program");
