@@ -11,7 +11,8 @@
 //!   dials and graceful shutdown ([`serve`], [`dial`]);
 //! - [`elements`]: [`Connect`], and the small elements every chain needs
 //!   ([`GrpcClient`], [`ClientUrl`], [`Passthrough`], [`Monitor`], and
-//!   [`UpdatePath`] and [`Expire`], which every NSM hop runs);
+//!   [`UpdatePath`] and [`Expire`], which every NSM hop runs), and NSM's
+//!   monitor protocol ([`ConnectionMonitor`]);
 //! - [`map`]: the sharded concurrent maps `connect` keeps its state in.
 //!
 //! The items most code needs are re-exported here; [`prelude`] has the ones
@@ -78,9 +79,10 @@ pub use chain::{
     NextFuture, ServerChain,
 };
 pub use elements::{
-    ClientFactory, ClientStats, ClientUrl, Connect, ConnectBuilder, ConnectStats, DEADLINE_GRACE,
-    DEFAULT_CLEANUP_TIMEOUT, DEFAULT_MAX_TOKEN_LIFETIME, Expire, ExpireStats, GrpcClient, Monitor,
-    Passthrough, UpdatePath,
+    ClientFactory, ClientStats, ClientUrl, Connect, ConnectBuilder, ConnectStats,
+    ConnectionMonitor, DEADLINE_GRACE, DEFAULT_CLEANUP_TIMEOUT, DEFAULT_MAX_TOKEN_LIFETIME,
+    DEFAULT_WATCHER_BUFFER, Expire, ExpireStats, GrpcClient, Monitor, MonitorRelay, MonitorServer,
+    MonitorService, MonitorStats, MonitorStream, Passthrough, UpdatePath,
 };
 pub use map::PerConnection;
 pub use server::{

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use connect_runtime::proto::connection::monitor_connection_client::MonitorConnectionClient;
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
 use tonic::transport::{Channel, Endpoint};
 use url::Url;
@@ -19,15 +20,25 @@ pub fn tonic_uri(url: &Url) -> String {
     }
 }
 
-/// A tonic client of the `NetworkService` at `url`, on tonic's channel.
-pub async fn tonic_caller(url: &Url) -> NetworkServiceClient<Channel> {
-    let channel = Endpoint::from_shared(tonic_uri(url))
+/// tonic's own channel to `url`.
+pub async fn tonic_channel(url: &Url) -> Channel {
+    Endpoint::from_shared(tonic_uri(url))
         .expect("a valid endpoint URI")
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .unwrap_or_else(|err| panic!("tonic could not connect to {url}: {err}"));
-    NetworkServiceClient::new(channel)
+        .unwrap_or_else(|err| panic!("tonic could not connect to {url}: {err}"))
+}
+
+/// A tonic client of the `NetworkService` at `url`, on tonic's channel.
+pub async fn tonic_caller(url: &Url) -> NetworkServiceClient<Channel> {
+    NetworkServiceClient::new(tonic_channel(url).await)
+}
+
+/// A tonic client of the `MonitorConnection` service at `url`, on tonic's
+/// channel.
+pub async fn monitor_caller(url: &Url) -> MonitorConnectionClient<Channel> {
+    MonitorConnectionClient::new(tonic_channel(url).await)
 }
 
 /// A tonic client over a unix socket whose calls carry `localhost` as

@@ -46,6 +46,8 @@ pub struct Program {
     /// The line that said where it listens.
     announcement: String,
     logs: Arc<Mutex<Vec<String>>>,
+    /// How many lines it has logged.
+    logged: tokio::sync::watch::Receiver<usize>,
     reading: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -65,6 +67,16 @@ impl Program {
     /// As [`Program::passthrough_to`], its hop named `name` (`--name`) if
     /// given.
     pub async fn passthrough_named(remote: &Url, name: Option<&str>) -> Self {
+        Self::passthrough_with_env(remote, name, &[]).await
+    }
+
+    /// As [`Program::passthrough_named`], with `env` added to its
+    /// environment (see [`Program::start_with_env`]).
+    pub async fn passthrough_with_env(
+        remote: &Url,
+        name: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut args = vec![
             "--listen",
             "tcp://127.0.0.1:0",
@@ -74,7 +86,7 @@ impl Program {
             "5s",
         ];
         args.extend(name.into_iter().flat_map(|name| ["--name", name]));
-        Self::start(&args).await
+        Self::start_with_env(&args, env).await
     }
 
     /// As [`Program::start`], with `env` added to its environment. The
@@ -94,13 +106,19 @@ impl Program {
             .spawn()
             .expect("the program starts");
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let (lines_logged, logged) = tokio::sync::watch::channel(0);
         let reading = {
             let stderr = child.stderr.take().expect("stderr is piped");
             let logs = Arc::clone(&logs);
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stderr).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    logs.lock().unwrap().push(line);
+                    let count = {
+                        let mut logs = logs.lock().unwrap();
+                        logs.push(line);
+                        logs.len()
+                    };
+                    lines_logged.send_replace(count);
                 }
             })
         };
@@ -128,6 +146,7 @@ impl Program {
             url,
             announcement: line,
             logs,
+            logged,
             reading: Some(reading),
         }
     }
@@ -140,6 +159,15 @@ impl Program {
     /// What the program has written to stderr so far, a line each.
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits until the program has logged a line containing `needle`.
+    pub async fn until_logged(&self, needle: &str) {
+        let mut logged = self.logged.clone();
+        let seen = logged.wait_for(|_| self.logs().iter().any(|l| l.contains(needle)));
+        settle(&format!("the program to log {needle:?}"), seen)
+            .await
+            .expect("the program's stderr is read");
     }
 
     /// Where the program listens (with the port it bound).

@@ -9,8 +9,8 @@ use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::tls::{ClientTls, Identity, ServerTls, TlsError};
 use connect_runtime::{
-    ClientChain, ClientUrl, Connect, Context, DEFAULT_CLEANUP_TIMEOUT, DialOptions, Element,
-    Expire, GrpcClient, Hooks, Monitor, Next, Serve, ServerChain, UpdatePath,
+    ClientChain, ClientUrl, Connect, ConnectionMonitor, Context, DEFAULT_CLEANUP_TIMEOUT,
+    DialOptions, Element, Expire, GrpcClient, Hooks, Monitor, Next, Serve, ServerChain, UpdatePath,
 };
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tonic::Status;
@@ -18,8 +18,9 @@ use url::Url;
 
 use crate::args::{Hop, LogFormat, TlsFiles, TlsSource};
 
-/// updatepath → expire(clienturl(`connect_to`) → connect), served on
-/// `listen`.
+/// updatepath → expire(monitor → clienturl(`connect_to`) → connect), served
+/// on `listen` with `MonitorConnections`; each client relays its remote's
+/// monitor events.
 pub(crate) async fn passthrough(
     listen: Url,
     connect_to: Url,
@@ -33,15 +34,20 @@ pub(crate) async fn passthrough(
     if let Some(client) = tls.as_ref().and_then(|t| t.client.clone()) {
         dial = dial.tls(client);
     }
-    let connect = Connect::builder(|ctx: &Context, conn| {
+    let stop = CancellationToken::new();
+    let monitor = ConnectionMonitor::new().shutdown_on(stop.clone());
+    let relays = monitor.clone();
+    let connect = Connect::builder(move |ctx: &Context, conn| {
         ClientChain::builder()
             .with(Monitor::new(ctx, conn.clone()))
+            .with(relays.relay(ctx, conn.clone()))
             .with(GrpcClient::new(conn))
             .build()
     })
     .dial_options(dial)
     .build();
     let rest = ServerChain::builder()
+        .with(monitor.server())
         .with(ClientUrl::new(connect_to.clone()))
         .with(connect.clone())
         .build();
@@ -53,8 +59,7 @@ pub(crate) async fn passthrough(
     // Signals are caught from before the program says it is listening, so
     // that a SIGTERM sent right after never finds the default action.
     let mut signals = Signals::install()?;
-    let stop = CancellationToken::new();
-    let server = serving(chain, tls.map(|t| t.server), &stop)
+    let server = serving(chain, &monitor, tls.map(|t| t.server), &stop)
         .bind(&listen)
         .await
         .map_err(|e| e.to_string())?;
@@ -95,7 +100,7 @@ pub(crate) async fn passthrough(
 }
 
 /// A minimal NSM endpoint: answers Request with the request's connection and
-/// Close with empty.
+/// Close with empty, and serves `MonitorConnections`.
 pub(crate) async fn endpoint(
     listen: Url,
     hop: Hop,
@@ -103,14 +108,16 @@ pub(crate) async fn endpoint(
     tls: Option<TlsSource>,
 ) -> Result<(), String> {
     let tls = Tls::from(tls).await?;
+    let stop = CancellationToken::new();
+    let monitor = ConnectionMonitor::new().shutdown_on(stop.clone());
+    let rest = ServerChain::builder().with(monitor.server()).build();
     let chain = ServerChain::builder()
         .with(Logged("endpoint"))
         .with(UpdatePath::new(hop.name.as_str()).max_lifetime(hop.max_lifetime))
-        .with(Expire::new(ServerChain::default()).max_lifetime(hop.max_lifetime))
+        .with(Expire::new(rest).max_lifetime(hop.max_lifetime))
         .build();
     let mut signals = Signals::install()?;
-    let stop = CancellationToken::new();
-    let server = serving(chain, tls.map(|t| t.server), &stop)
+    let server = serving(chain, &monitor, tls.map(|t| t.server), &stop)
         .bind(&listen)
         .await
         .map_err(|e| e.to_string())?;
@@ -154,9 +161,17 @@ fn announce(log: LogFormat, role: &str, url: &Url, extra: &[(&str, &str)]) {
     }
 }
 
-/// A server for `chain`, with TLS if given, stopping when `stop` is.
-fn serving(chain: ServerChain, tls: Option<ServerTls>, stop: &CancellationToken) -> Serve {
-    let serve = Serve::new(chain).shutdown_on(stop.clone());
+/// A server for `chain` and `monitor`'s service, with TLS if given,
+/// stopping when `stop` is.
+fn serving(
+    chain: ServerChain,
+    monitor: &ConnectionMonitor,
+    tls: Option<ServerTls>,
+    stop: &CancellationToken,
+) -> Serve {
+    let serve = Serve::new(chain)
+        .add_service(monitor.service())
+        .shutdown_on(stop.clone());
     match tls {
         Some(tls) => serve.tls(tls),
         None => serve,

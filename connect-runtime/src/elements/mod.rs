@@ -2,7 +2,8 @@
 //! named after), and the small elements every chain needs: [`GrpcClient`]
 //! (the call itself), [`ClientUrl`], [`Passthrough`] and [`Monitor`]; and
 //! the two every NSM hop runs, [`UpdatePath`] (this hop's path segment) and
-//! [`Expire`] (closing what callers stopped refreshing).
+//! [`Expire`] (closing what callers stopped refreshing); and NSM's monitor
+//! protocol, [`ConnectionMonitor`].
 
 mod changes;
 mod clienturl;
@@ -10,6 +11,7 @@ mod connect;
 mod expire;
 mod grpc_client;
 mod monitor;
+mod monitoring;
 mod passthrough;
 mod turns;
 mod updatepath;
@@ -21,5 +23,9 @@ pub use connect::{
 pub use expire::{Expire, ExpireStats};
 pub use grpc_client::{DEADLINE_GRACE, GrpcClient};
 pub use monitor::Monitor;
+pub use monitoring::{
+    ConnectionMonitor, DEFAULT_WATCHER_BUFFER, MonitorRelay, MonitorServer, MonitorService,
+    MonitorStats, MonitorStream,
+};
 pub use passthrough::Passthrough;
 pub use updatepath::{DEFAULT_MAX_TOKEN_LIFETIME, UpdatePath};

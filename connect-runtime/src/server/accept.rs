@@ -45,6 +45,13 @@ impl Peer {
     pub fn certificates(&self) -> Option<&[CertificateDer<'static>]> {
         self.certificates.as_deref()
     }
+
+    /// The SPIFFE ID the peer's certificate names, if it presented one that
+    /// names one.
+    #[cfg(feature = "spiffe")]
+    pub fn spiffe_id(&self) -> Option<crate::transport::spiffe::SpiffeId> {
+        crate::transport::spiffe::spiffe_id_of(self.certificates()?.first()?)
+    }
 }
 
 /// What a served connection keeps while it lives.

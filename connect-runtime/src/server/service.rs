@@ -11,6 +11,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use super::Peer;
 use crate::chain::{Context, ServerChain};
 use crate::deadline::deadline_from;
 use crate::grpc_timeout;
@@ -20,7 +21,8 @@ use crate::proto::networkservice::network_service_server::{NetworkService, Netwo
 
 /// Serves a [`ServerChain`] as the gRPC `networkservice.NetworkService`.
 ///
-/// Each call gets a fresh [`Context`] carrying the call's metadata, whose
+/// Each call gets a fresh [`Context`] carrying the call's metadata (and,
+/// over TLS, the caller's [`Peer`] as a [value](Context::value)), whose
 /// deadline is the caller's `grpc-timeout` and whose cancellation token is
 /// cancelled when the caller goes away (tonic drops the handler) or the
 /// deadline passes. The chain's future is dropped at the deadline, and the
@@ -135,6 +137,13 @@ fn incoming_context(
     let mut ctx = Context::new()
         .with_cancellation_token(token.clone())
         .with_incoming_metadata(metadata);
+    // Over TLS, who called: elements that authorize by identity need it
+    // (plaintext calls pay nothing for it).
+    if let Some(peer) = extensions.get::<Peer>()
+        && peer.certificates().is_some()
+    {
+        ctx = ctx.with_value(peer.clone());
+    }
     if let Some(timeout) = timeout {
         // A tick early, so that tonic's timer, started a moment before,
         // never fires first.

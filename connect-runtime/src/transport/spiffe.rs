@@ -240,3 +240,18 @@ fn credential_of(svid: &X509Svid) -> Result<Credential, SpiffeError> {
         not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(expiry),
     })
 }
+
+/// The SPIFFE ID a certificate (DER) names in its URI subject alternative
+/// names, if any.
+pub(crate) fn spiffe_id_of(der: &[u8]) -> Option<SpiffeId> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let names = cert.subject_alternative_name().ok()??;
+    names
+        .value
+        .general_names
+        .iter()
+        .find_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => SpiffeId::new(uri).ok(),
+            _ => None,
+        })
+}

@@ -35,9 +35,12 @@ fn main() -> ExitCode {
         }
     };
     let outcome = match command {
-        options::Command::Serve { n, addr_file, tls } => {
-            runtime.block_on(serve::run(n, addr_file, tls))
-        }
+        options::Command::Serve {
+            n,
+            addr_file,
+            tls,
+            monitoring,
+        } => runtime.block_on(serve::run(n, addr_file, tls, monitoring)),
         // On a worker, as calls into an element run inside a server: the
         // thread that `block_on` parks is not one of the runtime's.
         options::Command::Run(run) => runtime

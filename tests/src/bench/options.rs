@@ -30,6 +30,10 @@ enum Sub {
         /// Serve TLS.
         #[arg(long)]
         tls: bool,
+        /// Serve MonitorConnections, each endpoint adding its path segment
+        /// (`updatepath → monitor`), as an NSM endpoint does.
+        #[arg(long)]
+        monitoring: bool,
     },
     /// Drive the remotes listed in FILE; one JSON line per workload.
     Run {
@@ -135,6 +139,11 @@ struct RunArgs {
     /// Over TLS, verifying the remotes against FILE.ca.pem.
     #[arg(long)]
     tls: bool,
+    /// Through a hop that monitors (`updatepath → monitor → connect`, each
+    /// client relaying its remote's events; connect mode, remotes served
+    /// with --monitoring).
+    #[arg(long)]
+    monitoring: bool,
     /// Workload s: live connections.
     #[arg(long, default_value_t = 10_000, value_parser = positive)]
     connections: usize,
@@ -160,6 +169,7 @@ pub(crate) enum Command {
         n: usize,
         addr_file: PathBuf,
         tls: bool,
+        monitoring: bool,
     },
     Run(Run),
     Compare {
@@ -245,6 +255,7 @@ pub(crate) struct Run {
     pub(crate) reps: usize,
     pub(crate) iters: usize,
     pub(crate) tls: bool,
+    pub(crate) monitoring: bool,
     /// Workload s: live connections, the remotes they use (`None`: every
     /// remote listed), and how many calls run at once.
     pub(crate) connections: usize,
@@ -264,6 +275,7 @@ impl RunArgs {
             reps: self.reps,
             iters: self.iters,
             tls: self.tls,
+            monitoring: self.monitoring,
             connections: self.connections,
             remotes_used: self.remotes_used,
             concurrency: self.concurrency,
@@ -277,7 +289,17 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
     let args = std::iter::once(OsString::from("connect-bench")).chain(args);
     let cli = Cli::try_parse_from(args)?;
     Ok(match cli.command {
-        Sub::Serve { n, addr_file, tls } => Command::Serve { n, addr_file, tls },
+        Sub::Serve {
+            n,
+            addr_file,
+            tls,
+            monitoring,
+        } => Command::Serve {
+            n,
+            addr_file,
+            tls,
+            monitoring,
+        },
         Sub::Run {
             run,
             mode,
@@ -352,12 +374,19 @@ mod tests {
 
     #[test]
     fn serve_run_and_compare_with_their_defaults() {
-        let Ok(Command::Serve { n, addr_file, tls }) =
-            parse(&["serve", "-n", "3", "--addr-file", "f.txt"])
+        let Ok(Command::Serve {
+            n,
+            addr_file,
+            tls,
+            monitoring,
+        }) = parse(&["serve", "-n", "3", "--addr-file", "f.txt"])
         else {
             panic!("not serve");
         };
-        assert_eq!((n, addr_file, tls), (3, PathBuf::from("f.txt"), false));
+        assert_eq!(
+            (n, addr_file, tls, monitoring),
+            (3, PathBuf::from("f.txt"), false, false)
+        );
 
         let Ok(Command::Run(run)) = parse(&[
             "run",

@@ -43,6 +43,12 @@ struct Line {
     close_ms: f64,
     dials: usize,
     errors: usize,
+    /// With `--monitoring`: open relayed monitor streams per remote, and
+    /// streams opened in all, at N.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    streams_per_remote: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay_opens: Option<u64>,
 }
 
 /// What every call of the workload shares: the caller, the remotes, and
@@ -115,6 +121,16 @@ pub(crate) async fn run(run: &Run, remotes: &[Arc<Url>]) -> Result<String, Strin
     let rss_kb_at_clients = rss_kb()?;
     live.extend(each(n - m, concurrency, open(m)).await);
     let open_ms = opening.elapsed().as_secs_f64() * 1e3;
+    let monitored = match population.caller.monitor() {
+        Some(monitor) => {
+            let streams = monitor.wait_for(|s| s.relayed_streams >= m);
+            let stats = tokio::time::timeout(Duration::from_secs(30), streams)
+                .await
+                .unwrap_or_else(|_| monitor.stats());
+            Some(stats)
+        }
+        None => None,
+    };
     let rss_kb_at_n = rss_kb()?;
     let live: Arc<Vec<Option<Connection>>> = Arc::new(live);
 
@@ -178,6 +194,10 @@ pub(crate) async fn run(run: &Run, remotes: &[Arc<Url>]) -> Result<String, Strin
         close_ms: round(close_ms, 1),
         dials,
         errors: population.errors.load(Ordering::Relaxed),
+        streams_per_remote: monitored
+            .as_ref()
+            .map(|s| round(s.relayed_streams as f64 / m as f64, 2)),
+        relay_opens: monitored.map(|s| s.relay_opens),
     };
     Ok(serde_json::to_string(&line).expect("a report serialises"))
 }

@@ -1,10 +1,11 @@
 //! `serve`: N null NSM endpoints (Request answers with the request's
-//! connection, Close with empty) on loopback TCP.
+//! connection, Close with empty) on loopback TCP; with `--monitoring`, each
+//! adds its path segment and serves MonitorConnections.
 
 use std::path::PathBuf;
 
 use connect_runtime::tls::{Identity, ServerTls};
-use connect_runtime::{Serve, ServerChain};
+use connect_runtime::{ConnectionMonitor, Serve, ServerChain, UpdatePath};
 use connect_tests::pki::Pki;
 use url::Url;
 
@@ -15,7 +16,12 @@ pub(crate) fn ca_file(addr_file: &std::path::Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-pub(crate) async fn run(n: usize, addr_file: PathBuf, tls: bool) -> Result<(), String> {
+pub(crate) async fn run(
+    n: usize,
+    addr_file: PathBuf,
+    tls: bool,
+    monitoring: bool,
+) -> Result<(), String> {
     let tls = match tls {
         true => {
             let pki = Pki::new("connect-bench CA");
@@ -32,7 +38,17 @@ pub(crate) async fn run(n: usize, addr_file: PathBuf, tls: bool) -> Result<(), S
     let mut servers = Vec::with_capacity(n);
     for _ in 0..n {
         let url = Url::parse("tcp://127.0.0.1:0").expect("a valid URL");
-        let mut serve = Serve::new(ServerChain::default());
+        let mut serve = match monitoring {
+            false => Serve::new(ServerChain::default()),
+            true => {
+                let monitor = ConnectionMonitor::new();
+                let chain = ServerChain::builder()
+                    .with(UpdatePath::new("endpoint"))
+                    .with(monitor.server())
+                    .build();
+                Serve::new(chain).add_service(monitor.service())
+            }
+        };
         if let Some(tls) = &tls {
             serve = serve.tls(tls.clone());
         }

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
 use connect_runtime::tls::ClientTls;
-use connect_runtime::{Connect, Context, DialOptions, ServerChain};
+use connect_runtime::{
+    ClientChain, Connect, ConnectBuilder, ConnectionMonitor, Context, DialOptions, GrpcClient,
+    ServerChain, UpdatePath,
+};
 use connect_tests::harness::grpc_only_counting_dials;
 use tokio::sync::Barrier;
 use tonic::Status;
@@ -98,6 +101,8 @@ pub(crate) enum Caller {
         chain: ServerChain,
         connect: Connect,
         dials: Arc<AtomicUsize>,
+        /// With `--monitoring`, the hop's monitor.
+        monitor: Option<ConnectionMonitor>,
     },
     Direct {
         clients: Arc<Vec<Grpc<Channel>>>,
@@ -105,18 +110,38 @@ pub(crate) enum Caller {
 }
 
 impl Caller {
-    /// A fresh `connect` element whose client chain is just the gRPC call.
-    fn connect(tls: Option<&str>) -> Result<Self, String> {
-        let (connect, dials) = grpc_only_counting_dials();
+    /// A fresh `connect` element whose client chain is just the gRPC call;
+    /// with `monitoring`, behind `updatepath → monitor`, each client
+    /// relaying its remote's events.
+    fn connect(tls: Option<&str>, monitoring: bool) -> Result<Self, String> {
+        let (connect, monitor, dials) = match monitoring {
+            false => {
+                let (connect, dials) = grpc_only_counting_dials();
+                (connect, None, dials)
+            }
+            true => {
+                let (connect, monitor, dials) = relaying_counting_dials();
+                (connect, Some(monitor), dials)
+            }
+        };
         let mut options = DialOptions::new().timeout(Duration::from_secs(2));
         if let Some(ca) = tls {
             options = options.tls(ClientTls::new(ca).map_err(|e| e.to_string())?);
         }
         let connect = connect.dial_options(options).build();
+        let chain = match &monitor {
+            None => ServerChain::builder().with(connect.clone()).build(),
+            Some(monitor) => ServerChain::builder()
+                .with(UpdatePath::new("hop"))
+                .with(monitor.server())
+                .with(connect.clone())
+                .build(),
+        };
         Ok(Self::Connect {
-            chain: ServerChain::builder().with(connect.clone()).build(),
+            chain,
             connect,
             dials,
+            monitor,
         })
     }
 
@@ -161,7 +186,10 @@ impl Caller {
             false => None,
         };
         match run.mode {
-            Mode::Connect => Self::connect(ca.as_deref()),
+            Mode::Connect => Self::connect(ca.as_deref(), run.monitoring),
+            Mode::Direct if run.monitoring => {
+                Err("--monitoring is a hop's: use it with --mode connect".into())
+            }
             Mode::Direct => Self::direct(remotes, ca.as_deref()).await,
         }
     }
@@ -214,6 +242,14 @@ impl Caller {
         }
     }
 
+    /// The hop's monitor, with `--monitoring`.
+    pub(crate) fn monitor(&self) -> Option<&ConnectionMonitor> {
+        match self {
+            Caller::Connect { monitor, .. } => monitor.as_ref(),
+            Caller::Direct { .. } => None,
+        }
+    }
+
     pub(crate) fn dials(&self) -> usize {
         match self {
             Caller::Connect { dials, .. } => dials.load(Ordering::Relaxed),
@@ -228,6 +264,22 @@ impl Caller {
             let _ = tokio::time::timeout(Duration::from_secs(10), connect.idle()).await;
         }
     }
+}
+
+/// [`grpc_only_counting_dials`] with a [`ConnectionMonitor`] relay before
+/// the gRPC call, and the monitor.
+fn relaying_counting_dials() -> (ConnectBuilder, ConnectionMonitor, Arc<AtomicUsize>) {
+    let dials = Arc::new(AtomicUsize::new(0));
+    let monitor = ConnectionMonitor::new();
+    let (counted, relays) = (Arc::clone(&dials), monitor.clone());
+    let builder = Connect::builder(move |ctx: &Context, conn| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        ClientChain::builder()
+            .with(relays.relay(ctx, conn.clone()))
+            .with(GrpcClient::new(conn))
+            .build()
+    });
+    (builder, monitor, dials)
 }
 
 /// One Request+Close pair's timings.

@@ -3,15 +3,19 @@
 
 use std::time::Duration;
 
+use connect_runtime::proto::connection::{
+    ConnectionEvent, ConnectionEventType, MonitorScopeSelector, State,
+};
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
 use connect_runtime::{ClientConn, DialOptions, ServerChain, dial};
+use connect_tests::caller::monitor_caller;
 use connect_tests::elements::{Capture, Count, Gate, Ledger, Op};
 use connect_tests::harness::settle;
 use connect_tests::program::{Program, example, run};
 use connect_tests::remote::{start_tcp, unix_url};
 use connect_tests::{from_caller, refreshed, request, request_for};
 use tempfile::TempDir;
-use tonic::Code;
+use tonic::{Code, Streaming};
 use url::Url;
 
 async fn client(url: &Url) -> NetworkServiceClient<ClientConn> {
@@ -714,4 +718,111 @@ async fn tls_files_that_cannot_work_say_why_and_what_to_do() {
             && said.contains("nse.pem: give the key it was issued for"),
         "{said}"
     );
+}
+
+/// NSM's monitor protocol through the processes: a tonic monitor caller of
+/// the passthrough hears the initial state, an update and a delete, each in
+/// the passthrough's terms, and the endpoint going away as DOWN.
+#[tokio::test]
+async fn a_monitor_caller_of_the_passthrough_hears_updates_deletes_and_the_endpoint_going() {
+    let endpoint = Program::start(&["--endpoint", "--listen", "tcp://127.0.0.1:0"]).await;
+    let passthrough = Program::passthrough_named(endpoint.url(), Some("watched-hop")).await;
+    let mut nsm = client(passthrough.url()).await;
+    let mut watcher = monitor_caller(passthrough.url()).await;
+    let mut events = watcher
+        .monitor_connections(MonitorScopeSelector::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let initial = next_event(&mut events).await;
+    assert_eq!(
+        initial.r#type,
+        ConnectionEventType::InitialStateTransfer as i32
+    );
+    assert!(initial.connections.is_empty());
+
+    let long = Some(Duration::from_secs(600));
+    let first = nsm
+        .request(request_for(from_caller("nsc", "m-1", long)))
+        .await
+        .unwrap()
+        .into_inner();
+    let update = next_event(&mut events).await;
+    assert_eq!(update.r#type, ConnectionEventType::Update as i32);
+    let here = first.path.as_ref().unwrap().path_segments[1].clone();
+    let held = &update.connections[&here.id];
+    assert_eq!(held.path.as_ref().unwrap().index, 1);
+    assert_eq!(here.name, "watched-hop");
+    nsm.close(first).await.unwrap();
+    let delete = next_event(&mut events).await;
+    assert_eq!(delete.r#type, ConnectionEventType::Delete as i32);
+    assert!(delete.connections.contains_key(&here.id));
+
+    let second = nsm
+        .request(request_for(from_caller("nsc", "m-2", long)))
+        .await
+        .unwrap()
+        .into_inner();
+    let second_here = second.path.as_ref().unwrap().path_segments[1].id.clone();
+    assert_eq!(
+        next_event(&mut events).await.r#type,
+        ConnectionEventType::Update as i32
+    );
+    endpoint.terminate();
+    let down = next_event(&mut events).await;
+    assert_eq!(down.r#type, ConnectionEventType::Update as i32);
+    assert_eq!(down.connections[&second_here].state, State::Down as i32);
+    assert!(endpoint.exited().await.success());
+    passthrough.terminate();
+    assert!(passthrough.exited().await.success());
+}
+
+/// Behind an endpoint that does not serve MonitorConnections, nothing is
+/// reported DOWN (Go's hop would report every connection DOWN).
+#[tokio::test]
+async fn behind_an_endpoint_without_monitoring_nothing_is_down() {
+    let remote = start_tcp(ServerChain::builder().with(Count::new()).build()).await;
+    let passthrough =
+        Program::passthrough_with_env(remote.url(), None, &[("RUST_LOG", "info")]).await;
+    let mut nsm = client(passthrough.url()).await;
+    let mut watcher = monitor_caller(passthrough.url()).await;
+    let mut events = watcher
+        .monitor_connections(MonitorScopeSelector::default())
+        .await
+        .unwrap()
+        .into_inner();
+    next_event(&mut events).await;
+    let long = Some(Duration::from_secs(600));
+    let conn = nsm
+        .request(request_for(from_caller("nsc", "u-1", long)))
+        .await
+        .unwrap()
+        .into_inner();
+    let update = settle("an update", events.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        update
+            .connections
+            .values()
+            .all(|c| c.state == State::Up as i32)
+    );
+    passthrough
+        .until_logged("does not serve MonitorConnections")
+        .await;
+    // The next event is the close's delete: nothing came between.
+    nsm.close(conn).await.unwrap();
+    let delete = settle("the delete", events.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(delete.r#type, ConnectionEventType::Delete as i32);
+    passthrough.terminate();
+    assert!(passthrough.exited().await.success());
+}
+
+async fn next_event(events: &mut Streaming<ConnectionEvent>) -> ConnectionEvent {
+    let event = settle("a monitor event", events.message()).await;
+    event.expect("a healthy stream").expect("an open stream")
 }

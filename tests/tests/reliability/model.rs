@@ -2,7 +2,8 @@
 //! operations, sent by a tonic caller to `connect` served over gRPC, in
 //! front of grpc-go-like remotes; each step checked against a small
 //! reference model of what must be true afterwards, while an observer reads
-//! `stats()` throughout.
+//! `stats()` throughout and a `MonitorConnections` watcher's every event is
+//! checked against the model.
 //!
 //! Reproducible and shrinking: the seed is fixed (override with
 //! `CONNECT_MODEL_SEED`), and a failing sequence is shrunk by proptest to a
@@ -14,17 +15,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use connect_runtime::proto::connection::{
+    ConnectionEvent, ConnectionEventType, MonitorScopeSelector,
+};
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
 use connect_runtime::{
-    ClientCancel, ClientChain, Connect, Context, GrpcClient, Monitor, ServerChain, ServerHandle,
+    ClientCancel, ClientChain, Connect, ConnectionMonitor, Context, GrpcClient, Monitor, Serve,
+    ServerChain, ServerHandle,
 };
-use connect_tests::caller::tonic_caller;
+use connect_tests::caller::{monitor_caller, tonic_caller};
 use connect_tests::elements::{
     CONNECT_TO, DropWatch, Faults, Gate, Ledger, Op as GateOp, RouteByMetadata,
 };
 use connect_tests::golike::{Behaviour, GoLike};
 use connect_tests::harness::settle;
-use connect_tests::remote::{start_tcp, unix_url};
+use connect_tests::remote::unix_url;
 use connect_tests::{connection, request};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
@@ -115,6 +120,10 @@ struct Model {
     faults: [(bool, bool); REMOTES],
     malformed: [bool; REMOTES],
     shut: bool,
+    /// Ids the served monitor holds: requested successfully since their
+    /// last Close (a failed refresh or move keeps one, as a failed request
+    /// changes nothing there).
+    monitored: BTreeSet<usize>,
 }
 
 impl Model {
@@ -189,6 +198,9 @@ struct World {
     remotes: Vec<Remote>,
     cancels: Arc<Mutex<HashMap<Url, ClientCancel>>>,
     _observer: Observer,
+    monitor: ConnectionMonitor,
+    /// What a watcher of the served monitor hears, in order.
+    events: tokio::sync::mpsc::UnboundedReceiver<ConnectionEvent>,
     _dir: TempDir,
 }
 
@@ -264,15 +276,36 @@ impl World {
         .cleanup_timeout(Duration::from_secs(2))
         .build();
         let front_watch = DropWatch::new();
-        let front = start_tcp(
+        let monitor = ConnectionMonitor::new();
+        let front = Serve::new(
             ServerChain::builder()
                 .with(front_watch.clone())
                 .with(RouteByMetadata)
+                .with(monitor.server())
                 .with(connect.clone())
                 .build(),
         )
-        .await;
+        .add_service(monitor.service())
+        .bind("tcp://127.0.0.1:0")
+        .await
+        .unwrap();
         let caller = tonic_caller(front.url()).await;
+        let mut watching = monitor_caller(front.url())
+            .await
+            .monitor_connections(MonitorScopeSelector::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let initial = settle("the initial state", watching.message()).await;
+        assert!(initial.unwrap().unwrap().connections.is_empty());
+        let (heard, events) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(event)) = watching.message().await {
+                if heard.send(event).is_err() {
+                    return;
+                }
+            }
+        });
         // It is reading before the first step.
         let observer = Observer::start(&connect).await;
         Self {
@@ -283,6 +316,8 @@ impl World {
             remotes,
             cancels,
             _observer: observer,
+            monitor,
+            events,
             _dir: dir,
         }
     }
@@ -302,14 +337,23 @@ impl World {
     }
 
     async fn run(&mut self, model: &mut Model, step: &Step) -> Result<(), TestCaseError> {
+        // The monitor events the step makes.
+        let mut events = Vec::new();
         match *step {
             Step::Request { id, r } => {
                 let call = self.request_at(id, r, Duration::from_secs(5));
                 let result = self.caller.clone().request(call).await;
                 let expected = expect_request(model, id, r);
+                if expected.is_ok() {
+                    model.monitored.insert(id);
+                    events.push((ConnectionEventType::Update, id));
+                }
                 check_outcome(step, result.map(drop), expected)?;
             }
             Step::Close { id } => {
+                if model.monitored.remove(&id) {
+                    events.push((ConnectionEventType::Delete, id));
+                }
                 let result = self.caller.clone().close(connection(&id.to_string())).await;
                 let expected = match model.bound.remove(&id) {
                     None => Err(Code::NotFound),
@@ -461,7 +505,38 @@ impl World {
             }
         }
         settle("connect to settle", self.connect.settled()).await;
+        self.check_events(model, step, &events).await?;
         self.check(model, step).await
+    }
+
+    /// The watcher heard `expected` (kind and id, one connection each),
+    /// nothing else, and the monitor holds what the model says.
+    async fn check_events(
+        &mut self,
+        model: &Model,
+        step: &Step,
+        expected: &[(ConnectionEventType, usize)],
+    ) -> Result<(), TestCaseError> {
+        for (kind, id) in expected {
+            let event = settle("a monitor event", self.events.recv()).await.unwrap();
+            let ids: Vec<String> = event.connections.into_keys().collect();
+            prop_assert_eq!(
+                (event.r#type, ids),
+                (*kind as i32, vec![id.to_string()]),
+                "monitor event after {:?}",
+                step
+            );
+        }
+        let extra = self.events.try_recv();
+        prop_assert!(
+            extra.is_err(),
+            "unexpected monitor event after {:?}: {:?}",
+            step,
+            extra
+        );
+        let held = self.monitor.stats().connections;
+        prop_assert_eq!(held, model.monitored.len(), "monitored after {:?}", step);
+        Ok(())
     }
 
     fn has_client(&self, r: usize) -> bool {
@@ -540,10 +615,18 @@ impl World {
     /// Closes everything and checks nothing is left, and that connect goes
     /// idle within a bound.
     async fn finish(mut self, model: &mut Model) -> Result<(), TestCaseError> {
-        for id in model.bound.keys().copied().collect::<Vec<_>>() {
+        let ids: BTreeSet<usize> = model
+            .bound
+            .keys()
+            .chain(&model.monitored)
+            .copied()
+            .collect();
+        for id in ids {
             let _ = self.caller.clone().close(connection(&id.to_string())).await;
         }
         model.bound.clear();
+        model.monitored.clear();
+        prop_assert_eq!(self.monitor.stats().connections, 0);
         let idle = tokio::time::timeout(Duration::from_secs(5), self.connect.idle()).await;
         prop_assert!(
             idle.is_ok(),

@@ -4,4 +4,5 @@ mod cancellation;
 mod connect;
 mod expire;
 mod monitor;
+mod monitoring;
 mod rotation;
