@@ -388,6 +388,10 @@ pub enum Released<V> {
     Last(V),
     /// Other references remain; this many.
     Shared(usize),
+    /// That was the last reference, and the entry stays, unused, until
+    /// [`RefCountMap::evict_unused`] removes it or `acquire` counts it
+    /// again ([`RefCountMap::release_keeping`]); here is its value.
+    Unused(V),
     /// The map no longer holds that instance (it was evicted, or replaced by
     /// a newer one): nothing changed.
     Gone,
@@ -493,6 +497,44 @@ impl<K: Hash + Eq, V: Clone> RefCountMap<K, V> {
         }
     }
 
+    /// As [`release`](Self::release), but the last release keeps the entry
+    /// with no references, returning [`Released::Unused`]: for values worth
+    /// keeping a while in case they are wanted again (a client lingering
+    /// after its last connection).
+    pub fn release_keeping<Q>(&self, key: &Q, instance: Instance) -> Released<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut shard = self.inner.lock(key);
+        match shard.get_mut(key) {
+            Some(counted) if counted.instance == instance => {
+                counted.refs -= 1;
+                match counted.refs {
+                    0 => Released::Unused(counted.value.clone()),
+                    refs => Released::Shared(refs),
+                }
+            }
+            _ => Released::Gone,
+        }
+    }
+
+    /// Removes `instance` if nothing references it, returning its value;
+    /// `None` if it is referenced or the map no longer holds it.
+    pub fn evict_unused<Q>(&self, key: &Q, instance: Instance) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut shard = self.inner.lock(key);
+        match shard.get(key) {
+            Some(counted) if counted.instance == instance && counted.refs == 0 => {
+                shard.remove(key).map(|counted| counted.value)
+            }
+            _ => None,
+        }
+    }
+
     /// Removes `instance` whatever its count (a client found dead), returning
     /// its value; `None` if the map no longer holds that instance.
     pub fn evict<Q>(&self, key: &Q, instance: Instance) -> Option<V>
@@ -587,6 +629,29 @@ impl<K: Hash + Eq + Clone + fmt::Debug, V: Clone + fmt::Debug> fmt::Debug for Re
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn a_value_released_keeping_stays_unused_until_evicted_or_acquired() {
+        let map: RefCountMap<&str, u32> = RefCountMap::new();
+        let first = map.acquire("k", |_| 1);
+        assert_eq!(
+            map.release_keeping("k", first.instance),
+            Released::Unused(1)
+        );
+        assert_eq!(map.refs("k"), Some(0));
+        // Acquired again: the same instance, not a new value.
+        let again = map.acquire("k", |_| unreachable!("kept"));
+        assert_eq!(again.instance, first.instance);
+        assert_eq!(map.evict_unused("k", first.instance), None, "in use");
+        assert_eq!(
+            map.release_keeping("k", again.instance),
+            Released::Unused(1)
+        );
+        assert_eq!(map.evict_unused("k", first.instance), Some(1));
+        assert!(map.is_empty());
+        assert_eq!(map.release_keeping("k", first.instance), Released::Gone);
+        assert_eq!(map.evict_unused("k", first.instance), None);
+    }
 
     #[test]
     fn range_may_touch_the_map_it_ranges_over() {

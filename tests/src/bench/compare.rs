@@ -41,6 +41,7 @@ pub(crate) fn run(run: &Run, rounds: usize) -> Result<(), String> {
                 .args(["--n", &run.n.to_string(), "--reps", &run.reps.to_string()])
                 .args(["--iters", &run.iters.to_string()])
                 .args(run.tls.then_some("--tls"))
+                .arg(format!("--linger-ms={}", run.linger.as_millis()))
                 .output()
                 .map_err(|e| format!("running {}: {e}", me.display()))?;
             if !output.status.success() {

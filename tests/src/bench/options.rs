@@ -144,6 +144,10 @@ struct RunArgs {
     /// with --monitoring).
     #[arg(long)]
     monitoring: bool,
+    /// How long connect keeps a client after its last connection left
+    /// (`ConnectBuilder::linger`; connect mode).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    linger_ms: u64,
     /// Workload s: live connections.
     #[arg(long, default_value_t = 10_000, value_parser = positive)]
     connections: usize,
@@ -256,6 +260,7 @@ pub(crate) struct Run {
     pub(crate) iters: usize,
     pub(crate) tls: bool,
     pub(crate) monitoring: bool,
+    pub(crate) linger: Duration,
     /// Workload s: live connections, the remotes they use (`None`: every
     /// remote listed), and how many calls run at once.
     pub(crate) connections: usize,
@@ -276,6 +281,7 @@ impl RunArgs {
             iters: self.iters,
             tls: self.tls,
             monitoring: self.monitoring,
+            linger: Duration::from_millis(self.linger_ms),
             connections: self.connections,
             remotes_used: self.remotes_used,
             concurrency: self.concurrency,

@@ -113,7 +113,7 @@ impl Caller {
     /// A fresh `connect` element whose client chain is just the gRPC call;
     /// with `monitoring`, behind `updatepath → monitor`, each client
     /// relaying its remote's events.
-    fn connect(tls: Option<&str>, monitoring: bool) -> Result<Self, String> {
+    fn connect(tls: Option<&str>, monitoring: bool, linger: Duration) -> Result<Self, String> {
         let (connect, monitor, dials) = match monitoring {
             false => {
                 let (connect, dials) = grpc_only_counting_dials();
@@ -128,7 +128,7 @@ impl Caller {
         if let Some(ca) = tls {
             options = options.tls(ClientTls::new(ca).map_err(|e| e.to_string())?);
         }
-        let connect = connect.dial_options(options).build();
+        let connect = connect.dial_options(options).linger(linger).build();
         let chain = match &monitor {
             None => ServerChain::builder().with(connect.clone()).build(),
             Some(monitor) => ServerChain::builder()
@@ -186,7 +186,7 @@ impl Caller {
             false => None,
         };
         match run.mode {
-            Mode::Connect => Self::connect(ca.as_deref(), run.monitoring),
+            Mode::Connect => Self::connect(ca.as_deref(), run.monitoring, run.linger),
             Mode::Direct if run.monitoring => {
                 Err("--monitoring is a hop's: use it with --mode connect".into())
             }

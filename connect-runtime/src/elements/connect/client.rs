@@ -58,6 +58,9 @@ pub(crate) struct ConnectClient {
     /// Whether it has left the map for a client dialed under a newer
     /// credential (it lives on while connections use it).
     retired: AtomicBool,
+    /// Counts the times its last connection left (with a linger, it stays
+    /// that long in case another comes).
+    unused: watch::Sender<u64>,
 }
 
 impl ConnectClient {
@@ -90,6 +93,7 @@ impl ConnectClient {
             chain: Mutex::new(None),
             credential: watch::Sender::new(None),
             retired: AtomicBool::new(false),
+            unused: watch::Sender::new(0),
         })
     }
 
@@ -109,6 +113,16 @@ impl ConnectClient {
 
     pub(super) fn credential_now(&self) -> Option<Credential> {
         self.credential.borrow().clone()
+    }
+
+    /// Its last connection left; it lingers.
+    pub(super) fn went_unused(&self) {
+        self.unused.send_modify(|times| *times += 1);
+    }
+
+    /// The times its last connection left, and their changes.
+    pub(super) fn unused(&self) -> watch::Receiver<u64> {
+        self.unused.subscribe()
     }
 
     pub(super) fn is_retired(&self) -> bool {

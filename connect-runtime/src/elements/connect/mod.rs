@@ -45,7 +45,8 @@ pub const DEFAULT_CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// - One client per URL, shared by every connection forwarded there, and
 ///   dropped (channel, tasks, TCP connection) when the last of those
-///   connections closes. Never a client for a URL with no connections.
+///   connections closes. Never a client for a URL with no connections
+///   (unless a [`linger`](ConnectBuilder::linger) keeps it a while).
 /// - A connection whose URL changes is closed at the old remote first.
 /// - If the remote or the rest of the chain fails a new connection, nothing
 ///   is left behind; the caller sees the original error.
@@ -132,6 +133,7 @@ pub struct ConnectBuilder {
     dial_timeout: Option<Duration>,
     cleanup_timeout: Duration,
     expiry_margin: Duration,
+    linger: Duration,
     shutdown: Option<CancellationToken>,
 }
 
@@ -142,6 +144,7 @@ impl fmt::Debug for ConnectBuilder {
             .field("dial_timeout", &self.dial_timeout)
             .field("cleanup_timeout", &self.cleanup_timeout)
             .field("expiry_margin", &self.expiry_margin)
+            .field("linger", &self.linger)
             .field("shutdown", &self.shutdown)
             .finish_non_exhaustive()
     }
@@ -181,6 +184,29 @@ impl ConnectBuilder {
         self
     }
 
+    /// How long a client whose last connection left stays open for the
+    /// next one (default zero: closed at once, as the seed's `connect`
+    /// closes it). A close followed within the linger by a new request for
+    /// the same URL then dials nothing. A lingering client shows in
+    /// [`Connect::stats`] with no references, keeps [`Connect::idle`]
+    /// waiting, and closes at once on shutdown or when its remote goes.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use connect_runtime::{ClientChain, Connect, Context, GrpcClient};
+    ///
+    /// let connect = Connect::builder(|_: &Context, conn| {
+    ///     ClientChain::builder().with(GrpcClient::new(conn)).build()
+    /// })
+    /// .linger(Duration::from_secs(1))
+    /// .build();
+    /// # let _ = connect;
+    /// ```
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
     /// Closes every client when `token` is cancelled (dropping the last
     /// clone of the element does too).
     pub fn shutdown_on(mut self, token: CancellationToken) -> Self {
@@ -208,6 +234,7 @@ impl ConnectBuilder {
                 clients: Clients::new(),
                 retired: Retired::default(),
                 expiry_margin: self.expiry_margin,
+                linger: self.linger,
                 following: Once::new(),
                 clients_changed: Changes::default(),
                 turns: Turns::default(),
@@ -287,6 +314,7 @@ impl Connect {
             dial_timeout: None,
             cleanup_timeout: DEFAULT_CLEANUP_TIMEOUT,
             expiry_margin: DEFAULT_EXPIRY_MARGIN,
+            linger: Duration::ZERO,
             shutdown: None,
         }
     }

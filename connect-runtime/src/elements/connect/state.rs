@@ -7,6 +7,7 @@ use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
@@ -61,6 +62,8 @@ pub(crate) struct Shared {
     pub(super) retired: Retired,
     /// How long before its credential expires a client is closed.
     pub(super) expiry_margin: Duration,
+    /// How long a client whose last connection left stays for the next.
+    pub(super) linger: Duration,
     /// Starts the task that retires clients when the credential rotates.
     pub(super) following: Once,
     /// Woken when a client leaves the map.
@@ -96,7 +99,10 @@ impl Shared {
         let dial = self.dial.clone().on_connection_end(ended);
         let client = ConnectClient::new(url, instance, cancel, Arc::clone(&self.factory), dial);
         let watched = Arc::clone(&client);
-        let margin = self.expiry_margin;
+        let (margin, linger) = (self.expiry_margin, self.linger);
+        // Watched from now: its last connection may leave before the task
+        // first runs.
+        let unused = watched.unused();
         tokio::spawn(async move {
             tokio::select! {
                 () = watched.cancel_handle().cancelled() => {}
@@ -105,6 +111,9 @@ impl Shared {
                     if let Some(shared) = shared.upgrade() {
                         shared.retire(&watched);
                     }
+                }
+                () = Self::until_unused(&shared, &watched, unused, linger) => {
+                    tracing::debug!(url = %watched.url(), ?linger, "closing a client that lingered unused");
                 }
             }
             watched.shut();
@@ -140,6 +149,44 @@ impl Shared {
             .duration_since(SystemTime::now())
             .unwrap_or_default();
         tokio::time::sleep(left.saturating_sub(margin)).await;
+    }
+
+    /// Waits until `client` has gone `linger` without a connection, and
+    /// takes it out of the map then (forever with no linger: the last
+    /// release closes it at once).
+    async fn until_unused(
+        shared: &Weak<Self>,
+        client: &Arc<ConnectClient>,
+        mut unused: watch::Receiver<u64>,
+        linger: Duration,
+    ) {
+        if linger.is_zero() {
+            return std::future::pending().await;
+        }
+        loop {
+            if unused.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            // Each time its last connection leaves, the linger starts over.
+            loop {
+                tokio::time::sleep(linger).await;
+                if !unused.has_changed().unwrap_or(false) {
+                    break;
+                }
+                unused.mark_unchanged();
+            }
+            let Some(shared) = shared.upgrade() else {
+                return std::future::pending().await;
+            };
+            if shared
+                .clients
+                .evict_unused(client.url(), client.instance())
+                .is_some()
+            {
+                shared.clients_changed.notify();
+                return;
+            }
+        }
     }
 
     /// Starts, once, the task that retires every client dialed under an
@@ -206,10 +253,20 @@ impl Shared {
         self.clients_changed.notify();
     }
 
-    /// Drops one reference; the last one closes the client, retired or not.
+    /// Drops one reference; the last one closes the client, retired or not
+    /// (one in the map lingers first, if a linger is set).
     pub(super) fn release(&self, url: &Url, instance: Instance) {
-        let last = match self.clients.release(url, instance) {
+        let released = match self.linger.is_zero() {
+            true => self.clients.release(url, instance),
+            false => self.clients.release_keeping(url, instance),
+        };
+        let last = match released {
             Released::Last(client) => client,
+            Released::Unused(client) => {
+                client.went_unused();
+                self.clients_changed.notify();
+                return;
+            }
             Released::Shared(_) => return,
             Released::Gone => {
                 let mut retired = lock(&self.retired);

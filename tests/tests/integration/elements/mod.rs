@@ -3,6 +3,7 @@
 mod cancellation;
 mod connect;
 mod expire;
+mod linger;
 mod monitor;
 mod monitoring;
 mod rotation;
