@@ -263,3 +263,42 @@ async fn the_elements_workload_reports_each_chain() {
         ]
     );
 }
+
+#[tokio::test]
+async fn the_hop_workload_measures_two_passthrough_processes_side_by_side() {
+    // The example program, twice under two names: the harness runs each as
+    // a process of its own between its driver and its endpoint.
+    let program = connect_tests::program::binary();
+    let passthrough = format!("env RUST_LOG=warn {}", program.display());
+    let output = Command::new(env!("CARGO_BIN_EXE_connect-bench"))
+        .args(["hop", "--rounds", "2", "--burst", "10", "--reps", "1"])
+        .args(["--iters", "5"])
+        .arg(format!("--passthrough=first={passthrough}"))
+        .arg(format!("--passthrough=second={passthrough}"))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    // A Markdown table: a row per workload and passthrough, then the ratio.
+    let table = String::from_utf8(output.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(2)
+        .map(|line| line.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    let expected: Vec<(&str, &str)> = ["burst", "c", "w"]
+        .into_iter()
+        .flat_map(|w| [(w, "first"), (w, "second"), (w, "first ÷ second")])
+        .collect();
+    let seen: Vec<(&str, &str)> = rows.iter().map(|r| (r[0], r[1])).collect();
+    assert_eq!(seen, expected, "{table}");
+    for row in rows.iter().filter(|r| !r[1].contains('÷')) {
+        let rss: f64 = row[5].parse().unwrap();
+        assert!(rss > 0.0, "the passthrough's peak RSS: {table}");
+        let p50: f64 = row[3].parse().unwrap();
+        assert!(p50 > 0.0, "{table}");
+    }
+    // Two rounds, each passthrough first once.
+    assert_eq!(stderr.matches("through first").count(), 6, "{stderr}");
+}

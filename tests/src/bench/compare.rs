@@ -8,6 +8,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use crate::measure::{median, ratio};
 use crate::options::{Mode, Run};
 
 /// The fields summarised, in the table's column order.
@@ -92,23 +93,4 @@ pub(crate) fn run(run: &Run, rounds: usize) -> Result<(), String> {
         println!("| {workload} | connect ÷ direct | {} |", ratios.join(" | "));
     }
     Ok(())
-}
-
-/// `connect ÷ direct`, or an empty cell where it means nothing (direct
-/// dials nothing during the measurement).
-fn ratio(connect: f64, direct: f64) -> String {
-    match connect / direct {
-        ratio if ratio.is_finite() => format!("{ratio:.2}×"),
-        _ => String::new(),
-    }
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
 }

@@ -7,6 +7,7 @@ mod codec;
 mod compare;
 mod elements;
 mod expiry;
+mod hop;
 mod measure;
 mod options;
 mod rotation;
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
             .block_on(runtime.spawn(workload::run(run)))
             .unwrap_or_else(|panic| Err(format!("the workload panicked: {panic}"))),
         options::Command::Compare { run, rounds } => compare::run(&run, rounds),
+        options::Command::Hop(hop) => hop::run(&hop),
         options::Command::Codec { iters, rounds } => codec::run(iters, rounds),
         options::Command::Elements {
             connections,

@@ -167,6 +167,26 @@ pub(crate) fn rss_kb() -> Result<u64, String> {
         .ok_or_else(|| "no VmRSS in /proc/self/status".to_owned())
 }
 
+/// `a ÷ b` as a table cell, or an empty cell where it means nothing (a
+/// count of zero: direct mode dials nothing during the measurement).
+pub(crate) fn ratio(a: f64, b: f64) -> String {
+    match a / b {
+        ratio if ratio.is_finite() => format!("{ratio:.2}×"),
+        _ => String::new(),
+    }
+}
+
+/// The median of `values` (NaN for none).
+pub(crate) fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,6 +108,33 @@ enum Sub {
         #[arg(long, default_value_t = 7, value_parser = positive)]
         rounds: usize,
     },
+    /// The hop as deployed: driver → passthrough → endpoint, three
+    /// processes, for each passthrough given, alternately, --rounds times;
+    /// each workload with a fresh passthrough pinned alone to CPU 1 (the
+    /// driver and a connect-bench endpoint on CPU 0); medians and the
+    /// first ÷ second passthrough in a Markdown table.
+    Hop {
+        /// NAME=COMMAND: a passthrough to run as `COMMAND --listen URL
+        /// --connect-to URL` (by `sh -c 'exec …'`: set variables with
+        /// `env`); given twice, the table compares them.
+        #[arg(long = "passthrough", value_name = "NAME=COMMAND", required = true, value_parser = named_command)]
+        passthroughs: Vec<(String, String)>,
+        /// The workloads, comma-separated.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "burst,c,w")]
+        workload: Vec<HopWorkload>,
+        /// Rounds of each passthrough.
+        #[arg(long, default_value_t = 3, value_parser = positive)]
+        rounds: usize,
+        /// Connections in a burst.
+        #[arg(long, default_value_t = 1000, value_parser = positive)]
+        burst: usize,
+        /// Measured bursts per run.
+        #[arg(long, default_value_t = 5, value_parser = positive)]
+        reps: usize,
+        /// Pairs in c and w.
+        #[arg(long, default_value_t = 2000, value_parser = positive)]
+        iters: usize,
+    },
     /// Decode and encode a typical NetworkServiceRequest, without and with a
     /// newer peer's fields, with connect-proto's messages and plain prost's;
     /// one JSON line each, nanoseconds per operation.
@@ -119,6 +146,57 @@ enum Sub {
         #[arg(long, default_value_t = 7, value_parser = positive)]
         rounds: usize,
     },
+}
+
+/// `NAME=COMMAND`.
+fn named_command(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((name, command)) if !name.is_empty() && !command.trim().is_empty() => {
+            Ok((name.to_owned(), command.to_owned()))
+        }
+        _ => Err(format!("expected NAME=COMMAND, got `{value}`")),
+    }
+}
+
+/// A workload of `hop`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum HopWorkload {
+    /// --burst concurrent pairs (`run`'s workload a through the hop).
+    Burst,
+    /// Sequential pairs: the passthrough dials the endpoint for each.
+    C,
+    /// Sequential pairs while another connection keeps the passthrough's
+    /// client warm.
+    W,
+}
+
+impl HopWorkload {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            HopWorkload::Burst => "burst",
+            HopWorkload::C => "c",
+            HopWorkload::W => "w",
+        }
+    }
+
+    /// The workload of `run` that drives it.
+    pub(crate) fn run_as(self) -> &'static str {
+        match self {
+            HopWorkload::Burst => "a",
+            HopWorkload::C => "c",
+            HopWorkload::W => "w",
+        }
+    }
+}
+
+/// What `hop` runs.
+pub(crate) struct Hop {
+    pub(crate) passthroughs: Vec<(String, String)>,
+    pub(crate) workloads: Vec<HopWorkload>,
+    pub(crate) rounds: usize,
+    pub(crate) burst: usize,
+    pub(crate) reps: usize,
+    pub(crate) iters: usize,
 }
 
 /// What `run` and `compare` share.
@@ -182,6 +260,7 @@ pub(crate) enum Command {
     },
     Rotation(Rotation),
     Expiry(Expiry),
+    Hop(Hop),
     Elements {
         connections: usize,
         rounds: usize,
@@ -311,6 +390,21 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
             mode,
             workload,
         } => Command::Run(run.into_run(mode, workload)),
+        Sub::Hop {
+            passthroughs,
+            workload,
+            rounds,
+            burst,
+            reps,
+            iters,
+        } => Command::Hop(Hop {
+            passthroughs,
+            workloads: workload,
+            rounds,
+            burst,
+            reps,
+            iters,
+        }),
         Sub::Compare {
             run,
             rounds,
@@ -488,5 +582,36 @@ mod tests {
                 .unwrap_or_else(|| panic!("{args:?} parsed"));
             assert!(err.contains(expected), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn hop_takes_named_passthrough_commands() {
+        let Ok(Command::Hop(hop)) = parse(&[
+            "hop",
+            "--passthrough",
+            "ours=./pt --flag",
+            "--passthrough=go=env A=1 ./go.sh",
+            "--workload",
+            "w",
+        ]) else {
+            panic!("not hop");
+        };
+        assert_eq!(
+            hop.passthroughs,
+            [
+                ("ours".to_owned(), "./pt --flag".to_owned()),
+                ("go".to_owned(), "env A=1 ./go.sh".to_owned())
+            ]
+        );
+        assert_eq!(hop.workloads, [HopWorkload::W]);
+        assert_eq!(
+            (hop.rounds, hop.burst, hop.reps, hop.iters),
+            (3, 1000, 5, 2000)
+        );
+        for bad in ["noname", "=cmd", "name= "] {
+            let err = parse(&["hop", "--passthrough", bad]).err().unwrap();
+            assert!(err.contains("expected NAME=COMMAND"), "{bad}: {err}");
+        }
+        assert!(parse(&["hop"]).is_err(), "a passthrough is required");
     }
 }
