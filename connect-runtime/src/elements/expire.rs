@@ -14,6 +14,7 @@ use tonic::{Code, Status};
 use crate::chain::{BoxFuture, Context, Element, Joins, Next, Server, ServerChain};
 use crate::elements::DEFAULT_CLEANUP_TIMEOUT;
 use crate::elements::changes::{self, Changes};
+use crate::elements::last_known::LastKnown;
 use crate::elements::turns::Turns;
 use crate::elements::updatepath::{DEFAULT_MAX_TOKEN_LIFETIME, caller_expiry};
 use crate::map::PerConnection;
@@ -113,7 +114,7 @@ struct Shared {
 struct Live {
     /// Which request set it; an expiry armed by an earlier one is stale.
     generation: u64,
-    conn: Connection,
+    conn: LastKnown,
     close_timeout: Duration,
 }
 
@@ -207,7 +208,7 @@ impl Shared {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         let live = Live {
             generation,
-            conn: conn.clone(),
+            conn: LastKnown::new(&conn),
             close_timeout: if early.is_zero() {
                 DEFAULT_CLEANUP_TIMEOUT
             } else {
@@ -246,7 +247,7 @@ impl Shared {
             return;
         };
         let ctx = Context::new().with_timeout(live.close_timeout);
-        match self.rest.close(ctx, live.conn).await {
+        match self.rest.close(ctx, live.conn.connection()).await {
             Ok(()) => tracing::info!(connection_id = %id, "closed an expired connection"),
             Err(status) => tracing::warn!(
                 connection_id = %id,

@@ -10,6 +10,7 @@ mod clienturl;
 mod connect;
 mod expire;
 mod grpc_client;
+mod last_known;
 mod monitor;
 mod monitoring;
 mod passthrough;

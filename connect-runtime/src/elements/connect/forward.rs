@@ -11,6 +11,7 @@ use super::client::ConnectClient;
 use super::lease::{Lease, may_have_acted};
 use super::state::{Record, Shared};
 use crate::chain::{Context, Next};
+use crate::elements::last_known::LastKnown;
 use crate::elements::turns::Turn;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
@@ -96,7 +97,7 @@ impl Shared {
         let instance = record.instance;
         self.records.delete_if(&**id, |r| r.instance == instance);
         let old_url = Arc::clone(record.client.url());
-        let closing = Arc::clone(&record.connection);
+        let closing = Arc::new(record.connection.connection());
         let closed = match Lease::reaching(self, record, turn) {
             Ok(mut lease) => {
                 let ctx = self.cleanup_context(origin, lease.client());
@@ -150,7 +151,7 @@ impl Shared {
             self.records.store(
                 Arc::from(turn.id()),
                 Record {
-                    connection: Arc::clone(&reply),
+                    connection: LastKnown::new(&reply),
                     ..record
                 },
             );

@@ -17,6 +17,7 @@ use super::client::{ConnectClient, panic_message};
 use super::state::{Record, Shared};
 use crate::chain::BoxFuture;
 use crate::chain::Context;
+use crate::elements::last_known::LastKnown;
 use crate::elements::turns::Turn;
 use crate::map::Instance;
 use crate::outcome::sent_nothing;
@@ -216,7 +217,7 @@ impl Lease {
             Record {
                 instance: self.instance,
                 client: Arc::clone(&self.client),
-                connection,
+                connection: LastKnown::new(&connection),
             },
         );
         self.recorded = true;

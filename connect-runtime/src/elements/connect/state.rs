@@ -13,13 +13,13 @@ use url::Url;
 
 use super::client::{ClientFactory, ConnectClient};
 use crate::elements::changes::Changes;
+use crate::elements::last_known::LastKnown;
 use crate::elements::turns::Turns;
 use connect_macros::ConcurrentMap;
 
 use crate::chain::{ClientCancel, Context};
 use crate::deadline::deadline_after;
 use crate::map::{Instance, RefCountMap, Released, SyncMap};
-use crate::proto::connection::Connection;
 use crate::sync::lock;
 use crate::transport::tls::Credential;
 use crate::transport::{DialOptions, Hook};
@@ -48,7 +48,7 @@ pub(crate) type Retired = Mutex<HashMap<Instance, (Arc<ConnectClient>, usize)>>;
 pub(crate) struct Record {
     pub(super) instance: Instance,
     pub(super) client: Arc<ConnectClient>,
-    pub(super) connection: Arc<Connection>,
+    pub(super) connection: LastKnown,
 }
 
 pub(crate) struct Shared {

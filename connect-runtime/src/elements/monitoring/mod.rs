@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::elements::last_known::LastKnown;
 use crate::proto::connection::{
     Connection, ConnectionEvent, ConnectionEventType, MonitorScopeSelector, State,
 };
@@ -110,7 +111,9 @@ struct Held {
 /// relay, if any, watches its next hop.
 #[derive(Debug, Default)]
 struct Tracked {
-    connection: Option<Arc<Connection>>,
+    connection: Option<LastKnown>,
+    /// Its state, as last told.
+    state: i32,
     relay: Option<u64>,
     /// The SPIFFE ID of the caller that requested it: the owner of its
     /// previous path segment.
@@ -219,7 +222,7 @@ impl ConnectionMonitor {
     pub fn connection(&self, id: &str) -> Option<Connection> {
         let held = lock(&self.hub.state);
         let tracked = held.connections.get(id)?;
-        tracked.connection.as_deref().cloned()
+        tracked.connection.as_ref().map(LastKnown::connection)
     }
 
     /// A snapshot of what it holds and has done.
@@ -254,17 +257,18 @@ impl Hub {
 
     /// The chain returned `connection` to `owner`: hold it and tell the
     /// watchers.
-    fn update(&self, connection: Connection, owner: Option<Arc<str>>) {
-        let connection = Arc::new(connection);
+    fn update(&self, connection: &Connection, owner: Option<Arc<str>>) {
+        let kept = LastKnown::new(connection);
         let mut held = lock(&self.state);
         let tracked = held.connections.entry(connection.id.clone()).or_default();
         let new = tracked.connection.is_none();
-        tracked.connection = Some(Arc::clone(&connection));
+        tracked.connection = Some(kept);
+        tracked.state = connection.state;
         tracked.owner = owner.clone();
         self.publish(
             &mut held,
             ConnectionEventType::Update,
-            &connection,
+            connection,
             owner.as_deref(),
         );
         let connections = held.connections.len();
@@ -282,6 +286,7 @@ impl Hub {
         };
         if let Some(connection) = tracked.connection {
             let owner = tracked.owner.as_deref();
+            let connection = connection.connection();
             self.publish(&mut held, ConnectionEventType::Delete, &connection, owner);
         }
         let connections = held.connections.len();
@@ -322,13 +327,13 @@ impl Hub {
         let Some(current) = tracked.connection.as_mut() else {
             return false;
         };
-        if current.state == state as i32 {
+        if tracked.state == state as i32 {
             return true;
         }
-        let mut changed = Connection::clone(current);
+        let mut changed = current.connection();
         changed.state = state as i32;
-        let changed = Arc::new(changed);
-        *current = Arc::clone(&changed);
+        *current = LastKnown::new(&changed);
+        tracked.state = changed.state;
         let owner = tracked.owner.clone();
         self.publish(
             &mut held,
@@ -349,7 +354,7 @@ impl Hub {
         &self,
         held: &mut Held,
         kind: ConnectionEventType,
-        connection: &Arc<Connection>,
+        connection: &Connection,
         owner: Option<&str>,
     ) {
         let mut cut = 0;
@@ -359,7 +364,7 @@ impl Hub {
             }
             let event = ConnectionEvent {
                 r#type: kind as i32,
-                connections: HashMap::from([(connection.id.clone(), Connection::clone(connection))]),
+                connections: HashMap::from([(connection.id.clone(), connection.clone())]),
                 ..Default::default()
             };
             match watcher.events.try_send(event) {
@@ -408,9 +413,9 @@ impl Hub {
         let initial = held
             .connections
             .values()
-            .filter_map(|t| Some((t.connection.as_ref()?, t.owner.as_deref())))
+            .filter_map(|t| Some((t.connection.as_ref()?.connection(), t.owner.as_deref())))
             .filter(|(c, owner)| watcher.sees(c, *owner))
-            .map(|(c, _)| (c.id.clone(), Connection::clone(c)))
+            .map(|(c, _)| (c.id.clone(), c))
             .collect();
         let event = ConnectionEvent {
             r#type: ConnectionEventType::InitialStateTransfer as i32,

@@ -35,7 +35,7 @@ impl Hooks for MonitorServer {
     ) -> Result<Connection, Status> {
         let owner = super::identity(ctx.value::<crate::server::Peer>());
         let connection = next.request(ctx, request).await?;
-        self.hub.update(connection.clone(), owner);
+        self.hub.update(&connection, owner);
         Ok(connection)
     }
 
