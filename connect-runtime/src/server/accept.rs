@@ -33,6 +33,7 @@ use crate::transport::tls::{Credential, Rotation, ServerTls};
 pub struct Peer {
     addr: Option<SocketAddr>,
     certificates: Option<Arc<[CertificateDer<'static>]>>,
+    resumed: bool,
 }
 
 impl Peer {
@@ -41,9 +42,17 @@ impl Peer {
         self.addr
     }
 
-    /// The certificate chain the peer presented over TLS, leaf first.
+    /// The certificate chain the peer presented over TLS, leaf first (in
+    /// the handshake that made the session, if this one
+    /// [resumed](Self::resumed) it).
     pub fn certificates(&self) -> Option<&[CertificateDer<'static>]> {
         self.certificates.as_deref()
+    }
+
+    /// Whether its TLS handshake resumed an earlier session rather than
+    /// verify certificates afresh.
+    pub fn resumed(&self) -> bool {
+        self.resumed
     }
 
     /// The SPIFFE ID the peer's certificate names, if it presented one that
@@ -302,16 +311,20 @@ impl AcceptLoop {
         let deadline = deadline_after(self.handshake_timeout);
         let close = generation.close.clone();
         let stats = self.stats.clone();
-        let served = move |stream, certificates| {
+        let served = move |stream, certificates, resumed| {
             let mut io = Io::new(stream).close_on(close);
             io.watch_resets(malformed_streams(stats.clone(), addr));
             let answered = io.first_bytes_by(deadline, Expect::ClientPreface);
             tokio::spawn(count_unanswered(answered, stats));
-            let peer = Peer { addr, certificates };
+            let peer = Peer {
+                addr,
+                certificates,
+                resumed,
+            };
             io.with(Accepted { peer, _open: open })
         };
         let Some((acceptor, rotation)) = self.tls.clone() else {
-            let _ = generation.connections.send(served(stream, None));
+            let _ = generation.connections.send(served(stream, None, false));
             return;
         };
         // Holding the generation keeps its server accepting until the
@@ -328,12 +341,15 @@ impl AcceptLoop {
                 .map_err(|_| timed_out())
                 .and_then(|accepted| accepted)
                 .map_err(|err| (addr, err))?;
-            let chain = tls_stream.get_ref().1.peer_certificates();
+            let session = tls_stream.get_ref().1;
+            let chain = session.peer_certificates();
             let certificates =
                 chain.map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());
-            let _ = generation
-                .connections
-                .send(served(Box::new(tls_stream), certificates));
+            let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            let _ =
+                generation
+                    .connections
+                    .send(served(Box::new(tls_stream), certificates, resumed));
             Ok(())
         });
     }

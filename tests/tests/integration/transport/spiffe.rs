@@ -177,6 +177,64 @@ async fn dial_and_serve_use_the_current_svids_across_rotations() {
     server.shutdown().await;
 }
 
+/// With SPIFFE identities no handshake resumes a session (spiffe-rustls
+/// turns resumption off on both sides: rustls does not verify a resumed
+/// peer again, so a session could outlive its SVID): every dial presents
+/// the current SVID in full, the first after a rotation the new one.
+#[tokio::test]
+async fn spiffe_dials_never_resume_so_every_one_presents_the_current_svid() {
+    let domain = Arc::new(Authority::new("example.org"));
+    let lifetime = Duration::from_secs(30);
+    let server_api = WorkloadApi::start(Arc::clone(&domain), "/nse", lifetime).await;
+    let client_api = WorkloadApi::start(Arc::clone(&domain), "/passthrough", lifetime).await;
+    let server_identity = SpiffeIdentity::from_endpoint(server_api.endpoint())
+        .await
+        .unwrap();
+    let client_identity = SpiffeIdentity::from_endpoint(client_api.endpoint())
+        .await
+        .unwrap();
+    // (resumed, the client's leaf serial) of every call's connection.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen_by_server = Arc::clone(&seen);
+    let server = Serve::new(ServerChain::default())
+        .tls(
+            server_identity
+                .server_tls(Authorize::SameTrustDomain)
+                .unwrap(),
+        )
+        .layer(tower::util::MapRequestLayer::new(
+            move |call: http::Request<tonic::body::Body>| {
+                let peer = call.extensions().get::<connect_runtime::Peer>().unwrap();
+                let leaf = &peer.certificates().expect("a client certificate")[0];
+                let mut seen = seen_by_server.lock().unwrap();
+                seen.push((peer.resumed(), serial(leaf)));
+                drop(seen);
+                call
+            },
+        ))
+        .bind("tcp://127.0.0.1:0")
+        .await
+        .unwrap();
+    let (tls, mut client_status) = client_identity
+        .client_tls_with_status(Authorize::SameTrustDomain)
+        .unwrap();
+    let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
+    // One call on a connection of its own; what the server saw of it.
+    let call = || async {
+        let conn = dial(server.url(), &options).await.unwrap();
+        let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
+        client.request(Context::new(), request("r")).await.unwrap();
+        *seen.lock().unwrap().last().unwrap()
+    };
+    assert_eq!(call().await, (false, 1), "the first dial: a full handshake");
+    assert_eq!(call().await, (false, 1), "a redial: in full again");
+    let rotated = client_api.rotate();
+    updated(&client_identity, rotated.serial).await;
+    applied(&mut client_status).await;
+    assert_eq!(call().await, (false, 2), "after a rotation: the new SVID");
+    server.shutdown().await;
+}
+
 /// A workload of `other.org` that trusts `home`'s bundle and accepts
 /// servers of its trust domain: its Workload API (keep it) and how it dials.
 async fn stranger(home: &Authority) -> (WorkloadApi, DialOptions) {

@@ -218,3 +218,58 @@ async fn mutual_tls_requires_a_client_certificate_signed_by_the_ca() {
     );
     server.shutdown().await;
 }
+
+/// A redial to a remote it has talked to resumes the TLS session (rustls's
+/// client session cache, on the configuration every dial shares, and the
+/// server's tickets), and the server still knows the client's certificate.
+#[tokio::test]
+async fn a_redial_resumes_the_tls_session_and_keeps_the_clients_certificate() {
+    use connect_runtime::tls::{ClientTls, Identity, ServerTls};
+    use connect_runtime::{Peer, Serve};
+    use connect_tests::pki::Pki;
+    use std::sync::{Arc, Mutex};
+
+    let pki = Pki::new("test CA");
+    let server_id = pki.issue(&["localhost"]);
+    let tls = ServerTls::new(Identity::from_pem(&server_id.cert_pem, &server_id.key_pem).unwrap())
+        .unwrap()
+        .client_ca(pki.ca_pem())
+        .unwrap();
+    let seen: Arc<Mutex<Vec<(bool, usize)>>> = Arc::default();
+    let seen_by_server = Arc::clone(&seen);
+    let server = Serve::new(ServerChain::builder().with(Passthrough).build())
+        .tls(tls)
+        .layer(tower::util::MapRequestLayer::new(
+            move |call: http::Request<tonic::body::Body>| {
+                let peer = call.extensions().get::<Peer>().unwrap();
+                let chain = peer.certificates().map_or(0, <[_]>::len);
+                seen_by_server.lock().unwrap().push((peer.resumed(), chain));
+                call
+            },
+        ))
+        .bind("tcp://127.0.0.1:0")
+        .await
+        .unwrap();
+    let client_id = pki.issue(&["client"]);
+    let identity = Identity::from_pem(&client_id.cert_pem, &client_id.key_pem).unwrap();
+    let tls = ClientTls::new(pki.ca_pem())
+        .unwrap()
+        .server_name("localhost")
+        .unwrap()
+        .identity(identity)
+        .unwrap();
+    let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
+    for _ in 0..3 {
+        let conn = dial(server.url(), &options).await.unwrap();
+        let reply = NetworkServiceClient::new(conn)
+            .request(request("again"))
+            .await
+            .unwrap();
+        assert_eq!(reply.into_inner().id, "again");
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [(false, 1), (true, 1), (true, 1)],
+        "a full handshake, then resumed ones that still carry the client's certificate"
+    );
+}
