@@ -482,19 +482,7 @@ impl<K: Hash + Eq, V: Clone> RefCountMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let mut shard = self.inner.lock(key);
-        match shard.get_mut(key) {
-            Some(counted) if counted.instance == instance => {
-                counted.refs -= 1;
-                if counted.refs == 0 {
-                    let removed = shard.remove(key).expect("entry was just found");
-                    Released::Last(removed.value)
-                } else {
-                    Released::Shared(counted.refs)
-                }
-            }
-            _ => Released::Gone,
-        }
+        self.release_with(key, instance, false)
     }
 
     /// As [`release`](Self::release), but the last release keeps the entry
@@ -506,13 +494,25 @@ impl<K: Hash + Eq, V: Clone> RefCountMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.release_with(key, instance, true)
+    }
+
+    fn release_with<Q>(&self, key: &Q, instance: Instance, keep: bool) -> Released<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let mut shard = self.inner.lock(key);
         match shard.get_mut(key) {
             Some(counted) if counted.instance == instance => {
                 counted.refs -= 1;
-                match counted.refs {
-                    0 => Released::Unused(counted.value.clone()),
-                    refs => Released::Shared(refs),
+                match (counted.refs, keep) {
+                    (0, true) => Released::Unused(counted.value.clone()),
+                    (0, false) => {
+                        let removed = shard.remove(key).expect("entry was just found");
+                        Released::Last(removed.value)
+                    }
+                    (refs, _) => Released::Shared(refs),
                 }
             }
             _ => Released::Gone,
@@ -526,13 +526,8 @@ impl<K: Hash + Eq, V: Clone> RefCountMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let mut shard = self.inner.lock(key);
-        match shard.get(key) {
-            Some(counted) if counted.instance == instance && counted.refs == 0 => {
-                shard.remove(key).map(|counted| counted.value)
-            }
-            _ => None,
-        }
+        self.take_if(key, instance, |refs| refs == 0)
+            .map(|(value, _)| value)
     }
 
     /// Removes `instance` whatever its count (a client found dead), returning
@@ -553,9 +548,22 @@ impl<K: Hash + Eq, V: Clone> RefCountMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.take_if(key, instance, |_| true)
+    }
+
+    fn take_if<Q>(
+        &self,
+        key: &Q,
+        instance: Instance,
+        refs: impl FnOnce(usize) -> bool,
+    ) -> Option<(V, usize)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let mut shard = self.inner.lock(key);
         match shard.get(key) {
-            Some(counted) if counted.instance == instance => shard
+            Some(counted) if counted.instance == instance && refs(counted.refs) => shard
                 .remove(key)
                 .map(|counted| (counted.value, counted.refs)),
             _ => None,

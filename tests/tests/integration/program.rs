@@ -728,12 +728,7 @@ async fn a_monitor_caller_of_the_passthrough_hears_updates_deletes_and_the_endpo
     let endpoint = Program::start(&["--endpoint", "--listen", "tcp://127.0.0.1:0"]).await;
     let passthrough = Program::passthrough_named(endpoint.url(), Some("watched-hop")).await;
     let mut nsm = client(passthrough.url()).await;
-    let mut watcher = monitor_caller(passthrough.url()).await;
-    let mut events = watcher
-        .monitor_connections(MonitorScopeSelector::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch_everything(passthrough.url()).await;
     let initial = next_event(&mut events).await;
     assert_eq!(
         initial.r#type,
@@ -785,12 +780,7 @@ async fn behind_an_endpoint_without_monitoring_nothing_is_down() {
     let passthrough =
         Program::passthrough_with_env(remote.url(), None, &[("RUST_LOG", "info")]).await;
     let mut nsm = client(passthrough.url()).await;
-    let mut watcher = monitor_caller(passthrough.url()).await;
-    let mut events = watcher
-        .monitor_connections(MonitorScopeSelector::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch_everything(passthrough.url()).await;
     next_event(&mut events).await;
     let long = Some(Duration::from_secs(600));
     let conn = nsm
@@ -820,6 +810,14 @@ async fn behind_an_endpoint_without_monitoring_nothing_is_down() {
     assert_eq!(delete.r#type, ConnectionEventType::Delete as i32);
     passthrough.terminate();
     assert!(passthrough.exited().await.success());
+}
+
+/// A tonic monitor caller's stream of every connection the program at
+/// `url` holds.
+async fn watch_everything(url: &Url) -> Streaming<ConnectionEvent> {
+    let mut watcher = monitor_caller(url).await;
+    let events = watcher.monitor_connections(MonitorScopeSelector::default());
+    events.await.unwrap().into_inner()
 }
 
 async fn next_event(events: &mut Streaming<ConnectionEvent>) -> ConnectionEvent {

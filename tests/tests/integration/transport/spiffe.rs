@@ -108,6 +108,22 @@ fn peer_serials(
     client_certificates(move |leaf| seen.lock().unwrap().push(serial(leaf)))
 }
 
+/// A server's and a client's Workload API in one trust domain, with SVIDs
+/// living 30 s (keep the APIs: they serve the rotations), and the
+/// identities they give.
+async fn two_workloads() -> ((WorkloadApi, SpiffeIdentity), (WorkloadApi, SpiffeIdentity)) {
+    let domain = Arc::new(Authority::new("example.org"));
+    let lifetime = Duration::from_secs(30);
+    let mut workloads = Vec::new();
+    for path in ["/nse", "/passthrough"] {
+        let api = WorkloadApi::start(Arc::clone(&domain), path, lifetime).await;
+        let identity = SpiffeIdentity::from_endpoint(api.endpoint()).await.unwrap();
+        workloads.push((api, identity));
+    }
+    let client = workloads.pop().unwrap();
+    (workloads.pop().unwrap(), client)
+}
+
 async fn updated(identity: &SpiffeIdentity, serial_now: u64) {
     let mut updates = identity.source().updated();
     while serial(identity.source().svid().unwrap().leaf().as_bytes()) != serial_now {
@@ -127,16 +143,7 @@ async fn applied(status: &mut TlsStatus) {
 /// other; after each rotation a new connection is made with the new SVIDs.
 #[tokio::test]
 async fn dial_and_serve_use_the_current_svids_across_rotations() {
-    let domain = Arc::new(Authority::new("example.org"));
-    let lifetime = Duration::from_secs(30);
-    let server_api = WorkloadApi::start(Arc::clone(&domain), "/nse", lifetime).await;
-    let client_api = WorkloadApi::start(Arc::clone(&domain), "/passthrough", lifetime).await;
-    let server_identity = SpiffeIdentity::from_endpoint(server_api.endpoint())
-        .await
-        .unwrap();
-    let client_identity = SpiffeIdentity::from_endpoint(client_api.endpoint())
-        .await
-        .unwrap();
+    let ((server_api, server_identity), (client_api, client_identity)) = two_workloads().await;
     assert_eq!(
         client_identity.spiffe_id().unwrap().to_string(),
         "spiffe://example.org/passthrough"
@@ -183,16 +190,7 @@ async fn dial_and_serve_use_the_current_svids_across_rotations() {
 /// the current SVID in full, the first after a rotation the new one.
 #[tokio::test]
 async fn spiffe_dials_never_resume_so_every_one_presents_the_current_svid() {
-    let domain = Arc::new(Authority::new("example.org"));
-    let lifetime = Duration::from_secs(30);
-    let server_api = WorkloadApi::start(Arc::clone(&domain), "/nse", lifetime).await;
-    let client_api = WorkloadApi::start(Arc::clone(&domain), "/passthrough", lifetime).await;
-    let server_identity = SpiffeIdentity::from_endpoint(server_api.endpoint())
-        .await
-        .unwrap();
-    let client_identity = SpiffeIdentity::from_endpoint(client_api.endpoint())
-        .await
-        .unwrap();
+    let ((_server_api, server_identity), (client_api, client_identity)) = two_workloads().await;
     // (resumed, the client's leaf serial) of every call's connection.
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen_by_server = Arc::clone(&seen);
