@@ -85,7 +85,8 @@ pub struct MonitorStats {
     pub relayed_streams: usize,
     /// Streams to next hops opened, reopenings included.
     pub relay_opens: u64,
-    /// Clients whose remote answered `UNIMPLEMENTED`: not monitored.
+    /// Clients whose remote answered `UNIMPLEMENTED` or refused the watch:
+    /// not monitored.
     pub unmonitored: usize,
     /// Connections reported DOWN (or another state) on a next hop's word or
     /// because their client is gone.

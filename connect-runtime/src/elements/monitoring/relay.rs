@@ -33,8 +33,9 @@ use connect_macros::Element;
 /// contiguous run, so one selector cannot list many connections) and the
 /// relay keeps those it forwarded. It opens with the client's first
 /// connection, is opened again when it breaks while the client lives, and
-/// ends with the client. A remote answering `UNIMPLEMENTED` is not watched
-/// and nothing is reported of it (Go reports every connection through such a
+/// ends with the client. A remote answering `UNIMPLEMENTED` (or refusing
+/// the watch: `PERMISSION_DENIED`, `UNAUTHENTICATED`) is not watched and
+/// nothing is reported of it (Go reports every connection through such a
 /// remote DOWN). Made by
 /// [`ConnectionMonitor::relay`](super::ConnectionMonitor::relay).
 ///
@@ -249,13 +250,23 @@ impl Relay {
                 }
                 Err(status) => Some(status),
             };
-            if let Some(status) = &ended
-                && status.code() == Code::Unimplemented
-            {
-                tracing::info!(%url, "the remote does not serve MonitorConnections; not monitoring its connections");
-                let _passive = Gauge::new(&self.hub, |s| &mut s.unmonitored);
-                cancel.cancelled().await;
-                return;
+            if let Some(status) = &ended {
+                let why = match status.code() {
+                    Code::Unimplemented => Some("the remote does not serve MonitorConnections"),
+                    // Asking again would be refused again (a policy that
+                    // wants other selectors, say): not a failure of the
+                    // connections.
+                    Code::PermissionDenied | Code::Unauthenticated => {
+                        Some("the remote refuses to be watched")
+                    }
+                    _ => None,
+                };
+                if let Some(why) = why {
+                    tracing::info!(%url, code = ?status.code(), error = %status.message(), "{why}; not monitoring its connections");
+                    let _passive = Gauge::new(&self.hub, |s| &mut s.unmonitored);
+                    cancel.cancelled().await;
+                    return;
+                }
             }
             tracing::debug!(%url, why = ?ended, "the remote's monitor stream ended; opening it again");
             pause = match opened.elapsed() < QUICK_END {

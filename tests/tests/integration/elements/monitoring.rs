@@ -425,10 +425,12 @@ async fn one_stream_per_remote_serves_every_connection_to_it() {
 }
 
 /// A remote's monitor service whose first stream breaks after its initial
-/// state, and whose later streams stay open.
+/// state, and whose later streams stay open; or, `refusing`, that refuses
+/// every watch as a policy would.
 #[derive(Clone, Default)]
 struct Breaking {
     opens: Arc<AtomicUsize>,
+    refusing: Option<Code>,
 }
 
 type Events = Pin<Box<dyn futures_util::Stream<Item = Result<ConnectionEvent, Status>> + Send>>;
@@ -441,8 +443,12 @@ impl MonitorConnection for Breaking {
         &self,
         _: Request<MonitorScopeSelector>,
     ) -> Result<Response<Events>, Status> {
+        let opened = self.opens.fetch_add(1, Ordering::SeqCst);
+        if let Some(code) = self.refusing {
+            return Err(Status::new(code, "this selector is not yours"));
+        }
         let initial = Ok(ConnectionEvent::default());
-        let events: Events = match self.opens.fetch_add(1, Ordering::SeqCst) {
+        let events: Events = match opened {
             0 => Box::pin(stream::iter([
                 initial,
                 Err(Status::unavailable("monitor broke")),
@@ -692,4 +698,34 @@ async fn with_spiffe_identities_a_caller_sees_only_the_connections_it_requested(
         id_at(&from_alice, 1)
     );
     assert_eq!(monitor.stats().connections, 2);
+}
+
+#[tokio::test]
+async fn a_remote_that_refuses_the_watch_is_asked_once_and_nothing_is_down() {
+    let refusing = Breaking {
+        refusing: Some(Code::PermissionDenied),
+        ..Breaking::default()
+    };
+    let remote = Serve::new(ServerChain::builder().with(UpdatePath::new("nse")).build())
+        .add_service(MonitorConnectionServer::new(refusing.clone()))
+        .bind("tcp://127.0.0.1:0")
+        .await
+        .unwrap();
+    let hop = Hop::new(Some(remote.url())).await;
+    let conn = hop.request(from_caller("nsc", "c-1", LONG)).await;
+    let stats = settle(
+        "the relay to give up watching",
+        hop.monitor.wait_for(|s| s.unmonitored == 1),
+    )
+    .await;
+    assert_eq!((stats.relayed_streams, stats.relayed_states), (0, 0));
+    assert_eq!(refusing.opens.load(Ordering::SeqCst), 1, "asked once");
+    // A second connection through the same client asks nothing more.
+    let other = hop.request(from_caller("nsc", "c-2", LONG)).await;
+    assert_eq!(refusing.opens.load(Ordering::SeqCst), 1);
+    let held = hop.monitor.connection(&id_at(&conn, 1)).unwrap();
+    assert_eq!(held.state, State::Up as i32);
+    hop.close(conn).await;
+    hop.close(other).await;
+    hop.stop().await;
 }
