@@ -15,8 +15,8 @@ mod service;
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, MutexGuard};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -106,6 +106,10 @@ struct Hub {
 struct Held {
     connections: HashMap<String, Tracked>,
     watchers: Vec<Watcher>,
+    /// Watchers cut and not yet counted: counted once the lock is let go
+    /// (a `wait_for` condition may call back into the monitor while the
+    /// stats are locked).
+    cut: u64,
 }
 
 /// One connection: as the chain last returned it (once it has), and which
@@ -272,10 +276,9 @@ impl Hub {
             connection,
             owner.as_deref(),
         );
-        let connections = held.connections.len();
-        drop(held);
+        self.unlock(held);
         if new {
-            self.count(|s| s.connections = connections);
+            self.count(|s| s.connections += 1);
         }
     }
 
@@ -285,14 +288,15 @@ impl Hub {
         let Some(tracked) = held.connections.remove(id) else {
             return;
         };
-        if let Some(connection) = tracked.connection {
-            let owner = tracked.owner.as_deref();
-            let connection = connection.connection();
-            self.publish(&mut held, ConnectionEventType::Delete, &connection, owner);
-        }
-        let connections = held.connections.len();
-        drop(held);
-        self.count(|s| s.connections = connections);
+        let Some(connection) = tracked.connection else {
+            // Only a relay's claim: nothing was told of it.
+            return;
+        };
+        let owner = tracked.owner.as_deref();
+        let connection = connection.connection();
+        self.publish(&mut held, ConnectionEventType::Delete, &connection, owner);
+        self.unlock(held);
+        self.count(|s| s.connections -= 1);
     }
 
     /// Relay `relay` now watches connection `id`'s next hop.
@@ -342,7 +346,7 @@ impl Hub {
             &changed,
             owner.as_deref(),
         );
-        drop(held);
+        self.unlock(held);
         if relay.is_some() {
             self.count(|s| s.relayed_states += 1);
         }
@@ -384,10 +388,18 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Closed(_)) => true,
             }
         });
+        held.cut += cut;
+    }
+
+    /// Lets go of the lock, then counts the watchers cut under it. Stats
+    /// change only by increments, which commute, so counting after the
+    /// lock keeps them exact.
+    fn unlock(&self, mut held: MutexGuard<'_, Held>) {
+        let cut = std::mem::take(&mut held.cut);
+        drop(held);
         if cut > 0 {
-            let watchers = held.watchers.len();
             self.count(|s| {
-                s.watchers = watchers;
+                s.watchers -= cut as usize;
                 s.watchers_cut += cut;
             });
         }
@@ -428,9 +440,8 @@ impl Hub {
             .try_send(event)
             .expect("a new channel has room for one event");
         held.watchers.push(watcher);
-        let watchers = held.watchers.len();
         drop(held);
-        self.count(|s| s.watchers = watchers);
+        self.count(|s| s.watchers += 1);
         (id, receiver, cut)
     }
 
@@ -439,10 +450,11 @@ impl Hub {
         let mut held = lock(&self.state);
         let before = held.watchers.len();
         held.watchers.retain(|w| w.id != id);
-        let watchers = held.watchers.len();
+        let left = held.watchers.len() != before;
         drop(held);
-        if watchers != before {
-            self.count(|s| s.watchers = watchers);
+        // One cut is off the list already, and counted.
+        if left {
+            self.count(|s| s.watchers -= 1);
         }
     }
 }
