@@ -64,11 +64,19 @@ pub fn grpc_only() -> ConnectBuilder {
 /// [`grpc_only`], and the number of clients it has dialed (the factory
 /// runs once per dial).
 pub fn grpc_only_counting_dials() -> (ConnectBuilder, Arc<AtomicUsize>) {
+    counting_dials(|_: &Context, conn| ClientChain::builder().with(GrpcClient::new(conn)).build())
+}
+
+/// Options for a `connect` whose clients `factory` builds, and the number
+/// of clients it has dialed.
+pub fn counting_dials(
+    factory: impl Fn(&Context, ClientConn) -> ClientChain + Send + Sync + 'static,
+) -> (ConnectBuilder, Arc<AtomicUsize>) {
     let dials = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&dials);
-    let builder = Connect::builder(move |_: &Context, conn| {
+    let builder = Connect::builder(move |ctx: &Context, conn| {
         counted.fetch_add(1, Ordering::SeqCst);
-        ClientChain::builder().with(GrpcClient::new(conn)).build()
+        factory(ctx, conn)
     });
     (builder, dials)
 }

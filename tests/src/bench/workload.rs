@@ -11,7 +11,7 @@ use connect_runtime::{
     ClientChain, Connect, ConnectBuilder, ConnectionMonitor, Context, DialOptions, GrpcClient,
     ServerChain, UpdatePath,
 };
-use connect_tests::harness::grpc_only_counting_dials;
+use connect_tests::harness::{counting_dials, grpc_only_counting_dials};
 use tokio::sync::Barrier;
 use tonic::Status;
 use tonic::client::Grpc;
@@ -269,11 +269,9 @@ impl Caller {
 /// [`grpc_only_counting_dials`] with a [`ConnectionMonitor`] relay before
 /// the gRPC call, and the monitor.
 fn relaying_counting_dials() -> (ConnectBuilder, ConnectionMonitor, Arc<AtomicUsize>) {
-    let dials = Arc::new(AtomicUsize::new(0));
     let monitor = ConnectionMonitor::new();
-    let (counted, relays) = (Arc::clone(&dials), monitor.clone());
-    let builder = Connect::builder(move |ctx: &Context, conn| {
-        counted.fetch_add(1, Ordering::SeqCst);
+    let relays = monitor.clone();
+    let (builder, dials) = counting_dials(move |ctx: &Context, conn| {
         ClientChain::builder()
             .with(relays.relay(ctx, conn.clone()))
             .with(GrpcClient::new(conn))

@@ -2,7 +2,7 @@
 //! client, and relaying what it says.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -66,7 +66,7 @@ struct Relay {
     /// This client's connections: id → the index of this hop's segment.
     bound: Mutex<HashMap<String, u32>>,
     /// This hop's name, from its first connection: what the stream selects.
-    name: Mutex<Option<String>>,
+    name: OnceLock<String>,
     first_bound: Notify,
 }
 
@@ -76,7 +76,7 @@ impl MonitorRelay {
             id: hub.id(),
             hub,
             bound: Mutex::default(),
-            name: Mutex::default(),
+            name: OnceLock::new(),
             first_bound: Notify::new(),
         });
         let watch = ctx.client_cancel().cloned().map(|cancel| {
@@ -145,10 +145,7 @@ impl Relay {
             .as_ref()
             .and_then(|p| p.path_segments.get(index as usize))
         {
-            let mut name = lock(&self.name);
-            if name.is_none() {
-                *name = Some(segment.name.clone());
-            }
+            self.name.get_or_init(|| segment.name.clone());
         }
         self.hub.claim(&connection.id, self.id);
         let first = {
@@ -168,7 +165,7 @@ impl Relay {
     }
 
     fn selector(&self) -> MonitorScopeSelector {
-        let name = lock(&self.name).clone().unwrap_or_default();
+        let name = self.name.get().cloned().unwrap_or_default();
         MonitorScopeSelector {
             path_segments: vec![PathSegment {
                 name,

@@ -84,30 +84,28 @@ impl tokio_stream::Stream for MonitorStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        if this.cut.load(Ordering::Acquire) {
-            this.ended = true;
-            return Poll::Ready(Some(Err(Status::resource_exhausted(format!(
-                "this monitor fell more than {} events behind",
-                this.hub.buffer
-            )))));
-        }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
+        if this.ended || this.shutdown.as_mut().poll(cx).is_ready() {
             this.ended = true;
             return Poll::Ready(None);
         }
-        match this.events.poll_recv(cx) {
+        // Once cut, the backlog is not worth sending: the error goes first.
+        let cut = this.cut.load(Ordering::Acquire);
+        let next = match cut {
+            true => Poll::Ready(None),
+            false => this.events.poll_recv(cx),
+        };
+        match next {
             Poll::Ready(Some(event)) => Poll::Ready(Some(Ok(event))),
             Poll::Ready(None) => {
                 this.ended = true;
-                match this.cut.load(Ordering::Acquire) {
-                    true => Poll::Ready(Some(Err(Status::resource_exhausted(
-                        "this monitor fell too far behind",
-                    )))),
-                    false => Poll::Ready(None),
-                }
+                // Cut between the look above and the channel's end.
+                let cut = cut || this.cut.load(Ordering::Acquire);
+                Poll::Ready(cut.then(|| {
+                    Err(Status::resource_exhausted(format!(
+                        "this monitor fell more than {} events behind",
+                        this.hub.buffer
+                    )))
+                }))
             }
             Poll::Pending => Poll::Pending,
         }
