@@ -60,6 +60,7 @@ mod outcome;
 pub mod prelude;
 pub mod server;
 mod sync;
+pub mod telemetry;
 pub mod transport;
 
 /// The NSM wire API (`connect-proto`), re-exported.

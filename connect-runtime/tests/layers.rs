@@ -1,6 +1,7 @@
 //! The crate's modules form layers, and every arrow points down:
 //!
-//! 1. leaves (`deadline`, `grpc_timeout`, `outcome`, `sync`): nothing of ours;
+//! 1. leaves (`deadline`, `grpc_timeout`, `outcome`, `sync`, `telemetry`):
+//!    nothing of ours;
 //! 2. `map`;
 //! 3. `transport`: the dialing side;
 //! 4. `chain`;
@@ -18,7 +19,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 const LAYERS: &[&[&str]] = &[
-    &["deadline", "grpc_timeout", "outcome", "sync"],
+    &["deadline", "grpc_timeout", "outcome", "sync", "telemetry"],
     &["map"],
     &["transport"],
     &["chain"],

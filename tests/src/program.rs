@@ -230,11 +230,17 @@ fn signal_terminate(pid: u32) {
 
 /// Runs the program with `args` to the end and returns what it printed.
 pub async fn run(args: &[&str]) -> Output {
+    run_with_env(args, &[]).await
+}
+
+/// As [`run`], with `env` set.
+pub async fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let child = command()
         .args(args)
         .env("RUST_LOG", "warn")
         // `--spiffe` must not find a Workload API by accident.
         .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

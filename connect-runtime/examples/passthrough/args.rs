@@ -2,10 +2,11 @@
 //! mistake a one-line error naming it.
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 use url::Url;
 
 use connect_runtime::Target;
@@ -18,7 +19,14 @@ Each option but --connections may instead come from the environment variable
 shown beside it; an option given on the command line wins.
 
 URLs are tcp://host:port (port 0 picks one) or unix:///path. Durations are
-like 100ms, 1.5s, 10m or 1h. RUST_LOG sets the log level (default info).
+like 100ms, 1.5s, 10m or 1h. --log-level sets the level (RUST_LOG's filter
+if neither it nor NSM_LOG_LEVEL is set; default info).
+
+Telemetry, as NSM components have it: with TELEMETRY=true spans and metrics
+go by OTLP/gRPC to NSM_OPEN_TELEMETRY_ENDPOINT (host:port), one trace per
+request across every hop that propagates W3C trace context; with
+PROMETHEUS=true, /metrics is served on NSM_PROMETHEUS_LISTEN_ON. Without
+either nothing is exported and nothing more listens.
 
 TLS: with --tls-cert and --tls-key the listener serves that certificate; with
 --tls-ca it requires client certificates signed by that CA, and a passthrough
@@ -71,6 +79,46 @@ struct Cli {
     /// This workload's SPIFFE identity, from the Workload API.
     #[arg(long, env = "NSM_SPIFFE", help_heading = "TLS")]
     spiffe: bool,
+    /// Log level: trace, debug, info, warn or error (any case).
+    #[arg(long, env = "NSM_LOG_LEVEL", value_name = "LEVEL", value_parser = level)]
+    log_level: Option<tracing::Level>,
+    /// Export spans and metrics by OTLP/gRPC.
+    #[arg(long, env = "TELEMETRY", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = boolean, help_heading = "Telemetry")]
+    telemetry: Option<bool>,
+    /// Where the OpenTelemetry collector listens (host:port, or an http://
+    /// URL).
+    #[arg(long, env = "NSM_OPEN_TELEMETRY_ENDPOINT", value_name = "HOST:PORT",
+          value_parser = otlp_endpoint, help_heading = "Telemetry")]
+    open_telemetry_endpoint: Option<String>,
+    /// How often metrics are exported by OTLP (default 10s).
+    #[arg(long, env = "NSM_METRICS_EXPORT_INTERVAL", value_name = "DURATION",
+          value_parser = duration, help_heading = "Telemetry")]
+    metrics_export_interval: Option<Duration>,
+    /// Serve Prometheus metrics on /metrics.
+    #[arg(long, env = "PROMETHEUS", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = boolean, help_heading = "Telemetry")]
+    prometheus: Option<bool>,
+    /// Where /metrics listens (host:port, default :8081; an empty host is
+    /// every interface).
+    #[arg(long, env = "NSM_PROMETHEUS_LISTEN_ON", value_name = "HOST:PORT",
+          value_parser = listen_address, help_heading = "Telemetry")]
+    prometheus_listen_on: Option<SocketAddr>,
+}
+
+/// NSM's default collector, in the observability namespace.
+const DEFAULT_OTLP_ENDPOINT: &str = "http://otel-collector.observability.svc.cluster.local:4317";
+
+/// Telemetry and logging: the NSM variables (and their flags).
+#[derive(Clone, Debug)]
+pub(crate) struct Observe {
+    /// `--log-level`; `None` leaves RUST_LOG's filter.
+    pub(crate) log_level: Option<tracing::Level>,
+    /// The collector's URL, with `TELEMETRY`.
+    pub(crate) otlp: Option<String>,
+    pub(crate) export_interval: Duration,
+    /// Where /metrics listens, with `PROMETHEUS`.
+    pub(crate) prometheus: Option<SocketAddr>,
 }
 
 /// What the program was asked to do.
@@ -86,12 +134,14 @@ pub(crate) enum Mode {
         hop: Hop,
         log: LogFormat,
         tls: Option<TlsSource>,
+        observe: Observe,
     },
     Endpoint {
         listen: Url,
         hop: Hop,
         log: LogFormat,
         tls: Option<TlsSource>,
+        observe: Observe,
     },
     /// `--help`: what to print.
     Help(String),
@@ -129,19 +179,42 @@ pub(crate) enum LogFormat {
 /// The mode `args` (without the program's name) ask for, or a one-line
 /// error naming the mistake.
 pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Mode, String> {
-    let args = std::iter::once(OsString::from("passthrough")).chain(args);
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<OsString> = std::iter::once(OsString::from("passthrough"))
+        .chain(args)
+        .collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(err) if err.kind() == clap::error::ErrorKind::DisplayHelp => {
             return Ok(Mode::Help(err.render().to_string()));
         }
-        Err(err) => return Err(one_line(&err)),
+        Err(err) => return Err(one_line(&err, &args)),
     };
     cli.mode()
 }
 
-/// clap's error on one line: its message, and its hints after a `;`.
-fn one_line(err: &clap::Error) -> String {
+/// The environment variable a bad value came from: the option's, when the
+/// command line does not give the option.
+fn from_environment(err: &clap::Error, args: &[OsString]) -> Option<String> {
+    let clap::error::ContextValue::String(arg) = err.get(clap::error::ContextKind::InvalidArg)?
+    else {
+        return None;
+    };
+    let long = arg.split([' ', '=']).next()?.strip_prefix("--")?;
+    let command = Cli::command();
+    let option = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))?;
+    let given = args.iter().any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")))
+    });
+    let var = option.get_env()?.to_str()?;
+    (!given && std::env::var_os(var).is_some()).then(|| var.to_owned())
+}
+
+/// clap's error on one line: its message, the environment variable it
+/// came from, and its hints after a `;`.
+fn one_line(err: &clap::Error, args: &[OsString]) -> String {
     let rendered = err.render().to_string();
     let lines: Vec<&str> = rendered
         .lines()
@@ -150,7 +223,10 @@ fn one_line(err: &clap::Error) -> String {
         .collect();
     let text = lines.join("; ");
     let text = text.strip_prefix("error: ").unwrap_or(&text).to_owned();
-    format!("{text} (see --help)")
+    match from_environment(err, args) {
+        Some(var) => format!("{var}: {text} (see --help)"),
+        None => format!("{text} (see --help)"),
+    }
 }
 
 impl Cli {
@@ -183,6 +259,20 @@ impl Cli {
         if self.listen.is_none() && (self.name.is_some() || self.max_token_lifetime.is_some()) {
             return Err("--name and --max-token-lifetime are for --listen".into());
         }
+        let observe = Observe {
+            log_level: self.log_level,
+            otlp: self.telemetry.unwrap_or(false).then(|| {
+                self.open_telemetry_endpoint
+                    .unwrap_or_else(|| DEFAULT_OTLP_ENDPOINT.to_owned())
+            }),
+            export_interval: self
+                .metrics_export_interval
+                .unwrap_or(Duration::from_secs(10)),
+            prometheus: self.prometheus.unwrap_or(false).then(|| {
+                self.prometheus_listen_on
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8081)))
+            }),
+        };
         let hop = Hop {
             name: match self.name {
                 Some(name) if name.is_empty() => return Err("--name must not be empty".into()),
@@ -202,6 +292,7 @@ impl Cli {
                     hop,
                     log,
                     tls,
+                    observe,
                 })
             }
             (true, None, _) => Err("--endpoint needs --listen URL".into()),
@@ -218,6 +309,7 @@ impl Cli {
                     hop,
                     log,
                     tls,
+                    observe,
                 })
             }
             (false, Some(_), None) => Err("--connect-to URL is required with --listen".into()),
@@ -274,4 +366,44 @@ pub(crate) fn duration(text: &str) -> Result<Duration, String> {
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(bad)
+}
+
+fn level(text: &str) -> Result<tracing::Level, String> {
+    text.parse().map_err(|_| {
+        format!("`{text}` is not a log level: expected trace, debug, info, warn or error")
+    })
+}
+
+fn boolean(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok(true),
+        "false" | "0" | "" => Ok(false),
+        _ => Err(format!("`{text}` is not true or false")),
+    }
+}
+
+/// The collector: `host:port` as NSM gives it, or an `http://` URL.
+fn otlp_endpoint(text: &str) -> Result<String, String> {
+    let url = match text.contains("://") {
+        true => text.to_owned(),
+        false => format!("http://{text}"),
+    };
+    match Url::parse(&url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.port().is_some() => {
+            Ok(url)
+        }
+        _ => Err(format!(
+            "`{text}` is not a collector address like otel-collector:4317"
+        )),
+    }
+}
+
+/// `host:port` or `:port` (every interface), as Go's listeners take it.
+fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    let bad = || format!("`{text}` is not an address like :8081 or 127.0.0.1:8081");
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => text.replace("localhost:", "127.0.0.1:"),
+    };
+    full.parse().map_err(|_| bad())
 }

@@ -15,6 +15,7 @@
 mod args;
 mod demo;
 mod server;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -55,8 +56,11 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Mode::Demo { connections } => {
-            init_logging(LogFormat::Text, "warn");
-            runtime.block_on(demo::run(connections))
+            let _entered = runtime.enter();
+            match telemetry::install(None, LogFormat::Text, "warn", "passthrough") {
+                Ok(_) => runtime.block_on(demo::run(connections)),
+                Err(err) => Err(err),
+            }
         }
         Mode::Passthrough {
             listen,
@@ -65,26 +69,19 @@ fn main() -> ExitCode {
             hop,
             log,
             tls,
-        } => {
-            init_logging(log, "info");
-            runtime.block_on(server::passthrough(
-                listen,
-                connect_to,
-                dial_timeout,
-                hop,
-                log,
-                tls,
-            ))
-        }
+            observe,
+        } => observed(&runtime, &observe, log, &hop.name.clone(), |metrics| {
+            server::passthrough(listen, connect_to, dial_timeout, hop, log, tls, metrics)
+        }),
         Mode::Endpoint {
             listen,
             hop,
             log,
             tls,
-        } => {
-            init_logging(log, "info");
-            runtime.block_on(server::endpoint(listen, hop, log, tls))
-        }
+            observe,
+        } => observed(&runtime, &observe, log, &hop.name.clone(), |metrics| {
+            server::endpoint(listen, hop, log, tls, metrics)
+        }),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -101,21 +98,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, at the level `RUST_LOG` asks for (or `default`).
-fn init_logging(format: LogFormat, default: &str) {
-    use tracing_subscriber::EnvFilter;
-
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    // Colour only for a person at a terminal, and never under NO_COLOR
-    // (no-color.org: set and not empty).
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(colour)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// Runs a server with logging and telemetry installed, and exports what
+/// telemetry still holds once it has stopped.
+fn observed<F>(
+    runtime: &tokio::runtime::Runtime,
+    observe: &args::Observe,
+    log: LogFormat,
+    name: &str,
+    serve: impl FnOnce(Option<telemetry::Scraped>) -> F,
+) -> Result<(), String>
+where
+    F: Future<Output = Result<(), String>>,
+{
+    let _entered = runtime.enter();
+    let mut telemetry = telemetry::install(Some(observe), log, "info", name)?;
+    let metrics = telemetry.prometheus.take();
+    let outcome = runtime.block_on(serve(metrics));
+    telemetry.shutdown();
+    outcome
 }

@@ -17,6 +17,7 @@ use tonic::Status;
 use url::Url;
 
 use crate::args::{Hop, LogFormat, TlsFiles, TlsSource};
+use crate::telemetry::{Scraped, serve_metrics};
 
 /// updatepath → expire(monitor → clienturl(`connect_to`) → connect), served
 /// on `listen` with `MonitorConnections`; each client relays its remote's
@@ -28,6 +29,7 @@ pub(crate) async fn passthrough(
     hop: Hop,
     log: LogFormat,
     tls: Option<TlsSource>,
+    metrics: Option<Scraped>,
 ) -> Result<(), String> {
     let tls = Tls::from(tls).await?;
     let mut dial = DialOptions::new().timeout(dial_timeout);
@@ -59,16 +61,16 @@ pub(crate) async fn passthrough(
     // Signals are caught from before the program says it is listening, so
     // that a SIGTERM sent right after never finds the default action.
     let mut signals = Signals::install()?;
-    let server = serving(chain, &monitor, tls.map(|t| t.server), &stop)
+    let server_tls = tls.map(|t| t.server);
+    let scrape_tls = server_tls.clone();
+    let server = serving(chain, &monitor, server_tls, &stop)
         .bind(&listen)
         .await
         .map_err(|e| e.to_string())?;
-    announce(
-        log,
-        "passthrough",
-        server.url(),
-        &[("forwarding_to", connect_to.as_str())],
-    );
+    let scrape = scrape_url(metrics, scrape_tls.as_ref(), &stop).await?;
+    let mut extra = vec![("forwarding_to", connect_to.as_str())];
+    extra.extend(scrape.as_deref().map(|url| ("metrics_on", url)));
+    announce(log, "passthrough", server.url(), &extra);
     signals.received().await;
     stop.cancel();
     // Calls in flight finish (within the grace period), and so does connect's
@@ -106,6 +108,7 @@ pub(crate) async fn endpoint(
     hop: Hop,
     log: LogFormat,
     tls: Option<TlsSource>,
+    metrics: Option<Scraped>,
 ) -> Result<(), String> {
     let tls = Tls::from(tls).await?;
     let stop = CancellationToken::new();
@@ -117,11 +120,19 @@ pub(crate) async fn endpoint(
         .with(Expire::new(rest).max_lifetime(hop.max_lifetime))
         .build();
     let mut signals = Signals::install()?;
-    let server = serving(chain, &monitor, tls.map(|t| t.server), &stop)
+    let server_tls = tls.map(|t| t.server);
+    let scrape_tls = server_tls.clone();
+    let server = serving(chain, &monitor, server_tls, &stop)
         .bind(&listen)
         .await
         .map_err(|e| e.to_string())?;
-    announce(log, "endpoint", server.url(), &[]);
+    let scrape = scrape_url(metrics, scrape_tls.as_ref(), &stop).await?;
+    let extra: Vec<_> = scrape
+        .as_deref()
+        .map(|url| ("metrics_on", url))
+        .into_iter()
+        .collect();
+    announce(log, "endpoint", server.url(), &extra);
     signals.received().await;
     stop.cancel();
     // A second signal stops at once (dropping the handle closes everything).
@@ -131,6 +142,22 @@ pub(crate) async fn endpoint(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts `/metrics` if asked for: its URL, until `stop`.
+/// Over the listener's TLS, when it has one.
+async fn scrape_url(
+    metrics: Option<Scraped>,
+    tls: Option<&ServerTls>,
+    stop: &CancellationToken,
+) -> Result<Option<String>, String> {
+    let Some((at, registry)) = metrics else {
+        return Ok(None);
+    };
+    let config = tls.map(ServerTls::rustls_config);
+    let scheme = if config.is_some() { "https" } else { "http" };
+    let bound = serve_metrics(at, registry, config, stop.clone()).await?;
+    Ok(Some(format!("{scheme}://{bound}/metrics")))
 }
 
 /// Says on stdout where the program listens: `<role> listening on <url>`

@@ -26,6 +26,9 @@ pub const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 /// Calls the remote `networkservice.NetworkService` with tonic's generated
 /// client (Go's `networkservice.NewNetworkServiceClient(cc)`).
 ///
+/// Each call carries the current span's trace context as W3C metadata
+/// (see [`telemetry`](crate::telemetry)).
+///
 /// The channel is a [`ClientConn`] by default, or that channel wrapped in
 /// tower layers or a tonic interceptor. The context's deadline goes out as
 /// `grpc-timeout`, and the remote ends the call there; a remote that has not
@@ -78,6 +81,7 @@ where
         message: M,
     ) -> Result<(NetworkServiceClient<C>, tonic::Request<M>), Status> {
         let mut request = tonic::Request::new(message);
+        crate::telemetry::inject_current_trace(request.metadata_mut());
         if let Some(left) = ctx.remaining() {
             if left.is_zero() {
                 let late =

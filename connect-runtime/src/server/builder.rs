@@ -7,6 +7,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::Bytes;
+use opentelemetry::metrics::Meter;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
@@ -132,6 +133,7 @@ pub struct Serve<L = Identity> {
     tls: Option<ServerTls>,
     expiry_margin: Duration,
     health: HealthReporter,
+    meter: Option<Meter>,
 }
 
 impl Serve {
@@ -155,6 +157,7 @@ impl Serve {
             tls: None,
             expiry_margin: DEFAULT_EXPIRY_MARGIN,
             health,
+            meter: None,
         }
     }
 }
@@ -230,6 +233,16 @@ impl<L> Serve<L> {
         self
     }
 
+    /// Records `serve_connections`, `serve_connections_refused_total` and
+    /// `serve_handshake_failures_total` on `meter` (by default the global
+    /// provider's [`METER_NAME`](crate::telemetry::METER_NAME) meter, which
+    /// records nothing until a program installs a provider). They are read
+    /// from [`ServerHandle::stats`] when a reader collects.
+    pub fn meter(mut self, meter: Meter) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
     /// Serves another gRPC service beside the chain (a `MonitorConnection`
     /// service, say).
     pub fn add_service<S>(mut self, service: S) -> Self
@@ -259,6 +272,7 @@ impl<L> Serve<L> {
             tls: self.tls,
             expiry_margin: self.expiry_margin,
             health: self.health,
+            meter: self.meter,
         }
     }
 
@@ -324,6 +338,15 @@ impl<L> Serve<L> {
             .set_service_status(crate::proto::NETWORK_SERVICE, ServingStatus::Serving)
             .await;
         let (stats_tx, stats_rx) = watch::channel(ConnectionStats::default());
+        let meter = self
+            .meter
+            .clone()
+            .unwrap_or_else(|| opentelemetry::global::meter(crate::telemetry::METER_NAME));
+        let read = stats_rx.clone();
+        // A stopped server's sender is gone: it reports nothing more.
+        super::metrics::serve_metrics(&meter, move || {
+            read.has_changed().ok().map(|_| *read.borrow())
+        });
         let hard_stop = CancellationToken::new();
         let credential = self.tls.as_ref().and_then(|t| t.credential().cloned());
         let mut server = self.server;

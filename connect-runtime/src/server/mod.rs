@@ -7,6 +7,7 @@ mod accept;
 mod builder;
 mod handle;
 mod listener;
+mod metrics;
 mod refusal;
 mod service;
 

@@ -21,7 +21,10 @@ use crate::proto::networkservice::network_service_server::{NetworkService, Netwo
 
 /// Serves a [`ServerChain`] as the gRPC `networkservice.NetworkService`.
 ///
-/// Each call gets a fresh [`Context`] carrying the call's metadata (and,
+/// Each call runs in a span that continues the caller's trace (W3C
+/// `traceparent`, through the global propagator; see
+/// [`telemetry`](crate::telemetry)), with a fresh [`Context`] carrying the
+/// call's metadata (and,
 /// over TLS, the caller's [`Peer`] as a [value](Context::value)), whose
 /// deadline is the caller's `grpc-timeout` and whose cancellation token is
 /// cancelled when the caller goes away (tonic drops the handler) or the
@@ -108,20 +111,23 @@ impl NetworkService for ChainService {
         request: Request<NetworkServiceRequest>,
     ) -> Result<Response<Connection>, Status> {
         let (metadata, extensions, request) = request.into_parts();
-        let (ctx, _cancel_on_drop) = incoming_context(metadata, &extensions)?;
         let span = tracing::debug_span!(
             "request",
             connection_id = crate::chain::connection_id(&request)
         );
-        let chain = self.chain.request(ctx.clone(), request);
+        crate::telemetry::adopt_caller_trace(&span, &metadata);
+        let (ctx, _cancel_on_drop) = incoming_context(metadata, &extensions)?;
+        // Made in the span: each element's span is made with its future.
+        let chain = span.in_scope(|| self.chain.request(ctx.clone(), request));
         ctx.run(chain).instrument(span).await.map(Response::new)
     }
 
     async fn close(&self, request: Request<Connection>) -> Result<Response<()>, Status> {
         let (metadata, extensions, connection) = request.into_parts();
-        let (ctx, _cancel_on_drop) = incoming_context(metadata, &extensions)?;
         let span = tracing::debug_span!("close", connection_id = connection.id.as_str());
-        let chain = self.chain.close(ctx.clone(), connection);
+        crate::telemetry::adopt_caller_trace(&span, &metadata);
+        let (ctx, _cancel_on_drop) = incoming_context(metadata, &extensions)?;
+        let chain = span.in_scope(|| self.chain.close(ctx.clone(), connection));
         ctx.run(chain).instrument(span).await.map(Response::new)
     }
 }

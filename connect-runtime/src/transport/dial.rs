@@ -33,6 +33,7 @@ use crate::deadline::deadline_after;
 use crate::grpc_timeout;
 use crate::outcome::not_sent;
 use crate::sync::lock;
+use crate::telemetry::DialOutcome;
 
 /// A dialed channel to a remote, which tonic's clients call through. Cheap
 /// to clone; clones share one HTTP/2 connection at a time.
@@ -354,13 +355,25 @@ async fn connect(
         }
     };
     let span = tracing::debug_span!("dial", url = %url, timeout = ?options.timeout);
+    let started = std::time::Instant::now();
     let within = tokio::time::timeout_at(deadline, dialing.instrument(span));
-    within.await.unwrap_or_else(|_| {
+    let dialed = within.await.unwrap_or_else(|_| {
         Err(DialError::Timeout {
             url: url.to_string(),
             timeout,
         })
-    })
+    });
+    if let Some(metrics) = &options.metrics {
+        let outcome = match &dialed {
+            Ok(_) => DialOutcome::Ok,
+            Err(DialError::Timeout { .. }) => DialOutcome::Timeout,
+            Err(DialError::NotHttp2 { .. }) => DialOutcome::NotHttp2,
+            Err(DialError::Connect { .. }) => DialOutcome::Failed,
+            Err(_) => DialOutcome::Invalid,
+        };
+        metrics.dialed(outcome, started.elapsed());
+    }
+    dialed
 }
 
 /// Whether a connection ended with the remote's GOAWAY `ENHANCE_YOUR_CALM`:
@@ -523,6 +536,9 @@ impl Shared {
             Ok(send) => {
                 let dials = self.dials.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::debug!(url = %self.url, dials, "dialed again");
+                if let Some(metrics) = &self.options.metrics {
+                    metrics.redialed();
+                }
                 let mut live = lock(&self.live);
                 *live = (send, live.1 + 1);
                 Ok(live.clone())

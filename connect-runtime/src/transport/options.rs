@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
+use opentelemetry::metrics::Meter;
 use tokio_util::sync::CancellationToken;
 
 use super::tls::{ClientTls, Credential};
 use crate::deadline::{FAR, saturated};
+use crate::telemetry::DialMetrics;
 
 /// The dial timeout when none is given: 100 ms, as in Go's connect v0.5.0.
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_millis(100);
@@ -30,6 +32,7 @@ pub struct DialOptions {
     pub(super) close_on: Option<CancellationToken>,
     pub(super) on_end: Option<CancellationToken>,
     pub(super) on_connection_end: Option<Hook>,
+    pub(super) metrics: Option<DialMetrics>,
 }
 
 /// Something to call when an event happens.
@@ -113,6 +116,7 @@ impl Default for DialOptions {
             close_on: None,
             on_end: None,
             on_connection_end: None,
+            metrics: None,
         }
     }
 }
@@ -145,6 +149,20 @@ impl DialOptions {
     pub fn keepalive(mut self, keepalive: Keepalive) -> Self {
         self.keepalive = Some(keepalive);
         self
+    }
+
+    /// Records each dial (first ones and redials) on `meter`:
+    /// `connect_dials_total{outcome}`, `connect_dial_duration_seconds` and
+    /// `connect_goaway_redials_total` (see [`telemetry`](crate::telemetry)).
+    /// [`Connect`](crate::Connect) sets its own meter here unless one is set.
+    pub fn meter(mut self, meter: &Meter) -> Self {
+        self.metrics = Some(DialMetrics::new(meter));
+        self
+    }
+
+    /// Whether a meter was set.
+    pub(crate) fn has_meter(&self) -> bool {
+        self.metrics.is_some()
     }
 
     /// Closes the channel's connection when `token` is cancelled, whoever

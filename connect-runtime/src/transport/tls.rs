@@ -489,6 +489,21 @@ impl ServerTls {
         &self.rotation
     }
 
+    /// The rustls configuration it serves with (ALPN `h2`), for another
+    /// listener of the same identity: a copy with other ALPN protocols
+    /// serves a metrics endpoint over the same TLS, say.
+    ///
+    /// ```
+    /// # fn demo(tls: connect_runtime::tls::ServerTls) {
+    /// let mut config = (*tls.rustls_config()).clone();
+    /// config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    /// let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    /// # let _ = acceptor; }
+    /// ```
+    pub fn rustls_config(&self) -> Arc<ServerConfig> {
+        Arc::clone(&self.config)
+    }
+
     pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(Arc::clone(&self.config))
     }

@@ -11,4 +11,5 @@ mod interop;
 mod program;
 mod proto;
 mod server;
+mod telemetry;
 mod transport;

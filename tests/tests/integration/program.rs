@@ -536,6 +536,21 @@ async fn help_lists_every_option() {
     assert!(help.contains("[env: NSM_NAME=]"), "{help}");
     assert!(help.contains("[env: NSM_MAX_TOKEN_LIFETIME=]"), "{help}");
     assert!(help.contains("[env: NSM_CONNECT_TO=]"), "{help}");
+    // NSM's variables for telemetry, logging and identity.
+    for var in [
+        "NSM_LISTEN_ON",
+        "NSM_DIAL_TIMEOUT",
+        "NSM_LOG_LEVEL",
+        "TELEMETRY",
+        "NSM_OPEN_TELEMETRY_ENDPOINT",
+        "NSM_METRICS_EXPORT_INTERVAL",
+        "PROMETHEUS",
+        "NSM_PROMETHEUS_LISTEN_ON",
+    ] {
+        assert!(help.contains(&format!("[env: {var}=]")), "{var}: {help}");
+    }
+    assert!(help.contains("SPIFFE_ENDPOINT_SOCKET"), "{help}");
+    assert!(help.contains("Telemetry:"), "{help}");
     assert!(help.contains("TLS:"), "{help}");
     assert!(help.contains("runs the demo"), "{help}");
 }

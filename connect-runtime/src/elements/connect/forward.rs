@@ -15,6 +15,7 @@ use crate::elements::last_known::LastKnown;
 use crate::elements::turns::Turn;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
+use crate::telemetry::{CallKind, CloseOrigin, Recorded};
 use crate::transport::Target;
 
 /// The context a client call runs with: the caller's deadline (sent to the
@@ -49,6 +50,22 @@ impl Shared {
         next: Next<'a>,
     ) -> impl Future<Output = Result<Connection, Status>> + Send + 'a {
         async move {
+            let mut recorded = self.metrics.request();
+            let result = self.route(ctx, request, next, &mut recorded).await;
+            recorded.finish(&result);
+            result
+        }
+    }
+
+    /// A request as new, a refresh or a move, by its record.
+    fn route<'a>(
+        self: &'a Arc<Self>,
+        ctx: Context,
+        request: NetworkServiceRequest,
+        next: Next<'a>,
+        recorded: &'a mut Recorded<'_>,
+    ) -> impl Future<Output = Result<Connection, Status>> + Send + 'a {
+        async move {
             let Some(connection) = request.connection.as_deref() else {
                 return Err(Status::invalid_argument(
                     "connect: the request has no connection",
@@ -74,11 +91,15 @@ impl Shared {
             let turn = self.turns.take(&id).await;
             let turn = match self.records.load(&*id) {
                 Some(record) if *record.client.url() == url => {
+                    recorded.set_kind(CallKind::Refresh);
                     return self.refresh(ctx, request, next, record, turn).await;
                 }
                 // The URL changed: close at the old remote, then proceed as new.
                 // Boxed: a cold path that would otherwise swell every request.
-                Some(record) => Box::pin(self.leave(&ctx, &id, record, turn)).await,
+                Some(record) => {
+                    recorded.set_kind(CallKind::Move);
+                    Box::pin(self.leave(&ctx, &id, record, turn)).await
+                }
                 None => turn,
             };
             self.establish(ctx, request, next, url, id, turn).await
@@ -102,6 +123,7 @@ impl Shared {
             Ok(mut lease) => {
                 let ctx = self.cleanup_context(origin, lease.client());
                 let closed = lease.close(ctx, closing).await;
+                self.metrics.closed(CloseOrigin::Cleanup, &closed);
                 (closed, lease.release())
             }
             Err((refused, turn)) => (Err(refused), turn),
@@ -288,6 +310,7 @@ impl Shared {
                     turn,
                 ),
             };
+            self.metrics.closed(CloseOrigin::Caller, &client_result);
             // The lease has let go of it by now: unwrapped, not copied.
             let next_result = next.close(ctx, Arc::unwrap_or_clone(connection)).await;
             match (client_result, next_result) {

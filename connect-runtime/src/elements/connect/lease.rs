@@ -11,6 +11,7 @@ use std::task::Poll;
 
 use futures_util::FutureExt;
 use tonic::{Code, Status};
+use tracing::Instrument as _;
 use url::Url;
 
 use super::client::{ConnectClient, panic_message};
@@ -23,6 +24,7 @@ use crate::map::Instance;
 use crate::outcome::sent_nothing;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
+use crate::telemetry::CloseOrigin;
 
 /// Whether the remote may have acted on a client call that failed with
 /// `status`: the call went out and its outcome is unknown.
@@ -259,6 +261,7 @@ impl Lease {
             }),
         };
         let result = self.close(ctx, connection).await;
+        self.shared.metrics.closed(CloseOrigin::Cleanup, &result);
         (result, self.release())
     }
 
@@ -302,7 +305,13 @@ impl Drop for Lease {
             url = %self.client.url(),
             "call abandoned; finishing it and undoing what it did"
         );
-        runtime.spawn(finish(held, pending, remote, origin));
+        // In the trace of the call that was abandoned: the current span is
+        // the one dropping it.
+        let span = tracing::debug_span!(
+            "cleanup",
+            connection_id = %held.turn.as_ref().map_or("", |t| t.id())
+        );
+        runtime.spawn(finish(held, pending, remote, origin).instrument(span));
     }
 }
 
@@ -382,12 +391,19 @@ async fn finish(
         let connection = Arc::unwrap_or_clone(connection);
         let close =
             AssertUnwindSafe(Arc::clone(&held.client).close(ctx, connection)).catch_unwind();
-        match close.await {
-            Ok(Ok(())) => {}
-            Ok(Err(status)) => tracing::debug!(error = %status.message(), "cleanup close failed"),
+        let result = match close.await {
+            Ok(result) => result,
             Err(panic) => {
-                tracing::error!(panic = %panic_message(&*panic), "a cleanup close panicked")
+                let panic = panic_message(&*panic);
+                tracing::error!(%panic, "a cleanup close panicked");
+                Err(Status::internal(format!(
+                    "the cleanup close panicked: {panic}"
+                )))
             }
+        };
+        held.shared.metrics.closed(CloseOrigin::Cleanup, &result);
+        if let Err(status) = result {
+            tracing::debug!(error = %status.message(), "cleanup close failed");
         }
     }
     drop(held);

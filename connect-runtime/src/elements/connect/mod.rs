@@ -8,9 +8,10 @@ mod lease;
 mod state;
 
 use std::fmt;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Once, Weak};
 use std::time::{Duration, SystemTime};
 
+use opentelemetry::metrics::Meter;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use url::Url;
@@ -25,6 +26,7 @@ use crate::elements::changes::{self, Changes};
 use crate::elements::turns::Turns;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
+use crate::telemetry::{Census, ConnectMetrics};
 use crate::transport::tls::DEFAULT_EXPIRY_MARGIN;
 use crate::transport::{ClientConn, DialOptions};
 use connect_macros::Element;
@@ -135,6 +137,7 @@ pub struct ConnectBuilder {
     expiry_margin: Duration,
     linger: Duration,
     shutdown: Option<CancellationToken>,
+    meter: Option<Meter>,
 }
 
 impl fmt::Debug for ConnectBuilder {
@@ -207,6 +210,18 @@ impl ConnectBuilder {
         self
     }
 
+    /// Records connect's metrics on `meter` (by default the global
+    /// provider's [`METER_NAME`](crate::telemetry::METER_NAME) meter, which
+    /// records nothing until a program installs a provider), its dials'
+    /// too unless [`DialOptions::meter`] names another. The gauges
+    /// (`connect_clients`, `connect_retired_clients`,
+    /// `connect_connections`) are read from [`Connect::stats`] when a reader
+    /// collects; see [`telemetry`](crate::telemetry) for the rest.
+    pub fn meter(mut self, meter: Meter) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
     /// Closes every client when `token` is cancelled (dropping the last
     /// clone of the element does too).
     pub fn shutdown_on(mut self, token: CancellationToken) -> Self {
@@ -220,12 +235,24 @@ impl ConnectBuilder {
             Some(token) => token.child_token(),
             None => CancellationToken::new(),
         };
-        let dial = match self.dial_timeout {
+        let mut dial = match self.dial_timeout {
             Some(timeout) => self.dial.timeout(timeout),
             None => self.dial,
         };
+        let meter = self
+            .meter
+            .unwrap_or_else(|| opentelemetry::global::meter(crate::telemetry::METER_NAME));
+        if !dial.has_meter() {
+            dial = dial.meter(&meter);
+        }
         Connect {
-            shared: Arc::new(Shared {
+            shared: Arc::new_cyclic(|shared: &Weak<Shared>| Shared {
+                metrics: {
+                    let shared = Weak::clone(shared);
+                    ConnectMetrics::new(&meter, move || {
+                        shared.upgrade().map(|shared| Connect { shared }.census())
+                    })
+                },
                 factory: self.factory,
                 dial,
                 cleanup_timeout: self.cleanup_timeout,
@@ -316,6 +343,7 @@ impl Connect {
             expiry_margin: DEFAULT_EXPIRY_MARGIN,
             linger: Duration::ZERO,
             shutdown: None,
+            meter: None,
         }
     }
 
@@ -380,6 +408,17 @@ impl Connect {
     /// they end with the remote's close, so connect keeps them itself.
     fn records_held(&self) -> usize {
         self.shared.records.len()
+    }
+
+    /// Its gauges' values, as [`Connect::stats`] counts them.
+    fn census(&self) -> Census {
+        let stats = self.stats();
+        let retired = stats.clients.iter().filter(|c| c.retired).count();
+        Census {
+            clients: (stats.clients.len() - retired) as u64,
+            retired: retired as u64,
+            connections: stats.records as u64,
+        }
     }
 
     /// A snapshot of its connections and clients.

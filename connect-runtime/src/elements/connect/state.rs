@@ -21,6 +21,7 @@ use crate::chain::{ClientCancel, Context};
 use crate::deadline::deadline_after;
 use crate::map::{Instance, RefCountMap, Released, SyncMap};
 use crate::sync::lock;
+use crate::telemetry::ConnectMetrics;
 use crate::transport::tls::Credential;
 use crate::transport::{DialOptions, Hook};
 
@@ -69,6 +70,7 @@ pub(crate) struct Shared {
     /// Woken when a client leaves the map.
     pub(super) clients_changed: Changes,
     pub(super) turns: Turns,
+    pub(super) metrics: ConnectMetrics,
 }
 
 impl Drop for Shared {
