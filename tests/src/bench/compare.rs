@@ -43,6 +43,8 @@ pub(crate) fn run(run: &Run, rounds: usize) -> Result<(), String> {
                 .args(["--iters", &run.iters.to_string()])
                 .args(run.tls.then_some("--tls"))
                 .arg(format!("--linger-ms={}", run.linger.as_millis()))
+                .args(run.telemetry.then_some("--telemetry"))
+                .args(run.otlp.iter().flat_map(|url| ["--otlp-endpoint", url]))
                 .output()
                 .map_err(|e| format!("running {}: {e}", me.display()))?;
             if !output.status.success() {

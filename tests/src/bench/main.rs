@@ -13,6 +13,7 @@ mod options;
 mod rotation;
 mod scale;
 mod serve;
+mod telemetry;
 mod workload;
 
 use std::process::ExitCode;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
             tls,
             monitoring,
         } => runtime.block_on(serve::run(n, addr_file, tls, monitoring)),
+        options::Command::Collect { addr_file } => runtime.block_on(telemetry::collect(addr_file)),
         // On a worker, as calls into an element run inside a server: the
         // thread that `block_on` parks is not one of the runtime's.
         options::Command::Run(run) => runtime

@@ -35,6 +35,13 @@ enum Sub {
         #[arg(long)]
         monitoring: bool,
     },
+    /// Run an OTLP collector on loopback until killed, for `--telemetry
+    /// --otlp-endpoint`; its endpoint goes to FILE.
+    Collect {
+        /// Where its endpoint goes.
+        #[arg(long, value_name = "FILE")]
+        addr_file: PathBuf,
+    },
     /// Drive the remotes listed in FILE; one JSON line per workload.
     Run {
         #[command(flatten)]
@@ -226,6 +233,14 @@ struct RunArgs {
     /// (`ConnectBuilder::linger`; connect mode).
     #[arg(long, value_name = "MS", default_value_t = 0)]
     linger_ms: u64,
+    /// Record with exporters on, as the program with `TELEMETRY=true
+    /// PROMETHEUS=true`: metrics into a Prometheus registry and, with
+    /// --otlp-endpoint, spans and metrics by OTLP (connect mode).
+    #[arg(long)]
+    telemetry: bool,
+    /// Where --telemetry sends OTLP: a collector (`collect` runs one).
+    #[arg(long, value_name = "URL", requires = "telemetry")]
+    otlp_endpoint: Option<String>,
     /// Workload s: live connections.
     #[arg(long, default_value_t = 10_000, value_parser = positive)]
     connections: usize,
@@ -252,6 +267,9 @@ pub(crate) enum Command {
         addr_file: PathBuf,
         tls: bool,
         monitoring: bool,
+    },
+    Collect {
+        addr_file: PathBuf,
     },
     Run(Run),
     Compare {
@@ -340,6 +358,9 @@ pub(crate) struct Run {
     pub(crate) tls: bool,
     pub(crate) monitoring: bool,
     pub(crate) linger: Duration,
+    /// `--telemetry`, and where it sends OTLP.
+    pub(crate) telemetry: bool,
+    pub(crate) otlp: Option<String>,
     /// Workload s: live connections, the remotes they use (`None`: every
     /// remote listed), and how many calls run at once.
     pub(crate) connections: usize,
@@ -361,6 +382,8 @@ impl RunArgs {
             tls: self.tls,
             monitoring: self.monitoring,
             linger: Duration::from_millis(self.linger_ms),
+            telemetry: self.telemetry,
+            otlp: self.otlp_endpoint,
             connections: self.connections,
             remotes_used: self.remotes_used,
             concurrency: self.concurrency,
@@ -385,6 +408,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
             tls,
             monitoring,
         },
+        Sub::Collect { addr_file } => Command::Collect { addr_file },
         Sub::Run {
             run,
             mode,

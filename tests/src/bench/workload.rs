@@ -53,6 +53,10 @@ where
 }
 
 pub(crate) async fn run(run: Run) -> Result<(), String> {
+    let _telemetry = match run.telemetry {
+        true => Some(crate::telemetry::install(run.otlp.as_deref())?),
+        false => None,
+    };
     let text = std::fs::read_to_string(&run.remotes)
         .map_err(|e| format!("reading {}: {e}", run.remotes.display()))?;
     let remotes = text
