@@ -16,6 +16,7 @@ use connect_tests::telemetry::{Collector, PrometheusMeter, Scrape, http_get, htt
 use connect_tests::{from_caller, request, request_for};
 use tokio::io::AsyncWriteExt as _;
 use tonic::Code;
+use tracing_subscriber::Layer as _;
 
 /// Every metric connect-runtime exports, as Prometheus names them.
 const METRICS: [&str; 12] = [
@@ -585,4 +586,121 @@ fn the_dashboard_and_the_readme_name_every_metric_and_only_those() {
         .map(|p| p["title"].as_str().unwrap())
         .collect();
     assert!(titles.contains(&leak), "{titles:?}");
+}
+
+/// connect's own closes are traced in the call that caused them: the undo
+/// after the rest of the chain failed, and the close of a call whose caller
+/// left, each reach the remote in the caller's trace, under the served
+/// request span that continued it.
+#[tokio::test]
+async fn a_cleanup_close_is_in_the_trace_of_the_call_that_caused_it() {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let collector = Collector::start().await;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(collector.endpoint())
+        .build()
+        .unwrap();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .build();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    // This test's thread only (a current-thread runtime): other tests are
+    // not traced.
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("test"))
+            .with_filter(tracing_subscriber::EnvFilter::new("connect_runtime=debug")),
+    );
+    let _traced = tracing::subscriber::set_default(subscriber);
+
+    let park = Park::new();
+    let parking = start_tcp(
+        ServerChain::builder()
+            .with(Count::new())
+            .with(park.clone())
+            .build(),
+    )
+    .await;
+    let counting = start_tcp(ServerChain::builder().with(Count::new()).build()).await;
+    let connect = grpc_only().build();
+    let hop = |remote: &url::Url, rest: Option<InjectError>| {
+        let builder = ServerChain::builder()
+            .with(connect_runtime::ClientUrl::new(remote.clone()))
+            .with(connect.clone());
+        match rest {
+            Some(refusal) => builder.with(refusal).build(),
+            None => builder.build(),
+        }
+    };
+    let refusing = start_tcp(hop(
+        counting.url(),
+        Some(InjectError::always(Code::PermissionDenied)),
+    ))
+    .await;
+    let plain = start_tcp(hop(parking.url(), None)).await;
+    let traced = |id: &str, trace: &str, span: &str| {
+        let mut call = tonic::Request::new(request(id));
+        let traceparent = format!("00-{trace}-{span}-01");
+        call.metadata_mut()
+            .insert("traceparent", traceparent.parse().unwrap());
+        call
+    };
+    let options = DialOptions::new().timeout(Duration::from_secs(5));
+    let (undo_trace, undo_span) = ("11111111111111111111111111111111", "1111111111111111");
+    let (left_trace, left_span) = ("22222222222222222222222222222222", "2222222222222222");
+
+    // The rest of the chain refuses: connect undoes the connection.
+    let mut nsm = NetworkServiceClient::new(dial(refusing.url(), &options).await.unwrap());
+    let refused = nsm.request(traced("undone", undo_trace, undo_span)).await;
+    assert_eq!(refused.unwrap_err().code(), Code::PermissionDenied);
+    // The caller leaves while the remote holds its request.
+    let mut nsm = NetworkServiceClient::new(dial(plain.url(), &options).await.unwrap());
+    let leaving =
+        tokio::spawn(async move { nsm.request(traced("left", left_trace, left_span)).await });
+    settle("the call to reach the remote", park.arrived()).await;
+    leaving.abort();
+    let _ = leaving.await;
+    park.release_one();
+    settle("connect to close what the call left", connect.idle()).await;
+
+    let flushing = provider.clone();
+    tokio::task::spawn_blocking(move || flushing.force_flush())
+        .await
+        .unwrap()
+        .unwrap();
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    for (trace, caller) in [(undo_trace, undo_span), (left_trace, left_span)] {
+        collector
+            .until("the cleanup close's span", |c| {
+                c.spans()
+                    .iter()
+                    .any(|s| hex(&s.trace_id) == trace && s.name == "close")
+            })
+            .await;
+        let spans: Vec<_> = collector
+            .spans()
+            .into_iter()
+            .filter(|s| hex(&s.trace_id) == trace)
+            .collect();
+        let by_id = |id: &[u8]| spans.iter().find(|s| s.span_id == id);
+        let close = spans.iter().find(|s| s.name == "close").unwrap();
+        // Up from the remote's close to the request span that continued the
+        // caller's trace.
+        let mut at = close;
+        let mut hops = 0;
+        while hex(&at.parent_span_id) != caller {
+            at = by_id(&at.parent_span_id)
+                .unwrap_or_else(|| panic!("a broken parent link in {trace}: {spans:#?}"));
+            hops += 1;
+            assert!(hops < 50, "{spans:#?}");
+        }
+        assert_eq!(at.name, "request", "{spans:#?}");
+    }
+    let _ = provider.shutdown();
 }
