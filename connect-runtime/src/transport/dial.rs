@@ -318,6 +318,11 @@ async fn connect(
         let (ended, why_ended) = oneshot::channel();
         let heard = Arc::clone(heard);
         let on_connection_end = options.on_connection_end.clone();
+        // A root of its own, following the dial: as a child, the connection
+        // would hold the dial's span, and the call that dialed, open (and
+        // unexported) for as long as it lives.
+        let connection_span = tracing::debug_span!(parent: None, "connection", url = %url);
+        connection_span.follows_from(tracing::Span::current());
         tokio::spawn(
             async move {
                 // hyper ends a connection's task with `Ok` when it closed
@@ -341,7 +346,7 @@ async fn connect(
                     }
                 }
             }
-            .in_current_span(),
+            .instrument(connection_span),
         );
         match answered.await {
             Ok(Ok(())) => Ok(send),

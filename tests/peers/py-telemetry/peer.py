@@ -189,6 +189,8 @@ def main():
         spans = [s for s in receiver.spans if s[2] == trace_id]
         metrics = list(receiver.metrics)
     by_id = {s[3]: s for s in spans}
+    if os.environ.get("PEER_DEBUG"):
+        print(*spans, sep="\n")
     pt_request = next((s for s in spans if s[0] == "py-pt" and s[1] == "request"), None)
     nse_request = next((s for s in spans if s[0] == "py-nse" and s[1] == "request"), None)
     check("the passthrough's request span is a child of the caller's span",

@@ -318,13 +318,17 @@ async fn without_telemetry_nothing_is_exported_and_nothing_listens() {
 
 /// `TELEMETRY=true`: a traced caller's request through passthrough →
 /// endpoint, two processes, arrives at an OTLP collector as one trace,
-/// each hop's spans children of the hop before.
+/// each hop's spans children of the hop before, while the hops run.
 #[tokio::test]
 async fn a_request_through_two_hops_is_one_trace_at_the_collector() {
     let collector = Collector::start().await;
+    // Spans and metrics go out every 100 ms, so that they arrive while the
+    // hops run (OpenTelemetry's own variable, which the SDK reads).
     let telemetry = [
         ("TELEMETRY", "true"),
         ("NSM_OPEN_TELEMETRY_ENDPOINT", collector.endpoint()),
+        ("NSM_METRICS_EXPORT_INTERVAL", "100ms"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ];
     let with = |name: &'static str| {
         let mut env = telemetry.to_vec();
@@ -370,14 +374,13 @@ async fn a_request_through_two_hops_is_one_trace_at_the_collector() {
     )));
     call.metadata_mut()
         .insert("traceparent", traceparent.parse().unwrap());
-    let reply = nsm.request(call).await.unwrap().into_inner();
+    nsm.request(call).await.unwrap();
+    // Another, closed; the traced one stays open, and its spans arrive all
+    // the same (the connection its call dialed does not hold them open).
+    let other = request_for(from_caller("nsc", "other", Some(Duration::from_secs(600))));
+    let reply = nsm.request(other).await.unwrap().into_inner();
     nsm.close(reply).await.unwrap();
 
-    // A graceful stop exports what each process still holds.
-    passthrough.terminate();
-    endpoint.terminate();
-    assert!(passthrough.exited().await.success());
-    assert!(endpoint.exited().await.success());
     let served = |service: &'static str| {
         move |c: &Collector| {
             c.spans()
@@ -429,6 +432,10 @@ async fn a_request_through_two_hops_is_one_trace_at_the_collector() {
                 .any(|(service, name)| service == "pt" && name == "connect_requests")
         })
         .await;
+    passthrough.terminate();
+    endpoint.terminate();
+    assert!(passthrough.exited().await.success());
+    assert!(endpoint.exited().await.success());
 }
 
 /// A bad NSM variable gets one line naming it; a flag wins over its
