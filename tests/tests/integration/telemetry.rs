@@ -18,6 +18,15 @@ use tokio::io::AsyncWriteExt as _;
 use tonic::Code;
 use tracing_subscriber::Layer as _;
 
+/// A remote that counts calls and holds each request at `park`.
+async fn parking(park: &Park) -> connect_runtime::ServerHandle {
+    let chain = ServerChain::builder()
+        .with(Count::new())
+        .with(park.clone())
+        .build();
+    start_tcp(chain).await
+}
+
 /// Every metric connect-runtime exports, as Prometheus names them.
 const METRICS: [&str; 12] = [
     "connect_clients",
@@ -44,13 +53,7 @@ async fn connect_metrics_count_a_known_sequence_and_agree_with_stats() {
     let chain = connect_chain(&connect);
     let first = GoLike::tcp(ServerChain::builder().with(Count::new()).build()).await;
     let park = Park::new();
-    let second = start_tcp(
-        ServerChain::builder()
-            .with(Count::new())
-            .with(park.clone())
-            .build(),
-    )
-    .await;
+    let second = parking(&park).await;
 
     // Two new connections at the first remote, and a refresh.
     let a = chain.request(at(first.url()), request("a")).await.unwrap();
@@ -627,13 +630,7 @@ async fn a_cleanup_close_is_in_the_trace_of_the_call_that_caused_it() {
     let _traced = tracing::subscriber::set_default(subscriber);
 
     let park = Park::new();
-    let parking = start_tcp(
-        ServerChain::builder()
-            .with(Count::new())
-            .with(park.clone())
-            .build(),
-    )
-    .await;
+    let parking = parking(&park).await;
     let counting = start_tcp(ServerChain::builder().with(Count::new()).build()).await;
     let connect = grpc_only().build();
     let hop = |remote: &url::Url, rest: Option<InjectError>| {
