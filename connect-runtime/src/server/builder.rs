@@ -237,7 +237,8 @@ impl<L> Serve<L> {
     /// `serve_handshake_failures_total` on `meter` (by default the global
     /// provider's [`METER_NAME`](crate::telemetry::METER_NAME) meter, which
     /// records nothing until a program installs a provider). They are read
-    /// from [`ServerHandle::stats`] when a reader collects.
+    /// from [`ServerHandle::connections`](crate::ServerHandle::connections)
+    /// when a reader collects.
     pub fn meter(mut self, meter: Meter) -> Self {
         self.meter = Some(meter);
         self
