@@ -239,6 +239,15 @@ impl<L> Serve<L> {
     /// records nothing until a program installs a provider). They are read
     /// from [`ServerHandle::connections`](crate::ServerHandle::connections)
     /// when a reader collects.
+    ///
+    /// ```
+    /// use connect_runtime::{Serve, ServerChain};
+    /// use opentelemetry::metrics::MeterProvider as _;
+    ///
+    /// let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
+    /// let serve = Serve::new(ServerChain::default()).meter(provider.meter("connect"));
+    /// # let _ = serve;
+    /// ```
     pub fn meter(mut self, meter: Meter) -> Self {
         self.meter = Some(meter);
         self

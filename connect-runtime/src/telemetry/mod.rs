@@ -28,18 +28,21 @@
 //! | `serve_connections_refused_total` | counter | `reason` |
 //! | `serve_handshake_failures_total` | counter | |
 //!
-//! ```
-//! use connect_runtime::{ClientChain, Connect, GrpcClient};
-//! use opentelemetry::metrics::MeterProvider as _;
-//! use opentelemetry_sdk::metrics::SdkMeterProvider;
+//! A program turns tracing across hops on by installing a propagator and
+//! `tracing-opentelemetry`'s layer (with an exporter on the provider, such
+//! as `opentelemetry-otlp`'s, to send the spans somewhere):
 //!
-//! let provider = SdkMeterProvider::builder().build();
-//! let connect = Connect::builder(|_ctx, conn| {
-//!     ClientChain::builder().with(GrpcClient::new(conn)).build()
-//! })
-//! .meter(provider.meter(connect_runtime::telemetry::METER_NAME))
-//! .build();
-//! # let _ = connect;
+//! ```
+//! use opentelemetry::trace::TracerProvider as _;
+//! use opentelemetry_sdk::propagation::TraceContextPropagator;
+//! use opentelemetry_sdk::trace::SdkTracerProvider;
+//! use tracing_subscriber::layer::SubscriberExt as _;
+//!
+//! opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+//! let provider = SdkTracerProvider::builder().build();
+//! let subscriber = tracing_subscriber::registry()
+//!     .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("my-hop")));
+//! let _traced = tracing::subscriber::set_default(subscriber);
 //! ```
 
 mod metrics;

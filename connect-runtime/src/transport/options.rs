@@ -155,6 +155,15 @@ impl DialOptions {
     /// `connect_dials_total{outcome}`, `connect_dial_duration_seconds` and
     /// `connect_goaway_redials_total` (see [`telemetry`](crate::telemetry)).
     /// [`Connect`](crate::Connect) sets its own meter here unless one is set.
+    ///
+    /// ```
+    /// use connect_runtime::DialOptions;
+    /// use opentelemetry::metrics::MeterProvider as _;
+    ///
+    /// let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
+    /// let options = DialOptions::new().meter(&provider.meter("dials"));
+    /// # let _ = options;
+    /// ```
     pub fn meter(mut self, meter: &Meter) -> Self {
         self.metrics = Some(DialMetrics::new(meter));
         self

@@ -217,6 +217,19 @@ impl ConnectBuilder {
     /// (`connect_clients`, `connect_retired_clients`,
     /// `connect_connections`) are read from [`Connect::stats`] when a reader
     /// collects; see [`telemetry`](crate::telemetry) for the rest.
+    ///
+    /// ```
+    /// use connect_runtime::{ClientChain, Connect, GrpcClient};
+    /// use opentelemetry::metrics::MeterProvider as _;
+    ///
+    /// let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
+    /// let connect = Connect::builder(|_ctx, conn| {
+    ///     ClientChain::builder().with(GrpcClient::new(conn)).build()
+    /// })
+    /// .meter(provider.meter(connect_runtime::telemetry::METER_NAME))
+    /// .build();
+    /// # let _ = connect;
+    /// ```
     pub fn meter(mut self, meter: Meter) -> Self {
         self.meter = Some(meter);
         self
