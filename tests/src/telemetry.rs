@@ -143,7 +143,7 @@ pub async fn https_get(
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots);
-    let mut config = match client {
+    let config = match client {
         Some(issued) => {
             let chain = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
@@ -153,6 +153,16 @@ pub async fn https_get(
         }
         None => builder.with_no_client_auth(),
     };
+    https_get_with(url, &config).await
+}
+
+/// Fetches `url` (`https://…`) over TLS as `config` (a copy with ALPN
+/// `http/1.1`) says: a SPIFFE identity's, say.
+pub async fn https_get_with(
+    url: &str,
+    config: &rustls::ClientConfig,
+) -> Result<(http::StatusCode, String), String> {
+    let mut config = config.clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     get(url, Some(Arc::new(config))).await
 }

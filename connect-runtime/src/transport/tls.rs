@@ -352,6 +352,21 @@ impl ClientTls {
         &self.rotation
     }
 
+    /// The rustls configuration it dials with (ALPN `h2`), for other
+    /// clients of the same identity: a copy with ALPN `http/1.1` scrapes a
+    /// metrics endpoint served over the same (mutual, or SPIFFE) TLS, say.
+    ///
+    /// ```
+    /// # fn demo(tls: connect_runtime::tls::ClientTls) {
+    /// let mut config = (*tls.rustls_config()).clone();
+    /// config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    /// let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    /// # let _ = connector; }
+    /// ```
+    pub fn rustls_config(&self) -> Arc<ClientConfig> {
+        Arc::clone(&self.config)
+    }
+
     pub(crate) fn connector(&self) -> tokio_rustls::TlsConnector {
         tokio_rustls::TlsConnector::from(Arc::clone(&self.config))
     }

@@ -12,7 +12,9 @@ use connect_tests::golike::{Behaviour, GoLike};
 use connect_tests::harness::{at, connect_chain, grpc_only, settle};
 use connect_tests::program::{Program, run_with_env};
 use connect_tests::remote::start_tcp;
-use connect_tests::telemetry::{Collector, PrometheusMeter, Scrape, http_get, https_get};
+use connect_tests::telemetry::{
+    Collector, PrometheusMeter, Scrape, http_get, https_get, https_get_with,
+};
 use connect_tests::{from_caller, request, request_for};
 use tokio::io::AsyncWriteExt as _;
 use tonic::Code;
@@ -707,4 +709,55 @@ async fn a_cleanup_close_is_in_the_trace_of_the_call_that_caused_it() {
         assert_eq!(at.name, "request", "{spans:#?}");
     }
     let _ = provider.shutdown();
+}
+
+/// With `--spiffe`, `/metrics` is served over the SVID's mutual TLS: a
+/// scraper with an SVID of the trust domain reads it; one of another trust
+/// domain gets nothing.
+#[tokio::test]
+async fn with_spiffe_the_metrics_are_served_over_the_same_tls() {
+    use connect_runtime::spiffe::{Authorize, SpiffeIdentity};
+    use connect_tests::workload_api::{Authority, WorkloadApi};
+    use std::sync::Arc;
+
+    let lifetime = Duration::from_secs(30);
+    let domain = Arc::new(Authority::new("example.org"));
+    let endpoint_api = WorkloadApi::start(Arc::clone(&domain), "/nse", lifetime).await;
+    let scraper_api = WorkloadApi::start(Arc::clone(&domain), "/prometheus", lifetime).await;
+    let stranger_api = WorkloadApi::start(
+        Arc::new(Authority::new("other.org")),
+        "/prometheus",
+        lifetime,
+    )
+    .await;
+    let endpoint = Program::start_with_env(
+        &["--endpoint", "--listen", "tcp://127.0.0.1:0", "--spiffe"],
+        &[
+            ("SPIFFE_ENDPOINT_SOCKET", endpoint_api.endpoint()),
+            ("PROMETHEUS", "true"),
+            ("NSM_PROMETHEUS_LISTEN_ON", "127.0.0.1:0"),
+        ],
+    )
+    .await;
+    let url = metrics_url(&endpoint);
+    assert!(url.starts_with("https://"), "{url}");
+    let tls_of = |identity: &SpiffeIdentity| {
+        identity
+            .client_tls(Authorize::SameTrustDomain)
+            .unwrap()
+            .rustls_config()
+    };
+    let scraper = SpiffeIdentity::from_endpoint(scraper_api.endpoint())
+        .await
+        .unwrap();
+    let (status, text) = https_get_with(&url, &tls_of(&scraper)).await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(Scrape::parse(&text).has("serve_connections"), "{text}");
+    let stranger = SpiffeIdentity::from_endpoint(stranger_api.endpoint())
+        .await
+        .unwrap();
+    let refused = https_get_with(&url, &tls_of(&stranger)).await;
+    assert!(refused.is_err(), "{refused:?}");
+    endpoint.terminate();
+    assert!(endpoint.exited().await.success());
 }
