@@ -19,15 +19,15 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from concurrent import futures
 
 import grpc
-from grpc_tools import protoc
-import importlib.resources
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import nsm_stubs  # noqa: E402  (tests/peers/nsm_stubs.py)
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -35,15 +35,7 @@ from google.protobuf import timestamp_pb2
 
 
 def stubs(proto_dir):
-    out = tempfile.mkdtemp()
-    include = str(importlib.resources.files("grpc_tools") / "_proto")
-    for name in ("connectioncontext", "connection", "networkservice"):
-        code = protoc.main(["protoc", f"-I{proto_dir}", f"-I{include}",
-                            f"--python_out={out}", f"--grpc_python_out={out}",
-                            f"{proto_dir}/{name}.proto"])
-        if code != 0:
-            sys.exit(f"protoc failed on {name}.proto")
-    sys.path.insert(0, out)
+    nsm_stubs.generate(proto_dir)
     import connection_pb2, networkservice_pb2, networkservice_pb2_grpc
     return connection_pb2, networkservice_pb2, networkservice_pb2_grpc
 

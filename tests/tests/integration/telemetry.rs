@@ -239,15 +239,9 @@ async fn the_programs_metrics_endpoint_counts_what_a_caller_did() {
     };
     let chain = ServerChain::builder().with(Count::new()).build();
     let remote = GoLike::tcp_behaving(chain, behaviour).await;
-    let passthrough = Program::start_with_env(
-        &[
-            "--listen",
-            "tcp://127.0.0.1:0",
-            "--connect-to",
-            remote.url().as_str(),
-            "--dial-timeout",
-            "5s",
-        ],
+    let passthrough = Program::passthrough_with_env(
+        remote.url(),
+        None,
         &[
             ("PROMETHEUS", "true"),
             ("NSM_PROMETHEUS_LISTEN_ON", "127.0.0.1:0"),
@@ -335,28 +329,18 @@ async fn a_request_through_two_hops_is_one_trace_at_the_collector() {
         ("NSM_METRICS_EXPORT_INTERVAL", "100ms"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ];
-    let with = |name: &'static str| {
-        let mut env = telemetry.to_vec();
-        env.push(("NSM_NAME", name));
-        env
-    };
     let endpoint = Program::start_with_env(
-        &["--endpoint", "--listen", "tcp://127.0.0.1:0"],
-        &with("nse"),
-    )
-    .await;
-    let passthrough = Program::start_with_env(
         &[
+            "--endpoint",
             "--listen",
             "tcp://127.0.0.1:0",
-            "--connect-to",
-            endpoint.url().as_str(),
-            "--dial-timeout",
-            "5s",
+            "--name",
+            "nse",
         ],
-        &with("pt"),
+        &telemetry,
     )
     .await;
+    let passthrough = Program::passthrough_with_env(endpoint.url(), Some("pt"), &telemetry).await;
     let conn = dial(
         passthrough.url(),
         &DialOptions::new().timeout(Duration::from_secs(5)),

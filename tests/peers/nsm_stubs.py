@@ -1,0 +1,23 @@
+"""grpcio stubs for NSM's networkservice API, generated on the spot from the
+.proto files in a folder (NSM's own, or this repository's proto/api), for
+the Python peers here."""
+
+import importlib.resources
+import sys
+import tempfile
+
+from grpc_tools import protoc
+
+
+def generate(proto_dir):
+    """Generates the connectioncontext, connection and networkservice
+    modules and puts them on sys.path; exits if protoc fails."""
+    out = tempfile.mkdtemp()
+    include = str(importlib.resources.files("grpc_tools") / "_proto")
+    for name in ("connectioncontext", "connection", "networkservice"):
+        code = protoc.main(["protoc", f"-I{proto_dir}", f"-I{include}",
+                            f"--python_out={out}", f"--grpc_python_out={out}",
+                            f"{proto_dir}/{name}.proto"])
+        if code != 0:
+            sys.exit(f"protoc failed on {name}.proto")
+    sys.path.insert(0, out)
