@@ -72,15 +72,13 @@ where
         .collect()
 }
 
-#[tokio::test]
-async fn every_workload_runs_in_both_modes_without_errors() {
-    let bench = env!("CARGO_BIN_EXE_connect-bench");
-    let dir = tempfile::tempdir().unwrap();
-    let addr_file = dir.path().join("remotes.txt");
-
-    let mut serve = Command::new(bench)
+/// `connect-bench serve -n 3` with `more` arguments, its URLs in
+/// `addr_file`, once they are all written (keep the child: it serves).
+async fn serve(addr_file: &std::path::Path, more: &[&str]) -> tokio::process::Child {
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_connect-bench"))
         .args(["serve", "-n", "3", "--addr-file"])
-        .arg(&addr_file)
+        .arg(addr_file)
+        .args(more)
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -94,9 +92,17 @@ async fn every_workload_runs_in_both_modes_without_errors() {
         .unwrap();
     assert!(line.starts_with("serving 3 endpoints"), "{line}");
     assert_eq!(
-        std::fs::read_to_string(&addr_file).unwrap().lines().count(),
+        std::fs::read_to_string(addr_file).unwrap().lines().count(),
         3
     );
+    serve
+}
+
+#[tokio::test]
+async fn every_workload_runs_in_both_modes_without_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr_file = dir.path().join("remotes.txt");
+    let _serve = serve(&addr_file, &[]).await;
 
     for mode in ["connect", "direct"] {
         let remotes = addr_file.to_str().unwrap();
@@ -178,6 +184,37 @@ async fn every_workload_runs_in_both_modes_without_errors() {
         assert_eq!(line["dials"], 2, "one client per remote: {line}");
         assert_eq!(line["errors"], 0, "{line}");
         assert!(line["rss_kb_at_n"].as_u64().unwrap() > 0);
+    }
+}
+
+/// Over SPIFFE mutual TLS (`serve --spiffe`, `run --spiffe`), both modes
+/// call the remotes; connect dials for every pair of c.
+#[tokio::test]
+async fn the_spiffe_remotes_are_called_in_both_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr_file = dir.path().join("remotes.txt");
+    let _serve = serve(&addr_file, &["--spiffe"]).await;
+    for mode in ["connect", "direct"] {
+        let remotes = addr_file.to_str().unwrap();
+        let lines = bench_lines([
+            "run",
+            "--remotes",
+            remotes,
+            "--mode",
+            mode,
+            "--workload",
+            "c,w",
+            "--iters",
+            "10",
+            "--spiffe",
+        ])
+        .await;
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        for line in &lines {
+            assert_eq!(line["errors"], 0, "{line}");
+        }
+        let dials = if mode == "connect" { 10 } else { 0 };
+        assert_eq!(lines[0]["dials"], dials, "{}", lines[0]);
     }
 }
 

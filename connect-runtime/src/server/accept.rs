@@ -25,7 +25,7 @@ use crate::transport::first_bytes::{Expect, Unanswered};
 use crate::transport::io::Io;
 use crate::transport::resets::Resets;
 use crate::transport::socket::Stream;
-use crate::transport::tls::{Credential, Rotation, ServerTls};
+use crate::transport::tls::{Credential, ServerTls};
 
 /// Who is on the other end of a served connection: in every request's
 /// extensions (`request.extensions().get::<Peer>()`).
@@ -103,8 +103,8 @@ impl Drop for OpenConnection {
 pub(super) struct AcceptLoop {
     /// Starts a tonic server for the connections the receiver yields.
     start: Start,
-    /// The TLS acceptor, and how its certificate rotates.
-    tls: Option<(tokio_rustls::TlsAcceptor, Rotation)>,
+    /// The TLS configuration accepted with.
+    tls: Option<ServerTls>,
     handshake_timeout: Duration,
     /// One permit per connection served, if their number is limited.
     slots: Option<Arc<Semaphore>>,
@@ -134,7 +134,7 @@ impl AcceptLoop {
     ) -> Self {
         Self {
             start,
-            tls: tls.map(|tls| (tls.acceptor(), tls.rotation().clone())),
+            tls: tls.cloned(),
             handshake_timeout,
             slots: max_connections
                 .map(|max| Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)))),
@@ -323,7 +323,7 @@ impl AcceptLoop {
             };
             io.with(Accepted { peer, _open: open })
         };
-        let Some((acceptor, rotation)) = self.tls.clone() else {
+        let Some(tls) = self.tls.clone() else {
             let _ = generation.connections.send(served(stream, None, false));
             return;
         };
@@ -332,8 +332,8 @@ impl AcceptLoop {
         let generation = generation.clone();
         self.handshakes.spawn(async move {
             let handshake = async {
-                rotation.settled().await;
-                acceptor.accept(stream).await
+                tls.rotation().settled().await;
+                tls.acceptor().accept(stream).await
             };
             let handshake = tokio::time::timeout_at(deadline, handshake).await;
             let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out");
@@ -342,6 +342,10 @@ impl AcceptLoop {
                 .and_then(|accepted| accepted)
                 .map_err(|err| (addr, err))?;
             let session = tls_stream.get_ref().1;
+            if let Err(why) = tls.check_resumed(session) {
+                let why = format!("a resumed session's client no longer passes: {why}");
+                return Err((addr, io::Error::new(io::ErrorKind::PermissionDenied, why)));
+            }
             let chain = session.peer_certificates();
             let certificates =
                 chain.map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());

@@ -396,13 +396,15 @@ async fn open(url: &Url, target: &Target, options: &DialOptions) -> Result<Strea
         url: url.to_string(),
         source,
     };
-    let stream = match target {
-        Target::Tcp { host, port } => connect_tcp(host, *port).await,
-        Target::Unix { path } => connect_unix(path).await,
-    }
-    .map_err(failed)?;
+    let socket = || async {
+        match target {
+            Target::Tcp { host, port } => connect_tcp(host, *port).await,
+            Target::Unix { path } => connect_unix(path).await,
+        }
+        .map_err(failed)
+    };
     let Some(tls) = &options.tls else {
-        return Ok(stream);
+        return socket().await;
     };
     let host = match target {
         Target::Tcp { host, .. } => host.as_str(),
@@ -412,13 +414,20 @@ async fn open(url: &Url, target: &Target, options: &DialOptions) -> Result<Strea
         url: url.to_string(),
         source,
     })?;
+    let stream = socket().await?;
     tls.rotation().settled().await;
     let verified_as = name.to_str().into_owned();
-    let stream = tls
-        .connector()
-        .connect(name, stream)
-        .await
-        .map_err(|err| failed(super::tls::explain_handshake(err, &verified_as)))?;
+    let handshake = |stream| async {
+        tls.connector()
+            .connect(name.clone(), stream)
+            .await
+            .map_err(|err| failed(super::tls::explain_handshake(err, &verified_as)))
+    };
+    let mut stream = handshake(stream).await?;
+    if let Err(why) = tls.check_resumed(stream.get_ref().1) {
+        tracing::debug!(why, "a resumed session's server no longer passes: in full");
+        stream = handshake(socket().await?).await?;
+    }
     Ok(Box::new(stream))
 }
 

@@ -6,6 +6,12 @@
 //! handshake, on either side, uses the SVID current then. Peers are
 //! authorized by SPIFFE ID: by default any workload of this workload's own
 //! trust domain, or whatever a predicate accepts.
+//!
+//! Redials resume TLS sessions, on both sides, but never across a change
+//! of the source (a rotated SVID, new bundles): each change starts over
+//! with no sessions. A resumed peer's certificate, which the handshake does
+//! not verify again, must still be valid and authorized, or the client
+//! handshakes in full and the server refuses the connection.
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,6 +23,9 @@ pub use spiffe_rustls::TlsStatus;
 use spiffe_rustls::{Authorizer, TrustDomainPolicy};
 use tokio::sync::watch;
 
+use rustls::pki_types::CertificateDer;
+
+use super::resumption::Recheck;
 use super::tls::{ClientTls, Credential, ServerTls};
 
 /// Why a SPIFFE identity could not be had or used.
@@ -152,14 +161,18 @@ impl SpiffeIdentity {
         &self,
         authorize: Authorize,
     ) -> Result<(ClientTls, TlsStatus), SpiffeError> {
+        let recheck = self.recheck(&authorize)?;
         let (policy, authorizer) = self.policy(authorize)?;
         let (config, status) = spiffe_rustls::mtls_client(self.source.clone())
             .trust_domain_policy(policy)
             .authorize(authorizer)
             .build_with_status()?;
         let credential = self.follow(status.clone())?;
-        let tls = ClientTls::from_rustls(config).rotating(credential);
-        Ok((tls.with_status(status.clone()), status))
+        let tls = ClientTls::from_rustls(config)
+            .rotating(credential)
+            .with_status(status.clone())
+            .resuming(status.clone(), recheck);
+        Ok((tls, status))
     }
 
     /// As [`SpiffeIdentity::server_tls`], with the configuration's status.
@@ -167,6 +180,7 @@ impl SpiffeIdentity {
         &self,
         authorize: Authorize,
     ) -> Result<(ServerTls, TlsStatus), SpiffeError> {
+        let recheck = self.recheck(&authorize)?;
         let (policy, authorizer) = self.policy(authorize)?;
         let (config, status) = spiffe_rustls::mtls_server(self.source.clone())
             .trust_domain_policy(policy)
@@ -175,8 +189,10 @@ impl SpiffeIdentity {
         let credential = self.follow(status.clone())?;
         let tls = ServerTls::from_rustls(config)
             .rotating(credential)
-            .described(format!("SPIFFE mutual TLS as {}", self.spiffe_id()?));
-        Ok((tls.with_status(status.clone()), status))
+            .described(format!("SPIFFE mutual TLS as {}", self.spiffe_id()?))
+            .with_status(status.clone())
+            .resuming(status.clone(), recheck);
+        Ok((tls, status))
     }
 
     /// The credential handshakes under `status` present: updated when a new
@@ -209,6 +225,34 @@ impl SpiffeIdentity {
             }
         });
         Ok(receiver)
+    }
+
+    /// What a resumed peer's leaf must still be, as the handshake that made
+    /// the session verified it: within its validity, and authorized. (Its
+    /// chain needs no second look: a new bundle starts a new session store.)
+    fn recheck(&self, authorize: &Authorize) -> Result<Recheck, SpiffeError> {
+        let domain = self.spiffe_id()?.trust_domain().clone();
+        let authorize = authorize.clone();
+        Ok(Arc::new(move |leaf: &CertificateDer<'_>| {
+            let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+                .map_err(|err| format!("its certificate cannot be read: {err}"))?;
+            if !cert.validity().is_valid() {
+                let not_after = cert.validity().not_after;
+                return Err(format!(
+                    "its certificate is not valid now (not after {not_after})"
+                ));
+            }
+            let id = spiffe_id_of(leaf).ok_or("its certificate names no SPIFFE ID")?;
+            let authorized = match &authorize {
+                Authorize::SameTrustDomain => *id.trust_domain() == domain,
+                Authorize::Predicate(accept) => accept(&id),
+            };
+            if authorized {
+                Ok(())
+            } else {
+                Err(format!("{id} is no longer authorized"))
+            }
+        }))
     }
 
     /// The trust domains whose bundles verify peers, and who passes.

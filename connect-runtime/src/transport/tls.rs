@@ -12,6 +12,9 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::sync::watch;
 
+#[cfg(feature = "spiffe")]
+use super::resumption::{Recheck, Resuming};
+
 /// How long before a rotating certificate expires the connections made or
 /// accepted under it are closed, once it has rotated: by default for
 /// [`ConnectBuilder::expiry_margin`](crate::ConnectBuilder::expiry_margin)
@@ -209,6 +212,8 @@ pub struct ClientTls {
     roots: Option<Arc<RootCertStore>>,
     server_name: Option<ServerName<'static>>,
     rotation: Rotation,
+    #[cfg(feature = "spiffe")]
+    resuming: Option<Arc<Resuming<ClientConfig>>>,
 }
 
 /// The certificate a rotating TLS configuration presents in new handshakes:
@@ -286,6 +291,8 @@ impl ClientTls {
             roots: Some(roots),
             server_name: None,
             rotation: Rotation::default(),
+            #[cfg(feature = "spiffe")]
+            resuming: None,
         })
     }
 
@@ -326,6 +333,8 @@ impl ClientTls {
             roots: None,
             server_name: None,
             rotation: Rotation::default(),
+            #[cfg(feature = "spiffe")]
+            resuming: None,
         }
     }
 
@@ -348,8 +357,29 @@ impl ClientTls {
         self
     }
 
+    /// Resumes sessions of the status's current revision only, checking a
+    /// resumed server's leaf with `recheck` (see `resumption`).
+    #[cfg(feature = "spiffe")]
+    pub(crate) fn resuming(mut self, status: spiffe_rustls::TlsStatus, recheck: Recheck) -> Self {
+        let without = Arc::clone(&self.config);
+        self.resuming = Some(Arc::new(Resuming::new(status, without, recheck)));
+        self
+    }
+
     pub(crate) fn rotation(&self) -> &Rotation {
         &self.rotation
+    }
+
+    /// `Ok` unless the handshake resumed a session whose server no longer
+    /// passes; the sessions kept are then dropped, so that the next
+    /// handshake is a full one.
+    pub(crate) fn check_resumed(&self, session: &rustls::CommonState) -> Result<(), String> {
+        #[cfg(feature = "spiffe")]
+        if let Some(resuming) = &self.resuming {
+            return resuming.check(session).inspect_err(|_| resuming.forget());
+        }
+        let _ = session;
+        Ok(())
     }
 
     /// The rustls configuration it dials with (ALPN `h2`), for other
@@ -368,6 +398,10 @@ impl ClientTls {
     }
 
     pub(crate) fn connector(&self) -> tokio_rustls::TlsConnector {
+        #[cfg(feature = "spiffe")]
+        if let Some(resuming) = &self.resuming {
+            return tokio_rustls::TlsConnector::from(resuming.config());
+        }
         tokio_rustls::TlsConnector::from(Arc::clone(&self.config))
     }
 
@@ -417,6 +451,8 @@ pub struct ServerTls {
     identity: Option<Identity>,
     rotation: Rotation,
     security: Arc<str>,
+    #[cfg(feature = "spiffe")]
+    resuming: Option<Arc<Resuming<ServerConfig>>>,
 }
 
 impl ServerTls {
@@ -431,6 +467,8 @@ impl ServerTls {
             identity: Some(identity),
             rotation: Rotation::default(),
             security: "TLS, any client".into(),
+            #[cfg(feature = "spiffe")]
+            resuming: None,
         })
     }
 
@@ -465,6 +503,8 @@ impl ServerTls {
             identity: None,
             rotation: Rotation::default(),
             security: "TLS (a rustls configuration)".into(),
+            #[cfg(feature = "spiffe")]
+            resuming: None,
         }
     }
 
@@ -500,8 +540,28 @@ impl ServerTls {
         self
     }
 
+    /// Resumes sessions of the status's current revision only, checking a
+    /// resumed client's leaf with `recheck` (see `resumption`).
+    #[cfg(feature = "spiffe")]
+    pub(crate) fn resuming(mut self, status: spiffe_rustls::TlsStatus, recheck: Recheck) -> Self {
+        let without = Arc::clone(&self.config);
+        self.resuming = Some(Arc::new(Resuming::new(status, without, recheck)));
+        self
+    }
+
     pub(crate) fn rotation(&self) -> &Rotation {
         &self.rotation
+    }
+
+    /// `Ok` unless the handshake resumed a session whose client no longer
+    /// passes (the connection is then refused).
+    pub(crate) fn check_resumed(&self, session: &rustls::CommonState) -> Result<(), String> {
+        #[cfg(feature = "spiffe")]
+        if let Some(resuming) = &self.resuming {
+            return resuming.check(session);
+        }
+        let _ = session;
+        Ok(())
     }
 
     /// The rustls configuration it serves with (ALPN `h2`), for another
@@ -520,6 +580,10 @@ impl ServerTls {
     }
 
     pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        #[cfg(feature = "spiffe")]
+        if let Some(resuming) = &self.resuming {
+            return tokio_rustls::TlsAcceptor::from(resuming.config());
+        }
         tokio_rustls::TlsAcceptor::from(Arc::clone(&self.config))
     }
 }

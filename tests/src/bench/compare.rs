@@ -42,6 +42,7 @@ pub(crate) fn run(run: &Run, rounds: usize) -> Result<(), String> {
                 .args(["--n", &run.n.to_string(), "--reps", &run.reps.to_string()])
                 .args(["--iters", &run.iters.to_string()])
                 .args(run.tls.then_some("--tls"))
+                .args(run.spiffe.then_some("--spiffe"))
                 .arg(format!("--linger-ms={}", run.linger.as_millis()))
                 .args(run.telemetry.then_some("--telemetry"))
                 .args(run.otlp.iter().flat_map(|url| ["--otlp-endpoint", url]))

@@ -41,8 +41,9 @@ fn main() -> ExitCode {
             n,
             addr_file,
             tls,
+            spiffe,
             monitoring,
-        } => runtime.block_on(serve::run(n, addr_file, tls, monitoring)),
+        } => runtime.block_on(serve::run(n, addr_file, tls, spiffe, monitoring)),
         options::Command::Collect { addr_file } => runtime.block_on(telemetry::collect(addr_file)),
         // On a worker, as calls into an element run inside a server: the
         // thread that `block_on` parks is not one of the runtime's.

@@ -30,6 +30,10 @@ enum Sub {
         /// Serve TLS.
         #[arg(long)]
         tls: bool,
+        /// Serve SPIFFE mutual TLS: SVIDs from a Workload API this process
+        /// serves, another for callers, whose socket goes to FILE.spiffe.
+        #[arg(long, conflicts_with = "tls")]
+        spiffe: bool,
         /// Serve MonitorConnections, each endpoint adding its path segment
         /// (`updatepath → monitor`), as an NSM endpoint does.
         #[arg(long)]
@@ -224,6 +228,10 @@ struct RunArgs {
     /// Over TLS, verifying the remotes against FILE.ca.pem.
     #[arg(long)]
     tls: bool,
+    /// Over SPIFFE mutual TLS, with an SVID from the Workload API at
+    /// FILE.spiffe (remotes served with --spiffe).
+    #[arg(long, conflicts_with = "tls")]
+    spiffe: bool,
     /// Through a hop that monitors (`updatepath → monitor → connect`, each
     /// client relaying its remote's events; connect mode, remotes served
     /// with --monitoring).
@@ -266,6 +274,7 @@ pub(crate) enum Command {
         n: usize,
         addr_file: PathBuf,
         tls: bool,
+        spiffe: bool,
         monitoring: bool,
     },
     Collect {
@@ -356,6 +365,7 @@ pub(crate) struct Run {
     pub(crate) reps: usize,
     pub(crate) iters: usize,
     pub(crate) tls: bool,
+    pub(crate) spiffe: bool,
     pub(crate) monitoring: bool,
     pub(crate) linger: Duration,
     /// `--telemetry`, and where it sends OTLP.
@@ -380,6 +390,7 @@ impl RunArgs {
             reps: self.reps,
             iters: self.iters,
             tls: self.tls,
+            spiffe: self.spiffe,
             monitoring: self.monitoring,
             linger: Duration::from_millis(self.linger_ms),
             telemetry: self.telemetry,
@@ -401,11 +412,13 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
             n,
             addr_file,
             tls,
+            spiffe,
             monitoring,
         } => Command::Serve {
             n,
             addr_file,
             tls,
+            spiffe,
             monitoring,
         },
         Sub::Collect { addr_file } => Command::Collect { addr_file },
@@ -502,14 +515,15 @@ mod tests {
             n,
             addr_file,
             tls,
+            spiffe,
             monitoring,
         }) = parse(&["serve", "-n", "3", "--addr-file", "f.txt"])
         else {
             panic!("not serve");
         };
         assert_eq!(
-            (n, addr_file, tls, monitoring),
-            (3, PathBuf::from("f.txt"), false, false)
+            (n, addr_file, tls, spiffe, monitoring),
+            (3, PathBuf::from("f.txt"), false, false, false)
         );
 
         let Ok(Command::Run(run)) = parse(&[
@@ -529,6 +543,7 @@ mod tests {
         assert_eq!(run.mode, Mode::Direct);
         assert_eq!(run.workloads, [Workload::A, Workload::C]);
         assert_eq!((run.n, run.reps, run.iters, run.tls), (20, 5, 2000, true));
+        assert!(!run.spiffe);
         assert_eq!(
             (run.connections, run.remotes_used, run.concurrency),
             (10_000, None, 64)
@@ -569,7 +584,7 @@ mod tests {
 
     #[test]
     fn mistakes_name_the_flag() {
-        let cases: [(&[&str], &str); 11] = [
+        let cases: [(&[&str], &str); 12] = [
             (&[], "Usage: connect-bench <COMMAND>"),
             (&["bench"], "unrecognized subcommand 'bench'"),
             (
@@ -594,6 +609,10 @@ mod tests {
             ),
             (&["run", "--verbose"], "unexpected argument '--verbose'"),
             (&["run", "--tls=yes"], "unexpected value 'yes' for '--tls'"),
+            (
+                &["run", "--remotes", "r.txt", "--tls", "--spiffe"],
+                "'--tls' cannot be used with '--spiffe'",
+            ),
             (&["serve", "-n", "3"], "--addr-file <FILE>"),
             (
                 &["compare", "--remotes", "r.txt", "--workload", "a,s"],

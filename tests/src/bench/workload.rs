@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::NetworkServiceRequest;
+use connect_runtime::spiffe::{Authorize, SpiffeIdentity};
 use connect_runtime::tls::ClientTls;
 use connect_runtime::{
     ClientChain, Connect, ConnectBuilder, ConnectionMonitor, Context, DialOptions, GrpcClient,
@@ -97,6 +98,63 @@ pub(crate) async fn run(run: Run) -> Result<(), String> {
     Ok(())
 }
 
+/// How callers dial the remotes: `--tls` or `--spiffe`, or neither.
+enum Security {
+    Plain,
+    /// The PEM CA that signed the remotes' certificates.
+    Ca(String),
+    /// An SVID from the Workload API that `serve --spiffe` runs.
+    Spiffe(ClientTls),
+}
+
+impl Security {
+    async fn of(run: &Run) -> Result<Self, String> {
+        let read = |file: std::path::PathBuf| {
+            std::fs::read_to_string(&file).map_err(|e| format!("reading {}: {e}", file.display()))
+        };
+        if run.tls {
+            return Ok(Self::Ca(read(crate::serve::ca_file(&run.remotes))?));
+        }
+        if run.spiffe {
+            let endpoint = read(crate::serve::spiffe_file(&run.remotes))?;
+            let identity = SpiffeIdentity::from_endpoint(&endpoint).await;
+            let identity = identity.map_err(|e| e.to_string())?;
+            let tls = identity.client_tls(Authorize::SameTrustDomain);
+            return Ok(Self::Spiffe(tls.map_err(|e| e.to_string())?));
+        }
+        Ok(Self::Plain)
+    }
+}
+
+/// tonic's channel over SPIFFE mutual TLS: its own connector cannot take a
+/// rustls configuration, so TCP and TLS are done here, with the same
+/// configuration connect dials with (less its session resumption, which a
+/// channel dialed once has no use for).
+fn spiffe_connector(
+    tls: &ClientTls,
+) -> impl tower::Service<
+    http::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    let connector = tokio_rustls::TlsConnector::from(tls.rustls_config());
+    tower::service_fn(move |uri: http::Uri| {
+        let connector = connector.clone();
+        async move {
+            let host = uri.host().unwrap_or("127.0.0.1").to_owned();
+            let tcp = tokio::net::TcpStream::connect((host, uri.port_u16().unwrap_or(443))).await?;
+            tcp.set_nodelay(true)?;
+            // SPIFFE verifies the server's ID, not a name.
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("a DNS name");
+            let stream = connector.connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        }
+    })
+}
+
 /// Who makes the calls: the `connect` element, or tonic clients dialed
 /// beforehand.
 #[derive(Clone)]
@@ -117,7 +175,7 @@ impl Caller {
     /// A fresh `connect` element whose client chain is just the gRPC call;
     /// with `monitoring`, behind `updatepath → monitor`, each client
     /// relaying its remote's events.
-    fn connect(tls: Option<&str>, monitoring: bool, linger: Duration) -> Result<Self, String> {
+    fn connect(security: &Security, monitoring: bool, linger: Duration) -> Result<Self, String> {
         let (connect, monitor, dials) = match monitoring {
             false => {
                 let (connect, dials) = grpc_only_counting_dials();
@@ -129,8 +187,12 @@ impl Caller {
             }
         };
         let mut options = DialOptions::new().timeout(Duration::from_secs(2));
-        if let Some(ca) = tls {
-            options = options.tls(ClientTls::new(ca).map_err(|e| e.to_string())?);
+        match security {
+            Security::Plain => {}
+            Security::Ca(ca) => {
+                options = options.tls(ClientTls::new(ca).map_err(|e| e.to_string())?);
+            }
+            Security::Spiffe(tls) => options = options.tls(tls.clone()),
         }
         let connect = connect.dial_options(options).linger(linger).build();
         let chain = match &monitor {
@@ -151,7 +213,7 @@ impl Caller {
 
     /// tonic's generated client over tonic's own channel, dialed
     /// beforehand: what a tonic user writes, without connect's transport.
-    async fn direct(remotes: &[Arc<Url>], tls: Option<&str>) -> Result<Self, String> {
+    async fn direct(remotes: &[Arc<Url>], security: &Security) -> Result<Self, String> {
         let mut clients = Vec::with_capacity(remotes.len());
         for url in remotes {
             let (Some(host), Some(port)) = (url.host_str(), url.port()) else {
@@ -159,20 +221,27 @@ impl Caller {
                     "direct mode needs tcp://host:port remotes, not {url}"
                 ));
             };
-            let scheme = if tls.is_some() { "https" } else { "http" };
+            let scheme = match security {
+                Security::Ca(_) => "https",
+                Security::Plain | Security::Spiffe(_) => "http",
+            };
             let mut endpoint = Endpoint::from_shared(format!("{scheme}://{host}:{port}"))
-                .map_err(|e| format!("{url}: {e}"))?;
-            if let Some(ca) = tls {
+                .map_err(|e| format!("{url}: {e}"))?
+                .connect_timeout(Duration::from_secs(2));
+            if let Security::Ca(ca) = security {
                 let config = ClientTlsConfig::new()
                     .ca_certificate(Certificate::from_pem(ca))
                     .domain_name(host);
                 endpoint = endpoint.tls_config(config).map_err(|e| e.to_string())?;
             }
-            let channel = endpoint
-                .connect_timeout(Duration::from_secs(2))
-                .connect()
-                .await
-                .map_err(|e| format!("dialing {url}: {e}"))?;
+            let channel = match security {
+                Security::Spiffe(tls) => {
+                    let connector = spiffe_connector(tls);
+                    endpoint.connect_with_connector(connector).await
+                }
+                Security::Plain | Security::Ca(_) => endpoint.connect().await,
+            };
+            let channel = channel.map_err(|e| format!("dialing {url}: {e}"))?;
             clients.push(Grpc::new(channel));
         }
         Ok(Self::Direct {
@@ -181,20 +250,13 @@ impl Caller {
     }
 
     pub(crate) async fn caller(run: &Run, remotes: &[Arc<Url>]) -> Result<Self, String> {
-        let ca = match run.tls {
-            true => {
-                let file = crate::serve::ca_file(&run.remotes);
-                let ca = std::fs::read_to_string(&file);
-                Some(ca.map_err(|e| format!("reading {}: {e}", file.display()))?)
-            }
-            false => None,
-        };
+        let security = Security::of(run).await?;
         match run.mode {
-            Mode::Connect => Self::connect(ca.as_deref(), run.monitoring, run.linger),
+            Mode::Connect => Self::connect(&security, run.monitoring, run.linger),
             Mode::Direct if run.monitoring => {
                 Err("--monitoring is a hop's: use it with --mode connect".into())
             }
-            Mode::Direct => Self::direct(remotes, ca.as_deref()).await,
+            Mode::Direct => Self::direct(remotes, &security).await,
         }
     }
 

@@ -3,12 +3,12 @@
 //! it, rotations included.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use connect_runtime::spiffe::{Authorize, SpiffeIdentity, TlsStatus};
 use connect_runtime::{ClientChain, Context, DialOptions, GrpcClient, Serve, ServerChain, dial};
 use connect_tests::request;
-use connect_tests::workload_api::{Authority, WorkloadApi, client_certificates};
+use connect_tests::workload_api::{Authority, Svid, WorkloadApi, client_certificates};
 use spiffe::{WorkloadApiClient, X509Source};
 
 const WORKLOAD: &str = "/ns/default/sa/connect";
@@ -184,32 +184,35 @@ async fn dial_and_serve_use_the_current_svids_across_rotations() {
     server.shutdown().await;
 }
 
-/// With SPIFFE identities no handshake resumes a session (spiffe-rustls
-/// turns resumption off on both sides: rustls does not verify a resumed
-/// peer again, so a session could outlive its SVID): every dial presents
-/// the current SVID in full, the first after a rotation the new one.
+/// The server's record of what it saw of each call's connection: whether
+/// its handshake resumed a session, and the client's leaf serial.
+fn resumptions(
+    seen: Arc<Mutex<Vec<(bool, u64)>>>,
+) -> tower::util::MapRequestLayer<
+    impl Fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> + Clone,
+> {
+    tower::util::MapRequestLayer::new(move |call: http::Request<tonic::body::Body>| {
+        let peer = call.extensions().get::<connect_runtime::Peer>().unwrap();
+        let leaf = &peer.certificates().expect("a client certificate")[0];
+        seen.lock().unwrap().push((peer.resumed(), serial(leaf)));
+        call
+    })
+}
+
+/// With SPIFFE identities a redial resumes its TLS session, but never one
+/// made under an earlier SVID, on either side: after the client's rotation
+/// it presents the new SVID in full (its sessions were dropped), and after
+/// the server's the server resumes none of the sessions it had made.
 #[tokio::test]
-async fn spiffe_dials_never_resume_so_every_one_presents_the_current_svid() {
-    let ((_server_api, server_identity), (client_api, client_identity)) = two_workloads().await;
-    // (resumed, the client's leaf serial) of every call's connection.
+async fn spiffe_redials_resume_but_never_across_a_rotation() {
+    let ((server_api, server_identity), (client_api, client_identity)) = two_workloads().await;
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let seen_by_server = Arc::clone(&seen);
+    let (server_tls, mut server_status) = server_identity
+        .server_tls_with_status(Authorize::SameTrustDomain)
+        .unwrap();
     let server = Serve::new(ServerChain::default())
-        .tls(
-            server_identity
-                .server_tls(Authorize::SameTrustDomain)
-                .unwrap(),
-        )
-        .layer(tower::util::MapRequestLayer::new(
-            move |call: http::Request<tonic::body::Body>| {
-                let peer = call.extensions().get::<connect_runtime::Peer>().unwrap();
-                let leaf = &peer.certificates().expect("a client certificate")[0];
-                let mut seen = seen_by_server.lock().unwrap();
-                seen.push((peer.resumed(), serial(leaf)));
-                drop(seen);
-                call
-            },
-        ))
+        .tls(server_tls)
+        .layer(resumptions(Arc::clone(&seen)))
         .bind("tcp://127.0.0.1:0")
         .await
         .unwrap();
@@ -225,11 +228,161 @@ async fn spiffe_dials_never_resume_so_every_one_presents_the_current_svid() {
         *seen.lock().unwrap().last().unwrap()
     };
     assert_eq!(call().await, (false, 1), "the first dial: a full handshake");
-    assert_eq!(call().await, (false, 1), "a redial: in full again");
+    assert_eq!(call().await, (true, 1), "a redial resumes");
+    assert_eq!(call().await, (true, 1), "and the next");
+
     let rotated = client_api.rotate();
     updated(&client_identity, rotated.serial).await;
     applied(&mut client_status).await;
-    assert_eq!(call().await, (false, 2), "after a rotation: the new SVID");
+    assert_eq!(
+        call().await,
+        (false, 2),
+        "after the client's rotation: the new SVID, in full"
+    );
+    assert_eq!(call().await, (true, 2), "then resumed under it");
+
+    let rotated = server_api.rotate();
+    updated(&server_identity, rotated.serial).await;
+    applied(&mut server_status).await;
+    assert_eq!(
+        call().await,
+        (false, 2),
+        "after the server's rotation: no session of its old SVID resumes"
+    );
+    assert_eq!(call().await, (true, 2), "then resumed under the new one");
+    server.shutdown().await;
+}
+
+/// Waits until `svid` has expired.
+async fn expired(svid: &Svid) {
+    let left = svid.not_after().duration_since(SystemTime::now());
+    tokio::time::sleep(left.unwrap_or_default() + Duration::from_millis(1100)).await;
+}
+
+/// Rotates `api`'s SVID once its current one has expired, and waits until
+/// `status` presents the new one.
+async fn renewed_after_expiry(api: &WorkloadApi, source: &X509Source, status: &mut TlsStatus) {
+    expired(&api.current()).await;
+    let next = api.rotate_for(Duration::from_secs(60));
+    let mut updates = source.updated();
+    // (Until then the source has no SVID to give: its one has expired.)
+    while source
+        .svid()
+        .ok()
+        .map(|svid| serial(svid.leaf().as_bytes()))
+        != Some(next.serial)
+    {
+        updates.changed().await.unwrap();
+    }
+    applied(status).await;
+}
+
+/// A SPIFFE server refuses a resumed session whose client SVID has expired
+/// since the handshake that made it (rustls does not verify a resumed
+/// client again). The client here keeps its sessions across its own
+/// rotation, as a plain rustls client with a session cache does.
+#[tokio::test]
+async fn a_spiffe_server_refuses_a_resumed_session_of_an_expired_client_svid() {
+    let domain = Arc::new(Authority::new("example.org"));
+    let server_api = WorkloadApi::start(Arc::clone(&domain), "/nse", Duration::from_secs(60)).await;
+    let server_identity = SpiffeIdentity::from_endpoint(server_api.endpoint())
+        .await
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let server = Serve::new(ServerChain::default())
+        .tls(
+            server_identity
+                .server_tls(Authorize::SameTrustDomain)
+                .unwrap(),
+        )
+        .layer(resumptions(Arc::clone(&seen)))
+        .bind("tcp://127.0.0.1:0")
+        .await
+        .unwrap();
+    let client_api = WorkloadApi::start(domain, "/short", Duration::from_secs(2)).await;
+    let source = X509Source::builder()
+        .endpoint(client_api.endpoint())
+        .build()
+        .await
+        .unwrap();
+    let (mut config, mut status) = spiffe_rustls::mtls_client(source.clone())
+        .build_with_status()
+        .unwrap();
+    applied(&mut status).await;
+    config.resumption = rustls::client::Resumption::in_memory_sessions(8);
+    let tls = connect_runtime::tls::ClientTls::from_rustls(config);
+    let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
+    let call = || async {
+        let conn = dial(server.url(), &options).await?;
+        let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
+        client.request(Context::new(), request("r")).await.unwrap();
+        Ok::<_, connect_runtime::DialError>(*seen.lock().unwrap().last().unwrap())
+    };
+    assert_eq!(call().await.unwrap(), (false, 1));
+    assert_eq!(call().await.unwrap(), (true, 1), "resumed while valid");
+
+    renewed_after_expiry(&client_api, &source, &mut status).await;
+    let refused_before = server.connections().refused;
+    call()
+        .await
+        .expect_err("a resumed session of an expired SVID is refused");
+    assert_eq!(server.connections().refused, refused_before + 1);
+    assert_eq!(seen.lock().unwrap().len(), 2, "no call was served");
+    server.shutdown().await;
+}
+
+/// A SPIFFE client does not take a resumed session whose server SVID has
+/// expired since (rustls does not verify a resumed server again): it drops
+/// its sessions and handshakes in full, meeting the server's new SVID. The
+/// server here keeps its sessions across its own rotation, as a plain
+/// rustls server does.
+#[tokio::test]
+async fn a_spiffe_client_refuses_a_resumed_session_of_an_expired_server_svid() {
+    let domain = Arc::new(Authority::new("example.org"));
+    let server_api =
+        WorkloadApi::start(Arc::clone(&domain), "/short", Duration::from_secs(2)).await;
+    let source = X509Source::builder()
+        .endpoint(server_api.endpoint())
+        .build()
+        .await
+        .unwrap();
+    let (mut config, mut status) = spiffe_rustls::mtls_server(source.clone())
+        .build_with_status()
+        .unwrap();
+    applied(&mut status).await;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(8);
+    config.send_tls13_tickets = 2;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let server = Serve::new(ServerChain::default())
+        .tls(connect_runtime::tls::ServerTls::from_rustls(config))
+        .layer(resumptions(Arc::clone(&seen)))
+        .bind("tcp://127.0.0.1:0")
+        .await
+        .unwrap();
+    let client_api = WorkloadApi::start(domain, "/passthrough", Duration::from_secs(60)).await;
+    let client_identity = SpiffeIdentity::from_endpoint(client_api.endpoint())
+        .await
+        .unwrap();
+    let tls = client_identity
+        .client_tls(Authorize::SameTrustDomain)
+        .unwrap();
+    let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
+    let call = || async {
+        let conn = dial(server.url(), &options).await.unwrap();
+        let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
+        client.request(Context::new(), request("r")).await.unwrap();
+        *seen.lock().unwrap().last().unwrap()
+    };
+    assert_eq!(call().await, (false, 1));
+    assert_eq!(call().await, (true, 1), "resumed while valid");
+
+    renewed_after_expiry(&server_api, &source, &mut status).await;
+    assert_eq!(
+        call().await,
+        (false, 1),
+        "the session of the expired server SVID is not taken: a full handshake"
+    );
+    assert_eq!(call().await, (true, 1), "then resumed with the new one");
     server.shutdown().await;
 }
 
