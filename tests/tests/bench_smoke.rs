@@ -27,7 +27,7 @@ const FIELDS: [&str; 16] = [
     "peak_rss_kb",
 ];
 
-const SCALE_FIELDS: [&str; 18] = [
+const SCALE_FIELDS: [&str; 21] = [
     "workload",
     "mode",
     "connections",
@@ -38,6 +38,9 @@ const SCALE_FIELDS: [&str; 18] = [
     "rss_kb_at_n",
     "bytes_per_connection",
     "bytes_per_client",
+    "heap_kb_at_clients",
+    "heap_kb_at_n",
+    "heap_bytes_per_connection",
     "refreshes",
     "refresh_p50_us",
     "refresh_p99_us",

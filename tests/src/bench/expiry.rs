@@ -20,7 +20,7 @@ use url::Url;
 use connect_tests::population::each;
 use connect_tests::{from_caller, request_for};
 
-use crate::measure::{round as round_to, rss_kb};
+use crate::measure::{heap_kb, round as round_to, rss_kb};
 use crate::options::Expiry;
 
 #[derive(Serialize)]
@@ -241,14 +241,4 @@ pub(crate) async fn run(options: Expiry) -> Result<(), String> {
         server.stopped().await;
     }
     Ok(())
-}
-
-/// The heap in use now, in KiB: glibc's count of bytes handed out, in its
-/// arenas and in chunks mapped on their own.
-#[allow(unsafe_code)]
-fn heap_kb() -> u64 {
-    // SAFETY: mallinfo2 takes no arguments and only reads the allocator's
-    // statistics.
-    let info = unsafe { libc::mallinfo2() };
-    ((info.uordblks + info.hblkhd) / 1024) as u64
 }

@@ -157,6 +157,25 @@ pub(crate) fn round(value: f64, decimals: i32) -> f64 {
 }
 
 /// This process's resident set now (`VmRSS`), in KiB.
+/// The heap in use now, in KiB: glibc's count of bytes handed out, in its
+/// arenas and in chunks mapped on their own.
+#[allow(unsafe_code)]
+pub(crate) fn heap_kb() -> u64 {
+    // SAFETY: mallinfo2 takes no arguments and only reads the allocator's
+    // statistics.
+    let info = unsafe { libc::mallinfo2() };
+    ((info.uordblks + info.hblkhd) / 1024) as u64
+}
+
+/// The resident set once the allocator has handed back the free memory
+/// it can (`malloc_trim`), KiB: Go's `FreeOSMemory` before a reading.
+#[allow(unsafe_code)]
+pub(crate) fn trimmed_rss_kb() -> Result<u64, String> {
+    // SAFETY: malloc_trim only releases free memory of glibc's arenas.
+    unsafe { libc::malloc_trim(0) };
+    rss_kb()
+}
+
 pub(crate) fn rss_kb() -> Result<u64, String> {
     let status = std::fs::read_to_string("/proc/self/status")
         .map_err(|e| format!("reading /proc/self/status: {e}"))?;

@@ -3,8 +3,8 @@
 //! refreshes every one once (or `--refresh-rounds` times) in a shuffled
 //! order, then closes them all, each phase at a fixed concurrency.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use connect_runtime::proto::connection::Connection;
@@ -13,7 +13,7 @@ use url::Url;
 
 use connect_tests::population::{each, shuffled};
 
-use crate::measure::{Latencies, cpu_time, round, rss_kb};
+use crate::measure::{Latencies, cpu_time, heap_kb, round, trimmed_rss_kb};
 use crate::options::{Mode, Run};
 use crate::workload::Caller;
 
@@ -34,6 +34,12 @@ struct Line {
     bytes_per_connection: f64,
     /// Growth from nothing to M clients with one connection each, per client.
     bytes_per_client: f64,
+    /// The heap in use (glibc's count of bytes handed out) with M and with
+    /// N connections live, KiB, and its growth per added connection: what
+    /// is held, without the allocator's slack.
+    heap_kb_at_clients: u64,
+    heap_kb_at_n: u64,
+    heap_bytes_per_connection: f64,
     /// Refreshes made: every connection, `--refresh-rounds` times.
     refreshes: usize,
     refresh_p50_us: u64,
@@ -74,10 +80,13 @@ impl Population {
         result.ok()
     }
 
-    async fn open(&self, k: usize) -> Option<Connection> {
+    /// Opens connection `k`, keeping it as returned in its slot.
+    async fn open(&self, k: usize, slot: &OnceLock<Box<Connection>>) {
         let (remote, url) = self.remote(k);
         let opened = self.caller.request(remote, url, format!("s-{k}")).await;
-        self.counted(opened)
+        if let Some(connection) = self.counted(opened) {
+            let _ = slot.set(Box::new(connection));
+        }
     }
 
     /// How long the refresh of connection `k` took, if it succeeded.
@@ -102,7 +111,14 @@ pub(crate) async fn run(run: &Run, remotes: &[Arc<Url>]) -> Result<String, Strin
             "--connections {n} is fewer than the {m} remotes used: each remote needs one"
         ));
     }
-    let rss_kb_at_zero = rss_kb()?;
+    // As Go's driver measures: the driver's own slots for the live
+    // connections allocated and written before the baseline, and each RSS
+    // read after handing freed memory back (`malloc_trim`, where Go runs a
+    // GC and `FreeOSMemory`). What grows is then the connections as
+    // returned (boxed, as Go's are) and what the caller keeps for them.
+    let live: Arc<Vec<OnceLock<Box<Connection>>>> =
+        Arc::new((0..n).map(|_| OnceLock::new()).collect());
+    let rss_kb_at_zero = trimmed_rss_kb()?;
 
     let opening = Instant::now();
     let population = Arc::new(Population {
@@ -111,15 +127,16 @@ pub(crate) async fn run(run: &Run, remotes: &[Arc<Url>]) -> Result<String, Strin
         errors: AtomicUsize::new(0),
     });
     let open = |first: usize| {
-        let population = Arc::clone(&population);
+        let (population, live) = (Arc::clone(&population), Arc::clone(&live));
         move |k: usize| {
-            let population = Arc::clone(&population);
-            async move { population.open(first + k).await }
+            let (population, live) = (Arc::clone(&population), Arc::clone(&live));
+            async move { population.open(first + k, &live[first + k]).await }
         }
     };
-    let mut live = each(m, concurrency, open(0)).await;
-    let rss_kb_at_clients = rss_kb()?;
-    live.extend(each(n - m, concurrency, open(m)).await);
+    each(m, concurrency, open(0)).await;
+    let rss_kb_at_clients = trimmed_rss_kb()?;
+    let heap_kb_at_clients = heap_kb();
+    each(n - m, concurrency, open(m)).await;
     let open_ms = opening.elapsed().as_secs_f64() * 1e3;
     let monitored = match population.caller.monitor() {
         Some(monitor) => {
@@ -131,8 +148,8 @@ pub(crate) async fn run(run: &Run, remotes: &[Arc<Url>]) -> Result<String, Strin
         }
         None => None,
     };
-    let rss_kb_at_n = rss_kb()?;
-    let live: Arc<Vec<Option<Connection>>> = Arc::new(live);
+    let rss_kb_at_n = trimmed_rss_kb()?;
+    let heap_kb_at_n = heap_kb();
 
     // Every connection once per round, each round in its own shuffled
     // order; a round ends before the next starts, so no id is refreshed
@@ -141,11 +158,12 @@ pub(crate) async fn run(run: &Run, remotes: &[Arc<Url>]) -> Result<String, Strin
     let cpu_before = cpu_time();
     let mut refresh = Latencies::default();
     for round in 0..rounds {
-        let order = shuffled(n, round as u64);
+        // Shared, not cloned: each of the workers holds the closure.
+        let order = Arc::new(shuffled(n, round as u64));
         let (population, live) = (Arc::clone(&population), Arc::clone(&live));
         let took = each(n, concurrency, move |i| {
             let (population, k) = (Arc::clone(&population), order[i]);
-            let connection = live[k].clone();
+            let connection = live[k].get().map(|c| Connection::clone(c));
             async move { population.refresh(k, connection?).await }
         })
         .await;
@@ -158,7 +176,10 @@ pub(crate) async fn run(run: &Run, remotes: &[Arc<Url>]) -> Result<String, Strin
     let closing = Instant::now();
     let (closer, closed) = (Arc::clone(&population), Arc::clone(&live));
     each(n, concurrency, move |k| {
-        let (population, connection) = (Arc::clone(&closer), closed[k].clone());
+        let (population, connection) = (
+            Arc::clone(&closer),
+            closed[k].get().map(|c| Connection::clone(c)),
+        );
         async move {
             if let Some(connection) = connection {
                 population.close(k, connection).await;
@@ -186,6 +207,9 @@ pub(crate) async fn run(run: &Run, remotes: &[Arc<Url>]) -> Result<String, Strin
         rss_kb_at_n,
         bytes_per_connection: per(kib(rss_kb_at_n) - kib(rss_kb_at_clients), n - m),
         bytes_per_client: per(kib(rss_kb_at_clients) - kib(rss_kb_at_zero), m),
+        heap_kb_at_clients,
+        heap_kb_at_n,
+        heap_bytes_per_connection: per(kib(heap_kb_at_n) - kib(heap_kb_at_clients), n - m),
         refresh_p50_us: refresh.percentile(0.50),
         refresh_p99_us: refresh.percentile(0.99),
         refreshes: n * rounds,

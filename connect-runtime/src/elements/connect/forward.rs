@@ -115,8 +115,8 @@ impl Shared {
         record: Record,
         turn: Turn,
     ) -> Turn {
-        let instance = record.instance;
-        self.records.delete_if(&**id, |r| r.instance == instance);
+        let instance = record.instance();
+        self.records.delete_if(&**id, |r| r.instance() == instance);
         let old_url = Arc::clone(record.client.url());
         let closing = Arc::new(record.connection.connection());
         let closed = match Lease::reaching(self, record, turn) {
@@ -210,7 +210,7 @@ impl Shared {
         // Held through `next`, as a refresh holds it: a close for the id
         // waits until the rest of the chain has the refresh.
         let _turn = lease.keep();
-        self.release(&url, record.instance);
+        self.release(&url, record.instance());
         request.connection = Some(Box::new(Connection::clone(&reply)));
         next.request(ctx, request).await
     }

@@ -124,7 +124,7 @@ impl Lease {
 
     /// Takes over the reference a record held (the record is already gone).
     pub(super) fn adopt(shared: Arc<Shared>, record: Record, turn: Turn) -> Self {
-        Self::new(shared, record.instance, record.client, turn)
+        Self::new(shared, record.instance(), record.client, turn)
     }
 
     /// A lease on a client that can reach the remote a record (already
@@ -138,7 +138,7 @@ impl Lease {
         turn: Turn,
     ) -> Result<Self, (Status, Turn)> {
         if record.client.is_cancelled() {
-            shared.release(record.client.url(), record.instance);
+            shared.release(record.client.url(), record.instance());
             return shared.acquire(record.client.url(), turn);
         }
         Ok(Self::adopt(Arc::clone(shared), record, turn))
@@ -146,7 +146,7 @@ impl Lease {
 
     /// Uses the reference a record keeps, without taking it (a refresh).
     pub(super) fn borrow(shared: Arc<Shared>, record: &Record, turn: Turn) -> Self {
-        let mut lease = Self::new(shared, record.instance, Arc::clone(&record.client), turn);
+        let mut lease = Self::new(shared, record.instance(), Arc::clone(&record.client), turn);
         lease.owns_reference = false;
         lease
     }
@@ -217,7 +217,6 @@ impl Lease {
         self.shared.records.store(
             id,
             Record {
-                instance: self.instance,
                 client: Arc::clone(&self.client),
                 connection: LastKnown::new(&connection),
             },
@@ -271,7 +270,7 @@ impl Lease {
             let id = self.turn().id();
             self.shared
                 .records
-                .delete_if(id, |record| record.instance == instance);
+                .delete_if(id, |record| record.instance() == instance);
         }
     }
 }

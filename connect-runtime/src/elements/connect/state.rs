@@ -41,15 +41,21 @@ pub(crate) struct Clients(RefCountMap<Arc<Url>, Arc<ConnectClient>>);
 /// client there finds it here.
 pub(crate) type Retired = Mutex<HashMap<Instance, (Arc<ConnectClient>, usize)>>;
 
-/// Where one connection was forwarded: the client (and which instance of
-/// it) that holds one reference on the connection's behalf, and the
-/// connection as the remote last returned it (what a close on the
-/// connection's behalf sends).
+/// Where one connection was forwarded: the client that holds one
+/// reference on the connection's behalf, and the connection as the remote
+/// last returned it (what a close on the connection's behalf sends).
 #[derive(Clone)]
 pub(crate) struct Record {
-    pub(super) instance: Instance,
     pub(super) client: Arc<ConnectClient>,
     pub(super) connection: LastKnown,
+}
+
+impl Record {
+    /// Which instance of the URL's client it is (the client knows: one
+    /// field fewer in every record).
+    pub(super) fn instance(&self) -> Instance {
+        self.client.instance()
+    }
 }
 
 pub(crate) struct Shared {
