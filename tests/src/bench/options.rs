@@ -261,6 +261,10 @@ struct RunArgs {
     /// Workload s: how many times every connection is refreshed.
     #[arg(long, default_value_t = 1, value_parser = positive)]
     refresh_rounds: usize,
+    /// Workload s: exit as soon as N are live, printing nothing, so that a
+    /// heap profiler's leak report (heaptrack's) is what is live at N.
+    #[arg(long)]
+    exit_at_n: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -378,6 +382,8 @@ pub(crate) struct Run {
     pub(crate) concurrency: usize,
     /// Workload s: how many times every connection is refreshed.
     pub(crate) refresh_rounds: usize,
+    /// Workload s: exit once N are live.
+    pub(crate) exit_at_n: bool,
 }
 
 impl RunArgs {
@@ -399,6 +405,7 @@ impl RunArgs {
             remotes_used: self.remotes_used,
             concurrency: self.concurrency,
             refresh_rounds: self.refresh_rounds,
+            exit_at_n: self.exit_at_n,
         }
     }
 }
@@ -565,6 +572,7 @@ mod tests {
             "32",
             "--refresh-rounds",
             "3",
+            "--exit-at-n",
         ]) else {
             panic!("not run");
         };
@@ -574,6 +582,7 @@ mod tests {
             (100_000, Some(1000), 32)
         );
         assert_eq!(run.refresh_rounds, 3);
+        assert!(run.exit_at_n);
 
         let Ok(Command::Compare { run, rounds }) = parse(&["compare", "--remotes", "r.txt"]) else {
             panic!("not compare");

@@ -150,6 +150,10 @@ pub(crate) async fn run(run: &Run, remotes: &[Arc<Url>]) -> Result<String, Strin
     };
     let rss_kb_at_n = trimmed_rss_kb()?;
     let heap_kb_at_n = heap_kb();
+    if run.exit_at_n {
+        // Without destructors: what is live now is what the profiler reports.
+        std::process::exit(0);
+    }
 
     // Every connection once per round, each round in its own shuffled
     // order; a round ends before the next starts, so no id is refreshed
