@@ -6,9 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use connect_runtime::spiffe::{Authorize, SpiffeIdentity, TlsStatus};
-use connect_runtime::{ClientChain, Context, DialOptions, GrpcClient, Serve, ServerChain, dial};
+use connect_runtime::{
+    ClientChain, Context, DialOptions, GrpcClient, Serve, ServerChain, ServerHandle, dial,
+};
 use connect_tests::request;
-use connect_tests::workload_api::{Authority, Svid, WorkloadApi, client_certificates};
+use connect_tests::workload_api::{Authority, Svid, WorkloadApi};
 use spiffe::{WorkloadApiClient, X509Source};
 
 const WORKLOAD: &str = "/ns/default/sa/connect";
@@ -99,15 +101,6 @@ async fn a_call_without_the_security_header_is_refused() {
     assert!(err.message().contains("security header"), "{err:?}");
 }
 
-/// The serials of the client certificates the server saw, call by call.
-fn peer_serials(
-    seen: Arc<Mutex<Vec<u64>>>,
-) -> tower::util::MapRequestLayer<
-    impl Fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> + Clone,
-> {
-    client_certificates(move |leaf| seen.lock().unwrap().push(serial(leaf)))
-}
-
 /// A server's and a client's Workload API in one trust domain, with SVIDs
 /// living 30 s (keep the APIs: they serve the rotations), and the
 /// identities they give.
@@ -150,19 +143,8 @@ async fn dial_and_serve_use_the_current_svids_across_rotations() {
     );
 
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let (server_tls, mut server_status) = server_identity
-        .server_tls_with_status(Authorize::SameTrustDomain)
-        .unwrap();
-    let server = Serve::new(ServerChain::default())
-        .tls(server_tls)
-        .layer(peer_serials(Arc::clone(&seen)))
-        .bind("tcp://127.0.0.1:0")
-        .await
-        .unwrap();
-    let (tls, mut client_status) = client_identity
-        .client_tls_with_status(Authorize::SameTrustDomain)
-        .unwrap();
-    let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
+    let (server, options, mut server_status, mut client_status) =
+        mutual_tls(&server_identity, &client_identity, &seen).await;
 
     for round in 1..=3u64 {
         let conn = dial(server.url(), &options).await.unwrap();
@@ -174,7 +156,8 @@ async fn dial_and_serve_use_the_current_svids_across_rotations() {
         client.close(Context::new(), reply).await.unwrap();
         // Request and close, each round under that round's SVID.
         let expected: Vec<u64> = (1..=round).flat_map(|r| [r, r]).collect();
-        assert_eq!(*seen.lock().unwrap(), expected);
+        let serials: Vec<u64> = seen.lock().unwrap().iter().map(|(_, s)| *s).collect();
+        assert_eq!(serials, expected);
         let (client_next, server_next) = (client_api.rotate(), server_api.rotate());
         updated(&client_identity, client_next.serial).await;
         updated(&server_identity, server_next.serial).await;
@@ -182,6 +165,38 @@ async fn dial_and_serve_use_the_current_svids_across_rotations() {
         applied(&mut server_status).await;
     }
     server.shutdown().await;
+}
+
+/// A server of `server`'s SVIDs that notes in `seen` what it saw of each
+/// call (see `resumptions`), and how `client` dials it; with the status of
+/// each side's configuration.
+async fn mutual_tls(
+    server: &SpiffeIdentity,
+    client: &SpiffeIdentity,
+    seen: &Arc<Mutex<Vec<(bool, u64)>>>,
+) -> (ServerHandle, DialOptions, TlsStatus, TlsStatus) {
+    let (server_tls, server_status) = server
+        .server_tls_with_status(Authorize::SameTrustDomain)
+        .unwrap();
+    let handle = Serve::new(ServerChain::default())
+        .tls(server_tls)
+        .layer(resumptions(Arc::clone(seen)))
+        .bind("tcp://127.0.0.1:0")
+        .await
+        .unwrap();
+    let (tls, client_status) = client
+        .client_tls_with_status(Authorize::SameTrustDomain)
+        .unwrap();
+    let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
+    (handle, options, server_status, client_status)
+}
+
+/// Rotates `api`'s SVID and waits until a configuration of `identity`
+/// with `status` presents the new one.
+async fn rotate(api: &WorkloadApi, identity: &SpiffeIdentity, status: &mut TlsStatus) {
+    let rotated = api.rotate();
+    updated(identity, rotated.serial).await;
+    applied(status).await;
 }
 
 /// The server's record of what it saw of each call's connection: whether
@@ -207,19 +222,8 @@ fn resumptions(
 async fn spiffe_redials_resume_but_never_across_a_rotation() {
     let ((server_api, server_identity), (client_api, client_identity)) = two_workloads().await;
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let (server_tls, mut server_status) = server_identity
-        .server_tls_with_status(Authorize::SameTrustDomain)
-        .unwrap();
-    let server = Serve::new(ServerChain::default())
-        .tls(server_tls)
-        .layer(resumptions(Arc::clone(&seen)))
-        .bind("tcp://127.0.0.1:0")
-        .await
-        .unwrap();
-    let (tls, mut client_status) = client_identity
-        .client_tls_with_status(Authorize::SameTrustDomain)
-        .unwrap();
-    let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
+    let (server, options, mut server_status, mut client_status) =
+        mutual_tls(&server_identity, &client_identity, &seen).await;
     // One call on a connection of its own; what the server saw of it.
     let call = || async {
         let conn = dial(server.url(), &options).await.unwrap();
@@ -231,9 +235,7 @@ async fn spiffe_redials_resume_but_never_across_a_rotation() {
     assert_eq!(call().await, (true, 1), "a redial resumes");
     assert_eq!(call().await, (true, 1), "and the next");
 
-    let rotated = client_api.rotate();
-    updated(&client_identity, rotated.serial).await;
-    applied(&mut client_status).await;
+    rotate(&client_api, &client_identity, &mut client_status).await;
     assert_eq!(
         call().await,
         (false, 2),
@@ -241,9 +243,7 @@ async fn spiffe_redials_resume_but_never_across_a_rotation() {
     );
     assert_eq!(call().await, (true, 2), "then resumed under it");
 
-    let rotated = server_api.rotate();
-    updated(&server_identity, rotated.serial).await;
-    applied(&mut server_status).await;
+    rotate(&server_api, &server_identity, &mut server_status).await;
     assert_eq!(
         call().await,
         (false, 2),
