@@ -385,6 +385,8 @@ impl ClientTls {
     /// The rustls configuration it dials with (ALPN `h2`), for other
     /// clients of the same identity: a copy with ALPN `http/1.1` scrapes a
     /// metrics endpoint served over the same (mutual, or SPIFFE) TLS, say.
+    /// A SPIFFE identity's does not resume sessions (its dials do, with
+    /// stores of their own).
     ///
     /// ```
     /// # fn demo(tls: connect_runtime::tls::ClientTls) {
@@ -566,7 +568,8 @@ impl ServerTls {
 
     /// The rustls configuration it serves with (ALPN `h2`), for another
     /// listener of the same identity: a copy with other ALPN protocols
-    /// serves a metrics endpoint over the same TLS, say.
+    /// serves a metrics endpoint over the same TLS, say. A SPIFFE
+    /// identity's does not resume sessions.
     ///
     /// ```
     /// # fn demo(tls: connect_runtime::tls::ServerTls) {
