@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
-use connect_runtime::{DialOptions, Serve, ServerChain, dial};
+use connect_runtime::{Serve, ServerChain};
+use connect_tests::caller::tonic_caller;
 use connect_tests::elements::{Count, InjectError, Park};
 use connect_tests::golike::{Behaviour, GoLike};
 use connect_tests::harness::{at, connect_chain, grpc_only, settle};
@@ -182,8 +182,7 @@ async fn serve_metrics_are_its_connection_stats() {
         .await
         .unwrap();
     server.wait_connections(|s| s.not_http2 == 1).await;
-    let conn = dial(server.url(), &DialOptions::new()).await.unwrap();
-    let mut nsm = NetworkServiceClient::new(conn);
+    let mut nsm = tonic_caller(server.url()).await;
     nsm.request(request("s")).await.unwrap();
     server.wait_connections(|s| s.open == 1).await;
 
@@ -249,13 +248,7 @@ async fn the_programs_metrics_endpoint_counts_what_a_caller_did() {
     )
     .await;
     let scrape_at = metrics_url(&passthrough);
-    let conn = dial(
-        passthrough.url(),
-        &DialOptions::new().timeout(Duration::from_secs(5)),
-    )
-    .await
-    .unwrap();
-    let mut nsm = NetworkServiceClient::new(conn);
+    let mut nsm = tonic_caller(passthrough.url()).await;
     let long = Some(Duration::from_secs(600));
     let mut open = Vec::new();
     for id in ["p-1", "p-2", "p-3"] {
@@ -341,13 +334,7 @@ async fn a_request_through_two_hops_is_one_trace_at_the_collector() {
     )
     .await;
     let passthrough = Program::passthrough_with_env(endpoint.url(), Some("pt"), &telemetry).await;
-    let conn = dial(
-        passthrough.url(),
-        &DialOptions::new().timeout(Duration::from_secs(5)),
-    )
-    .await
-    .unwrap();
-    let mut nsm = NetworkServiceClient::new(conn);
+    let mut nsm = tonic_caller(passthrough.url()).await;
     // The caller's span, as a traced NSC sends it.
     let trace_id = [
         0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47,
@@ -641,16 +628,15 @@ async fn a_cleanup_close_is_in_the_trace_of_the_call_that_caused_it() {
             .insert("traceparent", traceparent.parse().unwrap());
         call
     };
-    let options = DialOptions::new().timeout(Duration::from_secs(5));
     let (undo_trace, undo_span) = ("11111111111111111111111111111111", "1111111111111111");
     let (left_trace, left_span) = ("22222222222222222222222222222222", "2222222222222222");
 
     // The rest of the chain refuses: connect undoes the connection.
-    let mut nsm = NetworkServiceClient::new(dial(refusing.url(), &options).await.unwrap());
+    let mut nsm = tonic_caller(refusing.url()).await;
     let refused = nsm.request(traced("undone", undo_trace, undo_span)).await;
     assert_eq!(refused.unwrap_err().code(), Code::PermissionDenied);
     // The caller leaves while the remote holds its request.
-    let mut nsm = NetworkServiceClient::new(dial(plain.url(), &options).await.unwrap());
+    let mut nsm = tonic_caller(plain.url()).await;
     let leaving =
         tokio::spawn(async move { nsm.request(traced("left", left_trace, left_span)).await });
     settle("the call to reach the remote", park.arrived()).await;
