@@ -24,9 +24,9 @@ use crate::proto::networkservice::network_service_server::{NetworkService, Netwo
 /// Each call runs in a span that continues the caller's trace (W3C
 /// `traceparent`, through the global propagator; see
 /// [`telemetry`](crate::telemetry)), with a fresh [`Context`] carrying the
-/// call's metadata (and,
-/// over TLS, the caller's [`Peer`] as a [value](Context::value)), whose
-/// deadline is the caller's `grpc-timeout` and whose cancellation token is
+/// call's metadata (and, over TLS, the caller's [`Peer`] as a
+/// [value](Context::value)), whose deadline is the caller's
+/// `grpc-timeout` and whose cancellation token is
 /// cancelled when the caller goes away (tonic drops the handler) or the
 /// deadline passes. The chain's future is dropped at the deadline, and the
 /// caller sees `DeadlineExceeded`. tonic's server keeps a timer of its own

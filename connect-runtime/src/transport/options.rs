@@ -161,11 +161,11 @@ impl DialOptions {
     /// use opentelemetry::metrics::MeterProvider as _;
     ///
     /// let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
-    /// let options = DialOptions::new().meter(&provider.meter("dials"));
+    /// let options = DialOptions::new().meter(provider.meter("dials"));
     /// # let _ = options;
     /// ```
-    pub fn meter(mut self, meter: &Meter) -> Self {
-        self.metrics = Some(DialMetrics::new(meter));
+    pub fn meter(mut self, meter: Meter) -> Self {
+        self.metrics = Some(DialMetrics::new(&meter));
         self
     }
 

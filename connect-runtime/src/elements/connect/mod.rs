@@ -256,7 +256,7 @@ impl ConnectBuilder {
             .meter
             .unwrap_or_else(|| opentelemetry::global::meter(crate::telemetry::METER_NAME));
         if !dial.has_meter() {
-            dial = dial.meter(&meter);
+            dial = dial.meter(meter.clone());
         }
         Connect {
             shared: Arc::new_cyclic(|shared: &Weak<Shared>| Shared {
