@@ -21,3 +21,19 @@ def generate(proto_dir):
         if code != 0:
             sys.exit(f"protoc failed on {name}.proto")
     sys.path.insert(0, out)
+
+
+def caller_request(cid, lifetime=600):
+    """A NetworkServiceRequest as an NSC sends it: connection `cid` with
+    one path segment whose token expires in `lifetime` seconds. Call after
+    generate()."""
+    import time
+    import connection_pb2
+    import networkservice_pb2
+    from google.protobuf import timestamp_pb2
+    expires = timestamp_pb2.Timestamp()
+    expires.FromSeconds(int(time.time()) + lifetime)
+    seg = connection_pb2.PathSegment(name="py-nsc", id=cid, expires=expires)
+    conn = connection_pb2.Connection(id=cid, network_service="py-ns",
+                                     path=connection_pb2.Path(index=0, path_segments=[seg]))
+    return networkservice_pb2.NetworkServiceRequest(connection=conn)

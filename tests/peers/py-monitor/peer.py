@@ -51,15 +51,8 @@ def main():
     p.add_argument("--proto", required=True, help="NSM's pkg/api/networkservice .proto files")
     a = p.parse_args()
     conn_pb2, conn_grpc, ns_pb2, ns_grpc = stubs(a.proto)
-    from google.protobuf import timestamp_pb2
 
-    def caller_request(cid):
-        expires = timestamp_pb2.Timestamp()
-        expires.FromSeconds(int(time.time()) + 600)
-        seg = conn_pb2.PathSegment(name="py-nsc", id=cid, expires=expires)
-        conn = conn_pb2.Connection(id=cid, network_service="py-ns",
-                                   path=conn_pb2.Path(index=0, path_segments=[seg]))
-        return ns_pb2.NetworkServiceRequest(connection=conn)
+    caller_request = nsm_stubs.caller_request
 
     def watch(channel):
         events = queue.Queue()

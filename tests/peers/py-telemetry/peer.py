@@ -31,7 +31,6 @@ import nsm_stubs  # noqa: E402  (tests/peers/nsm_stubs.py)
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from google.protobuf import timestamp_pb2
 
 
 def stubs(proto_dir):
@@ -117,13 +116,7 @@ def main():
     pt, pt_url, scrape_url = start([a.bin, "--listen", "tcp://127.0.0.1:0", "--connect-to", nse_url,
                                     "--dial-timeout", "1s", "--name", "py-pt"], pt_env)
 
-    def caller_request(cid):
-        expires = timestamp_pb2.Timestamp()
-        expires.FromSeconds(int(time.time()) + 600)
-        seg = conn_pb2.PathSegment(name="py-nsc", id=cid, expires=expires)
-        conn = conn_pb2.Connection(id=cid, network_service="py-ns",
-                                   path=conn_pb2.Path(index=0, path_segments=[seg]))
-        return ns_pb2.NetworkServiceRequest(connection=conn)
+    caller_request = nsm_stubs.caller_request
 
     trace_id = "0af7651916cd43dd8448eb211c80319c"
     caller_span = "b7ad6b7169203331"

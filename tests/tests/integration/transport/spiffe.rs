@@ -191,6 +191,19 @@ async fn mutual_tls(
     (handle, options, server_status, client_status)
 }
 
+/// One call on a connection of its own, dialed with `options`; what the
+/// server saw of it (see `resumptions`).
+async fn call_seen(
+    url: &url::Url,
+    options: &DialOptions,
+    seen: &Mutex<Vec<(bool, u64)>>,
+) -> Result<(bool, u64), connect_runtime::DialError> {
+    let conn = dial(url, options).await?;
+    let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
+    client.request(Context::new(), request("r")).await.unwrap();
+    Ok(*seen.lock().unwrap().last().unwrap())
+}
+
 /// Rotates `api`'s SVID and waits until a configuration of `identity`
 /// with `status` presents the new one.
 async fn rotate(api: &WorkloadApi, identity: &SpiffeIdentity, status: &mut TlsStatus) {
@@ -224,32 +237,34 @@ async fn spiffe_redials_resume_but_never_across_a_rotation() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (server, options, mut server_status, mut client_status) =
         mutual_tls(&server_identity, &client_identity, &seen).await;
-    // One call on a connection of its own; what the server saw of it.
-    let call = || async {
-        let conn = dial(server.url(), &options).await.unwrap();
-        let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
-        client.request(Context::new(), request("r")).await.unwrap();
-        *seen.lock().unwrap().last().unwrap()
-    };
-    assert_eq!(call().await, (false, 1), "the first dial: a full handshake");
-    assert_eq!(call().await, (true, 1), "a redial resumes");
-    assert_eq!(call().await, (true, 1), "and the next");
+    let call = || call_seen(server.url(), &options, &seen);
+    assert_eq!(
+        call().await.unwrap(),
+        (false, 1),
+        "the first dial: a full handshake"
+    );
+    assert_eq!(call().await.unwrap(), (true, 1), "a redial resumes");
+    assert_eq!(call().await.unwrap(), (true, 1), "and the next");
 
     rotate(&client_api, &client_identity, &mut client_status).await;
     assert_eq!(
-        call().await,
+        call().await.unwrap(),
         (false, 2),
         "after the client's rotation: the new SVID, in full"
     );
-    assert_eq!(call().await, (true, 2), "then resumed under it");
+    assert_eq!(call().await.unwrap(), (true, 2), "then resumed under it");
 
     rotate(&server_api, &server_identity, &mut server_status).await;
     assert_eq!(
-        call().await,
+        call().await.unwrap(),
         (false, 2),
         "after the server's rotation: no session of its old SVID resumes"
     );
-    assert_eq!(call().await, (true, 2), "then resumed under the new one");
+    assert_eq!(
+        call().await.unwrap(),
+        (true, 2),
+        "then resumed under the new one"
+    );
     server.shutdown().await;
 }
 
@@ -312,12 +327,7 @@ async fn a_spiffe_server_refuses_a_resumed_session_of_an_expired_client_svid() {
     config.resumption = rustls::client::Resumption::in_memory_sessions(8);
     let tls = connect_runtime::tls::ClientTls::from_rustls(config);
     let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
-    let call = || async {
-        let conn = dial(server.url(), &options).await?;
-        let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
-        client.request(Context::new(), request("r")).await.unwrap();
-        Ok::<_, connect_runtime::DialError>(*seen.lock().unwrap().last().unwrap())
-    };
+    let call = || call_seen(server.url(), &options, &seen);
     assert_eq!(call().await.unwrap(), (false, 1));
     assert_eq!(call().await.unwrap(), (true, 1), "resumed while valid");
 
@@ -367,22 +377,21 @@ async fn a_spiffe_client_refuses_a_resumed_session_of_an_expired_server_svid() {
         .client_tls(Authorize::SameTrustDomain)
         .unwrap();
     let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
-    let call = || async {
-        let conn = dial(server.url(), &options).await.unwrap();
-        let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
-        client.request(Context::new(), request("r")).await.unwrap();
-        *seen.lock().unwrap().last().unwrap()
-    };
-    assert_eq!(call().await, (false, 1));
-    assert_eq!(call().await, (true, 1), "resumed while valid");
+    let call = || call_seen(server.url(), &options, &seen);
+    assert_eq!(call().await.unwrap(), (false, 1));
+    assert_eq!(call().await.unwrap(), (true, 1), "resumed while valid");
 
     renewed_after_expiry(&server_api, &source, &mut status).await;
     assert_eq!(
-        call().await,
+        call().await.unwrap(),
         (false, 1),
         "the session of the expired server SVID is not taken: a full handshake"
     );
-    assert_eq!(call().await, (true, 1), "then resumed with the new one");
+    assert_eq!(
+        call().await.unwrap(),
+        (true, 1),
+        "then resumed with the new one"
+    );
     server.shutdown().await;
 }
 
