@@ -1,6 +1,8 @@
 //! A test certificate authority: a CA and the leaf certificates it issues,
 //! in PEM, made with rcgen.
 
+use std::time::{Duration, SystemTime};
+
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -41,8 +43,22 @@ impl Pki {
     /// A leaf certificate for `names` (DNS names or IP addresses), good for
     /// both server and client authentication.
     pub fn issue(&self, names: &[&str]) -> Issued {
+        self.issue_with(names, |_| {})
+    }
+
+    /// As [`Pki::issue`], valid from a minute ago (clock skew) until
+    /// `not_after` (to the second, rounded down).
+    pub fn issue_until(&self, names: &[&str], not_after: SystemTime) -> Issued {
+        self.issue_with(names, |params| {
+            params.not_before = (SystemTime::now() - Duration::from_secs(60)).into();
+            params.not_after = not_after.into();
+        })
+    }
+
+    fn issue_with(&self, names: &[&str], adjust: impl FnOnce(&mut CertificateParams)) -> Issued {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).unwrap();
+        adjust(&mut params);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![

@@ -424,7 +424,7 @@ async fn open(url: &Url, target: &Target, options: &DialOptions) -> Result<Strea
             .map_err(|err| failed(super::tls::explain_handshake(err, &verified_as)))
     };
     let mut stream = handshake(stream).await?;
-    if let Err(why) = tls.check_resumed(stream.get_ref().1) {
+    if let Err(why) = tls.check_resumed(stream.get_ref().1, &name) {
         tracing::debug!(why, "a resumed session's server no longer passes: in full");
         stream = handshake(socket().await?).await?;
     }

@@ -12,7 +12,6 @@ pub(crate) mod options;
 mod replay;
 mod reply;
 pub(crate) mod resets;
-#[cfg(feature = "spiffe")]
 mod resumption;
 pub(crate) mod socket;
 #[cfg(feature = "spiffe")]

@@ -1,29 +1,43 @@
-//! TLS session resumption under a SPIFFE identity, made safe.
+//! TLS session resumption, made safe.
 //!
-//! rustls does not verify a resumed peer again, which is why spiffe-rustls
-//! turns resumption off. Here it is on, with two bounds:
-//! - sessions belong to one revision of the X.509 source (its SVID and
-//!   bundles): each revision starts an empty store, on both sides, so no
-//!   session made under an earlier SVID or an earlier trust is resumed, and
-//!   none while the source is not ready (handshakes fail closed then);
-//! - a resumed peer's leaf, which the handshake did not verify, is checked
-//!   again: still within its validity and still authorized.
+//! rustls does not verify a resumed peer again, and keeps one session
+//! store for as long as its configuration lives. The configurations made
+//! here (from PEM files, or a SPIFFE identity) resume with two bounds:
+//! - sessions belong to one era of the configuration's rotation (a SPIFFE
+//!   source's revision: its SVID and bundles; a rotating certificate's
+//!   serial): each era starts an empty store, on both sides, so no session
+//!   made under an earlier certificate or an earlier trust is resumed, and
+//!   none while a SPIFFE source is not ready (handshakes fail closed then);
+//! - a resumed peer's certificate, which the handshake did not verify, is
+//!   checked again: still valid now (Go's crypto/tls checks that much), and
+//!   still what a full handshake would accept.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rustls::client::{ClientSessionMemoryCache, Resumption};
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::ServerSessionMemoryCache;
 use rustls::{ClientConfig, CommonState, HandshakeKind, ServerConfig};
-use spiffe_rustls::TlsStatus;
 
-/// Sessions kept per revision (rustls's default store size).
+/// Sessions kept per era (rustls's default store size).
 const SESSIONS: usize = 256;
 /// Tickets a server sends after each full handshake (rustls's default).
 const TICKETS: usize = 2;
 
-/// Whether a resumed peer's leaf certificate still passes: why not if not.
-pub(crate) type Recheck = Arc<dyn Fn(&CertificateDer<'_>) -> Result<(), String> + Send + Sync>;
+/// Whether a resumed peer's certificate chain (leaf first) still passes,
+/// for the server name dialed (none on the server's side): why not if not.
+pub(crate) type Recheck =
+    Arc<dyn Fn(&[CertificateDer<'_>], Option<&ServerName<'_>>) -> Result<(), String> + Send + Sync>;
+
+/// Which certificate and trust handshakes use now: sessions made in one era
+/// are resumed in that era only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Era {
+    /// A SPIFFE source's applied revision.
+    pub(crate) revision: Option<u64>,
+    /// A rotating certificate's serial.
+    pub(crate) serial: Option<String>,
+}
 
 /// A rustls configuration that can start over with an empty session store.
 pub(crate) trait Resumable: Sized {
@@ -48,37 +62,37 @@ impl Resumable for ServerConfig {
 }
 
 /// The configuration for each new handshake: one with a session store of
-/// the source's current revision, or, while the source is not ready, the
-/// one without resumption.
+/// the current era, or, while there is none (a SPIFFE source not ready),
+/// the base one.
 pub(crate) struct Resuming<C> {
-    status: TlsStatus,
-    without: Arc<C>,
-    current: Mutex<Option<(u64, Arc<C>)>>,
-    recheck: Recheck,
+    base: Arc<C>,
+    current: Mutex<Option<(Era, Arc<C>)>>,
+    recheck: Option<Recheck>,
 }
 
 impl<C: Resumable> Resuming<C> {
-    pub(crate) fn new(status: TlsStatus, without: Arc<C>, recheck: Recheck) -> Self {
+    /// Resumes over `base`, checking a resumed peer with `recheck`; without
+    /// one, the peer presents no certificate to check (a server that asks
+    /// for none).
+    pub(crate) fn new(base: Arc<C>, recheck: Option<Recheck>) -> Self {
         Self {
-            status,
-            without,
+            base,
             current: Mutex::new(None),
             recheck,
         }
     }
 
-    /// What a handshake starting now uses.
-    pub(crate) fn config(&self) -> Arc<C> {
-        let now = self.status.current();
-        if !now.available {
-            return Arc::clone(&self.without);
-        }
+    /// What a handshake starting now, in `era`, uses.
+    pub(crate) fn config(&self, era: Option<Era>) -> Arc<C> {
+        let Some(era) = era else {
+            return Arc::clone(&self.base);
+        };
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         match &*current {
-            Some((revision, config)) if *revision == now.applied_revision => Arc::clone(config),
+            Some((made_in, config)) if *made_in == era => Arc::clone(config),
             _ => {
-                let config = Arc::new(self.without.with_fresh_sessions());
-                *current = Some((now.applied_revision, Arc::clone(&config)));
+                let config = Arc::new(self.base.with_fresh_sessions());
+                *current = Some((era, Arc::clone(&config)));
                 config
             }
         }
@@ -90,12 +104,18 @@ impl<C: Resumable> Resuming<C> {
     }
 
     /// `Ok` unless the handshake resumed a session whose peer no longer
-    /// passes (its leaf expired, or is no longer authorized).
-    pub(crate) fn check(&self, session: &CommonState) -> Result<(), String> {
+    /// passes (its certificate expired, or is no longer accepted).
+    pub(crate) fn check(
+        &self,
+        session: &CommonState,
+        name: Option<&ServerName<'_>>,
+    ) -> Result<(), String> {
         if session.handshake_kind() != Some(HandshakeKind::Resumed) {
             return Ok(());
         }
-        let leaf = session.peer_certificates().and_then(|chain| chain.first());
-        leaf.map_or(Ok(()), |leaf| (self.recheck)(leaf))
+        match (&self.recheck, session.peer_certificates()) {
+            (Some(recheck), Some(chain)) => recheck(chain, name),
+            _ => Ok(()),
+        }
     }
 }

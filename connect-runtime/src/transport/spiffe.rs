@@ -171,7 +171,7 @@ impl SpiffeIdentity {
         let tls = ClientTls::from_rustls(config)
             .rotating(credential)
             .with_status(status.clone())
-            .resuming(status.clone(), recheck);
+            .resuming(recheck);
         Ok((tls, status))
     }
 
@@ -191,7 +191,7 @@ impl SpiffeIdentity {
             .rotating(credential)
             .described(format!("SPIFFE mutual TLS as {}", self.spiffe_id()?))
             .with_status(status.clone())
-            .resuming(status.clone(), recheck);
+            .resuming(recheck);
         Ok((tls, status))
     }
 
@@ -233,7 +233,8 @@ impl SpiffeIdentity {
     fn recheck(&self, authorize: &Authorize) -> Result<Recheck, SpiffeError> {
         let domain = self.spiffe_id()?.trust_domain().clone();
         let authorize = authorize.clone();
-        Ok(Arc::new(move |leaf: &CertificateDer<'_>| {
+        Ok(Arc::new(move |chain: &[CertificateDer<'_>], _| {
+            let leaf = chain.first().ok_or("it sent no certificate")?;
             let (_, cert) = x509_parser::parse_x509_certificate(leaf)
                 .map_err(|err| format!("its certificate cannot be read: {err}"))?;
             if !cert.validity().is_valid() {

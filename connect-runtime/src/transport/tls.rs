@@ -5,15 +5,17 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier as _;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::UnixTime;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::sync::watch;
 
-#[cfg(feature = "spiffe")]
-use super::resumption::{Recheck, Resuming};
+use super::resumption::{Era, Recheck, Resuming};
 
 /// How long before a rotating certificate expires the connections made or
 /// accepted under it are closed, once it has rotated: by default for
@@ -195,6 +197,12 @@ fn provider() -> Arc<CryptoProvider> {
 /// How to dial with TLS: the CA that signs the servers, optionally a client
 /// identity (for mutual TLS), and the name to verify the server as.
 ///
+/// Redials resume their TLS sessions, within bounds rustls does not keep
+/// by itself: a session is resumed only under the certificate it was made
+/// under (a [rotation](Self::rotating) starts over), and a resumed server
+/// is verified again as a full handshake would verify it now; one that no
+/// longer verifies (its certificate expired, say) is dialed in full.
+///
 /// ```no_run
 /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use connect_runtime::tls::{ClientTls, Identity};
@@ -212,7 +220,6 @@ pub struct ClientTls {
     roots: Option<Arc<RootCertStore>>,
     server_name: Option<ServerName<'static>>,
     rotation: Rotation,
-    #[cfg(feature = "spiffe")]
     resuming: Option<Arc<Resuming<ClientConfig>>>,
 }
 
@@ -279,6 +286,24 @@ impl Rotation {
         }
         None
     }
+
+    /// The era of the certificate and trust new handshakes use, whose
+    /// sessions they may resume; none while a SPIFFE source is not ready.
+    pub(crate) fn era(&self) -> Option<Era> {
+        // A SPIFFE source's revision covers its credential, which follows.
+        #[cfg(feature = "spiffe")]
+        if let Some(status) = &self.status {
+            let now = status.current();
+            return now.available.then_some(Era {
+                revision: Some(now.applied_revision),
+                serial: None,
+            });
+        }
+        Some(Era {
+            revision: None,
+            serial: self.credential.as_ref().map(|c| c.borrow().serial.clone()),
+        })
+    }
 }
 
 impl ClientTls {
@@ -286,14 +311,37 @@ impl ClientTls {
     pub fn new(ca: impl AsRef<[u8]>) -> Result<Self, TlsError> {
         let roots = roots(ca.as_ref())?;
         let config = Self::builder(&roots)?.with_no_client_auth();
-        Ok(Self {
+        Self {
             config: with_alpn(config),
             roots: Some(roots),
             server_name: None,
             rotation: Rotation::default(),
-            #[cfg(feature = "spiffe")]
             resuming: None,
-        })
+        }
+        .verified_on_resumption()
+    }
+
+    /// Resumes with stores of its own, checking a resumed server as a full
+    /// handshake would verify it now (see `resumption`).
+    fn verified_on_resumption(mut self) -> Result<Self, TlsError> {
+        let Some(roots) = &self.roots else {
+            return Ok(self);
+        };
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::clone(roots), provider()).build()?;
+        let recheck: Recheck = Arc::new(move |chain, name| {
+            let (leaf, intermediates) = chain.split_first().ok_or("it sent no certificate")?;
+            let name = name.ok_or("no server name to verify it as")?;
+            verifier
+                .verify_server_cert(leaf, intermediates, name, &[], UnixTime::now())
+                .map(drop)
+                .map_err(|err| format!("it no longer verifies: {err}"))
+        });
+        self.resuming = Some(Arc::new(Resuming::new(
+            Arc::clone(&self.config),
+            Some(recheck),
+        )));
+        Ok(self)
     }
 
     fn builder(
@@ -314,7 +362,7 @@ impl ClientTls {
         };
         let config = Self::builder(roots)?.with_client_auth_cert(identity.chain, identity.key)?;
         self.config = with_alpn(config);
-        Ok(self)
+        self.verified_on_resumption()
     }
 
     /// Verifies the server as `name` rather than the dialed host (for
@@ -326,14 +374,16 @@ impl ClientTls {
         Ok(self)
     }
 
-    /// Uses a rustls configuration as it is (ALPN is set to `h2`).
+    /// Uses a rustls configuration as it is (ALPN is set to `h2`),
+    /// resumption included: rustls neither checks a resumed server again
+    /// nor scopes its sessions to a [rotation](Self::rotating). A
+    /// configuration made by [`ClientTls::new`] does both.
     pub fn from_rustls(config: ClientConfig) -> Self {
         Self {
             config: with_alpn(config),
             roots: None,
             server_name: None,
             rotation: Rotation::default(),
-            #[cfg(feature = "spiffe")]
             resuming: None,
         }
     }
@@ -357,12 +407,12 @@ impl ClientTls {
         self
     }
 
-    /// Resumes sessions of the status's current revision only, checking a
-    /// resumed server's leaf with `recheck` (see `resumption`).
+    /// Resumes with stores of its own, checking a resumed server with
+    /// `recheck` (see `resumption`).
     #[cfg(feature = "spiffe")]
-    pub(crate) fn resuming(mut self, status: spiffe_rustls::TlsStatus, recheck: Recheck) -> Self {
-        let without = Arc::clone(&self.config);
-        self.resuming = Some(Arc::new(Resuming::new(status, without, recheck)));
+    pub(crate) fn resuming(mut self, recheck: Recheck) -> Self {
+        let base = Arc::clone(&self.config);
+        self.resuming = Some(Arc::new(Resuming::new(base, Some(recheck))));
         self
     }
 
@@ -373,20 +423,24 @@ impl ClientTls {
     /// `Ok` unless the handshake resumed a session whose server no longer
     /// passes; the sessions kept are then dropped, so that the next
     /// handshake is a full one.
-    pub(crate) fn check_resumed(&self, session: &rustls::CommonState) -> Result<(), String> {
-        #[cfg(feature = "spiffe")]
-        if let Some(resuming) = &self.resuming {
-            return resuming.check(session).inspect_err(|_| resuming.forget());
+    pub(crate) fn check_resumed(
+        &self,
+        session: &rustls::CommonState,
+        name: &ServerName<'_>,
+    ) -> Result<(), String> {
+        match &self.resuming {
+            Some(resuming) => resuming
+                .check(session, Some(name))
+                .inspect_err(|_| resuming.forget()),
+            None => Ok(()),
         }
-        let _ = session;
-        Ok(())
     }
 
     /// The rustls configuration it dials with (ALPN `h2`), for other
     /// clients of the same identity: a copy with ALPN `http/1.1` scrapes a
     /// metrics endpoint served over the same (mutual, or SPIFFE) TLS, say.
-    /// A SPIFFE identity's does not resume sessions (its dials do, with
-    /// stores of their own).
+    /// Its session store is rustls's (a SPIFFE identity's resumes none);
+    /// dials resume with stores of their own, as above.
     ///
     /// ```
     /// # fn demo(tls: connect_runtime::tls::ClientTls) {
@@ -400,11 +454,10 @@ impl ClientTls {
     }
 
     pub(crate) fn connector(&self) -> tokio_rustls::TlsConnector {
-        #[cfg(feature = "spiffe")]
-        if let Some(resuming) = &self.resuming {
-            return tokio_rustls::TlsConnector::from(resuming.config());
-        }
-        tokio_rustls::TlsConnector::from(Arc::clone(&self.config))
+        tokio_rustls::TlsConnector::from(match &self.resuming {
+            Some(resuming) => resuming.config(self.rotation.era()),
+            None => Arc::clone(&self.config),
+        })
     }
 
     /// The name to verify the server as: the one set, else `host`.
@@ -438,6 +491,11 @@ impl fmt::Debug for ClientTls {
 /// How to serve with TLS: the server's identity and, for mutual TLS, the CA
 /// that client certificates must be signed by.
 ///
+/// Clients resume their sessions only under the certificate the session
+/// was made under (a [rotation](Self::rotating) starts over); with mutual
+/// TLS, a resumed client is verified again as a full handshake would verify
+/// it now, and refused if it no longer verifies.
+///
 /// ```no_run
 /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use connect_runtime::tls::{Identity, ServerTls};
@@ -453,24 +511,24 @@ pub struct ServerTls {
     identity: Option<Identity>,
     rotation: Rotation,
     security: Arc<str>,
-    #[cfg(feature = "spiffe")]
     resuming: Option<Arc<Resuming<ServerConfig>>>,
 }
 
 impl ServerTls {
     /// Serves as `identity`; clients are not asked for certificates.
     pub fn new(identity: Identity) -> Result<Self, TlsError> {
-        let config = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+        let config = server_alpn(
+            ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_single_cert(identity.chain.clone(), identity.key.clone_key())?,
+        );
         Ok(Self {
-            config: server_alpn(config),
+            resuming: Some(Arc::new(Resuming::new(Arc::clone(&config), None))),
+            config,
             identity: Some(identity),
             rotation: Rotation::default(),
             security: "TLS, any client".into(),
-            #[cfg(feature = "spiffe")]
-            resuming: None,
         })
     }
 
@@ -492,20 +550,31 @@ impl ServerTls {
         let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider()).build()?;
         let config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(Arc::clone(&verifier))
             .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
         self.config = server_alpn(config);
+        // A resumed client is verified again, as a full handshake would
+        // verify it now (see `resumption`).
+        let recheck: Recheck = Arc::new(move |chain, _| {
+            let (leaf, intermediates) = chain.split_first().ok_or("it sent no certificate")?;
+            verifier
+                .verify_client_cert(leaf, intermediates, UnixTime::now())
+                .map(drop)
+                .map_err(|err| format!("it no longer verifies: {err}"))
+        });
+        let base = Arc::clone(&self.config);
+        self.resuming = Some(Arc::new(Resuming::new(base, Some(recheck))));
         Ok(self)
     }
 
-    /// Uses a rustls configuration as it is (ALPN is set to `h2`).
+    /// Uses a rustls configuration as it is (ALPN is set to `h2`),
+    /// resumption included, as [`ClientTls::from_rustls`] does.
     pub fn from_rustls(config: ServerConfig) -> Self {
         Self {
             config: server_alpn(config),
             identity: None,
             rotation: Rotation::default(),
             security: "TLS (a rustls configuration)".into(),
-            #[cfg(feature = "spiffe")]
             resuming: None,
         }
     }
@@ -542,12 +611,12 @@ impl ServerTls {
         self
     }
 
-    /// Resumes sessions of the status's current revision only, checking a
-    /// resumed client's leaf with `recheck` (see `resumption`).
+    /// Resumes with stores of its own, checking a resumed client with
+    /// `recheck` (see `resumption`).
     #[cfg(feature = "spiffe")]
-    pub(crate) fn resuming(mut self, status: spiffe_rustls::TlsStatus, recheck: Recheck) -> Self {
-        let without = Arc::clone(&self.config);
-        self.resuming = Some(Arc::new(Resuming::new(status, without, recheck)));
+    pub(crate) fn resuming(mut self, recheck: Recheck) -> Self {
+        let base = Arc::clone(&self.config);
+        self.resuming = Some(Arc::new(Resuming::new(base, Some(recheck))));
         self
     }
 
@@ -558,18 +627,17 @@ impl ServerTls {
     /// `Ok` unless the handshake resumed a session whose client no longer
     /// passes (the connection is then refused).
     pub(crate) fn check_resumed(&self, session: &rustls::CommonState) -> Result<(), String> {
-        #[cfg(feature = "spiffe")]
-        if let Some(resuming) = &self.resuming {
-            return resuming.check(session);
+        match &self.resuming {
+            Some(resuming) => resuming.check(session, None),
+            None => Ok(()),
         }
-        let _ = session;
-        Ok(())
     }
 
     /// The rustls configuration it serves with (ALPN `h2`), for another
     /// listener of the same identity: a copy with other ALPN protocols
-    /// serves a metrics endpoint over the same TLS, say. A SPIFFE
-    /// identity's does not resume sessions.
+    /// serves a metrics endpoint over the same TLS, say. Its session store
+    /// is rustls's (a SPIFFE identity's resumes none); `Serve` resumes with
+    /// stores of its own.
     ///
     /// ```
     /// # fn demo(tls: connect_runtime::tls::ServerTls) {
@@ -583,11 +651,10 @@ impl ServerTls {
     }
 
     pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        #[cfg(feature = "spiffe")]
-        if let Some(resuming) = &self.resuming {
-            return tokio_rustls::TlsAcceptor::from(resuming.config());
-        }
-        tokio_rustls::TlsAcceptor::from(Arc::clone(&self.config))
+        tokio_rustls::TlsAcceptor::from(match &self.resuming {
+            Some(resuming) => resuming.config(self.rotation.era()),
+            None => Arc::clone(&self.config),
+        })
     }
 }
 

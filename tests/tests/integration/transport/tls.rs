@@ -2,20 +2,21 @@
 //! require client certificates when given a CA.
 
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
+use connect_runtime::tls::{ClientTls, Credential, Identity, ServerTls};
 use connect_runtime::{
     ClientChain, Context, DialError, DialOptions, GrpcClient, Passthrough, ServerChain, dial,
 };
+use connect_runtime::{Peer, Serve, ServerHandle};
 use connect_tests::elements::Capture;
 use connect_tests::harness::settle;
+use connect_tests::pki::{Issued, Pki};
 use connect_tests::request;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
 
 #[tokio::test]
 async fn dialing_with_tls_verifies_the_server_and_carries_calls() {
-    use connect_runtime::Serve;
-    use connect_runtime::tls::{ClientTls, Identity, ServerTls};
-    use connect_tests::pki::Pki;
-
     let pki = Pki::new("test CA");
     let issued = pki.issue(&["localhost"]);
     let identity = Identity::from_pem(&issued.cert_pem, &issued.key_pem).unwrap();
@@ -79,10 +80,7 @@ async fn dialing_with_tls_verifies_the_server_and_carries_calls() {
 /// verification asked for.
 #[test]
 fn a_rustls_configuration_given_as_it_is_refuses_settings_that_rebuild_it() {
-    use std::sync::Arc;
-
-    use connect_runtime::tls::{ClientTls, Identity, ServerTls, TlsError};
-    use connect_tests::pki::Pki;
+    use connect_runtime::tls::TlsError;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -126,10 +124,6 @@ fn a_rustls_configuration_given_as_it_is_refuses_settings_that_rebuild_it() {
 
 #[tokio::test]
 async fn mutual_tls_requires_a_client_certificate_signed_by_the_ca() {
-    use connect_runtime::Serve;
-    use connect_runtime::tls::{ClientTls, Identity, ServerTls};
-    use connect_tests::pki::Pki;
-
     let (pki, stranger) = (Pki::new("test CA"), Pki::new("another CA"));
     let server_id = pki.issue(&["localhost"]);
     let tls = ServerTls::new(Identity::from_pem(&server_id.cert_pem, &server_id.key_pem).unwrap())
@@ -219,57 +213,194 @@ async fn mutual_tls_requires_a_client_certificate_signed_by_the_ca() {
     server.shutdown().await;
 }
 
-/// A redial to a remote it has talked to resumes the TLS session (rustls's
-/// client session cache, on the configuration every dial shares, and the
-/// server's tickets), and the server still knows the client's certificate.
+/// What a server saw of each call's connection: whether its handshake
+/// resumed a session, and how many certificates the client presented.
+type Seen = Arc<Mutex<Vec<(bool, usize)>>>;
+
+/// A server layer that records what it sees of each call (see [`Seen`]).
+fn resumptions(
+    seen: Seen,
+) -> tower::util::MapRequestLayer<
+    impl Fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> + Clone,
+> {
+    tower::util::MapRequestLayer::new(move |call: http::Request<tonic::body::Body>| {
+        let peer = call.extensions().get::<Peer>().unwrap();
+        let chain = peer.certificates().map_or(0, <[_]>::len);
+        seen.lock().unwrap().push((peer.resumed(), chain));
+        call
+    })
+}
+
+/// A server of `tls` that records what it sees of each call in `seen`.
+async fn serving(tls: ServerTls, seen: &Seen) -> ServerHandle {
+    Serve::new(ServerChain::builder().with(Passthrough).build())
+        .tls(tls)
+        .layer(resumptions(Arc::clone(seen)))
+        .bind("tcp://127.0.0.1:0")
+        .await
+        .unwrap()
+}
+
+/// One call on a connection of its own: what the server saw of it.
+async fn call_seen(
+    url: &url::Url,
+    options: &DialOptions,
+    seen: &Seen,
+) -> Result<(bool, usize), DialError> {
+    let conn = dial(url, options).await?;
+    let reply = NetworkServiceClient::new(conn)
+        .request(request("again"))
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().id, "again");
+    Ok(*seen.lock().unwrap().last().unwrap())
+}
+
+fn identity(issued: &Issued) -> Identity {
+    Identity::from_pem(&issued.cert_pem, &issued.key_pem).unwrap()
+}
+
+/// Sleeps until a certificate valid until `not_after` has expired, to the
+/// second. (The clock passing, not synchronisation.)
+async fn expired(not_after: SystemTime) {
+    let left = not_after.duration_since(SystemTime::now());
+    tokio::time::sleep(left.unwrap_or_default() + Duration::from_millis(1100)).await;
+}
+
+/// A redial to a remote it has talked to resumes the TLS session (the
+/// client's session store and the server's tickets), and the server still
+/// knows the client's certificate.
 #[tokio::test]
 async fn a_redial_resumes_the_tls_session_and_keeps_the_clients_certificate() {
-    use connect_runtime::tls::{ClientTls, Identity, ServerTls};
-    use connect_runtime::{Peer, Serve};
-    use connect_tests::pki::Pki;
-    use std::sync::{Arc, Mutex};
-
     let pki = Pki::new("test CA");
-    let server_id = pki.issue(&["localhost"]);
-    let tls = ServerTls::new(Identity::from_pem(&server_id.cert_pem, &server_id.key_pem).unwrap())
+    let tls = ServerTls::new(identity(&pki.issue(&["localhost"])))
         .unwrap()
         .client_ca(pki.ca_pem())
         .unwrap();
-    let seen: Arc<Mutex<Vec<(bool, usize)>>> = Arc::default();
-    let seen_by_server = Arc::clone(&seen);
-    let server = Serve::new(ServerChain::builder().with(Passthrough).build())
-        .tls(tls)
-        .layer(tower::util::MapRequestLayer::new(
-            move |call: http::Request<tonic::body::Body>| {
-                let peer = call.extensions().get::<Peer>().unwrap();
-                let chain = peer.certificates().map_or(0, <[_]>::len);
-                seen_by_server.lock().unwrap().push((peer.resumed(), chain));
-                call
-            },
-        ))
-        .bind("tcp://127.0.0.1:0")
-        .await
-        .unwrap();
-    let client_id = pki.issue(&["client"]);
-    let identity = Identity::from_pem(&client_id.cert_pem, &client_id.key_pem).unwrap();
+    let seen = Seen::default();
+    let server = serving(tls, &seen).await;
     let tls = ClientTls::new(pki.ca_pem())
         .unwrap()
         .server_name("localhost")
         .unwrap()
-        .identity(identity)
+        .identity(identity(&pki.issue(&["client"])))
         .unwrap();
     let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
     for _ in 0..3 {
-        let conn = dial(server.url(), &options).await.unwrap();
-        let reply = NetworkServiceClient::new(conn)
-            .request(request("again"))
-            .await
-            .unwrap();
-        assert_eq!(reply.into_inner().id, "again");
+        call_seen(server.url(), &options, &seen).await.unwrap();
     }
     assert_eq!(
         *seen.lock().unwrap(),
         [(false, 1), (true, 1), (true, 1)],
         "a full handshake, then resumed ones that still carry the client's certificate"
     );
+}
+
+/// A client does not take a resumed session whose server certificate has
+/// expired since (rustls would): it verifies the server again, as a full
+/// handshake would, drops its sessions and handshakes in full, which the
+/// expired certificate fails.
+#[tokio::test]
+async fn a_client_does_not_resume_a_session_whose_server_certificate_expired() {
+    let pki = Pki::new("test CA");
+    let not_after = SystemTime::now() + Duration::from_secs(2);
+    let tls = ServerTls::new(identity(&pki.issue_until(&["localhost"], not_after))).unwrap();
+    let seen = Seen::default();
+    let server = serving(tls, &seen).await;
+    let tls = ClientTls::new(pki.ca_pem())
+        .unwrap()
+        .server_name("localhost")
+        .unwrap();
+    let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
+    let call = || call_seen(server.url(), &options, &seen);
+    assert_eq!(call().await.unwrap(), (false, 0));
+    assert_eq!(call().await.unwrap(), (true, 0), "resumed while valid");
+
+    expired(not_after).await;
+    let err = call()
+        .await
+        .expect_err("the expired server is not resumed, and fails in full");
+    let why = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ");
+    assert!(why.contains("xpired"), "{why}");
+    assert_eq!(seen.lock().unwrap().len(), 2, "no call was served");
+    server.shutdown().await;
+}
+
+/// A mutual-TLS server refuses a resumed session whose client certificate
+/// has expired since (rustls would take it): it verifies the client again,
+/// as a full handshake would.
+#[tokio::test]
+async fn a_server_refuses_a_resumed_session_whose_client_certificate_expired() {
+    let pki = Pki::new("test CA");
+    let tls = ServerTls::new(identity(&pki.issue(&["localhost"])))
+        .unwrap()
+        .client_ca(pki.ca_pem())
+        .unwrap();
+    let seen = Seen::default();
+    let server = serving(tls, &seen).await;
+    let not_after = SystemTime::now() + Duration::from_secs(2);
+    let tls = ClientTls::new(pki.ca_pem())
+        .unwrap()
+        .server_name("localhost")
+        .unwrap()
+        .identity(identity(&pki.issue_until(&["client"], not_after)))
+        .unwrap();
+    let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
+    let call = || call_seen(server.url(), &options, &seen);
+    assert_eq!(call().await.unwrap(), (false, 1));
+    assert_eq!(call().await.unwrap(), (true, 1), "resumed while valid");
+
+    expired(not_after).await;
+    let refused_before = server.connections().refused;
+    call()
+        .await
+        .expect_err("a resumed session of an expired client is refused");
+    assert_eq!(server.connections().refused, refused_before + 1);
+    assert_eq!(seen.lock().unwrap().len(), 2, "no call was served");
+    server.shutdown().await;
+}
+
+/// Certificates that rotate (declared by `rotating`) never resume a
+/// session made under the one before, on either side: after the client's
+/// rotation its next dial is a full handshake, and after the server's, the
+/// server resumes none of the sessions it had made.
+#[tokio::test]
+async fn rotating_certificates_never_resume_a_session_across_a_rotation() {
+    let pki = Pki::new("test CA");
+    let credential = |serial: &str| Credential {
+        serial: serial.into(),
+        not_after: SystemTime::now() + Duration::from_secs(3600),
+    };
+    let (rotate_server, server_rotating) = watch::channel(credential("s1"));
+    let tls = ServerTls::new(identity(&pki.issue(&["localhost"])))
+        .unwrap()
+        .client_ca(pki.ca_pem())
+        .unwrap()
+        .rotating(server_rotating);
+    let seen = Seen::default();
+    let server = serving(tls, &seen).await;
+    let (rotate_client, client_rotating) = watch::channel(credential("c1"));
+    let tls = ClientTls::new(pki.ca_pem())
+        .unwrap()
+        .server_name("localhost")
+        .unwrap()
+        .identity(identity(&pki.issue(&["client"])))
+        .unwrap()
+        .rotating(client_rotating);
+    let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
+    let call = || async { call_seen(server.url(), &options, &seen).await.unwrap().0 };
+    assert!(!call().await);
+    assert!(call().await, "resumed before any rotation");
+
+    rotate_client.send(credential("c2")).unwrap();
+    assert!(!call().await, "the client's rotation: in full");
+    assert!(call().await, "then resumed under the new certificate");
+
+    rotate_server.send(credential("s2")).unwrap();
+    assert!(!call().await, "the server's rotation: in full");
+    assert!(call().await, "then resumed under the new certificate");
+    server.shutdown().await;
 }
