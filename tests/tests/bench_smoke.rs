@@ -342,3 +342,34 @@ async fn the_hop_workload_measures_two_passthrough_processes_side_by_side() {
     // Two rounds, each passthrough first once.
     assert_eq!(stderr.matches("through first").count(), 6, "{stderr}");
 }
+
+#[tokio::test]
+async fn the_floor_workload_calls_a_remote_by_both_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr_file = dir.path().join("remotes.txt");
+    let _serve = serve(&addr_file, &[]).await;
+    let output = Command::new(env!("CARGO_BIN_EXE_connect-bench"))
+        .args(["floor", "--iters", "20", "--rounds", "2", "--remotes"])
+        .arg(&addr_file)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    // A Markdown table: a row per client (each call answered OK), then the
+    // ratio.
+    let table = String::from_utf8(output.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(2)
+        .map(|line| line.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    let clients: Vec<&str> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(clients, ["hyper", "h2", "h2 ÷ hyper"], "{table}");
+    for row in &rows[..2] {
+        let p50: f64 = row[1].parse().unwrap();
+        let p99: f64 = row[2].parse().unwrap();
+        assert!(p50 > 0.0 && p99 >= p50, "{table}");
+    }
+    assert_eq!(stderr.matches("round ").count(), 2, "{stderr}");
+}

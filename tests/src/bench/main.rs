@@ -7,6 +7,7 @@ mod codec;
 mod compare;
 mod elements;
 mod expiry;
+mod floor;
 mod hop;
 mod measure;
 mod options;
@@ -53,6 +54,11 @@ fn main() -> ExitCode {
         options::Command::Compare { run, rounds } => compare::run(&run, rounds),
         options::Command::Hop(hop) => hop::run(&hop),
         options::Command::Codec { iters, rounds } => codec::run(iters, rounds),
+        options::Command::Floor {
+            remotes,
+            iters,
+            rounds,
+        } => runtime.block_on(floor::run(&remotes, iters, rounds)),
         options::Command::Elements {
             connections,
             rounds,

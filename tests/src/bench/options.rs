@@ -149,6 +149,21 @@ enum Sub {
     /// Decode and encode a typical NetworkServiceRequest, without and with a
     /// newer peer's fields, with connect-proto's messages and plain prost's;
     /// one JSON line each, nanoseconds per operation.
+    /// The per-call floor below connect's client calls: sequential unary
+    /// calls on one warm connection to the first remote in FILE, by
+    /// hyper's HTTP/2 client and by h2's, alternating; a Markdown table of
+    /// their medians.
+    Floor {
+        /// The remotes' URLs (what `serve` writes; plain tcp://).
+        #[arg(long, value_name = "FILE")]
+        remotes: PathBuf,
+        /// Calls per round and client.
+        #[arg(long, default_value_t = 20_000, value_parser = positive)]
+        iters: usize,
+        /// Rounds of each client.
+        #[arg(long, default_value_t = 5, value_parser = positive)]
+        rounds: usize,
+    },
     Codec {
         /// Operations per round.
         #[arg(long, default_value_t = 100_000, value_parser = positive)]
@@ -297,6 +312,11 @@ pub(crate) enum Command {
         rounds: usize,
     },
     Codec {
+        iters: usize,
+        rounds: usize,
+    },
+    Floor {
+        remotes: PathBuf,
         iters: usize,
         rounds: usize,
     },
@@ -498,6 +518,15 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
             rounds,
         },
         Sub::Codec { iters, rounds } => Command::Codec { iters, rounds },
+        Sub::Floor {
+            remotes,
+            iters,
+            rounds,
+        } => Command::Floor {
+            remotes,
+            iters,
+            rounds,
+        },
     })
 }
 
