@@ -303,7 +303,7 @@ async fn a_redial_resumes_the_tls_session_and_keeps_the_clients_certificate() {
 #[tokio::test]
 async fn a_client_does_not_resume_a_session_whose_server_certificate_expired() {
     let pki = Pki::new("test CA");
-    let not_after = SystemTime::now() + Duration::from_secs(2);
+    let not_after = SystemTime::now() + Duration::from_secs(3);
     let tls = ServerTls::new(identity(&pki.issue_until(&["localhost"], not_after))).unwrap();
     let seen = Seen::default();
     let server = serving(tls, &seen).await;
@@ -341,7 +341,7 @@ async fn a_server_refuses_a_resumed_session_whose_client_certificate_expired() {
         .unwrap();
     let seen = Seen::default();
     let server = serving(tls, &seen).await;
-    let not_after = SystemTime::now() + Duration::from_secs(2);
+    let not_after = SystemTime::now() + Duration::from_secs(3);
     let tls = ClientTls::new(pki.ca_pem())
         .unwrap()
         .server_name("localhost")
