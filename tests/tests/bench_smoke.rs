@@ -58,18 +58,9 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let output = Command::new(env!("CARGO_BIN_EXE_connect-bench"))
-        .args(args)
-        .output()
+    bench(args)
         .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
+        .0
         .lines()
         .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
         .collect()
@@ -99,6 +90,32 @@ async fn serve(addr_file: &std::path::Path, more: &[&str]) -> tokio::process::Ch
         3
     );
     serve
+}
+
+/// Runs connect-bench with `args`, checks it succeeded, and returns its
+/// stdout and stderr.
+async fn bench<I, S>(args: I) -> (String, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let output = Command::new(env!("CARGO_BIN_EXE_connect-bench"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    (String::from_utf8(output.stdout).unwrap(), stderr)
+}
+
+/// The cells of a Markdown table's rows, below its header.
+fn table_rows(table: &str) -> Vec<Vec<&str>> {
+    table
+        .lines()
+        .skip(2)
+        .map(|line| line.trim_matches('|').split('|').map(str::trim).collect())
+        .collect()
 }
 
 #[tokio::test]
@@ -310,23 +327,18 @@ async fn the_hop_workload_measures_two_passthrough_processes_side_by_side() {
     // a process of its own between its driver and its endpoint.
     let program = connect_tests::program::binary();
     let passthrough = format!("env RUST_LOG=warn {}", program.display());
-    let output = Command::new(env!("CARGO_BIN_EXE_connect-bench"))
-        .args(["hop", "--rounds", "2", "--burst", "10", "--reps", "1"])
-        .args(["--iters", "5"])
-        .arg(format!("--passthrough=first={passthrough}"))
-        .arg(format!("--passthrough=second={passthrough}"))
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+    let (table, stderr) = bench([
+        "hop".to_owned(),
+        "--rounds=2".to_owned(),
+        "--burst=10".to_owned(),
+        "--reps=1".to_owned(),
+        "--iters=5".to_owned(),
+        format!("--passthrough=first={passthrough}"),
+        format!("--passthrough=second={passthrough}"),
+    ])
+    .await;
     // A Markdown table: a row per workload and passthrough, then the ratio.
-    let table = String::from_utf8(output.stdout).unwrap();
-    let rows: Vec<Vec<&str>> = table
-        .lines()
-        .skip(2)
-        .map(|line| line.trim_matches('|').split('|').map(str::trim).collect())
-        .collect();
+    let rows = table_rows(&table);
     let expected: Vec<(&str, &str)> = ["burst", "c", "w"]
         .into_iter()
         .flat_map(|w| [(w, "first"), (w, "second"), (w, "first ÷ second")])
@@ -348,22 +360,17 @@ async fn the_floor_workload_calls_a_remote_by_both_clients() {
     let dir = tempfile::tempdir().unwrap();
     let addr_file = dir.path().join("remotes.txt");
     let _serve = serve(&addr_file, &[]).await;
-    let output = Command::new(env!("CARGO_BIN_EXE_connect-bench"))
-        .args(["floor", "--iters", "20", "--rounds", "2", "--remotes"])
-        .arg(&addr_file)
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+    let (table, stderr) = bench([
+        "floor".as_ref(),
+        "--iters=20".as_ref(),
+        "--rounds=2".as_ref(),
+        "--remotes".as_ref(),
+        addr_file.as_os_str(),
+    ])
+    .await;
     // A Markdown table: a row per client (each call answered OK), then the
     // ratio.
-    let table = String::from_utf8(output.stdout).unwrap();
-    let rows: Vec<Vec<&str>> = table
-        .lines()
-        .skip(2)
-        .map(|line| line.trim_matches('|').split('|').map(str::trim).collect())
-        .collect();
+    let rows = table_rows(&table);
     let clients: Vec<&str> = rows.iter().map(|r| r[0]).collect();
     assert_eq!(clients, ["hyper", "h2", "h2 ÷ hyper"], "{table}");
     for row in &rows[..2] {

@@ -10,7 +10,7 @@
 //! difference is what connect's client calls would gain below tonic.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use connect_runtime::proto::connection::Connection;
@@ -118,26 +118,28 @@ fn summary(latencies: &Latencies) -> Run {
 
 async fn hyper_run(addr: &str, body: &Bytes, iters: usize) -> Result<Run, String> {
     let io = TokioIo::new(connected(addr).await?);
-    let (mut send, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+    let (send, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
         .await
         .map_err(|e| e.to_string())?;
     let connection = tokio::spawn(connection);
-    let mut latencies = Latencies::default();
-    for i in 0..WARMUP + iters {
-        let started = Instant::now();
+    let run = measured(iters, async || {
         let (head, ()) = request(addr)?.into_parts();
         let call = http::Request::from_parts(head, Full::new(body.clone()));
-        let response = send.send_request(call).await.map_err(|e| e.to_string())?;
+        let response = send
+            .clone()
+            .send_request(call)
+            .await
+            .map_err(|e| e.to_string())?;
         let reply = response
             .into_body()
             .collect()
             .await
             .map_err(|e| e.to_string())?;
-        succeeded(reply.trailers())?;
-        record(&mut latencies, i, started.elapsed());
-    }
+        succeeded(reply.trailers())
+    })
+    .await;
     connection.abort();
-    Ok(summary(&latencies))
+    run
 }
 
 async fn h2_run(addr: &str, body: &Bytes, iters: usize) -> Result<Run, String> {
@@ -145,9 +147,7 @@ async fn h2_run(addr: &str, body: &Bytes, iters: usize) -> Result<Run, String> {
         .await
         .map_err(|e| e.to_string())?;
     let connection = tokio::spawn(connection);
-    let mut latencies = Latencies::default();
-    for i in 0..WARMUP + iters {
-        let started = Instant::now();
+    let run = measured(iters, async || {
         let mut send = send.clone().ready().await.map_err(|e| e.to_string())?;
         let (response, mut stream) = send
             .send_request(request(addr)?, false)
@@ -161,15 +161,26 @@ async fn h2_run(addr: &str, body: &Bytes, iters: usize) -> Result<Run, String> {
             let _ = reply.flow_control().release_capacity(data.len());
         }
         let trailers = reply.trailers().await.map_err(|e| e.to_string())?;
-        succeeded(trailers.as_ref())?;
-        record(&mut latencies, i, started.elapsed());
-    }
+        succeeded(trailers.as_ref())
+    })
+    .await;
     connection.abort();
-    Ok(summary(&latencies))
+    run
 }
 
-fn record(latencies: &mut Latencies, call: usize, took: Duration) {
-    if call >= WARMUP {
-        latencies.push(took);
+/// Makes [`WARMUP`] calls, then `iters` timed ones, one after another.
+async fn measured(
+    iters: usize,
+    mut call: impl AsyncFnMut() -> Result<(), String>,
+) -> Result<Run, String> {
+    for _ in 0..WARMUP {
+        call().await?;
     }
+    let mut latencies = Latencies::default();
+    for _ in 0..iters {
+        let started = Instant::now();
+        call().await?;
+        latencies.push(started.elapsed());
+    }
+    Ok(summary(&latencies))
 }

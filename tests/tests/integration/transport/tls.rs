@@ -260,6 +260,24 @@ fn identity(issued: &Issued) -> Identity {
     Identity::from_pem(&issued.cert_pem, &issued.key_pem).unwrap()
 }
 
+/// A server of `localhost` that requires clients certified by `pki`.
+fn mutual_server(pki: &Pki) -> ServerTls {
+    ServerTls::new(identity(&pki.issue(&["localhost"])))
+        .unwrap()
+        .client_ca(pki.ca_pem())
+        .unwrap()
+}
+
+/// A client that verifies `localhost` against `pki` and presents `issued`.
+fn mutual_client(pki: &Pki, issued: &Issued) -> ClientTls {
+    ClientTls::new(pki.ca_pem())
+        .unwrap()
+        .server_name("localhost")
+        .unwrap()
+        .identity(identity(issued))
+        .unwrap()
+}
+
 /// Sleeps until a certificate valid until `not_after` has expired, to the
 /// second. (The clock passing, not synchronisation.)
 async fn expired(not_after: SystemTime) {
@@ -273,18 +291,10 @@ async fn expired(not_after: SystemTime) {
 #[tokio::test]
 async fn a_redial_resumes_the_tls_session_and_keeps_the_clients_certificate() {
     let pki = Pki::new("test CA");
-    let tls = ServerTls::new(identity(&pki.issue(&["localhost"])))
-        .unwrap()
-        .client_ca(pki.ca_pem())
-        .unwrap();
+    let tls = mutual_server(&pki);
     let seen = Seen::default();
     let server = serving(tls, &seen).await;
-    let tls = ClientTls::new(pki.ca_pem())
-        .unwrap()
-        .server_name("localhost")
-        .unwrap()
-        .identity(identity(&pki.issue(&["client"])))
-        .unwrap();
+    let tls = mutual_client(&pki, &pki.issue(&["client"]));
     let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
     for _ in 0..3 {
         call_seen(server.url(), &options, &seen).await.unwrap();
@@ -335,19 +345,11 @@ async fn a_client_does_not_resume_a_session_whose_server_certificate_expired() {
 #[tokio::test]
 async fn a_server_refuses_a_resumed_session_whose_client_certificate_expired() {
     let pki = Pki::new("test CA");
-    let tls = ServerTls::new(identity(&pki.issue(&["localhost"])))
-        .unwrap()
-        .client_ca(pki.ca_pem())
-        .unwrap();
+    let tls = mutual_server(&pki);
     let seen = Seen::default();
     let server = serving(tls, &seen).await;
     let not_after = SystemTime::now() + Duration::from_secs(3);
-    let tls = ClientTls::new(pki.ca_pem())
-        .unwrap()
-        .server_name("localhost")
-        .unwrap()
-        .identity(identity(&pki.issue_until(&["client"], not_after)))
-        .unwrap();
+    let tls = mutual_client(&pki, &pki.issue_until(&["client"], not_after));
     let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
     let call = || call_seen(server.url(), &options, &seen);
     assert_eq!(call().await.unwrap(), (false, 1));
@@ -375,21 +377,11 @@ async fn rotating_certificates_never_resume_a_session_across_a_rotation() {
         not_after: SystemTime::now() + Duration::from_secs(3600),
     };
     let (rotate_server, server_rotating) = watch::channel(credential("s1"));
-    let tls = ServerTls::new(identity(&pki.issue(&["localhost"])))
-        .unwrap()
-        .client_ca(pki.ca_pem())
-        .unwrap()
-        .rotating(server_rotating);
+    let tls = mutual_server(&pki).rotating(server_rotating);
     let seen = Seen::default();
     let server = serving(tls, &seen).await;
     let (rotate_client, client_rotating) = watch::channel(credential("c1"));
-    let tls = ClientTls::new(pki.ca_pem())
-        .unwrap()
-        .server_name("localhost")
-        .unwrap()
-        .identity(identity(&pki.issue(&["client"])))
-        .unwrap()
-        .rotating(client_rotating);
+    let tls = mutual_client(&pki, &pki.issue(&["client"])).rotating(client_rotating);
     let options = DialOptions::new().timeout(Duration::from_secs(5)).tls(tls);
     let call = || async { call_seen(server.url(), &options, &seen).await.unwrap().0 };
     assert!(!call().await);
