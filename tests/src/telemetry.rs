@@ -46,7 +46,13 @@ impl PrometheusMeter {
 
     /// The meter connect and the server record on.
     pub fn meter(&self) -> Meter {
-        self.provider.meter(connect_runtime::telemetry::METER_NAME)
+        self.meter_named(connect_runtime::telemetry::METER_NAME)
+    }
+
+    /// A meter of this provider named `name` (Prometheus's
+    /// `otel_scope_name`).
+    pub fn meter_named(&self, name: &'static str) -> Meter {
+        self.provider.meter(name)
     }
 
     /// The metrics now, as a scrape would read them.

@@ -238,7 +238,8 @@ impl<L> Serve<L> {
     /// provider's [`METER_NAME`](crate::telemetry::METER_NAME) meter, which
     /// records nothing until a program installs a provider). They are read
     /// from [`ServerHandle::connections`](crate::ServerHandle::connections)
-    /// when a reader collects.
+    /// when a reader collects. Give each server of a process a meter of its
+    /// own name: on a shared one their gauges overwrite each other.
     ///
     /// ```
     /// use connect_runtime::{Serve, ServerChain};

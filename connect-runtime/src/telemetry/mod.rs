@@ -28,6 +28,11 @@
 //! | `serve_connections_refused_total` | counter | `reason` |
 //! | `serve_handshake_failures_total` | counter | |
 //!
+//! Several `Connect`s (or `Serve`s) in one process need a meter each, of
+//! its own name (`provider.meter("connect-to-nsmgr")`): Prometheus then
+//! tells them apart by `otel_scope_name`. On one meter, each reports its
+//! gauges as the same series, and whichever reports last stands for all.
+//!
 //! A program turns tracing across hops on by installing a propagator and
 //! `tracing-opentelemetry`'s layer (with an exporter on the provider, such
 //! as `opentelemetry-otlp`'s, to send the spans somewhere):

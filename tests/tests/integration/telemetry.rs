@@ -166,6 +166,38 @@ async fn connect_metrics_count_a_known_sequence_and_agree_with_stats() {
 
 /// The served side's metrics are its `ConnectionStats`, by state and
 /// reason.
+/// Two `Connect`s in one process, each on a meter of its own name, report
+/// apart: Prometheus tells them by `otel_scope_name`. (On one meter, the
+/// gauge of whichever reported last would stand for both.)
+#[tokio::test]
+async fn two_connects_on_meters_of_their_own_report_apart() {
+    let metrics = PrometheusMeter::new();
+    let remote = GoLike::tcp(ServerChain::default()).await;
+    let first = grpc_only().meter(metrics.meter_named("connect-a")).build();
+    let second = grpc_only().meter(metrics.meter_named("connect-b")).build();
+    let (a, b) = (connect_chain(&first), connect_chain(&second));
+    a.request(at(remote.url()), request("a1")).await.unwrap();
+    a.request(at(remote.url()), request("a2")).await.unwrap();
+    b.request(at(remote.url()), request("b1")).await.unwrap();
+    let scrape = metrics.scrape();
+    let scoped = |name, scope| scrape.count(name, &[("otel_scope_name", scope)]);
+    assert_eq!(
+        (
+            scoped("connect_connections", "connect-a"),
+            scoped("connect_connections", "connect-b")
+        ),
+        (2, 1),
+        "{}",
+        scrape.text
+    );
+    assert_eq!(
+        scoped("connect_requests_total", "connect-a"),
+        2,
+        "{}",
+        scrape.text
+    );
+}
+
 #[tokio::test]
 async fn serve_metrics_are_its_connection_stats() {
     let metrics = PrometheusMeter::new();

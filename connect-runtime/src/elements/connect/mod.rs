@@ -216,7 +216,9 @@ impl ConnectBuilder {
     /// too unless [`DialOptions::meter`] names another. The gauges
     /// (`connect_clients`, `connect_retired_clients`,
     /// `connect_connections`) are read from [`Connect::stats`] when a reader
-    /// collects; see [`telemetry`](crate::telemetry) for the rest.
+    /// collects; see [`telemetry`](crate::telemetry) for the rest. Give each
+    /// `Connect` of a process a meter of its own name: on a shared one their
+    /// gauges overwrite each other.
     ///
     /// ```
     /// use connect_runtime::{ClientChain, Connect, GrpcClient};
