@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
+use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -93,7 +94,45 @@ impl Program {
     /// program logs at `warn`, or as `PROGRAM_LOG` says (a `RUST_LOG`
     /// filter) unless `env` sets `RUST_LOG`; see [`Program::logs`].
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = command()
+        Self::start_command(command(), args, env).await
+    }
+
+    /// As [`Program::passthrough_to`], the process allowed one CPU only (as
+    /// `taskset -c 0` would run it): it inherits the affinity of the thread
+    /// that spawns it, which is pinned for the spawn only.
+    pub async fn passthrough_on_one_cpu(remote: &Url) -> Self {
+        let here = Pid::from_raw(0);
+        let before = sched_getaffinity(here).expect("this thread's CPUs");
+        let mut one = CpuSet::new();
+        one.set(0).expect("CPU 0 fits a CPU set");
+        sched_setaffinity(here, &one).expect("pinning this thread to CPU 0");
+        let args = [
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--connect-to",
+            remote.as_str(),
+            "--dial-timeout",
+            "5s",
+        ];
+        let spawned = Self::spawn(command(), &args, &[]);
+        sched_setaffinity(here, &before).expect("restoring this thread's CPUs");
+        Self::started(spawned).await
+    }
+
+    /// The threads the process runs now.
+    pub fn threads(&self) -> usize {
+        let pid = self.child.id().expect("the program is running");
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("/proc lists the program's threads")
+            .count()
+    }
+
+    async fn start_command(command: Command, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::started(Self::spawn(command, args, env)).await
+    }
+
+    fn spawn(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Child {
+        command
             .args(args)
             .env(
                 "RUST_LOG",
@@ -104,7 +143,12 @@ impl Program {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("the program starts");
+            .expect("the program starts")
+    }
+
+    /// Reads the spawned program's logs and waits for it to say where it
+    /// listens.
+    async fn started(mut child: Child) -> Self {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (lines_logged, logged) = tokio::sync::watch::channel(0);
         let reading = {

@@ -151,6 +151,22 @@ async fn a_passthrough_process_in_front_of_an_endpoint_process() {
     assert!(endpoint.exited().await.success());
 }
 
+/// Allowed one CPU (pinned, as the hop benchmark runs it, or a cgroup quota
+/// of one), the program runs on one thread, a current-thread runtime, and
+/// forwards as it does on many.
+#[tokio::test]
+async fn on_one_cpu_the_program_forwards_on_one_thread() {
+    let endpoint = start_tcp(ServerChain::default()).await;
+    let passthrough = Program::passthrough_on_one_cpu(endpoint.url()).await;
+    let mut nsm = client(passthrough.url()).await;
+    let reply = nsm.request(request("pinned")).await.unwrap().into_inner();
+    assert_eq!(reply.id, "pinned");
+    nsm.close(reply).await.unwrap();
+    assert_eq!(passthrough.threads(), 1);
+    passthrough.terminate();
+    assert!(passthrough.exited().await.success());
+}
+
 /// Callers that vanish without refresh or close: the passthrough closes
 /// each connection at the endpoint once its caller's segment expires, then
 /// drains its TCP connections to it; a connection refreshed in time stays.
