@@ -3,11 +3,11 @@
 //! promise to accept compiles and runs (`tests/ui/pass/`).
 //!
 //! After an intended change to a message, regenerate the expectations with
-//! `TRYBUILD=overwrite cargo test -p connect-tests --test ui` and review them.
+//! `TRYBUILD=overwrite cargo test -p connect-macros --test ui` and review them.
 
 #[test]
 fn misuse_of_the_macros_is_a_clear_compile_error() {
     let cases = trybuild::TestCases::new();
-    cases.compile_fail("ui/*.rs");
-    cases.pass("ui/pass/*.rs");
+    cases.compile_fail("tests/ui/*.rs");
+    cases.pass("tests/ui/pass/*.rs");
 }
