@@ -3,7 +3,7 @@
 //! promise to accept compiles and runs (`tests/ui/pass/`).
 //!
 //! After an intended change to a message, regenerate the expectations with
-//! `TRYBUILD=overwrite cargo test -p connect-macros --test ui` and review them.
+//! `TRYBUILD=overwrite cargo test -p connect-runtime --test ui` and review them.
 
 #[test]
 fn misuse_of_the_macros_is_a_clear_compile_error() {
