@@ -24,10 +24,18 @@ const SESSIONS: usize = 256;
 /// Tickets a server sends after each full handshake (rustls's default).
 const TICKETS: usize = 2;
 
-/// Whether a resumed peer's certificate chain (leaf first) still passes,
-/// for the server name dialed (none on the server's side): why not if not.
-pub(crate) type Recheck =
-    Arc<dyn Fn(&[CertificateDer<'_>], Option<&ServerName<'_>>) -> Result<(), String> + Send + Sync>;
+/// Whether a resumed peer's leaf certificate, with the intermediates it
+/// sent, still passes for the server name dialed (none on the server's
+/// side): why not if not.
+pub(crate) type Recheck = Arc<
+    dyn Fn(
+            &CertificateDer<'_>,
+            &[CertificateDer<'_>],
+            Option<&ServerName<'_>>,
+        ) -> Result<(), String>
+        + Send
+        + Sync,
+>;
 
 /// Which certificate and trust handshakes use now: sessions made in one era
 /// are resumed in that era only.
@@ -113,8 +121,9 @@ impl<C: Resumable> Resuming<C> {
         if session.handshake_kind() != Some(HandshakeKind::Resumed) {
             return Ok(());
         }
-        match (&self.recheck, session.peer_certificates()) {
-            (Some(recheck), Some(chain)) => recheck(chain, name),
+        let chain = session.peer_certificates().and_then(<[_]>::split_first);
+        match (&self.recheck, chain) {
+            (Some(recheck), Some((leaf, intermediates))) => recheck(leaf, intermediates, name),
             _ => Ok(()),
         }
     }

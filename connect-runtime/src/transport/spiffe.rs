@@ -233,27 +233,28 @@ impl SpiffeIdentity {
     fn recheck(&self, authorize: &Authorize) -> Result<Recheck, SpiffeError> {
         let domain = self.spiffe_id()?.trust_domain().clone();
         let authorize = authorize.clone();
-        Ok(Arc::new(move |chain: &[CertificateDer<'_>], _| {
-            let leaf = chain.first().ok_or("it sent no certificate")?;
-            let (_, cert) = x509_parser::parse_x509_certificate(leaf)
-                .map_err(|err| format!("its certificate cannot be read: {err}"))?;
-            if !cert.validity().is_valid() {
-                let not_after = cert.validity().not_after;
-                return Err(format!(
-                    "its certificate is not valid now (not after {not_after})"
-                ));
-            }
-            let id = spiffe_id_of(leaf).ok_or("its certificate names no SPIFFE ID")?;
-            let authorized = match &authorize {
-                Authorize::SameTrustDomain => *id.trust_domain() == domain,
-                Authorize::Predicate(accept) => accept(&id),
-            };
-            if authorized {
-                Ok(())
-            } else {
-                Err(format!("{id} is no longer authorized"))
-            }
-        }))
+        Ok(Arc::new(
+            move |leaf: &CertificateDer<'_>, _: &[CertificateDer<'_>], _| {
+                let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+                    .map_err(|err| format!("its certificate cannot be read: {err}"))?;
+                if !cert.validity().is_valid() {
+                    let not_after = cert.validity().not_after;
+                    return Err(format!(
+                        "its certificate is not valid now (not after {not_after})"
+                    ));
+                }
+                let id = spiffe_id_of(leaf).ok_or("its certificate names no SPIFFE ID")?;
+                let authorized = match &authorize {
+                    Authorize::SameTrustDomain => *id.trust_domain() == domain,
+                    Authorize::Predicate(accept) => accept(&id),
+                };
+                if authorized {
+                    Ok(())
+                } else {
+                    Err(format!("{id} is no longer authorized"))
+                }
+            },
+        ))
     }
 
     /// The trust domains whose bundles verify peers, and who passes.

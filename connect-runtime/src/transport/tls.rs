@@ -329,8 +329,7 @@ impl ClientTls {
         };
         let verifier =
             WebPkiServerVerifier::builder_with_provider(Arc::clone(roots), provider()).build()?;
-        let recheck: Recheck = Arc::new(move |chain, name| {
-            let (leaf, intermediates) = chain.split_first().ok_or("it sent no certificate")?;
+        let recheck: Recheck = Arc::new(move |leaf, intermediates, name| {
             let name = name.ok_or("no server name to verify it as")?;
             verifier
                 .verify_server_cert(leaf, intermediates, name, &[], UnixTime::now())
@@ -555,8 +554,7 @@ impl ServerTls {
         self.config = server_alpn(config);
         // A resumed client is verified again, as a full handshake would
         // verify it now (see `resumption`).
-        let recheck: Recheck = Arc::new(move |chain, _| {
-            let (leaf, intermediates) = chain.split_first().ok_or("it sent no certificate")?;
+        let recheck: Recheck = Arc::new(move |leaf, intermediates, _| {
             verifier
                 .verify_client_cert(leaf, intermediates, UnixTime::now())
                 .map(drop)
