@@ -299,7 +299,7 @@ async fn connect(
             stream = open(url, target, options).await;
         }
         let stream = stream?;
-        let mut io = Io::new(stream);
+        let mut io = Io::new(stream).gather_writes();
         let answered = io.first_bytes_by(deadline, Expect::ServerSettings);
         if let Some(token) = &options.close_on {
             io = io.close_on(token.clone());

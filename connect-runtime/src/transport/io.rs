@@ -11,7 +11,10 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::first_bytes::{Expect, FirstBytes, Progress, Unanswered};
+use super::first_bytes::{
+    Expect, FRAME_FLAGS_OFFSET, FRAME_HEADER_LEN, FRAME_TYPE_OFFSET, FirstBytes, Progress,
+    Unanswered,
+};
 use super::resets::Resets;
 use super::socket::Stream;
 
@@ -25,6 +28,8 @@ pub(crate) struct Io<X = ()> {
     first: Option<FirstBytes>,
     failed: Option<Unanswered>,
     resets: Option<Resets>,
+    /// Set when the next write waits one turn of the scheduler first.
+    gather: Option<bool>,
     pub(crate) extra: X,
 }
 
@@ -36,6 +41,7 @@ impl Io {
             first: None,
             failed: None,
             resets: None,
+            gather: None,
             extra: (),
         }
     }
@@ -68,6 +74,31 @@ impl<X> Io<X> {
         self.resets = Some(resets);
     }
 
+    /// Lets a write of a request's HEADERS alone wait one turn of the
+    /// scheduler, so that its DATA leaves in the same write. hyper's client
+    /// queues a request's HEADERS at once, and its body from a task of its
+    /// own only once the stream is open: without the wait, every call costs
+    /// two writes, and its peer two wake-ups. Writes of anything else (a
+    /// burst's many frames, a response's flow control) do not wait.
+    pub(crate) fn gather_writes(mut self) -> Self {
+        self.gather = Some(true);
+        self
+    }
+
+    /// Whether to write `bufs` now: a write that should gather its body
+    /// waits one turn instead (once per flush), waking this task to write
+    /// after the tasks already ready.
+    fn gathered(&mut self, cx: &mut TaskContext<'_>, bufs: &[io::IoSlice<'_>]) -> bool {
+        match &mut self.gather {
+            Some(armed @ true) if headers_alone(bufs) => {
+                *armed = false;
+                cx.waker().wake_by_ref();
+                false
+            }
+            _ => true,
+        }
+    }
+
     /// Keeps `extra` with the stream.
     pub(crate) fn with<Y>(self, extra: Y) -> Io<Y> {
         Io {
@@ -76,6 +107,7 @@ impl<X> Io<X> {
             first: self.first,
             failed: self.failed,
             resets: self.resets,
+            gather: self.gather,
             extra,
         }
     }
@@ -128,6 +160,21 @@ impl<X> Io<X> {
     }
 }
 
+/// Whether `bufs` hold one HTTP/2 HEADERS frame, whole, that does not end
+/// its stream: a request whose body is still to come.
+fn headers_alone(bufs: &[io::IoSlice<'_>]) -> bool {
+    const HEADERS: u8 = 0x1;
+    const END_STREAM: u8 = 0x1;
+    let Some(header) = bufs.first().and_then(|first| first.get(..FRAME_HEADER_LEN)) else {
+        return false;
+    };
+    let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+    let total: usize = bufs.iter().map(|buf| buf.len()).sum();
+    header[FRAME_TYPE_OFFSET] == HEADERS
+        && header[FRAME_FLAGS_OFFSET] & END_STREAM == 0
+        && total == FRAME_HEADER_LEN + len
+}
+
 impl<X: Unpin> AsyncRead for Io<X> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -171,6 +218,9 @@ impl<X: Unpin> AsyncWrite for Io<X> {
         cx: &mut TaskContext<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if !self.gathered(cx, &[io::IoSlice::new(data)]) {
+            return Poll::Pending;
+        }
         let polled = self.guard(cx, |stream, cx| stream.poll_write(cx, data));
         if let (Poll::Ready(Ok(n)), Some(resets)) = (&polled, &mut self.resets) {
             resets.written(&data[..*n]);
@@ -183,6 +233,9 @@ impl<X: Unpin> AsyncWrite for Io<X> {
         cx: &mut TaskContext<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if !self.gathered(cx, bufs) {
+            return Poll::Pending;
+        }
         let polled = self.guard(cx, |stream, cx| stream.poll_write_vectored(cx, bufs));
         if let (Poll::Ready(Ok(n)), Some(resets)) = (&polled, &mut self.resets) {
             let mut left = *n;
@@ -203,7 +256,11 @@ impl<X: Unpin> AsyncWrite for Io<X> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        self.guard(cx, |stream, cx| stream.poll_flush(cx))
+        let polled = self.guard(cx, |stream, cx| stream.poll_flush(cx));
+        if let (Poll::Ready(Ok(())), Some(armed)) = (&polled, &mut self.gather) {
+            *armed = true;
+        }
+        polled
     }
 
     /// Guarded too: under TLS a shutdown writes (close_notify), and a peer
@@ -218,7 +275,7 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
-    use crate::transport::first_bytes::{CLIENT_PREFACE, FRAME_TYPE_OFFSET, FRAME_TYPE_SETTINGS};
+    use crate::transport::first_bytes::{CLIENT_PREFACE, FRAME_TYPE_SETTINGS};
 
     /// Runs `operation` on `io` until it waits, then cancels `token`; the
     /// operation's error.
@@ -421,5 +478,129 @@ mod tests {
         let mut io = Io::new(Box::new(ours)).close_on(token);
         let err = io.write_all(b"x").await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+    }
+
+    /// A stream that keeps each write it is given, as the syscall would
+    /// send it.
+    struct Recording {
+        stream: tokio::io::DuplexStream,
+        writes: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl AsyncRead for Recording {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut TaskContext<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.stream).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Recording {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut TaskContext<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let polled = Pin::new(&mut self.stream).poll_write(cx, data);
+            if let Poll::Ready(Ok(n)) = polled {
+                self.writes.lock().unwrap().push(data[..n].to_vec());
+            }
+            polled
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.stream).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut TaskContext<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.stream).poll_shutdown(cx)
+        }
+    }
+
+    /// For each write, the (type, stream) of each HTTP/2 frame that starts
+    /// in it, after the client's preface.
+    fn frames_by_write(writes: &[Vec<u8>]) -> Vec<Vec<(u8, u32)>> {
+        let all = writes.concat();
+        let mut by_write = vec![Vec::new(); writes.len()];
+        let mut at = CLIENT_PREFACE.len();
+        while at + 9 <= all.len() {
+            let header = &all[at..at + 9];
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+            let mut write = 0;
+            let mut end = writes[0].len();
+            while end <= at {
+                write += 1;
+                end += writes[write].len();
+            }
+            by_write[write].push((header[FRAME_TYPE_OFFSET], stream & 0x7fff_ffff));
+            at += 9 + len;
+        }
+        by_write
+    }
+
+    /// The writes a request with a body makes from hyper's HTTP/2 client
+    /// over `io` to a hyper server, once answered.
+    async fn request_writes(gather: bool) -> Vec<Vec<(u8, u32)>> {
+        use http_body_util::{BodyExt as _, Full};
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let writes = std::sync::Arc::default();
+        let recording = Recording {
+            stream: ours,
+            writes: std::sync::Arc::clone(&writes),
+        };
+        let mut io = Io::new(Box::new(recording));
+        if gather {
+            io = io.gather_writes();
+        }
+        let answer =
+            hyper::service::service_fn(|call: http::Request<hyper::body::Incoming>| async {
+                let body = call.into_body().collect().await?.to_bytes();
+                Ok::<_, hyper::Error>(http::Response::new(Full::new(body)))
+            });
+        tokio::spawn(
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(theirs), answer),
+        );
+        let (mut send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(io))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let call = http::Request::post("http://remote/call")
+            .body(Full::new(bytes::Bytes::from_static(b"the body")))
+            .unwrap();
+        let answered = send.send_request(call).await.unwrap();
+        let body = answered.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"the body");
+        frames_by_write(&writes.lock().unwrap())
+    }
+
+    const FRAME_TYPE_DATA: u8 = 0x0;
+    const FRAME_TYPE_HEADERS: u8 = 0x1;
+
+    #[tokio::test]
+    async fn a_gathering_client_sends_a_requests_headers_and_body_in_one_write() {
+        let headers = (FRAME_TYPE_HEADERS, 1);
+        let data = (FRAME_TYPE_DATA, 1);
+        let gathered = request_writes(true).await;
+        let write = gathered.iter().find(|frames| frames.contains(&headers));
+        assert!(
+            write.is_some_and(|frames| frames.contains(&data)),
+            "HEADERS and DATA in one write: {gathered:?}"
+        );
+        // What it is for: hyper alone opens the stream, and so sends its
+        // body, only after the write with the HEADERS.
+        let apart = request_writes(false).await;
+        let write = apart.iter().find(|frames| frames.contains(&headers));
+        assert!(
+            write.is_some_and(|frames| !frames.contains(&data)),
+            "without gathering, HEADERS and DATA apart: {apart:?}"
+        );
     }
 }
