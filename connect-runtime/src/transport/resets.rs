@@ -4,10 +4,11 @@
 //! debug. A caller whose every call fails that way (grpcio on a unix
 //! socket, sending the socket path as `:authority`) deserves a warning.
 
+use super::first_bytes::{FRAME_HEADER_LEN as HEADER, FRAME_TYPE_OFFSET};
+
 /// `RST_STREAM`'s frame type, and the `PROTOCOL_ERROR` code.
 const RST_STREAM: u8 = 0x3;
 const PROTOCOL_ERROR: u32 = 0x1;
-const HEADER: usize = 9;
 
 /// A parser of the outbound frame stream, fed each chunk as it is
 /// written; calls `malformed` for each stream reset with `PROTOCOL_ERROR`.
@@ -60,7 +61,7 @@ impl Resets {
                 self.filled = 0;
                 let h = self.header;
                 let length = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
-                self.code = (h[3] == RST_STREAM).then_some((0, 0));
+                self.code = (h[FRAME_TYPE_OFFSET] == RST_STREAM).then_some((0, 0));
                 self.payload_left = length;
                 if length == 0 {
                     self.frame_done();

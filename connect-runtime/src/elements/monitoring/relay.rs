@@ -33,7 +33,9 @@ use connect_macros::Element;
 /// contiguous run, so one selector cannot list many connections) and the
 /// relay keeps those it forwarded. It opens with the client's first
 /// connection, is opened again when it breaks while the client lives, and
-/// ends with the client. A remote answering `UNIMPLEMENTED` (or refusing
+/// ends with the client. A break alone reports nothing (Go's monitor
+/// client reports DOWN for it), and, as in Go, a connection missing from
+/// a stream's initial state is not taken for DOWN. A remote answering `UNIMPLEMENTED` (or refusing
 /// the watch: `PERMISSION_DENIED`, `UNAUTHENTICATED`) is not watched and
 /// nothing is reported of it (Go reports every connection through such a
 /// remote DOWN). Made by
