@@ -78,16 +78,7 @@ impl Program {
         name: Option<&str>,
         env: &[(&str, &str)],
     ) -> Self {
-        let mut args = vec![
-            "--listen",
-            "tcp://127.0.0.1:0",
-            "--connect-to",
-            remote.as_str(),
-            "--dial-timeout",
-            "5s",
-        ];
-        args.extend(name.into_iter().flat_map(|name| ["--name", name]));
-        Self::start_with_env(&args, env).await
+        Self::start_with_env(&passthrough_args(remote, name), env).await
     }
 
     /// As [`Program::start`], with `env` added to its environment. The
@@ -106,15 +97,7 @@ impl Program {
         let mut one = CpuSet::new();
         one.set(0).expect("CPU 0 fits a CPU set");
         sched_setaffinity(here, &one).expect("pinning this thread to CPU 0");
-        let args = [
-            "--listen",
-            "tcp://127.0.0.1:0",
-            "--connect-to",
-            remote.as_str(),
-            "--dial-timeout",
-            "5s",
-        ];
-        let spawned = Self::spawn(command(), &args, &[]);
+        let spawned = Self::spawn(command(), &passthrough_args(remote, None), &[]);
         sched_setaffinity(here, &before).expect("restoring this thread's CPUs");
         Self::started(spawned).await
     }
@@ -293,4 +276,20 @@ pub async fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     settle("the program to finish", child.wait_with_output())
         .await
         .expect("running the program")
+}
+
+/// A passthrough's flags: a free loopback port, forwarding to `remote`,
+/// dialing with seconds to spare (a loaded CI machine), its hop named
+/// `name` if given.
+fn passthrough_args<'a>(remote: &'a Url, name: Option<&'a str>) -> Vec<&'a str> {
+    let mut args = vec![
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--connect-to",
+        remote.as_str(),
+        "--dial-timeout",
+        "5s",
+    ];
+    args.extend(name.into_iter().flat_map(|name| ["--name", name]));
+    args
 }

@@ -13,6 +13,7 @@ use tokio::time::{Instant, Sleep};
 pub(super) const FRAME_HEADER_LEN: usize = 9;
 pub(super) const FRAME_TYPE_OFFSET: usize = 3;
 pub(super) const FRAME_FLAGS_OFFSET: usize = 4;
+pub(super) const FRAME_TYPE_HEADERS: u8 = 0x1;
 pub(super) const FRAME_TYPE_SETTINGS: u8 = 0x4;
 pub(super) const CLIENT_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The largest first SETTINGS frame a peer may send (HTTP/2's initial

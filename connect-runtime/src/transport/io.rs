@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::first_bytes::{
-    Expect, FRAME_FLAGS_OFFSET, FRAME_HEADER_LEN, FRAME_TYPE_OFFSET, FirstBytes, Progress,
-    Unanswered,
+    Expect, FRAME_FLAGS_OFFSET, FRAME_HEADER_LEN, FRAME_TYPE_HEADERS, FRAME_TYPE_OFFSET,
+    FirstBytes, Progress, Unanswered,
 };
 use super::resets::Resets;
 use super::socket::Stream;
@@ -28,7 +28,8 @@ pub(crate) struct Io<X = ()> {
     first: Option<FirstBytes>,
     failed: Option<Unanswered>,
     resets: Option<Resets>,
-    /// Set when the next write waits one turn of the scheduler first.
+    /// Whether writes gather (see [`Io::gather_writes`]), and if so whether
+    /// the next lone HEADERS waits: spent by the wait, armed by each flush.
     gather: Option<bool>,
     pub(crate) extra: X,
 }
@@ -163,14 +164,13 @@ impl<X> Io<X> {
 /// Whether `bufs` hold one HTTP/2 HEADERS frame, whole, that does not end
 /// its stream: a request whose body is still to come.
 fn headers_alone(bufs: &[io::IoSlice<'_>]) -> bool {
-    const HEADERS: u8 = 0x1;
     const END_STREAM: u8 = 0x1;
     let Some(header) = bufs.first().and_then(|first| first.get(..FRAME_HEADER_LEN)) else {
         return false;
     };
     let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
     let total: usize = bufs.iter().map(|buf| buf.len()).sum();
-    header[FRAME_TYPE_OFFSET] == HEADERS
+    header[FRAME_TYPE_OFFSET] == FRAME_TYPE_HEADERS
         && header[FRAME_FLAGS_OFFSET] & END_STREAM == 0
         && total == FRAME_HEADER_LEN + len
 }
@@ -526,8 +526,8 @@ mod tests {
         let all = writes.concat();
         let mut by_write = vec![Vec::new(); writes.len()];
         let mut at = CLIENT_PREFACE.len();
-        while at + 9 <= all.len() {
-            let header = &all[at..at + 9];
+        while at + FRAME_HEADER_LEN <= all.len() {
+            let header = &all[at..at + FRAME_HEADER_LEN];
             let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
             let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
             let mut write = 0;
@@ -537,7 +537,7 @@ mod tests {
                 end += writes[write].len();
             }
             by_write[write].push((header[FRAME_TYPE_OFFSET], stream & 0x7fff_ffff));
-            at += 9 + len;
+            at += FRAME_HEADER_LEN + len;
         }
         by_write
     }
@@ -582,7 +582,6 @@ mod tests {
     }
 
     const FRAME_TYPE_DATA: u8 = 0x0;
-    const FRAME_TYPE_HEADERS: u8 = 0x1;
 
     #[tokio::test]
     async fn a_gathering_client_sends_a_requests_headers_and_body_in_one_write() {

@@ -35,10 +35,10 @@ use connect_macros::Element;
 /// connection, is opened again when it breaks while the client lives, and
 /// ends with the client. A break alone reports nothing (Go's monitor
 /// client reports DOWN for it), and, as in Go, a connection missing from
-/// a stream's initial state is not taken for DOWN. A remote answering `UNIMPLEMENTED` (or refusing
-/// the watch: `PERMISSION_DENIED`, `UNAUTHENTICATED`) is not watched and
-/// nothing is reported of it (Go reports every connection through such a
-/// remote DOWN). Made by
+/// a stream's initial state is not taken for DOWN. A remote answering
+/// `UNIMPLEMENTED` (or refusing the watch: `PERMISSION_DENIED`,
+/// `UNAUTHENTICATED`) is not watched and nothing is reported of it (Go
+/// reports every connection through such a remote DOWN). Made by
 /// [`ConnectionMonitor::relay`](super::ConnectionMonitor::relay).
 ///
 /// ```
