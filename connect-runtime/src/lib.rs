@@ -89,7 +89,7 @@ pub use map::PerConnection;
 pub use server::{
     ChainService, ConnectionStats, DEFAULT_GRACE_PERIOD, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, DEFAULT_SERVER_KEEPALIVE, Peer, Serve,
-    ServeError, ServerHandle, serve,
+    ServeError, ServerHandle, Services, serve,
 };
 #[cfg(feature = "spiffe")]
 pub use transport::spiffe;

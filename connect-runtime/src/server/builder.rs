@@ -27,7 +27,8 @@ use url::Url;
 use super::accept::{AcceptLoop, Start};
 use super::handle::{ConnectionStats, ServerHandle};
 use super::listener::{Listener, SocketFile, bind_unix};
-use super::service::ChainService;
+use super::service::{ChainServer, ChainService};
+use super::services::Services;
 use crate::chain::ServerChain;
 use crate::transport::Keepalive;
 use crate::transport::tls::{DEFAULT_EXPIRY_MARGIN, ServerTls};
@@ -125,6 +126,7 @@ pub async fn serve(
 /// ```
 pub struct Serve<L = Identity> {
     server: Server<L>,
+    chain: ChainServer,
     routes: Routes,
     shutdown: CancellationToken,
     grace: Duration,
@@ -140,8 +142,7 @@ impl Serve {
     /// A server for `chain`.
     pub fn new(chain: ServerChain) -> Self {
         let (health, health_service) = tonic_health::server::health_reporter();
-        let routes =
-            Routes::new(health_service).add_service(ChainService::new(chain).into_server());
+        let routes = Routes::new(health_service);
         let keepalive = DEFAULT_SERVER_KEEPALIVE;
         let server = Server::builder()
             .max_concurrent_streams(DEFAULT_MAX_CONCURRENT_STREAMS)
@@ -149,6 +150,7 @@ impl Serve {
             .http2_keepalive_timeout(Some(keepalive.timeout));
         Self {
             server,
+            chain: ChainService::new(chain).into_server(),
             routes,
             shutdown: CancellationToken::new(),
             grace: DEFAULT_GRACE_PERIOD,
@@ -275,6 +277,7 @@ impl<L> Serve<L> {
     pub fn layer<N>(self, layer: N) -> Serve<Stack<N, L>> {
         Serve {
             server: self.server.layer(layer),
+            chain: self.chain,
             routes: self.routes,
             shutdown: self.shutdown,
             grace: self.grace,
@@ -309,7 +312,7 @@ impl<L> Serve<L> {
     /// replaced as stale).
     pub async fn bind<ResBody>(self, url: impl IntoUrl) -> Result<ServerHandle, ServeError>
     where
-        L: Layer<Routes> + Clone + Send + Sync + 'static,
+        L: Layer<Services> + Clone + Send + Sync + 'static,
         L::Service: Service<http::Request<Body>, Response = http::Response<ResBody>>
             + Clone
             + Send
@@ -360,14 +363,17 @@ impl<L> Serve<L> {
         });
         let hard_stop = CancellationToken::new();
         let credential = self.tls.as_ref().and_then(|t| t.credential().cloned());
-        let mut server = self.server;
-        let routes = self.routes;
+        let server = self.server;
+        let services = Services::new(self.chain, self.routes);
         let start: Start = Box::new(move |connections| {
             let incoming = UnboundedReceiverStream::new(connections).map(Ok::<_, Infallible>);
             // A shutdown signal that never fires still makes tonic drain
             // gracefully once the incoming connections end.
-            let router = server.add_routes(routes.clone());
-            Box::pin(router.serve_with_incoming_shutdown(incoming, std::future::pending()))
+            Box::pin(server.clone().serve_with_incoming_shutdown(
+                services.clone(),
+                incoming,
+                std::future::pending(),
+            ))
         });
         let accepting = AcceptLoop::new(
             start,

@@ -10,6 +10,7 @@ mod listener;
 mod metrics;
 mod refusal;
 mod service;
+mod services;
 
 pub use accept::Peer;
 pub use builder::{
@@ -18,3 +19,4 @@ pub use builder::{
 };
 pub use handle::{ConnectionStats, ServerHandle};
 pub use service::{ChainServer, ChainService};
+pub use services::Services;

@@ -456,6 +456,84 @@ async fn interceptors_and_layers_wrap_both_sides() {
     server.shutdown().await;
 }
 
+/// The chain's calls skip tonic's router (`Services`); every other call
+/// still goes through it: health answers, a service whose name only starts
+/// like the chain's, or one nobody serves, is `UNIMPLEMENTED` without
+/// reaching the chain, and a `Serve::layer` sees every call either way.
+#[tokio::test]
+async fn calls_beside_the_chains_go_through_tonics_router() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use connect_runtime::Serve;
+    use connect_runtime::proto::networkservice::NetworkServiceRequest;
+    use tonic_prost::ProstCodec;
+    use tower::util::MapRequestLayer;
+
+    let layered = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&layered);
+    let capture = Capture::new();
+    let server = Serve::new(ServerChain::builder().with(capture.clone()).build())
+        .layer(MapRequestLayer::new(
+            move |call: http::Request<tonic::body::Body>| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                call
+            },
+        ))
+        .bind("tcp://127.0.0.1:0")
+        .await
+        .unwrap();
+    let conn = connect_tests::harness::dial_patiently(server.url()).await;
+
+    let mut grpc = tonic::client::Grpc::new(conn.clone());
+    for path in [
+        "/networkservice.NetworkServiceV2/Request",
+        "/networkservice.NetworkServic/Request",
+        "/nobody.Serves/This",
+    ] {
+        grpc.ready().await.unwrap();
+        let err =
+            grpc
+                .unary(
+                    tonic::Request::new(request("elsewhere")),
+                    http::uri::PathAndQuery::from_static(path),
+                    ProstCodec::<
+                        NetworkServiceRequest,
+                        connect_runtime::proto::connection::Connection,
+                    >::default(),
+                )
+                .await
+                .unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented, "{path}: {err:?}");
+        assert!(capture.request().is_none(), "{path} reached the chain");
+    }
+
+    let status = HealthClient::new(conn.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+
+    let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
+    let reply = client
+        .request(Context::new(), request("chain"))
+        .await
+        .unwrap();
+    assert_eq!(capture.request().unwrap().connection.unwrap().id, "chain");
+    client.close(Context::new(), reply).await.unwrap();
+
+    assert_eq!(
+        layered.load(Ordering::SeqCst),
+        6,
+        "three unserved calls, a health check, a request and a close"
+    );
+    server.shutdown().await;
+}
+
 /// `max_concurrent_streams` bounds the calls one connection has at the
 /// server at once: the next call waits (here past its deadline) instead of
 /// reaching the chain.
