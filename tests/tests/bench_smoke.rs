@@ -323,10 +323,12 @@ async fn the_elements_workload_reports_each_chain() {
 
 #[tokio::test]
 async fn the_hop_workload_measures_two_passthrough_processes_side_by_side() {
-    // The example program, twice under two names: the harness runs each as
-    // a process of its own between its driver and its endpoint.
+    // The example program, and the bench's own byte relay (the hop's
+    // floor): the harness runs each as a process of its own between its
+    // driver and its endpoint, and fails on any call that fails through it.
     let program = connect_tests::program::binary();
     let passthrough = format!("env RUST_LOG=warn {}", program.display());
+    let relay = format!("{} relay", env!("CARGO_BIN_EXE_connect-bench"));
     let (table, stderr) = bench([
         "hop".to_owned(),
         "--rounds=2".to_owned(),
@@ -334,7 +336,7 @@ async fn the_hop_workload_measures_two_passthrough_processes_side_by_side() {
         "--reps=1".to_owned(),
         "--iters=5".to_owned(),
         format!("--passthrough=first={passthrough}"),
-        format!("--passthrough=second={passthrough}"),
+        format!("--passthrough=second={relay}"),
     ])
     .await;
     // A Markdown table: a row per workload and passthrough, then the ratio.

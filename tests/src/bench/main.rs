@@ -11,6 +11,7 @@ mod floor;
 mod hop;
 mod measure;
 mod options;
+mod relay;
 mod rotation;
 mod scale;
 mod serve;
@@ -59,6 +60,7 @@ fn main() -> ExitCode {
             iters,
             rounds,
         } => runtime.block_on(floor::run(&remotes, iters, rounds)),
+        options::Command::Relay { listen, connect_to } => relay::run(listen, connect_to),
         options::Command::Elements {
             connections,
             rounds,

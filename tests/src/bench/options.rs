@@ -1,6 +1,7 @@
 //! The command line, on clap.
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -172,6 +173,25 @@ enum Sub {
         #[arg(long, default_value_t = 7, value_parser = positive)]
         rounds: usize,
     },
+    /// The hop's floor, to run as a passthrough under `hop`: copies each
+    /// connection accepted on --listen both ways to a new one to
+    /// --connect-to, parsing nothing, on one thread.
+    Relay {
+        /// tcp://HOST:PORT to accept connections on.
+        #[arg(long, value_parser = tcp_address)]
+        listen: SocketAddr,
+        /// tcp://HOST:PORT to relay each connection to.
+        #[arg(long, value_parser = tcp_address)]
+        connect_to: SocketAddr,
+    },
+}
+
+/// `tcp://HOST:PORT` with a numeric host, as `hop` and `serve` write them.
+fn tcp_address(value: &str) -> Result<SocketAddr, String> {
+    value
+        .strip_prefix("tcp://")
+        .and_then(|addr| addr.parse().ok())
+        .ok_or_else(|| format!("expected tcp://IP:PORT, got `{value}`"))
 }
 
 /// `NAME=COMMAND`.
@@ -319,6 +339,10 @@ pub(crate) enum Command {
         remotes: PathBuf,
         iters: usize,
         rounds: usize,
+    },
+    Relay {
+        listen: SocketAddr,
+        connect_to: SocketAddr,
     },
 }
 
@@ -527,6 +551,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command,
             iters,
             rounds,
         },
+        Sub::Relay { listen, connect_to } => Command::Relay { listen, connect_to },
     })
 }
 
@@ -694,5 +719,32 @@ mod tests {
             assert!(err.contains("expected NAME=COMMAND"), "{bad}: {err}");
         }
         assert!(parse(&["hop"]).is_err(), "a passthrough is required");
+    }
+
+    #[test]
+    fn relay_takes_the_programs_flags() {
+        let Ok(Command::Relay { listen, connect_to }) = parse(&[
+            "relay",
+            "--listen",
+            "tcp://127.0.0.1:7000",
+            "--connect-to",
+            "tcp://[::1]:7001",
+        ]) else {
+            panic!("not relay");
+        };
+        assert_eq!(listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(connect_to, "[::1]:7001".parse().unwrap());
+        for bad in ["127.0.0.1:7000", "tcp://localhost:7000", "unix:///tmp/s"] {
+            let err = parse(&[
+                "relay",
+                "--listen",
+                bad,
+                "--connect-to",
+                "tcp://127.0.0.1:1",
+            ])
+            .err()
+            .unwrap();
+            assert!(err.contains("expected tcp://IP:PORT"), "{bad}: {err}");
+        }
     }
 }

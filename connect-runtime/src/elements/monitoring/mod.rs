@@ -292,9 +292,13 @@ impl Hub {
             // Only a relay's claim: nothing was told of it.
             return;
         };
-        let owner = tracked.owner.as_deref();
-        let connection = connection.connection();
-        self.publish(&mut held, ConnectionEventType::Delete, &connection, owner);
+        // Decoding the last known connection is most of a delete's cost,
+        // and nobody watches most closes.
+        if !held.watchers.is_empty() {
+            let owner = tracked.owner.as_deref();
+            let connection = connection.connection();
+            self.publish(&mut held, ConnectionEventType::Delete, &connection, owner);
+        }
         self.unlock(held);
         self.count(|s| s.connections -= 1);
     }
