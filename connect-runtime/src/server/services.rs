@@ -24,13 +24,25 @@ use super::service::ChainServer;
 /// [`Serve::layer`](crate::Serve::layer) wrap this service, so they see
 /// every call, whichever way it goes.
 ///
+/// [`Serve`](crate::Serve) builds one for you; on a tonic server of your
+/// own it serves as a router would:
+///
 /// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use connect_runtime::{ChainService, Passthrough, ServerChain, Services};
 ///
 /// let chain = ChainService::new(ServerChain::builder().with(Passthrough).build());
 /// let (_, health) = tonic_health::server::health_reporter();
 /// let services = Services::new(chain.into_server(), tonic::service::Routes::new(health));
-/// # let _ = services;
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+/// let stop = std::future::ready(()); // stops at once, here
+/// tonic::transport::Server::builder()
+///     .serve_with_incoming_shutdown(services, incoming, stop)
+///     .await?;
+/// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
 pub struct Services {

@@ -19,11 +19,12 @@ pub(crate) fn run(listen: SocketAddr, connect_to: SocketAddr) -> Result<(), Stri
             .await
             .map_err(|e| format!("listening on {listen}: {e}"))?;
         loop {
-            // A failed accept (out of descriptors, a connection reset while
-            // queued) ends that connection only.
-            let Ok((inbound, _)) = listener.accept().await else {
-                continue;
-            };
+            // A failed accept ends the relay, as a floor measured around one
+            // would be wrong; the hop then reports the calls that failed.
+            let (inbound, _) = listener
+                .accept()
+                .await
+                .map_err(|e| format!("accepting on {listen}: {e}"))?;
             tokio::spawn(relay(inbound, connect_to));
         }
     })
