@@ -16,6 +16,11 @@ pub(super) const FRAME_FLAGS_OFFSET: usize = 4;
 pub(super) const FRAME_TYPE_HEADERS: u8 = 0x1;
 pub(super) const FRAME_TYPE_SETTINGS: u8 = 0x4;
 pub(super) const CLIENT_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A frame's payload length: the first three octets of its header.
+pub(super) fn payload_len(header: &[u8]) -> usize {
+    usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2])
+}
 /// The largest first SETTINGS frame a peer may send (HTTP/2's initial
 /// maximum frame size).
 const MAX_FIRST_FRAME: usize = 16_384;
@@ -143,8 +148,7 @@ impl FirstBytes {
                 }
             }
             if in_header + 1 == FRAME_HEADER_LEN {
-                let h = self.header;
-                let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                let len = payload_len(&self.header);
                 if len > MAX_FIRST_FRAME {
                     return Progress::Wrong;
                 }

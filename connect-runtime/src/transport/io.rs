@@ -13,7 +13,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::first_bytes::{
     Expect, FRAME_FLAGS_OFFSET, FRAME_HEADER_LEN, FRAME_TYPE_HEADERS, FRAME_TYPE_OFFSET,
-    FirstBytes, Progress, Unanswered,
+    FirstBytes, Progress, Unanswered, payload_len,
 };
 use super::resets::Resets;
 use super::socket::Stream;
@@ -168,7 +168,7 @@ fn headers_alone(bufs: &[io::IoSlice<'_>]) -> bool {
     let Some(header) = bufs.first().and_then(|first| first.get(..FRAME_HEADER_LEN)) else {
         return false;
     };
-    let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+    let len = payload_len(header);
     let total: usize = bufs.iter().map(|buf| buf.len()).sum();
     header[FRAME_TYPE_OFFSET] == FRAME_TYPE_HEADERS
         && header[FRAME_FLAGS_OFFSET] & END_STREAM == 0
@@ -528,7 +528,7 @@ mod tests {
         let mut at = CLIENT_PREFACE.len();
         while at + FRAME_HEADER_LEN <= all.len() {
             let header = &all[at..at + FRAME_HEADER_LEN];
-            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let len = payload_len(header);
             let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
             let mut write = 0;
             let mut end = writes[0].len();

@@ -4,7 +4,7 @@
 //! debug. A caller whose every call fails that way (grpcio on a unix
 //! socket, sending the socket path as `:authority`) deserves a warning.
 
-use super::first_bytes::{FRAME_HEADER_LEN as HEADER, FRAME_TYPE_OFFSET};
+use super::first_bytes::{FRAME_HEADER_LEN as HEADER, FRAME_TYPE_OFFSET, payload_len};
 
 /// `RST_STREAM`'s frame type, and the `PROTOCOL_ERROR` code.
 const RST_STREAM: u8 = 0x3;
@@ -59,9 +59,8 @@ impl Resets {
             bytes = &bytes[n..];
             if self.filled == HEADER {
                 self.filled = 0;
-                let h = self.header;
-                let length = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
-                self.code = (h[FRAME_TYPE_OFFSET] == RST_STREAM).then_some((0, 0));
+                let length = payload_len(&self.header);
+                self.code = (self.header[FRAME_TYPE_OFFSET] == RST_STREAM).then_some((0, 0));
                 self.payload_left = length;
                 if length == 0 {
                     self.frame_done();

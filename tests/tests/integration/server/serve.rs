@@ -456,16 +456,45 @@ async fn interceptors_and_layers_wrap_both_sides() {
     server.shutdown().await;
 }
 
+/// A service whose name only starts like the chain's: it answers every
+/// call `NOT_FOUND`, so a call that reaches it is told apart from one the
+/// chain's server turned away as `UNIMPLEMENTED`.
+#[derive(Clone)]
+struct Lookalike;
+
+impl tonic::server::NamedService for Lookalike {
+    const NAME: &'static str = "networkservice.NetworkServiceV2";
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Lookalike {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
+        std::future::ready(Ok(tonic::Status::not_found("the lookalike").into_http()))
+    }
+}
+
 /// The chain's calls skip tonic's router (`Services`); every other call
-/// still goes through it: health answers, a service whose name only starts
-/// like the chain's, or one nobody serves, is `UNIMPLEMENTED` without
-/// reaching the chain, and a `Serve::layer` sees every call either way.
+/// still goes through it: an added service whose name only starts like the
+/// chain's answers for itself, health answers, a service nobody serves is
+/// `UNIMPLEMENTED`, none of them reaches the chain, and a `Serve::layer`
+/// sees every call either way.
 #[tokio::test]
 async fn calls_beside_the_chains_go_through_tonics_router() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use connect_runtime::Serve;
+    use connect_runtime::proto::connection::Connection;
     use connect_runtime::proto::networkservice::NetworkServiceRequest;
     use tonic_prost::ProstCodec;
     use tower::util::MapRequestLayer;
@@ -474,6 +503,7 @@ async fn calls_beside_the_chains_go_through_tonics_router() {
     let counter = Arc::clone(&layered);
     let capture = Capture::new();
     let server = Serve::new(ServerChain::builder().with(capture.clone()).build())
+        .add_service(Lookalike)
         .layer(MapRequestLayer::new(
             move |call: http::Request<tonic::body::Body>| {
                 counter.fetch_add(1, Ordering::SeqCst);
@@ -486,25 +516,21 @@ async fn calls_beside_the_chains_go_through_tonics_router() {
     let conn = connect_tests::harness::dial_patiently(server.url()).await;
 
     let mut grpc = tonic::client::Grpc::new(conn.clone());
-    for path in [
-        "/networkservice.NetworkServiceV2/Request",
-        "/networkservice.NetworkServic/Request",
-        "/nobody.Serves/This",
+    for (path, answered) in [
+        ("/networkservice.NetworkServiceV2/Request", Code::NotFound),
+        ("/networkservice.NetworkServic/Request", Code::Unimplemented),
+        ("/nobody.Serves/This", Code::Unimplemented),
     ] {
         grpc.ready().await.unwrap();
-        let err =
-            grpc
-                .unary(
-                    tonic::Request::new(request("elsewhere")),
-                    http::uri::PathAndQuery::from_static(path),
-                    ProstCodec::<
-                        NetworkServiceRequest,
-                        connect_runtime::proto::connection::Connection,
-                    >::default(),
-                )
-                .await
-                .unwrap_err();
-        assert_eq!(err.code(), Code::Unimplemented, "{path}: {err:?}");
+        let err = grpc
+            .unary(
+                tonic::Request::new(request("elsewhere")),
+                http::uri::PathAndQuery::from_static(path),
+                ProstCodec::<NetworkServiceRequest, Connection>::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), answered, "{path}: {err:?}");
         assert!(capture.request().is_none(), "{path} reached the chain");
     }
 
@@ -529,7 +555,7 @@ async fn calls_beside_the_chains_go_through_tonics_router() {
     assert_eq!(
         layered.load(Ordering::SeqCst),
         6,
-        "three unserved calls, a health check, a request and a close"
+        "three calls beside the chain, a health check, a request and a close"
     );
     server.shutdown().await;
 }
