@@ -1,6 +1,7 @@
 //! The program as a real process: a passthrough forwarding to one remote, or
 //! a minimal endpoint. Both stop gracefully on SIGINT or SIGTERM.
 
+use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
@@ -327,20 +328,25 @@ impl Hooks for Logged {
         reply
     }
 
-    async fn close(
-        &self,
+    // A `fn` returning an `async move` block: an `async fn` that borrows
+    // its connection before passing it on keeps it twice in its future.
+    #[allow(clippy::manual_async_fn)]
+    fn close<'a>(
+        &'a self,
         ctx: Context,
         connection: Connection,
-        next: Next<'_>,
-    ) -> Result<(), Status> {
-        let id = connection.id.clone();
-        let result = next.close(ctx, connection).await;
-        match &result {
-            Ok(()) => tracing::info!(role = self.0, connection_id = %id, "close"),
-            Err(status) => {
-                tracing::warn!(role = self.0, connection_id = %id, error = %status.message(), "close failed")
+        next: Next<'a>,
+    ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
+        async move {
+            let id = connection.id.clone();
+            let result = next.close(ctx, connection).await;
+            match &result {
+                Ok(()) => tracing::info!(role = self.0, connection_id = %id, "close"),
+                Err(status) => {
+                    tracing::warn!(role = self.0, connection_id = %id, error = %status.message(), "close failed")
+                }
             }
+            result
         }
-        result
     }
 }

@@ -22,6 +22,11 @@ use crate::proto::networkservice::NetworkServiceRequest;
 /// named after the type, with fields `role`, `connection_id`, and, when the
 /// call fails, `code` and `error_message`.
 ///
+/// An `async fn` hook that borrows or changes its `Connection` before
+/// passing it on keeps it twice in its future, for as long as the call
+/// runs. On a busy path, write such a hook as a `fn` returning an
+/// `async move` block, as connect's own elements do; the block keeps it once.
+///
 /// ```
 /// use connect_runtime::prelude::*;
 ///

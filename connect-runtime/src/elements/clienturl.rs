@@ -58,8 +58,8 @@ impl Hooks for ClientUrl {
         request: NetworkServiceRequest,
         next: Next<'_>,
     ) -> Result<Connection, Status> {
-        let ctx = ctx.with_client_url(Arc::clone(&self.url));
-        next.request(ctx, request).await
+        next.request(ctx.with_client_url(Arc::clone(&self.url)), request)
+            .await
     }
 
     async fn close(
@@ -68,7 +68,8 @@ impl Hooks for ClientUrl {
         connection: Connection,
         next: Next<'_>,
     ) -> Result<(), Status> {
-        let ctx = ctx.with_client_url(Arc::clone(&self.url));
-        next.close(ctx, connection).await
+        // Not rebound: a context bound again is kept twice in the future.
+        next.close(ctx.with_client_url(Arc::clone(&self.url)), connection)
+            .await
     }
 }

@@ -1,6 +1,7 @@
 //! Expiry: NSM's `timeout` server element, the mesh's garbage collector.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
@@ -222,19 +223,29 @@ impl Shared {
         Ok(conn)
     }
 
-    async fn close(&self, ctx: Context, conn: Connection, next: Next<'_>) -> Result<(), Status> {
-        if conn.id.is_empty() {
-            return Element::close(&self.rest, ctx, conn, next).await;
+    // A `fn` returning an `async move` block: an `async fn` that borrows
+    // its connection before passing it on keeps it twice in its future.
+    #[allow(clippy::manual_async_fn)]
+    fn close<'a>(
+        &'a self,
+        ctx: Context,
+        conn: Connection,
+        next: Next<'a>,
+    ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
+        async move {
+            if conn.id.is_empty() {
+                return Element::close(&self.rest, ctx, conn, next).await;
+            }
+            let id = Arc::<str>::from(conn.id.as_str());
+            let _turn = self.turns.take(&id).await;
+            let result = Element::close(&self.rest, ctx, conn, next).await;
+            let retry = matches!(&result, Err(s) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled));
+            if !retry && self.live.take_if(&id, |_| true).is_some() {
+                self.changed.notify();
+                self.send(Command::Disarm(id));
+            }
+            result
         }
-        let id = Arc::<str>::from(conn.id.as_str());
-        let _turn = self.turns.take(&id).await;
-        let result = Element::close(&self.rest, ctx, conn, next).await;
-        let retry = matches!(&result, Err(s) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled));
-        if !retry && self.live.take_if(&id, |_| true).is_some() {
-            self.changed.notify();
-            self.send(Command::Disarm(id));
-        }
-        result
     }
 
     /// Closes `id` if the request that armed this expiry was its last.

@@ -1,5 +1,6 @@
 //! This hop's path segment: NSM's `updatepath` server element.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -107,14 +108,19 @@ impl Hooks for UpdatePath {
         Ok(conn)
     }
 
-    async fn close(
-        &self,
+    // A `fn` returning an `async move` block: an `async fn` that changes
+    // its connection keeps it twice in its future.
+    #[allow(clippy::manual_async_fn)]
+    fn close<'a>(
+        &'a self,
         ctx: Context,
         mut conn: Connection,
-        next: Next<'_>,
-    ) -> Result<(), Status> {
-        update(&mut conn, &self.name)?;
-        next.close(ctx, conn).await
+        next: Next<'a>,
+    ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
+        async move {
+            update(&mut conn, &self.name)?;
+            next.close(ctx, conn).await
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! One `connect` client: the lazily dialed channel to a remote URL and the
 //! client chain the factory built over it (Go's `connectClient`).
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -171,23 +172,31 @@ impl ConnectClient {
     }
 
     // Owning their client, these futures are the call a lease boxes, with
-    // no wrapper around them holding second copies of the arguments.
-    pub(super) async fn request(
+    // no wrapper around them holding second copies of the arguments: `fn`s
+    // returning `async move` blocks, since an `async fn` that borrows its
+    // arguments keeps them twice.
+    #[allow(clippy::manual_async_fn)]
+    pub(super) fn request(
         self: Arc<Self>,
         ctx: Context,
         request: NetworkServiceRequest,
-    ) -> Result<Connection, Status> {
-        let chain = self.chain(&ctx).await?;
-        chain.request(ctx, request).await
+    ) -> impl Future<Output = Result<Connection, Status>> + Send + 'static {
+        async move {
+            let chain = self.chain(&ctx).await?;
+            chain.request(ctx, request).await
+        }
     }
 
-    pub(super) async fn close(
+    #[allow(clippy::manual_async_fn)]
+    pub(super) fn close(
         self: Arc<Self>,
         ctx: Context,
         connection: Connection,
-    ) -> Result<(), Status> {
-        let chain = self.chain(&ctx).await?;
-        chain.close(ctx, connection).await
+    ) -> impl Future<Output = Result<(), Status>> + Send + 'static {
+        async move {
+            let chain = self.chain(&ctx).await?;
+            chain.close(ctx, connection).await
+        }
     }
 
     /// The client chain, dialing on first use; the caller's deadline bounds

@@ -2,6 +2,7 @@
 //! client, and relaying what it says.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -107,16 +108,21 @@ impl Hooks for MonitorRelay {
         Ok(connection)
     }
 
-    async fn close(
-        &self,
+    // A `fn` returning an `async move` block: an `async fn` that borrows
+    // its connection before passing it on keeps it twice in its future.
+    #[allow(clippy::manual_async_fn)]
+    fn close<'a>(
+        &'a self,
         ctx: Context,
         connection: Connection,
-        next: Next<'_>,
-    ) -> Result<(), Status> {
-        // First, so that the remote's DELETE for this close is not taken
-        // for a failure.
-        self.shared.unbind(&connection.id);
-        next.close(ctx, connection).await
+        next: Next<'a>,
+    ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
+        async move {
+            // First, so that the remote's DELETE for this close is not
+            // taken for a failure.
+            self.shared.unbind(&connection.id);
+            next.close(ctx, connection).await
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The served chain's side of monitoring: what the chain returns and closes.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use tonic::Status;
@@ -39,19 +40,24 @@ impl Hooks for MonitorServer {
         Ok(connection)
     }
 
-    async fn close(
-        &self,
+    // A `fn` returning an `async move` block: an `async fn` that borrows
+    // its connection before passing it on keeps it twice in its future.
+    #[allow(clippy::manual_async_fn)]
+    fn close<'a>(
+        &'a self,
         ctx: Context,
         connection: Connection,
-        next: Next<'_>,
-    ) -> Result<(), Status> {
-        // A close given up half way still ends the connection here: connect
-        // finishes it at the remote on its own.
-        let _deleted = Deleted {
-            hub: &self.hub,
-            id: connection.id.clone(),
-        };
-        next.close(ctx, connection).await
+        next: Next<'a>,
+    ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
+        async move {
+            // A close given up half way still ends the connection here:
+            // connect finishes it at the remote on its own.
+            let _deleted = Deleted {
+                hub: &self.hub,
+                id: connection.id.clone(),
+            };
+            next.close(ctx, connection).await
+        }
     }
 }
 
