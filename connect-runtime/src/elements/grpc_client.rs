@@ -1,20 +1,22 @@
 //! The element that ends a client chain by calling the remote.
 
+use std::future::Future;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use tokio::time::Instant;
-use tonic::Status;
 use tonic::body::Body;
-use tonic::client::GrpcService;
+use tonic::client::{Grpc, GrpcService};
 use tonic::metadata::MetadataValue;
+use tonic::{GrpcMethod, Status};
 
 use crate::chain::{BoxFuture, Client, Context, Element, Joins, Next};
 use crate::grpc_timeout;
 use crate::outcome::not_sent;
+use crate::proto::NETWORK_SERVICE;
+use crate::proto::codec::NsmCodec;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
-use crate::proto::networkservice::network_service_client::NetworkServiceClient;
 use crate::transport::ClientConn;
 
 /// How long after a call's deadline [`GrpcClient`] waits for the remote's
@@ -55,7 +57,7 @@ pub const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 /// ```
 #[derive(Clone, Debug)]
 pub struct GrpcClient<C = ClientConn> {
-    client: NetworkServiceClient<C>,
+    grpc: Grpc<C>,
 }
 
 impl<C> GrpcClient<C>
@@ -68,19 +70,24 @@ where
     /// Calls the remote behind `channel`.
     pub fn new(channel: C) -> Self {
         Self {
-            client: NetworkServiceClient::new(channel),
+            grpc: Grpc::new(channel),
         }
     }
 
-    /// The client and the request for one call, with the time left as
-    /// `grpc-timeout`; `DeadlineExceeded` (sending nothing) if none is left.
+    /// The client and the request for one call of `method`, with the time
+    /// left as `grpc-timeout`; `DeadlineExceeded` (sending nothing) if none
+    /// is left.
     #[allow(clippy::result_large_err)]
     fn prepare<M>(
         &self,
         ctx: &Context,
         message: M,
-    ) -> Result<(NetworkServiceClient<C>, tonic::Request<M>), Status> {
+        method: &'static str,
+    ) -> Result<(Grpc<C>, tonic::Request<M>), Status> {
         let mut request = tonic::Request::new(message);
+        request
+            .extensions_mut()
+            .insert(GrpcMethod::new(NETWORK_SERVICE, method));
         crate::telemetry::inject_current_trace(request.metadata_mut());
         if let Some(left) = ctx.remaining() {
             if left.is_zero() {
@@ -92,7 +99,33 @@ where
                 MetadataValue::try_from(grpc_timeout::text(left)).expect("digits and a letter");
             request.metadata_mut().insert(grpc_timeout::HEADER, value);
         }
-        Ok((self.client.clone(), request))
+        Ok((self.grpc.clone(), request))
+    }
+}
+
+/// One unary call, as the generated client makes it. Here, so that a close
+/// sends its connection boxed: tonic's call keeps its request at every
+/// level of its future, and a `Connection` is over 300 bytes.
+#[allow(clippy::manual_async_fn)]
+fn unary<C, M, R>(
+    mut grpc: Grpc<C>,
+    request: tonic::Request<M>,
+    path: &'static str,
+) -> impl Future<Output = Result<tonic::Response<R>, Status>> + Send
+where
+    C: GrpcService<Body> + Send + 'static,
+    C::Future: Send,
+    C::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <C::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
+    M: prost::Message + Send + 'static,
+    R: prost::Message + Default + Send + 'static,
+{
+    async move {
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unknown(format!("Service was not ready: {}", e.into())))?;
+        let path = http::uri::PathAndQuery::from_static(path);
+        grpc.unary(request, path, NsmCodec::<M, R>::default()).await
     }
 }
 
@@ -109,7 +142,7 @@ where
         request: NetworkServiceRequest,
         _next: Next<'a>,
     ) -> BoxFuture<'a, Result<Connection, Status>> {
-        let (mut client, request) = match self.prepare(&ctx, request) {
+        let (grpc, request) = match self.prepare(&ctx, request, "Request") {
             Ok(prepared) => prepared,
             Err(status) => return Box::pin(std::future::ready(Err(status))),
         };
@@ -117,7 +150,7 @@ where
         // The tonic call is boxed where it is made: its future is large,
         // and kept inline it would be copied with every move of this one.
         let call = ctx.run_until(backstop(deadline), async move {
-            Box::pin(client.request(request)).await
+            Box::pin(unary(grpc, request, REQUEST)).await
         });
         // Mapped, not awaited in an `async` block, which would hold the call
         // twice (as captured, and as awaited).
@@ -134,13 +167,13 @@ where
         connection: Connection,
         _next: Next<'a>,
     ) -> BoxFuture<'a, Result<(), Status>> {
-        let (mut client, request) = match self.prepare(&ctx, connection) {
+        let (grpc, request) = match self.prepare(&ctx, Box::new(connection), "Close") {
             Ok(prepared) => prepared,
             Err(status) => return Box::pin(std::future::ready(Err(status))),
         };
         let deadline = ctx.deadline();
         let call = ctx.run_until(backstop(deadline), async move {
-            Box::pin(client.close(request)).await
+            Box::pin(unary::<_, _, ()>(grpc, request, CLOSE)).await
         });
         Box::pin(call.map(move |answer| past_deadline(deadline, answer).map(drop)))
     }
@@ -155,6 +188,9 @@ where
     <C::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
 {
 }
+
+const REQUEST: &str = "/networkservice.NetworkService/Request";
+const CLOSE: &str = "/networkservice.NetworkService/Close";
 
 /// When a call is cut off here, besides the context's token: its deadline
 /// plus [`DEADLINE_GRACE`].

@@ -1,18 +1,20 @@
 //! The tonic `NetworkService` that feeds incoming gRPC calls into a server
 //! chain.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Extensions;
 use tonic::body::Body;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use super::Peer;
-use crate::chain::{Context, ServerChain};
+use crate::chain::{Context, NextFuture, ServerChain};
 use crate::deadline::deadline_from;
 use crate::grpc_timeout;
 use crate::proto::connection::Connection;
@@ -104,32 +106,63 @@ struct Arrival(Instant);
 /// tokio's timer resolution: deadlines a tick apart can fire together.
 const TIMER_TICK: Duration = Duration::from_millis(1);
 
-#[tonic::async_trait]
+/// A call's future, boxed as the generated trait wants it.
+type Call<'a, T> = Pin<Box<dyn Future<Output = Result<Response<T>, Status>> + Send + 'a>>;
+
+// Written out rather than with `async_trait`: what a call needs is taken
+// from its request before its future is made, so that the future holds the
+// chain's call, not the request besides (about 1 KB for a close).
 impl NetworkService for ChainService {
-    async fn request(
-        &self,
-        request: Request<NetworkServiceRequest>,
-    ) -> Result<Response<Connection>, Status> {
+    fn request<'s, 'f>(&'s self, request: Request<NetworkServiceRequest>) -> Call<'f, Connection>
+    where
+        's: 'f,
+        Self: 'f,
+    {
         let (metadata, extensions, request) = request.into_parts();
         let span = tracing::debug_span!(
             "request",
             connection_id = crate::chain::connection_id(&request)
         );
         crate::telemetry::adopt_caller_trace(&span, &metadata);
-        let (ctx, _cancel_on_drop) = incoming_context(metadata, &extensions)?;
+        let (ctx, cancel_on_drop) = match incoming_context(metadata, &extensions) {
+            Ok(incoming) => incoming,
+            Err(status) => return Box::pin(std::future::ready(Err(status))),
+        };
         // Made in the span: each element's span is made with its future.
         let chain = span.in_scope(|| self.chain.request(ctx.clone(), request));
-        ctx.run(chain).instrument(span).await.map(Response::new)
+        running(&ctx, cancel_on_drop, chain, span)
     }
 
-    async fn close(&self, request: Request<Connection>) -> Result<Response<()>, Status> {
+    fn close<'s, 'f>(&'s self, request: Request<Connection>) -> Call<'f, ()>
+    where
+        's: 'f,
+        Self: 'f,
+    {
         let (metadata, extensions, connection) = request.into_parts();
         let span = tracing::debug_span!("close", connection_id = connection.id.as_str());
         crate::telemetry::adopt_caller_trace(&span, &metadata);
-        let (ctx, _cancel_on_drop) = incoming_context(metadata, &extensions)?;
+        let (ctx, cancel_on_drop) = match incoming_context(metadata, &extensions) {
+            Ok(incoming) => incoming,
+            Err(status) => return Box::pin(std::future::ready(Err(status))),
+        };
         let chain = span.in_scope(|| self.chain.close(ctx.clone(), connection));
-        ctx.run(chain).instrument(span).await.map(Response::new)
+        running(&ctx, cancel_on_drop, chain, span)
     }
+}
+
+/// The chain's call, cut short at the context's limits and run in `span`;
+/// the guard cancels the call's token once it ends or is dropped.
+fn running<'a, T: Send + 'a>(
+    ctx: &Context,
+    cancel_on_drop: DropGuard,
+    chain: NextFuture<'a, T>,
+    span: Span,
+) -> Call<'a, T> {
+    let call = ctx.run(chain).instrument(span);
+    Box::pin(async move {
+        let _cancel_on_drop = cancel_on_drop;
+        call.await.map(Response::new)
+    })
 }
 
 /// The context of an incoming call, and the guard that cancels its token
@@ -137,7 +170,7 @@ impl NetworkService for ChainService {
 fn incoming_context(
     metadata: MetadataMap,
     extensions: &Extensions,
-) -> Result<(Context, tokio_util::sync::DropGuard), Status> {
+) -> Result<(Context, DropGuard), Status> {
     let token = CancellationToken::new();
     let timeout = grpc_timeout(&metadata)?;
     let mut ctx = Context::new()

@@ -3,6 +3,7 @@
 mod cancellation;
 mod connect;
 mod expire;
+mod grpc_client;
 mod linger;
 mod monitor;
 mod monitoring;
