@@ -25,7 +25,7 @@ async fn calls_leave_as_the_generated_client_sends_them() {
         MapRequestLayer::new(move |call: http::Request<tonic::body::Body>| {
             let method = call
                 .extensions()
-                .get::<GrpcMethod>()
+                .get::<GrpcMethod<'_>>()
                 .map(|m| format!("{}.{}", m.service(), m.method()));
             seen.lock()
                 .unwrap()
