@@ -25,8 +25,10 @@ use crate::transport::ClientConn;
 /// follows for the same connection can overlap it.
 pub const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 
-/// Calls the remote `networkservice.NetworkService` with tonic's generated
-/// client (Go's `networkservice.NewNetworkServiceClient(cc)`).
+/// Calls the remote `networkservice.NetworkService` through tonic's `Grpc`
+/// client, as its generated client does (Go's
+/// `networkservice.NewNetworkServiceClient(cc)`): the same paths, codec and
+/// `GrpcMethod` extension, for the layers under it.
 ///
 /// Each call carries the current span's trace context as W3C metadata
 /// (see [`telemetry`](crate::telemetry)).
