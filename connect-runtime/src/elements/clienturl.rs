@@ -58,8 +58,8 @@ impl Hooks for ClientUrl {
         request: NetworkServiceRequest,
         next: Next<'_>,
     ) -> Result<Connection, Status> {
-        next.request(ctx.with_client_url(Arc::clone(&self.url)), request)
-            .await
+        let ctx = ctx.with_client_url(Arc::clone(&self.url));
+        next.request(ctx, request).await
     }
 
     async fn close(
@@ -68,8 +68,7 @@ impl Hooks for ClientUrl {
         connection: Connection,
         next: Next<'_>,
     ) -> Result<(), Status> {
-        // Not rebound: a context bound again is kept twice in the future.
-        next.close(ctx.with_client_url(Arc::clone(&self.url)), connection)
-            .await
+        let ctx = ctx.with_client_url(Arc::clone(&self.url));
+        next.close(ctx, connection).await
     }
 }

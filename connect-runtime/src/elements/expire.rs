@@ -223,8 +223,7 @@ impl Shared {
         Ok(conn)
     }
 
-    // A `fn` returning an `async move` block: an `async fn` that borrows
-    // its connection before passing it on keeps it twice in its future.
+    // Not an `async fn`, which would keep the connection twice (see `Hooks`).
     #[allow(clippy::manual_async_fn)]
     fn close<'a>(
         &'a self,

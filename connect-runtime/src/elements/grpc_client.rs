@@ -76,20 +76,15 @@ where
         }
     }
 
-    /// The client and the request for one call of `method`, with the time
-    /// left as `grpc-timeout`; `DeadlineExceeded` (sending nothing) if none
-    /// is left.
+    /// The client and the request for one call, with the time left as
+    /// `grpc-timeout`; `DeadlineExceeded` (sending nothing) if none is left.
     #[allow(clippy::result_large_err)]
     fn prepare<M>(
         &self,
         ctx: &Context,
         message: M,
-        method: &'static str,
     ) -> Result<(Grpc<C>, tonic::Request<M>), Status> {
         let mut request = tonic::Request::new(message);
-        request
-            .extensions_mut()
-            .insert(GrpcMethod::new(NETWORK_SERVICE, method));
         crate::telemetry::inject_current_trace(request.metadata_mut());
         if let Some(left) = ctx.remaining() {
             if left.is_zero() {
@@ -105,14 +100,30 @@ where
     }
 }
 
+/// A method of `networkservice.NetworkService`: its path, and its name for
+/// tonic's `GrpcMethod` extension.
+struct Method {
+    path: &'static str,
+    name: &'static str,
+}
+
+const REQUEST: Method = Method {
+    path: "/networkservice.NetworkService/Request",
+    name: "Request",
+};
+const CLOSE: Method = Method {
+    path: "/networkservice.NetworkService/Close",
+    name: "Close",
+};
+
 /// One unary call, as the generated client makes it. Here, so that a close
 /// sends its connection boxed: tonic's call keeps its request at every
 /// level of its future, and a `Connection` is over 300 bytes.
 #[allow(clippy::manual_async_fn)]
 fn unary<C, M, R>(
     mut grpc: Grpc<C>,
-    request: tonic::Request<M>,
-    path: &'static str,
+    mut request: tonic::Request<M>,
+    method: Method,
 ) -> impl Future<Output = Result<tonic::Response<R>, Status>> + Send
 where
     C: GrpcService<Body> + Send + 'static,
@@ -122,11 +133,14 @@ where
     M: prost::Message + Send + 'static,
     R: prost::Message + Default + Send + 'static,
 {
+    request
+        .extensions_mut()
+        .insert(GrpcMethod::new(NETWORK_SERVICE, method.name));
     async move {
         grpc.ready()
             .await
             .map_err(|e| Status::unknown(format!("Service was not ready: {}", e.into())))?;
-        let path = http::uri::PathAndQuery::from_static(path);
+        let path = http::uri::PathAndQuery::from_static(method.path);
         grpc.unary(request, path, NsmCodec::<M, R>::default()).await
     }
 }
@@ -144,7 +158,7 @@ where
         request: NetworkServiceRequest,
         _next: Next<'a>,
     ) -> BoxFuture<'a, Result<Connection, Status>> {
-        let (grpc, request) = match self.prepare(&ctx, request, "Request") {
+        let (grpc, request) = match self.prepare(&ctx, request) {
             Ok(prepared) => prepared,
             Err(status) => return Box::pin(std::future::ready(Err(status))),
         };
@@ -169,7 +183,7 @@ where
         connection: Connection,
         _next: Next<'a>,
     ) -> BoxFuture<'a, Result<(), Status>> {
-        let (grpc, request) = match self.prepare(&ctx, Box::new(connection), "Close") {
+        let (grpc, request) = match self.prepare(&ctx, Box::new(connection)) {
             Ok(prepared) => prepared,
             Err(status) => return Box::pin(std::future::ready(Err(status))),
         };
@@ -190,9 +204,6 @@ where
     <C::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
 {
 }
-
-const REQUEST: &str = "/networkservice.NetworkService/Request";
-const CLOSE: &str = "/networkservice.NetworkService/Close";
 
 /// When a call is cut off here, besides the context's token: its deadline
 /// plus [`DEADLINE_GRACE`].

@@ -108,8 +108,7 @@ impl Hooks for UpdatePath {
         Ok(conn)
     }
 
-    // A `fn` returning an `async move` block: an `async fn` that changes
-    // its connection keeps it twice in its future.
+    // Not an `async fn`, which would keep the connection twice (see `Hooks`).
     #[allow(clippy::manual_async_fn)]
     fn close<'a>(
         &'a self,
