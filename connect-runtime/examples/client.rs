@@ -32,11 +32,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let first = Connection {
         id: id.clone(),
         network_service: "example-service".into(),
-        path: Some(Path {
+        path: Some(Box::new(Path {
             index: 0,
             path_segments: vec![own_segment(&id)],
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     };
     let conn = nsm.request(request(first)).await?.into_inner();

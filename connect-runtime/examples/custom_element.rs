@@ -77,11 +77,11 @@ fn request(id: &str, ttl: Duration) -> NetworkServiceRequest {
     };
     let conn = Connection {
         id: id.into(),
-        path: Some(Path {
+        path: Some(Box::new(Path {
             index: 0,
             path_segments: vec![caller],
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     };
     NetworkServiceRequest {

@@ -83,7 +83,7 @@ impl Hooks for Edit {
             .extra_context
             .insert(self.key.to_owned(), self.value.to_owned());
         if let Some(mechanism) = &self.mechanism {
-            conn.mechanism = Some(mechanism.clone());
+            conn.mechanism = Some(Box::new(mechanism.clone()));
         }
         next.request(ctx, request).await
     }
@@ -768,14 +768,14 @@ impl Hooks for SetPath {
         next: Next<'_>,
     ) -> Result<Connection, Status> {
         let conn = request.connection.get_or_insert_with(Default::default);
-        conn.path = Some(connect_runtime::proto::connection::Path {
+        conn.path = Some(Box::new(connect_runtime::proto::connection::Path {
             index: 0,
             path_segments: vec![connect_runtime::proto::connection::PathSegment {
                 name: self.0.to_owned(),
                 ..Default::default()
             }],
             ..Default::default()
-        });
+        }));
         next.request(ctx, request).await
     }
 }

@@ -75,11 +75,11 @@ pub fn from_caller(caller: &str, id: &str, ttl: Option<Duration>) -> Connection 
     };
     Connection {
         id: id.into(),
-        path: Some(Path {
+        path: Some(Box::new(Path {
             index: 0,
             path_segments: vec![segment],
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     }
 }

@@ -47,7 +47,7 @@ pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 60);
 /// let caller = PathSegment { name: "nsc".into(), id: "c-1".into(), ..Default::default() };
 /// let conn = Connection {
 ///     id: "c-1".into(),
-///     path: Some(Path { index: 0, path_segments: vec![caller], ..Default::default() }),
+///     path: Some(Box::new(Path { index: 0, path_segments: vec![caller], ..Default::default() })),
 ///     ..Default::default()
 /// };
 /// let request = NetworkServiceRequest { connection: Some(Box::new(conn)), ..Default::default() };
@@ -222,7 +222,7 @@ mod tests {
     fn conn(id: &str, path: Option<Path>) -> Connection {
         Connection {
             id: id.into(),
-            path,
+            path: path.map(Box::new),
             ..Default::default()
         }
     }
@@ -251,7 +251,7 @@ mod tests {
         let mut c = conn("conn-1", Some(path(1, 2)));
         assert_eq!(update(&mut c, "nse-2").unwrap(), 1);
         assert_eq!(c.id, "ID2");
-        assert_eq!(c.path.unwrap(), path(1, 2));
+        assert_eq!(*c.path.unwrap(), path(1, 2));
     }
 
     #[test]

@@ -302,13 +302,13 @@ impl ::prost::Message for Path {
 pub struct Connection {
     pub id: ::prost::alloc::string::String,
     pub network_service: ::prost::alloc::string::String,
-    pub mechanism: ::core::option::Option<Mechanism>,
+    pub mechanism: ::core::option::Option<::prost::alloc::boxed::Box<Mechanism>>,
     pub context: ::core::option::Option<
         ::prost::alloc::boxed::Box<super::connectioncontext::ConnectionContext>,
     >,
     pub labels:
         ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
-    pub path: ::core::option::Option<Path>,
+    pub path: ::core::option::Option<::prost::alloc::boxed::Box<Path>>,
     pub network_service_endpoint_name: ::prost::alloc::string::String,
     pub payload: ::prost::alloc::string::String,
     pub state: i32,

@@ -30,6 +30,15 @@ struct Set {
     unknown_fields: Option<&'static str>,
 }
 
+/// The NSM messages' fields generated boxed, the same in every set that
+/// generates NSM's API so that the sets' types keep one shape.
+const BOXED: &[&str] = &[
+    ".networkservice.NetworkServiceRequest.connection",
+    ".connection.Connection.mechanism",
+    ".connection.Connection.context",
+    ".connection.Connection.path",
+];
+
 const SETS: &[Set] = &[
     // NSM's API, in connect-proto: messages, clients and servers.
     Set {
@@ -41,13 +50,11 @@ const SETS: &[Set] = &[
         ],
         out: "proto/src/generated",
         unpackaged: None,
-        // The two big nested messages: a request or connection then moves
-        // as a few words instead of hundreds of bytes through every chain
-        // element and future. The wire format is unchanged.
-        boxed: &[
-            ".networkservice.NetworkServiceRequest.connection",
-            ".connection.Connection.context",
-        ],
+        // A request's connection and a connection's nested messages, as Go
+        // holds them: each costs a pointer when absent, and a connection
+        // moves as a few words through every chain element and future.
+        // The wire format is unchanged.
+        boxed: BOXED,
         // Buffers sized for NSM's messages; see proto/src/codec.rs.
         codec: Some("crate::codec::NsmCodec"),
         services: true,
@@ -65,10 +72,7 @@ const SETS: &[Set] = &[
         ],
         out: "tests/src/generated/plain",
         unpackaged: None,
-        boxed: &[
-            ".networkservice.NetworkServiceRequest.connection",
-            ".connection.Connection.context",
-        ],
+        boxed: BOXED,
         codec: None,
         services: false,
         unknown_fields: None,

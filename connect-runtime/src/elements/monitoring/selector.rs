@@ -46,11 +46,11 @@ mod tests {
     fn connection(service: &str, segments: &[(&str, &str)]) -> Connection {
         Connection {
             network_service: service.into(),
-            path: Some(Path {
+            path: Some(Box::new(Path {
                 index: 0,
                 path_segments: segments.iter().map(|(n, i)| segment(n, i)).collect(),
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         }
     }

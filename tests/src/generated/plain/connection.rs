@@ -42,8 +42,8 @@ pub struct Connection {
     pub id: ::prost::alloc::string::String,
     #[prost(string, tag = "2")]
     pub network_service: ::prost::alloc::string::String,
-    #[prost(message, optional, tag = "3")]
-    pub mechanism: ::core::option::Option<Mechanism>,
+    #[prost(message, optional, boxed, tag = "3")]
+    pub mechanism: ::core::option::Option<::prost::alloc::boxed::Box<Mechanism>>,
     #[prost(message, optional, boxed, tag = "4")]
     pub context: ::core::option::Option<
         ::prost::alloc::boxed::Box<super::connectioncontext::ConnectionContext>,
@@ -51,8 +51,8 @@ pub struct Connection {
     #[prost(map = "string, string", tag = "5")]
     pub labels:
         ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
-    #[prost(message, optional, tag = "6")]
-    pub path: ::core::option::Option<Path>,
+    #[prost(message, optional, boxed, tag = "6")]
+    pub path: ::core::option::Option<::prost::alloc::boxed::Box<Path>>,
     #[prost(string, tag = "7")]
     pub network_service_endpoint_name: ::prost::alloc::string::String,
     #[prost(string, tag = "8")]

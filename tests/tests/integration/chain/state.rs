@@ -100,11 +100,11 @@ fn request(id: &str, label: Option<&str>, ttl: Duration) -> NetworkServiceReques
     };
     let mut conn = Connection {
         id: id.into(),
-        path: Some(Path {
+        path: Some(Box::new(Path {
             index: 1,
             path_segments: vec![caller, hop],
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     };
     if let Some(label) = label {

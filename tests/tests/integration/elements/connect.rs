@@ -85,7 +85,7 @@ async fn request_moves_a_connection_between_remotes_and_closes_it() {
     {
         let conn = original.connection.as_mut().unwrap();
         conn.network_service = "network-service".into();
-        conn.mechanism = Some(mechanism("VFIO"));
+        conn.mechanism = Some(Box::new(mechanism("VFIO")));
         let mut context = ConnectionContext::default();
         context.extra_context.insert("not".into(), "empty".into());
         conn.context = Some(Box::new(context));
@@ -98,7 +98,7 @@ async fn request_moves_a_connection_between_remotes_and_closes_it() {
     let mut expected = original.clone();
     {
         let c = expected.connection.as_mut().unwrap();
-        c.mechanism = Some(mechanism("KERNEL"));
+        c.mechanism = Some(Box::new(mechanism("KERNEL")));
         c.context
             .as_mut()
             .unwrap()
@@ -119,7 +119,7 @@ async fn request_moves_a_connection_between_remotes_and_closes_it() {
     let mut expected = moved.clone();
     {
         let c = expected.connection.as_mut().unwrap();
-        c.mechanism = Some(mechanism("MEMIF"));
+        c.mechanism = Some(Box::new(mechanism("MEMIF")));
         c.context
             .as_mut()
             .unwrap()
@@ -1094,7 +1094,7 @@ async fn closes_on_connects_own_behalf_carry_the_connection_as_last_known() {
         closed, on_a,
         "A's close carried the connection as A returned it"
     );
-    assert_eq!(closed.mechanism, Some(kernel));
+    assert_eq!(closed.mechanism, Some(Box::new(kernel)));
     assert_eq!(closed.path.unwrap().path_segments[0].name, "remote-a");
 
     chain.close(Context::new(), moved).await.unwrap();

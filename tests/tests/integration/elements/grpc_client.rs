@@ -42,12 +42,12 @@ async fn calls_leave_as_the_generated_client_sends_them() {
 
     let mut sent = connection("whole");
     sent.labels.insert("app".into(), "icmp".into());
-    sent.mechanism = Some(Mechanism {
+    sent.mechanism = Some(Box::new(Mechanism {
         cls: "LOCAL".into(),
         r#type: "KERNEL".into(),
         ..Default::default()
-    });
-    sent.path = Some(Path {
+    }));
+    sent.path = Some(Box::new(Path {
         index: 0,
         path_segments: vec![PathSegment {
             name: "nsc".into(),
@@ -55,7 +55,7 @@ async fn calls_leave_as_the_generated_client_sends_them() {
             ..Default::default()
         }],
         ..Default::default()
-    });
+    }));
     let reply = client
         .request(Context::new(), request_for(sent.clone()))
         .await

@@ -115,12 +115,12 @@ fn connection_fields_have_nsm_numbers() {
     let conn = Connection {
         id: "i".into(),
         network_service: "n".into(),
-        mechanism: Some(Mechanism {
+        mechanism: Some(Box::new(Mechanism {
             cls: "c".into(),
             r#type: "t".into(),
             parameters: HashMap::new(),
             ..Default::default()
-        }),
+        })),
         context: Some(Box::new(ConnectionContext {
             mtu: 9,
             ..Default::default()
