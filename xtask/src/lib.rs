@@ -5,6 +5,7 @@
 pub mod api_table;
 mod files;
 mod fixtures;
+pub mod layout;
 mod proto;
 
 use std::path::{Path, PathBuf};

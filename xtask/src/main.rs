@@ -5,6 +5,8 @@
 //! cargo xtask codegen --check  # fail if any of them is stale
 //! cargo xtask api-table CLONE  # rewrite proto/api/upstream-fields.txt from
 //!                              # a clone of networkservicemesh/api
+//! cargo xtask layout PROFILE   # rewrite the program's hot-text linker
+//!                              # script from a callgrind profile of it
 //! ```
 
 use std::process::ExitCode;
@@ -16,8 +18,11 @@ fn main() -> ExitCode {
         ["codegen"] => xtask::Mode::Write,
         ["codegen", "--check"] => xtask::Mode::Check,
         ["api-table", clone] => return api_table(clone),
+        ["layout", profile] => return layout(profile),
         _ => {
-            eprintln!("usage: cargo xtask codegen [--check] | cargo xtask api-table CLONE");
+            eprintln!(
+                "usage: cargo xtask codegen [--check] | cargo xtask api-table CLONE | cargo xtask layout PROFILE"
+            );
             return ExitCode::from(2);
         }
     };
@@ -45,6 +50,20 @@ fn api_table(clone: &str) -> ExitCode {
                 "wrote {} from {clone} at {release}",
                 xtask::api_table::TABLE
             );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn layout(profile: &str) -> ExitCode {
+    let root = xtask::workspace_root();
+    match xtask::layout::write_script(&root, std::path::Path::new(profile)) {
+        Ok(patterns) => {
+            println!("wrote {} ({patterns} functions)", xtask::layout::SCRIPT);
             ExitCode::SUCCESS
         }
         Err(err) => {

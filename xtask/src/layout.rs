@@ -1,0 +1,266 @@
+//! `cargo xtask layout PROFILE`: the program's hot code, laid out together.
+//!
+//! The kernel maps a binary's code 64 KiB around each page a process first
+//! touches, so a program whose hot functions are spread over a 10 MB `.text`
+//! keeps most of it resident. A linker script (`INSERT BEFORE .text`, which
+//! GNU ld and lld both read) puts the functions a callgrind profile saw run
+//! in a section of their own, hottest first; `connect-runtime`'s build
+//! script hands it to the linker for its examples.
+//!
+//! Patterns leave out the hash that legacy-mangled names end in, so a build
+//! with other features or dependencies' versions still matches the same
+//! functions; a function the profile never saw stays in `.text`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+
+/// The script, relative to the workspace root.
+pub const SCRIPT: &str = "connect-runtime/examples/passthrough/hot-text.ld";
+
+/// Rewrites [`SCRIPT`] from a callgrind profile of the program (recorded
+/// with `--demangle=no`); returns how many patterns it holds.
+pub fn write_script(root: &Path, profile: &Path) -> Result<usize, String> {
+    let text =
+        fs::read_to_string(profile).map_err(|e| format!("reading {}: {e}", profile.display()))?;
+    let hot = hot_functions(&text)?;
+    let patterns = patterns(&hot);
+    if patterns.is_empty() {
+        return Err(format!(
+            "{} names no function of the profiled program",
+            profile.display()
+        ));
+    }
+    let path = root.join(SCRIPT);
+    fs::write(&path, script(&patterns)).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(patterns.len())
+}
+
+/// The functions of the profiled command's own object, by self cost,
+/// costliest first (ties by name, so the output is stable).
+fn hot_functions(profile: &str) -> Result<Vec<(String, u64)>, String> {
+    let program = profile
+        .lines()
+        .find_map(|l| l.strip_prefix("cmd:"))
+        .and_then(|cmd| cmd.split_whitespace().next())
+        .ok_or("the profile has no `cmd:` line: is it callgrind's output?")?;
+
+    let mut objects = Names::default();
+    let mut functions = Names::default();
+    let mut object = String::new();
+    let mut function = String::new();
+    let mut cost: HashMap<String, u64> = HashMap::new();
+    // A `calls=` line is followed by the call's inclusive cost, which is
+    // the callee's, not this function's.
+    let mut skip_next = false;
+    for line in profile.lines() {
+        if skip_next {
+            skip_next = false;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("ob=") {
+            object = objects.resolve(rest)?;
+        } else if let Some(rest) = line.strip_prefix("fn=") {
+            function = functions.resolve(rest)?;
+        } else if let Some(rest) = line.strip_prefix("cfn=") {
+            // Defines the name for later references; the current function
+            // does not change.
+            functions.resolve(rest)?;
+        } else if let Some(rest) = line.strip_prefix("cob=") {
+            objects.resolve(rest)?;
+        } else if line.starts_with("calls=") {
+            skip_next = true;
+        } else if line.starts_with(|c: char| c.is_ascii_digit() || "+-*".contains(c)) {
+            if object != program || function.is_empty() {
+                continue;
+            }
+            let self_cost = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse::<u64>().ok())
+                .unwrap_or(0);
+            *cost.entry(function.clone()).or_default() += self_cost;
+        }
+    }
+    let mut hot: Vec<(String, u64)> = cost.into_iter().collect();
+    hot.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok(hot)
+}
+
+/// callgrind's name compression: `(id) name` defines an id, `(id)` reuses it.
+#[derive(Default)]
+struct Names(HashMap<String, String>);
+
+impl Names {
+    fn resolve(&mut self, field: &str) -> Result<String, String> {
+        let Some(rest) = field.strip_prefix('(') else {
+            return Ok(field.to_owned());
+        };
+        let (id, name) = rest
+            .split_once(')')
+            .ok_or_else(|| format!("unclosed name id in `{field}`"))?;
+        let name = name.trim();
+        if name.is_empty() {
+            self.0
+                .get(id)
+                .cloned()
+                .ok_or_else(|| format!("name id ({id}) used before it is defined"))
+        } else {
+            self.0.insert(id.to_owned(), name.to_owned());
+            Ok(name.to_owned())
+        }
+    }
+}
+
+/// One input-section pattern per function, in order, without duplicates;
+/// names a linker script cannot hold are left out.
+fn patterns(hot: &[(String, u64)]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    hot.iter()
+        .filter_map(|(name, _)| pattern(name))
+        .filter(|p| seen.insert(p.clone()))
+        .collect()
+}
+
+/// The sections a mangled function may be in, its legacy hash (`17h` and 16 hex
+/// digits, then `E`) replaced by a wildcard; callgrind's recursion suffix
+/// (`'2`) and LTO's `.llvm.N` dropped. `None` for names that are not Rust's or C's symbols.
+fn pattern(name: &str) -> Option<String> {
+    let name = match name.rsplit_once('\'') {
+        Some((base, depth)) if depth.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => name,
+    };
+    // LTO's suffix for a promoted local symbol differs from build to build.
+    let name = match name.split_once(".llvm.") {
+        Some((base, suffix)) if suffix.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => name,
+    };
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_$.".contains(&b))
+    {
+        return None;
+    }
+    if !(name.starts_with("_ZN") || name.starts_with("_R")) {
+        return None;
+    }
+    let unhashed = match name.strip_suffix('E') {
+        Some(body) if body.len() > 19 && is_legacy_hash(&body[body.len() - 19..]) => {
+            format!("{}17h*", &body[..body.len() - 19])
+        }
+        _ => name.to_owned(),
+    };
+    // LLVM prefixes the sections of functions it judges cold or startup-only.
+    Some(
+        ["", "unlikely.", "startup.", "hot.", "split."]
+            .map(|prefix| format!(".text.{prefix}{unhashed}"))
+            .join(" "),
+    )
+}
+
+fn is_legacy_hash(s: &str) -> bool {
+    s.len() == 19 && s.starts_with("17h") && s[3..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn script(patterns: &[String]) -> String {
+    let mut out = String::from(
+        "/* @generated by `cargo xtask layout PROFILE` from a callgrind profile of\n   \
+         the program (BENCHMARKS.md, \"Code layout\"). Do not edit by hand. */\n\
+         SECTIONS\n{\n  .text.hot :\n  {\n",
+    );
+    for p in patterns {
+        out.push_str("    *(");
+        out.push_str(p);
+        out.push(')');
+        out.push('\n');
+    }
+    out.push_str("  }\n}\nINSERT BEFORE .text;\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROFILE: &str = "\
+version: 1
+creator: callgrind-3.19.0
+cmd:  /tmp/prog --listen x
+events: Ir
+ob=(1) /tmp/prog
+fl=(1) src/a.rs
+fn=(1) _ZN4main3hot17h0123456789abcdefE
+10 500
+cfn=(2) _ZN4main4cold17hfedcba9876543210E
+calls=1 20
+11 9000
+fn=(2)
+20 7
+ob=(2) /usr/lib/libc.so.6
+fn=(3) malloc
+1 100000
+ob=(1)
+fn=(4) _RNvCs1234_4core5write'2
++2 40
+fn=(1)
+12 3
+";
+
+    #[test]
+    fn self_cost_only_of_the_programs_own_functions() {
+        let hot = hot_functions(PROFILE).unwrap();
+        assert_eq!(
+            hot,
+            vec![
+                ("_ZN4main3hot17h0123456789abcdefE".to_owned(), 503),
+                ("_RNvCs1234_4core5write'2".to_owned(), 40),
+                ("_ZN4main4cold17hfedcba9876543210E".to_owned(), 7),
+            ],
+            "the call's inclusive 9000 is not the caller's, libc's malloc is not the program's"
+        );
+    }
+
+    #[test]
+    fn patterns_drop_the_legacy_hash_and_the_recursion_suffix() {
+        assert_eq!(
+            pattern("_ZN4main3hot17h0123456789abcdefE").as_deref(),
+            Some(sections("_ZN4main3hot17h*").as_str())
+        );
+        assert_eq!(
+            pattern("_RNvCs1234_4core5write'2").as_deref(),
+            Some(sections("_RNvCs1234_4core5write").as_str())
+        );
+        assert_eq!(
+            pattern("_ZN4main3hot17h0123456789abcdefE.llvm.1234567").as_deref(),
+            Some(sections("_ZN4main3hot17h*").as_str())
+        );
+        assert_eq!(pattern("malloc"), None);
+        assert_eq!(pattern("_ZN4main3bad(x)"), None);
+        // Two monomorphizations differ only by hash: one pattern.
+        let hot = [
+            ("_ZN1a1f17h0000000000000000E".to_owned(), 2),
+            ("_ZN1a1f17h1111111111111111E".to_owned(), 1),
+        ];
+        assert_eq!(patterns(&hot), vec![sections("_ZN1a1f17h*")]);
+    }
+
+    fn sections(name: &str) -> String {
+        format!(
+            ".text.{name} .text.unlikely.{name} .text.startup.{name} .text.hot.{name} .text.split.{name}"
+        )
+    }
+
+    #[test]
+    fn the_script_inserts_a_section_before_text() {
+        let s = script(&[".text._ZN1a1f17h*".to_owned()]);
+        assert!(s.starts_with("/* @generated by `cargo xtask layout PROFILE`"));
+        assert!(s.contains("  .text.hot :\n  {\n    *(.text._ZN1a1f17h*)\n  }\n"));
+        assert!(s.ends_with("INSERT BEFORE .text;\n"));
+    }
+
+    #[test]
+    fn a_reference_before_its_definition_is_an_error() {
+        let err = hot_functions("cmd: /p\nob=(1) /p\nfn=(7)\n1 1\n").unwrap_err();
+        assert!(err.contains("(7)"), "{err}");
+    }
+}
