@@ -301,7 +301,9 @@ impl Signals {
     }
 }
 
-/// Logs each call at info level.
+/// Logs each call: at debug when it succeeds, as NSM's Go components trace
+/// calls, so that a busy hop at the default level does not write (and wait
+/// on) two stderr lines a call; at warn when it fails.
 #[derive(Element)]
 #[element(server)]
 struct Logged(&'static str);
@@ -320,7 +322,7 @@ impl Hooks for Logged {
             .unwrap_or_default();
         let reply = next.request(ctx, request).await;
         match &reply {
-            Ok(_) => tracing::info!(role = self.0, connection_id = %id, "request"),
+            Ok(_) => tracing::debug!(role = self.0, connection_id = %id, "request"),
             Err(status) => {
                 tracing::warn!(role = self.0, connection_id = %id, error = %status.message(), "request failed")
             }
@@ -340,7 +342,7 @@ impl Hooks for Logged {
             let id = connection.id.clone();
             let result = next.close(ctx, connection).await;
             match &result {
-                Ok(()) => tracing::info!(role = self.0, connection_id = %id, "close"),
+                Ok(()) => tracing::debug!(role = self.0, connection_id = %id, "close"),
                 Err(status) => {
                     tracing::warn!(role = self.0, connection_id = %id, error = %status.message(), "close failed")
                 }

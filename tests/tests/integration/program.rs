@@ -650,6 +650,84 @@ async fn logs_are_plain_off_a_terminal_and_all_json_in_json_mode() {
     }
 }
 
+/// At info, the default level, a call that succeeds writes nothing (a
+/// busy hop would otherwise write two lines a pair); at debug each request
+/// and close is a line naming its connection; a call that fails is a
+/// warning at either.
+#[tokio::test]
+async fn calls_are_logged_at_debug_and_failures_at_warn() {
+    let lines_about = |logs: &[String], id: &str| -> Vec<serde_json::Value> {
+        logs.iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["fields"]["connection_id"] == id)
+            .collect()
+    };
+    for level in ["info", "debug"] {
+        let endpoint = Program::start(&[
+            "--endpoint",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--log-level",
+            level,
+        ])
+        .await;
+        let mut nsm = client(endpoint.url()).await;
+        let reply = nsm.request(request("quiet")).await.unwrap().into_inner();
+        nsm.close(reply).await.unwrap();
+        endpoint.terminate();
+        let (status, logs) = endpoint.exited_with_logs().await;
+        assert!(status.success());
+        let about = lines_about(&logs, "quiet");
+        let said: Vec<_> = about
+            .iter()
+            .map(|l| (&l["level"], &l["fields"]["message"]))
+            .collect();
+        if level == "info" {
+            assert!(about.is_empty(), "a line per call at info: {logs:?}");
+        } else {
+            assert_eq!(
+                said,
+                [
+                    (&"DEBUG".into(), &"request".into()),
+                    (&"DEBUG".into(), &"close".into())
+                ]
+            );
+        }
+    }
+
+    let dir = TempDir::new().unwrap();
+    let nowhere = unix_url(&dir.path().join("nobody-home.sock"));
+    let passthrough = Program::start(&[
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--connect-to",
+        nowhere.as_str(),
+        "--log-format",
+        "json",
+        "--log-level",
+        "info",
+    ])
+    .await;
+    let mut nsm = client(passthrough.url()).await;
+    nsm.request(request("lost")).await.unwrap_err();
+    passthrough.terminate();
+    let (status, logs) = passthrough.exited_with_logs().await;
+    assert!(status.success());
+    let about = lines_about(&logs, "lost");
+    assert_eq!(about.len(), 1, "{logs:?}");
+    assert_eq!(about[0]["level"], "WARN");
+    assert_eq!(about[0]["fields"]["message"], "request failed");
+    assert!(
+        about[0]["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("nobody-home.sock"),
+        "{about:?}"
+    );
+}
+
 /// The README's client: the `client` example requests, refreshes and
 /// closes a connection through a passthrough process and an endpoint
 /// process, each adding its own segment to the path.
