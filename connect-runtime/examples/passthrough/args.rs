@@ -20,7 +20,8 @@ shown beside it; an option given on the command line wins.
 
 URLs are tcp://host:port (port 0 picks one) or unix:///path. Durations are
 like 100ms, 1.5s, 10m or 1h. --log-level sets the level (RUST_LOG's filter
-if neither it nor NSM_LOG_LEVEL is set; default info).
+if neither it nor NSM_LOG_LEVEL is set; default info). Each call that
+succeeds is logged at debug, each that fails at warn.
 
 Telemetry, as NSM components have it: with TELEMETRY=true spans and metrics
 go by OTLP/gRPC to NSM_OPEN_TELEMETRY_ENDPOINT (host:port), one trace per
