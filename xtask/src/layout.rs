@@ -50,6 +50,8 @@ fn hot_functions(profile: &str) -> Result<Vec<(String, u64)>, String> {
     let mut object = String::new();
     let mut function = String::new();
     let mut cost: HashMap<String, u64> = HashMap::new();
+    // Cost callgrind could not place in any object, and the program's own.
+    let (mut unplaced, mut own) = (0u64, 0u64);
     // A `calls=` line is followed by the call's inclusive cost, which is
     // the callee's, not this function's.
     let mut skip_next = false;
@@ -71,16 +73,29 @@ fn hot_functions(profile: &str) -> Result<Vec<(String, u64)>, String> {
         } else if line.starts_with("calls=") {
             skip_next = true;
         } else if line.starts_with(|c: char| c.is_ascii_digit() || "+-*".contains(c)) {
-            if !is_program(&object, program) || function.is_empty() {
-                continue;
-            }
             let self_cost = line
                 .split_whitespace()
                 .nth(1)
                 .and_then(|c| c.parse::<u64>().ok())
                 .unwrap_or(0);
+            if object == "???" {
+                unplaced += self_cost;
+            }
+            if !is_program(&object, program) || function.is_empty() {
+                continue;
+            }
+            own += self_cost;
             *cost.entry(function.clone()).or_default() += self_cost;
         }
+    }
+    // valgrind places code by the object's `.text`: a program already laid
+    // out runs its hot code from `.text.hot`, which it cannot place.
+    if unplaced > own {
+        return Err(format!(
+            "callgrind placed {unplaced} of the profile's cost in no object (`???`), more than \
+             the program's own {own}: profile a program linked without the script \
+             (built with CONNECT_NO_HOT_TEXT=1)"
+        ));
     }
     let mut hot: Vec<(String, u64)> = cost.into_iter().collect();
     hot.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -134,16 +149,20 @@ fn patterns(hot: &[(String, u64)]) -> Vec<String> {
 
 /// The sections a mangled function may be in, its legacy hash (`17h` and 16 hex
 /// digits, then `E`) replaced by a wildcard; callgrind's recursion suffix
-/// (`'2`) and LTO's `.llvm.N` dropped. `None` for names that are not Rust's or C's symbols.
+/// (`'2`) and LLVM's `.llvm.N` and `.N` dropped. `None` for names that are not Rust's or C's symbols.
 fn pattern(name: &str) -> Option<String> {
     let name = match name.rsplit_once('\'') {
         Some((base, depth)) if depth.bytes().all(|b| b.is_ascii_digit()) => base,
         _ => name,
     };
-    // LTO's suffix for a promoted local symbol differs from build to build.
+    // The suffixes LLVM gives a promoted (`.llvm.N`) or numbered (`.N`)
+    // local symbol differ from build to build.
     let name = match name.split_once(".llvm.") {
         Some((base, suffix)) if suffix.bytes().all(|b| b.is_ascii_digit()) => base,
-        _ => name,
+        _ => match name.rsplit_once('.') {
+            Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
+            _ => name,
+        },
     };
     if !name
         .bytes()
@@ -244,6 +263,10 @@ fn=(1)
             pattern("_ZN4main3hot17h0123456789abcdefE.llvm.1234567").as_deref(),
             Some(sections("_ZN4main3hot17h*").as_str())
         );
+        assert_eq!(
+            pattern("_ZN4main3hot17h0123456789abcdefE.5830").as_deref(),
+            Some(sections("_ZN4main3hot17h*").as_str())
+        );
         assert_eq!(pattern("malloc"), None);
         assert_eq!(pattern("_ZN4main3bad(x)"), None);
         // Two monomorphizations differ only by hash: one pattern.
@@ -275,6 +298,16 @@ fn=(1)
         assert!(is_program("/tmp/p", "/tmp/p"));
         assert!(!is_program("/w/target/release/xp", "p"));
         assert!(!is_program("/usr/lib/libc.so.6", "target/release/p"));
+    }
+
+    #[test]
+    fn a_profile_of_a_laid_out_program_is_refused() {
+        let profile = "cmd: /p\nob=(1) /p\nfn=(1) _ZN1a1f17h0000000000000000E\n1 10\n\
+                       ob=(2) ???\nfn=(2) 0x0000000000401000\n1 11\n";
+        let err = hot_functions(profile).unwrap_err();
+        assert!(err.contains("CONNECT_NO_HOT_TEXT=1"), "{err}");
+        let placed = profile.replace("1 11", "1 9");
+        assert_eq!(hot_functions(&placed).unwrap().len(), 1);
     }
 
     #[test]
