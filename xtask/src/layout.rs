@@ -48,6 +48,7 @@ fn hot_functions(profile: &str) -> Result<Vec<(String, u64)>, String> {
     let mut objects = Names::default();
     let mut functions = Names::default();
     let mut object = String::new();
+    let mut in_program = false;
     let mut function = String::new();
     let mut cost: HashMap<String, u64> = HashMap::new();
     // Cost callgrind could not place in any object, and the program's own.
@@ -62,6 +63,7 @@ fn hot_functions(profile: &str) -> Result<Vec<(String, u64)>, String> {
         }
         if let Some(rest) = line.strip_prefix("ob=") {
             object = objects.resolve(rest)?;
+            in_program = is_program(&object, program);
         } else if let Some(rest) = line.strip_prefix("fn=") {
             function = functions.resolve(rest)?;
         } else if let Some(rest) = line.strip_prefix("cfn=") {
@@ -81,7 +83,7 @@ fn hot_functions(profile: &str) -> Result<Vec<(String, u64)>, String> {
             if object == "???" {
                 unplaced += self_cost;
             }
-            if !is_program(&object, program) || function.is_empty() {
+            if !in_program || function.is_empty() {
                 continue;
             }
             own += self_cost;
