@@ -23,15 +23,20 @@ async fn client(url: &Url) -> NetworkServiceClient<ClientConn> {
     NetworkServiceClient::new(dial(url, &options).await.unwrap())
 }
 
+/// Requests connection `id` through the program at `url`, then closes it;
+/// both succeed, and the reply is the connection asked for.
+async fn request_and_close(url: &Url, id: &str) {
+    let mut nsm = client(url).await;
+    let reply = nsm.request(request(id)).await.unwrap().into_inner();
+    assert_eq!(reply.id, id);
+    nsm.close(reply).await.unwrap();
+}
+
 #[tokio::test]
 async fn endpoint_mode_answers_request_and_close_and_stops_on_sigterm() {
     let endpoint = Program::start(&["--endpoint", "--listen", "tcp://127.0.0.1:0"]).await;
     assert_eq!(endpoint.url().scheme(), "tcp");
-    let mut nsm = client(endpoint.url()).await;
-
-    let reply = nsm.request(request("e-1")).await.unwrap().into_inner();
-    assert_eq!(reply.id, "e-1");
-    nsm.close(reply).await.unwrap();
+    request_and_close(endpoint.url(), "e-1").await;
 
     endpoint.terminate();
     assert!(endpoint.exited().await.success());
@@ -102,9 +107,7 @@ async fn options_come_from_the_environment_and_flags_win() {
         ],
     )
     .await;
-    let mut nsm = client(passthrough.url()).await;
-    let reply = nsm.request(request("env")).await.unwrap().into_inner();
-    nsm.close(reply).await.unwrap();
+    request_and_close(passthrough.url(), "env").await;
     assert_eq!(
         remote.connections().accepted,
         1,
@@ -139,11 +142,7 @@ async fn a_passthrough_process_in_front_of_an_endpoint_process() {
     let endpoint_url = unix_url(&dir.path().join("endpoint.sock"));
     let endpoint = Program::start(&["--endpoint", "--listen", endpoint_url.as_str()]).await;
     let passthrough = Program::passthrough_to(endpoint.url()).await;
-    let mut nsm = client(passthrough.url()).await;
-
-    let reply = nsm.request(request("topology")).await.unwrap().into_inner();
-    assert_eq!(reply.id, "topology");
-    nsm.close(reply).await.unwrap();
+    request_and_close(passthrough.url(), "topology").await;
 
     passthrough.terminate();
     endpoint.terminate();
@@ -158,10 +157,7 @@ async fn a_passthrough_process_in_front_of_an_endpoint_process() {
 async fn on_one_cpu_the_program_forwards_on_one_thread() {
     let endpoint = start_tcp(ServerChain::default()).await;
     let passthrough = Program::passthrough_on_one_cpu(endpoint.url()).await;
-    let mut nsm = client(passthrough.url()).await;
-    let reply = nsm.request(request("pinned")).await.unwrap().into_inner();
-    assert_eq!(reply.id, "pinned");
-    nsm.close(reply).await.unwrap();
+    request_and_close(passthrough.url(), "pinned").await;
     assert_eq!(passthrough.threads(), 1);
     passthrough.terminate();
     assert!(passthrough.exited().await.success());
@@ -519,9 +515,7 @@ async fn a_huge_dial_timeout_is_accepted() {
             timeout,
         ])
         .await;
-        let mut nsm = client(passthrough.url()).await;
-        let reply = nsm.request(request("patient")).await.unwrap().into_inner();
-        nsm.close(reply).await.unwrap();
+        request_and_close(passthrough.url(), "patient").await;
         passthrough.terminate();
         assert!(passthrough.exited().await.success(), "{timeout}");
     }
@@ -628,9 +622,7 @@ async fn logs_are_plain_off_a_terminal_and_all_json_in_json_mode() {
                     .starts_with("endpoint listening on tcp://")
             );
         }
-        let mut nsm = client(endpoint.url()).await;
-        let reply = nsm.request(request("logged")).await.unwrap().into_inner();
-        nsm.close(reply).await.unwrap();
+        request_and_close(endpoint.url(), "logged").await;
         endpoint.terminate();
         let (status, logs) = endpoint.exited_with_logs().await;
         assert!(status.success());
@@ -673,9 +665,7 @@ async fn calls_are_logged_at_debug_and_failures_at_warn() {
             level,
         ])
         .await;
-        let mut nsm = client(endpoint.url()).await;
-        let reply = nsm.request(request("quiet")).await.unwrap().into_inner();
-        nsm.close(reply).await.unwrap();
+        request_and_close(endpoint.url(), "quiet").await;
         endpoint.terminate();
         let (status, logs) = endpoint.exited_with_logs().await;
         assert!(status.success());
