@@ -32,6 +32,14 @@ async fn request_and_close(url: &Url, id: &str) {
     nsm.close(reply).await.unwrap();
 }
 
+/// The JSON log lines about connection `id`.
+fn lines_about(logs: &[String], id: &str) -> Vec<serde_json::Value> {
+    logs.iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["fields"]["connection_id"] == id)
+        .collect()
+}
+
 #[tokio::test]
 async fn endpoint_mode_answers_request_and_close_and_stops_on_sigterm() {
     let endpoint = Program::start(&["--endpoint", "--listen", "tcp://127.0.0.1:0"]).await;
@@ -478,6 +486,8 @@ async fn the_demo_drives_its_connections_and_passes_its_checks() {
     assert!(!stdout.contains("FAIL"), "{stdout}");
 }
 
+/// The caller gets a clear status, and the program logs the failure as a
+/// warning at the default level.
 #[tokio::test]
 async fn a_request_the_passthrough_cannot_forward_gets_a_clear_status() {
     // Nothing listens at the target: the dial fails, quickly and clearly.
@@ -488,6 +498,10 @@ async fn a_request_the_passthrough_cannot_forward_gets_a_clear_status() {
         "tcp://127.0.0.1:0",
         "--connect-to",
         nowhere.as_str(),
+        "--log-format",
+        "json",
+        "--log-level",
+        "info",
     ])
     .await;
     let mut nsm = client(passthrough.url()).await;
@@ -497,7 +511,19 @@ async fn a_request_the_passthrough_cannot_forward_gets_a_clear_status() {
     assert!(err.message().contains("nobody-home.sock"), "{err:?}");
 
     passthrough.terminate();
-    assert!(passthrough.exited().await.success());
+    let (status, logs) = passthrough.exited_with_logs().await;
+    assert!(status.success());
+    let about = lines_about(&logs, "lost");
+    assert_eq!(about.len(), 1, "{logs:?}");
+    assert_eq!(about[0]["level"], "WARN");
+    assert_eq!(about[0]["fields"]["message"], "request failed");
+    assert!(
+        about[0]["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("nobody-home.sock"),
+        "{about:?}"
+    );
 }
 
 /// A dial timeout too large for the clock is accepted (it saturates), in
@@ -644,16 +670,10 @@ async fn logs_are_plain_off_a_terminal_and_all_json_in_json_mode() {
 
 /// At info, the default level, a call that succeeds writes nothing (a
 /// busy hop would otherwise write two lines a pair); at debug each request
-/// and close is a line naming its connection; a call that fails is a
-/// warning at either.
+/// and close is a line naming its connection. (A call that fails is a
+/// warning: `a_request_the_passthrough_cannot_forward_gets_a_clear_status`.)
 #[tokio::test]
-async fn calls_are_logged_at_debug_and_failures_at_warn() {
-    let lines_about = |logs: &[String], id: &str| -> Vec<serde_json::Value> {
-        logs.iter()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|l| l["fields"]["connection_id"] == id)
-            .collect()
-    };
+async fn a_call_that_succeeds_is_logged_at_debug_not_info() {
     for level in ["info", "debug"] {
         let endpoint = Program::start(&[
             "--endpoint",
@@ -686,36 +706,6 @@ async fn calls_are_logged_at_debug_and_failures_at_warn() {
             );
         }
     }
-
-    let dir = TempDir::new().unwrap();
-    let nowhere = unix_url(&dir.path().join("nobody-home.sock"));
-    let passthrough = Program::start(&[
-        "--listen",
-        "tcp://127.0.0.1:0",
-        "--connect-to",
-        nowhere.as_str(),
-        "--log-format",
-        "json",
-        "--log-level",
-        "info",
-    ])
-    .await;
-    let mut nsm = client(passthrough.url()).await;
-    nsm.request(request("lost")).await.unwrap_err();
-    passthrough.terminate();
-    let (status, logs) = passthrough.exited_with_logs().await;
-    assert!(status.success());
-    let about = lines_about(&logs, "lost");
-    assert_eq!(about.len(), 1, "{logs:?}");
-    assert_eq!(about[0]["level"], "WARN");
-    assert_eq!(about[0]["fields"]["message"], "request failed");
-    assert!(
-        about[0]["fields"]["error"]
-            .as_str()
-            .unwrap()
-            .contains("nobody-home.sock"),
-        "{about:?}"
-    );
 }
 
 /// The README's client: the `client` example requests, refreshes and
