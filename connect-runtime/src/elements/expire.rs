@@ -3,12 +3,15 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::poll_fn;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::time::{DelayQueue, delay_queue};
 use tonic::{Code, Status};
 
@@ -21,6 +24,7 @@ use crate::elements::updatepath::{DEFAULT_MAX_TOKEN_LIFETIME, caller_expiry};
 use crate::map::PerConnection;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
+use crate::sync::lock;
 
 /// The longest a timer is set for, whatever expiry a caller claims: within
 /// what the timer wheel holds (about two years).
@@ -49,7 +53,9 @@ const CLOSING_AT_ONCE: usize = 256;
 ///   other and with the expiry's close: an expiry never overlaps a refresh
 ///   or a Close, and never closes a connection twice.
 /// - One task and one timer wheel serve every connection; the task starts
-///   with the first request and ends when the element is dropped. At most
+///   with the first request and ends when the element is dropped. A call
+///   sets or clears its connection's expiry in the wheel itself, waking the
+///   task only when the next expiry comes sooner. At most
 ///   256 expiry closes run at once: a burst that expires together is
 ///   closed at that pace.
 ///
@@ -103,7 +109,7 @@ struct Shared {
     turns: Turns,
     /// Boxed: a table's empty slots cost a pointer, not a connection.
     live: PerConnection<Box<Live>>,
-    timer: OnceLock<mpsc::UnboundedSender<Command>>,
+    timer: OnceLock<Timer>,
     generations: AtomicU64,
     expired: AtomicU64,
     superseded: AtomicU64,
@@ -119,13 +125,21 @@ struct Live {
     close_timeout: Duration,
 }
 
-enum Command {
-    Arm {
-        id: Arc<str>,
-        generation: u64,
-        at: Instant,
-    },
-    Disarm(Arc<str>),
+/// The expiries set, and the task that meets them.
+struct Timer {
+    wheel: Arc<Mutex<Wheel>>,
+    /// The task's runtime, whose timer the wheel sleeps on.
+    runtime: Handle,
+    /// Ends the task when the element goes.
+    _stop: DropGuard,
+}
+
+/// A timer wheel of (id, generation), each id armed at most once.
+struct Wheel {
+    queue: DelayQueue<(Arc<str>, u64)>,
+    keys: HashMap<Arc<str>, delay_queue::Key>,
+    /// The task waiting on the queue, to wake when the queue is replaced.
+    task: Option<Waker>,
 }
 
 impl Expire {
@@ -219,7 +233,7 @@ impl Shared {
         self.live.set(&id, Box::new(live));
         self.changed.notify();
         let at = Instant::now() + lives.saturating_sub(early);
-        self.send(Command::Arm { id, generation, at });
+        self.timer().arm(id, generation, at);
         Ok(conn)
     }
 
@@ -241,7 +255,7 @@ impl Shared {
             let retry = matches!(&result, Err(s) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled));
             if !retry && self.live.take_if(&id, |_| true).is_some() {
                 self.changed.notify();
-                self.send(Command::Disarm(id));
+                self.timer().disarm(&id);
             }
             result
         }
@@ -279,14 +293,11 @@ impl Shared {
             .min(LONGEST_TIMER)
     }
 
-    fn send(self: &Shared, command: Command) {
-        // Only `Expire`'s own calls get here, within a runtime.
-        let timer = self
-            .timer
+    /// Only `Expire`'s own calls get here, after the first request.
+    fn timer(&self) -> &Timer {
+        self.timer
             .get()
-            .expect("the timer starts with the first request");
-        // The receiver lives as long as this element.
-        let _ = timer.send(command);
+            .expect("the timer starts with the first request")
     }
 }
 
@@ -294,78 +305,104 @@ impl Expire {
     /// Starts the timer task, once.
     fn start_timer(&self) {
         self.shared.timer.get_or_init(|| {
-            let (commands, received) = mpsc::unbounded_channel();
-            tokio::spawn(run_timer(Arc::downgrade(&self.shared), received));
-            commands
+            let wheel = Arc::new(Mutex::new(Wheel {
+                queue: DelayQueue::new(),
+                keys: HashMap::new(),
+                task: None,
+            }));
+            let stop = CancellationToken::new();
+            let task = run_timer(Arc::downgrade(&self.shared), Arc::clone(&wheel));
+            tokio::spawn(stop.clone().run_until_cancelled_owned(task));
+            Timer {
+                wheel,
+                runtime: Handle::current(),
+                _stop: stop.drop_guard(),
+            }
         });
     }
 }
 
-/// The one task behind every connection's expiry: a timer wheel of
-/// (id, generation), each id armed at most once.
-async fn run_timer(shared: Weak<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
-    let mut wheel: DelayQueue<(Arc<str>, u64)> = DelayQueue::new();
-    let mut keys: HashMap<Arc<str>, delay_queue::Key> = HashMap::new();
-    let closing = Arc::new(Semaphore::new(CLOSING_AT_ONCE));
-    loop {
-        tokio::select! {
-            command = commands.recv() => match command {
-                // The element is gone.
-                None => return,
-                Some(Command::Arm { id, generation, at }) => {
-                    if let Some(key) = keys.remove(&id) {
-                        wheel.remove(&key);
-                    }
-                    let key = wheel.insert_at((Arc::clone(&id), generation), at);
-                    keys.insert(id, key);
-                }
-                Some(Command::Disarm(id)) => {
-                    if let Some(key) = keys.remove(&id) {
-                        wheel.remove(&key);
-                        give_back(&mut wheel, &mut keys);
-                    }
-                }
-            },
-            Some((expired, permit)) = next_expired(&mut wheel, &closing) => {
-                let (id, generation) = expired.into_inner();
-                keys.remove(&id);
-                give_back(&mut wheel, &mut keys);
-                let Some(shared) = shared.upgrade() else { return };
-                tokio::spawn(async move {
-                    shared.expire(id, generation).await;
-                    drop(permit);
-                });
-            }
+impl Timer {
+    fn arm(&self, id: Arc<str>, generation: u64, at: Instant) {
+        // A new first expiry makes the wheel's sleep, on the task's runtime
+        // whichever runtime this call runs on.
+        let _runtime = self.runtime.enter();
+        let wheel = &mut *lock(&self.wheel);
+        if let Some(key) = wheel.keys.remove(&id) {
+            wheel.queue.remove(&key);
+        }
+        let key = wheel.queue.insert_at((Arc::clone(&id), generation), at);
+        wheel.keys.insert(id, key);
+    }
+
+    fn disarm(&self, id: &str) {
+        let wheel = &mut *lock(&self.wheel);
+        if let Some(key) = wheel.keys.remove(id) {
+            wheel.queue.remove(&key);
+            wheel.give_back();
         }
     }
 }
 
-/// The next expiry, once fewer than [`CLOSING_AT_ONCE`] closes are running:
-/// the permit is the right to run its close.
-async fn next_expired(
-    wheel: &mut DelayQueue<(Arc<str>, u64)>,
-    closing: &Arc<Semaphore>,
-) -> Option<(delay_queue::Expired<(Arc<str>, u64)>, OwnedSemaphorePermit)> {
-    let permit = Arc::clone(closing).acquire_owned().await.ok()?;
-    let expired = poll_fn(|cx| wheel.poll_expired(cx)).await?;
-    Some((expired, permit))
+impl Wheel {
+    /// The next expiry. The queue wakes the task when an expiry is set
+    /// sooner than the one it sleeps for.
+    fn poll_expired(&mut self, cx: &mut TaskContext<'_>) -> Poll<(Arc<str>, u64)> {
+        if !self.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.task = Some(cx.waker().clone());
+        }
+        match self.queue.poll_expired(cx) {
+            Poll::Ready(Some(expired)) => {
+                let (id, generation) = expired.into_inner();
+                self.keys.remove(&id);
+                self.give_back();
+                Poll::Ready((id, generation))
+            }
+            // Empty: the next expiry set wakes the task.
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Returns the room of expiries gone to the allocator once three
+    /// quarters of it is empty, so that a burst of connections that all
+    /// ended leaves nothing behind (amortised: the room at least halves
+    /// each time).
+    fn give_back(&mut self) {
+        const MIN_ROOM: usize = 64;
+        let keys = &mut self.keys;
+        if keys.capacity() > MIN_ROOM && keys.len() * 4 < keys.capacity() {
+            keys.shrink_to(keys.len() * 2);
+        }
+        let queue = &mut self.queue;
+        if queue.is_empty() && queue.capacity() > MIN_ROOM {
+            *queue = DelayQueue::new();
+            // The task waits on the queue replaced: it polls the new one.
+            if let Some(task) = &self.task {
+                task.wake_by_ref();
+            }
+        } else if queue.capacity() > MIN_ROOM && queue.len() * 4 < queue.capacity() {
+            queue.shrink_to_fit();
+        }
+    }
 }
 
-/// Returns the room of expiries gone to the allocator once three quarters
-/// of it is empty, so that a burst of connections that all ended leaves
-/// nothing behind (amortised: the room at least halves each time).
-fn give_back(
-    wheel: &mut DelayQueue<(Arc<str>, u64)>,
-    keys: &mut HashMap<Arc<str>, delay_queue::Key>,
-) {
-    const MIN_ROOM: usize = 64;
-    if keys.capacity() > MIN_ROOM && keys.len() * 4 < keys.capacity() {
-        keys.shrink_to(keys.len() * 2);
-    }
-    if wheel.is_empty() && wheel.capacity() > MIN_ROOM {
-        *wheel = DelayQueue::new();
-    } else if wheel.capacity() > MIN_ROOM && wheel.len() * 4 < wheel.capacity() {
-        wheel.shrink_to_fit();
+/// The one task behind every connection's expiry, until the element goes.
+async fn run_timer(shared: Weak<Shared>, wheel: Arc<Mutex<Wheel>>) {
+    let closing = Arc::new(Semaphore::new(CLOSING_AT_ONCE));
+    loop {
+        // At most CLOSING_AT_ONCE closes at once: the permit is the right
+        // to run one.
+        let Ok(permit) = Arc::clone(&closing).acquire_owned().await else {
+            return;
+        };
+        let (id, generation) = poll_fn(|cx| lock(&wheel).poll_expired(cx)).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            shared.expire(id, generation).await;
+            drop(permit);
+        });
     }
 }
 

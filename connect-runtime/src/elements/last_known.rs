@@ -16,7 +16,15 @@ pub(crate) struct LastKnown(Arc<[u8]>);
 
 impl LastKnown {
     pub(crate) fn new(connection: &Connection) -> Self {
-        Self(connection.encode_to_vec().into())
+        // Encoded where it is kept: one allocation, not a `Vec` copied
+        // into an `Arc`.
+        let mut bytes: Arc<[u8]> = std::iter::repeat_n(0, connection.encoded_len()).collect();
+        let mut into = Arc::get_mut(&mut bytes).expect("a new Arc is not shared");
+        connection
+            .encode(&mut into)
+            .expect("a buffer of the encoded length holds the encoding");
+        debug_assert!(into.is_empty(), "the encoding fills its buffer");
+        Self(bytes)
     }
 
     /// The connection, decoded.

@@ -3,71 +3,111 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::changes::Changes;
-use connect_macros::ConcurrentMap;
+use crate::map::{DEFAULT_SHARDS, Shards};
 
-use crate::map::{Instance, RefCountMap};
+/// A connection id's calls, while some call holds or awaits its turn.
+struct Calls {
+    /// Calls holding or awaiting the turn; the entry goes with the last.
+    count: usize,
+    /// Where calls after the first wait, made by the first call that has
+    /// to: an id with one call at a time allocates nothing. Fair, so turns
+    /// are taken in the order callers arrived.
+    queue: Option<Arc<Semaphore>>,
+}
 
-/// Connection id → the lock its calls queue on, counted once per call that
-/// holds or awaits it. The count is kept under the map's shard lock, so an
-/// entry lives exactly while some call for its id holds or awaits a turn,
-/// whatever observers do meanwhile.
-#[derive(ConcurrentMap)]
-pub(crate) struct TurnLocks(RefCountMap<Arc<str>, Arc<Mutex<()>>>);
-
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Turns {
-    locks: Arc<TurnLocks>,
+    /// Counted under the shard's lock, so an entry lives exactly while
+    /// some call for its id holds or awaits a turn, whatever observers do
+    /// meanwhile.
+    calls: Arc<Shards<Arc<str>, Calls>>,
     /// Woken whenever a call starts waiting for a turn or a turn ends.
     changed: Arc<Changes>,
+}
+
+impl Default for Turns {
+    fn default() -> Self {
+        Self {
+            calls: Arc::new(Shards::new(DEFAULT_SHARDS)),
+            changed: Arc::default(),
+        }
+    }
 }
 
 /// The right to act on one connection id; the next caller for that id goes
 /// when this is dropped. Owned, so it can move into background cleanup.
 pub(crate) struct Turn {
-    locks: Arc<TurnLocks>,
+    calls: Arc<Shards<Arc<str>, Calls>>,
     changed: Arc<Changes>,
     id: Arc<str>,
-    instance: Instance,
-    guard: Option<OwnedMutexGuard<()>>,
+    /// Whether this call has its turn (rather than still waiting for it).
+    holds: bool,
+    /// The turn, when another call handed it over through the queue.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Turns {
-    /// Waits for `id`'s turn. tokio's mutex is fair, so turns are taken in
-    /// the order callers arrived. Dropping the future while it waits leaves
-    /// nothing behind.
+    /// Waits for `id`'s turn, in the order callers arrived. Dropping the
+    /// future while it waits leaves nothing behind.
     pub(crate) async fn take(&self, id: &Arc<str>) -> Turn {
-        let acquired = self
-            .locks
-            .acquire(Arc::clone(id), |_| Arc::new(Mutex::new(())));
+        let queue = {
+            let mut shard = self.calls.lock(&**id);
+            match shard.get_mut(&**id) {
+                Some(calls) => {
+                    calls.count += 1;
+                    let queue = calls
+                        .queue
+                        .get_or_insert_with(|| Arc::new(Semaphore::new(0)));
+                    Some(Arc::clone(queue))
+                }
+                None => {
+                    shard.insert(
+                        Arc::clone(id),
+                        Calls {
+                            count: 1,
+                            queue: None,
+                        },
+                    );
+                    None
+                }
+            }
+        };
         self.changed.notify();
-        // Built before waiting, so that its drop releases the count of a
-        // caller that gives up while queued.
+        // Built before waiting, so that its drop uncounts a caller that
+        // gives up while queued.
         let mut turn = Turn {
-            locks: Arc::clone(&self.locks),
+            calls: Arc::clone(&self.calls),
             changed: Arc::clone(&self.changed),
             id: Arc::clone(id),
-            instance: acquired.instance,
-            guard: None,
+            holds: queue.is_none(),
+            permit: None,
         };
-        turn.guard = Some(acquired.value.lock_owned().await);
+        if let Some(queue) = queue {
+            let permit = queue.acquire_owned().await;
+            turn.permit = Some(permit.expect("a turn queue is never closed"));
+            turn.holds = true;
+        }
         turn
     }
 
     /// Ids with a call holding or awaiting its turn.
     pub(crate) fn len(&self) -> usize {
-        self.locks.len()
+        self.calls.len()
     }
 
     /// Calls queued behind another call for the same id.
     pub(crate) fn waiting(&self) -> usize {
         let mut waiting = 0;
-        self.locks.range(|_, _, calls| {
-            waiting += calls.saturating_sub(1);
-            true
-        });
+        self.calls.range(
+            |_, calls| calls.count,
+            |count| {
+                waiting += count.saturating_sub(1);
+                true
+            },
+        );
         waiting
     }
 
@@ -86,8 +126,27 @@ impl Turn {
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        drop(self.guard.take());
-        self.locks.release(&*self.id, self.instance);
+        {
+            let mut shard = self.calls.lock(&*self.id);
+            let calls = shard
+                .get_mut(&*self.id)
+                .expect("an id's entry lives while a call for it is counted");
+            calls.count -= 1;
+            if calls.count == 0 {
+                shard.remove(&*self.id);
+            } else if self.holds {
+                // The next in the queue goes: a permit handed back, or, from
+                // the call that never queued, one added.
+                match self.permit.take() {
+                    Some(permit) => drop(permit),
+                    None => calls
+                        .queue
+                        .as_ref()
+                        .expect("a call that waits made the queue")
+                        .add_permits(1),
+                }
+            }
+        }
         self.changed.notify();
     }
 }
@@ -146,6 +205,63 @@ mod tests {
         assert!(timed_out.is_err());
         assert_eq!(turns.len(), 1);
         drop(held);
+        assert_eq!(turns.len(), 0);
+    }
+
+    /// Polls `future` once, without a task to wake.
+    fn poll_once<F: std::future::Future + Unpin>(future: &mut F) -> std::task::Poll<F::Output> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        std::pin::Pin::new(future).poll(&mut cx)
+    }
+
+    /// Ids whose calls had to queue.
+    fn queues(turns: &Turns) -> usize {
+        let mut queues = 0;
+        turns.calls.range(
+            |_, calls| calls.queue.is_some(),
+            |queued| {
+                queues += usize::from(queued);
+                true
+            },
+        );
+        queues
+    }
+
+    #[tokio::test]
+    async fn a_turn_nobody_waits_for_makes_no_queue() {
+        let turns = Turns::default();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let (first, other) = (turns.take(&a).await, turns.take(&b).await);
+        assert_eq!((turns.len(), queues(&turns)), (2, 0));
+        let mut second = Box::pin(turns.take(&a));
+        assert!(poll_once(&mut second).is_pending());
+        assert_eq!(queues(&turns), 1, "the second call for a queues");
+        drop((first, other));
+        let second = second.await;
+        drop(second);
+        assert_eq!((turns.len(), queues(&turns)), (0, 0));
+    }
+
+    /// A caller handed the turn who gives up before it runs passes the turn
+    /// on to the one behind it.
+    #[tokio::test]
+    async fn a_turn_handed_to_a_caller_that_gave_up_goes_to_the_next() {
+        let turns = Turns::default();
+        let x: Arc<str> = Arc::from("x");
+        let held = turns.take(&x).await;
+        let mut next = Box::pin(turns.take(&x));
+        let mut after = Box::pin(turns.take(&x));
+        assert!(poll_once(&mut next).is_pending());
+        assert!(poll_once(&mut after).is_pending());
+        assert_eq!(turns.waiting(), 2);
+        drop(held); // the turn is next's now, though it has not run
+        drop(next);
+        let after = match poll_once(&mut after) {
+            std::task::Poll::Ready(turn) => turn,
+            std::task::Poll::Pending => panic!("the turn did not reach the last caller"),
+        };
+        assert_eq!((turns.len(), turns.waiting()), (1, 0));
+        drop(after);
         assert_eq!(turns.len(), 0);
     }
 

@@ -80,7 +80,7 @@ impl<K: Hash + Eq, V: Clone> Storage for RefCountMap<K, V> {
 /// The shared storage: shards of hash tables, each behind a short-lived
 /// lock. A key is hashed once per operation; the hash picks the shard and
 /// then the slot.
-struct Shards<K, T> {
+pub(crate) struct Shards<K, T> {
     hasher: RandomState,
     shards: Box<[Shard<K, T>]>,
 }
@@ -88,7 +88,7 @@ struct Shards<K, T> {
 type Shard<K, T> = Mutex<HashTable<(K, T)>>;
 
 /// A shard lock and the hash of the key it was taken for.
-struct Locked<'a, K, T> {
+pub(crate) struct Locked<'a, K, T> {
     table: MutexGuard<'a, HashTable<(K, T)>>,
     hash: u64,
     hasher: &'a RandomState,
@@ -104,7 +104,7 @@ impl<K: Hash + Eq, T> Locked<'_, K, T> {
             .map(|(_, t)| t)
     }
 
-    fn get_mut<Q: Eq + ?Sized>(&mut self, key: &Q) -> Option<&mut T>
+    pub(crate) fn get_mut<Q: Eq + ?Sized>(&mut self, key: &Q) -> Option<&mut T>
     where
         K: Borrow<Q>,
     {
@@ -116,7 +116,7 @@ impl<K: Hash + Eq, T> Locked<'_, K, T> {
     /// Removes `key`. A table left three-quarters empty gives memory back,
     /// so that a map that once held many entries does not keep their room
     /// (amortised: the table at least halves each time).
-    fn remove<Q: Eq + ?Sized>(&mut self, key: &Q) -> Option<T>
+    pub(crate) fn remove<Q: Eq + ?Sized>(&mut self, key: &Q) -> Option<T>
     where
         K: Borrow<Q>,
     {
@@ -148,7 +148,7 @@ impl<K: Hash + Eq, T> Locked<'_, K, T> {
         }
     }
 
-    fn insert(&mut self, key: K, value: T) {
+    pub(crate) fn insert(&mut self, key: K, value: T) {
         let hasher = self.hasher;
         match self
             .table
@@ -163,7 +163,7 @@ impl<K: Hash + Eq, T> Locked<'_, K, T> {
 }
 
 impl<K: Hash + Eq, T> Shards<K, T> {
-    fn new(shards: usize) -> Self {
+    pub(crate) fn new(shards: usize) -> Self {
         assert!(
             shards.is_power_of_two(),
             "shard count must be a power of two, not {shards}"
@@ -174,7 +174,7 @@ impl<K: Hash + Eq, T> Shards<K, T> {
         }
     }
 
-    fn lock<Q: Hash + ?Sized>(&self, key: &Q) -> Locked<'_, K, T> {
+    pub(crate) fn lock<Q: Hash + ?Sized>(&self, key: &Q) -> Locked<'_, K, T> {
         let hash = self.hasher.hash_one(key);
         // The table uses the low bits (slot) and the top seven (tag); the
         // shard comes from bits in between, so neither loses entropy.
@@ -186,13 +186,13 @@ impl<K: Hash + Eq, T> Shards<K, T> {
         }
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| lock(s).len()).sum()
     }
 
     /// Calls `f` on a copy of each shard's entries, taken under the shard's
     /// lock and visited after releasing it.
-    fn range<R>(&self, mut copy: impl FnMut(&K, &T) -> R, mut f: impl FnMut(R) -> bool) {
+    pub(crate) fn range<R>(&self, mut copy: impl FnMut(&K, &T) -> R, mut f: impl FnMut(R) -> bool) {
         for shard in self.shards.iter() {
             let snapshot: Vec<R> = lock(shard).iter().map(|(k, t)| copy(k, t)).collect();
             for item in snapshot {

@@ -28,6 +28,16 @@ fn client_context(ctx: &Context, client: &ConnectClient) -> Context {
         .with_client_cancel(client.cancel_handle().clone())
 }
 
+/// What a client call sends: the caller's connection, moved out of
+/// `request` (whose copy the reply replaces before it goes on), with a copy
+/// of the rest.
+fn outgoing(request: &mut NetworkServiceRequest) -> NetworkServiceRequest {
+    let connection = request.connection.take();
+    let mut outgoing = request.clone();
+    outgoing.connection = connection;
+    outgoing
+}
+
 fn in_context(status: Status, what: &str, id: &str, url: &Url) -> Status {
     Status::new(
         status.code(),
@@ -158,7 +168,7 @@ impl Shared {
             }
             let mut lease = Lease::borrow(Arc::clone(self), &record, turn);
             let client_ctx = client_context(&ctx, &client);
-            let reply = match lease.request(client_ctx, request.clone()).await {
+            let reply = match lease.request(client_ctx, outgoing(&mut request)).await {
                 Ok(reply) => reply,
                 Err(status) => {
                     // The record stays: if the client was closed meanwhile,
@@ -169,7 +179,6 @@ impl Shared {
                 }
             };
             let turn = lease.keep();
-            let reply = Arc::new(reply);
             self.records.store(
                 Arc::from(turn.id()),
                 Record {
@@ -177,7 +186,7 @@ impl Shared {
                     ..record
                 },
             );
-            request.connection = Some(Box::new(Connection::clone(&reply)));
+            request.connection = Some(Box::new(reply));
             next.request(ctx, request).await
         }
     }
@@ -199,19 +208,19 @@ impl Shared {
         let id: Arc<str> = Arc::from(turn.id());
         let mut lease = self.acquire(&url, turn).map_err(|(status, _)| status)?;
         let client_ctx = client_context(&ctx, lease.client());
-        let reply = match lease.request(client_ctx, request.clone()).await {
-            Ok(reply) => Arc::new(reply),
+        let reply = match lease.request(client_ctx, outgoing(&mut request)).await {
+            Ok(reply) => reply,
             Err(status) => {
                 lease.release();
                 return Err(in_context(status, "refresh", &id, &url));
             }
         };
-        lease.record(id, Arc::clone(&reply));
+        lease.record(id, LastKnown::new(&reply));
         // Held through `next`, as a refresh holds it: a close for the id
         // waits until the rest of the chain has the refresh.
         let _turn = lease.keep();
         self.release(&url, record.instance());
-        request.connection = Some(Box::new(Connection::clone(&reply)));
+        request.connection = Some(Box::new(reply));
         next.request(ctx, request).await
     }
 
@@ -227,14 +236,15 @@ impl Shared {
         async move {
             let mut lease = self.acquire(&url, turn).map_err(|(status, _)| status)?;
             let client = Arc::clone(lease.client());
-            let outgoing = request.clone();
             // From here the remote may have the connection: if this call is
-            // abandoned, the lease closes it there, as sent. (The request's own
-            // copy is replaced by the reply before it goes on.)
-            let sent = request.connection.take().map(|c| *c).unwrap_or_default();
-            lease.may_exist_remotely(Arc::new(sent));
+            // abandoned, the lease closes it there, as sent.
+            let sent = match request.connection.as_deref() {
+                Some(connection) => LastKnown::new(connection),
+                None => LastKnown::new(&Connection::default()),
+            };
+            lease.may_exist_remotely(sent);
             let client_ctx = client_context(&ctx, &client);
-            let reply = match lease.request(client_ctx, outgoing).await {
+            let reply = match lease.request(client_ctx, outgoing(&mut request)).await {
                 Ok(reply) => Box::new(reply),
                 Err(status) => {
                     if may_have_acted(&status) {
@@ -247,8 +257,9 @@ impl Shared {
                     return Err(in_context(status, "request", &id, &url));
                 }
             };
-            let last_known = Arc::new(Connection::clone(&reply));
-            lease.may_exist_remotely(Arc::clone(&last_known));
+            // One encoding, for the record and for a close if abandoned.
+            let last_known = LastKnown::new(&reply);
+            lease.may_exist_remotely(last_known.clone());
             lease.record(id, last_known);
             request.connection = Some(reply);
             // Taken apart before the undo's await, so that the future does

@@ -61,12 +61,28 @@ pub(super) struct Lease {
     /// The client call in flight, if any.
     pending: Pending,
     /// What to close on the remote if abandoned: the connection as last known.
-    remote: Option<Arc<Connection>>,
+    remote: Option<Remote>,
     /// Whether this operation stored the id's record.
     recorded: bool,
     /// The context of the client call, whose values a cleanup close keeps.
     origin: Option<Context>,
     armed: bool,
+}
+
+/// A connection as the remote may hold it: the one a close sends, or a
+/// reply's encoding, which the record shares.
+enum Remote {
+    Sent(Arc<Connection>),
+    Known(LastKnown),
+}
+
+impl Remote {
+    fn connection(self) -> Connection {
+        match self {
+            Self::Sent(connection) => Arc::unwrap_or_clone(connection),
+            Self::Known(known) => known.connection(),
+        }
+    }
 }
 
 enum Pending {
@@ -191,7 +207,7 @@ impl Lease {
         connection: Arc<Connection>,
     ) -> Result<(), Status> {
         let sent = Connection::clone(&connection);
-        self.remote = Some(connection);
+        self.remote = Some(Remote::Sent(connection));
         let client = Arc::clone(&self.client);
         self.origin = Some(ctx.clone());
         self.pending = Pending::Close(Box::pin(client.close(ctx, sent)));
@@ -206,19 +222,19 @@ impl Lease {
 
     /// From now on the remote may hold `connection` (as last known) under
     /// this lease's id.
-    pub(super) fn may_exist_remotely(&mut self, connection: Arc<Connection>) {
-        self.remote = Some(connection);
+    pub(super) fn may_exist_remotely(&mut self, connection: LastKnown) {
+        self.remote = Some(Remote::Known(connection));
     }
 
     /// Stores the record for `id` (the turn's id), which will own the
     /// reference once the operation succeeds.
-    pub(super) fn record(&mut self, id: Arc<str>, connection: Arc<Connection>) {
+    pub(super) fn record(&mut self, id: Arc<str>, connection: LastKnown) {
         debug_assert_eq!(&*id, self.id());
         self.shared.records.store(
             id,
             Record {
                 client: Arc::clone(&self.client),
-                connection: LastKnown::new(&connection),
+                connection,
             },
         );
         self.recorded = true;
@@ -253,7 +269,8 @@ impl Lease {
         let origin = self.origin.take().unwrap_or_default();
         let ctx = self.shared.cleanup_context(&origin, &self.client);
         let connection = match self.remote.take() {
-            Some(connection) => connection,
+            Some(Remote::Sent(connection)) => connection,
+            Some(Remote::Known(known)) => Arc::new(known.connection()),
             None => Arc::new(Connection {
                 id: self.id().to_owned(),
                 ..Default::default()
@@ -337,12 +354,7 @@ impl Drop for Held {
 
 /// The background half of an abandoned operation: the call in flight run
 /// to its end, then a close of what it may have left at the remote.
-async fn finish(
-    held: Held,
-    pending: Pending,
-    mut remote: Option<Arc<Connection>>,
-    origin: Context,
-) {
+async fn finish(held: Held, pending: Pending, mut remote: Option<Remote>, origin: Context) {
     let limit = held.shared.cleanup_timeout;
     let outcome = |result: Result<Result<Result<(), Status>, _>, _>| match result {
         Ok(Ok(Ok(()))) => Some(Ok(())),
@@ -367,7 +379,9 @@ async fn finish(
             match outcome(ran) {
                 // The remote made the connection: close that one (a refresh
                 // has nothing to undo).
-                Some(Ok(())) if remote.is_some() => remote = reply.map(Arc::new),
+                Some(Ok(())) if remote.is_some() => {
+                    remote = reply.map(|c| Remote::Sent(Arc::new(c)));
+                }
                 // The remote refused it, or nothing was sent: nothing to close.
                 Some(Err(status)) if !may_have_acted(&status) => remote = None,
                 // Unknown: close as last known.
@@ -387,7 +401,7 @@ async fn finish(
     }
     if let Some(connection) = remote {
         let ctx = held.shared.cleanup_context(&origin, &held.client);
-        let connection = Arc::unwrap_or_clone(connection);
+        let connection = connection.connection();
         let close =
             AssertUnwindSafe(Arc::clone(&held.client).close(ctx, connection)).catch_unwind();
         let result = match close.await {

@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use connect_runtime::proto::connection::Connection;
 use connect_runtime::proto::networkservice::network_service_client::NetworkServiceClient;
-use connect_runtime::{ClientUrl, Connect, Expire, ServerChain, ServerHandle, UpdatePath};
+use connect_runtime::{
+    ClientUrl, Connect, Context, Expire, Passthrough, ServerChain, ServerHandle, UpdatePath,
+};
 use connect_tests::caller::tonic_caller;
 use connect_tests::elements::{Gate, Ledger, Op, ledger_chain};
 use connect_tests::harness::{assert_no_leaks, grpc_only, settle};
@@ -266,4 +268,59 @@ async fn a_malformed_path_is_refused_before_it_reaches_anything() {
     assert_eq!(ledger.closes(), 0);
     assert_eq!(hop.expire.stats().connections, 0);
     assert_no_leaks(&hop.connect, &[&remote]).await;
+}
+
+/// The wheel's room goes back once a burst of connections has ended; an
+/// expiry set after that still comes.
+#[tokio::test]
+async fn an_expiry_set_after_a_burst_ended_still_comes() {
+    let (ledger, gate) = (Ledger::new(), Gate::new());
+    let remote = remote(&ledger, &gate).await;
+    let hop = Hop::new(remote.url(), Duration::from_secs(600)).await;
+    let ttl = Some(Duration::from_secs(600));
+    let mut burst = Vec::new();
+    for n in 0..200 {
+        burst.push(
+            hop.request(from_caller("nsc", &format!("b-{n}"), ttl))
+                .await
+                .unwrap(),
+        );
+    }
+    for conn in burst {
+        hop.close(conn).await.unwrap();
+    }
+    assert_eq!(hop.expire.stats().connections, 0);
+    let short = Some(Duration::from_millis(300));
+    hop.request(from_caller("nsc", "after", short))
+        .await
+        .unwrap();
+    settle("the expiry", hop.expire.wait_for(|s| s.expired == 1)).await;
+    settle("the remote's close", ledger.until(|l| l.open().is_empty())).await;
+    assert_eq!(ledger.closes(), 201);
+    assert_no_leaks(&hop.connect, &[&remote]).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_timer_task_ends_with_the_element() {
+    let tasks = tokio::runtime::Handle::current().metrics();
+    let before = tasks.num_alive_tasks();
+    let expire = Expire::new(ServerChain::builder().with(Passthrough).build());
+    let chain = ServerChain::builder()
+        .with(UpdatePath::new("hop"))
+        .with(expire.clone())
+        .build();
+    let conn = from_caller("nsc", "c", Some(Duration::from_secs(600)));
+    chain
+        .request(Context::new(), request_for(conn))
+        .await
+        .unwrap();
+    assert_eq!(tasks.num_alive_tasks(), before + 1, "the timer task runs");
+    assert_eq!(expire.stats().connections, 1);
+    drop((chain, expire));
+    settle("the timer task to end", async {
+        while tasks.num_alive_tasks() > before {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
 }
