@@ -243,16 +243,23 @@ mod tests {
     }
 
     /// A caller handed the turn who gives up before it runs passes the turn
-    /// on to the one behind it.
+    /// on to the one behind it; one who gives up before that passes nothing.
     #[tokio::test]
     async fn a_turn_handed_to_a_caller_that_gave_up_goes_to_the_next() {
         let turns = Turns::default();
         let x: Arc<str> = Arc::from("x");
         let held = turns.take(&x).await;
+        let mut gives_up = Box::pin(turns.take(&x));
         let mut next = Box::pin(turns.take(&x));
         let mut after = Box::pin(turns.take(&x));
+        assert!(poll_once(&mut gives_up).is_pending());
         assert!(poll_once(&mut next).is_pending());
         assert!(poll_once(&mut after).is_pending());
+        drop(gives_up); // queued, never handed the turn: passes nothing on
+        assert!(
+            poll_once(&mut next).is_pending(),
+            "next went beside the holder"
+        );
         assert_eq!(turns.waiting(), 2);
         drop(held); // the turn is next's now, though it has not run
         drop(next);
