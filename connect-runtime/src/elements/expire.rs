@@ -328,23 +328,29 @@ impl Timer {
         // whichever runtime this call runs on.
         let _runtime = self.runtime.enter();
         let wheel = &mut *lock(&self.wheel);
-        if let Some(key) = wheel.keys.remove(&id) {
-            wheel.queue.remove(&key);
-        }
+        wheel.clear(&id);
         let key = wheel.queue.insert_at((Arc::clone(&id), generation), at);
         wheel.keys.insert(id, key);
     }
 
     fn disarm(&self, id: &str) {
         let wheel = &mut *lock(&self.wheel);
-        if let Some(key) = wheel.keys.remove(id) {
-            wheel.queue.remove(&key);
+        if wheel.clear(id) {
             wheel.give_back();
         }
     }
 }
 
 impl Wheel {
+    /// Removes `id`'s expiry; whether it had one.
+    fn clear(&mut self, id: &str) -> bool {
+        let Some(key) = self.keys.remove(id) else {
+            return false;
+        };
+        self.queue.remove(&key);
+        true
+    }
+
     /// The next expiry. The queue wakes the task when an expiry is set
     /// sooner than the one it sleeps for.
     fn poll_expired(&mut self, cx: &mut TaskContext<'_>) -> Poll<(Arc<str>, u64)> {

@@ -69,17 +69,17 @@ pub(super) struct Lease {
     armed: bool,
 }
 
-/// A connection as the remote may hold it: the one a close sends, or a
-/// reply's encoding, which the record shares.
+/// A connection as the remote may hold it: whole (the one a close sends, a
+/// reply an abandoned call got), or encoded (a reply the record shares).
 enum Remote {
-    Sent(Arc<Connection>),
+    Whole(Arc<Connection>),
     Known(LastKnown),
 }
 
 impl Remote {
     fn connection(self) -> Connection {
         match self {
-            Self::Sent(connection) => Arc::unwrap_or_clone(connection),
+            Self::Whole(connection) => Arc::unwrap_or_clone(connection),
             Self::Known(known) => known.connection(),
         }
     }
@@ -207,7 +207,7 @@ impl Lease {
         connection: Arc<Connection>,
     ) -> Result<(), Status> {
         let sent = Connection::clone(&connection);
-        self.remote = Some(Remote::Sent(connection));
+        self.remote = Some(Remote::Whole(connection));
         let client = Arc::clone(&self.client);
         self.origin = Some(ctx.clone());
         self.pending = Pending::Close(Box::pin(client.close(ctx, sent)));
@@ -269,7 +269,7 @@ impl Lease {
         let origin = self.origin.take().unwrap_or_default();
         let ctx = self.shared.cleanup_context(&origin, &self.client);
         let connection = match self.remote.take() {
-            Some(Remote::Sent(connection)) => connection,
+            Some(Remote::Whole(connection)) => connection,
             Some(Remote::Known(known)) => Arc::new(known.connection()),
             None => Arc::new(Connection {
                 id: self.id().to_owned(),
@@ -380,7 +380,7 @@ async fn finish(held: Held, pending: Pending, mut remote: Option<Remote>, origin
                 // The remote made the connection: close that one (a refresh
                 // has nothing to undo).
                 Some(Ok(())) if remote.is_some() => {
-                    remote = reply.map(|c| Remote::Sent(Arc::new(c)));
+                    remote = reply.map(|c| Remote::Whole(Arc::new(c)));
                 }
                 // The remote refused it, or nothing was sent: nothing to close.
                 Some(Err(status)) if !may_have_acted(&status) => remote = None,
