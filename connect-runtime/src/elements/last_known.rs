@@ -5,21 +5,36 @@
 use std::sync::Arc;
 
 use prost::Message;
+use prost::bytes::BufMut;
+use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
 
 use crate::proto::connection::Connection;
 
 /// An encoded connection (unknown fields and all: the codec keeps them), to
 /// decode when it is needed again, which for the copies elements keep (a
 /// close on the connection's behalf, a watcher's initial state) is rarely.
+///
+/// It may carry a key, the id its holder files it under, in the same
+/// allocation: a table of them then needs no key of its own.
 #[derive(Clone, Debug)]
 pub(crate) struct LastKnown(Arc<[u8]>);
 
 impl LastKnown {
     pub(crate) fn new(connection: &Connection) -> Self {
+        Self::filed("", connection)
+    }
+
+    /// Kept under `key`: the key's length (a varint), the key, then the
+    /// encoded connection.
+    pub(crate) fn filed(key: &str, connection: &Connection) -> Self {
+        let head = encoded_len_varint(key.len() as u64) + key.len();
         // Encoded where it is kept: one allocation, not a `Vec` copied
         // into an `Arc`.
-        let mut bytes: Arc<[u8]> = std::iter::repeat_n(0, connection.encoded_len()).collect();
+        let mut bytes: Arc<[u8]> =
+            std::iter::repeat_n(0, head + connection.encoded_len()).collect();
         let mut into = Arc::get_mut(&mut bytes).expect("a new Arc is not shared");
+        encode_varint(key.len() as u64, &mut into);
+        into.put_slice(key.as_bytes());
         connection
             .encode(&mut into)
             .expect("a buffer of the encoded length holds the encoding");
@@ -27,9 +42,25 @@ impl LastKnown {
         Self(bytes)
     }
 
+    /// The key it is filed under, as bytes (what a table hashes).
+    pub(crate) fn key_bytes(&self) -> &[u8] {
+        self.split().0
+    }
+
+    /// The key it is filed under.
+    pub(crate) fn key(&self) -> &str {
+        std::str::from_utf8(self.key_bytes()).expect("a key is written from a str")
+    }
+
     /// The connection, decoded.
     pub(crate) fn connection(&self) -> Connection {
-        Connection::decode(&*self.0).expect("a connection's own encoding decodes")
+        Connection::decode(self.split().1).expect("a connection's own encoding decodes")
+    }
+
+    fn split(&self) -> (&[u8], &[u8]) {
+        let mut rest = &self.0[..];
+        let len = decode_varint(&mut rest).expect("a key's length is written first");
+        rest.split_at(usize::try_from(len).expect("a key's length fits in memory"))
     }
 }
 
@@ -62,5 +93,26 @@ mod tests {
         let kept = LastKnown::new(&newer);
         assert_eq!(kept.connection(), newer);
         assert_eq!(kept.connection().encode_to_vec(), bytes);
+        assert_eq!(kept.key(), "");
+    }
+
+    #[test]
+    fn a_key_of_any_length_comes_back_before_the_connection() {
+        let connection = Connection {
+            id: "c-1".into(),
+            ..Default::default()
+        };
+        // Lengths whose varints take one byte and two.
+        for key in [
+            String::new(),
+            "c-1".to_owned(),
+            "k".repeat(127),
+            "é".repeat(300),
+        ] {
+            let kept = LastKnown::filed(&key, &connection);
+            assert_eq!(kept.key(), key);
+            assert_eq!(kept.key_bytes(), key.as_bytes());
+            assert_eq!(kept.connection(), connection);
+        }
     }
 }

@@ -104,6 +104,17 @@ impl<K: Hash + Eq, T> Locked<'_, K, T> {
             .map(|(_, t)| t)
     }
 
+    /// The stored key equal to `key`: what a table whose entries are
+    /// their own keys (`T` is `()`) holds.
+    pub(crate) fn key<Q: Eq + ?Sized>(&self, key: &Q) -> Option<&K>
+    where
+        K: Borrow<Q>,
+    {
+        self.table
+            .find(self.hash, |(k, _)| k.borrow() == key)
+            .map(|(k, _)| k)
+    }
+
     pub(crate) fn get_mut<Q: Eq + ?Sized>(&mut self, key: &Q) -> Option<&mut T>
     where
         K: Borrow<Q>,
@@ -120,11 +131,19 @@ impl<K: Hash + Eq, T> Locked<'_, K, T> {
     where
         K: Borrow<Q>,
     {
+        self.remove_entry(key).map(|(_, t)| t)
+    }
+
+    /// As [`remove`](Self::remove), returning the stored key too.
+    pub(crate) fn remove_entry<Q: Eq + ?Sized>(&mut self, key: &Q) -> Option<(K, T)>
+    where
+        K: Borrow<Q>,
+    {
         let removed = self
             .table
             .find_entry(self.hash, |(k, _)| k.borrow() == key)
             .ok()
-            .map(|entry| entry.remove().0.1);
+            .map(|entry| entry.remove().0);
         let (len, capacity) = (self.table.len(), self.table.capacity());
         if capacity > MIN_SHRINK_CAPACITY && len * 4 < capacity {
             let hasher = self.hasher;
@@ -148,13 +167,15 @@ impl<K: Hash + Eq, T> Locked<'_, K, T> {
         }
     }
 
+    /// Stores `value` under `key`, replacing the entry, key and all: a key
+    /// may carry more than what it is compared by.
     pub(crate) fn insert(&mut self, key: K, value: T) {
         let hasher = self.hasher;
         match self
             .table
             .entry(self.hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k))
         {
-            hashbrown::hash_table::Entry::Occupied(mut entry) => entry.get_mut().1 = value,
+            hashbrown::hash_table::Entry::Occupied(mut entry) => *entry.get_mut() = (key, value),
             hashbrown::hash_table::Entry::Vacant(entry) => {
                 entry.insert((key, value));
             }
@@ -659,6 +680,45 @@ mod tests {
         assert!(map.is_empty());
         assert_eq!(map.release_keeping("k", first.instance), Released::Gone);
         assert_eq!(map.evict_unused("k", first.instance), None);
+    }
+
+    /// A key compared by its name alone, carrying a payload.
+    #[derive(Clone, Debug)]
+    struct Named(&'static str, u32);
+
+    impl Hash for Named {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            self.0.hash(state);
+        }
+    }
+
+    impl PartialEq for Named {
+        fn eq(&self, other: &Self) -> bool {
+            self.0 == other.0
+        }
+    }
+
+    impl Eq for Named {}
+
+    impl Borrow<str> for Named {
+        fn borrow(&self) -> &str {
+            self.0
+        }
+    }
+
+    #[test]
+    fn an_entry_that_is_its_own_key_is_replaced_whole() {
+        let shards: Shards<Named, ()> = Shards::new(4);
+        shards.lock(&Named("a", 1)).insert(Named("a", 1), ());
+        shards.lock(&Named("a", 2)).insert(Named("a", 2), ());
+        shards.lock(&Named("b", 3)).insert(Named("b", 3), ());
+        assert_eq!(shards.len(), 2);
+        // Found by name alone, with the payload stored last.
+        assert_eq!(shards.lock("a").key("a").map(|k| k.1), Some(2));
+        let removed = shards.lock("a").remove_entry("a");
+        assert_eq!(removed.map(|(k, ())| k.1), Some(2));
+        assert!(shards.lock("a").key("a").is_none());
+        assert_eq!(shards.lock("b").key("b").map(|k| k.1), Some(3));
     }
 
     #[test]

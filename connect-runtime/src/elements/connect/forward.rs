@@ -179,13 +179,10 @@ impl Shared {
                 }
             };
             let turn = lease.keep();
-            self.records.store(
-                Arc::from(turn.id()),
-                Record {
-                    connection: LastKnown::new(&reply),
-                    ..record
-                },
-            );
+            self.records.store(Record {
+                connection: LastKnown::filed(turn.id(), &reply),
+                ..record
+            });
             request.connection = Some(Box::new(reply));
             next.request(ctx, request).await
         }
@@ -215,7 +212,7 @@ impl Shared {
                 return Err(in_context(status, "refresh", &id, &url));
             }
         };
-        lease.record(id, LastKnown::new(&reply));
+        lease.record(LastKnown::filed(&id, &reply));
         // Held through `next`, as a refresh holds it: a close for the id
         // waits until the rest of the chain has the refresh.
         let _turn = lease.keep();
@@ -258,9 +255,9 @@ impl Shared {
                 }
             };
             // One encoding, for the record and for a close if abandoned.
-            let last_known = LastKnown::new(&reply);
+            let last_known = LastKnown::filed(&id, &reply);
             lease.may_exist_remotely(last_known.clone());
-            lease.record(id, last_known);
+            lease.record(last_known);
             request.connection = Some(reply);
             // Taken apart before the undo's await, so that the future does
             // not keep the whole result (a `Connection`) across it.

@@ -226,17 +226,14 @@ impl Lease {
         self.remote = Some(Remote::Known(connection));
     }
 
-    /// Stores the record for `id` (the turn's id), which will own the
-    /// reference once the operation succeeds.
-    pub(super) fn record(&mut self, id: Arc<str>, connection: LastKnown) {
-        debug_assert_eq!(&*id, self.id());
-        self.shared.records.store(
-            id,
-            Record {
-                client: Arc::clone(&self.client),
-                connection,
-            },
-        );
+    /// Stores the record for `connection`, filed under the turn's id,
+    /// which will own the reference once the operation succeeds.
+    pub(super) fn record(&mut self, connection: LastKnown) {
+        debug_assert_eq!(connection.key(), self.id());
+        self.shared.records.store(Record {
+            client: Arc::clone(&self.client),
+            connection,
+        });
         self.recorded = true;
     }
 

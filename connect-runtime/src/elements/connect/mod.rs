@@ -395,8 +395,8 @@ impl Connect {
     /// Every connection it holds: id and the URL it was forwarded to.
     pub fn connections(&self) -> Vec<(String, Url)> {
         let mut connections = Vec::new();
-        self.shared.records.range(|id, record| {
-            connections.push((id.to_string(), Url::clone(record.client.url())));
+        self.shared.records.range(|record| {
+            connections.push((record.id().to_owned(), Url::clone(record.client.url())));
             true
         });
         connections.sort();

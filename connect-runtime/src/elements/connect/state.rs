@@ -2,8 +2,10 @@
 //! connection id) and the bookkeeping on it. Lower than everything else in
 //! `connect/`: it calls into clients, never back up.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -19,15 +21,57 @@ use connect_macros::ConcurrentMap;
 
 use crate::chain::{ClientCancel, Context};
 use crate::deadline::deadline_after;
-use crate::map::{Instance, RefCountMap, Released, SyncMap};
+use crate::map::{DEFAULT_SHARDS, Instance, RefCountMap, Released, Shards};
 use crate::sync::lock;
 use crate::telemetry::ConnectMetrics;
 use crate::transport::tls::Credential;
 use crate::transport::{DialOptions, Hook};
 
 /// Connection id → where it was forwarded (Go's `connectionInfoMap`).
-#[derive(ConcurrentMap)]
-pub(crate) struct ConnectionRecords(SyncMap<Arc<str>, Record>);
+/// Each record is its own key, its id kept in the allocation of its
+/// last-known connection: a table slot is a record, 24 bytes, and a
+/// connection's id costs no allocation of its own.
+pub(crate) struct ConnectionRecords(Shards<Record, ()>);
+
+impl ConnectionRecords {
+    pub(super) fn new() -> Self {
+        Self(Shards::new(DEFAULT_SHARDS))
+    }
+
+    pub(super) fn load(&self, id: &str) -> Option<Record> {
+        self.0.lock(id.as_bytes()).key(id.as_bytes()).cloned()
+    }
+
+    /// Files `record` under its id, replacing any record there.
+    pub(super) fn store(&self, record: Record) {
+        self.0.lock(&record).insert(record, ());
+    }
+
+    /// Removes `id`'s record if `condition` holds of it (under the shard's
+    /// lock: `condition` must not use this map).
+    pub(super) fn delete_if(&self, id: &str, condition: impl FnOnce(&Record) -> bool) {
+        let mut shard = self.0.lock(id.as_bytes());
+        if shard.key(id.as_bytes()).is_some_and(condition) {
+            shard.remove(id.as_bytes());
+        }
+    }
+
+    pub(super) fn load_and_delete(&self, id: &str) -> Option<Record> {
+        let mut shard = self.0.lock(id.as_bytes());
+        shard.remove_entry(id.as_bytes()).map(|(record, ())| record)
+    }
+
+    /// Calls `f` on a copy of each record, as
+    /// [`SyncMap::range`](crate::map::SyncMap::range) does.
+    pub(super) fn range(&self, mut f: impl FnMut(&Record) -> bool) {
+        self.0
+            .range(|record, ()| record.clone(), |record| f(&record));
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
 
 /// Remote URL → its client, counted once per connection (Go's
 /// `clientInfoMap` with its `count`). Keyed by the context's shared URL, so
@@ -47,10 +91,38 @@ pub(crate) type Retired = Mutex<HashMap<Instance, (Arc<ConnectClient>, usize)>>;
 #[derive(Clone)]
 pub(crate) struct Record {
     pub(super) client: Arc<ConnectClient>,
+    /// Filed under the connection's id: the record's key.
     pub(super) connection: LastKnown,
 }
 
+// A record is compared and hashed by its id alone, as bytes: a lookup by
+// an id's bytes finds it.
+impl Hash for Record {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.connection.key_bytes().hash(state);
+    }
+}
+
+impl PartialEq for Record {
+    fn eq(&self, other: &Self) -> bool {
+        self.connection.key_bytes() == other.connection.key_bytes()
+    }
+}
+
+impl Eq for Record {}
+
+impl Borrow<[u8]> for Record {
+    fn borrow(&self) -> &[u8] {
+        self.connection.key_bytes()
+    }
+}
+
 impl Record {
+    /// The id it is filed under.
+    pub(super) fn id(&self) -> &str {
+        self.connection.key()
+    }
+
     /// Which instance of the URL's client it is (the client knows: one
     /// field fewer in every record).
     pub(super) fn instance(&self) -> Instance {

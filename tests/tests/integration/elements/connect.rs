@@ -1061,7 +1061,8 @@ async fn a_graceful_goaway_keeps_records_and_goes_over_one_new_connection() {
 
 /// The closes connect makes on its own behalf (a connection moving to
 /// another remote, a call abandoned before its reply) carry the connection
-/// as last known: with its path and mechanism, not just its id.
+/// as last known: with its path and mechanism, not just its id, and as the
+/// latest refresh returned it.
 #[tokio::test]
 async fn closes_on_connects_own_behalf_carry_the_connection_as_last_known() {
     let seen_at_a = Capture::new();
@@ -1086,7 +1087,16 @@ async fn closes_on_connects_own_behalf_carry_the_connection_as_last_known() {
     let chain = ServerChain::builder().with(connect.clone()).build();
     let at = |url: &Url| Context::new().with_client_url(url.clone());
 
-    let on_a = chain.request(at(a.url()), request("c")).await.unwrap();
+    let first = chain.request(at(a.url()), request("c")).await.unwrap();
+    // A refresh that changes the connection replaces the record.
+    let mut again = first.clone();
+    again.labels.insert("generation".into(), "2".into());
+    let refresh = NetworkServiceRequest {
+        connection: Some(Box::new(again)),
+        ..Default::default()
+    };
+    let on_a = chain.request(at(a.url()), refresh).await.unwrap();
+    assert_ne!(on_a, first);
     // The move asks B for a bare connection; A must get what it returned.
     let moved = chain.request(at(b.url()), request("c")).await.unwrap();
     let closed = seen_at_a.seen().closed.expect("A saw a close");
