@@ -2,8 +2,6 @@
 //! connection's copy costs is its wire size, not its struct's (184 bytes
 //! before any string, map or segment).
 
-use std::sync::Arc;
-
 use prost::Message;
 use prost::bytes::BufMut;
 use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
@@ -15,9 +13,10 @@ use crate::proto::connection::Connection;
 /// close on the connection's behalf, a watcher's initial state) is rarely.
 ///
 /// It may carry a key, the id its holder files it under, in the same
-/// allocation: a table of them then needs no key of its own.
-#[derive(Clone, Debug)]
-pub(crate) struct LastKnown(Arc<[u8]>);
+/// allocation: a table of them then needs no key of its own. Owned, not
+/// shared: a box has no reference counts to pay for.
+#[derive(Debug)]
+pub(crate) struct LastKnown(Box<[u8]>);
 
 impl LastKnown {
     pub(crate) fn new(connection: &Connection) -> Self {
@@ -28,11 +27,9 @@ impl LastKnown {
     /// encoded connection.
     pub(crate) fn filed(key: &str, connection: &Connection) -> Self {
         let head = encoded_len_varint(key.len() as u64) + key.len();
-        // Encoded where it is kept: one allocation, not a `Vec` copied
-        // into an `Arc`.
-        let mut bytes: Arc<[u8]> =
-            std::iter::repeat_n(0, head + connection.encoded_len()).collect();
-        let mut into = Arc::get_mut(&mut bytes).expect("a new Arc is not shared");
+        // Encoded where it is kept: one allocation of the exact size.
+        let mut bytes = vec![0; head + connection.encoded_len()].into_boxed_slice();
+        let mut into = &mut bytes[..];
         encode_varint(key.len() as u64, &mut into);
         into.put_slice(key.as_bytes());
         connection

@@ -99,16 +99,16 @@ impl Shared {
             }
 
             let turn = self.turns.take(&id).await;
-            let turn = match self.records.load(&*id) {
-                Some(record) if *record.client.url() == url => {
+            let turn = match self.records.client(&id) {
+                Some(client) if *client.url() == url => {
                     recorded.set_kind(CallKind::Refresh);
-                    return self.refresh(ctx, request, next, record, turn).await;
+                    return self.refresh(ctx, request, next, client, turn).await;
                 }
                 // The URL changed: close at the old remote, then proceed as new.
                 // Boxed: a cold path that would otherwise swell every request.
-                Some(record) => {
+                Some(_) => {
                     recorded.set_kind(CallKind::Move);
-                    Box::pin(self.leave(&ctx, &id, record, turn)).await
+                    Box::pin(self.leave(&ctx, &id, turn)).await
                 }
                 None => turn,
             };
@@ -122,11 +122,12 @@ impl Shared {
         self: &Arc<Self>,
         origin: &Context,
         id: &Arc<str>,
-        record: Record,
         turn: Turn,
     ) -> Turn {
-        let instance = record.instance();
-        self.records.delete_if(&**id, |r| r.instance() == instance);
+        // Under the id's turn, the record found before is still there.
+        let Some(record) = self.records.load_and_delete(id) else {
+            return turn;
+        };
         let old_url = Arc::clone(record.client.url());
         let closing = Arc::new(record.connection.connection());
         let closed = match Lease::reaching(self, record, turn) {
@@ -154,19 +155,18 @@ impl Shared {
         ctx: Context,
         mut request: NetworkServiceRequest,
         next: Next<'a>,
-        record: Record,
+        client: Arc<ConnectClient>,
         turn: Turn,
     ) -> impl Future<Output = Result<Connection, Status>> + Send + 'a {
         async move {
-            let client = Arc::clone(&record.client);
             if client.is_retired() || client.is_cancelled() {
                 // Its client was retired by a rotation, or closed (its remote
                 // could not be reached, or stopped serving): the refresh goes
                 // through the URL's current client, dialing one if need be.
                 // Boxed: a cold path.
-                return Box::pin(self.migrate(ctx, request, next, record, turn)).await;
+                return Box::pin(self.migrate(ctx, request, next, client, turn)).await;
             }
-            let mut lease = Lease::borrow(Arc::clone(self), &record, turn);
+            let mut lease = Lease::borrow(Arc::clone(self), &client, turn);
             let client_ctx = client_context(&ctx, &client);
             let reply = match lease.request(client_ctx, outgoing(&mut request)).await {
                 Ok(reply) => reply,
@@ -181,7 +181,7 @@ impl Shared {
             let turn = lease.keep();
             self.records.store(Record {
                 connection: LastKnown::filed(turn.id(), &reply),
-                ..record
+                client,
             });
             request.connection = Some(Box::new(reply));
             next.request(ctx, request).await
@@ -198,10 +198,10 @@ impl Shared {
         ctx: Context,
         mut request: NetworkServiceRequest,
         next: Next<'_>,
-        record: Record,
+        previous: Arc<ConnectClient>,
         turn: Turn,
     ) -> Result<Connection, Status> {
-        let url = Arc::clone(record.client.url());
+        let url = Arc::clone(previous.url());
         let id: Arc<str> = Arc::from(turn.id());
         let mut lease = self.acquire(&url, turn).map_err(|(status, _)| status)?;
         let client_ctx = client_context(&ctx, lease.client());
@@ -216,7 +216,7 @@ impl Shared {
         // Held through `next`, as a refresh holds it: a close for the id
         // waits until the rest of the chain has the refresh.
         let _turn = lease.keep();
-        self.release(&url, record.instance());
+        self.release(&url, previous.instance());
         request.connection = Some(Box::new(reply));
         next.request(ctx, request).await
     }
@@ -254,10 +254,8 @@ impl Shared {
                     return Err(in_context(status, "request", &id, &url));
                 }
             };
-            // One encoding, for the record and for a close if abandoned.
-            let last_known = LastKnown::filed(&id, &reply);
-            lease.may_exist_remotely(last_known.clone());
-            lease.record(last_known);
+            // One encoding: the record's, and a close's if abandoned.
+            lease.record(LastKnown::filed(&id, &reply));
             request.connection = Some(reply);
             // Taken apart before the undo's await, so that the future does
             // not keep the whole result (a `Connection`) across it.

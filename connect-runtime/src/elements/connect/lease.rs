@@ -70,7 +70,8 @@ pub(super) struct Lease {
 }
 
 /// A connection as the remote may hold it: whole (the one a close sends, a
-/// reply an abandoned call got), or encoded (a reply the record shares).
+/// reply an abandoned call got), or encoded (the caller's as sent, or the
+/// reply the forgotten record held).
 enum Remote {
     Whole(Arc<Connection>),
     Known(LastKnown),
@@ -160,9 +161,10 @@ impl Lease {
         Ok(Self::adopt(Arc::clone(shared), record, turn))
     }
 
-    /// Uses the reference a record keeps, without taking it (a refresh).
-    pub(super) fn borrow(shared: Arc<Shared>, record: &Record, turn: Turn) -> Self {
-        let mut lease = Self::new(shared, record.instance(), Arc::clone(&record.client), turn);
+    /// Uses the reference a record keeps on `client`, without taking it (a
+    /// refresh).
+    pub(super) fn borrow(shared: Arc<Shared>, client: &Arc<ConnectClient>, turn: Turn) -> Self {
+        let mut lease = Self::new(shared, client.instance(), Arc::clone(client), turn);
         lease.owns_reference = false;
         lease
     }
@@ -227,7 +229,9 @@ impl Lease {
     }
 
     /// Stores the record for `connection`, filed under the turn's id,
-    /// which will own the reference once the operation succeeds.
+    /// which will own the reference once the operation succeeds. The
+    /// remote holds what the record now does: if the operation is undone,
+    /// the record it forgets gives the connection to close.
     pub(super) fn record(&mut self, connection: LastKnown) {
         debug_assert_eq!(connection.key(), self.id());
         self.shared.records.store(Record {
@@ -235,6 +239,7 @@ impl Lease {
             connection,
         });
         self.recorded = true;
+        self.remote = None;
     }
 
     /// Success: the record keeps the reference. Returns the turn.
@@ -263,6 +268,7 @@ impl Lease {
     /// The close has a deadline of its own and the values of the call's
     /// context. Returns the close's outcome and the turn.
     pub(super) async fn undo(mut self) -> (Result<(), Status>, Turn) {
+        self.forget_record();
         let origin = self.origin.take().unwrap_or_default();
         let ctx = self.shared.cleanup_context(&origin, &self.client);
         let connection = match self.remote.take() {
@@ -278,13 +284,25 @@ impl Lease {
         (result, self.release())
     }
 
+    /// Forgets the record this operation stored, if any; what it held is
+    /// then what the remote may hold.
     fn forget_record(&mut self) {
         if std::mem::take(&mut self.recorded) {
             let instance = self.instance;
             let id = self.turn().id();
-            self.shared
+            let forgotten = self
+                .shared
                 .records
-                .delete_if(id, |record| record.instance() == instance);
+                .take_if(id, |record| record.instance() == instance);
+            // Only this operation changes the id's record while it holds
+            // the turn.
+            debug_assert!(
+                forgotten.is_some() || std::thread::panicking(),
+                "a stored record is there until forgotten"
+            );
+            if let Some(record) = forgotten {
+                self.remote = Some(Remote::Known(record.connection));
+            }
         }
     }
 }

@@ -395,10 +395,13 @@ impl Connect {
     /// Every connection it holds: id and the URL it was forwarded to.
     pub fn connections(&self) -> Vec<(String, Url)> {
         let mut connections = Vec::new();
-        self.shared.records.range(|record| {
-            connections.push((record.id().to_owned(), Url::clone(record.client.url())));
-            true
-        });
+        self.shared.records.range(
+            |record| (record.id().to_owned(), Url::clone(record.client.url())),
+            |connection| {
+                connections.push(connection);
+                true
+            },
+        );
         connections.sort();
         connections
     }

@@ -38,8 +38,12 @@ impl ConnectionRecords {
         Self(Shards::new(DEFAULT_SHARDS))
     }
 
-    pub(super) fn load(&self, id: &str) -> Option<Record> {
-        self.0.lock(id.as_bytes()).key(id.as_bytes()).cloned()
+    /// The client `id`'s record names (the reference stays the record's).
+    pub(super) fn client(&self, id: &str) -> Option<Arc<ConnectClient>> {
+        let shard = self.0.lock(id.as_bytes());
+        shard
+            .key(id.as_bytes())
+            .map(|record| Arc::clone(&record.client))
     }
 
     /// Files `record` under its id, replacing any record there.
@@ -47,12 +51,18 @@ impl ConnectionRecords {
         self.0.lock(&record).insert(record, ());
     }
 
-    /// Removes `id`'s record if `condition` holds of it (under the shard's
-    /// lock: `condition` must not use this map).
-    pub(super) fn delete_if(&self, id: &str, condition: impl FnOnce(&Record) -> bool) {
+    /// Removes and returns `id`'s record if `condition` holds of it (under
+    /// the shard's lock: `condition` must not use this map).
+    pub(super) fn take_if(
+        &self,
+        id: &str,
+        condition: impl FnOnce(&Record) -> bool,
+    ) -> Option<Record> {
         let mut shard = self.0.lock(id.as_bytes());
         if shard.key(id.as_bytes()).is_some_and(condition) {
-            shard.remove(id.as_bytes());
+            shard.remove_entry(id.as_bytes()).map(|(record, ())| record)
+        } else {
+            None
         }
     }
 
@@ -61,11 +71,10 @@ impl ConnectionRecords {
         shard.remove_entry(id.as_bytes()).map(|(record, ())| record)
     }
 
-    /// Calls `f` on a copy of each record, as
+    /// Calls `f` on what `copy` takes of each record, as
     /// [`SyncMap::range`](crate::map::SyncMap::range) does.
-    pub(super) fn range(&self, mut f: impl FnMut(&Record) -> bool) {
-        self.0
-            .range(|record, ()| record.clone(), |record| f(&record));
+    pub(super) fn range<R>(&self, mut copy: impl FnMut(&Record) -> R, f: impl FnMut(R) -> bool) {
+        self.0.range(|record, ()| copy(record), f);
     }
 
     pub(super) fn len(&self) -> usize {
@@ -88,7 +97,6 @@ pub(crate) type Retired = Mutex<HashMap<Instance, (Arc<ConnectClient>, usize)>>;
 /// Where one connection was forwarded: the client that holds one
 /// reference on the connection's behalf, and the connection as the remote
 /// last returned it (what a close on the connection's behalf sends).
-#[derive(Clone)]
 pub(crate) struct Record {
     pub(super) client: Arc<ConnectClient>,
     /// Filed under the connection's id: the record's key.
