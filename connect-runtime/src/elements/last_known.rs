@@ -27,16 +27,20 @@ impl LastKnown {
     /// encoded connection.
     pub(crate) fn filed(key: &str, connection: &Connection) -> Self {
         let head = encoded_len_varint(key.len() as u64) + key.len();
-        // Encoded where it is kept: one allocation of the exact size.
-        let mut bytes = vec![0; head + connection.encoded_len()].into_boxed_slice();
-        let mut into = &mut bytes[..];
-        encode_varint(key.len() as u64, &mut into);
-        into.put_slice(key.as_bytes());
+        // Encoded where it is kept: one allocation of the exact size, not
+        // zeroed first.
+        let mut bytes = Vec::with_capacity(head + connection.encoded_len());
+        encode_varint(key.len() as u64, &mut bytes);
+        bytes.put_slice(key.as_bytes());
         connection
-            .encode(&mut into)
-            .expect("a buffer of the encoded length holds the encoding");
-        debug_assert!(into.is_empty(), "the encoding fills its buffer");
-        Self(bytes)
+            .encode(&mut bytes)
+            .expect("a Vec grows to hold the encoding");
+        debug_assert_eq!(
+            bytes.len(),
+            bytes.capacity(),
+            "the encoding fills its buffer"
+        );
+        Self(bytes.into_boxed_slice())
     }
 
     /// The key it is filed under, as bytes (what a table hashes).

@@ -294,7 +294,7 @@ impl Shared {
             let turn = self.turns.take(&id).await;
             // Bound before matching: a match's scrutinee would be kept
             // across the awaits in its arms.
-            let record = self.records.load_and_delete(&*id);
+            let record = self.records.load_and_delete(&id);
             let (client_result, _turn) = match record {
                 Some(record) => {
                     let url = Arc::clone(record.client.url());
