@@ -95,13 +95,18 @@ pub(crate) struct Locked<'a, K, T> {
 }
 
 impl<K: Hash + Eq, T> Locked<'_, K, T> {
+    fn entry<Q: Eq + ?Sized>(&self, key: &Q) -> Option<&(K, T)>
+    where
+        K: Borrow<Q>,
+    {
+        self.table.find(self.hash, |(k, _)| k.borrow() == key)
+    }
+
     fn get<Q: Eq + ?Sized>(&self, key: &Q) -> Option<&T>
     where
         K: Borrow<Q>,
     {
-        self.table
-            .find(self.hash, |(k, _)| k.borrow() == key)
-            .map(|(_, t)| t)
+        self.entry(key).map(|(_, t)| t)
     }
 
     /// The stored key equal to `key`: what a table whose entries are
@@ -110,9 +115,7 @@ impl<K: Hash + Eq, T> Locked<'_, K, T> {
     where
         K: Borrow<Q>,
     {
-        self.table
-            .find(self.hash, |(k, _)| k.borrow() == key)
-            .map(|(k, _)| k)
+        self.entry(key).map(|(k, _)| k)
     }
 
     pub(crate) fn get_mut<Q: Eq + ?Sized>(&mut self, key: &Q) -> Option<&mut T>

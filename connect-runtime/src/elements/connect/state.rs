@@ -67,8 +67,7 @@ impl ConnectionRecords {
     }
 
     pub(super) fn load_and_delete(&self, id: &str) -> Option<Record> {
-        let mut shard = self.0.lock(id.as_bytes());
-        shard.remove_entry(id.as_bytes()).map(|(record, ())| record)
+        self.take_if(id, |_| true)
     }
 
     /// Calls `f` on what `copy` takes of each record, as
