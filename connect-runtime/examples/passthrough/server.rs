@@ -308,39 +308,42 @@ impl Signals {
 #[element(server)]
 struct Logged(&'static str);
 
+// Not `async fn`s, which would keep their arguments (see `Hooks`).
 impl Hooks for Logged {
-    async fn request(
-        &self,
+    fn request<'a>(
+        &'a self,
         ctx: Context,
         request: NetworkServiceRequest,
-        next: Next<'_>,
-    ) -> Result<Connection, Status> {
+        next: Next<'a>,
+    ) -> impl Future<Output = Result<Connection, Status>> + Send + 'a {
         let id = request
             .connection
             .as_ref()
             .map(|c| c.id.clone())
             .unwrap_or_default();
-        let reply = next.request(ctx, request).await;
-        match &reply {
-            Ok(_) => tracing::debug!(role = self.0, connection_id = %id, "request"),
-            Err(status) => {
-                tracing::warn!(role = self.0, connection_id = %id, error = %status.message(), "request failed")
+        let call = next.request(ctx, request);
+        async move {
+            let reply = call.await;
+            match &reply {
+                Ok(_) => tracing::debug!(role = self.0, connection_id = %id, "request"),
+                Err(status) => {
+                    tracing::warn!(role = self.0, connection_id = %id, error = %status.message(), "request failed")
+                }
             }
+            reply
         }
-        reply
     }
 
-    // Not an `async fn`, which would keep the connection twice (see `Hooks`).
-    #[allow(clippy::manual_async_fn)]
     fn close<'a>(
         &'a self,
         ctx: Context,
         connection: Connection,
         next: Next<'a>,
     ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
+        let id = connection.id.clone();
+        let call = next.close(ctx, connection);
         async move {
-            let id = connection.id.clone();
-            let result = next.close(ctx, connection).await;
+            let result = call.await;
             match &result {
                 Ok(()) => tracing::debug!(role = self.0, connection_id = %id, "close"),
                 Err(status) => {

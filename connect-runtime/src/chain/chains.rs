@@ -182,6 +182,10 @@ impl<R: Role> Element for Chain<R> {
         request: NetworkServiceRequest,
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<Connection, Status>> {
+        if let Some(nested) = next.nest(&self.elements) {
+            return nested.request(ctx, request).into_boxed();
+        }
+        // Nested twice or more: the future keeps the enclosing `Next`.
         Box::pin(async move {
             Next::new(&self.elements, R::NAME, Some(&next))
                 .request(ctx, request)
@@ -195,6 +199,10 @@ impl<R: Role> Element for Chain<R> {
         connection: Connection,
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<(), Status>> {
+        if let Some(nested) = next.nest(&self.elements) {
+            return nested.close(ctx, connection).into_boxed();
+        }
+        // Nested twice or more: the future keeps the enclosing `Next`.
         Box::pin(async move {
             Next::new(&self.elements, R::NAME, Some(&next))
                 .close(ctx, connection)

@@ -107,7 +107,19 @@ pub trait Element: Send + Sync + 'static {
 pub struct Next<'a> {
     rest: &'a [Arc<dyn Element>],
     role: &'static str,
-    then: Option<&'a (dyn Continuation + 'a)>,
+    then: Then<'a>,
+}
+
+/// What follows a chain's elements.
+#[derive(Clone, Copy)]
+enum Then<'a> {
+    /// Nothing: the chain answers as a chain's end does.
+    End,
+    /// The rest of an enclosing chain that is not itself nested: held as
+    /// it is, so that a nested chain's call needs no future of its own.
+    Rest(&'a [Arc<dyn Element>]),
+    /// An enclosing chain's `Next`, kept by the nested chain's future.
+    Outer(&'a (dyn Continuation + 'a)),
 }
 
 /// What runs once a nested chain is exhausted: the enclosing chain's `Next`.
@@ -138,8 +150,19 @@ impl<'a> Next<'a> {
         Self {
             rest: elements,
             role,
-            then: then.map(|n| n as &dyn Continuation),
+            then: then.map_or(Then::End, |n| Then::Outer(n as &dyn Continuation)),
         }
+    }
+
+    /// A cursor over a nested chain's `elements` that continues into this
+    /// one, if that needs no reference to this `Next` (this chain is not
+    /// nested itself).
+    pub(crate) fn nest(self, elements: &'a [Arc<dyn Element>]) -> Option<Self> {
+        matches!(self.then, Then::End).then_some(Self {
+            rest: elements,
+            role: self.role,
+            then: Then::Rest(self.rest),
+        })
     }
 
     /// The role of the chain being run: `"server"` or `"client"`.
@@ -164,8 +187,9 @@ impl<'a> Next<'a> {
                 },
             )),
             [] => match self.then {
-                Some(then) => then.request(ctx, request),
-                None => NextFuture::ready(Ok(request.connection.unwrap_or_default())),
+                Then::End => NextFuture::ready(Ok(request.connection.unwrap_or_default())),
+                Then::Rest(rest) => self.continued(rest).request(ctx, request),
+                Then::Outer(then) => then.request(ctx, request),
             },
         }
     }
@@ -183,8 +207,9 @@ impl<'a> Next<'a> {
                 },
             )),
             [] => match self.then {
-                Some(then) => then.close(ctx, connection),
-                None => NextFuture::ready(Ok(Box::new(()))),
+                Then::End => NextFuture::ready(Ok(Box::new(()))),
+                Then::Rest(rest) => self.continued(rest).close(ctx, connection),
+                Then::Outer(then) => then.close(ctx, connection),
             },
         }
     }
@@ -194,6 +219,15 @@ impl<'a> Next<'a> {
     pub fn remaining(&self) -> usize {
         self.rest.len()
     }
+
+    /// The enclosing chain's `rest`, which ends as a chain does.
+    fn continued(self, rest: &'a [Arc<dyn Element>]) -> Self {
+        Self {
+            rest,
+            role: self.role,
+            then: Then::End,
+        }
+    }
 }
 
 impl std::fmt::Debug for Next<'_> {
@@ -201,7 +235,7 @@ impl std::fmt::Debug for Next<'_> {
         f.debug_struct("Next")
             .field("role", &self.role)
             .field("remaining", &self.remaining())
-            .field("nested", &self.then.is_some())
+            .field("nested", &!matches!(self.then, Then::End))
             .finish()
     }
 }
@@ -233,6 +267,19 @@ impl<'a, T> NextFuture<'a, T> {
     fn ready(result: Result<Box<T>, Status>) -> Self {
         Self {
             inner: NextInner::Ready(Some(result)),
+        }
+    }
+}
+
+impl<'a, T: Send + 'a> NextFuture<'a, T> {
+    /// As the boxed future an element returns: the element's own box, not
+    /// a box around it.
+    pub(crate) fn into_boxed(self) -> BoxFuture<'a, Result<T, Status>> {
+        match self.inner {
+            NextInner::Boxed(future) => future,
+            NextInner::Ready(result) => Box::pin(Self {
+                inner: NextInner::Ready(result),
+            }),
         }
     }
 }

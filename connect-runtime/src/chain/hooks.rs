@@ -22,10 +22,13 @@ use crate::proto::networkservice::NetworkServiceRequest;
 /// named after the type, with fields `role`, `connection_id`, and, when the
 /// call fails, `code` and `error_message`.
 ///
-/// An `async fn` hook that borrows or changes its `Connection` before
-/// passing it on keeps it twice in its future, for as long as the call
-/// runs. On a busy path, write such a hook as a `fn` returning an
-/// `async move` block, as connect's own elements do; the block keeps it once.
+/// An `async fn` hook keeps its arguments in its future for as long as the
+/// call runs, though it has passed them on (and a `Connection` twice, if it
+/// borrows or changes it first). On a busy path, write the hook as a `fn`
+/// that does its work, makes `next`'s future and returns it, or an
+/// `async move` block holding it and only what is needed once it is done,
+/// as connect's own elements do: every call in flight then holds a few
+/// words where it held the call's arguments.
 ///
 /// ```
 /// use connect_runtime::prelude::*;
@@ -141,11 +144,13 @@ pub fn request_tracked<'a, E: Hooks + States>(
         field += 1;
     });
     let release = Release::new(element, id, fresh);
+    // Made here, not in the block, which would keep its arguments too.
+    let call = Hooks::request(element, ctx, request, next);
     Box::pin(Recorded::new(
         async move {
             // Moved in whole, so that it drops with the call.
             let mut release = release;
-            let result = Hooks::request(element, ctx, request, next).await;
+            let result = call.await;
             if result.is_ok() {
                 release.fields = 0;
             }
@@ -168,10 +173,11 @@ pub fn close_tracked<'a, E: Hooks + States>(
 ) -> BoxFuture<'a, Result<(), Status>> {
     let span = span(next.role(), &connection.id);
     let release = Release::new(element, &connection.id, u64::MAX);
+    let call = Hooks::close(element, ctx, connection, next);
     Box::pin(Recorded::new(
         async move {
             let _release = release;
-            Hooks::close(element, ctx, connection, next).await
+            call.await
         },
         span,
     ))

@@ -1,5 +1,6 @@
 //! The element that chooses where `connect` forwards a call.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use tonic::Status;
@@ -51,24 +52,24 @@ impl ClientUrl {
     }
 }
 
+// Not `async fn`s, which would keep their arguments (see `Hooks`): the
+// rest of the chain's future is the whole call.
 impl Hooks for ClientUrl {
-    async fn request(
-        &self,
+    fn request<'a>(
+        &'a self,
         ctx: Context,
         request: NetworkServiceRequest,
-        next: Next<'_>,
-    ) -> Result<Connection, Status> {
-        let ctx = ctx.with_client_url(Arc::clone(&self.url));
-        next.request(ctx, request).await
+        next: Next<'a>,
+    ) -> impl Future<Output = Result<Connection, Status>> + Send + 'a {
+        next.request(ctx.with_client_url(Arc::clone(&self.url)), request)
     }
 
-    async fn close(
-        &self,
+    fn close<'a>(
+        &'a self,
         ctx: Context,
         connection: Connection,
-        next: Next<'_>,
-    ) -> Result<(), Status> {
-        let ctx = ctx.with_client_url(Arc::clone(&self.url));
-        next.close(ctx, connection).await
+        next: Next<'a>,
+    ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
+        next.close(ctx.with_client_url(Arc::clone(&self.url)), connection)
     }
 }

@@ -1,7 +1,6 @@
 //! Expiry: NSM's `timeout` server element, the mesh's garbage collector.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context as TaskContext, Poll, Waker};
@@ -19,7 +18,7 @@ use crate::chain::{BoxFuture, Context, Element, Joins, Next, Server, ServerChain
 use crate::elements::DEFAULT_CLEANUP_TIMEOUT;
 use crate::elements::changes::{self, Changes};
 use crate::elements::last_known::LastKnown;
-use crate::elements::turns::Turns;
+use crate::elements::turns::{Turn, Turns};
 use crate::elements::updatepath::{DEFAULT_MAX_TOKEN_LIFETIME, caller_expiry};
 use crate::map::PerConnection;
 use crate::proto::connection::Connection;
@@ -202,24 +201,48 @@ impl Expire {
 }
 
 impl Shared {
-    async fn request(
-        &self,
+    fn request<'a>(
+        &'a self,
         ctx: Context,
         request: NetworkServiceRequest,
-        next: Next<'_>,
-    ) -> Result<Connection, Status> {
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<Connection, Status>> {
         let Some(id) = request
             .connection
             .as_deref()
             .filter(|c| !c.id.is_empty())
             .map(|c| Arc::<str>::from(c.id.as_str()))
         else {
-            return Element::request(&self.rest, ctx, request, next).await;
+            return Element::request(&self.rest, ctx, request, next);
         };
         let lives = self.lifetime(request.connection.as_deref().and_then(caller_expiry));
         let early = ctx.remaining().unwrap_or_default();
-        let _turn = self.turns.take(&id).await;
-        let conn = Element::request(&self.rest, ctx, request, next).await?;
+        // As for a close: the usual case keeps the rest of the chain's
+        // future, not the request.
+        match self.turns.try_take(&id) {
+            Some(turn) => {
+                let call = Element::request(&self.rest, ctx, request, next);
+                Box::pin(self.requested(id, turn, lives, early, call))
+            }
+            None => Box::pin(async move {
+                let turn = self.turns.take(&id).await;
+                let call = Element::request(&self.rest, ctx, request, next);
+                self.requested(id, turn, lives, early, call).await
+            }),
+        }
+    }
+
+    /// The rest of a request, in `id`'s turn: arms the expiry of the
+    /// connection it returns, `lives` from now less the `early` margin.
+    async fn requested(
+        &self,
+        id: Arc<str>,
+        _turn: Turn,
+        lives: Duration,
+        early: Duration,
+        call: BoxFuture<'_, Result<Connection, Status>>,
+    ) -> Result<Connection, Status> {
+        let conn = call.await?;
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         let live = Live {
             generation,
@@ -237,28 +260,46 @@ impl Shared {
         Ok(conn)
     }
 
-    // Not an `async fn`, which would keep the connection twice (see `Hooks`).
-    #[allow(clippy::manual_async_fn)]
     fn close<'a>(
         &'a self,
         ctx: Context,
         conn: Connection,
         next: Next<'a>,
-    ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
-        async move {
-            if conn.id.is_empty() {
-                return Element::close(&self.rest, ctx, conn, next).await;
-            }
-            let id = Arc::<str>::from(conn.id.as_str());
-            let _turn = self.turns.take(&id).await;
-            let result = Element::close(&self.rest, ctx, conn, next).await;
-            let retry = matches!(&result, Err(s) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled));
-            if !retry && self.live.take_if(&id, |_| true).is_some() {
-                self.changed.notify();
-                self.timer().disarm(&id);
-            }
-            result
+    ) -> BoxFuture<'a, Result<(), Status>> {
+        if conn.id.is_empty() {
+            return Element::close(&self.rest, ctx, conn, next);
         }
+        let id = Arc::<str>::from(conn.id.as_str());
+        match self.turns.try_take(&id) {
+            // The usual case: the close goes on at once, and its future
+            // keeps the rest of the chain's, not the connection.
+            Some(turn) => {
+                let call = Element::close(&self.rest, ctx, conn, next);
+                Box::pin(self.closed(id, turn, call))
+            }
+            None => Box::pin(async move {
+                let turn = self.turns.take(&id).await;
+                let call = Element::close(&self.rest, ctx, conn, next);
+                self.closed(id, turn, call).await
+            }),
+        }
+    }
+
+    /// The rest of a close, in `id`'s turn: forgets the expiry unless the
+    /// close may be tried again.
+    async fn closed(
+        &self,
+        id: Arc<str>,
+        _turn: Turn,
+        call: BoxFuture<'_, Result<(), Status>>,
+    ) -> Result<(), Status> {
+        let result = call.await;
+        let retry = matches!(&result, Err(s) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled));
+        if !retry && self.live.take_if(&id, |_| true).is_some() {
+            self.changed.notify();
+            self.timer().disarm(&id);
+        }
+        result
     }
 
     /// Closes `id` if the request that armed this expiry was its last.
@@ -420,7 +461,7 @@ impl Element for Expire {
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<Connection, Status>> {
         self.start_timer();
-        Box::pin(self.shared.request(ctx, request, next))
+        self.shared.request(ctx, request, next)
     }
 
     fn close<'a>(
@@ -429,7 +470,7 @@ impl Element for Expire {
         connection: Connection,
         next: Next<'a>,
     ) -> BoxFuture<'a, Result<(), Status>> {
-        Box::pin(self.shared.close(ctx, connection, next))
+        self.shared.close(ctx, connection, next)
     }
 
     fn connection_entries(&self, f: &mut dyn FnMut(&'static str, usize)) {

@@ -165,9 +165,7 @@ where
         let deadline = ctx.deadline();
         // The tonic call is boxed where it is made: its future is large,
         // and kept inline it would be copied with every move of this one.
-        let call = ctx.run_until(backstop(deadline), async move {
-            Box::pin(unary(grpc, request, REQUEST)).await
-        });
+        let call = ctx.run_until(backstop(deadline), Box::pin(unary(grpc, request, REQUEST)));
         // Mapped, not awaited in an `async` block, which would hold the call
         // twice (as captured, and as awaited).
         Box::pin(
@@ -188,9 +186,10 @@ where
             Err(status) => return Box::pin(std::future::ready(Err(status))),
         };
         let deadline = ctx.deadline();
-        let call = ctx.run_until(backstop(deadline), async move {
-            Box::pin(unary::<_, _, ()>(grpc, request, CLOSE)).await
-        });
+        let call = ctx.run_until(
+            backstop(deadline),
+            Box::pin(unary::<_, _, ()>(grpc, request, CLOSE)),
+        );
         Box::pin(call.map(move |answer| past_deadline(deadline, answer).map(drop)))
     }
 }

@@ -93,6 +93,32 @@ impl Turns {
         turn
     }
 
+    /// `id`'s turn, if no call holds or awaits it; `None`, counting
+    /// nothing, if one does.
+    pub(crate) fn try_take(&self, id: &Arc<str>) -> Option<Turn> {
+        {
+            let mut shard = self.calls.lock(&**id);
+            if shard.get_mut(&**id).is_some() {
+                return None;
+            }
+            shard.insert(
+                Arc::clone(id),
+                Calls {
+                    count: 1,
+                    queue: None,
+                },
+            );
+        }
+        self.changed.notify();
+        Some(Turn {
+            calls: Arc::clone(&self.calls),
+            changed: Arc::clone(&self.changed),
+            id: Arc::clone(id),
+            holds: true,
+            permit: None,
+        })
+    }
+
     /// Ids with a call holding or awaiting its turn.
     pub(crate) fn len(&self) -> usize {
         self.calls.len()
@@ -241,6 +267,31 @@ mod tests {
         let second = second.await;
         drop(second);
         assert_eq!((turns.len(), queues(&turns)), (0, 0));
+    }
+
+    /// A turn taken at once is refused while another call holds or awaits
+    /// the id's turn, counts nothing when refused, and orders later calls
+    /// as a waited-for turn does.
+    #[tokio::test]
+    async fn a_turn_is_taken_at_once_only_when_no_call_holds_or_awaits_it() {
+        let turns = Turns::default();
+        let a: Arc<str> = Arc::from("a");
+        let first = turns.try_take(&a).expect("nobody holds a");
+        assert!(turns.try_take(&a).is_none(), "first holds a");
+        assert_eq!((turns.len(), turns.waiting()), (1, 0));
+        let mut queued = Box::pin(turns.take(&a));
+        assert!(poll_once(&mut queued).is_pending());
+        drop(first);
+        assert!(
+            turns.try_take(&a).is_none(),
+            "the queued call is owed a's turn"
+        );
+        let second = queued.await;
+        drop(second);
+        assert_eq!(turns.len(), 0);
+        let again = turns.try_take(&a).expect("a is free once more");
+        drop(again);
+        assert_eq!(turns.len(), 0);
     }
 
     /// A caller handed the turn who gives up before it runs passes the turn

@@ -87,39 +87,41 @@ impl UpdatePath {
     }
 }
 
+// Not `async fn`s, which would keep their arguments (see `Hooks`).
 impl Hooks for UpdatePath {
-    async fn request(
-        &self,
+    fn request<'a>(
+        &'a self,
         ctx: Context,
         mut request: NetworkServiceRequest,
-        next: Next<'_>,
-    ) -> Result<Connection, Status> {
+        next: Next<'a>,
+    ) -> impl Future<Output = Result<Connection, Status>> + Send + 'a {
         let conn = request.connection.get_or_insert_default();
-        let back = update(conn, &self.name)?;
-        let latest = SystemTime::now() + self.max_lifetime;
-        set_own_expiry(conn, latest);
-        let mut conn = next.request(ctx, request).await?;
-        if let Some(path) = conn.path.as_mut()
-            && let Some(segment) = path.path_segments.get(back as usize)
-        {
-            conn.id.clone_from(&segment.id);
-            path.index = back;
+        let back = update(conn, &self.name);
+        if back.is_ok() {
+            set_own_expiry(conn, SystemTime::now() + self.max_lifetime);
         }
-        Ok(conn)
+        let call = back.map(|back| (back, next.request(ctx, request)));
+        async move {
+            let (back, call) = call?;
+            let mut conn = call.await?;
+            if let Some(path) = conn.path.as_mut()
+                && let Some(segment) = path.path_segments.get(back as usize)
+            {
+                conn.id.clone_from(&segment.id);
+                path.index = back;
+            }
+            Ok(conn)
+        }
     }
 
-    // Not an `async fn`, which would keep the connection twice (see `Hooks`).
-    #[allow(clippy::manual_async_fn)]
     fn close<'a>(
         &'a self,
         ctx: Context,
         mut conn: Connection,
         next: Next<'a>,
     ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
-        async move {
-            update(&mut conn, &self.name)?;
-            next.close(ctx, conn).await
-        }
+        let call = update(&mut conn, &self.name).map(|_| next.close(ctx, conn));
+        async move { call?.await }
     }
 }
 

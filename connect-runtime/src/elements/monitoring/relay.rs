@@ -96,32 +96,33 @@ impl MonitorRelay {
     }
 }
 
+// Not `async fn`s, which would keep their arguments (see `Hooks`).
 impl Hooks for MonitorRelay {
-    async fn request(
-        &self,
+    fn request<'a>(
+        &'a self,
         ctx: Context,
         request: NetworkServiceRequest,
-        next: Next<'_>,
-    ) -> Result<Connection, Status> {
-        let connection = next.request(ctx, request).await?;
-        self.shared.bind(&connection);
-        Ok(connection)
+        next: Next<'a>,
+    ) -> impl Future<Output = Result<Connection, Status>> + Send + 'a {
+        let call = next.request(ctx, request);
+        async move {
+            let connection = call.await?;
+            self.shared.bind(&connection);
+            Ok(connection)
+        }
     }
 
-    // Not an `async fn`, which would keep the connection twice (see `Hooks`).
-    #[allow(clippy::manual_async_fn)]
     fn close<'a>(
         &'a self,
         ctx: Context,
         connection: Connection,
         next: Next<'a>,
     ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
-        async move {
-            // First, so that the remote's DELETE for this close is not
-            // taken for a failure.
-            self.shared.unbind(&connection.id);
-            next.close(ctx, connection).await
-        }
+        // First, so that the remote's DELETE for this close is not taken
+        // for a failure. Before the close is polled: a close dropped
+        // unpolled leaves what one dropped before it sent anything does.
+        self.shared.unbind(&connection.id);
+        next.close(ctx, connection)
     }
 }
 

@@ -27,35 +27,36 @@ impl MonitorServer {
     }
 }
 
+// Not `async fn`s, which would keep their arguments (see `Hooks`).
 impl Hooks for MonitorServer {
-    async fn request(
-        &self,
+    fn request<'a>(
+        &'a self,
         ctx: Context,
         request: NetworkServiceRequest,
-        next: Next<'_>,
-    ) -> Result<Connection, Status> {
+        next: Next<'a>,
+    ) -> impl Future<Output = Result<Connection, Status>> + Send + 'a {
         let owner = super::identity(ctx.value::<crate::server::Peer>());
-        let connection = next.request(ctx, request).await?;
-        self.hub.update(&connection, owner);
-        Ok(connection)
+        let call = next.request(ctx, request);
+        async move {
+            let connection = call.await?;
+            self.hub.update(&connection, owner);
+            Ok(connection)
+        }
     }
 
-    // Not an `async fn`, which would keep the connection twice (see `Hooks`).
-    #[allow(clippy::manual_async_fn)]
     fn close<'a>(
         &'a self,
         ctx: Context,
         connection: Connection,
         next: Next<'a>,
     ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
+        let id = connection.id.clone();
+        let call = next.close(ctx, connection);
         async move {
             // A close given up half way still ends the connection here:
             // connect finishes it at the remote on its own.
-            let _deleted = Deleted {
-                hub: &self.hub,
-                id: connection.id.clone(),
-            };
-            next.close(ctx, connection).await
+            let _deleted = Deleted { hub: &self.hub, id };
+            call.await
         }
     }
 }

@@ -138,6 +138,50 @@ async fn a_nested_chain_continues_into_its_enclosing_chain() {
     );
 }
 
+/// Chains nested in nested chains, first, last and alone in their
+/// enclosing chains, run their elements in order and then continue, at
+/// every depth, into what follows them (for requests and closes alike).
+#[tokio::test]
+async fn chains_nested_three_deep_continue_at_every_depth() {
+    let log = log();
+    let deepest = ServerChain::builder().with(Record::new("d", &log)).build();
+    let middle = ServerChain::builder()
+        .with(deepest)
+        .with(Record::new("m", &log))
+        .build();
+    let inner = ServerChain::builder()
+        .with(Record::new("i", &log))
+        .with(middle)
+        .build();
+    let lone = ServerChain::builder().with(inner).build();
+    let outer = ServerChain::builder()
+        .with(Record::new("o", &log))
+        .with(lone)
+        .with(Record::new("after", &log))
+        .build();
+
+    let reply = outer.request(Context::new(), request("1")).await.unwrap();
+    assert_eq!(reply.id, "1");
+    let walked = [
+        "o:request",
+        "i:request",
+        "d:request",
+        "m:request",
+        "after:request",
+        "after:reply",
+        "m:reply",
+        "d:reply",
+        "i:reply",
+        "o:reply",
+    ];
+    assert_eq!(entries(&log), walked);
+
+    log.lock().unwrap().clear();
+    outer.close(Context::new(), reply).await.unwrap();
+    let closed = walked.map(|e| e.replace("request", "close").replace("reply", "closed"));
+    assert_eq!(entries(&log), closed);
+}
+
 /// Notes the role of each chain a request runs in.
 #[derive(Clone, Default, Element)]
 struct Roles(Arc<Mutex<Vec<&'static str>>>);

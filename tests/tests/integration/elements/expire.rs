@@ -15,6 +15,7 @@ use connect_tests::elements::{Gate, Ledger, Op, ledger_chain};
 use connect_tests::harness::{assert_no_leaks, grpc_only, settle};
 use connect_tests::remote::start_tcp;
 use connect_tests::{from_caller, refreshed, request_for};
+use tokio::task::JoinHandle;
 use tonic::Code;
 use tonic::transport::Channel;
 use url::Url;
@@ -62,6 +63,23 @@ impl Hop {
     async fn close(&self, conn: Connection) -> Result<(), tonic::Status> {
         let mut caller = self.caller.clone();
         caller.close(conn).await.map(drop)
+    }
+
+    /// A refresh of `conn`, running until `gate` lets it through: returns
+    /// once it is held at the remote.
+    async fn held_refresh(
+        &self,
+        gate: &Gate,
+        conn: Connection,
+    ) -> JoinHandle<Result<tonic::Response<Connection>, tonic::Status>> {
+        gate.arm(Op::Request);
+        let (caller, conn) = (
+            self.caller.clone(),
+            refreshed(conn, Duration::from_secs(60)),
+        );
+        let refresh = tokio::spawn(async move { caller.clone().request(request_for(conn)).await });
+        settle("the refresh to reach the remote", gate.holding()).await;
+        refresh
     }
 }
 
@@ -139,12 +157,7 @@ async fn a_refresh_racing_the_expiry_keeps_the_connection() {
         .await
         .unwrap();
     // The refresh is held at the remote while the expiry comes due.
-    gate.arm(Op::Request);
-    let refresh = {
-        let (caller, conn) = (hop.caller.clone(), refreshed(conn, Duration::from_secs(60)));
-        tokio::spawn(async move { caller.clone().request(request_for(conn)).await })
-    };
-    settle("the refresh to reach the remote", gate.holding()).await;
+    let refresh = hop.held_refresh(&gate, conn).await;
     settle(
         "the expiry to wait behind the refresh",
         hop.expire.wait_for(|s| s.waiting == 1),
@@ -194,6 +207,39 @@ async fn a_close_racing_the_expiry_is_the_only_close() {
     .await;
     assert_eq!((stats.connections, stats.expired), (0, 0), "{stats:?}");
     assert_eq!(ledger.closes(), 1, "one close reached the remote");
+    assert_eq!(ledger.overlaps(), 0);
+    assert_no_leaks(&hop.connect, &[&remote]).await;
+}
+
+/// A close that arrives while a refresh of its connection is in flight
+/// waits for the refresh's turn, then closes at the remote and forgets the
+/// expiry.
+#[tokio::test]
+async fn a_close_behind_a_refresh_waits_its_turn_and_ends_the_connection() {
+    let (ledger, gate) = (Ledger::new(), Gate::new());
+    let remote = remote(&ledger, &gate).await;
+    let hop = Hop::new(remote.url(), Duration::from_secs(600)).await;
+    let conn = hop
+        .request(from_caller("nsc", "queued", Some(Duration::from_secs(60))))
+        .await
+        .unwrap();
+    let refresh = hop.held_refresh(&gate, conn.clone()).await;
+    let close = {
+        let caller = hop.caller.clone();
+        tokio::spawn(async move { caller.clone().close(conn).await })
+    };
+    settle(
+        "the close to wait behind the refresh",
+        hop.expire.wait_for(|s| s.waiting == 1),
+    )
+    .await;
+    assert_eq!(ledger.closes(), 0, "the close waits at Expire");
+    gate.release();
+    refresh.await.unwrap().unwrap();
+    close.await.unwrap().unwrap();
+    let stats = hop.expire.stats();
+    assert_eq!((stats.connections, stats.expired), (0, 0), "{stats:?}");
+    assert_eq!(ledger.closes(), 1);
     assert_eq!(ledger.overlaps(), 0);
     assert_no_leaks(&hop.connect, &[&remote]).await;
 }
