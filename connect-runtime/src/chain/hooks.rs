@@ -28,7 +28,9 @@ use crate::proto::networkservice::NetworkServiceRequest;
 /// that does its work, makes `next`'s future and returns it, or an
 /// `async move` block holding it and only what is needed once it is done,
 /// as connect's own elements do: every call in flight then holds a few
-/// words where it held the call's arguments.
+/// words where it held the call's arguments. That work runs when the call
+/// is made, even if its future is dropped unpolled, so keep there only
+/// what a call given up at once may leave done.
 ///
 /// ```
 /// use connect_runtime::prelude::*;
