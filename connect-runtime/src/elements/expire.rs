@@ -1,6 +1,7 @@
 //! Expiry: NSM's `timeout` server element, the mesh's garbage collector.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context as TaskContext, Poll, Waker};
@@ -217,17 +218,33 @@ impl Shared {
         };
         let lives = self.lifetime(request.connection.as_deref().and_then(caller_expiry));
         let early = ctx.remaining().unwrap_or_default();
-        // As for a close: the usual case keeps the rest of the chain's
-        // future, not the request.
+        self.in_turn(
+            id,
+            move || Element::request(&self.rest, ctx, request, next),
+            move |id, turn, call| self.requested(id, turn, lives, early, call),
+        )
+    }
+
+    /// Runs `call` (the rest of the chain) in `id`'s turn, and `then` with
+    /// the turn and its future. A turn nobody holds is taken at once and
+    /// `call` made there and then, so that the future keeps only what
+    /// `then` does, not the call's arguments (the usual case); a call that
+    /// has to wait keeps them, in a box of its own.
+    fn in_turn<'a, T, F>(
+        &'a self,
+        id: Arc<str>,
+        call: impl FnOnce() -> BoxFuture<'a, Result<T, Status>> + Send + 'a,
+        then: impl FnOnce(Arc<str>, Turn, BoxFuture<'a, Result<T, Status>>) -> F + Send + 'a,
+    ) -> BoxFuture<'a, Result<T, Status>>
+    where
+        T: 'a,
+        F: Future<Output = Result<T, Status>> + Send + 'a,
+    {
         match self.turns.try_take(&id) {
-            Some(turn) => {
-                let call = Element::request(&self.rest, ctx, request, next);
-                Box::pin(self.requested(id, turn, lives, early, call))
-            }
+            Some(turn) => Box::pin(then(id, turn, call())),
             None => Box::pin(async move {
                 let turn = self.turns.take(&id).await;
-                let call = Element::request(&self.rest, ctx, request, next);
-                self.requested(id, turn, lives, early, call).await
+                then(id, turn, call()).await
             }),
         }
     }
@@ -270,19 +287,11 @@ impl Shared {
             return Element::close(&self.rest, ctx, conn, next);
         }
         let id = Arc::<str>::from(conn.id.as_str());
-        match self.turns.try_take(&id) {
-            // The usual case: the close goes on at once, and its future
-            // keeps the rest of the chain's, not the connection.
-            Some(turn) => {
-                let call = Element::close(&self.rest, ctx, conn, next);
-                Box::pin(self.closed(id, turn, call))
-            }
-            None => Box::pin(async move {
-                let turn = self.turns.take(&id).await;
-                let call = Element::close(&self.rest, ctx, conn, next);
-                self.closed(id, turn, call).await
-            }),
-        }
+        self.in_turn(
+            id,
+            move || Element::close(&self.rest, ctx, conn, next),
+            |id, turn, call| self.closed(id, turn, call),
+        )
     }
 
     /// The rest of a close, in `id`'s turn: forgets the expiry unless the

@@ -53,9 +53,31 @@ impl Turns {
     /// Waits for `id`'s turn, in the order callers arrived. Dropping the
     /// future while it waits leaves nothing behind.
     pub(crate) async fn take(&self, id: &Arc<str>) -> Turn {
+        let (mut turn, queue) = self.arrive(id, true).expect("a caller that waits arrives");
+        if let Some(queue) = queue {
+            let permit = queue.acquire_owned().await;
+            turn.permit = Some(permit.expect("a turn queue is never closed"));
+            turn.holds = true;
+        }
+        turn
+    }
+
+    /// `id`'s turn, if no call holds or awaits it; `None`, counting
+    /// nothing, if one does.
+    pub(crate) fn try_take(&self, id: &Arc<str>) -> Option<Turn> {
+        self.arrive(id, false).map(|(turn, _)| turn)
+    }
+
+    /// Counts a caller for `id`: its turn, held if nobody else's is, else
+    /// (when it will `wait`) still to come through the queue returned with
+    /// it. `None`, counting nothing, for a caller that will not wait. The
+    /// turn is made at once, so that its drop uncounts a caller that gives
+    /// up while queued.
+    fn arrive(&self, id: &Arc<str>, wait: bool) -> Option<(Turn, Option<Arc<Semaphore>>)> {
         let queue = {
             let mut shard = self.calls.lock(&**id);
             match shard.get_mut(&**id) {
+                Some(_) if !wait => return None,
                 Some(calls) => {
                     calls.count += 1;
                     let queue = calls
@@ -76,47 +98,14 @@ impl Turns {
             }
         };
         self.changed.notify();
-        // Built before waiting, so that its drop uncounts a caller that
-        // gives up while queued.
-        let mut turn = Turn {
+        let turn = Turn {
             calls: Arc::clone(&self.calls),
             changed: Arc::clone(&self.changed),
             id: Arc::clone(id),
             holds: queue.is_none(),
             permit: None,
         };
-        if let Some(queue) = queue {
-            let permit = queue.acquire_owned().await;
-            turn.permit = Some(permit.expect("a turn queue is never closed"));
-            turn.holds = true;
-        }
-        turn
-    }
-
-    /// `id`'s turn, if no call holds or awaits it; `None`, counting
-    /// nothing, if one does.
-    pub(crate) fn try_take(&self, id: &Arc<str>) -> Option<Turn> {
-        {
-            let mut shard = self.calls.lock(&**id);
-            if shard.get_mut(&**id).is_some() {
-                return None;
-            }
-            shard.insert(
-                Arc::clone(id),
-                Calls {
-                    count: 1,
-                    queue: None,
-                },
-            );
-        }
-        self.changed.notify();
-        Some(Turn {
-            calls: Arc::clone(&self.calls),
-            changed: Arc::clone(&self.changed),
-            id: Arc::clone(id),
-            holds: true,
-            permit: None,
-        })
+        Some((turn, queue))
     }
 
     /// Ids with a call holding or awaiting its turn.
