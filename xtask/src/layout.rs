@@ -7,9 +7,13 @@
 //! in a section of their own, hottest first; `connect-runtime`'s build
 //! script hands it to the linker for its examples.
 //!
-//! Patterns leave out the hash that legacy-mangled names end in, so a build
-//! with other features or dependencies' versions still matches the same
-//! functions; a function the profile never saw stays in `.text`.
+//! Each function is named twice. `.text.hot` names it exactly, hash and all:
+//! a build of the same packages and features gives each instance the same
+//! name, so only the instances the profile saw run are laid out. `.text.warm`
+//! names it without the hash that legacy-mangled names end in, so a build
+//! with other features or dependencies' versions still lays out the same
+//! functions, with every other instance of a generic one beside them. A
+//! function the profile never saw stays in `.text`.
 
 use std::collections::HashMap;
 use std::fs;
@@ -20,21 +24,22 @@ pub const SCRIPT: &str = "connect-runtime/examples/passthrough/hot-text.ld";
 
 /// Rewrites [`SCRIPT`] from a callgrind profile of the program (recorded
 /// with `--demangle=no`, of a build linked without the script); returns how
-/// many patterns it holds.
+/// many functions it lays out.
 pub fn write_script(root: &Path, profile: &Path) -> Result<usize, String> {
     let text =
         fs::read_to_string(profile).map_err(|e| format!("reading {}: {e}", profile.display()))?;
     let hot = hot_functions(&text)?;
-    let patterns = patterns(&hot);
-    if patterns.is_empty() {
+    let (exact, unhashed) = patterns(&hot);
+    if exact.is_empty() {
         return Err(format!(
             "{} names no function of the profiled program",
             profile.display()
         ));
     }
     let path = root.join(SCRIPT);
-    fs::write(&path, script(&patterns)).map_err(|e| format!("writing {}: {e}", path.display()))?;
-    Ok(patterns.len())
+    fs::write(&path, script(&exact, &unhashed))
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(exact.len())
 }
 
 /// The functions of the profiled command's own object, by self cost,
@@ -140,21 +145,32 @@ impl Names {
     }
 }
 
-/// One input-section pattern per function, in order, without duplicates;
-/// names a linker script cannot hold are left out.
-fn patterns(hot: &[(String, u64)]) -> Vec<String> {
+/// The script's two lists of input-section patterns, exact and unhashed,
+/// one per function in order, without duplicates; names a linker script
+/// cannot hold are left out.
+fn patterns(hot: &[(String, u64)]) -> (Vec<String>, Vec<String>) {
+    let (mut exact, mut unhashed) = (Vec::new(), Vec::new());
     let mut seen = std::collections::HashSet::new();
-    hot.iter()
-        .filter_map(|(name, _)| pattern(name))
-        .filter(|p| seen.insert(p.clone()))
-        .collect()
+    for (name, _) in hot {
+        let Some(name) = symbol(name) else { continue };
+        let p = sections(name);
+        if seen.insert(p.clone()) {
+            exact.push(p);
+        }
+        if let Some(body) = unhash(name) {
+            let p = sections(&format!("{body}17h"));
+            if seen.insert(p.clone()) {
+                unhashed.push(p);
+            }
+        }
+    }
+    (exact, unhashed)
 }
 
-/// The sections a mangled function may be in, its legacy hash (`17h` and 16 hex
-/// digits, then `E`) replaced by a wildcard; callgrind's recursion suffix
-/// (`'2`) and LLVM's `.llvm.N` and `.N` dropped. `None` for names that are
-/// not Rust's or C's symbols.
-fn pattern(name: &str) -> Option<String> {
+/// The symbol a callgrind name is for: callgrind's recursion suffix (`'2`)
+/// and LLVM's `.llvm.N` and `.N` dropped. `None` for names that are not
+/// Rust's symbols or that a linker script cannot hold.
+fn symbol(name: &str) -> Option<&str> {
     let name = match name.rsplit_once('\'') {
         Some((base, depth)) if depth.bytes().all(|b| b.is_ascii_digit()) => base,
         _ => name,
@@ -167,46 +183,44 @@ fn pattern(name: &str) -> Option<String> {
         }
         _ => name,
     };
-    if !name
+    let printable = name
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"_$.".contains(&b))
-    {
-        return None;
-    }
-    if !(name.starts_with("_ZN") || name.starts_with("_R")) {
-        return None;
-    }
-    let unhashed = match name.strip_suffix('E') {
-        Some(body) if body.len() > 19 && is_legacy_hash(&body[body.len() - 19..]) => {
-            format!("{}17h*", &body[..body.len() - 19])
-        }
-        _ => name.to_owned(),
-    };
-    // LLVM prefixes the sections of functions it judges cold or startup-only.
-    Some(
-        ["", "unlikely.", "startup.", "hot.", "split."]
-            .map(|prefix| format!(".text.{prefix}{unhashed}"))
-            .join(" "),
-    )
+        .all(|b| b.is_ascii_alphanumeric() || b"_$.".contains(&b));
+    (printable && (name.starts_with("_ZN") || name.starts_with("_R"))).then_some(name)
+}
+
+/// A legacy-mangled name without its hash (`17h`, 16 hex digits, `E`).
+fn unhash(name: &str) -> Option<&str> {
+    let body = name.strip_suffix('E')?;
+    let split = body.len().checked_sub(19)?;
+    is_legacy_hash(&body[split..]).then(|| &body[..split])
+}
+
+/// The sections a function's code may be in: LLVM prefixes those of
+/// functions it judges cold or startup-only (`.text.unlikely.` and others),
+/// and its local-symbol suffixes follow the name.
+fn sections(name: &str) -> String {
+    format!(".text.*{name}*")
 }
 
 fn is_legacy_hash(s: &str) -> bool {
     s.len() == 19 && s.starts_with("17h") && s[3..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn script(patterns: &[String]) -> String {
+fn script(exact: &[String], unhashed: &[String]) -> String {
     let mut out = String::from(
         "/* @generated by `cargo xtask layout PROFILE` from a callgrind profile of\n   \
          the program (BENCHMARKS.md, \"Code layout\"). Do not edit by hand. */\n\
-         SECTIONS\n{\n  .text.hot :\n  {\n",
+         SECTIONS\n{\n",
     );
-    for p in patterns {
-        out.push_str("    *(");
-        out.push_str(p);
-        out.push(')');
-        out.push('\n');
+    for (section, patterns) in [(".text.hot", exact), (".text.warm", unhashed)] {
+        out.push_str(&format!("  {section} :\n  {{\n"));
+        for p in patterns {
+            out.push_str(&format!("    *({p})\n"));
+        }
+        out.push_str("  }\n");
     }
-    out.push_str("  }\n}\nINSERT BEFORE .text;\n");
+    out.push_str("}\nINSERT BEFORE .text;\n");
     out
 }
 
@@ -253,39 +267,62 @@ fn=(1)
     }
 
     #[test]
-    fn patterns_drop_the_legacy_hash_and_the_recursion_suffix() {
+    fn names_lose_the_recursion_and_local_suffixes_and_only_the_warm_list_the_hash() {
         for (name, want) in [
-            ("_ZN4main3hot17h0123456789abcdefE", "_ZN4main3hot17h*"),
+            (
+                "_ZN4main3hot17h0123456789abcdefE",
+                "_ZN4main3hot17h0123456789abcdefE",
+            ),
             ("_RNvCs1234_4core5write'2", "_RNvCs1234_4core5write"),
             (
                 "_ZN4main3hot17h0123456789abcdefE.llvm.1234567",
-                "_ZN4main3hot17h*",
+                "_ZN4main3hot17h0123456789abcdefE",
             ),
-            ("_ZN4main3hot17h0123456789abcdefE.5830", "_ZN4main3hot17h*"),
+            (
+                "_ZN4main3hot17h0123456789abcdefE.5830",
+                "_ZN4main3hot17h0123456789abcdefE",
+            ),
         ] {
-            assert_eq!(pattern(name), Some(sections(want)), "{name}");
+            assert_eq!(symbol(name), Some(want), "{name}");
         }
-        assert_eq!(pattern("malloc"), None);
-        assert_eq!(pattern("_ZN4main3bad(x)"), None);
-        // Two monomorphizations differ only by hash: one pattern.
+        assert_eq!(symbol("malloc"), None);
+        assert_eq!(symbol("_ZN4main3bad(x)"), None);
+        assert_eq!(
+            unhash("_ZN4main3hot17h0123456789abcdefE"),
+            Some("_ZN4main3hot")
+        );
+        assert_eq!(unhash("_RNvCs1234_4core5write"), None);
+        assert_eq!(unhash("_ZN4main3hotE"), None);
+        // Two instances of a generic function: each exactly, one unhashed.
         let hot = [
             ("_ZN1a1f17h0000000000000000E".to_owned(), 2),
             ("_ZN1a1f17h1111111111111111E".to_owned(), 1),
+            ("_RNvCs1234_4core5write".to_owned(), 1),
         ];
-        assert_eq!(patterns(&hot), vec![sections("_ZN1a1f17h*")]);
-    }
-
-    fn sections(name: &str) -> String {
-        format!(
-            ".text.{name} .text.unlikely.{name} .text.startup.{name} .text.hot.{name} .text.split.{name}"
-        )
+        assert_eq!(
+            patterns(&hot),
+            (
+                vec![
+                    ".text.*_ZN1a1f17h0000000000000000E*".to_owned(),
+                    ".text.*_ZN1a1f17h1111111111111111E*".to_owned(),
+                    ".text.*_RNvCs1234_4core5write*".to_owned(),
+                ],
+                vec![".text.*_ZN1a1f17h*".to_owned()],
+            )
+        );
     }
 
     #[test]
-    fn the_script_inserts_a_section_before_text() {
-        let s = script(&[".text._ZN1a1f17h*".to_owned()]);
+    fn the_script_inserts_the_exact_then_the_unhashed_section_before_text() {
+        let s = script(
+            &[".text.*_ZN1a1f17h0E*".to_owned()],
+            &[".text.*_ZN1a1f17h*".to_owned()],
+        );
         assert!(s.starts_with("/* @generated by `cargo xtask layout PROFILE`"));
-        assert!(s.contains("  .text.hot :\n  {\n    *(.text._ZN1a1f17h*)\n  }\n"));
+        assert!(s.contains(
+            "  .text.hot :\n  {\n    *(.text.*_ZN1a1f17h0E*)\n  }\n  \
+             .text.warm :\n  {\n    *(.text.*_ZN1a1f17h*)\n  }\n}\n"
+        ));
         assert!(s.ends_with("INSERT BEFORE .text;\n"));
     }
 

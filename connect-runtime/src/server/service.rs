@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -10,6 +11,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Extensions;
 use tonic::body::Body;
 use tonic::metadata::MetadataMap;
+use tonic::server::Grpc;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span};
 
@@ -17,6 +19,7 @@ use super::Peer;
 use crate::chain::{Context, NextFuture, ServerChain};
 use crate::deadline::deadline_from;
 use crate::grpc_timeout;
+use crate::proto::codec::NsmCodec;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
 use crate::proto::networkservice::network_service_server::{NetworkService, NetworkServiceServer};
@@ -60,40 +63,88 @@ impl ChainService {
     /// The tonic service to register with a server.
     pub fn into_server(self) -> ChainServer {
         // Message size limits stay tonic's defaults (4 MiB to decode).
-        ChainServer {
-            inner: NetworkServiceServer::new(self),
-        }
+        ChainServer::new(self)
     }
 }
 
 /// A [`ChainService`] as a tonic server registers it: it notes when each
-/// call arrives, for the chain's deadline to count from.
+/// call arrives, for the chain's deadline to count from, and hands the
+/// chain's two methods to tonic's unary handler itself.
 #[derive(Clone, Debug)]
 pub struct ChainServer {
+    service: Arc<ChainService>,
+    /// Answers what is not a chain's method, as generated.
     inner: NetworkServiceServer<ChainService>,
+}
+
+impl ChainServer {
+    fn new(service: ChainService) -> Self {
+        let service = Arc::new(service);
+        Self {
+            inner: NetworkServiceServer::from_arc(Arc::clone(&service)),
+            service,
+        }
+    }
 }
 
 impl tonic::server::NamedService for ChainServer {
     const NAME: &'static str = crate::proto::NETWORK_SERVICE;
 }
 
+const REQUEST: &str = "/networkservice.NetworkService/Request";
+const CLOSE: &str = "/networkservice.NetworkService/Close";
+
 impl tower::Service<http::Request<Body>> for ChainServer {
-    type Response =
-        <NetworkServiceServer<ChainService> as tower::Service<http::Request<Body>>>::Response;
+    type Response = http::Response<Body>;
     type Error = std::convert::Infallible;
-    type Future =
-        <NetworkServiceServer<ChainService> as tower::Service<http::Request<Body>>>::Future;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(
         &mut self,
-        cx: &mut std::task::Context<'_>,
+        _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        tower::Service::<http::Request<Body>>::poll_ready(&mut self.inner, cx)
+        std::task::Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         request.extensions_mut().insert(Arrival(Instant::now()));
-        tower::Service::<http::Request<Body>>::call(&mut self.inner, request)
+        // The generated handler's future keeps the HTTP request, and its
+        // method's future the decoded one, for as long as the call runs.
+        // Here the request is boxed, and freed once tonic has taken it.
+        let service = Arc::clone(&self.service);
+        match request.uri().path() {
+            REQUEST => {
+                let request = Box::new(request);
+                Box::pin(async move {
+                    let method = Method(&service, ChainService::request_call);
+                    Ok(Grpc::new(NsmCodec::default()).unary(method, *request).await)
+                })
+            }
+            CLOSE => {
+                let request = Box::new(request);
+                Box::pin(async move {
+                    let method = Method(&service, ChainService::close_call);
+                    Ok(Grpc::new(NsmCodec::default()).unary(method, *request).await)
+                })
+            }
+            _ => tower::Service::<http::Request<Body>>::call(&mut self.inner, request),
+        }
+    }
+}
+
+/// One of the chain's methods, as tonic's unary handler calls it: it
+/// returns the chain's future itself, not a box around it.
+struct Method<'a, M, R>(
+    &'a ChainService,
+    fn(&'a ChainService, Request<M>) -> Call<'a, R>,
+);
+
+impl<'a, M, R> tonic::server::UnaryService<M> for Method<'a, M, R> {
+    type Response = R;
+    type Future = Call<'a, R>;
+
+    fn call(&mut self, request: Request<M>) -> Self::Future {
+        (self.1)(self.0, request)
     }
 }
 
@@ -109,15 +160,29 @@ const TIMER_TICK: Duration = Duration::from_millis(1);
 /// A call's future, boxed as the generated trait wants it.
 type Call<'a, T> = Pin<Box<dyn Future<Output = Result<Response<T>, Status>> + Send + 'a>>;
 
-// Written out rather than with `async_trait`: what a call needs is taken
-// from its request before its future is made, so that the future holds the
-// chain's call, not the request besides (about 1 KB for a close).
 impl NetworkService for ChainService {
     fn request<'s, 'f>(&'s self, request: Request<NetworkServiceRequest>) -> Call<'f, Connection>
     where
         's: 'f,
         Self: 'f,
     {
+        self.request_call(request)
+    }
+
+    fn close<'s, 'f>(&'s self, request: Request<Connection>) -> Call<'f, ()>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        self.close_call(request)
+    }
+}
+
+// Written out rather than with `async_trait`: what a call needs is taken
+// from its request before its future is made, so that the future holds the
+// chain's call, not the request besides (about 1 KB for a close).
+impl ChainService {
+    fn request_call(&self, request: Request<NetworkServiceRequest>) -> Call<'_, Connection> {
         let (metadata, extensions, request) = request.into_parts();
         let span = tracing::debug_span!(
             "request",
@@ -133,11 +198,7 @@ impl NetworkService for ChainService {
         running(&ctx, cancel_on_drop, chain, span)
     }
 
-    fn close<'s, 'f>(&'s self, request: Request<Connection>) -> Call<'f, ()>
-    where
-        's: 'f,
-        Self: 'f,
-    {
+    fn close_call(&self, request: Request<Connection>) -> Call<'_, ()> {
         let (metadata, extensions, connection) = request.into_parts();
         let span = tracing::debug_span!("close", connection_id = connection.id.as_str());
         crate::telemetry::adopt_caller_trace(&span, &metadata);

@@ -223,6 +223,27 @@ async fn bytes_that_are_not_a_request() {
     assert_no_leaks(&passthrough.connect, &[]).await;
 }
 
+#[tokio::test]
+async fn a_method_the_service_does_not_have() {
+    let passthrough = Passthrough::new(Some("tcp://127.0.0.1:9")).await;
+    let mut grpc = tonic::client::Grpc::new(passthrough.conn.clone());
+    grpc.ready().await.unwrap();
+
+    // The chain's server answers its two methods itself and hands any
+    // other path of the service to the generated one.
+    let err = grpc
+        .unary(
+            tonic::Request::new(RawBytes(Vec::new())),
+            http::uri::PathAndQuery::from_static("/networkservice.NetworkService/Renew"),
+            RawCodec,
+        )
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    assert_no_leaks(&passthrough.connect, &[]).await;
+}
+
 /// Raw bytes as a gRPC message, to send what no well-behaved client would.
 #[derive(Debug)]
 struct RawBytes(Vec<u8>);

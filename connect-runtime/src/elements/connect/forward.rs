@@ -280,6 +280,44 @@ impl Shared {
         }
     }
 
+    /// Closes `id` at the remote its record names, under its turn, and
+    /// forgets the record. A function of its own, so that the close's
+    /// future keeps the lease alone while the remote answers, not the
+    /// record and the lease's first places besides.
+    async fn close_remote(
+        self: &Arc<Self>,
+        ctx: &Context,
+        id: &str,
+        turn: Turn,
+        connection: &Arc<Connection>,
+    ) -> (Result<(), Status>, Turn) {
+        let mut lease = match self.lease_to_close(id, turn) {
+            Ok(lease) => lease,
+            Err(refused) => return refused,
+        };
+        let client_ctx = client_context(ctx, lease.client());
+        let result = lease.close(client_ctx, Arc::clone(connection)).await;
+        let result = result.map_err(|s| in_context(s, "close", id, lease.client().url()));
+        (result, lease.release())
+    }
+
+    /// The lease a close reaches `id`'s remote with; the record is
+    /// forgotten.
+    fn lease_to_close(
+        self: &Arc<Self>,
+        id: &str,
+        turn: Turn,
+    ) -> Result<Lease, (Result<(), Status>, Turn)> {
+        let Some(record) = self.records.load_and_delete(id) else {
+            let missing =
+                Status::not_found(format!("connect: no client found for connection {id}"));
+            return Err((Err(missing), turn));
+        };
+        let url = Arc::clone(record.client.url());
+        Lease::reaching(self, record, turn)
+            .map_err(|(refused, turn)| (Err(in_context(refused, "close", id, &url)), turn))
+    }
+
     pub(super) fn close<'a>(
         self: &'a Arc<Self>,
         ctx: Context,
@@ -292,30 +330,7 @@ impl Shared {
         async move {
             let id: Arc<str> = Arc::from(connection.id.as_str());
             let turn = self.turns.take(&id).await;
-            // Bound before matching: a match's scrutinee would be kept
-            // across the awaits in its arms.
-            let record = self.records.load_and_delete(&id);
-            let (client_result, _turn) = match record {
-                Some(record) => {
-                    let url = Arc::clone(record.client.url());
-                    let reaching = Lease::reaching(self, record, turn);
-                    let (result, turn) = match reaching {
-                        Ok(mut lease) => {
-                            let client_ctx = client_context(&ctx, lease.client());
-                            let result = lease.close(client_ctx, Arc::clone(&connection)).await;
-                            (result, lease.release())
-                        }
-                        Err((refused, turn)) => (Err(refused), turn),
-                    };
-                    (result.map_err(|s| in_context(s, "close", &id, &url)), turn)
-                }
-                None => (
-                    Err(Status::not_found(format!(
-                        "connect: no client found for connection {id}"
-                    ))),
-                    turn,
-                ),
-            };
+            let (client_result, _turn) = self.close_remote(&ctx, &id, turn, &connection).await;
             self.metrics.closed(CloseOrigin::Caller, &client_result);
             // The lease has let go of it by now: unwrapped, not copied.
             let next_result = next.close(ctx, Arc::unwrap_or_clone(connection)).await;
