@@ -108,25 +108,19 @@ impl tower::Service<http::Request<Body>> for ChainServer {
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         request.extensions_mut().insert(Arrival(Instant::now()));
-        // The generated handler's future keeps the HTTP request, and its
-        // method's future the decoded one, for as long as the call runs.
-        // Here the request is boxed, and freed once tonic has taken it.
+        // The generated handler boxes its method's future once more, and
+        // that box keeps the decoded request as well; here tonic's handler
+        // calls the chain itself.
         let service = Arc::clone(&self.service);
         match request.uri().path() {
-            REQUEST => {
-                let request = Box::new(request);
-                Box::pin(async move {
-                    let method = Method(&service, ChainService::request_call);
-                    Ok(Grpc::new(NsmCodec::default()).unary(method, *request).await)
-                })
-            }
-            CLOSE => {
-                let request = Box::new(request);
-                Box::pin(async move {
-                    let method = Method(&service, ChainService::close_call);
-                    Ok(Grpc::new(NsmCodec::default()).unary(method, *request).await)
-                })
-            }
+            REQUEST => Box::pin(async move {
+                let method = Method(&service, ChainService::request_call);
+                Ok(Grpc::new(NsmCodec::default()).unary(method, request).await)
+            }),
+            CLOSE => Box::pin(async move {
+                let method = Method(&service, ChainService::close_call);
+                Ok(Grpc::new(NsmCodec::default()).unary(method, request).await)
+            }),
             _ => tower::Service::<http::Request<Body>>::call(&mut self.inner, request),
         }
     }
