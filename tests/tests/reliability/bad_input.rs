@@ -45,6 +45,15 @@ impl Passthrough {
         }
     }
 
+    /// Sends `bytes` as a call's message to `path`, which must fail.
+    async fn raw(&self, path: &'static str, bytes: Vec<u8>) -> tonic::Status {
+        let mut grpc = tonic::client::Grpc::new(self.conn.clone());
+        grpc.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::from_static(path);
+        let call = grpc.unary(tonic::Request::new(RawBytes(bytes)), path, RawCodec);
+        call.await.unwrap_err()
+    }
+
     async fn refuses(mut self, request: NetworkServiceRequest, code: Code, message: &str) {
         let err = self.client.request(request).await.unwrap_err();
         assert_eq!(err.code(), code, "{err:?}");
@@ -201,19 +210,15 @@ async fn a_malformed_grpc_timeout() {
 #[tokio::test]
 async fn bytes_that_are_not_a_request() {
     let passthrough = Passthrough::new(Some("tcp://127.0.0.1:9")).await;
-    let mut grpc = tonic::client::Grpc::new(passthrough.conn.clone());
-    grpc.ready().await.unwrap();
 
     // A `Connection` sent where a request is expected decodes (protobuf is
     // forgiving); bytes that are not protobuf at all do not.
-    let err = grpc
-        .unary(
-            tonic::Request::new(RawBytes(vec![0xff, 0xff, 0xff])),
-            http::uri::PathAndQuery::from_static("/networkservice.NetworkService/Request"),
-            RawCodec,
+    let err = passthrough
+        .raw(
+            "/networkservice.NetworkService/Request",
+            vec![0xff, 0xff, 0xff],
         )
-        .await
-        .unwrap_err();
+        .await;
 
     assert_eq!(err.code(), Code::Internal, "{err:?}");
     assert_eq!(
@@ -226,19 +231,12 @@ async fn bytes_that_are_not_a_request() {
 #[tokio::test]
 async fn a_method_the_service_does_not_have() {
     let passthrough = Passthrough::new(Some("tcp://127.0.0.1:9")).await;
-    let mut grpc = tonic::client::Grpc::new(passthrough.conn.clone());
-    grpc.ready().await.unwrap();
 
     // The chain's server answers its two methods itself and hands any
     // other path of the service to the generated one.
-    let err = grpc
-        .unary(
-            tonic::Request::new(RawBytes(Vec::new())),
-            http::uri::PathAndQuery::from_static("/networkservice.NetworkService/Renew"),
-            RawCodec,
-        )
-        .await
-        .unwrap_err();
+    let err = passthrough
+        .raw("/networkservice.NetworkService/Renew", Vec::new())
+        .await;
 
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
     assert_no_leaks(&passthrough.connect, &[]).await;
