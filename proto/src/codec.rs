@@ -85,8 +85,10 @@ impl<T: prost::Message> Encoder for NsmEncoder<T> {
 
     fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
         buf.reserve(item.encoded_len());
-        item.encode(buf)
-            .map_err(|err| Status::internal(format!("cannot encode the message: {err}")))
+        // Not `encode`, which would walk the message for its length again
+        // to check a capacity that was just reserved (and that grows).
+        item.encode_raw(buf);
+        Ok(())
     }
 
     fn buffer_settings(&self) -> BufferSettings {

@@ -81,6 +81,15 @@ impl Hop {
         settle("the refresh to reach the remote", gate.holding()).await;
         refresh
     }
+
+    /// A close of `conn` by the caller, running on its own.
+    fn spawned_close(
+        &self,
+        conn: Connection,
+    ) -> JoinHandle<Result<tonic::Response<()>, tonic::Status>> {
+        let mut caller = self.caller.clone();
+        tokio::spawn(async move { caller.close(conn).await })
+    }
 }
 
 async fn remote(ledger: &Ledger, gate: &Gate) -> ServerHandle {
@@ -188,10 +197,7 @@ async fn a_close_racing_the_expiry_is_the_only_close() {
         .await
         .unwrap();
     gate.arm(Op::Close);
-    let close = {
-        let caller = hop.caller.clone();
-        tokio::spawn(async move { caller.clone().close(conn).await })
-    };
+    let close = hop.spawned_close(conn);
     settle("the close to reach the remote", gate.holding()).await;
     settle(
         "the expiry to wait behind the close",
@@ -224,10 +230,7 @@ async fn a_close_behind_a_refresh_waits_its_turn_and_ends_the_connection() {
         .await
         .unwrap();
     let refresh = hop.held_refresh(&gate, conn.clone()).await;
-    let close = {
-        let caller = hop.caller.clone();
-        tokio::spawn(async move { caller.clone().close(conn).await })
-    };
+    let close = hop.spawned_close(conn);
     settle(
         "the close to wait behind the refresh",
         hop.expire.wait_for(|s| s.waiting == 1),
