@@ -62,6 +62,7 @@ pub mod server;
 mod sync;
 pub mod telemetry;
 pub mod transport;
+mod unary;
 
 /// The NSM wire API (`connect-proto`), re-exported.
 pub use connect_proto as proto;

@@ -116,32 +116,38 @@ const CLOSE: Method = Method {
     name: "Close",
 };
 
-/// One unary call, as the generated client makes it. Here, so that a close
-/// sends its connection boxed: tonic's call keeps its request at every
-/// level of its future, and a `Connection` is over 300 bytes.
+/// One unary call, as the generated client makes it, but for two things:
+/// a close sends its connection boxed (tonic's call keeps its request at
+/// every level of its future, and a `Connection` is over 300 bytes), and
+/// the call's future is tonic's streaming one, the reply read in a box of
+/// its own once it comes ([`unary`](crate::unary)).
 #[allow(clippy::manual_async_fn)]
 fn unary<C, M, R>(
     mut grpc: Grpc<C>,
     mut request: tonic::Request<M>,
     method: Method,
-) -> impl Future<Output = Result<tonic::Response<R>, Status>> + Send
+) -> impl Future<Output = Result<R, Status>> + Send
 where
     C: GrpcService<Body> + Send + 'static,
     C::Future: Send,
     C::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     <C::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
-    M: prost::Message + Send + 'static,
-    R: prost::Message + Default + Send + 'static,
+    M: prost::Message + Send + Sync + 'static,
+    R: prost::Message + Default + Send + Sync + 'static,
 {
     request
         .extensions_mut()
         .insert(GrpcMethod::new(NETWORK_SERVICE, method.name));
+    let request = request.map(tokio_stream::once);
     async move {
         grpc.ready()
             .await
             .map_err(|e| Status::unknown(format!("Service was not ready: {}", e.into())))?;
         let path = http::uri::PathAndQuery::from_static(method.path);
-        grpc.unary(request, path, NsmCodec::<M, R>::default()).await
+        let reply = grpc
+            .streaming(request, path, NsmCodec::<M, R>::default())
+            .await?;
+        Box::pin(crate::unary::reply(reply)).await
     }
 }
 
@@ -168,11 +174,7 @@ where
         let call = ctx.run_until(backstop(deadline), Box::pin(unary(grpc, request, REQUEST)));
         // Mapped, not awaited in an `async` block, which would hold the call
         // twice (as captured, and as awaited).
-        Box::pin(
-            call.map(move |answer| {
-                past_deadline(deadline, answer).map(tonic::Response::into_inner)
-            }),
-        )
+        Box::pin(call.map(move |answer| past_deadline(deadline, answer)))
     }
 
     fn close<'a>(
@@ -190,7 +192,7 @@ where
             backstop(deadline),
             Box::pin(unary::<_, _, ()>(grpc, request, CLOSE)),
         );
-        Box::pin(call.map(move |answer| past_deadline(deadline, answer).map(drop)))
+        Box::pin(call.map(move |answer| past_deadline(deadline, answer)))
     }
 }
 

@@ -12,7 +12,7 @@ use tonic::Extensions;
 use tonic::body::Body;
 use tonic::metadata::MetadataMap;
 use tonic::server::Grpc;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, Span};
 
 use super::Peer;
@@ -108,37 +108,60 @@ impl tower::Service<http::Request<Body>> for ChainServer {
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         request.extensions_mut().insert(Arrival(Instant::now()));
-        // The generated handler boxes its method's future once more, and
-        // that box keeps the decoded request as well; here tonic's handler
-        // calls the chain itself.
+        // tonic's unary handler keeps its decoding state's room for the
+        // whole call, and the generated one boxes the method's future once
+        // more; here tonic's handler for a stream of requests takes the
+        // call, and the one message is read in a box freed before the chain
+        // runs. The request waits in a box too: the block would keep its
+        // room beside tonic's future, which keeps its own.
         let service = Arc::clone(&self.service);
         match request.uri().path() {
-            REQUEST => Box::pin(async move {
-                let method = Method(&service, ChainService::request_call);
-                Ok(Grpc::new(NsmCodec::default()).unary(method, request).await)
-            }),
-            CLOSE => Box::pin(async move {
-                let method = Method(&service, ChainService::close_call);
-                Ok(Grpc::new(NsmCodec::default()).unary(method, request).await)
-            }),
+            REQUEST => {
+                let request = Box::new(request);
+                Box::pin(async move {
+                    let method = Method(&service, ChainService::request_call);
+                    Ok(Grpc::new(NsmCodec::default())
+                        .client_streaming(method, *request)
+                        .await)
+                })
+            }
+            CLOSE => {
+                let request = Box::new(request);
+                Box::pin(async move {
+                    let method = Method(&service, ChainService::close_call);
+                    Ok(Grpc::new(NsmCodec::default())
+                        .client_streaming(method, *request)
+                        .await)
+                })
+            }
             _ => tower::Service::<http::Request<Body>>::call(&mut self.inner, request),
         }
     }
 }
 
-/// One of the chain's methods, as tonic's unary handler calls it: it
-/// returns the chain's future itself, not a box around it.
-struct Method<'a, M, R>(
-    &'a ChainService,
-    fn(&'a ChainService, Request<M>) -> Call<'a, R>,
-);
+/// One of the chain's methods, as tonic's handler calls it: the chain's
+/// call runs inline in the future it returns.
+struct Method<'a, F>(&'a ChainService, F);
 
-impl<'a, M, R> tonic::server::UnaryService<M> for Method<'a, M, R> {
+impl<'a, M, R, F, C> tonic::server::ClientStreamingService<M> for Method<'a, F>
+where
+    M: Send + 'static,
+    F: Fn(&'a ChainService, Request<M>) -> Result<C, Status> + Copy + Send + Sync + 'a,
+    C: Future<Output = Result<Response<R>, Status>> + Send + 'a,
+{
     type Response = R;
     type Future = Call<'a, R>;
 
-    fn call(&mut self, request: Request<M>) -> Self::Future {
-        (self.1)(self.0, request)
+    fn call(&mut self, request: Request<Streaming<M>>) -> Self::Future {
+        let Method(service, method) = *self;
+        let message = Box::pin(crate::unary::request(request));
+        Box::pin(async move {
+            // Separate statements: a temporary of one would be kept, in
+            // the future, across the chain's await.
+            let request = message.await?;
+            let call = method(service, request)?;
+            call.await
+        })
     }
 }
 
@@ -160,7 +183,7 @@ impl NetworkService for ChainService {
         's: 'f,
         Self: 'f,
     {
-        self.request_call(request)
+        boxed(self.request_call(request))
     }
 
     fn close<'s, 'f>(&'s self, request: Request<Connection>) -> Call<'f, ()>
@@ -168,7 +191,16 @@ impl NetworkService for ChainService {
         's: 'f,
         Self: 'f,
     {
-        self.close_call(request)
+        boxed(self.close_call(request))
+    }
+}
+
+fn boxed<'a, T: Send + 'a>(
+    call: Result<impl Future<Output = Result<Response<T>, Status>> + Send + 'a, Status>,
+) -> Call<'a, T> {
+    match call {
+        Ok(call) => Box::pin(call),
+        Err(status) => Box::pin(std::future::ready(Err(status))),
     }
 }
 
@@ -176,32 +208,33 @@ impl NetworkService for ChainService {
 // from its request before its future is made, so that the future holds the
 // chain's call, not the request besides (about 1 KB for a close).
 impl ChainService {
-    fn request_call(&self, request: Request<NetworkServiceRequest>) -> Call<'_, Connection> {
+    fn request_call(
+        &self,
+        request: Request<NetworkServiceRequest>,
+    ) -> Result<impl Future<Output = Result<Response<Connection>, Status>> + Send + '_, Status>
+    {
         let (metadata, extensions, request) = request.into_parts();
         let span = tracing::debug_span!(
             "request",
             connection_id = crate::chain::connection_id(&request)
         );
         crate::telemetry::adopt_caller_trace(&span, &metadata);
-        let (ctx, cancel_on_drop) = match incoming_context(metadata, &extensions) {
-            Ok(incoming) => incoming,
-            Err(status) => return Box::pin(std::future::ready(Err(status))),
-        };
+        let (ctx, cancel_on_drop) = incoming_context(metadata, &extensions)?;
         // Made in the span: each element's span is made with its future.
         let chain = span.in_scope(|| self.chain.request(ctx.clone(), request));
-        running(&ctx, cancel_on_drop, chain, span)
+        Ok(running(&ctx, cancel_on_drop, chain, span))
     }
 
-    fn close_call(&self, request: Request<Connection>) -> Call<'_, ()> {
+    fn close_call(
+        &self,
+        request: Request<Connection>,
+    ) -> Result<impl Future<Output = Result<Response<()>, Status>> + Send + '_, Status> {
         let (metadata, extensions, connection) = request.into_parts();
         let span = tracing::debug_span!("close", connection_id = connection.id.as_str());
         crate::telemetry::adopt_caller_trace(&span, &metadata);
-        let (ctx, cancel_on_drop) = match incoming_context(metadata, &extensions) {
-            Ok(incoming) => incoming,
-            Err(status) => return Box::pin(std::future::ready(Err(status))),
-        };
+        let (ctx, cancel_on_drop) = incoming_context(metadata, &extensions)?;
         let chain = span.in_scope(|| self.chain.close(ctx.clone(), connection));
-        running(&ctx, cancel_on_drop, chain, span)
+        Ok(running(&ctx, cancel_on_drop, chain, span))
     }
 }
 
@@ -212,12 +245,12 @@ fn running<'a, T: Send + 'a>(
     cancel_on_drop: DropGuard,
     chain: NextFuture<'a, T>,
     span: Span,
-) -> Call<'a, T> {
+) -> impl Future<Output = Result<Response<T>, Status>> + Send + use<'a, T> {
     let call = ctx.run(chain).instrument(span);
-    Box::pin(async move {
+    async move {
         let _cancel_on_drop = cancel_on_drop;
         call.await.map(Response::new)
-    })
+    }
 }
 
 /// The context of an incoming call, and the guard that cancels its token

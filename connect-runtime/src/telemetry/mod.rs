@@ -54,7 +54,5 @@ mod metrics;
 mod propagation;
 
 pub use metrics::METER_NAME;
-pub(crate) use metrics::{
-    CallKind, Census, CloseOrigin, ConnectMetrics, DialMetrics, DialOutcome, Recorded,
-};
+pub(crate) use metrics::{CallKind, Census, CloseOrigin, ConnectMetrics, DialMetrics, DialOutcome};
 pub(crate) use propagation::{adopt_caller_trace, inject_current_trace};

@@ -483,9 +483,12 @@ impl Shared {
         request: http::Request<Outgoing>,
         again: Option<Again>,
     ) -> impl Future<Output = Result<http::Response<Body>, TransportError>> + Send + 'static {
+        // Boxed until hyper takes it: in the block, its room would be kept
+        // for the whole call.
+        let request = Box::new(request);
         async move {
             let (mut send, generation) = self.connection(None).await?;
-            let (unsent, err) = match send.try_send_request(request).await {
+            let (unsent, err) = match send.try_send_request(*request).await {
                 Ok(response) => return Ok(checked(&self.url, response)?),
                 Err(mut err) => (err.take_message(), err.into_error()),
             };

@@ -47,10 +47,16 @@ impl Passthrough {
 
     /// Sends `bytes` as a call's message to `path`, which must fail.
     async fn raw(&self, path: &'static str, bytes: Vec<u8>) -> tonic::Status {
+        self.raw_messages(path, vec![bytes]).await
+    }
+
+    /// Sends each of `messages` in one call to `path`, which must fail.
+    async fn raw_messages(&self, path: &'static str, messages: Vec<Vec<u8>>) -> tonic::Status {
         let mut grpc = tonic::client::Grpc::new(self.conn.clone());
         grpc.ready().await.unwrap();
         let path = http::uri::PathAndQuery::from_static(path);
-        let call = grpc.unary(tonic::Request::new(RawBytes(bytes)), path, RawCodec);
+        let messages = tokio_stream::iter(messages.into_iter().map(RawBytes));
+        let call = grpc.client_streaming(tonic::Request::new(messages), path, RawCodec);
         call.await.unwrap_err()
     }
 
@@ -220,11 +226,43 @@ async fn bytes_that_are_not_a_request() {
         )
         .await;
 
-    assert_eq!(err.code(), Code::Internal, "{err:?}");
-    assert_eq!(
-        err.message(),
-        "failed to decode Protobuf message: invalid varint"
-    );
+    assert_not_protobuf(&err);
+    assert_no_leaks(&passthrough.connect, &[]).await;
+}
+
+#[tokio::test]
+async fn a_call_with_no_message() {
+    let passthrough = Passthrough::new(Some("tcp://127.0.0.1:9")).await;
+
+    for path in [
+        "/networkservice.NetworkService/Request",
+        "/networkservice.NetworkService/Close",
+    ] {
+        let err = passthrough.raw_messages(path, Vec::new()).await;
+
+        // As tonic's unary handler answers it.
+        assert_eq!(err.code(), Code::Internal, "{path}: {err:?}");
+        assert_eq!(err.message(), "Missing request message.", "{path}");
+    }
+    assert_no_leaks(&passthrough.connect, &[]).await;
+}
+
+#[tokio::test]
+async fn a_second_message_that_is_not_a_request() {
+    use prost::Message;
+    let passthrough = Passthrough::new(Some("tcp://127.0.0.1:9")).await;
+
+    // The whole body is read before the chain runs, as tonic's unary
+    // handler reads it: the first message is not forwarded on its own.
+    let first = request("second").encode_to_vec();
+    let err = passthrough
+        .raw_messages(
+            "/networkservice.NetworkService/Request",
+            vec![first, vec![0xff, 0xff, 0xff]],
+        )
+        .await;
+
+    assert_not_protobuf(&err);
     assert_no_leaks(&passthrough.connect, &[]).await;
 }
 
@@ -240,6 +278,15 @@ async fn a_method_the_service_does_not_have() {
 
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
     assert_no_leaks(&passthrough.connect, &[]).await;
+}
+
+/// The status of a message that is not protobuf at all.
+fn assert_not_protobuf(err: &tonic::Status) {
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert_eq!(
+        err.message(),
+        "failed to decode Protobuf message: invalid varint"
+    );
 }
 
 /// Raw bytes as a gRPC message, to send what no well-behaved client would.

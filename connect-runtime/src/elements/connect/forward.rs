@@ -15,7 +15,7 @@ use crate::elements::last_known::LastKnown;
 use crate::elements::turns::Turn;
 use crate::proto::connection::Connection;
 use crate::proto::networkservice::NetworkServiceRequest;
-use crate::telemetry::{CallKind, CloseOrigin, Recorded};
+use crate::telemetry::{CallKind, CloseOrigin};
 use crate::transport::Target;
 
 /// The context a client call runs with: the caller's deadline (sent to the
@@ -53,66 +53,58 @@ fn in_context(status: Status, what: &str, id: &str, url: &Url) -> Status {
 // into its body), and these futures are boxed once per call.
 #[allow(clippy::manual_async_fn)]
 impl Shared {
+    /// A request as new, a refresh or a move, by its record.
     pub(super) fn request<'a>(
         self: &'a Arc<Self>,
         ctx: Context,
         request: NetworkServiceRequest,
         next: Next<'a>,
     ) -> impl Future<Output = Result<Connection, Status>> + Send + 'a {
+        // One block, with its metrics inside: each nested block would keep
+        // its own copy of the arguments' room for the whole call.
         async move {
             let mut recorded = self.metrics.request();
-            let result = self.route(ctx, request, next, &mut recorded).await;
+            let result = 'routed: {
+                let Some(connection) = request.connection.as_deref() else {
+                    break 'routed Err(Status::invalid_argument(
+                        "connect: the request has no connection",
+                    ));
+                };
+                if connection.id.is_empty() {
+                    break 'routed Err(Status::invalid_argument(
+                        "connect: the request's connection has an empty id",
+                    ));
+                }
+                let id: Arc<str> = Arc::from(connection.id.as_str());
+                let Some(url) = ctx.client_url_arc().cloned() else {
+                    break 'routed Err(Status::invalid_argument(format!(
+                        "connect: no client URL for connection {id}: put a clienturl element before connect"
+                    )));
+                };
+                if let Err(err) = Target::check(&url) {
+                    break 'routed Err(Status::invalid_argument(format!(
+                        "connect: connection {id}: {err}"
+                    )));
+                }
+
+                let turn = self.turns.take(&id).await;
+                let turn = match self.records.client(&id) {
+                    Some(client) if *client.url() == url => {
+                        recorded.set_kind(CallKind::Refresh);
+                        break 'routed self.refresh(ctx, request, next, client, turn).await;
+                    }
+                    // The URL changed: close at the old remote, then proceed as new.
+                    // Boxed: a cold path that would otherwise swell every request.
+                    Some(_) => {
+                        recorded.set_kind(CallKind::Move);
+                        Box::pin(self.leave(&ctx, &id, turn)).await
+                    }
+                    None => turn,
+                };
+                self.establish(ctx, request, next, url, id, turn).await
+            };
             recorded.finish(&result);
             result
-        }
-    }
-
-    /// A request as new, a refresh or a move, by its record.
-    fn route<'a>(
-        self: &'a Arc<Self>,
-        ctx: Context,
-        request: NetworkServiceRequest,
-        next: Next<'a>,
-        recorded: &'a mut Recorded<'_>,
-    ) -> impl Future<Output = Result<Connection, Status>> + Send + 'a {
-        async move {
-            let Some(connection) = request.connection.as_deref() else {
-                return Err(Status::invalid_argument(
-                    "connect: the request has no connection",
-                ));
-            };
-            if connection.id.is_empty() {
-                return Err(Status::invalid_argument(
-                    "connect: the request's connection has an empty id",
-                ));
-            }
-            let id: Arc<str> = Arc::from(connection.id.as_str());
-            let Some(url) = ctx.client_url_arc().cloned() else {
-                return Err(Status::invalid_argument(format!(
-                    "connect: no client URL for connection {id}: put a clienturl element before connect"
-                )));
-            };
-            if let Err(err) = Target::check(&url) {
-                return Err(Status::invalid_argument(format!(
-                    "connect: connection {id}: {err}"
-                )));
-            }
-
-            let turn = self.turns.take(&id).await;
-            let turn = match self.records.client(&id) {
-                Some(client) if *client.url() == url => {
-                    recorded.set_kind(CallKind::Refresh);
-                    return self.refresh(ctx, request, next, client, turn).await;
-                }
-                // The URL changed: close at the old remote, then proceed as new.
-                // Boxed: a cold path that would otherwise swell every request.
-                Some(_) => {
-                    recorded.set_kind(CallKind::Move);
-                    Box::pin(self.leave(&ctx, &id, turn)).await
-                }
-                None => turn,
-            };
-            self.establish(ctx, request, next, url, id, turn).await
         }
     }
 

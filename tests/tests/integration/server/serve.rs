@@ -27,6 +27,14 @@ fn edit() -> Edit {
     }
 }
 
+/// A chain that keeps what it was sent and marks what it answers.
+fn capturing(capture: &Capture) -> ServerChain {
+    ServerChain::builder()
+        .with(capture.clone())
+        .with(edit())
+        .build()
+}
+
 async fn round_trip(server: &connect_runtime::ServerHandle, capture: &Capture) {
     let conn = connect_tests::harness::dial_patiently(server.url()).await;
     let client = ClientChain::builder().with(GrpcClient::new(conn)).build();
@@ -51,31 +59,69 @@ async fn round_trip(server: &connect_runtime::ServerHandle, capture: &Capture) {
 #[tokio::test]
 async fn request_and_close_round_trip_over_tcp() {
     let capture = Capture::new();
-    let server = start_tcp(
-        ServerChain::builder()
-            .with(capture.clone())
-            .with(edit())
-            .build(),
-    )
-    .await;
+    let server = start_tcp(capturing(&capture)).await;
     assert_eq!(server.url().scheme(), "tcp");
     assert_ne!(server.url().port(), Some(0));
     round_trip(&server, &capture).await;
+}
+
+/// A unary call's trailers, which gRPC lets a caller send after its
+/// message, join its metadata as tonic's unary handler joins them.
+#[tokio::test]
+async fn a_callers_trailers_reach_the_chain_as_metadata() {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    use prost::Message;
+
+    let capture = Capture::new();
+    let server = start_tcp(capturing(&capture)).await;
+    let addr = format!(
+        "{}:{}",
+        server.url().host_str().unwrap(),
+        server.url().port().unwrap()
+    );
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("authorization", "Bearer late".parse().unwrap());
+    let frames = vec![
+        Ok::<_, std::convert::Infallible>(Frame::data(connect_tests::raw::framed(
+            &request("trailers").encode_to_vec(),
+        ))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let call = http::Request::post(format!(
+        "http://{}/networkservice.NetworkService/Request",
+        server.url().host_str().unwrap()
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(StreamBody::new(tokio_stream::iter(frames)))
+    .unwrap();
+    let response = sender.send_request(call).await.unwrap();
+    let body = response.into_body().collect().await.unwrap();
+    let status = body.trailers().and_then(|t| t.get("grpc-status")).cloned();
+
+    assert_eq!(status.as_ref().map(|s| s.as_bytes()), Some(&b"0"[..]));
+    assert_eq!(capture.seen().authorization.as_deref(), Some("Bearer late"));
+    assert_eq!(
+        capture.request().unwrap().connection.unwrap().id,
+        "trailers"
+    );
 }
 
 #[tokio::test]
 async fn request_and_close_round_trip_over_a_unix_socket() {
     let dir = TempDir::new().unwrap();
     let capture = Capture::new();
-    let server = start_unix(
-        dir.path(),
-        "remote.sock",
-        ServerChain::builder()
-            .with(capture.clone())
-            .with(edit())
-            .build(),
-    )
-    .await;
+    let server = start_unix(dir.path(), "remote.sock", capturing(&capture)).await;
     round_trip(&server, &capture).await;
     server.kill().await;
     assert!(

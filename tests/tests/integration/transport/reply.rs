@@ -283,6 +283,55 @@ async fn every_kind_of_failed_answer_gets_the_grpc_code() {
     }
 }
 
+/// A failure met reading the reply carries the reply's headers as well as
+/// its trailers in its metadata, as tonic's unary call gives it; a failure
+/// after the message carries its trailers alone.
+#[tokio::test]
+async fn a_failures_metadata_is_the_replys_headers_and_trailers() {
+    let message = framed(&Connection::default().encode_to_vec());
+    let grpc = ("content-type", "application/grpc");
+    let headers = vec![grpc, ("x-remote-header", "h")];
+    let trailers = vec![
+        ("grpc-status", "5"),
+        ("grpc-message", "gone"),
+        ("x-remote-trailer", "t"),
+    ];
+    for (what, data, header_kept) in [
+        ("no message", vec![], true),
+        ("after the message", vec![message], false),
+    ] {
+        let (url, _remote) = answering(Answer {
+            status: 200,
+            headers: headers.clone(),
+            data,
+            trailers: Some(trailers.clone()),
+        })
+        .await;
+        let err = client(&url)
+            .await
+            .request(Context::new(), request("x"))
+            .await
+            .unwrap_err();
+
+        assert_eq!(
+            (err.code(), err.message()),
+            (Code::NotFound, "gone"),
+            "{what}"
+        );
+        assert_eq!(
+            err.metadata().get("x-remote-trailer").unwrap(),
+            "t",
+            "{what}"
+        );
+        assert_eq!(
+            err.metadata().get("x-remote-header").is_some(),
+            header_kept,
+            "{what}: {:?}",
+            err.metadata()
+        );
+    }
+}
+
 /// A remote's reply whose status details are not base64 is an `Internal`
 /// error naming the problem, never a panic, and leaves no client and no
 /// connection behind (tonic's status parsing panics on such details).
