@@ -69,7 +69,8 @@ impl ChainService {
 
 /// A [`ChainService`] as a tonic server registers it: it notes when each
 /// call arrives, for the chain's deadline to count from, and hands the
-/// chain's two methods to tonic's unary handler itself.
+/// chain's two methods to tonic's handler itself, reading each call's one
+/// message as tonic's unary handler does.
 #[derive(Clone, Debug)]
 pub struct ChainServer {
     service: Arc<ChainService>,
@@ -195,6 +196,7 @@ impl NetworkService for ChainService {
     }
 }
 
+/// A chain's call as the generated trait returns it: boxed, or its refusal.
 fn boxed<'a, T: Send + 'a>(
     call: Result<impl Future<Output = Result<Response<T>, Status>> + Send + 'a, Status>,
 ) -> Call<'a, T> {
