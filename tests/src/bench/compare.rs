@@ -23,6 +23,9 @@ const FIELDS: [&str; 7] = [
 ];
 
 pub(crate) fn run(run: &Run, rounds: usize) -> Result<(), String> {
+    if let Some(idle) = crate::machine::idle_policy() {
+        eprintln!("{idle}");
+    }
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let workloads: Vec<&str> = run.workloads.iter().map(|w| w.name()).collect();
     // (workload, mode) -> field -> samples

@@ -32,6 +32,9 @@ const FIELDS: [&str; 4] = [
 const START: Duration = Duration::from_secs(20);
 
 pub(crate) fn run(hop: &Hop) -> Result<(), String> {
+    if let Some(idle) = crate::machine::idle_policy() {
+        eprintln!("{idle}");
+    }
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let endpoint = Endpoint::start(&me, dir.path())?;

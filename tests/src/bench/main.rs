@@ -9,6 +9,7 @@ mod elements;
 mod expiry;
 mod floor;
 mod hop;
+mod machine;
 mod measure;
 mod options;
 mod relay;

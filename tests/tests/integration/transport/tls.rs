@@ -396,3 +396,57 @@ async fn rotating_certificates_never_resume_a_session_across_a_rotation() {
     assert!(call().await, "then resumed under the new certificate");
     server.shutdown().await;
 }
+
+/// A TLS handshake with `server` from `config`: the suite it settled on.
+async fn negotiated(
+    server: &ServerHandle,
+    config: Arc<rustls::ClientConfig>,
+) -> rustls::CipherSuite {
+    let url = server.url();
+    let addr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (_, session) = tls.get_ref();
+    session.negotiated_cipher_suite().unwrap().suite()
+}
+
+/// Our clients ask for TLS 1.3's AES-128-GCM first, as Go's crypto/tls does
+/// where the CPU has AES instructions (its SHA-256 key schedule is cheaper
+/// than AES-256's SHA-384), and our servers take the client's first choice:
+/// a rustls client's default order still gets AES-256-GCM.
+#[tokio::test]
+async fn our_clients_prefer_aes_128_gcm_and_our_servers_follow_the_client() {
+    use rustls::pki_types::pem::PemObject;
+    let pki = Pki::new("test CA");
+    let server = serving(
+        ServerTls::new(identity(&pki.issue(&["localhost"]))).unwrap(),
+        &Seen::default(),
+    )
+    .await;
+    let ours = ClientTls::new(pki.ca_pem()).unwrap().rustls_config();
+    assert_eq!(
+        negotiated(&server, ours).await,
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+    );
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = rustls::pki_types::CertificateDer::from_pem_slice(pki.ca_pem().as_bytes()).unwrap();
+    roots.add(ca).unwrap();
+    let mut rustls_default = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    rustls_default.alpn_protocols = vec![b"h2".to_vec()];
+    assert_eq!(
+        negotiated(&server, Arc::new(rustls_default)).await,
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+    );
+    server.shutdown().await;
+}
