@@ -191,9 +191,10 @@ fn common_name(name: &[u8]) -> Option<String> {
 }
 
 /// ring's suites with TLS 1.3's AES-128-GCM first, as Go's crypto/tls
-/// orders them where the CPU has AES instructions: its key schedule is
-/// SHA-256, which ring runs on the CPU's SHA instructions; SHA-384 has
-/// none. Servers keep rustls's default of following the client's order.
+/// clients order them where the CPU has AES instructions: its key
+/// schedule is SHA-256, which ring runs on x86-64's SHA instructions, where
+/// it has none for SHA-384. Servers keep rustls's default of following the
+/// client's order.
 fn provider() -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::ring::default_provider();
     provider
@@ -210,8 +211,8 @@ fn provider() -> Arc<CryptoProvider> {
 /// under (a [rotation](Self::rotating) starts over), and a resumed server
 /// is verified again as a full handshake would verify it now; one that no
 /// longer verifies (its certificate expired, say) is dialed in full.
-/// TLS 1.3's AES-128-GCM is offered first, as Go's crypto/tls offers it
-/// where the CPU has AES instructions.
+/// TLS 1.3's AES-128-GCM is offered first, as Go's crypto/tls clients
+/// offer it where the CPU has AES instructions.
 ///
 /// ```no_run
 /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {

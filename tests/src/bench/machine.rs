@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-/// The cpuidle governor and, where the guest's `haltpoll` driver is
-/// loaded, how long an idle vCPU polls before it halts; `None` where the
-/// kernel shows no governor.
+/// The cpuidle governor and, under the `haltpoll` governor, how long an
+/// idle vCPU polls before it halts; `None` where the kernel shows no
+/// governor.
 pub(crate) fn idle_policy() -> Option<String> {
     idle_policy_in(Path::new("/sys"))
 }
@@ -19,7 +19,11 @@ fn idle_policy_in(sys: &Path) -> Option<String> {
     };
     let governor = read("devices/system/cpu/cpuidle/current_governor")?;
     let mut policy = format!("CPU idle: governor {governor}");
-    if let Some(ns) = read("module/haltpoll/parameters/guest_halt_poll_ns") {
+    // The parameter exists wherever the governor is built in; it only
+    // applies while the governor is the one in use.
+    if governor == "haltpoll"
+        && let Some(ns) = read("module/haltpoll/parameters/guest_halt_poll_ns")
+    {
         policy.push_str(&format!(", guest_halt_poll_ns {ns}"));
         if ns == "0" {
             policy.push_str(" (an idle vCPU halts at once)");
@@ -60,8 +64,10 @@ mod tests {
     }
 
     #[test]
-    fn a_host_shows_its_governor_alone_and_a_bare_sys_nothing() {
-        let dir = sys(&[(GOVERNOR, "menu\n")]);
+    fn another_governor_is_shown_alone_and_a_bare_sys_shows_nothing() {
+        // A kernel with haltpoll built in shows its parameter under any
+        // governor, where it does nothing.
+        let dir = sys(&[(GOVERNOR, "menu\n"), (HALT_POLL, "0\n")]);
         assert_eq!(
             idle_policy_in(dir.path()).as_deref(),
             Some("CPU idle: governor menu")
