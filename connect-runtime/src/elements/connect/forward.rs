@@ -38,6 +38,33 @@ fn outgoing(request: &mut NetworkServiceRequest) -> NetworkServiceRequest {
     outgoing
 }
 
+/// A request's connection id and the remote it goes to, or why it cannot
+/// be forwarded.
+fn routing(ctx: &Context, request: &NetworkServiceRequest) -> Result<(Arc<str>, Arc<Url>), Status> {
+    let Some(connection) = request.connection.as_deref() else {
+        return Err(Status::invalid_argument(
+            "connect: the request has no connection",
+        ));
+    };
+    if connection.id.is_empty() {
+        return Err(Status::invalid_argument(
+            "connect: the request's connection has an empty id",
+        ));
+    }
+    let id: Arc<str> = Arc::from(connection.id.as_str());
+    let Some(url) = ctx.client_url_arc().cloned() else {
+        return Err(Status::invalid_argument(format!(
+            "connect: no client URL for connection {id}: put a clienturl element before connect"
+        )));
+    };
+    if let Err(err) = Target::check(&url) {
+        return Err(Status::invalid_argument(format!(
+            "connect: connection {id}: {err}"
+        )));
+    }
+    Ok((id, url))
+}
+
 fn in_context(status: Status, what: &str, id: &str, url: &Url) -> Status {
     Status::new(
         status.code(),
@@ -65,28 +92,10 @@ impl Shared {
         async move {
             let mut recorded = self.metrics.request();
             let result = 'routed: {
-                let Some(connection) = request.connection.as_deref() else {
-                    break 'routed Err(Status::invalid_argument(
-                        "connect: the request has no connection",
-                    ));
+                let (id, url) = match routing(&ctx, &request) {
+                    Ok(routing) => routing,
+                    Err(status) => break 'routed Err(status),
                 };
-                if connection.id.is_empty() {
-                    break 'routed Err(Status::invalid_argument(
-                        "connect: the request's connection has an empty id",
-                    ));
-                }
-                let id: Arc<str> = Arc::from(connection.id.as_str());
-                let Some(url) = ctx.client_url_arc().cloned() else {
-                    break 'routed Err(Status::invalid_argument(format!(
-                        "connect: no client URL for connection {id}: put a clienturl element before connect"
-                    )));
-                };
-                if let Err(err) = Target::check(&url) {
-                    break 'routed Err(Status::invalid_argument(format!(
-                        "connect: connection {id}: {err}"
-                    )));
-                }
-
                 let turn = self.turns.take(&id).await;
                 let turn = match self.records.client(&id) {
                     Some(client) if *client.url() == url => {
